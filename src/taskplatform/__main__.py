@@ -1,0 +1,5 @@
+"""Allow ``python -m taskplatform``."""
+
+from taskplatform.cli import main
+
+main()

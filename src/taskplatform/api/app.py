@@ -1,0 +1,67 @@
+"""The ASGI application: routes, problem handlers, and the lifespan that opens the backends."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from taskplatform import __version__
+from taskplatform.api import health, tasks
+from taskplatform.api.openapi import install_openapi
+from taskplatform.api.problems import install_problem_handlers
+from taskplatform.backends import open_backends, prepare_schema
+from taskplatform.dispatch.callback import CallbackSender
+from taskplatform.service import TaskService
+from taskplatform.settings import Settings, load_settings
+
+logger = logging.getLogger(__name__)
+
+DESCRIPTION = """A central service that runs work through HTTP callbacks: create a task, dequeue it,
+execute it (the platform POSTs its taskData to its callbackUrl), and follow its status.
+Errors are `application/problem+json` (RFC 9457) with a stable `code`."""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the application for ``settings`` (read from the environment when None).
+
+    The backends open in the lifespan, so building the app does no I/O.
+    """
+    settings = settings or load_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        prepare_schema(settings)
+        backends = open_backends(settings)
+        sender = CallbackSender(
+            max_connections=settings.callback_max_connections,
+            max_response_bytes=settings.callback_response_max_bytes,
+        )
+        await sender.start()
+        app.state.service = TaskService(backends, sender, settings)
+        try:
+            yield
+        finally:
+            await app.state.service.drain()
+            await sender.close()
+            await backends.close()
+
+    app = FastAPI(
+        title="taskplatform",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.include_router(tasks.router)
+    app.include_router(tasks.stats_router)
+    app.include_router(health.router)
+    install_problem_handlers(app)
+    install_openapi(app)
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """Build the application from ``TASKPLATFORM_*`` variables (uvicorn's factory, many workers)."""
+    return create_app(load_settings())

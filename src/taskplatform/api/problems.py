@@ -1,0 +1,108 @@
+"""RFC 9457 problem details: every error response of the API, from one place."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from http import HTTPStatus
+
+import msgspec
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from taskplatform.exceptions import TaskPlatformError, ValidationFailed
+from taskplatform.models import Problem, ProblemFieldError
+
+logger = logging.getLogger(__name__)
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+_encode = msgspec.json.Encoder().encode
+
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
+
+
+def problem_type(code: str) -> str:
+    """Return the problem ``type`` URI for ``code``, stable across releases."""
+    return f"urn:taskplatform:problem:{code}"
+
+
+def problem_response(
+    status: int,
+    code: str,
+    title: str,
+    detail: str,
+    *,
+    errors: Sequence[tuple[str, str]] | None = None,
+    task_id: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    """Build an ``application/problem+json`` response (RFC 9457) with a stable ``code``."""
+    body = Problem(
+        type=problem_type(code),
+        title=title,
+        status=status,
+        detail=detail,
+        code=code,
+        errors=[ProblemFieldError(field, message) for field, message in errors] if errors else None,
+        task_id=task_id,
+    )
+    return Response(_encode(body), status, headers=headers, media_type=PROBLEM_MEDIA_TYPE)
+
+
+def error_response(exc: TaskPlatformError) -> Response:
+    """Build the problem response of a taskplatform error, from its class attributes."""
+    return problem_response(
+        exc.status_code,
+        exc.code,
+        exc.title,
+        exc.detail,
+        errors=exc.errors if isinstance(exc, ValidationFailed) else None,
+        task_id=exc.task_id,
+    )
+
+
+async def _on_platform_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, TaskPlatformError)
+    if exc.status_code >= 500:
+        logger.warning("%s %s failed: %s", request.method, request.url.path, exc.detail)
+    return error_response(exc)
+
+
+async def _on_request_validation(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    errors = [
+        (".".join(str(part) for part in error.get("loc", ())), str(error.get("msg", "invalid")))
+        for error in exc.errors()
+    ]
+    return error_response(ValidationFailed(errors or [("$", "invalid request")]))
+
+
+async def _on_http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    status = exc.status_code
+    phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
+    detail = exc.detail if isinstance(exc.detail, str) else phrase
+    if status == 404:
+        detail = f"no route matches {request.method} {request.url.path}"
+    return problem_response(
+        status,
+        _HTTP_CODES.get(status, phrase.lower().replace(" ", "_")),
+        phrase,
+        detail,
+        headers=dict(exc.headers) if exc.headers else None,
+    )
+
+
+async def _on_unexpected(request: Request, exc: Exception) -> Response:
+    logger.exception("unhandled error in %s %s", request.method, request.url.path)
+    return problem_response(500, "internal_error", "Internal server error", "an unexpected error")
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    """Make every error of ``app`` answer with problem+json."""
+    app.add_exception_handler(TaskPlatformError, _on_platform_error)
+    app.add_exception_handler(RequestValidationError, _on_request_validation)
+    app.add_exception_handler(StarletteHTTPException, _on_http_error)
+    app.add_exception_handler(Exception, _on_unexpected)

@@ -1,0 +1,235 @@
+"""Routes of the task resource: create, dequeue, execute, get, list, executions, stats.
+
+The hot routes (create, dequeue, get, execute) take the raw request and answer with bytes encoded
+by msgspec, skipping FastAPI's body parsing and response validation; their OpenAPI entries are
+declared by hand from the same wire types (``api.openapi``).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+from fastapi import APIRouter, Query, Request
+from starlette.responses import Response
+
+from taskplatform.api.openapi import (
+    CREATE_ERRORS,
+    EXECUTE_ERRORS,
+    BackendUnavailable,
+    QueueEmpty,
+    TaskNotFound,
+    ValidationFailed,
+    json_body,
+    problems,
+    request_body,
+)
+from taskplatform.exceptions import PayloadTooLarge, UnsupportedMediaType
+from taskplatform.models import (
+    ExecuteAccepted,
+    ExecuteResult,
+    ExecutionList,
+    ExecutionView,
+    Stats,
+    Status,
+    TaskCreate,
+    TaskCreated,
+    TaskList,
+    TaskView,
+)
+from taskplatform.service import TaskService
+from taskplatform.validation import check_cursor, parse_task_create
+
+router = APIRouter(prefix="/api/tasks", tags=["tasks"])
+_encode = msgspec.json.Encoder().encode
+_JSON = "application/json"
+
+
+def _service(request: Request) -> TaskService:
+    service: TaskService = request.app.state.service
+    return service
+
+
+def _json(
+    body: msgspec.Struct, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    return Response(_encode(body), status, headers=headers, media_type=_JSON)
+
+
+def _is_json_media_type(content_type: str | None) -> bool:
+    if not content_type:
+        return False
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    return media_type == _JSON or (
+        media_type.startswith("application/") and media_type.endswith("+json")
+    )
+
+
+async def read_json_body(request: Request, limit: int) -> bytes:
+    """Return the request body after checking its media type and size.
+
+    Raises:
+        UnsupportedMediaType: the Content-Type is not JSON.
+        PayloadTooLarge: the body is over ``limit`` bytes (checked while reading, so a client
+            cannot make the server buffer more than that).
+    """
+    if not _is_json_media_type(request.headers.get("content-type")):
+        raise UnsupportedMediaType("send the body as JSON with Content-Type: application/json")
+    too_large = PayloadTooLarge(f"the body is over the limit of {limit} bytes")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@router.post(
+    "",
+    summary="Create a task (enqueue)",
+    status_code=201,
+    response_class=Response,
+    openapi_extra=request_body(
+        TaskCreate,
+        {"taskData": {"orderId": 42}, "callbackUrl": "http://127.0.0.1:9000/", "priority": 5},
+    ),
+    responses={
+        201: json_body(TaskCreated, "Queued; `Location` names the new task."),
+        **problems(*CREATE_ERRORS, BackendUnavailable),
+    },
+)
+async def create_task(request: Request) -> Response:
+    """Put a task into the queue and return its id (seed FR-001)."""
+    service = _service(request)
+    settings = service.settings
+    body = await read_json_body(request, settings.max_body_bytes)
+    create = parse_task_create(
+        body, max_depth=settings.max_json_depth, max_url_length=settings.max_callback_url_length
+    )
+    task = await service.create(create)
+    return _json(
+        TaskCreated(task.task_id, task.status),
+        201,
+        headers={"Location": f"/api/tasks/{task.task_id}"},
+    )
+
+
+_DEQUEUE = {
+    "summary": "Take the next task out of the queue",
+    "response_class": Response,
+    "responses": {
+        200: json_body(TaskView, "The task, now Dequeued and stored in the database."),
+        **problems(QueueEmpty, BackendUnavailable),
+    },
+}
+
+
+@router.get("/dequeue", **_DEQUEUE)  # type: ignore[arg-type]
+@router.post("/dequeue", **_DEQUEUE)  # type: ignore[arg-type]
+async def dequeue_task(request: Request) -> Response:
+    """Take the highest-priority task (FIFO within a priority) into the database (FR-002)."""
+    task = await _service(request).dequeue()
+    return _json(TaskView.of(task))
+
+
+@router.get(
+    "",
+    summary="List tasks, newest first",
+    response_class=Response,
+    responses={200: json_body(TaskList, "A page of tasks."), **problems(ValidationFailed)},
+)
+async def list_tasks(
+    request: Request,
+    status: Annotated[Status | None, Query(description="Only tasks in this status.")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000, description="Page size.")] = 50,
+    cursor: Annotated[str | None, Query(description="`nextCursor` of the previous page.")] = None,
+) -> Response:
+    """List tasks in any status, newest first, a page at a time."""
+    tasks, next_cursor = await _service(request).list_tasks(
+        status=status, cursor=check_cursor(cursor), limit=limit
+    )
+    return _json(TaskList([TaskView.of(task) for task in tasks], next_cursor))
+
+
+@router.get(
+    "/{task_id}",
+    summary="Get a task",
+    response_class=Response,
+    responses={200: json_body(TaskView, "The task."), **problems(TaskNotFound)},
+)
+async def get_task(request: Request, task_id: str) -> Response:
+    """Tell where a task stands, in any status, Queued included (FR-010)."""
+    return _json(TaskView.of(await _service(request).get(task_id)))
+
+
+def _prefers_async(request: Request) -> bool:
+    # RFC 7240: "Prefer: respond-async" may share the header with other preferences.
+    for header in request.headers.getlist("prefer"):
+        for preference in header.split(","):
+            if preference.split(";", 1)[0].split("=", 1)[0].strip().lower() == "respond-async":
+                return True
+    return False
+
+
+@router.post(
+    "/{task_id}/execute",
+    summary="Execute a task: call its callbackUrl",
+    response_class=Response,
+    responses={
+        200: json_body(ExecuteResult, "The attempt's outcome; a failed callback is `Failed`."),
+        202: json_body(ExecuteAccepted, "With `Prefer: respond-async`: the callback runs."),
+        **problems(*EXECUTE_ERRORS),
+    },
+)
+async def execute_task(request: Request, task_id: str) -> Response:
+    """Call the task's callbackUrl and record the attempt (FR-003, FR-006, FR-007)."""
+    service = _service(request)
+    if _prefers_async(request):
+        task = await service.execute_in_background(task_id)
+        return _json(
+            ExecuteAccepted(task.task_id, task.status),
+            202,
+            headers={"Preference-Applied": "respond-async", "Location": f"/api/tasks/{task_id}"},
+        )
+    outcome = await service.execute(task_id)
+    return _json(
+        ExecuteResult(
+            task_id=outcome.task_id,
+            status=outcome.status,
+            result=None if outcome.result is None else msgspec.Raw(outcome.result),
+            error=outcome.error,
+            attempt=outcome.attempt,
+        )
+    )
+
+
+@router.get(
+    "/{task_id}/executions",
+    summary="The attempt log of a task",
+    response_class=Response,
+    responses={200: json_body(ExecutionList, "Attempts, oldest first."), **problems(TaskNotFound)},
+)
+async def list_executions(request: Request, task_id: str) -> Response:
+    """Return every callback attempt of the task (the seed's TaskExecution entity)."""
+    log = await _service(request).executions(task_id)
+    return _json(ExecutionList(task_id, [ExecutionView.of(execution) for execution in log]))
+
+
+stats_router = APIRouter(prefix="/api", tags=["stats"])
+
+
+@stats_router.get(
+    "/stats",
+    summary="Tasks per status and queue depth",
+    response_class=Response,
+    responses={200: json_body(Stats, "Counts.")},
+)
+async def stats(request: Request) -> Response:
+    """Count tasks per status; ``queueDepth`` is the number of Queued tasks."""
+    counts, depth = await _service(request).stats()
+    return _json(Stats({status.value: count for status, count in counts.items()}, depth))

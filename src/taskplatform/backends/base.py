@@ -1,0 +1,208 @@
+"""The two backend seams: a queue of Queued tasks and a store of tasks from Dequeued on.
+
+The seed specification makes the queue and the database two parts (FR-001, FR-002) and users put
+them on two systems (a Redis queue, a PostgreSQL store), so they are two interfaces. A backend
+subclasses :class:`Queue` or :class:`Store` and implements the ``_``-prefixed hooks; the public
+methods hold the bookkeeping every backend shares. An incomplete backend fails at construction
+(``abc``), not mid-request. Backends translate driver errors into
+:class:`~taskplatform.exceptions.BackendUnavailable`, so no driver exception escapes them.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Collection
+
+import msgspec
+
+from taskplatform.models import ExecutionRecord, Status, TaskRecord
+
+
+class TaskChanges(msgspec.Struct, kw_only=True):
+    """Columns a status transition writes besides ``status`` and ``updated_at``.
+
+    A field left at ``UNSET`` is not written; ``None`` writes SQL NULL. ``increment_attempts``
+    adds one to ``attempts`` inside the same atomic update.
+    """
+
+    increment_attempts: bool = False
+    lease_token: str | msgspec.UnsetType | None = msgspec.UNSET
+    lease_expires_at: int | msgspec.UnsetType | None = msgspec.UNSET
+    next_attempt_at: int | msgspec.UnsetType | None = msgspec.UNSET
+    result: bytes | msgspec.UnsetType | None = msgspec.UNSET
+    error: str | msgspec.UnsetType | None = msgspec.UNSET
+    completed_at: int | msgspec.UnsetType | None = msgspec.UNSET
+
+    def columns(self) -> dict[str, object]:
+        """Return the set columns as ``{column name: value}``, skipping ``UNSET`` ones."""
+        return {
+            name: value
+            for name in (
+                "lease_token",
+                "lease_expires_at",
+                "next_attempt_at",
+                "result",
+                "error",
+                "completed_at",
+            )
+            if (value := getattr(self, name)) is not msgspec.UNSET
+        }
+
+
+class Queue(abc.ABC):
+    """Holds Queued tasks in order: priority descending, then FIFO by enqueue sequence."""
+
+    @abc.abstractmethod
+    async def enqueue(self, task: TaskRecord) -> None:
+        """Add ``task`` (status Queued) to the queue; durable when this returns.
+
+        Raises:
+            BackendUnavailable: the queue cannot be written.
+        """
+
+    @abc.abstractmethod
+    async def get(self, task_id: str) -> TaskRecord | None:
+        """Return the Queued task ``task_id``, or None if the queue does not hold it."""
+
+    @abc.abstractmethod
+    async def list_tasks(self, *, before: str | None, limit: int) -> list[TaskRecord]:
+        """Return up to ``limit`` Queued tasks with id below ``before``, newest first."""
+
+    @abc.abstractmethod
+    async def depth(self) -> int:
+        """Return the number of tasks in the queue."""
+
+    @abc.abstractmethod
+    async def transfer(self, store: Store, *, now: int) -> TaskRecord | None:
+        """Take the next task out of the queue and insert it into ``store`` as Dequeued.
+
+        The move is atomic from the caller's view (seed FR-009): the task ends up either still
+        queued or in the store, never in both or neither. A backend that shares a database with
+        ``store`` does it in one transaction; others reserve, insert idempotently, then ack.
+
+        Args:
+            store: The store that receives the task.
+            now: The dequeue time, epoch milliseconds.
+
+        Returns:
+            The task as stored (status Dequeued), or None when the queue is empty.
+
+        Raises:
+            BackendUnavailable: the queue or the store cannot be reached; the task stays queued.
+        """
+
+    @abc.abstractmethod
+    async def ping(self) -> None:
+        """Check that the backend answers. Raises BackendUnavailable if not."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release the backend's connections and threads."""
+
+
+class Store(abc.ABC):
+    """Holds tasks from Dequeued on, and their append-only attempt log (TaskExecution)."""
+
+    async def compare_and_set(
+        self,
+        task_id: str,
+        *,
+        expected: Collection[Status],
+        target: Status,
+        now: int,
+        changes: TaskChanges | None = None,
+        lease_token: str | None = None,
+        require_attempts_left: bool = False,
+        execution: ExecutionRecord | None = None,
+    ) -> TaskRecord | None:
+        """Atomically move ``task_id`` from one of ``expected`` to ``target``.
+
+        Only the service calls this, through its single transition function, which checks the
+        state machine; the store only guarantees atomicity: the update applies in one step only if
+        the row still matches, so of two concurrent callers at most one wins.
+
+        Args:
+            task_id: The task to update.
+            expected: Statuses the task must be in.
+            target: The new status.
+            now: The update time, epoch milliseconds (written to ``updated_at``).
+            changes: Other columns to write in the same update.
+            lease_token: When given, the row's ``lease_token`` must equal it (a fence).
+            require_attempts_left: When true, ``attempts <= max_retries`` must hold.
+            execution: An attempt record appended in the same transaction.
+
+        Returns:
+            The task after the update, or None when no row matched (lost race or wrong status).
+
+        Raises:
+            BackendUnavailable: the store cannot be reached.
+        """
+        if not expected:
+            raise ValueError("expected must name at least one status")
+        return await self._compare_and_set(
+            task_id,
+            expected=tuple(expected),
+            target=target,
+            now=now,
+            changes=changes or TaskChanges(),
+            lease_token=lease_token,
+            require_attempts_left=require_attempts_left,
+            execution=execution,
+        )
+
+    @abc.abstractmethod
+    async def _compare_and_set(
+        self,
+        task_id: str,
+        *,
+        expected: tuple[Status, ...],
+        target: Status,
+        now: int,
+        changes: TaskChanges,
+        lease_token: str | None,
+        require_attempts_left: bool,
+        execution: ExecutionRecord | None,
+    ) -> TaskRecord | None: ...
+
+    @abc.abstractmethod
+    async def insert_dequeued(self, task: TaskRecord) -> bool:
+        """Insert a task that was just taken from the queue; a repeat is a no-op.
+
+        Idempotent (``ON CONFLICT DO NOTHING``) so that a queue that reserves, inserts and acks can
+        retry the insert after a crash without duplicating the task.
+
+        Returns:
+            True if this call inserted the row, False if it was there already.
+        """
+
+    @abc.abstractmethod
+    async def get(self, task_id: str) -> TaskRecord | None:
+        """Return the stored task ``task_id``, or None."""
+
+    @abc.abstractmethod
+    async def list_tasks(
+        self, *, status: Status | None, before: str | None, limit: int
+    ) -> list[TaskRecord]:
+        """Return up to ``limit`` stored tasks with id below ``before``, newest first.
+
+        Args:
+            status: Only tasks in this status; all when None.
+            before: Exclusive upper bound on the task id (the pagination cursor), or None.
+            limit: Largest number of tasks returned.
+        """
+
+    @abc.abstractmethod
+    async def executions(self, task_id: str) -> list[ExecutionRecord]:
+        """Return the attempt log of ``task_id``, oldest attempt first."""
+
+    @abc.abstractmethod
+    async def count_by_status(self) -> dict[Status, int]:
+        """Return how many stored tasks are in each status (absent statuses may be omitted)."""
+
+    @abc.abstractmethod
+    async def ping(self) -> None:
+        """Check that the backend answers. Raises BackendUnavailable if not."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release the backend's connections and threads."""

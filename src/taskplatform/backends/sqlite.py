@@ -1,0 +1,491 @@
+"""The embedded backend: queue and store in one SQLite file, written by one thread.
+
+SQLite allows one writer at a time, so each process keeps a single writer connection on a thread of
+its own and sends it every write as a job. The thread takes all jobs waiting, runs them in one
+``BEGIN IMMEDIATE`` transaction (each inside a savepoint, so one failing job does not undo the
+others), commits once, and only then resolves the jobs' futures: group commit, never acknowledging
+before the commit. Reads run on a separate connection and thread; WAL lets them proceed beside the
+writer. Several processes can share the file; ``busy_timeout`` serialises their writers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from taskplatform.backends.base import Queue, Store, TaskChanges
+from taskplatform.backends.sqlfile import load_queries
+from taskplatform.exceptions import BackendUnavailable
+from taskplatform.models import ExecutionRecord, Status, TaskRecord
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Job = Callable[[sqlite3.Connection], Any]
+
+SQL = load_queries("sqlite.sql")
+_STORE_COLUMNS = (
+    "task_id, sequence, status, priority, task_data, callback_url, max_retries, timeout_seconds, "
+    "attempts, lease_token, lease_expires_at, next_attempt_at, result, error, created_at, "
+    "updated_at, dequeued_at, completed_at"
+)
+# Ids sort below this, so "task_id < cursor" with it means "no cursor".
+_NO_CURSOR = "\U0010ffff"
+
+
+def sqlite_path(url: str) -> str:
+    """Return the file path of a ``sqlite:///path`` URL (``sqlite:////abs/path`` for absolute).
+
+    Raises:
+        ValueError: the URL is not a SQLite URL with a path.
+    """
+    prefix = "sqlite:///"
+    if not url.startswith(prefix) or len(url) == len(prefix):
+        raise ValueError(f"not a SQLite URL with a file path: {url!r} (use sqlite:///path/to.db)")
+    return url[len(prefix) :]
+
+
+class _Connection:
+    """One SQLite connection owned by one daemon thread that runs submitted jobs in order.
+
+    Args:
+        path: The database file.
+        synchronous: ``NORMAL`` or ``FULL`` (the SQLite pragma).
+        busy_timeout_seconds: How long to wait for another process's write lock.
+        transactional: When true, each batch of jobs runs in one transaction (the writer).
+        name: The thread's name, for debugging.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        synchronous: str,
+        busy_timeout_seconds: float,
+        transactional: bool,
+        name: str,
+    ) -> None:
+        self._jobs: queue.SimpleQueue[tuple[Job, asyncio.Future[Any]] | None] = queue.SimpleQueue()
+        self._transactional = transactional
+        self._conn = sqlite3.connect(
+            path, isolation_level=None, check_same_thread=False, cached_statements=256
+        )
+        self._conn.execute("PRAGMA journal_mode = WAL")
+        self._conn.execute(f"PRAGMA synchronous = {synchronous}")
+        self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_seconds * 1000)}")
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, job: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        """Queue ``job`` to run on the connection's thread; the future resolves after commit."""
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._jobs.put((job, future))
+        return future
+
+    def close(self) -> None:
+        """Finish the queued jobs, stop the thread and close the connection."""
+        self._jobs.put(None)
+        self._thread.join()
+        self._conn.close()
+
+    def _run(self) -> None:
+        while True:
+            first = self._jobs.get()
+            if first is None:
+                return
+            batch = [first]
+            stop = False
+            while True:
+                try:
+                    item = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
+            outcomes = self._run_batch(batch) if self._transactional else self._run_each(batch)
+            loop = batch[0][1].get_loop()
+            # RuntimeError: the event loop closed while the jobs ran, so nobody is waiting.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_settle, outcomes)
+            if stop:
+                return
+
+    def _run_each(self, batch: list[tuple[Job, asyncio.Future[Any]]]) -> list[_Outcome]:
+        outcomes: list[_Outcome] = []
+        for job, future in batch:
+            try:
+                outcomes.append((future, True, job(self._conn)))
+            except Exception as exc:
+                outcomes.append((future, False, _translate(exc)))
+        return outcomes
+
+    def _run_batch(self, batch: list[tuple[Job, asyncio.Future[Any]]]) -> list[_Outcome]:
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except Exception as exc:
+            error = _translate(exc)
+            return [(future, False, error) for _, future in batch]
+        outcomes: list[_Outcome] = []
+        for job, future in batch:
+            try:
+                conn.execute("SAVEPOINT job")
+                value = job(conn)
+                conn.execute("RELEASE job")
+                outcomes.append((future, True, value))
+            except Exception as exc:
+                try:
+                    conn.execute("ROLLBACK TO job")
+                    conn.execute("RELEASE job")
+                except sqlite3.Error:
+                    pass
+                outcomes.append((future, False, _translate(exc)))
+        try:
+            conn.execute("COMMIT")
+        except Exception as exc:
+            error = _translate(exc)
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            return [(future, False, error) for _, future in batch]
+        return outcomes
+
+
+_Outcome = tuple["asyncio.Future[Any]", bool, Any]
+
+
+def _settle(outcomes: list[_Outcome]) -> None:
+    for future, ok, value in outcomes:
+        if future.cancelled():
+            continue
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
+
+
+def _translate(exc: Exception) -> Exception:
+    if isinstance(exc, sqlite3.Error):
+        logger.warning("sqlite error: %s", exc)
+        return BackendUnavailable(f"the SQLite database failed: {exc}")
+    return exc
+
+
+class SQLiteDatabase:
+    """One SQLite file shared by :class:`SQLiteQueue` and :class:`SQLiteStore`.
+
+    Args:
+        url: ``sqlite:///path``; the schema must exist (see ``backends.migrate.upgrade``).
+        synchronous: ``NORMAL`` (survives a process crash) or ``FULL`` (survives power loss).
+        busy_timeout_seconds: How long a writer waits for another process's lock, seconds.
+
+    Raises:
+        BackendUnavailable: the file cannot be opened.
+    """
+
+    def __init__(self, url: str, *, synchronous: str = "NORMAL", busy_timeout_seconds: float = 5.0):
+        self.url = url
+        path = sqlite_path(url)
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.writer = _Connection(
+                path,
+                synchronous=synchronous,
+                busy_timeout_seconds=busy_timeout_seconds,
+                transactional=True,
+                name="taskplatform-sqlite-writer",
+            )
+            self.reader = _Connection(
+                path,
+                synchronous=synchronous,
+                busy_timeout_seconds=busy_timeout_seconds,
+                transactional=False,
+                name="taskplatform-sqlite-reader",
+            )
+        except sqlite3.Error as exc:
+            raise BackendUnavailable(f"cannot open the SQLite database {path!r}: {exc}") from exc
+        self._closed = False
+
+    async def write(self, job: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``job`` in a write transaction; return its value once the transaction commits."""
+        return await self.writer.submit(job)
+
+    async def read(self, job: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``job`` on the read connection and return its value."""
+        return await self.reader.submit(job)
+
+    def close(self) -> None:
+        """Finish pending jobs and close both connections; later calls do nothing."""
+        if not self._closed:
+            self._closed = True
+            self.writer.close()
+            self.reader.close()
+
+
+def _queued_record(row: tuple[Any, ...]) -> TaskRecord:
+    (task_id, seq, priority, data, url, max_retries, timeout, attempts, error, created, updated) = (
+        row
+    )
+    return TaskRecord(
+        task_id=task_id,
+        sequence=seq,
+        status=Status.QUEUED,
+        priority=priority,
+        task_data=data.encode(),
+        callback_url=url,
+        max_retries=max_retries,
+        timeout_seconds=timeout,
+        attempts=attempts,
+        error=error,
+        created_at=created,
+        updated_at=updated,
+    )
+
+
+def _stored_record(row: tuple[Any, ...]) -> TaskRecord:
+    result = row[12]
+    return TaskRecord(
+        task_id=row[0],
+        sequence=row[1],
+        status=Status(row[2]),
+        priority=row[3],
+        task_data=row[4].encode(),
+        callback_url=row[5],
+        max_retries=row[6],
+        timeout_seconds=row[7],
+        attempts=row[8],
+        lease_token=row[9],
+        lease_expires_at=row[10],
+        next_attempt_at=row[11],
+        result=None if result is None else result.encode(),
+        error=row[13],
+        created_at=row[14],
+        updated_at=row[15],
+        dequeued_at=row[16],
+        completed_at=row[17],
+    )
+
+
+def _insert_row(task: TaskRecord) -> tuple[Any, ...]:
+    return (
+        task.task_id,
+        task.sequence,
+        task.status.value,
+        task.priority,
+        task.task_data.decode(),
+        task.callback_url,
+        task.max_retries,
+        task.timeout_seconds,
+        task.attempts,
+        task.lease_token,
+        task.lease_expires_at,
+        task.next_attempt_at,
+        None if task.result is None else task.result.decode(),
+        task.error,
+        task.created_at,
+        task.updated_at,
+        task.dequeued_at,
+        task.completed_at,
+    )
+
+
+class SQLiteQueue(Queue):
+    """The queue as the ``queued_tasks`` table of a :class:`SQLiteDatabase`."""
+
+    def __init__(self, database: SQLiteDatabase) -> None:
+        self.database = database
+
+    async def enqueue(self, task: TaskRecord) -> None:
+        row = (
+            task.task_id,
+            task.priority,
+            task.task_data.decode(),
+            task.callback_url,
+            task.max_retries,
+            task.timeout_seconds,
+            task.attempts,
+            task.error,
+            task.created_at,
+            task.updated_at,
+        )
+
+        def job(conn: sqlite3.Connection) -> int:
+            seq: int = conn.execute(SQL["enqueue"], row).fetchone()[0]
+            return seq
+
+        task.sequence = await self.database.write(job)
+
+    async def get(self, task_id: str) -> TaskRecord | None:
+        def job(conn: sqlite3.Connection) -> TaskRecord | None:
+            row = conn.execute(SQL["queue_get"], (task_id,)).fetchone()
+            return None if row is None else _queued_record(row)
+
+        return await self.database.read(job)
+
+    async def list_tasks(self, *, before: str | None, limit: int) -> list[TaskRecord]:
+        def job(conn: sqlite3.Connection) -> list[TaskRecord]:
+            rows = conn.execute(SQL["queue_list"], (before or _NO_CURSOR, limit)).fetchall()
+            return [_queued_record(row) for row in rows]
+
+        return await self.database.read(job)
+
+    async def depth(self) -> int:
+        def job(conn: sqlite3.Connection) -> int:
+            count: int = conn.execute(SQL["queue_depth"]).fetchone()[0]
+            return count
+
+        return await self.database.read(job)
+
+    async def transfer(self, store: Store, *, now: int) -> TaskRecord | None:
+        if not (isinstance(store, SQLiteStore) and store.database is self.database):
+            raise TypeError("a SQLite queue moves tasks only into the SQLite store of its file")
+
+        def job(conn: sqlite3.Connection) -> TaskRecord | None:
+            row = conn.execute(SQL["dequeue_next"]).fetchone()
+            if row is None:
+                return None
+            task = _queued_record(row)
+            task.status = Status.DEQUEUED
+            task.dequeued_at = task.updated_at = now
+            conn.execute(SQL["store_insert"], _insert_row(task))
+            return task
+
+        return await self.database.write(job)
+
+    async def ping(self) -> None:
+        await self.database.read(lambda conn: conn.execute(SQL["ping"]).fetchone())
+
+    async def close(self) -> None:
+        self.database.close()
+
+
+class SQLiteStore(Store):
+    """The store as the ``tasks`` and ``task_executions`` tables of a :class:`SQLiteDatabase`."""
+
+    def __init__(self, database: SQLiteDatabase) -> None:
+        self.database = database
+
+    async def _compare_and_set(
+        self,
+        task_id: str,
+        *,
+        expected: tuple[Status, ...],
+        target: Status,
+        now: int,
+        changes: TaskChanges,
+        lease_token: str | None,
+        require_attempts_left: bool,
+        execution: ExecutionRecord | None,
+    ) -> TaskRecord | None:
+        columns = changes.columns()
+        if "result" in columns and isinstance(columns["result"], bytes):
+            columns["result"] = columns["result"].decode()
+        assignments = ["status = ?", "updated_at = ?"]
+        assignments += [f"{name} = ?" for name in columns]  # names come from TaskChanges only
+        if changes.increment_attempts:
+            assignments.append("attempts = attempts + 1")
+        conditions = ["task_id = ?", f"status IN ({', '.join('?' * len(expected))})"]
+        params: list[Any] = [target.value, now, *columns.values(), task_id]
+        params += [status.value for status in expected]
+        if lease_token is not None:
+            conditions.append("lease_token = ?")
+            params.append(lease_token)
+        if require_attempts_left:
+            conditions.append("attempts <= max_retries")
+        sql = (
+            f"UPDATE tasks SET {', '.join(assignments)} WHERE {' AND '.join(conditions)} "
+            f"RETURNING {_STORE_COLUMNS}"
+        )
+
+        def job(conn: sqlite3.Connection) -> TaskRecord | None:
+            row = conn.execute(sql, params).fetchone()
+            if row is None:
+                return None
+            if execution is not None:
+                conn.execute(SQL["execution_insert"], _execution_row(execution))
+            return _stored_record(row)
+
+        return await self.database.write(job)
+
+    async def insert_dequeued(self, task: TaskRecord) -> bool:
+        def job(conn: sqlite3.Connection) -> bool:
+            return conn.execute(SQL["store_insert"], _insert_row(task)).rowcount == 1
+
+        return await self.database.write(job)
+
+    async def get(self, task_id: str) -> TaskRecord | None:
+        def job(conn: sqlite3.Connection) -> TaskRecord | None:
+            row = conn.execute(SQL["store_get"], (task_id,)).fetchone()
+            return None if row is None else _stored_record(row)
+
+        return await self.database.read(job)
+
+    async def list_tasks(
+        self, *, status: Status | None, before: str | None, limit: int
+    ) -> list[TaskRecord]:
+        cursor = before or _NO_CURSOR
+
+        def job(conn: sqlite3.Connection) -> list[TaskRecord]:
+            if status is None:
+                rows = conn.execute(SQL["store_list"], (cursor, limit)).fetchall()
+            else:
+                rows = conn.execute(
+                    SQL["store_list_status"], (status.value, cursor, limit)
+                ).fetchall()
+            return [_stored_record(row) for row in rows]
+
+        return await self.database.read(job)
+
+    async def executions(self, task_id: str) -> list[ExecutionRecord]:
+        def job(conn: sqlite3.Connection) -> list[ExecutionRecord]:
+            rows = conn.execute(SQL["execution_list"], (task_id,)).fetchall()
+            return [
+                ExecutionRecord(
+                    task_id=row[0],
+                    attempt=row[1],
+                    started_at=row[2],
+                    finished_at=row[3],
+                    duration_ms=row[4],
+                    http_status=row[5],
+                    result=None if row[6] is None else row[6].encode(),
+                    error=row[7],
+                )
+                for row in rows
+            ]
+
+        return await self.database.read(job)
+
+    async def count_by_status(self) -> dict[Status, int]:
+        def job(conn: sqlite3.Connection) -> dict[Status, int]:
+            rows = conn.execute(SQL["store_count_by_status"]).fetchall()
+            return {Status(status): count for status, count in rows}
+
+        return await self.database.read(job)
+
+    async def ping(self) -> None:
+        await self.database.read(lambda conn: conn.execute(SQL["ping"]).fetchone())
+
+    async def close(self) -> None:
+        self.database.close()
+
+
+def _execution_row(execution: ExecutionRecord) -> tuple[Any, ...]:
+    return (
+        execution.task_id,
+        execution.attempt,
+        execution.started_at,
+        execution.finished_at,
+        execution.duration_ms,
+        execution.http_status,
+        None if execution.result is None else execution.result.decode(),
+        execution.error,
+    )

@@ -1,0 +1,120 @@
+"""The ``taskplatform`` command line: serve the API, run a demo receiver, manage the schema."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Annotated
+
+import typer
+
+from taskplatform.settings import Settings, load_settings
+
+app = typer.Typer(
+    help="taskplatform: a task platform that runs work through HTTP callbacks.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+db_app = typer.Typer(help="Manage the SQL schema.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+def _settings_or_exit(**overrides: object) -> Settings:
+    try:
+        return load_settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        typer.echo(f"error: invalid configuration:\n{exc}", err=True)
+        raise typer.Exit(2) from exc
+
+
+def _prepare_or_exit(settings: Settings) -> None:
+    from taskplatform.backends import ConfigurationError, prepare_schema
+    from taskplatform.exceptions import TaskPlatformError
+
+    try:
+        prepare_schema(settings)
+    except (ConfigurationError, TaskPlatformError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+
+
+@app.command()
+def serve(
+    host: Annotated[
+        str | None, typer.Option(help="Address to listen on. [env: TASKPLATFORM_HOST]")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Port to listen on. [env: TASKPLATFORM_PORT]")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="API processes. [env: TASKPLATFORM_WORKERS]")
+    ] = None,
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            help="Store URL, e.g. sqlite:///./taskplatform.db. [env: TASKPLATFORM_DATABASE_URL]"
+        ),
+    ] = None,
+    access_log: Annotated[bool, typer.Option(help="Log every request.")] = False,
+) -> None:
+    """Run the HTTP API with uvicorn (uvloop, httptools); the schema is created on first start."""
+    import uvicorn
+
+    settings = _settings_or_exit(host=host, port=port, workers=workers, database_url=database_url)
+    _configure_logging(settings.log_level)
+    _prepare_or_exit(settings)
+    # Worker processes rebuild their settings from the environment: hand the flags down.
+    for name in ("host", "port", "workers", "database_url"):
+        os.environ[f"TASKPLATFORM_{name.upper()}"] = str(getattr(settings, name))
+    uvicorn.run(
+        "taskplatform.api.app:create_app_from_env",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        loop="uvloop",
+        http="httptools",
+        access_log=access_log,
+        log_level=settings.log_level.lower(),
+        timeout_graceful_shutdown=30,
+    )
+
+
+@app.command()
+def receiver(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 9000,
+) -> None:
+    """Run a demo callback receiver that logs each callback and answers 200 with JSON."""
+    import uvicorn
+
+    from taskplatform.receiver import create_receiver_app
+
+    _configure_logging("info")
+    uvicorn.run(create_receiver_app(), host=host, port=port, log_level="warning")
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    database_url: Annotated[
+        str | None, typer.Option(help="Database URL. [env: TASKPLATFORM_DATABASE_URL]")
+    ] = None,
+) -> None:
+    """Create or upgrade the schema of the configured database to the newest revision."""
+    from taskplatform.backends.migrate import head_revision
+
+    settings = _settings_or_exit(database_url=database_url)
+    _prepare_or_exit(settings)
+    typer.echo(f"schema at revision {head_revision()}")
+
+
+def main() -> None:
+    """Entry point of the ``taskplatform`` console script."""
+    app()

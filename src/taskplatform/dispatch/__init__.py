@@ -1,0 +1,1 @@
+"""Outbound side: the callback sender."""

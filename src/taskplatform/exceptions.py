@@ -1,0 +1,156 @@
+"""Exceptions of taskplatform; each maps to one HTTP status and one stable problem ``code``.
+
+::
+
+    TaskPlatformError                 500 internal_error
+    ├── RequestError                  4xx: the client's request is wrong
+    │   ├── MalformedJSON             400 malformed_json
+    │   ├── ValidationFailed          422 validation_error
+    │   ├── PayloadTooLarge           413 payload_too_large
+    │   ├── UnsupportedMediaType      415 unsupported_media_type
+    │   ├── TaskNotFound              404 task_not_found
+    │   ├── QueueEmpty                404 queue_empty
+    │   └── TaskConflict              409: the task's status does not allow the operation
+    │       ├── TaskNotDequeued       409 task_not_dequeued
+    │       ├── TaskProcessing        409 task_processing
+    │       ├── TaskCompleted         409 task_completed
+    │       └── RetryLimitReached     409 retry_limit_reached
+    └── BackendUnavailable            503 backend_unavailable
+
+The HTTP layer turns these into ``application/problem+json`` bodies (RFC 9457) in one handler,
+through the ``status_code`` and ``code`` class attributes; routes never build error responses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class TaskPlatformError(Exception):
+    """An unexpected error in the task platform."""
+
+    status_code = 500
+    code = "internal_error"
+    title = "Internal server error"
+
+    def __init__(self, detail: str | None = None, *, task_id: str | None = None) -> None:
+        """Create the error.
+
+        Args:
+            detail: A human-readable explanation of this occurrence; the class docstring if None.
+            task_id: The task concerned, where there is one.
+        """
+        self.detail = detail or (type(self).__doc__ or self.title).strip().splitlines()[0]
+        self.task_id = task_id
+        super().__init__(self.detail)
+
+
+class RequestError(TaskPlatformError):
+    """The request cannot be served as sent."""
+
+    status_code = 400
+    code = "bad_request"
+    title = "Bad request"
+
+
+class MalformedJSON(RequestError):
+    """The request body is not well-formed JSON."""
+
+    status_code = 400
+    code = "malformed_json"
+    title = "Malformed JSON"
+
+
+class ValidationFailed(RequestError):
+    """One or more fields of the request are invalid."""
+
+    status_code = 422
+    code = "validation_error"
+    title = "Invalid request"
+
+    def __init__(self, errors: Sequence[tuple[str, str]], detail: str | None = None) -> None:
+        """Create the error.
+
+        Args:
+            errors: ``(field, message)`` pairs; ``field`` is a JSON path such as ``$.priority``.
+            detail: A summary; by default the first error.
+        """
+        self.errors = list(errors)
+        first = self.errors[0] if self.errors else ("$", "invalid")
+        super().__init__(detail or f"{first[0]}: {first[1]}")
+
+
+class PayloadTooLarge(RequestError):
+    """The request body is larger than the server accepts."""
+
+    status_code = 413
+    code = "payload_too_large"
+    title = "Payload too large"
+
+
+class UnsupportedMediaType(RequestError):
+    """The request body must be JSON (Content-Type: application/json)."""
+
+    status_code = 415
+    code = "unsupported_media_type"
+    title = "Unsupported media type"
+
+
+class TaskNotFound(RequestError):
+    """No task has this id."""
+
+    status_code = 404
+    code = "task_not_found"
+    title = "Task not found"
+
+
+class QueueEmpty(RequestError):
+    """The queue holds no task that is due."""
+
+    status_code = 404
+    code = "queue_empty"
+    title = "Queue empty"
+
+
+class TaskConflict(RequestError):
+    """The task's status does not allow this operation."""
+
+    status_code = 409
+    code = "task_conflict"
+    title = "Conflict with the task's status"
+
+
+class TaskNotDequeued(TaskConflict):
+    """The task is still Queued: dequeue it before executing it."""
+
+    code = "task_not_dequeued"
+    title = "Task not dequeued"
+
+
+class TaskProcessing(TaskConflict):
+    """The task is already executing."""
+
+    code = "task_processing"
+    title = "Task processing"
+
+
+class TaskCompleted(TaskConflict):
+    """The task has completed; it is not executed again."""
+
+    code = "task_completed"
+    title = "Task completed"
+
+
+class RetryLimitReached(TaskConflict):
+    """The task has used all of its attempts (maxRetries + 1)."""
+
+    code = "retry_limit_reached"
+    title = "Retry limit reached"
+
+
+class BackendUnavailable(TaskPlatformError):
+    """The queue or store backend cannot be reached; try again later."""
+
+    status_code = 503
+    code = "backend_unavailable"
+    title = "Backend unavailable"

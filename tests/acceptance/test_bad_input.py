@@ -1,0 +1,238 @@
+"""Every bad input answers 4xx problem+json and stores nothing; odd but valid data round-trips."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.acceptance.helpers import assert_problem, create, dequeue_until
+from tests.support.receiver import Receiver
+from tests.support.server import Server
+
+GOOD_URL = "http://127.0.0.1:9/x"
+
+
+def _total(client: httpx.Client) -> int:
+    return sum(client.get("/api/stats").json()["tasks"].values())
+
+
+def _body(**fields: Any) -> dict[str, Any]:
+    return {"taskData": {"a": 1}, "callbackUrl": GOOD_URL, **fields}
+
+
+INVALID_BODIES: dict[str, Any] = {
+    "missing callbackUrl": {"taskData": {}},
+    "empty callbackUrl": _body(callbackUrl=""),
+    "file scheme": _body(callbackUrl="file:///etc/passwd"),
+    "gopher scheme": _body(callbackUrl="gopher://127.0.0.1:70/x"),
+    "ftp scheme": _body(callbackUrl="ftp://127.0.0.1/x"),
+    "javascript scheme": _body(callbackUrl="javascript:alert(1)"),
+    "no host": _body(callbackUrl="http://"),
+    "no host with path": _body(callbackUrl="http:///path"),
+    "relative url": _body(callbackUrl="/relative/path"),
+    "bad port": _body(callbackUrl="http://127.0.0.1:99999/x"),
+    "space in url": _body(callbackUrl="http://127.0.0.1/a b"),
+    "url over 2048": _body(callbackUrl="http://127.0.0.1/" + "a" * 2032),
+    "callbackUrl not a string": _body(callbackUrl=5),
+    "taskData array": _body(taskData=[1, 2]),
+    "taskData string": _body(taskData="text"),
+    "taskData number": _body(taskData=5),
+    "taskData null": _body(taskData=None),
+    "missing taskData": {"callbackUrl": GOOD_URL},
+    "priority 1.5": _body(priority=1.5),
+    "priority string": _body(priority="5"),
+    "priority true": _body(priority=True),
+    "priority null": _body(priority=None),
+    "priority 2^31": _body(priority=2**31),
+    "priority -2^31-1": _body(priority=-(2**31) - 1),
+    "priority huge": _body(priority=10**30),
+    "maxRetries -1": _body(maxRetries=-1),
+    "maxRetries 101": _body(maxRetries=101),
+    "timeoutSeconds 0": _body(timeoutSeconds=0),
+    "timeoutSeconds 3601": _body(timeoutSeconds=3601),
+    "timeoutSeconds true": _body(timeoutSeconds=True),
+    "unknown field": _body(colour="blue"),
+    "body is an array": [1, 2, 3],
+    "body is a string": "task",
+}
+
+
+@pytest.mark.parametrize("body", INVALID_BODIES.values(), ids=INVALID_BODIES.keys())
+def test_invalid_fields_are_422_and_store_nothing(client: httpx.Client, body: Any) -> None:
+    """Each invalid body is 422 validation_error naming a field, and no task appears."""
+    before = _total(client)
+    problem = assert_problem(client.post("/api/tasks", json=body), 422, "validation_error")
+    assert problem["errors"]
+    assert all(error["field"] and error["message"] for error in problem["errors"])
+    assert _total(client) == before
+
+
+def test_url_exactly_2048_characters_is_accepted(client: httpx.Client) -> None:
+    """The callbackUrl limit is inclusive."""
+    url = "http://127.0.0.1/" + "a" * (2048 - len("http://127.0.0.1/"))
+    assert len(url) == 2048
+    create(client, url, priority=-(2**31))
+
+
+RAW_BODIES: dict[str, tuple[bytes, int, str]] = {
+    "malformed json": (b'{"taskData": {', 400, "malformed_json"),
+    "trailing garbage": (b'{"taskData": {}, "callbackUrl": "http://a/"} x', 400, "malformed_json"),
+    "not utf-8": (
+        b'{"taskData": {"a": "\xff"}, "callbackUrl": "http://a/"}',
+        400,
+        "malformed_json",
+    ),
+    "empty body": (b"", 400, "malformed_json"),
+    "body is null": (b"null", 422, "validation_error"),
+    "not utf-8 in a key": (
+        b'{"taskData": {"\xc3": 1}, "callbackUrl": "http://a/"}',
+        400,
+        "malformed_json",
+    ),
+    "lone high surrogate": (
+        b'{"taskData": {"s": "\\ud800"}, "callbackUrl": "http://a/"}',
+        422,
+        "validation_error",
+    ),
+    "lone low surrogate": (
+        b'{"taskData": {"s": "x\\udfffy"}, "callbackUrl": "http://a/"}',
+        422,
+        "validation_error",
+    ),
+}
+
+
+@pytest.mark.parametrize(("body", "status", "code"), RAW_BODIES.values(), ids=RAW_BODIES.keys())
+def test_unparseable_bodies_store_nothing(
+    client: httpx.Client, body: bytes, status: int, code: str
+) -> None:
+    """Bodies that are not JSON, or not valid Unicode, get a 4xx and store nothing."""
+    before = _total(client)
+    response = client.post("/api/tasks", content=body, headers={"Content-Type": "application/json"})
+    assert_problem(response, status, code)
+    assert _total(client) == before
+
+
+@pytest.mark.parametrize("depth", [65, 1000, 100_000])
+def test_json_nested_too_deep_is_rejected(client: httpx.Client, depth: int) -> None:
+    """JSON nested deeper than 64 levels is 422 at any depth, with no crash."""
+    nested = "[" * depth + "]" * depth
+    body = f'{{"taskData": {{"deep": {nested}}}, "callbackUrl": "{GOOD_URL}"}}'
+    before = _total(client)
+    response = client.post(
+        "/api/tasks", content=body.encode(), headers={"Content-Type": "application/json"}
+    )
+    assert_problem(response, 422, "validation_error")
+    assert _total(client) == before
+    assert client.get("/healthz").status_code == 200
+
+
+def test_nesting_of_exactly_64_levels_is_accepted(client: httpx.Client) -> None:
+    """The body object is level 1; taskData and 62 arrays under it make 64."""
+    nested = "[" * 62 + "]" * 62
+    body = f'{{"taskData": {{"deep": {nested}}}, "callbackUrl": "{GOOD_URL}", "priority": -5}}'
+    response = client.post(
+        "/api/tasks", content=body.encode(), headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 201, response.text
+
+
+@pytest.mark.parametrize(
+    "content_type", [None, "text/plain", "application/x-www-form-urlencoded", "application/xml"]
+)
+def test_non_json_content_type_is_415(client: httpx.Client, content_type: str | None) -> None:
+    """Only JSON bodies are accepted."""
+    headers = {"Content-Type": content_type} if content_type else {}
+    body = json.dumps(_body()).encode()
+    before = _total(client)
+    request = client.build_request("POST", "/api/tasks", content=body, headers=headers)
+    if content_type is None and "Content-Type" in request.headers:
+        del request.headers["Content-Type"]
+    assert_problem(client.send(request), 415, "unsupported_media_type")
+    assert _total(client) == before
+
+
+def test_json_with_charset_and_plus_json_are_accepted(client: httpx.Client) -> None:
+    """``application/json; charset=utf-8`` and ``application/*+json`` are JSON."""
+    for content_type in ("application/json; charset=utf-8", "application/vnd.task+json"):
+        response = client.post(
+            "/api/tasks",
+            content=json.dumps(_body(priority=-7)).encode(),
+            headers={"Content-Type": content_type},
+        )
+        assert response.status_code == 201, response.text
+
+
+def test_body_over_1_mib_is_413(client: httpx.Client) -> None:
+    """A body over the limit is refused with 413, declared or streamed."""
+    big = json.dumps(_body(taskData={"blob": "x" * (1024 * 1024)})).encode()
+    before = _total(client)
+    assert_problem(
+        client.post("/api/tasks", content=big, headers={"Content-Type": "application/json"}),
+        413,
+        "payload_too_large",
+    )
+
+    def chunks() -> Any:
+        for start in range(0, len(big), 65536):
+            yield big[start : start + 65536]
+
+    streamed = client.post(
+        "/api/tasks", content=chunks(), headers={"Content-Type": "application/json"}
+    )
+    assert_problem(streamed, 413, "payload_too_large")
+    assert _total(client) == before
+
+
+def test_every_valid_character_round_trips(client: httpx.Client, receiver: Receiver) -> None:
+    """NUL, controls, surrogate pairs, astral and CJK text come back unchanged everywhere."""
+    raw = (
+        '{"nul": "\\u0000", "ctrl": "\\u001f\\t\\n", "pair": "\\ud83d\\ude00", "emoji": "😀",'
+        ' "cjk": "任務管理", "bom": "\ufeff", "max": "\U0010ffff", "quote": "\\"\\\\",'
+        ' "num": 1.0e+2, "big": 123456789012345678901234567890, "nested": {"a": [true, null]}}'
+    )
+    body = (
+        f'{{"taskData": {raw}, "callbackUrl": "{receiver.url("/ok")}", "priority": {2**31 - 1}}}'
+    ).encode()
+    response = client.post("/api/tasks", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 201, response.text
+    task_id = response.json()["taskId"]
+    expected = json.loads(raw)
+    assert client.get(f"/api/tasks/{task_id}").json()["taskData"] == expected
+    assert raw.encode() in client.get(f"/api/tasks/{task_id}").content
+    assert dequeue_until(client, task_id)["taskData"] == expected
+    assert client.post(f"/api/tasks/{task_id}/execute").json()["status"] == "Completed"
+    (hit,) = receiver.hits_for(task_id)
+    assert hit.body == raw.encode()
+    assert json.loads(hit.body)["nul"] == "\x00"
+
+
+def test_unknown_routes_and_methods_are_problems(client: httpx.Client) -> None:
+    """Routing errors are problem+json too."""
+    assert_problem(client.get("/api/nothing"), 404, "not_found")
+    assert_problem(client.delete("/api/tasks/dequeue"), 405, "method_not_allowed")
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["status=Bogus", "limit=0", "limit=1001", "limit=x", "cursor=not-a-cursor"],
+)
+def test_bad_list_parameters_are_422(client: httpx.Client, query: str) -> None:
+    """Invalid filters and pagination parameters are 422, never 500."""
+    assert_problem(client.get(f"/api/tasks?{query}"), 422, "validation_error")
+
+
+def test_times_are_utc_whatever_the_server_time_zone(start_server: Callable[..., Server]) -> None:
+    """With TZ=America/New_York the timestamps still say UTC, with Z and milliseconds."""
+    server = start_server(TZ="America/New_York")
+    with httpx.Client(base_url=server.url) as http:
+        task_id = create(http, GOOD_URL)
+        created = http.get(f"/api/tasks/{task_id}").json()["createdAt"]
+    assert created.endswith("Z")
+    when = dt.datetime.strptime(created, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.UTC)
+    assert abs((dt.datetime.now(dt.UTC) - when).total_seconds()) < 60

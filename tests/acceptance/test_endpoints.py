@@ -1,0 +1,104 @@
+"""The endpoints beyond the seed: list with pagination, stats, probes, OpenAPI and docs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import httpx
+
+from tests.acceptance.helpers import create
+from tests.support.receiver import Receiver
+from tests.support.server import Server
+
+
+def test_list_pages_newest_first_across_statuses(
+    start_server: Callable[..., Server], receiver: Receiver
+) -> None:
+    """Pages of 2 walk every task once, newest first; the status filter narrows the list."""
+    server = start_server()
+    with httpx.Client(base_url=server.url) as http:
+        ids = [create(http, receiver.url("/ok"), task_data={"i": i}) for i in range(5)]
+        dequeued = http.get("/api/tasks/dequeue").json()["taskId"]  # ids[0]: all priority 0
+        assert dequeued == ids[0]
+        seen: list[str] = []
+        cursor = None
+        while True:
+            params = {"limit": "2", **({"cursor": cursor} if cursor else {})}
+            page = http.get("/api/tasks", params=params).json()
+            seen += [task["taskId"] for task in page["items"]]
+            cursor = page["nextCursor"]
+            if cursor is None:
+                break
+        assert seen == list(reversed(ids))
+        queued = http.get("/api/tasks", params={"status": "Queued"}).json()["items"]
+        assert [task["taskId"] for task in queued] == list(reversed(ids[1:]))
+        assert all(task["status"] == "Queued" for task in queued)
+        only = http.get("/api/tasks", params={"status": "Dequeued"}).json()
+        assert [task["taskId"] for task in only["items"]] == [dequeued]
+        assert only["nextCursor"] is None
+
+
+def test_stats_count_each_status(start_server: Callable[..., Server], receiver: Receiver) -> None:
+    """Stats count tasks per status, and the queue depth."""
+    server = start_server()
+    with httpx.Client(base_url=server.url) as http:
+        for _ in range(3):
+            create(http, receiver.url("/ok"))
+        done = http.get("/api/tasks/dequeue").json()["taskId"]
+        http.post(f"/api/tasks/{done}/execute")
+        http.get("/api/tasks/dequeue")
+        stats = http.get("/api/stats").json()
+    assert stats["queueDepth"] == 1
+    assert stats["tasks"] == {
+        "Queued": 1,
+        "Dequeued": 1,
+        "Processing": 0,
+        "Completed": 1,
+        "Failed": 0,
+        "Retry": 0,
+    }
+
+
+def test_probes(client: httpx.Client) -> None:
+    """/healthz and /readyz answer 200 while the server and its backends run."""
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").json() == {"status": "ready"}
+
+
+def test_openapi_documents_every_route_and_error(client: httpx.Client) -> None:
+    """/openapi.json names every endpoint, its bodies and its problem codes; /docs serves."""
+    spec = client.get("/openapi.json").json()
+    paths = spec["paths"]
+    for path, method in [
+        ("/api/tasks", "post"),
+        ("/api/tasks", "get"),
+        ("/api/tasks/dequeue", "get"),
+        ("/api/tasks/dequeue", "post"),
+        ("/api/tasks/{task_id}", "get"),
+        ("/api/tasks/{task_id}/execute", "post"),
+        ("/api/tasks/{task_id}/executions", "get"),
+        ("/api/stats", "get"),
+        ("/healthz", "get"),
+        ("/readyz", "get"),
+    ]:
+        assert method in paths[path], (path, method)
+    schemas = spec["components"]["schemas"]
+    for name in ("TaskCreate", "TaskView", "ExecuteResult", "Problem", "TaskList", "Stats"):
+        assert name in schemas
+    create_op = paths["/api/tasks"]["post"]
+    assert create_op["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith(
+        "TaskCreate"
+    )
+    codes = set(create_op["responses"]["422"]["content"]["application/problem+json"]["examples"])
+    assert "validation_error" in codes
+    execute = paths["/api/tasks/{task_id}/execute"]["post"]["responses"]
+    assert set(execute["409"]["content"]["application/problem+json"]["examples"]) == {
+        "task_not_dequeued",
+        "task_processing",
+        "task_completed",
+        "retry_limit_reached",
+    }
+    assert schemas["TaskCreate"]["properties"]["priority"]["maximum"] == 2**31 - 1
+    docs = client.get("/docs")
+    assert docs.status_code == 200
+    assert "swagger" in docs.text.lower()

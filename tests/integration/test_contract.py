@@ -1,0 +1,196 @@
+"""The queue/store contract every backend keeps: order, atomic transfer, compare-and-set."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from taskplatform.backends import Backends, TaskChanges
+from taskplatform.models import ExecutionRecord, Status, TaskRecord, now_ms
+
+
+def _task(task_id: str, priority: int = 0, data: bytes = b'{"n": 1}') -> TaskRecord:
+    now = now_ms()
+    return TaskRecord(
+        task_id=task_id,
+        status=Status.QUEUED,
+        priority=priority,
+        task_data=data,
+        callback_url="http://127.0.0.1:9/x",
+        max_retries=1,
+        timeout_seconds=5.0,
+        created_at=now,
+        updated_at=now,
+    )
+
+
+def _id(n: int) -> str:
+    return f"01900000-0000-7000-8000-{n:012d}"
+
+
+async def test_enqueue_get_and_depth(backends: Backends) -> None:
+    task = _task(_id(1), data=b'{"nul": "\\u0000", "k": [1, 2.50]}')
+    await backends.queue.enqueue(task)
+    stored = await backends.queue.get(_id(1))
+    assert stored is not None
+    assert stored.status is Status.QUEUED
+    assert stored.task_data == b'{"nul": "\\u0000", "k": [1, 2.50]}'
+    assert await backends.queue.depth() == 1
+    assert await backends.queue.get(_id(2)) is None
+
+
+async def test_transfer_order_is_priority_then_fifo(backends: Backends) -> None:
+    priorities = [0, 5, -(2**31), 2**31 - 1, 5, 2**31 - 2, 0]
+    for n, priority in enumerate(priorities):
+        await backends.queue.enqueue(_task(_id(n), priority))
+    order = []
+    while (task := await backends.queue.transfer(backends.store, now=now_ms())) is not None:
+        order.append(task.task_id)
+    assert order == [_id(3), _id(5), _id(1), _id(4), _id(0), _id(6), _id(2)]
+    assert await backends.queue.depth() == 0
+
+
+async def test_transfer_moves_the_task_into_the_store_atomically(backends: Backends) -> None:
+    await backends.queue.enqueue(_task(_id(1)))
+    moved = await backends.queue.transfer(backends.store, now=12345)
+    assert moved is not None
+    assert moved.status is Status.DEQUEUED
+    assert moved.dequeued_at == 12345
+    assert await backends.queue.get(_id(1)) is None
+    stored = await backends.store.get(_id(1))
+    assert stored is not None
+    assert stored.status is Status.DEQUEUED
+    assert stored.task_data == b'{"n": 1}'
+
+
+async def test_concurrent_transfers_hand_out_each_task_once(backends: Backends) -> None:
+    for n in range(30):
+        await backends.queue.enqueue(_task(_id(n)))
+    results = await asyncio.gather(
+        *(backends.queue.transfer(backends.store, now=now_ms()) for _ in range(60))
+    )
+    taken = [task.task_id for task in results if task is not None]
+    assert sorted(taken) == [_id(n) for n in range(30)]
+    assert results.count(None) == 30
+
+
+async def test_compare_and_set_has_one_winner(backends: Backends) -> None:
+    await backends.queue.enqueue(_task(_id(1)))
+    await backends.queue.transfer(backends.store, now=now_ms())
+    results = await asyncio.gather(
+        *(
+            backends.store.compare_and_set(
+                _id(1),
+                expected={Status.DEQUEUED},
+                target=Status.PROCESSING,
+                now=now_ms(),
+                changes=TaskChanges(increment_attempts=True, lease_token=f"token-{n}"),
+            )
+            for n in range(10)
+        )
+    )
+    winners = [task for task in results if task is not None]
+    assert len(winners) == 1
+    assert winners[0].attempts == 1
+    assert winners[0].status is Status.PROCESSING
+
+
+async def test_lease_token_fences_the_outcome(backends: Backends) -> None:
+    await backends.queue.enqueue(_task(_id(1)))
+    await backends.queue.transfer(backends.store, now=now_ms())
+    await backends.store.compare_and_set(
+        _id(1),
+        expected={Status.DEQUEUED},
+        target=Status.PROCESSING,
+        now=now_ms(),
+        changes=TaskChanges(increment_attempts=True, lease_token="right"),
+    )
+    execution = ExecutionRecord(
+        task_id=_id(1),
+        attempt=1,
+        started_at=1,
+        finished_at=2,
+        duration_ms=1,
+        http_status=200,
+        result=b'{"ok": true}',
+        error=None,
+    )
+    stale = await backends.store.compare_and_set(
+        _id(1),
+        expected={Status.PROCESSING},
+        target=Status.COMPLETED,
+        now=now_ms(),
+        lease_token="wrong",
+        execution=execution,
+    )
+    assert stale is None
+    assert await backends.store.executions(_id(1)) == []
+    done = await backends.store.compare_and_set(
+        _id(1),
+        expected={Status.PROCESSING},
+        target=Status.COMPLETED,
+        now=now_ms(),
+        lease_token="right",
+        changes=TaskChanges(result=b'{"ok": true}', lease_token=None),
+        execution=execution,
+    )
+    assert done is not None
+    assert done.result == b'{"ok": true}'
+    assert done.lease_token is None
+    assert await backends.store.executions(_id(1)) == [execution]
+
+
+async def test_attempts_left_guard(backends: Backends) -> None:
+    await backends.queue.enqueue(_task(_id(1)))  # max_retries 1: two attempts
+    await backends.queue.transfer(backends.store, now=now_ms())
+    source = {Status.DEQUEUED, Status.FAILED}
+    for expected_attempts in (1, 2):
+        task = await backends.store.compare_and_set(
+            _id(1),
+            expected=source,
+            target=Status.FAILED,
+            now=now_ms(),
+            changes=TaskChanges(increment_attempts=True),
+            require_attempts_left=True,
+        )
+        assert task is not None
+        assert task.attempts == expected_attempts
+    third = await backends.store.compare_and_set(
+        _id(1),
+        expected=source,
+        target=Status.FAILED,
+        now=now_ms(),
+        changes=TaskChanges(increment_attempts=True),
+        require_attempts_left=True,
+    )
+    assert third is None
+
+
+async def test_insert_dequeued_is_idempotent(backends: Backends) -> None:
+    task = _task(_id(7))
+    task.status = Status.DEQUEUED
+    assert await backends.store.insert_dequeued(task) is True
+    assert await backends.store.insert_dequeued(task) is False
+    assert (await backends.store.count_by_status()) == {Status.DEQUEUED: 1}
+
+
+async def test_list_pages_by_id_descending(backends: Backends) -> None:
+    for n in range(5):
+        await backends.queue.enqueue(_task(_id(n)))
+    first = await backends.queue.list_tasks(before=None, limit=2)
+    assert [t.task_id for t in first] == [_id(4), _id(3)]
+    rest = await backends.queue.list_tasks(before=_id(3), limit=10)
+    assert [t.task_id for t in rest] == [_id(2), _id(1), _id(0)]
+    for _ in range(3):
+        await backends.queue.transfer(backends.store, now=now_ms())
+    stored = await backends.store.list_tasks(status=Status.DEQUEUED, before=None, limit=10)
+    assert [t.task_id for t in stored] == [_id(2), _id(1), _id(0)]
+    assert await backends.store.list_tasks(status=Status.FAILED, before=None, limit=10) == []
+
+
+async def test_compare_and_set_needs_an_expected_status(backends: Backends) -> None:
+    with pytest.raises(ValueError, match="at least one"):
+        await backends.store.compare_and_set(
+            _id(1), expected=set(), target=Status.PROCESSING, now=0
+        )

@@ -1,0 +1,79 @@
+"""Run ``taskplatform serve`` as a real subprocess, configured only by environment variables."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def clean_environ(extra: dict[str, str]) -> dict[str, str]:
+    """Return this process's environment without ``TASKPLATFORM_*``, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKPLATFORM_")}
+    env.update(extra)
+    return env
+
+
+class Server:
+    """One ``taskplatform serve`` process on a free loopback port.
+
+    Args:
+        env: ``TASKPLATFORM_*`` variables (and any others) for the process.
+        log_path: Where the process's output goes.
+    """
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = clean_environ({**env, "TASKPLATFORM_PORT": str(self.port)})
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30.0) -> Server:
+        """Start the process and wait until ``/healthz`` answers; returns self."""
+        with self.log_path.open("ab") as log:  # the child keeps its own copy of the fd
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "taskplatform", "serve"],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        raise RuntimeError(f"server did not become healthy:\n{self.log()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
+        """Send ``sig`` and wait for the process to exit; returns its exit code."""
+        if self.process is None or self.process.poll() is not None:
+            return None if self.process is None else self.process.returncode
+        self.process.send_signal(sig)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait(5)
+
+    def log(self) -> str:
+        """Return what the process has printed so far."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

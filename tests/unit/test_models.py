@@ -1,0 +1,58 @@
+"""Unit tests of time formatting, the state machine table and callback result handling."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from taskplatform.dispatch.callback import _as_json_text
+from taskplatform.models import Status, format_time
+from taskplatform.service import TRANSITIONS
+
+
+def test_format_time_is_utc_with_milliseconds() -> None:
+    assert format_time(0) == "1970-01-01T00:00:00.000Z"
+    assert format_time(1_795_000_000_123) == "2026-11-18T11:06:40.123Z"
+    assert format_time(None) is None
+
+
+def test_format_time_ignores_the_local_time_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        assert format_time(1_795_000_000_123) == "2026-11-18T11:06:40.123Z"
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+    assert "TZ" not in os.environ
+
+
+def test_state_machine_matches_api_md() -> None:
+    """The edges are exactly those of API.md's diagram; Completed is final."""
+    edges = {(a.value, b.value) for a, targets in TRANSITIONS.items() for b in targets}
+    assert edges == {
+        ("Queued", "Dequeued"),
+        ("Dequeued", "Processing"),
+        ("Processing", "Completed"),
+        ("Processing", "Failed"),
+        ("Failed", "Retry"),
+        ("Retry", "Processing"),
+    }
+    assert set(TRANSITIONS) == set(Status)
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (b'{"a": 1}', b'{"a": 1}'),
+        (b"  [1, 2]\n", b"[1, 2]"),
+        (b"<html>hi</html>", b'"<html>hi</html>"'),
+        (b"", b'""'),
+        (b"\xff\xfe", '"\ufffd\ufffd"'.encode()),
+        (b"[" * 5000 + b"]" * 5000, b'"' + b"[" * 5000 + b"]" * 5000 + b'"'),
+    ],
+)
+def test_callback_bodies_become_json_text(body: bytes, expected: bytes) -> None:
+    assert _as_json_text(body) == expected

@@ -1,0 +1,117 @@
+"""Unit tests of request validation: JSON depth, surrogates, callback URLs, field errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from taskplatform.exceptions import MalformedJSON, ValidationFailed
+from taskplatform.validation import (
+    check_callback_url,
+    check_cursor,
+    check_json_depth,
+    parse_task_create,
+)
+
+
+def _parse(body: bytes) -> object:
+    return parse_task_create(body, max_depth=64, max_url_length=2048)
+
+
+@pytest.mark.parametrize("depth", [1, 63, 64])
+def test_depth_up_to_the_limit_passes(depth: int) -> None:
+    check_json_depth(b"[" * depth + b"]" * depth, 64)
+
+
+@pytest.mark.parametrize("depth", [65, 10_000, 100_000])
+def test_depth_over_the_limit_fails(depth: int) -> None:
+    with pytest.raises(ValidationFailed, match="deeper than 64"):
+        check_json_depth(b"{" + b'"a":[' * depth + b"1" + b"]" * depth + b"}", 64)
+
+
+def test_brackets_inside_strings_do_not_count() -> None:
+    check_json_depth(b'{"s": "' + b"[{" * 1000 + b'\\"[[["}', 64)
+
+
+def test_task_data_keeps_the_exact_text() -> None:
+    body = b'{"taskData": {"b": 1.50, "a": "\\u0000"} , "callbackUrl": "http://h/"}'
+    request = parse_task_create(body, max_depth=64, max_url_length=2048)
+    assert bytes(request.task_data) == b'{"b": 1.50, "a": "\\u0000"}'
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (b'{"taskData": {}, "callbackUrl": "http://h/", "priority": "5"}', "$.priority"),
+        (b'{"taskData": {}, "callbackUrl": "http://h/", "priority": 2147483648}', "$.priority"),
+        (b'{"taskData": {}}', "$.callbackUrl"),
+        (b'{"taskData": {}, "callbackUrl": "http://h/", "x": 1}', "$.x"),
+        (b'{"taskData": [], "callbackUrl": "http://h/"}', "$.taskData"),
+    ],
+)
+def test_field_errors_name_the_field(body: bytes, field: str) -> None:
+    with pytest.raises(ValidationFailed) as caught:
+        _parse(body)
+    assert caught.value.errors[0][0] == field
+
+
+def test_lone_surrogate_is_a_validation_error_and_a_pair_is_fine() -> None:
+    with pytest.raises(ValidationFailed, match="surrogate"):
+        _parse(b'{"taskData": {"s": "\\udc00"}, "callbackUrl": "http://h/"}')
+    _parse(b'{"taskData": {"s": "\\ud83d\\ude00"}, "callbackUrl": "http://h/"}')
+
+
+def test_invalid_utf8_is_malformed() -> None:
+    with pytest.raises(MalformedJSON):
+        _parse(b'{"taskData": {"s": "\xc3\x28"}, "callbackUrl": "http://h/"}')
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:9000/cb",
+        "https://example.test/a?b=c#d",
+        "http://[::1]:8080/",
+        "HTTP://UPPER.TEST/",
+        "http://user:pw@host.test/",
+    ],
+)
+def test_good_callback_urls(url: str) -> None:
+    check_callback_url(url, 2048)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "",
+        "ftp://h/",
+        "file:///etc/passwd",
+        "javascript:alert(1)",
+        "gopher://h/",
+        "http://",
+        "http:///x",
+        "//h/x",
+        "http://h:70000/",
+        "http://h:0/",
+        "http://h/a b",
+        "http://h/\n",
+        "http://[::1/",
+    ],
+)
+def test_bad_callback_urls(url: str) -> None:
+    with pytest.raises(ValidationFailed) as caught:
+        check_callback_url(url, 2048)
+    assert caught.value.errors[0][0] == "$.callbackUrl"
+
+
+def test_url_length_limit_is_inclusive() -> None:
+    url = "http://h/" + "a" * 91
+    check_callback_url(url, 100)
+    with pytest.raises(ValidationFailed, match="longer than 99"):
+        check_callback_url(url, 99)
+
+
+def test_cursor_must_be_a_task_id() -> None:
+    assert check_cursor(None) is None
+    assert check_cursor("01a22c77-e15a-76a6-a8dc-062a858cbbaf")
+    with pytest.raises(ValidationFailed):
+        check_cursor("'; drop table tasks; --")
