@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.support.backends import drop_created_databases
 from tests.support.receiver import Receiver
 
 
@@ -24,3 +25,10 @@ def receiver() -> Iterator[Receiver]:
     running = Receiver().start()
     yield running
     running.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _drop_test_databases() -> Iterator[None]:
+    """Drop the PostgreSQL databases the session created, once it ends."""
+    yield
+    drop_created_databases()

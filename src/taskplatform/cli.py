@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from typing import Annotated
@@ -39,7 +40,7 @@ def _prepare_or_exit(settings: Settings) -> None:
     from taskplatform.exceptions import TaskPlatformError
 
     try:
-        prepare_schema(settings)
+        asyncio.run(prepare_schema(settings))
     except (ConfigurationError, TaskPlatformError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc

@@ -105,7 +105,7 @@ class TaskNotFound(RequestError):
 
 
 class QueueEmpty(RequestError):
-    """The queue holds no task that is due."""
+    """The queue holds no task."""
 
     status_code = 404
     code = "queue_empty"

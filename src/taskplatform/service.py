@@ -24,6 +24,7 @@ import uuid_utils
 from taskplatform.backends import Backends, TaskChanges
 from taskplatform.dispatch.callback import CallbackOutcome, CallbackSender
 from taskplatform.exceptions import (
+    BackendUnavailable,
     QueueEmpty,
     RetryLimitReached,
     TaskCompleted,
@@ -369,6 +370,18 @@ class TaskService:
         """Check that both backends answer. Raises BackendUnavailable if one does not."""
         await self.queue.ping()
         await self.store.ping()
+
+    async def run_maintenance(self) -> None:
+        """Settle half-done transfers every ``recovery_interval_seconds``, until cancelled.
+
+        Every server runs this loop; a failure is logged and retried on the next round.
+        """
+        while True:
+            await asyncio.sleep(self.settings.recovery_interval_seconds)
+            try:
+                await self.queue.recover(self.store, now=now_ms())
+            except BackendUnavailable as exc:
+                logger.warning("recovery round failed: %s", exc.detail)
 
     async def drain(self) -> None:
         """Wait for the callbacks started in the background to finish and be recorded."""

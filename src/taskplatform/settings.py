@@ -48,6 +48,45 @@ class Settings(BaseSettings):
         Field(gt=0, description="How long a SQLite writer waits for another process's lock."),
     ] = 5.0
 
+    database_pool_size: Annotated[
+        int, Field(gt=0, description="PostgreSQL connections kept open per process.")
+    ] = 10
+    database_pool_overflow: Annotated[
+        int, Field(ge=0, description="Extra PostgreSQL connections allowed under load.")
+    ] = 20
+    database_connect_timeout_seconds: Annotated[
+        float, Field(gt=0, description="How long to wait for a new database connection.")
+    ] = 5.0
+    redis_key_prefix: Annotated[
+        str,
+        Field(
+            min_length=1,
+            description="Prefix of every Redis key; the braces keep them in one cluster slot.",
+        ),
+    ] = "{taskplatform}"
+    queue_reservation_seconds: Annotated[
+        float,
+        Field(
+            gt=0,
+            description=(
+                "Redis queue: how long a reserved task may take to reach the store before the "
+                "recovery loop returns it to the queue."
+            ),
+        ),
+    ] = 30.0
+    recovery_interval_seconds: Annotated[
+        float, Field(gt=0, description="How often each server looks for expired reservations.")
+    ] = 1.0
+    faults: Annotated[
+        str,
+        Field(
+            description=(
+                "Test-only fault injection, e.g. `after_reserve=fail:1` or `after_reserve=kill`. "
+                "Never set it in production."
+            ),
+        ),
+    ] = ""
+
     max_body_bytes: Annotated[
         int, Field(gt=0, description="Largest accepted request body, in bytes (413 above).")
     ] = MIB

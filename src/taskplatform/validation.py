@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
-import uuid
+import unicodedata
 from urllib.parse import urlsplit
 
 import msgspec
@@ -12,18 +13,29 @@ from taskplatform.exceptions import MalformedJSON, ValidationFailed
 from taskplatform.models import TaskCreate
 
 _CREATE_DECODER = msgspec.json.Decoder(TaskCreate)
-# A \uD800-\uDFFF escape: the only way JSON text can carry a UTF-16 surrogate.
-_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+# A \uD800-\uDBFF escape not followed by a \uDC00-\uDFFF one, or the reverse: the only way JSON
+# text can carry an unpaired UTF-16 surrogate.
+_HIGH = rb"\\u[dD][89abAB][0-9a-fA-F]{2}"
+_LOW = rb"\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+_LONE_SURROGATE = re.compile(_HIGH + rb"(?!" + _LOW + rb")|(?<!" + _HIGH + rb")" + _LOW)
 _JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
 _BRACKETS = re.compile(rb"[\[\]{}]")
-_CONTROL_OR_SPACE = re.compile(r"[\x00-\x20\x7f]")
+_CONTROL_OR_SPACE = re.compile(r"[\x00-\x20\x7f\\]")
+_NUMERIC_LABEL = re.compile(r"(0[xX][0-9a-fA-F]*|[0-9]+)")
+_DNS_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
+_TASK_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def _too_deep(max_depth: int) -> ValidationFailed:
+    return ValidationFailed([("$", f"JSON is nested deeper than {max_depth} levels")])
 
 
 def check_json_depth(body: bytes, max_depth: int) -> None:
-    """Reject JSON text nested deeper than ``max_depth`` arrays/objects, without parsing it.
+    """Reject well-formed JSON text nested deeper than ``max_depth`` arrays/objects.
 
-    Counting brackets outside strings needs no recursion, so a body nested 100,000 deep costs
-    one linear scan; a body with fewer brackets than ``max_depth`` is accepted at once.
+    ``body`` must already have parsed (so every string in it is closed): then one left-to-right
+    scan that skips strings counts the nesting in linear time. A body with no more brackets than
+    ``max_depth`` passes at once.
 
     Raises:
         ValidationFailed: the nesting is deeper than ``max_depth``.
@@ -35,29 +47,13 @@ def check_json_depth(body: bytes, max_depth: int) -> None:
         if match.group() in (b"[", b"{"):
             depth += 1
             if depth > max_depth:
-                raise ValidationFailed(
-                    [("$", f"JSON is nested deeper than {max_depth} levels")],
-                )
+                raise _too_deep(max_depth)
         else:
             depth -= 1
 
 
-def decode_json(body: bytes, max_depth: int) -> object:
-    """Parse a JSON body after the depth check; return the value.
-
-    Raises:
-        ValidationFailed: too deep, or a string holds a lone UTF-16 surrogate.
-        MalformedJSON: the body is not JSON.
-    """
-    check_json_depth(body, max_depth)
-    try:
-        return msgspec.json.decode(body)
-    except msgspec.DecodeError as exc:
-        raise _decode_problem(body, exc) from exc
-
-
 def _decode_problem(body: bytes, exc: Exception) -> Exception:
-    if _SURROGATE_ESCAPE.search(body):
+    if _LONE_SURROGATE.search(body):
         # msgspec refuses unpaired surrogates; name the real cause rather than "malformed".
         return ValidationFailed(
             [("$", "a string holds a lone UTF-16 surrogate (\\ud800-\\udfff), not valid Unicode")]
@@ -80,13 +76,17 @@ def parse_task_create(body: bytes, *, max_depth: int, max_url_length: int) -> Ta
         MalformedJSON: not JSON, or not UTF-8.
         ValidationFailed: a field is missing, unknown, of the wrong type or out of range.
     """
-    check_json_depth(body, max_depth)
     try:
         request = _CREATE_DECODER.decode(body)
+    except RecursionError as exc:  # deeper than the decoder goes (about 1,000 levels)
+        raise _too_deep(max_depth) from exc
     except msgspec.ValidationError as exc:
-        raise ValidationFailed([_field_error(str(exc))]) from exc
+        # msgspec stops at the first bad field; look again, slowly, to name every one.
+        errors = _every_field_error(body, max_url_length) or [_field_error(str(exc))]
+        raise ValidationFailed(errors) from exc
     except msgspec.DecodeError as exc:
         raise _decode_problem(body, exc) from exc
+    check_json_depth(body, max_depth)
     task_data = bytes(request.task_data)
     if not task_data.lstrip().startswith(b"{"):
         raise ValidationFailed([("$.taskData", "must be a JSON object")])
@@ -97,6 +97,39 @@ def parse_task_create(body: bytes, *, max_depth: int, max_url_length: int) -> Ta
         raise MalformedJSON(f"taskData is not valid UTF-8: {exc}") from exc
     check_callback_url(request.callback_url, max_url_length)
     return request
+
+
+def _every_field_error(body: bytes, max_url_length: int) -> list[tuple[str, str]]:
+    """Return ``(field, message)`` for each invalid field of a create body (the slow path)."""
+    value = msgspec.json.decode(body)  # already known to be well-formed JSON
+    if not isinstance(value, dict):
+        return [("$", f"the body must be a JSON object, not {type(value).__name__}")]
+    errors: list[tuple[str, str]] = []
+    fields = {field.encode_name: field for field in msgspec.structs.fields(TaskCreate)}
+    for name in value:
+        if name not in fields:
+            errors.append((f"$.{name}", f"unknown field `{name}`"))
+    for name, field in fields.items():
+        path = f"$.{name}"
+        if name not in value:
+            if field.required:
+                errors.append((path, f"missing required field `{name}`"))
+            continue
+        if name == "taskData":
+            if not isinstance(value[name], dict):
+                errors.append((path, "must be a JSON object"))
+            continue
+        try:
+            converted = msgspec.convert(value[name], field.type, strict=True)
+        except msgspec.ValidationError as exc:
+            errors.append((path, str(exc)))
+            continue
+        if name == "callbackUrl":
+            try:
+                check_callback_url(converted, max_url_length)
+            except ValidationFailed as exc:
+                errors += exc.errors
+    return errors
 
 
 def _field_error(message: str) -> tuple[str, str]:
@@ -136,6 +169,39 @@ def check_callback_url(url: str, max_length: int) -> None:
         raise bad("the URL has no host")
     if port == 0:
         raise bad("port 0 cannot be connected to")
+    problem = _host_problem(parts.hostname, bracketed="[" in parts.netloc)
+    if problem:
+        raise bad(problem)
+
+
+def _host_problem(host: str, *, bracketed: bool) -> str | None:
+    """Return why ``host`` (from a URL) cannot be connected to as written, or None."""
+    if bracketed:
+        if "%" in host:
+            return "IPv6 zone ids are not supported"
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return f"{host!r} is not an IPv6 address"
+        return None
+    if _NUMERIC_LABEL.fullmatch(host.rstrip(".").rsplit(".", 1)[-1]):
+        # A name ending in a number is an IPv4 address (WHATWG URL); accept only the canonical
+        # dotted-quad spelling, so no alias (2130706433, 0177.0.0.1, 127.1) can hide an address.
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            return f"{host!r}: write an IPv4 address as four decimal numbers, like 192.0.2.7"
+        return None
+    if any(unicodedata.category(char) in ("Cc", "Cf", "Zs", "Zl", "Zp") for char in host):
+        return "the host name holds invisible or formatting characters"
+    try:
+        ascii_host = host.encode("idna").decode("ascii")
+    except UnicodeError:
+        return f"{host!r} is not a valid host name"
+    labels = ascii_host.rstrip(".").split(".")
+    if len(ascii_host) > 253 or not all(_DNS_LABEL.fullmatch(label) for label in labels):
+        return f"{host!r} is not a valid host name (labels of 1-63 letters, digits, hyphens)"
+    return None
 
 
 def check_cursor(cursor: str | None) -> str | None:
@@ -146,8 +212,6 @@ def check_cursor(cursor: str | None) -> str | None:
     """
     if cursor is None:
         return None
-    try:
-        uuid.UUID(cursor)
-    except ValueError as exc:
-        raise ValidationFailed([("cursor", "not a cursor returned by this API")]) from exc
+    if not _TASK_ID.fullmatch(cursor):
+        raise ValidationFailed([("cursor", "not a cursor returned by this API")])
     return cursor

@@ -72,6 +72,20 @@ def test_invalid_fields_are_422_and_store_nothing(client: httpx.Client, body: An
     assert _total(client) == before
 
 
+def test_every_bad_field_is_named(client: httpx.Client) -> None:
+    """One 422 lists each invalid field, not only the first."""
+    body = {
+        "taskData": [],
+        "callbackUrl": "ftp://x/",
+        "priority": "high",
+        "maxRetries": 500,
+        "colour": "blue",
+    }
+    problem = assert_problem(client.post("/api/tasks", json=body), 422, "validation_error")
+    fields = sorted(error["field"] for error in problem["errors"])
+    assert fields == ["$.callbackUrl", "$.colour", "$.maxRetries", "$.priority", "$.taskData"]
+
+
 def test_url_exactly_2048_characters_is_accepted(client: httpx.Client) -> None:
     """The callbackUrl limit is inclusive."""
     url = "http://127.0.0.1/" + "a" * (2048 - len("http://127.0.0.1/"))
@@ -143,7 +157,14 @@ def test_nesting_of_exactly_64_levels_is_accepted(client: httpx.Client) -> None:
 
 
 @pytest.mark.parametrize(
-    "content_type", [None, "text/plain", "application/x-www-form-urlencoded", "application/xml"]
+    "content_type",
+    [
+        None,
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "application/xml",
+        "application/json; charset=utf-16",
+    ],
 )
 def test_non_json_content_type_is_415(client: httpx.Client, content_type: str | None) -> None:
     """Only JSON bodies are accepted."""
@@ -213,14 +234,27 @@ def test_every_valid_character_round_trips(client: httpx.Client, receiver: Recei
 
 
 def test_unknown_routes_and_methods_are_problems(client: httpx.Client) -> None:
-    """Routing errors are problem+json too."""
+    """Routing errors are problem+json too; a 405 names every method of the path."""
     assert_problem(client.get("/api/nothing"), 404, "not_found")
-    assert_problem(client.delete("/api/tasks/dequeue"), 405, "method_not_allowed")
+    dequeue = client.delete("/api/tasks/dequeue")
+    assert_problem(dequeue, 405, "method_not_allowed")
+    assert dequeue.headers["allow"] == "GET, POST"
+    tasks = client.put("/api/tasks")
+    assert_problem(tasks, 405, "method_not_allowed")
+    assert tasks.headers["allow"] == "GET, POST"
 
 
 @pytest.mark.parametrize(
     "query",
-    ["status=Bogus", "limit=0", "limit=1001", "limit=x", "cursor=not-a-cursor"],
+    [
+        "status=Bogus",
+        "limit=0",
+        "limit=201",
+        "limit=x",
+        "cursor=not-a-cursor",
+        "cursor=01A22C77-E15A-76A6-A8DC-062A858CBBAF",
+        "cursor={01a22c77-e15a-76a6-a8dc-062a858cbbaf}",
+    ],
 )
 def test_bad_list_parameters_are_422(client: httpx.Client, query: str) -> None:
     """Invalid filters and pagination parameters are 422, never 500."""

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
@@ -18,6 +21,31 @@ def other_receiver() -> Iterator[Receiver]:
     running = Receiver().start()
     yield running
     running.stop()
+
+
+@pytest.fixture
+def raw_peer() -> Iterator[Callable[[bytes], str]]:
+    """Serve one fixed raw HTTP response (bytes as given) on loopback; yields a URL factory."""
+    servers: list[socket.socket] = []
+
+    def serve(response: bytes) -> str:
+        listener = socket.create_server(("127.0.0.1", 0))
+        servers.append(listener)
+
+        def run() -> None:
+            with contextlib.suppress(OSError):
+                while True:
+                    connection, _ = listener.accept()
+                    with connection:
+                        connection.recv(65536)
+                        connection.sendall(response)
+
+        threading.Thread(target=run, daemon=True).start()
+        return f"http://127.0.0.1:{listener.getsockname()[1]}/"
+
+    yield serve
+    for listener in servers:
+        listener.close()
 
 
 def _execute(client: httpx.Client, task_id: str) -> tuple[dict[str, object], float]:
@@ -154,3 +182,27 @@ def test_max_retries_0_allows_one_attempt(client: httpx.Client, receiver: Receiv
     _execute(client, task_id)
     assert_problem(client.post(f"/api/tasks/{task_id}/execute"), 409, "retry_limit_reached")
     assert len(receiver.hits_for(task_id)) == 1
+
+
+@pytest.mark.parametrize(
+    ("response", "expected"),
+    [
+        (b"HTTP/1.1 500 Erreur \xe9\r\nContent-Length: 2\r\n\r\n{}", "HTTP 500 Erreur \ufffd"),
+        (
+            b"HTTP/1.1 302 Found\r\nLocation: http://x/\xff\xfe\r\nContent-Length: 0\r\n\r\n",
+            "HTTP 302: redirect to http://x/\ufffd\ufffd not followed",
+        ),
+    ],
+    ids=["latin-1 reason", "binary location"],
+)
+def test_non_utf8_status_lines_and_headers_are_recorded_as_failures(
+    client: httpx.Client, raw_peer: Callable[[bytes], str], response: bytes, expected: str
+) -> None:
+    """Bytes that are not UTF-8 in a reply's status line or headers never break the record."""
+    task_id = ready_task(client, raw_peer(response))
+    outcome, _ = _execute(client, task_id)
+    assert outcome["status"] == "Failed"
+    assert outcome["error"] == expected
+    assert client.get(f"/api/tasks/{task_id}").json()["status"] == "Failed"
+    log = client.get(f"/api/tasks/{task_id}/executions").json()["items"]
+    assert log[0]["error"] == expected

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -36,20 +37,27 @@ def test_100_concurrent_dequeues_over_50_tasks(start_server: Callable[..., Serve
 def test_10_concurrent_executes_make_exactly_one_callback(
     client: httpx.Client, server: Server, receiver: Receiver
 ) -> None:
-    """Ten executes of one task at once: one callback, one 200, nine 409 task_processing."""
-    task_id = ready_task(client, receiver.url("/slow?seconds=0.5"))
+    """Ten executes of one task at once: one callback, one 200, nine 409s."""
+    task_id = ready_task(client, receiver.url("/slow?seconds=2"))
+    clients = [httpx.Client(base_url=server.url, timeout=30) for _ in range(10)]
+    start = threading.Barrier(10)
 
-    def execute(_: int) -> httpx.Response:
-        with httpx.Client(base_url=server.url, timeout=30) as http:
-            return http.post(f"/api/tasks/{task_id}/execute")
+    def execute(http: httpx.Client) -> httpx.Response:
+        start.wait()
+        return http.post(f"/api/tasks/{task_id}/execute")
 
-    with ThreadPoolExecutor(max_workers=10) as pool:
-        responses = list(pool.map(execute, range(10)))
+    try:
+        with ThreadPoolExecutor(max_workers=10) as pool:
+            responses = list(pool.map(execute, clients))
+    finally:
+        for http in clients:
+            http.close()
     statuses = sorted(r.status_code for r in responses)
     assert statuses == [200] + [409] * 9
     for response in responses:
         if response.status_code == 409:
-            assert_problem(response, 409, "task_processing")
+            # Processing while the callback runs; Completed for a request that came late.
+            assert response.json()["code"] in ("task_processing", "task_completed")
     assert len(receiver.hits_for(task_id)) == 1
     assert len(client.get(f"/api/tasks/{task_id}/executions").json()["items"]) == 1
 

@@ -46,9 +46,14 @@ def test_dequeue_moves_the_task_into_the_database(client: httpx.Client) -> None:
     assert TIMESTAMP.match(task["dequeuedAt"])
     stored = client.get(f"/api/tasks/{task_id}").json()
     assert stored["status"] == "Dequeued"
-    queued_ids = [
-        t["taskId"] for t in client.get("/api/tasks?status=Queued&limit=1000").json()["items"]
-    ]
+    queued_ids: list[str] = []
+    cursor: str | None = None
+    while True:
+        params = {"status": "Queued", "limit": "200", **({"cursor": cursor} if cursor else {})}
+        page = client.get("/api/tasks", params=params).json()
+        queued_ids += [t["taskId"] for t in page["items"]]
+        if not (cursor := page["nextCursor"]):
+            break
     assert task_id not in queued_ids
 
 

@@ -9,15 +9,14 @@ import pytest
 
 from taskplatform.backends import Backends, open_backends, prepare_schema
 from taskplatform.settings import Settings
-from tests.support.backends import BACKENDS, backend_env
+from tests.support.backends import BACKENDS, backend_env, settings_kwargs
 
 
 @pytest.fixture(params=BACKENDS)
 async def backends(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backends]:
     """A fresh, empty queue and store of one backend combination."""
-    env = backend_env(request.param, tmp_path)
-    settings = Settings(database_url=env["TASKPLATFORM_DATABASE_URL"])
-    prepare_schema(settings)
+    settings = Settings(**settings_kwargs(backend_env(request.param, tmp_path)))  # type: ignore[arg-type]
+    await prepare_schema(settings)
     opened = open_backends(settings)
     yield opened
     await opened.close()

@@ -1,15 +1,136 @@
-"""The backend combinations every parametrized test runs on, as ``TASKPLATFORM_*`` settings."""
+"""The backend combinations every parametrized test runs on, each isolated per use.
+
+PostgreSQL gets a fresh database per use (dropped at the end of the session) and Redis a fresh key
+prefix in DB 15 (flushed when the session starts). The servers come from ``TEST_POSTGRES_URL``
+(default ``postgresql://postgres@127.0.0.1:5432/postgres``) and ``TEST_REDIS_URL`` (default
+``redis://127.0.0.1:6379/15``). A server that cannot be reached skips its combinations with the
+reason shown; with ``CI`` set it fails them instead.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import functools
+import os
+import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
-BACKENDS = ["sqlite"]
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+
+T = TypeVar("T")
+
+BACKENDS = ["sqlite", "postgres", "redis+postgres", "redis+sqlite"]
 """Names of the combinations; each test over backends runs once per name."""
+
+POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+_created_databases: list[str] = []
+
+
+def _run(coroutine: Callable[[], Awaitable[T]]) -> T:
+    """Run ``coroutine()`` to completion on a fresh loop in another thread (safe inside a loop)."""
+
+    async def main() -> T:
+        return await coroutine()
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, main()).result()
+
+
+@functools.cache
+def _unreachable(service: str) -> str | None:
+    """Return why ``service`` cannot be used, or None when it answers."""
+
+    async def check_postgres() -> None:
+        connection = await asyncpg.connect(POSTGRES_URL, timeout=3)
+        await connection.close()
+
+    async def check_redis() -> None:
+        client = aioredis.Redis.from_url(REDIS_URL, socket_connect_timeout=3)
+        try:
+            await client.flushdb()
+        finally:
+            await client.aclose()
+
+    try:
+        _run(check_postgres if service == "postgres" else check_redis)
+    except Exception as exc:
+        url = POSTGRES_URL if service == "postgres" else REDIS_URL
+        return f"{service} at {url} is not reachable: {exc}"
+    return None
+
+
+def require(name: str) -> None:
+    """Skip (locally) or fail (with ``CI`` set) unless combination ``name``'s servers answer."""
+    for service in ("postgres", "redis"):
+        if service in name:
+            reason = _unreachable(service)
+            if reason:
+                if os.environ.get("CI"):
+                    pytest.fail(reason)
+                pytest.skip(reason)
+
+
+def _new_postgres_database() -> str:
+    name = f"taskplatform_test_{uuid.uuid4().hex[:12]}"
+
+    async def create() -> None:
+        connection = await asyncpg.connect(POSTGRES_URL, timeout=5)
+        try:
+            await connection.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await connection.close()
+
+    _run(create)
+    _created_databases.append(name)
+    base, _, _ = POSTGRES_URL.rpartition("/")
+    return f"{base}/{name}"
+
+
+def drop_created_databases() -> None:
+    """Drop every database this session created."""
+
+    async def drop() -> None:
+        connection = await asyncpg.connect(POSTGRES_URL, timeout=5)
+        try:
+            for name in _created_databases:
+                await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await connection.close()
+
+    if _created_databases:
+        _run(drop)
+        _created_databases.clear()
 
 
 def backend_env(name: str, workdir: Path) -> dict[str, str]:
-    """Return the ``TASKPLATFORM_*`` variables of combination ``name``, isolated in ``workdir``."""
+    """Return the ``TASKPLATFORM_*`` variables of combination ``name``, isolated from all others.
+
+    Skips or fails the calling test when a server it needs is not reachable (see :func:`require`).
+    """
+    require(name)
+    sqlite = {"TASKPLATFORM_DATABASE_URL": f"sqlite:///{workdir / 'taskplatform.db'}"}
+    redis = {
+        "TASKPLATFORM_QUEUE_URL": REDIS_URL,
+        "TASKPLATFORM_REDIS_KEY_PREFIX": f"{{tp-{uuid.uuid4().hex[:12]}}}",
+    }
     if name == "sqlite":
-        return {"TASKPLATFORM_DATABASE_URL": f"sqlite:///{workdir / 'taskplatform.db'}"}
+        return sqlite
+    if name == "postgres":
+        return {"TASKPLATFORM_DATABASE_URL": _new_postgres_database()}
+    if name == "redis+postgres":
+        return {"TASKPLATFORM_DATABASE_URL": _new_postgres_database(), **redis}
+    if name == "redis+sqlite":
+        return {**sqlite, **redis}
     raise ValueError(f"unknown backend combination {name!r}")
+
+
+def settings_kwargs(env: dict[str, str]) -> dict[str, str]:
+    """Turn ``TASKPLATFORM_*`` variables into ``Settings`` keyword arguments."""
+    return {key.removeprefix("TASKPLATFORM_").lower(): value for key, value in env.items()}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from taskplatform.exceptions import MalformedJSON, ValidationFailed
@@ -115,3 +117,57 @@ def test_cursor_must_be_a_task_id() -> None:
     assert check_cursor("01a22c77-e15a-76a6-a8dc-062a858cbbaf")
     with pytest.raises(ValidationFailed):
         check_cursor("'; drop table tasks; --")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.1:9123/",
+        "http://2130706433/",
+        "http://2852039166/",
+        "http://0251.0376.0251.0376/",
+        "http://0177.0.0.1/",
+        "http://0x7f.0.0.1/",
+        "http://0:9123/",
+        "http://127.0.0.1:9123\\@evil/",
+        "http://a..b/",
+        "http://" + "a" * 64 + ".com/",
+        "http://ex\u00adample.com/",
+        "http://a\u200bb.com/",
+        "http://\u202e.com/",
+        "http://[fe80::1%25eth0]/",
+        "http://-leading.test/",
+    ],
+)
+def test_hosts_that_cannot_be_called_as_written_are_rejected(url: str) -> None:
+    """Numeric aliases of IPv4 addresses and malformed names fail at create, not at execute."""
+    with pytest.raises(ValidationFailed) as caught:
+        check_callback_url(url, 2048)
+    assert caught.value.errors[0][0] == "$.callbackUrl"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://bücher.example/",
+        "http://my_service:8080/",
+        "http://[2001:db8::1]/",
+        "http://h.test./",
+    ],
+)
+def test_unicode_underscore_ipv6_and_trailing_dot_hosts_are_accepted(url: str) -> None:
+    check_callback_url(url, 2048)
+
+
+def test_depth_check_is_linear_on_adversarial_input() -> None:
+    """An unclosed string after many brackets once took hours to scan (backtracking)."""
+    body = b"{" * 65 + b'"' + b'\\"' * 500_000
+    started = time.perf_counter()
+    with pytest.raises(MalformedJSON):
+        _parse(body)
+    assert time.perf_counter() - started < 2
+
+
+def test_truncated_body_with_a_valid_surrogate_pair_is_malformed_not_a_surrogate_error() -> None:
+    with pytest.raises(MalformedJSON):
+        _parse(b'{"taskData":{"e":"\\ud83d\\ude00"}')

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -33,18 +35,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        prepare_schema(settings)
+        await prepare_schema(settings)
         backends = open_backends(settings)
         sender = CallbackSender(
             max_connections=settings.callback_max_connections,
             max_response_bytes=settings.callback_response_max_bytes,
         )
         await sender.start()
-        app.state.service = TaskService(backends, sender, settings)
+        service = TaskService(backends, sender, settings)
+        app.state.service = service
+        maintenance = asyncio.create_task(service.run_maintenance(), name="maintenance")
         try:
             yield
         finally:
-            await app.state.service.drain()
+            maintenance.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await maintenance
+            await service.drain()
             await sender.close()
             await backends.close()
 

@@ -127,8 +127,29 @@ def install_openapi(app: FastAPI) -> None:
                 description=app.description,
                 routes=app.routes,
             )
-            schema.setdefault("components", {}).setdefault("schemas", {}).update(components)
+            schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+            schemas.update(components)
+            _drop_default_validation_responses(schema)
             app.openapi_schema = schema
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _drop_default_validation_responses(schema: dict[str, Any]) -> None:
+    """Remove the 422 ``HTTPValidationError`` FastAPI adds to every route with parameters.
+
+    Our validation errors are problem+json (declared per route where they can happen); a path
+    parameter that is any string cannot fail validation at all.
+    """
+    default = "#/components/schemas/HTTPValidationError"
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            response = operation.get("responses", {}).get("422", {})
+            content = response.get("content", {}).get("application/json", {})
+            if content.get("schema", {}).get("$ref") == default:
+                del operation["responses"]["422"]
+    if default not in str(schema.get("paths")):
+        schemas = schema["components"]["schemas"]
+        schemas.pop("HTTPValidationError", None)
+        schemas.pop("ValidationError", None)

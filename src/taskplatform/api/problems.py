@@ -10,7 +10,9 @@ import msgspec
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
+from starlette.routing import Match
 
 from taskplatform.exceptions import TaskPlatformError, ValidationFailed
 from taskplatform.models import Problem, ProblemFieldError
@@ -84,15 +86,37 @@ async def _on_http_error(request: Request, exc: Exception) -> Response:
     status = exc.status_code
     phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
     detail = exc.detail if isinstance(exc.detail, str) else phrase
+    headers = dict(exc.headers) if exc.headers else {}
     if status == 404:
         detail = f"no route matches {request.method} {request.url.path}"
+    if status == 405:
+        # Starlette names only the first route of the path; a path can have several (GET and
+        # POST /api/tasks are two routes), so list the methods of all of them.
+        allowed = _allowed_methods(request)
+        headers["Allow"] = ", ".join(allowed)
+        detail = f"{request.method} is not allowed here; use {' or '.join(allowed)}"
     return problem_response(
         status,
         _HTTP_CODES.get(status, phrase.lower().replace(" ", "_")),
         phrase,
         detail,
-        headers=dict(exc.headers) if exc.headers else None,
+        headers=headers or None,
     )
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    allowed = []
+    for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"):
+        scope = {**request.scope, "method": method}
+        if any(route.matches(scope)[0] is Match.FULL for route in request.app.router.routes):
+            allowed.append(method)
+    return allowed
+
+
+async def _on_client_disconnect(request: Request, exc: Exception) -> Response:
+    # The client hung up while sending its body: nothing was stored, nobody reads this answer.
+    logger.debug("%s %s: client disconnected mid-request", request.method, request.url.path)
+    return problem_response(400, "client_disconnected", "Client disconnected", "body incomplete")
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> Response:
@@ -105,4 +129,5 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(TaskPlatformError, _on_platform_error)
     app.add_exception_handler(RequestValidationError, _on_request_validation)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
+    app.add_exception_handler(ClientDisconnect, _on_client_disconnect)
     app.add_exception_handler(Exception, _on_unexpected)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import msgspec
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from starlette.responses import Response
 
 from taskplatform.api.openapi import (
@@ -43,6 +43,7 @@ from taskplatform.validation import check_cursor, parse_task_create
 router = APIRouter(prefix="/api/tasks", tags=["tasks"])
 _encode = msgspec.json.Encoder().encode
 _JSON = "application/json"
+TaskId = Annotated[str, Path(alias="taskId", description="The id create returned.")]
 
 
 def _service(request: Request) -> TaskService:
@@ -56,25 +57,31 @@ def _json(
     return Response(_encode(body), status, headers=headers, media_type=_JSON)
 
 
-def _is_json_media_type(content_type: str | None) -> bool:
-    if not content_type:
-        return False
-    media_type = content_type.split(";", 1)[0].strip().lower()
-    return media_type == _JSON or (
+def _check_json_media_type(request: Request) -> None:
+    content_types = request.headers.getlist("content-type")
+    if len(content_types) != 1:
+        raise UnsupportedMediaType("send exactly one Content-Type header: application/json")
+    media_type, *parameters = (part.strip().lower() for part in content_types[0].split(";"))
+    is_json = media_type == _JSON or (
         media_type.startswith("application/") and media_type.endswith("+json")
     )
+    if not is_json:
+        raise UnsupportedMediaType("send the body as JSON with Content-Type: application/json")
+    for parameter in parameters:
+        name, _, value = parameter.partition("=")
+        if name.strip() == "charset" and value.strip().strip('"') not in ("utf-8", "utf8"):
+            raise UnsupportedMediaType("JSON bodies must be UTF-8 (RFC 8259)")
 
 
 async def read_json_body(request: Request, limit: int) -> bytes:
     """Return the request body after checking its media type and size.
 
     Raises:
-        UnsupportedMediaType: the Content-Type is not JSON.
+        UnsupportedMediaType: the Content-Type is not JSON, or names a charset other than UTF-8.
         PayloadTooLarge: the body is over ``limit`` bytes (checked while reading, so a client
             cannot make the server buffer more than that).
     """
-    if not _is_json_media_type(request.headers.get("content-type")):
-        raise UnsupportedMediaType("send the body as JSON with Content-Type: application/json")
+    _check_json_media_type(request)
     too_large = PayloadTooLarge(f"the body is over the limit of {limit} bytes")
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -119,18 +126,16 @@ async def create_task(request: Request) -> Response:
     )
 
 
-_DEQUEUE = {
-    "summary": "Take the next task out of the queue",
-    "response_class": Response,
-    "responses": {
+@router.api_route(
+    "/dequeue",
+    methods=["GET", "POST"],
+    summary="Take the next task out of the queue",
+    response_class=Response,
+    responses={
         200: json_body(TaskView, "The task, now Dequeued and stored in the database."),
         **problems(QueueEmpty, BackendUnavailable),
     },
-}
-
-
-@router.get("/dequeue", **_DEQUEUE)  # type: ignore[arg-type]
-@router.post("/dequeue", **_DEQUEUE)  # type: ignore[arg-type]
+)
 async def dequeue_task(request: Request) -> Response:
     """Take the highest-priority task (FIFO within a priority) into the database (FR-002)."""
     task = await _service(request).dequeue()
@@ -146,7 +151,7 @@ async def dequeue_task(request: Request) -> Response:
 async def list_tasks(
     request: Request,
     status: Annotated[Status | None, Query(description="Only tasks in this status.")] = None,
-    limit: Annotated[int, Query(ge=1, le=1000, description="Page size.")] = 50,
+    limit: Annotated[int, Query(ge=1, le=200, description="Page size.")] = 50,
     cursor: Annotated[str | None, Query(description="`nextCursor` of the previous page.")] = None,
 ) -> Response:
     """List tasks in any status, newest first, a page at a time."""
@@ -157,12 +162,12 @@ async def list_tasks(
 
 
 @router.get(
-    "/{task_id}",
+    "/{taskId}",
     summary="Get a task",
     response_class=Response,
     responses={200: json_body(TaskView, "The task."), **problems(TaskNotFound)},
 )
-async def get_task(request: Request, task_id: str) -> Response:
+async def get_task(request: Request, task_id: TaskId) -> Response:
     """Tell where a task stands, in any status, Queued included (FR-010)."""
     return _json(TaskView.of(await _service(request).get(task_id)))
 
@@ -177,7 +182,7 @@ def _prefers_async(request: Request) -> bool:
 
 
 @router.post(
-    "/{task_id}/execute",
+    "/{taskId}/execute",
     summary="Execute a task: call its callbackUrl",
     response_class=Response,
     responses={
@@ -186,7 +191,7 @@ def _prefers_async(request: Request) -> bool:
         **problems(*EXECUTE_ERRORS),
     },
 )
-async def execute_task(request: Request, task_id: str) -> Response:
+async def execute_task(request: Request, task_id: TaskId) -> Response:
     """Call the task's callbackUrl and record the attempt (FR-003, FR-006, FR-007)."""
     service = _service(request)
     if _prefers_async(request):
@@ -209,12 +214,12 @@ async def execute_task(request: Request, task_id: str) -> Response:
 
 
 @router.get(
-    "/{task_id}/executions",
+    "/{taskId}/executions",
     summary="The attempt log of a task",
     response_class=Response,
     responses={200: json_body(ExecutionList, "Attempts, oldest first."), **problems(TaskNotFound)},
 )
-async def list_executions(request: Request, task_id: str) -> Response:
+async def list_executions(request: Request, task_id: TaskId) -> Response:
     """Return every callback attempt of the task (the seed's TaskExecution entity)."""
     log = await _service(request).executions(task_id)
     return _json(ExecutionList(task_id, [ExecutionView.of(execution) for execution in log]))

@@ -1,13 +1,31 @@
-"""Backend selection: build the queue and the store named by the settings' URLs."""
+"""Backend selection: build the queue and the store named by the settings' URLs.
+
+=========================  =========================  ==================================
+TASKPLATFORM_DATABASE_URL  TASKPLATFORM_QUEUE_URL     combination
+=========================  =========================  ==================================
+``sqlite:///path``         (unset, or the same)       embedded default: one file
+``postgresql://…``         (unset, or the same)       queue and store in PostgreSQL
+``postgresql://…``         ``redis://…``              Redis queue, PostgreSQL store
+``sqlite:///path``         ``redis://…``              Redis queue, SQLite store
+=========================  =========================  ==================================
+
+Backend modules are imported only when chosen, so a missing optional driver matters only to those
+who choose its backend, and the error names the extra that installs it.
+"""
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
+from types import ModuleType
 
 from taskplatform.backends.base import Queue, Store, TaskChanges
+from taskplatform.faults import Faults
 from taskplatform.settings import Settings
 
 __all__ = ["Backends", "ConfigurationError", "Queue", "Store", "TaskChanges", "open_backends"]
+
+_EXTRAS = {"asyncpg": "postgres", "redis": "redis"}
 
 
 class ConfigurationError(Exception):
@@ -27,70 +45,123 @@ class Backends:
         await self.store.close()
 
 
-def _scheme(url: str) -> str:
-    return url.split(":", 1)[0].split("+", 1)[0].lower()
+def scheme(url: str) -> str:
+    """Return the kind of ``url``: ``sqlite``, ``postgresql``, ``redis``, or its raw scheme."""
+    name = url.split("://", 1)[0].split("+", 1)[0].lower() if "://" in url else url
+    return {"postgres": "postgresql", "rediss": "redis"}.get(name, name)
 
 
-def prepare_schema(settings: Settings) -> None:
-    """Create or upgrade the SQL schema of the configured database (Alembic), synchronously.
+def _require(module: str) -> ModuleType:
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        extra = _EXTRAS.get(module.split(".", 1)[0], module)
+        raise ConfigurationError(
+            f"this backend needs the {module!r} package, which is not installed: "
+            f"pip install 'taskplatform[{extra}]'"
+        ) from exc
+
+
+def _check_urls(settings: Settings) -> tuple[str, str]:
+    store, queue = scheme(settings.database_url), scheme(settings.resolved_queue_url())
+    if store not in ("sqlite", "postgresql"):
+        raise ConfigurationError(
+            f"TASKPLATFORM_DATABASE_URL has the scheme {store!r}, which taskplatform does not "
+            "support as a store; use sqlite:///path/to/file.db or postgresql://user@host/db"
+        )
+    if queue not in ("sqlite", "postgresql", "redis"):
+        raise ConfigurationError(
+            f"TASKPLATFORM_QUEUE_URL has the scheme {queue!r}, which taskplatform does not "
+            "support as a queue; use redis://host:6379/0, or leave it unset to keep the queue "
+            "in the database"
+        )
+    if queue != "redis" and settings.resolved_queue_url() != settings.database_url:
+        raise ConfigurationError(
+            "a SQL queue must live in the same database as the store: leave "
+            "TASKPLATFORM_QUEUE_URL unset (or equal to TASKPLATFORM_DATABASE_URL), or use redis://"
+        )
+    if store == "sqlite":
+        from taskplatform.backends.sqlite import sqlite_path
+
+        try:
+            sqlite_path(settings.database_url)
+        except ValueError as exc:
+            raise ConfigurationError(str(exc)) from exc
+    return store, queue
+
+
+async def prepare_schema(settings: Settings) -> None:
+    """Create or upgrade the SQL schema of the store's database (Alembic).
 
     Raises:
-        ConfigurationError: the URL's scheme is not supported.
+        ConfigurationError: an unsupported URL or a missing driver.
         SchemaError: the database is at a revision this code does not know.
+        BackendUnavailable: the database cannot be reached.
     """
     from taskplatform.backends import migrate
+    from taskplatform.exceptions import BackendUnavailable
 
-    scheme = _scheme(settings.database_url)
-    if scheme != "sqlite":
-        raise ConfigurationError(
-            _unknown_scheme(settings.database_url, "TASKPLATFORM_DATABASE_URL")
-        )
-    from taskplatform.backends.sqlite import sqlite_path
+    store, _ = _check_urls(settings)
+    if store == "sqlite":
+        await migrate.upgrade(settings.database_url)
+        return
+    _require("asyncpg")
+    from taskplatform.backends.postgres import asyncpg_url
 
     try:
-        sqlite_path(settings.database_url)
-    except ValueError as exc:
-        raise ConfigurationError(str(exc)) from exc
-    migrate.upgrade(settings.database_url)
+        await migrate.upgrade(asyncpg_url(settings.database_url))
+    except (OSError, TimeoutError) as exc:
+        raise BackendUnavailable(f"cannot reach the PostgreSQL database: {exc}") from exc
+    except Exception as exc:
+        if type(exc).__module__.startswith(("sqlalchemy", "asyncpg")):
+            raise BackendUnavailable(f"cannot migrate the PostgreSQL database: {exc}") from exc
+        raise
 
 
 def open_backends(settings: Settings) -> Backends:
     """Open the queue at ``settings.resolved_queue_url()`` and the store at ``database_url``.
 
-    The schema must be current (:func:`prepare_schema`). Backend modules are imported lazily, so an
-    optional driver is needed only when its backend is chosen.
+    The schema must be current (:func:`prepare_schema`). No connection is made yet: pools connect
+    on first use.
 
     Raises:
-        ConfigurationError: an unknown scheme, or a combination that is not supported.
-        BackendUnavailable: a backend cannot be reached.
+        ConfigurationError: an unsupported URL or combination, or a missing driver.
     """
-    store_scheme = _scheme(settings.database_url)
-    queue_url = settings.resolved_queue_url()
-    queue_scheme = _scheme(queue_url)
-    if store_scheme != "sqlite":
-        raise ConfigurationError(
-            _unknown_scheme(settings.database_url, "TASKPLATFORM_DATABASE_URL")
+    store_kind, queue_kind = _check_urls(settings)
+    faults = Faults(settings.faults)
+    store: Store
+    queue: Queue
+    if store_kind == "sqlite":
+        from taskplatform.backends.sqlite import SQLiteDatabase, SQLiteQueue, SQLiteStore
+
+        database = SQLiteDatabase(
+            settings.database_url,
+            synchronous=settings.sqlite_synchronous,
+            busy_timeout_seconds=settings.sqlite_busy_timeout_seconds,
         )
-    if queue_scheme != "sqlite":
-        raise ConfigurationError(_unknown_scheme(queue_url, "TASKPLATFORM_QUEUE_URL"))
-    if queue_url != settings.database_url:
-        raise ConfigurationError(
-            "a SQLite queue must live in the same file as the SQLite store: leave "
-            "TASKPLATFORM_QUEUE_URL unset or equal to TASKPLATFORM_DATABASE_URL"
+        store = SQLiteStore(database)
+        if queue_kind == "sqlite":
+            return Backends(queue=SQLiteQueue(database, faults), store=store)
+    else:
+        _require("asyncpg")
+        from taskplatform.backends.postgres import PostgresDatabase, PostgresQueue, PostgresStore
+
+        pg = PostgresDatabase(
+            settings.database_url,
+            pool_size=settings.database_pool_size,
+            pool_overflow=settings.database_pool_overflow,
+            connect_timeout_seconds=settings.database_connect_timeout_seconds,
         )
-    from taskplatform.backends.sqlite import SQLiteDatabase, SQLiteQueue, SQLiteStore
+        store = PostgresStore(pg)
+        if queue_kind == "postgresql":
+            return Backends(queue=PostgresQueue(pg), store=store)
+    _require("redis")
+    from taskplatform.backends.redis import RedisQueue
 
-    database = SQLiteDatabase(
-        settings.database_url,
-        synchronous=settings.sqlite_synchronous,
-        busy_timeout_seconds=settings.sqlite_busy_timeout_seconds,
+    queue = RedisQueue(
+        settings.resolved_queue_url(),
+        key_prefix=settings.redis_key_prefix,
+        reservation_seconds=settings.queue_reservation_seconds,
+        faults=faults,
     )
-    return Backends(queue=SQLiteQueue(database), store=SQLiteStore(database))
-
-
-def _unknown_scheme(url: str, variable: str) -> str:
-    scheme = url.split(":", 1)[0] if ":" in url else url
-    return (
-        f"{variable} has the scheme {scheme!r}, which taskplatform does not support; "
-        "use sqlite:///path/to/file.db"
-    )
+    return Backends(queue=queue, store=store)

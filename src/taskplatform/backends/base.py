@@ -91,6 +91,18 @@ class Queue(abc.ABC):
             BackendUnavailable: the queue or the store cannot be reached; the task stays queued.
         """
 
+    async def recover(self, store: Store, *, now: int) -> int:
+        """Settle transfers that a crashed process left half-done; run periodically by servers.
+
+        A queue that moves tasks in one transaction has nothing to settle (this default). One that
+        reserves, inserts and acks returns expired reservations whose task is not in ``store``
+        and acks those that are.
+
+        Returns:
+            How many tasks went back to the queue.
+        """
+        return 0
+
     @abc.abstractmethod
     async def ping(self) -> None:
         """Check that the backend answers. Raises BackendUnavailable if not."""

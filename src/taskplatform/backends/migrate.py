@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import create_engine
+from sqlalchemy import Connection, create_engine, text
+from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
 from taskplatform.exceptions import TaskPlatformError
+
+# pg_advisory_xact_lock key: serialises servers that start at once on an empty database.
+_MIGRATION_LOCK = 7_461_203_981
 
 
 class SchemaError(TaskPlatformError):
@@ -31,31 +38,52 @@ def head_revision() -> str:
     return head
 
 
-def upgrade(sqlalchemy_url: str) -> str:
+def _upgrade_on(connection: Connection) -> None:
+    if connection.dialect.name == "postgresql":
+        connection.execute(text(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})"))
+    config = _config()
+    script = ScriptDirectory.from_config(config)
+    current = MigrationContext.configure(connection).get_current_revision()
+    if current is not None and current not in {rev.revision for rev in script.walk_revisions()}:
+        raise SchemaError(
+            f"the database schema is at revision {current!r}, which this taskplatform "
+            f"(newest revision {script.get_current_head()!r}) does not know; it was probably "
+            "written by a newer taskplatform: upgrade taskplatform, or point "
+            "TASKPLATFORM_DATABASE_URL at another database"
+        )
+    config.attributes["connection"] = connection
+    command.upgrade(config, "head")
+
+
+def _upgrade_sync(sqlalchemy_url: str) -> None:
+    path = sqlalchemy_url.removeprefix("sqlite:///")
+    if path and path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(sqlalchemy_url, poolclass=NullPool)
+    try:
+        with engine.begin() as connection:
+            _upgrade_on(connection)
+    finally:
+        engine.dispose()
+
+
+async def upgrade(sqlalchemy_url: str) -> str:
     """Bring the database at ``sqlalchemy_url`` to the newest revision; return that revision.
 
-    An empty database gets the whole schema; an up-to-date one is left alone.
+    An empty database gets the whole schema; an up-to-date one is left alone. ``sqlite://`` URLs
+    migrate on a worker thread; async URLs (``postgresql+asyncpg://``) on their own driver.
 
     Raises:
         SchemaError: the database is at a revision this code does not know (written by a newer
             taskplatform); nothing is changed.
     """
-    config = _config()
-    script = ScriptDirectory.from_config(config)
-    engine = create_engine(sqlalchemy_url, poolclass=NullPool)
-    try:
-        with engine.begin() as connection:
-            current = MigrationContext.configure(connection).get_current_revision()
-            if current is not None and current not in {
-                rev.revision for rev in script.walk_revisions()
-            }:
-                raise SchemaError(
-                    f"the database schema is at revision {current!r}, which this taskplatform "
-                    f"(newest revision {script.get_current_head()!r}) does not know; it was "
-                    "probably written by a newer taskplatform: upgrade taskplatform instead"
-                )
-            config.attributes["connection"] = connection
-            command.upgrade(config, "head")
-    finally:
-        engine.dispose()
+    if sqlalchemy_url.startswith("sqlite"):
+        await asyncio.to_thread(_upgrade_sync, sqlalchemy_url)
+    else:
+        engine = create_async_engine(sqlalchemy_url, poolclass=NullPool)
+        try:
+            async with engine.begin() as connection:
+                await connection.run_sync(_upgrade_on)
+        finally:
+            await engine.dispose()
     return head_revision()

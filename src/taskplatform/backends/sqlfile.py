@@ -8,14 +8,7 @@ from importlib import resources
 _HEADER = re.compile(r"^-- name: (\w+)\n(?:--[^\n]*\n)*", re.MULTILINE)
 
 
-def load_queries(filename: str) -> dict[str, str]:
-    """Return ``{name: sql}`` for each ``-- name: <name>`` section of ``sql/<filename>``.
-
-    A section runs from its header (and the comment lines under it) to the next header.
-
-    Raises:
-        FileNotFoundError: no such file ships with the package.
-    """
+def _parse(filename: str) -> dict[str, str]:
     text = resources.files("taskplatform.backends").joinpath("sql", filename).read_text("utf-8")
     headers = list(_HEADER.finditer(text))
     queries: dict[str, str] = {}
@@ -23,3 +16,15 @@ def load_queries(filename: str) -> dict[str, str]:
         end = following.start() if following else len(text)
         queries[match.group(1)] = text[match.end() : end].strip().rstrip(";")
     return queries
+
+
+def load_queries(dialect: str) -> dict[str, str]:
+    """Return ``{name: sql}``: ``sql/common.sql`` overlaid with ``sql/<dialect>.sql``.
+
+    Each query is a section under a ``-- name: <name>`` header (and the comment lines below it),
+    running to the next header; parameters are named (``:name``).
+
+    Raises:
+        FileNotFoundError: no such file ships with the package.
+    """
+    return {**_parse("common.sql"), **_parse(f"{dialect}.sql")}

@@ -22,7 +22,18 @@ from typing import Any, TypeVar
 
 from taskplatform.backends.base import Queue, Store, TaskChanges
 from taskplatform.backends.sqlfile import load_queries
+from taskplatform.backends.sqlrows import (
+    NO_CURSOR,
+    compare_and_set_sql,
+    execution_params,
+    execution_record,
+    queue_params,
+    queued_record,
+    stored_record,
+    task_params,
+)
 from taskplatform.exceptions import BackendUnavailable
+from taskplatform.faults import Faults
 from taskplatform.models import ExecutionRecord, Status, TaskRecord
 
 logger = logging.getLogger(__name__)
@@ -30,14 +41,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 Job = Callable[[sqlite3.Connection], Any]
 
-SQL = load_queries("sqlite.sql")
-_STORE_COLUMNS = (
-    "task_id, sequence, status, priority, task_data, callback_url, max_retries, timeout_seconds, "
-    "attempts, lease_token, lease_expires_at, next_attempt_at, result, error, created_at, "
-    "updated_at, dequeued_at, completed_at"
-)
-# Ids sort below this, so "task_id < cursor" with it means "no cursor".
-_NO_CURSOR = "\U0010ffff"
+SQL = load_queries("sqlite")
 
 
 def sqlite_path(url: str) -> str:
@@ -231,92 +235,20 @@ class SQLiteDatabase:
             self.reader.close()
 
 
-def _queued_record(row: tuple[Any, ...]) -> TaskRecord:
-    (task_id, seq, priority, data, url, max_retries, timeout, attempts, error, created, updated) = (
-        row
-    )
-    return TaskRecord(
-        task_id=task_id,
-        sequence=seq,
-        status=Status.QUEUED,
-        priority=priority,
-        task_data=data.encode(),
-        callback_url=url,
-        max_retries=max_retries,
-        timeout_seconds=timeout,
-        attempts=attempts,
-        error=error,
-        created_at=created,
-        updated_at=updated,
-    )
-
-
-def _stored_record(row: tuple[Any, ...]) -> TaskRecord:
-    result = row[12]
-    return TaskRecord(
-        task_id=row[0],
-        sequence=row[1],
-        status=Status(row[2]),
-        priority=row[3],
-        task_data=row[4].encode(),
-        callback_url=row[5],
-        max_retries=row[6],
-        timeout_seconds=row[7],
-        attempts=row[8],
-        lease_token=row[9],
-        lease_expires_at=row[10],
-        next_attempt_at=row[11],
-        result=None if result is None else result.encode(),
-        error=row[13],
-        created_at=row[14],
-        updated_at=row[15],
-        dequeued_at=row[16],
-        completed_at=row[17],
-    )
-
-
-def _insert_row(task: TaskRecord) -> tuple[Any, ...]:
-    return (
-        task.task_id,
-        task.sequence,
-        task.status.value,
-        task.priority,
-        task.task_data.decode(),
-        task.callback_url,
-        task.max_retries,
-        task.timeout_seconds,
-        task.attempts,
-        task.lease_token,
-        task.lease_expires_at,
-        task.next_attempt_at,
-        None if task.result is None else task.result.decode(),
-        task.error,
-        task.created_at,
-        task.updated_at,
-        task.dequeued_at,
-        task.completed_at,
-    )
-
-
 class SQLiteQueue(Queue):
-    """The queue as the ``queued_tasks`` table of a :class:`SQLiteDatabase`."""
+    """The queue as the ``queued_tasks`` table of a :class:`SQLiteDatabase`.
 
-    def __init__(self, database: SQLiteDatabase) -> None:
+    Args:
+        database: The file it shares with its :class:`SQLiteStore`.
+        faults: Test-only fault injection (``after_reserve`` fires inside the dequeue transaction).
+    """
+
+    def __init__(self, database: SQLiteDatabase, faults: Faults | None = None) -> None:
         self.database = database
+        self._faults = faults or Faults()
 
     async def enqueue(self, task: TaskRecord) -> None:
-        row = (
-            task.task_id,
-            task.priority,
-            task.task_data.decode(),
-            task.callback_url,
-            task.max_retries,
-            task.timeout_seconds,
-            task.attempts,
-            task.error,
-            task.created_at,
-            task.updated_at,
-        )
+        row = queue_params(task)
 
         def job(conn: sqlite3.Connection) -> int:
             seq: int = conn.execute(SQL["enqueue"], row).fetchone()[0]
@@ -326,15 +258,15 @@ class SQLiteQueue(Queue):
 
     async def get(self, task_id: str) -> TaskRecord | None:
         def job(conn: sqlite3.Connection) -> TaskRecord | None:
-            row = conn.execute(SQL["queue_get"], (task_id,)).fetchone()
-            return None if row is None else _queued_record(row)
+            row = conn.execute(SQL["queue_get"], {"task_id": task_id}).fetchone()
+            return None if row is None else queued_record(row)
 
         return await self.database.read(job)
 
     async def list_tasks(self, *, before: str | None, limit: int) -> list[TaskRecord]:
         def job(conn: sqlite3.Connection) -> list[TaskRecord]:
-            rows = conn.execute(SQL["queue_list"], (before or _NO_CURSOR, limit)).fetchall()
-            return [_queued_record(row) for row in rows]
+            params = {"before": before or NO_CURSOR, "limit": limit}
+            return [queued_record(row) for row in conn.execute(SQL["queue_list"], params)]
 
         return await self.database.read(job)
 
@@ -353,10 +285,11 @@ class SQLiteQueue(Queue):
             row = conn.execute(SQL["dequeue_next"]).fetchone()
             if row is None:
                 return None
-            task = _queued_record(row)
+            self._faults.hit("after_reserve")  # the savepoint undoes the delete if this raises
+            task = queued_record(row)
             task.status = Status.DEQUEUED
             task.dequeued_at = task.updated_at = now
-            conn.execute(SQL["store_insert"], _insert_row(task))
+            conn.execute(SQL["store_insert"], task_params(task))
             return task
 
         return await self.database.write(job)
@@ -386,24 +319,14 @@ class SQLiteStore(Store):
         require_attempts_left: bool,
         execution: ExecutionRecord | None,
     ) -> TaskRecord | None:
-        columns = changes.columns()
-        if "result" in columns and isinstance(columns["result"], bytes):
-            columns["result"] = columns["result"].decode()
-        assignments = ["status = ?", "updated_at = ?"]
-        assignments += [f"{name} = ?" for name in columns]  # names come from TaskChanges only
-        if changes.increment_attempts:
-            assignments.append("attempts = attempts + 1")
-        conditions = ["task_id = ?", f"status IN ({', '.join('?' * len(expected))})"]
-        params: list[Any] = [target.value, now, *columns.values(), task_id]
-        params += [status.value for status in expected]
-        if lease_token is not None:
-            conditions.append("lease_token = ?")
-            params.append(lease_token)
-        if require_attempts_left:
-            conditions.append("attempts <= max_retries")
-        sql = (
-            f"UPDATE tasks SET {', '.join(assignments)} WHERE {' AND '.join(conditions)} "
-            f"RETURNING {_STORE_COLUMNS}"
+        sql, params = compare_and_set_sql(
+            task_id,
+            expected=expected,
+            target=target,
+            now=now,
+            changes=changes,
+            lease_token=lease_token,
+            require_attempts_left=require_attempts_left,
         )
 
         def job(conn: sqlite3.Connection) -> TaskRecord | None:
@@ -411,56 +334,41 @@ class SQLiteStore(Store):
             if row is None:
                 return None
             if execution is not None:
-                conn.execute(SQL["execution_insert"], _execution_row(execution))
-            return _stored_record(row)
+                conn.execute(SQL["execution_insert"], execution_params(execution))
+            return stored_record(row)
 
         return await self.database.write(job)
 
     async def insert_dequeued(self, task: TaskRecord) -> bool:
         def job(conn: sqlite3.Connection) -> bool:
-            return conn.execute(SQL["store_insert"], _insert_row(task)).rowcount == 1
+            return conn.execute(SQL["store_insert"], task_params(task)).rowcount == 1
 
         return await self.database.write(job)
 
     async def get(self, task_id: str) -> TaskRecord | None:
         def job(conn: sqlite3.Connection) -> TaskRecord | None:
-            row = conn.execute(SQL["store_get"], (task_id,)).fetchone()
-            return None if row is None else _stored_record(row)
+            row = conn.execute(SQL["store_get"], {"task_id": task_id}).fetchone()
+            return None if row is None else stored_record(row)
 
         return await self.database.read(job)
 
     async def list_tasks(
         self, *, status: Status | None, before: str | None, limit: int
     ) -> list[TaskRecord]:
-        cursor = before or _NO_CURSOR
+        params: dict[str, Any] = {"before": before or NO_CURSOR, "limit": limit}
+        if status is not None:
+            params["status"] = status.value
+        query = SQL["store_list"] if status is None else SQL["store_list_status"]
 
         def job(conn: sqlite3.Connection) -> list[TaskRecord]:
-            if status is None:
-                rows = conn.execute(SQL["store_list"], (cursor, limit)).fetchall()
-            else:
-                rows = conn.execute(
-                    SQL["store_list_status"], (status.value, cursor, limit)
-                ).fetchall()
-            return [_stored_record(row) for row in rows]
+            return [stored_record(row) for row in conn.execute(query, params)]
 
         return await self.database.read(job)
 
     async def executions(self, task_id: str) -> list[ExecutionRecord]:
         def job(conn: sqlite3.Connection) -> list[ExecutionRecord]:
-            rows = conn.execute(SQL["execution_list"], (task_id,)).fetchall()
-            return [
-                ExecutionRecord(
-                    task_id=row[0],
-                    attempt=row[1],
-                    started_at=row[2],
-                    finished_at=row[3],
-                    duration_ms=row[4],
-                    http_status=row[5],
-                    result=None if row[6] is None else row[6].encode(),
-                    error=row[7],
-                )
-                for row in rows
-            ]
+            rows = conn.execute(SQL["execution_list"], {"task_id": task_id})
+            return [execution_record(row) for row in rows]
 
         return await self.database.read(job)
 
@@ -476,16 +384,3 @@ class SQLiteStore(Store):
 
     async def close(self) -> None:
         self.database.close()
-
-
-def _execution_row(execution: ExecutionRecord) -> tuple[Any, ...]:
-    return (
-        execution.task_id,
-        execution.attempt,
-        execution.started_at,
-        execution.finished_at,
-        execution.duration_ms,
-        execution.http_status,
-        None if execution.result is None else execution.result.decode(),
-        execution.error,
-    )

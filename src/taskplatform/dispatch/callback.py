@@ -115,14 +115,15 @@ class CallbackSender:
             error = _describe_connect_error(exc)
         except aiohttp.ClientError as exc:
             error = f"callback failed: {type(exc).__name__}: {exc}"
-        except (OSError, ValueError) as exc:
+        except Exception as exc:  # an outcome, whatever the URL or the peer did
+            logger.warning("callback of task %s failed unexpectedly: %r", task.task_id, exc)
             error = f"callback failed: {type(exc).__name__}: {exc}"
         finished = now_ms()
         return CallbackOutcome(
             success=error is None,
             http_status=status,
             result=None if body is None else _as_json_text(body),
-            error=error,
+            error=None if error is None else _printable(error),
             started_at=started,
             finished_at=finished,
             duration_ms=round((time.monotonic() - clock) * 1000),
@@ -161,6 +162,16 @@ def _describe_connect_error(exc: aiohttp.ClientConnectorError) -> str:
     if isinstance(exc, aiohttp.ClientConnectorDNSError):
         return f"cannot resolve host {exc.host!r}"
     return f"cannot connect to {where}: {exc.os_error.strerror or exc.os_error}"
+
+
+def _printable(text: str) -> str:
+    """Return ``text`` as valid Unicode, at most 1,000 characters.
+
+    aiohttp decodes a peer's reason phrase and headers with ``surrogateescape``; such lone
+    surrogates cannot be stored or sent as UTF-8, so they become U+FFFD.
+    """
+    clean = text.encode("utf-8", errors="surrogateescape").decode("utf-8", errors="replace")
+    return clean if len(clean) <= 1000 else clean[:999] + "…"
 
 
 def _as_json_text(body: bytes) -> bytes:

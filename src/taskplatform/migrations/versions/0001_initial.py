@@ -18,6 +18,8 @@ depends_on = None
 # SQLite only makes an INTEGER PRIMARY KEY an auto-assigned rowid alias; BIGINT elsewhere.
 _ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 _MS = sa.BigInteger()  # epoch milliseconds, UTC
+# Task ids compare byte by byte everywhere (cursor pagination), whatever the database's locale.
+_TASK_ID = sa.String(36).with_variant(sa.String(36, collation="C"), "postgresql")
 
 
 def upgrade() -> None:
@@ -26,7 +28,7 @@ def upgrade() -> None:
         "queued_tasks",
         # AUTOINCREMENT: a sequence number is never reused, so FIFO order survives deletes.
         sa.Column("seq", _ID, primary_key=True, autoincrement=True),
-        sa.Column("task_id", sa.String(36), nullable=False, unique=True),
+        sa.Column("task_id", _TASK_ID, nullable=False, unique=True),
         sa.Column("priority", sa.Integer(), nullable=False),
         sa.Column("task_data", sa.Text(), nullable=False),
         sa.Column("callback_url", sa.Text(), nullable=False),
@@ -45,7 +47,7 @@ def upgrade() -> None:
     )
     op.create_table(
         "tasks",
-        sa.Column("task_id", sa.String(36), primary_key=True),
+        sa.Column("task_id", _TASK_ID, primary_key=True),
         sa.Column("sequence", sa.BigInteger(), nullable=False),
         sa.Column("status", sa.String(16), nullable=False),
         sa.Column("priority", sa.Integer(), nullable=False),
@@ -68,7 +70,7 @@ def upgrade() -> None:
     op.create_table(
         "task_executions",
         sa.Column("id", _ID, primary_key=True, autoincrement=True),
-        sa.Column("task_id", sa.String(36), nullable=False),
+        sa.Column("task_id", _TASK_ID, nullable=False),
         sa.Column("attempt", sa.Integer(), nullable=False),
         sa.Column("started_at", _MS, nullable=False),
         sa.Column("finished_at", _MS, nullable=False),

@@ -1,0 +1,213 @@
+"""The PostgreSQL backend: queue and store as tables, reached through SQLAlchemy 2 and asyncpg.
+
+Several API processes on several hosts share one database: dequeue is one statement with
+``FOR UPDATE SKIP LOCKED``, and every status change a compare-and-set ``UPDATE``, so PostgreSQL's
+row locks make them atomic across processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from taskplatform.backends.base import Queue, Store, TaskChanges
+from taskplatform.backends.sqlfile import load_queries
+from taskplatform.backends.sqlrows import (
+    NO_CURSOR,
+    compare_and_set_sql,
+    execution_params,
+    execution_record,
+    queue_params,
+    queued_record,
+    stored_record,
+    task_params,
+)
+from taskplatform.exceptions import BackendUnavailable
+from taskplatform.models import ExecutionRecord, Status, TaskRecord
+
+logger = logging.getLogger(__name__)
+
+SQL = {name: text(sql) for name, sql in load_queries("postgres").items()}
+
+
+def asyncpg_url(url: str) -> str:
+    """Return ``url`` with the ``postgresql+asyncpg`` driver (``postgres://`` accepted too)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.split("+", 1)[0] not in ("postgresql", "postgres"):
+        raise ValueError(f"not a PostgreSQL URL: {url!r}")
+    return f"postgresql+asyncpg://{rest}"
+
+
+class PostgresDatabase:
+    """A pooled connection to one PostgreSQL database, shared by its queue and store.
+
+    Args:
+        url: ``postgresql://user:password@host:port/database``.
+        pool_size: Connections kept open.
+        pool_overflow: Extra connections allowed under load.
+        connect_timeout_seconds: How long to wait for a new connection.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = 10,
+        pool_overflow: int = 20,
+        connect_timeout_seconds: float = 5.0,
+    ) -> None:
+        self.url = url
+        self.engine: AsyncEngine = create_async_engine(
+            asyncpg_url(url),
+            pool_size=pool_size,
+            max_overflow=pool_overflow,
+            pool_timeout=connect_timeout_seconds,
+            pool_recycle=3600,
+            connect_args={"timeout": connect_timeout_seconds},
+        )
+        self._closed = False
+
+    @contextlib.asynccontextmanager
+    async def begin(self) -> AsyncIterator[AsyncConnection]:
+        """Yield a connection in a transaction that commits on exit (rolls back on error).
+
+        Raises:
+            BackendUnavailable: the database cannot be reached or failed the statement.
+        """
+        try:
+            async with self.engine.begin() as connection:
+                yield connection
+        except (SQLAlchemyError, OSError, TimeoutError) as exc:
+            logger.warning("postgresql error: %s", exc)
+            raise BackendUnavailable(f"the PostgreSQL database failed: {_brief(exc)}") from exc
+
+    async def close(self) -> None:
+        """Close the pool; later calls do nothing."""
+        if not self._closed:
+            self._closed = True
+            await self.engine.dispose()
+
+
+def _brief(exc: BaseException) -> str:
+    # The first line of a driver error, without the SQL or parameters SQLAlchemy appends.
+    message = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return message[0] if message else type(exc).__name__
+
+
+class PostgresQueue(Queue):
+    """The queue as the ``queued_tasks`` table of a :class:`PostgresDatabase`."""
+
+    def __init__(self, database: PostgresDatabase) -> None:
+        self.database = database
+
+    async def enqueue(self, task: TaskRecord) -> None:
+        async with self.database.begin() as conn:
+            task.sequence = (await conn.execute(SQL["enqueue"], queue_params(task))).scalar_one()
+
+    async def get(self, task_id: str) -> TaskRecord | None:
+        async with self.database.begin() as conn:
+            row = (await conn.execute(SQL["queue_get"], {"task_id": task_id})).first()
+        return None if row is None else queued_record(row)
+
+    async def list_tasks(self, *, before: str | None, limit: int) -> list[TaskRecord]:
+        params = {"before": before or NO_CURSOR, "limit": limit}
+        async with self.database.begin() as conn:
+            rows = (await conn.execute(SQL["queue_list"], params)).all()
+        return [queued_record(row) for row in rows]
+
+    async def depth(self) -> int:
+        async with self.database.begin() as conn:
+            count: int = (await conn.execute(SQL["queue_depth"])).scalar_one()
+        return count
+
+    async def transfer(self, store: Store, *, now: int) -> TaskRecord | None:
+        if not (isinstance(store, PostgresStore) and store.database is self.database):
+            raise TypeError("a PostgreSQL queue moves tasks only into the store of its database")
+        async with self.database.begin() as conn:
+            row = (await conn.execute(SQL["dequeue_next"], {"now": now})).first()
+        return None if row is None else stored_record(row)
+
+    async def ping(self) -> None:
+        async with self.database.begin() as conn:
+            await conn.execute(SQL["ping"])
+
+    async def close(self) -> None:
+        await self.database.close()
+
+
+class PostgresStore(Store):
+    """The store as the ``tasks`` and ``task_executions`` tables of a :class:`PostgresDatabase`."""
+
+    def __init__(self, database: PostgresDatabase) -> None:
+        self.database = database
+
+    async def _compare_and_set(
+        self,
+        task_id: str,
+        *,
+        expected: tuple[Status, ...],
+        target: Status,
+        now: int,
+        changes: TaskChanges,
+        lease_token: str | None,
+        require_attempts_left: bool,
+        execution: ExecutionRecord | None,
+    ) -> TaskRecord | None:
+        sql, params = compare_and_set_sql(
+            task_id,
+            expected=expected,
+            target=target,
+            now=now,
+            changes=changes,
+            lease_token=lease_token,
+            require_attempts_left=require_attempts_left,
+        )
+        async with self.database.begin() as conn:
+            row = (await conn.execute(text(sql), params)).first()
+            if row is not None and execution is not None:
+                await conn.execute(SQL["execution_insert"], execution_params(execution))
+        return None if row is None else stored_record(row)
+
+    async def insert_dequeued(self, task: TaskRecord) -> bool:
+        async with self.database.begin() as conn:
+            result = await conn.execute(SQL["store_insert"], task_params(task))
+        return bool(result.rowcount == 1)
+
+    async def get(self, task_id: str) -> TaskRecord | None:
+        async with self.database.begin() as conn:
+            row = (await conn.execute(SQL["store_get"], {"task_id": task_id})).first()
+        return None if row is None else stored_record(row)
+
+    async def list_tasks(
+        self, *, status: Status | None, before: str | None, limit: int
+    ) -> list[TaskRecord]:
+        params: dict[str, Any] = {"before": before or NO_CURSOR, "limit": limit}
+        if status is not None:
+            params["status"] = status.value
+        query = SQL["store_list"] if status is None else SQL["store_list_status"]
+        async with self.database.begin() as conn:
+            rows = (await conn.execute(query, params)).all()
+        return [stored_record(row) for row in rows]
+
+    async def executions(self, task_id: str) -> list[ExecutionRecord]:
+        async with self.database.begin() as conn:
+            rows = (await conn.execute(SQL["execution_list"], {"task_id": task_id})).all()
+        return [execution_record(row) for row in rows]
+
+    async def count_by_status(self) -> dict[Status, int]:
+        async with self.database.begin() as conn:
+            rows = (await conn.execute(SQL["store_count_by_status"])).all()
+        return {Status(status): count for status, count in rows}
+
+    async def ping(self) -> None:
+        async with self.database.begin() as conn:
+            await conn.execute(SQL["ping"])
+
+    async def close(self) -> None:
+        await self.database.close()

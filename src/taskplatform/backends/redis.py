@@ -1,0 +1,281 @@
+"""The Redis queue: Queued tasks in Redis, moved into a SQL store by reserve, insert, ack.
+
+Keys, all under one prefix (``{taskplatform}`` by default; the braces keep them in one cluster
+slot so the Lua scripts may touch them together):
+
+- ``<p>:ready``: sorted set of queued members. The score is ``-priority``, exact for the whole int32
+  range (far below 2^53); members are ``<16-digit sequence>:<task id>``, and Redis orders equal
+  scores by member bytes, so equal priorities come out FIFO with no limit on the sequence.
+- ``<p>:inflight``: sorted set of reserved members, scored by their reservation deadline (epoch ms).
+- ``<p>:ids``: sorted set of task ids (score 0), for listing newest first by id.
+- ``<p>:task:<id>``: hash with everything GET needs, until the task is acked.
+- ``<p>:seq``: the sequence counter.
+
+Dequeue (seed FR-009): a Lua script moves the next member from ``ready`` to ``inflight``; the task
+is inserted into the store idempotently (``ON CONFLICT DO NOTHING``); only after the store commits
+is the member acked (removed with its hash). If the insert fails the member goes straight back; if
+the process dies in between, the recovery loop of any server finds the expired reservation and
+acks it when the store has the task, or returns it to ``ready`` (same position) when not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, cast
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from taskplatform.backends.base import Queue, Store
+from taskplatform.exceptions import BackendUnavailable
+from taskplatform.faults import Faults
+from taskplatform.models import Status, TaskRecord
+
+logger = logging.getLogger(__name__)
+
+# KEYS: seq, ready, ids, task hash. ARGV: task id, then the values of _hash_values() in order.
+_ENQUEUE = """
+local seq = redis.call('INCR', KEYS[1])
+local member = string.format('%016d:%s', seq, ARGV[1])
+redis.call('HSET', KEYS[4], 'member', member, 'sequence', seq,
+  'priority', ARGV[2], 'task_data', ARGV[3], 'callback_url', ARGV[4], 'max_retries', ARGV[5],
+  'timeout_seconds', ARGV[6], 'attempts', ARGV[7], 'error', ARGV[8], 'created_at', ARGV[9],
+  'updated_at', ARGV[10])
+redis.call('ZADD', KEYS[2], -tonumber(ARGV[2]), member)
+redis.call('ZADD', KEYS[3], 0, ARGV[1])
+return seq
+"""
+
+# KEYS: ready, inflight. ARGV: reservation deadline (ms), task hash key prefix.
+_RESERVE = """
+local next = redis.call('ZRANGE', KEYS[1], 0, 0)
+if #next == 0 then return false end
+local member = next[1]
+redis.call('ZREM', KEYS[1], member)
+redis.call('ZADD', KEYS[2], ARGV[1], member)
+local id = string.sub(member, 18)
+return {member, redis.call('HGETALL', ARGV[2] .. id)}
+"""
+
+# KEYS: inflight, ids, task hash. ARGV: member, task id.
+_ACK = """
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[2])
+redis.call('DEL', KEYS[3])
+return 1
+"""
+
+# KEYS: inflight, ready, task hash. ARGV: member. Returns 1 if the member went back to ready.
+_RELEASE = """
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
+local priority = redis.call('HGET', KEYS[3], 'priority')
+if not priority then return 0 end
+redis.call('ZADD', KEYS[2], -tonumber(priority), ARGV[1])
+return 1
+"""
+
+
+class RedisQueue(Queue):
+    """The queue in Redis, feeding any :class:`Store`.
+
+    Args:
+        url: ``redis://[:password@]host:port/db`` (``rediss://`` for TLS).
+        key_prefix: Prefix of every key.
+        reservation_seconds: How long a reserved task may take to reach the store before
+            :meth:`recover` may return it to the queue.
+        faults: Test-only fault injection.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        key_prefix: str = "{taskplatform}",
+        reservation_seconds: float = 30.0,
+        faults: Faults | None = None,
+    ) -> None:
+        self.client = aioredis.Redis.from_url(
+            url, socket_connect_timeout=5, socket_timeout=10, health_check_interval=30
+        )
+        self._prefix = key_prefix
+        self._ready = f"{key_prefix}:ready"
+        self._inflight = f"{key_prefix}:inflight"
+        self._ids = f"{key_prefix}:ids"
+        self._seq = f"{key_prefix}:seq"
+        self._task_prefix = f"{key_prefix}:task:"
+        self._reservation_ms = round(reservation_seconds * 1000)
+        self._faults = faults or Faults()
+        self._enqueue = self.client.register_script(_ENQUEUE)
+        self._reserve = self.client.register_script(_RESERVE)
+        self._ack = self.client.register_script(_ACK)
+        self._release = self.client.register_script(_RELEASE)
+
+    @contextlib.asynccontextmanager
+    async def _guard(self) -> AsyncIterator[None]:
+        try:
+            yield
+        except (RedisError, OSError, TimeoutError) as exc:
+            logger.warning("redis error: %s", exc)
+            raise BackendUnavailable(f"the Redis queue failed: {exc}") from exc
+
+    def _task_key(self, task_id: str) -> str:
+        return f"{self._task_prefix}{task_id}"
+
+    async def enqueue(self, task: TaskRecord) -> None:
+        values = _hash_values(task)
+        async with self._guard():
+            sequence = await self._enqueue(
+                keys=[self._seq, self._ready, self._ids, self._task_key(task.task_id)],
+                args=[task.task_id, *values],
+            )
+        task.sequence = int(sequence)
+
+    async def get(self, task_id: str) -> TaskRecord | None:
+        async with self._guard():
+            fields = await _await(self.client.hgetall(self._task_key(task_id)))
+        return _record(task_id, fields) if fields else None
+
+    async def list_tasks(self, *, before: str | None, limit: int) -> list[TaskRecord]:
+        upper = f"({before}" if before else "+"
+        async with self._guard():
+            ids = await self.client.zrevrangebylex(self._ids, upper, "-", start=0, num=limit)
+            async with self.client.pipeline(transaction=False) as pipe:
+                for raw_id in ids:
+                    pipe.hgetall(self._task_key(_text(raw_id)))
+                hashes = await pipe.execute()
+        return [
+            _record(_text(raw_id), fields)
+            for raw_id, fields in zip(ids, hashes, strict=True)
+            if fields  # acked between the two reads
+        ]
+
+    async def depth(self) -> int:
+        async with self._guard():
+            count: int = await self.client.zcard(self._ids)
+        return count
+
+    async def transfer(self, store: Store, *, now: int) -> TaskRecord | None:
+        while True:
+            async with self._guard():
+                reserved = await self._reserve(
+                    keys=[self._ready, self._inflight],
+                    args=[now + self._reservation_ms, self._task_prefix],
+                )
+            if reserved is None:
+                return None
+            member = reserved[0].decode()
+            task_id = member[17:]
+            fields = _pairs(reserved[1])
+            if not fields:  # a hash lost by hand: nothing to deliver
+                await self._ack_member(member, task_id)
+                continue
+            task = _record(task_id, fields)
+            task.status = Status.DEQUEUED
+            task.dequeued_at = task.updated_at = now
+            try:
+                self._faults.hit("after_reserve")
+                inserted = await store.insert_dequeued(task)
+            except BaseException:
+                # Back to its place at once; if even that fails, recover() returns it later.
+                with contextlib.suppress(BackendUnavailable):
+                    await asyncio.shield(self._release_member(member, task_id))
+                raise
+            await self._ack_member(member, task_id)
+            if inserted:
+                return task
+            # Already in the store: a recovered reservation raced its original owner. The task
+            # was handed out once already; never twice. Take the next one.
+
+    async def _ack_member(self, member: str, task_id: str) -> None:
+        async with self._guard():
+            await self._ack(
+                keys=[self._inflight, self._ids, self._task_key(task_id)], args=[member, task_id]
+            )
+
+    async def _release_member(self, member: str, task_id: str) -> bool:
+        async with self._guard():
+            moved = await self._release(
+                keys=[self._inflight, self._ready, self._task_key(task_id)], args=[member]
+            )
+        return bool(moved)
+
+    async def recover(self, store: Store, *, now: int) -> int:
+        """Settle reservations whose deadline passed: ack those in the store, return the rest.
+
+        Returns:
+            How many reservations were returned to the queue.
+        """
+        async with self._guard():
+            expired = await self.client.zrangebyscore(self._inflight, "-inf", now, start=0, num=100)
+        returned = 0
+        for raw in expired:
+            member = _text(raw)
+            task_id = member[17:]
+            if await store.get(task_id) is not None:
+                await self._ack_member(member, task_id)
+            elif await self._release_member(member, task_id):
+                returned += 1
+                logger.warning("task %s: returned an expired reservation to the queue", task_id)
+        return returned
+
+    async def ping(self) -> None:
+        async with self._guard():
+            await _await(self.client.ping())
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    async def flush(self) -> None:
+        """Delete every key under this queue's prefix (tests and resets)."""
+        async with self._guard():
+            keys = [key async for key in self.client.scan_iter(match=f"{self._prefix}:*")]
+            if keys:
+                await self.client.delete(*keys)
+
+
+async def _await(value: Awaitable[Any] | Any) -> Any:
+    # redis-py types some commands as "Awaitable[T] | T" for its sync/async union.
+    return await cast(Awaitable[Any], value)
+
+
+def _hash_values(task: TaskRecord) -> list[str | int | float]:
+    return [
+        task.priority,
+        task.task_data.decode(),
+        task.callback_url,
+        task.max_retries,
+        task.timeout_seconds,
+        task.attempts,
+        task.error or "",
+        task.created_at,
+        task.updated_at,
+    ]
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _pairs(flat: list[bytes]) -> dict[bytes, bytes]:
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+def _record(task_id: str, fields: dict[bytes, bytes]) -> TaskRecord:
+    error = fields[b"error"].decode()
+    return TaskRecord(
+        task_id=task_id,
+        sequence=int(fields[b"sequence"]),
+        status=Status.QUEUED,
+        priority=int(fields[b"priority"]),
+        task_data=fields[b"task_data"],
+        callback_url=fields[b"callback_url"].decode(),
+        max_retries=int(fields[b"max_retries"]),
+        timeout_seconds=float(fields[b"timeout_seconds"]),
+        attempts=int(fields[b"attempts"]),
+        error=error or None,
+        created_at=int(fields[b"created_at"]),
+        updated_at=int(fields[b"updated_at"]),
+    )

@@ -1,0 +1,174 @@
+"""What the SQL backends share: rows to records, records to parameters, the compare-and-set SQL."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from taskplatform.backends.base import TaskChanges
+from taskplatform.models import ExecutionRecord, Status, TaskRecord
+
+STORE_COLUMNS = (
+    "task_id, sequence, status, priority, task_data, callback_url, max_retries, timeout_seconds, "
+    "attempts, lease_token, lease_expires_at, next_attempt_at, result, error, created_at, "
+    "updated_at, dequeued_at, completed_at"
+)
+NO_CURSOR = "\U0010ffff"
+"""Sorts above every task id, so ``task_id < NO_CURSOR`` means "from the newest"."""
+
+
+def queued_record(row: Sequence[Any]) -> TaskRecord:
+    """Map a ``queued_tasks`` row (the column order of the queue queries) to a Queued task."""
+    (task_id, seq, priority, data, url, max_retries, timeout, attempts, error, created, updated) = (
+        row
+    )
+    return TaskRecord(
+        task_id=task_id,
+        sequence=seq,
+        status=Status.QUEUED,
+        priority=priority,
+        task_data=data.encode(),
+        callback_url=url,
+        max_retries=max_retries,
+        timeout_seconds=timeout,
+        attempts=attempts,
+        error=error,
+        created_at=created,
+        updated_at=updated,
+    )
+
+
+def stored_record(row: Sequence[Any]) -> TaskRecord:
+    """Map a ``tasks`` row in :data:`STORE_COLUMNS` order to a task."""
+    result = row[12]
+    return TaskRecord(
+        task_id=row[0],
+        sequence=row[1],
+        status=Status(row[2]),
+        priority=row[3],
+        task_data=row[4].encode(),
+        callback_url=row[5],
+        max_retries=row[6],
+        timeout_seconds=row[7],
+        attempts=row[8],
+        lease_token=row[9],
+        lease_expires_at=row[10],
+        next_attempt_at=row[11],
+        result=None if result is None else result.encode(),
+        error=row[13],
+        created_at=row[14],
+        updated_at=row[15],
+        dequeued_at=row[16],
+        completed_at=row[17],
+    )
+
+
+def execution_record(row: Sequence[Any]) -> ExecutionRecord:
+    """Map a ``task_executions`` row (the order of ``execution_list``) to an attempt record."""
+    return ExecutionRecord(
+        task_id=row[0],
+        attempt=row[1],
+        started_at=row[2],
+        finished_at=row[3],
+        duration_ms=row[4],
+        http_status=row[5],
+        result=None if row[6] is None else row[6].encode(),
+        error=row[7],
+    )
+
+
+def task_params(task: TaskRecord) -> dict[str, Any]:
+    """Return the named parameters of ``enqueue`` and ``store_insert`` for ``task``."""
+    return {
+        "task_id": task.task_id,
+        "sequence": task.sequence,
+        "status": task.status.value,
+        "priority": task.priority,
+        "task_data": task.task_data.decode(),
+        "callback_url": task.callback_url,
+        "max_retries": task.max_retries,
+        "timeout_seconds": task.timeout_seconds,
+        "attempts": task.attempts,
+        "lease_token": task.lease_token,
+        "lease_expires_at": task.lease_expires_at,
+        "next_attempt_at": task.next_attempt_at,
+        "result": None if task.result is None else task.result.decode(),
+        "error": task.error,
+        "created_at": task.created_at,
+        "updated_at": task.updated_at,
+        "dequeued_at": task.dequeued_at,
+        "completed_at": task.completed_at,
+    }
+
+
+def queue_params(task: TaskRecord) -> dict[str, Any]:
+    """Return the named parameters of ``enqueue`` for ``task``."""
+    params = task_params(task)
+    return {
+        name: params[name]
+        for name in (
+            "task_id",
+            "priority",
+            "task_data",
+            "callback_url",
+            "max_retries",
+            "timeout_seconds",
+            "attempts",
+            "error",
+            "created_at",
+            "updated_at",
+        )
+    }
+
+
+def execution_params(execution: ExecutionRecord) -> dict[str, Any]:
+    """Return the named parameters of ``execution_insert``."""
+    return {
+        "task_id": execution.task_id,
+        "attempt": execution.attempt,
+        "started_at": execution.started_at,
+        "finished_at": execution.finished_at,
+        "duration_ms": execution.duration_ms,
+        "http_status": execution.http_status,
+        "result": None if execution.result is None else execution.result.decode(),
+        "error": execution.error,
+    }
+
+
+def compare_and_set_sql(
+    task_id: str,
+    *,
+    expected: Sequence[Status],
+    target: Status,
+    now: int,
+    changes: TaskChanges,
+    lease_token: str | None,
+    require_attempts_left: bool,
+) -> tuple[str, dict[str, Any]]:
+    """Return the one ``UPDATE … RETURNING`` statement of a compare-and-set, and its parameters.
+
+    The row changes only if it still has one of ``expected`` (and the lease token, and attempts
+    left, when asked): the database applies the check and the write as one atomic statement.
+    """
+    params: dict[str, Any] = {"task_id": task_id, "target": target.value, "now": now}
+    assignments = ["status = :target", "updated_at = :now"]
+    for name, value in changes.columns().items():  # names come from TaskChanges only
+        assignments.append(f"{name} = :set_{name}")
+        params[f"set_{name}"] = value.decode() if isinstance(value, bytes) else value
+    if changes.increment_attempts:
+        assignments.append("attempts = attempts + 1")
+    statuses = []
+    for index, status in enumerate(expected):
+        statuses.append(f":expected_{index}")
+        params[f"expected_{index}"] = status.value
+    conditions = ["task_id = :task_id", f"status IN ({', '.join(statuses)})"]
+    if lease_token is not None:
+        conditions.append("lease_token = :lease_token")
+        params["lease_token"] = lease_token
+    if require_attempts_left:
+        conditions.append("attempts <= max_retries")
+    sql = (
+        f"UPDATE tasks SET {', '.join(assignments)} WHERE {' AND '.join(conditions)} "
+        f"RETURNING {STORE_COLUMNS}"
+    )
+    return sql, params

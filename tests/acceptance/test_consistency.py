@@ -1,0 +1,124 @@
+"""Queue/database consistency (seed FR-009): failures between queue and store lose nothing.
+
+A fault injected between taking a task out of the queue and storing it, a process killed at
+that point, and the database (or Redis) going away during dequeue: in each case the task stays
+queued, comes back, and is dequeued exactly once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+import pytest
+
+from tests.acceptance.helpers import assert_problem, create
+from tests.support.proxy import Proxy
+from tests.support.server import Server
+
+FAST_RECOVERY = {
+    "TASKPLATFORM_QUEUE_RESERVATION_SECONDS": "1",
+    "TASKPLATFORM_RECOVERY_INTERVAL_SECONDS": "0.2",
+}
+
+
+def _dequeue_all(http: httpx.Client) -> list[str]:
+    taken = []
+    while (response := http.get("/api/tasks/dequeue")).status_code == 200:
+        taken.append(response.json()["taskId"])
+    assert_problem(response, 404, "queue_empty")
+    return taken
+
+
+def test_store_failure_after_reserve_leaves_the_task_queued(
+    backend: str, start_server: Callable[..., Server]
+) -> None:
+    """The store fails between reserve and insert: 503, the task stays queued, comes out once."""
+    if backend == "postgres":
+        pytest.skip("PostgreSQL moves a task in one statement; see the database-down test")
+    server = start_server(TASKPLATFORM_FAULTS="after_reserve=fail:1")
+    with httpx.Client(base_url=server.url) as http:
+        task_id = create(http, "http://127.0.0.1:9/x")
+        assert_problem(http.get("/api/tasks/dequeue"), 503, "backend_unavailable")
+        assert http.get(f"/api/tasks/{task_id}").json()["status"] == "Queued"
+        assert _dequeue_all(http) == [task_id]
+        assert http.get(f"/api/tasks/{task_id}").json()["status"] == "Dequeued"
+
+
+def test_process_killed_after_reserve_loses_nothing(
+    backend: str, start_server: Callable[..., Server]
+) -> None:
+    """SIGKILL between reserve and insert: after a restart the task comes back exactly once."""
+    if backend == "postgres":
+        pytest.skip("PostgreSQL moves a task in one statement; see the database-down test")
+    doomed = start_server(TASKPLATFORM_FAULTS="after_reserve=kill", **FAST_RECOVERY)
+    with httpx.Client(base_url=doomed.url) as http:
+        first = create(http, "http://127.0.0.1:9/x", task_data={"n": 1})
+        second = create(http, "http://127.0.0.1:9/x", task_data={"n": 2})
+        with pytest.raises(httpx.TransportError):
+            http.get("/api/tasks/dequeue")
+    assert doomed.process is not None
+    assert doomed.process.wait(10) == -9
+    # The same backend (same files, database and key prefix), without the fault.
+    env = {
+        k: v for k, v in doomed.env.items() if k not in ("TASKPLATFORM_FAULTS", "TASKPLATFORM_PORT")
+    }
+    revived = Server(env, doomed.log_path)
+    revived.start()
+    try:
+        with httpx.Client(base_url=revived.url) as http:
+            time.sleep(1.5)  # past the reservation's deadline: recovery returns it
+            assert _dequeue_all(http) == [first, second]
+    finally:
+        revived.stop()
+
+
+@pytest.fixture
+def cut_backend(backend: str) -> Iterator[Callable[[dict[str, str]], tuple[dict[str, str], Proxy]]]:
+    """Route the backend's network service (PostgreSQL, or Redis when it is the queue) through a
+    proxy that the test can cut."""
+    proxies: list[Proxy] = []
+
+    def route(env: dict[str, str]) -> tuple[dict[str, str], Proxy]:
+        variable = "TASKPLATFORM_QUEUE_URL" if "redis" in backend else "TASKPLATFORM_DATABASE_URL"
+        url = urlsplit(env[variable])
+        proxy = Proxy(url.hostname or "127.0.0.1", url.port or 0).start()
+        proxies.append(proxy)
+        netloc = url.netloc.replace(f"{url.hostname}:{url.port}", f"127.0.0.1:{proxy.port}")
+        return {**env, variable: urlunsplit(url._replace(netloc=netloc))}, proxy
+
+    yield route
+    for proxy in proxies:
+        proxy.stop()
+
+
+def test_backend_down_during_dequeue_is_503_and_keeps_the_task(
+    backend: str,
+    tmp_path_factory: pytest.TempPathFactory,
+    cut_backend: Callable[[dict[str, str]], tuple[dict[str, str], Proxy]],
+) -> None:
+    """With the database (or Redis) unreachable, dequeue is 503; once back, the task is there."""
+    if backend == "sqlite":
+        pytest.skip("the embedded database cannot be unreachable")
+    from tests.support.backends import backend_env
+
+    workdir = tmp_path_factory.mktemp("down")
+    env, proxy = cut_backend(backend_env(backend, workdir))
+    server = Server({**env, **FAST_RECOVERY}, workdir / "server.log").start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            task_id = create(http, "http://127.0.0.1:9/x")
+            proxy.cut()
+            assert_problem(http.get("/api/tasks/dequeue"), 503, "backend_unavailable")
+            assert http.get("/readyz").status_code == 503
+            proxy.restore()
+            for _ in range(50):
+                if http.get("/readyz").status_code == 200:
+                    break
+                time.sleep(0.2)
+            assert http.get(f"/api/tasks/{task_id}").json()["status"] == "Queued"
+            assert _dequeue_all(http) == [task_id]
+    finally:
+        server.stop()
