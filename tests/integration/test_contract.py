@@ -194,3 +194,19 @@ async def test_compare_and_set_needs_an_expected_status(backends: Backends) -> N
         await backends.store.compare_and_set(
             _id(1), expected=set(), target=Status.PROCESSING, now=0
         )
+
+
+async def test_one_thousand_equal_priorities_stay_fifo(backends: Backends) -> None:
+    ids = [_id(n) for n in range(1000)]
+    for task_id in ids:
+        await backends.queue.enqueue(_task(task_id, priority=2**31 - 1))
+    order = []
+    while (task := await backends.queue.transfer(backends.store, now=now_ms())) is not None:
+        order.append(task.task_id)
+    assert order == ids
+
+
+async def test_recover_with_nothing_half_done_returns_nothing(backends: Backends) -> None:
+    await backends.queue.enqueue(_task(_id(1)))
+    assert await backends.queue.recover(backends.store, now=now_ms() + 3_600_000) == 0
+    assert await backends.queue.depth() == 1

@@ -128,6 +128,9 @@ def open_backends(settings: Settings) -> Backends:
         ConfigurationError: an unsupported URL or combination, or a missing driver.
     """
     store_kind, queue_kind = _check_urls(settings)
+    for kind, module in (("postgresql", "asyncpg"), ("redis", "redis")):
+        if kind in (store_kind, queue_kind):
+            _require(module)  # before anything opens, so a missing driver leaks nothing
     faults = Faults(settings.faults)
     store: Store
     queue: Queue
@@ -143,7 +146,6 @@ def open_backends(settings: Settings) -> Backends:
         if queue_kind == "sqlite":
             return Backends(queue=SQLiteQueue(database, faults), store=store)
     else:
-        _require("asyncpg")
         from taskplatform.backends.postgres import PostgresDatabase, PostgresQueue, PostgresStore
 
         pg = PostgresDatabase(
@@ -155,7 +157,6 @@ def open_backends(settings: Settings) -> Backends:
         store = PostgresStore(pg)
         if queue_kind == "postgresql":
             return Backends(queue=PostgresQueue(pg), store=store)
-    _require("redis")
     from taskplatform.backends.redis import RedisQueue
 
     queue = RedisQueue(

@@ -1,0 +1,133 @@
+"""Deployment: several API processes on one database, configuration errors, schema revisions."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import threading
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.backends import backend_env
+from tests.support.server import Server, clean_environ
+
+
+@pytest.mark.parametrize("combination", ["postgres", "redis+postgres"])
+def test_two_servers_share_5000_tasks_without_a_duplicate(combination: str, tmp_path: Path) -> None:
+    """Two servers, one database: 4 clients create and dequeue 5,000 tasks through both.
+
+    Every task is dequeued exactly once and no response is a 5xx.
+    """
+    env = backend_env(combination, tmp_path)
+    servers = [Server(env, tmp_path / f"server-{n}.log").start() for n in range(2)]
+    created: list[str] = []
+    dequeued: list[str] = []
+    statuses: Counter[int] = Counter()
+    lock = threading.Lock()
+
+    def client(number: int) -> None:
+        https = [httpx.Client(base_url=server.url, timeout=60) for server in servers]
+        mine_created, mine_dequeued, mine_statuses = [], [], Counter[int]()
+        try:
+            for i in range(1250):
+                http = https[(i + number) % 2]
+                response = http.post(
+                    "/api/tasks",
+                    json={"taskData": {"c": number, "i": i}, "callbackUrl": "http://127.0.0.1:9/"},
+                )
+                mine_statuses[response.status_code] += 1
+                if response.status_code == 201:
+                    mine_created.append(response.json()["taskId"])
+                response = https[(i + number + 1) % 2].get("/api/tasks/dequeue")
+                mine_statuses[response.status_code] += 1
+                if response.status_code == 200:
+                    mine_dequeued.append(response.json()["taskId"])
+        finally:
+            for http in https:
+                http.close()
+        with lock:
+            created.extend(mine_created)
+            dequeued.extend(mine_dequeued)
+            statuses.update(mine_statuses)
+
+    try:
+        threads = [threading.Thread(target=client, args=(n,)) for n in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        with httpx.Client(base_url=servers[0].url, timeout=60) as http:
+            while (response := http.get("/api/tasks/dequeue")).status_code == 200:
+                dequeued.append(response.json()["taskId"])
+            statuses[response.status_code] += 1
+    finally:
+        for server in servers:
+            server.stop()
+    assert not [status for status in statuses if status >= 500], statuses
+    assert len(created) == 5000
+    assert len(dequeued) == len(set(dequeued)), "a task was dequeued twice"
+    assert set(dequeued) == set(created)
+
+
+def _taskplatform(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "taskplatform", *args],
+        env=clean_environ(env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"TASKPLATFORM_DATABASE_URL": "mysql://127.0.0.1/db"}, "does not support as a store"),
+        (
+            {"TASKPLATFORM_DATABASE_URL": "sqlite:///x.db", "TASKPLATFORM_QUEUE_URL": "kafka://h"},
+            "does not support as a queue",
+        ),
+        ({"TASKPLATFORM_PORT": "eighty"}, "invalid configuration"),
+    ],
+)
+def test_serve_refuses_bad_configuration_and_says_why(
+    env: dict[str, str], message: str, tmp_path: Path
+) -> None:
+    """Bad settings stop ``serve`` at once with exit code 2 and a one-line reason."""
+    result = subprocess.run(
+        [sys.executable, "-m", "taskplatform", "serve"],
+        env=clean_environ(env),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_db_upgrade_creates_the_schema_and_serve_refuses_an_unknown_revision(
+    tmp_path: Path,
+) -> None:
+    """``db upgrade`` makes the schema; a revision from a newer release stops serve and upgrade."""
+    database = tmp_path / "nested" / "dir" / "tp.db"
+    env = {"TASKPLATFORM_DATABASE_URL": f"sqlite:///{database}"}
+    result = _taskplatform("db", "upgrade", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "schema at revision 0001" in result.stdout
+    with sqlite3.connect(database) as connection:
+        tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
+        assert {"tasks", "queued_tasks", "task_executions", "alembic_version"} <= tables
+        connection.execute("UPDATE alembic_version SET version_num = '9999_from_the_future'")
+    for command in (["db", "upgrade"], ["serve", "--port", "0"]):
+        refused = _taskplatform(*command, env=env)
+        assert refused.returncode == 2, refused.stderr
+        assert "'9999_from_the_future'" in refused.stderr
+        assert "does not know" in refused.stderr
