@@ -1,11 +1,19 @@
 """Benchmark the service's baseline rates: create, dequeue and execute, against a bare ASGI app.
 
-Starts, on 127.0.0.1 and each in a subprocess: ``taskplatform serve`` on a fresh SQLite file
-(``TASKPLATFORM_DATABASE_URL`` under a new ``/tmp/bench-*`` folder; the environment is otherwise
-empty but for ``PATH``), a bare callback receiver, and a bare ASGI app that answers 201 with a fixed
-small JSON body, served by uvicorn with the service's settings (uvloop, httptools, one process,
-no access log). An aiohttp load generator in this process then runs, with ``--clients``
-concurrent clients:
+For each backend of ``--backends`` in turn, starts, on 127.0.0.1 and each in a subprocess:
+``taskplatform serve`` on fresh storage (the environment is empty but for ``PATH`` and the
+backend's ``TASKPLATFORM_*`` variables), a bare callback receiver, and a bare ASGI app that answers
+201 with a fixed small JSON body, served by uvicorn with the service's settings (uvloop, httptools,
+one process, no access log). The backends (``all`` = the four):
+
+- ``sqlite``: a new SQLite file under a new ``/tmp/bench-*`` folder;
+- ``postgres``: queue and store in a new PostgreSQL database ``bench_<random>`` on
+  ``127.0.0.1:5432`` (user postgres), dropped at the end;
+- ``redis+postgres``: as ``postgres``, with the queue in Redis (``127.0.0.1:6379/14``) under a
+  new key prefix ``{bench-<random>}`` whose keys are deleted at the end;
+- ``redis+sqlite``: as ``sqlite``, with the queue in Redis likewise.
+
+An aiohttp load generator in this process then runs, with ``--clients`` concurrent clients:
 
 1. bare and create, in ``--slices`` alternating slices (bare, create, bare, create, ...) that
    add up to ``--n`` requests each, so that the load of a noisy machine hits both alike: the
@@ -14,10 +22,12 @@ concurrent clients:
 2. dequeue: ``--n`` ``GET /api/tasks/dequeue``;
 3. execute: ``POST /api/tasks/{id}/execute`` for each dequeued id (callbacks go to the receiver).
 
-Every phase is preceded by a short unmeasured warm-up of the same request. Prints a Markdown
-table and writes raw results (with every latency) to ``bench/results/rates-<time>.json``.
+Every phase is preceded by a short unmeasured warm-up of the same request. Prints one Markdown
+table (a row per backend and operation; "DB CPU" is every ``postgres`` and ``redis-server``
+process of the machine) and writes raw results (with every latency) to
+``bench/results/rates-<time>.json``.
 
-    .venv/bin/python bench/rates.py [--quick] [--n 5000] [--clients 32]
+    .venv/bin/python bench/rates.py [--quick] [--n 5000] [--clients 32] [--backends all]
 """
 
 from __future__ import annotations
@@ -37,18 +47,26 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
+import redis.asyncio
 import uvloop
 
 HOST = "127.0.0.1"
 BENCH_DIR = Path(__file__).resolve().parent
 TASKPLATFORM = BENCH_DIR.parent / ".venv" / "bin" / "taskplatform"
 JSON_HEADERS = {"Content-Type": "application/json"}
+POSTGRES_ADMIN_URL = f"postgresql://postgres@{HOST}:5432/postgres"
+REDIS_URL = f"redis://{HOST}:6379/14"
+BACKENDS = ("sqlite", "postgres", "redis+postgres", "redis+sqlite")
+#: Processes whose CPU counts as "DB CPU" (``/proc/<pid>/comm``).
+DB_PROCESS_NAMES = ("postgres", "redis-server")
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -151,56 +169,164 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 @dataclass
 class Servers:
-    """The three subprocesses and their ports."""
+    """The three subprocesses and their ports; the service log's problem lines once stopped."""
 
+    backend: str
     service: subprocess.Popen[bytes]
     service_port: int
     receiver: subprocess.Popen[bytes]
     receiver_port: int
     bare: subprocess.Popen[bytes]
     bare_port: int
-    workdir: Path
+    log_problems: list[str] = field(default_factory=list)
+
+
+async def create_database(name: str) -> None:
+    """``CREATE DATABASE name`` on the local PostgreSQL."""
+    conn = await asyncpg.connect(POSTGRES_ADMIN_URL)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+
+
+async def drop_database(name: str) -> None:
+    """``DROP DATABASE name WITH (FORCE)`` on the local PostgreSQL."""
+    conn = await asyncpg.connect(POSTGRES_ADMIN_URL)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+async def delete_redis_keys(prefix: str) -> int:
+    """Delete every key ``{prefix}:*`` (SCAN + DEL); return how many there were."""
+    client = redis.asyncio.Redis.from_url(REDIS_URL)
+    deleted = 0
+    try:
+        batch: list[bytes] = []
+        async for key in client.scan_iter(match=f"{prefix}:*", count=1000):
+            batch.append(key)
+            if len(batch) >= 1000:
+                deleted += await client.delete(*batch)
+                batch.clear()
+        if batch:
+            deleted += await client.delete(*batch)
+    finally:
+        await client.aclose()
+    return deleted
 
 
 @contextlib.contextmanager
-def servers() -> Iterator[Servers]:
-    """Start the service, the receiver and the bare app; always stop them and remove the DB."""
+def backend_env(backend: str, workdir: Path, runner: asyncio.Runner) -> Iterator[dict[str, str]]:
+    """Provision ``backend``'s fresh storage; yield its ``TASKPLATFORM_*`` variables.
+
+    On exit deletes the Redis keys and drops the PostgreSQL database (the SQLite file goes with
+    ``workdir``), and says so on stderr.
+    """
+    tag = uuid.uuid4().hex[:12]
+    database = f"bench_{tag}" if "postgres" in backend else None
+    prefix = f"{{bench-{tag}}}" if "redis" in backend else None
+    env = {
+        "TASKPLATFORM_DATABASE_URL": (
+            f"postgresql://postgres@{HOST}:5432/{database}"
+            if database
+            else f"sqlite:///{workdir / 'tp.db'}"
+        )
+    }
+    if prefix is not None:
+        env |= {"TASKPLATFORM_QUEUE_URL": REDIS_URL, "TASKPLATFORM_REDIS_KEY_PREFIX": prefix}
+    created = False
+    try:
+        if database is not None:
+            runner.run(create_database(database))
+            created = True
+        yield env
+    finally:
+        if prefix is not None:
+            try:
+                deleted = runner.run(delete_redis_keys(prefix))
+                print(f"[{backend}] deleted {deleted} Redis keys {prefix}:*", file=sys.stderr)
+            except Exception as exc:  # still drop the database
+                print(f"[{backend}] deleting Redis keys failed: {exc!r}", file=sys.stderr)
+        if created and database is not None:
+            runner.run(drop_database(database))
+            print(f"[{backend}] dropped database {database}", file=sys.stderr)
+
+
+def log_problems(text: str) -> list[str]:
+    """The lines of a service log that say something went wrong."""
+    marks = (" ERROR ", " CRITICAL ", " WARNING ", "Traceback")
+    return [line for line in text.splitlines() if any(m in line for m in marks)]
+
+
+@contextlib.contextmanager
+def servers(backend: str, runner: asyncio.Runner) -> Iterator[Servers]:
+    """Start the service on ``backend``, the receiver and the bare app.
+
+    On exit stops them, keeps the service log's problem lines in ``Servers.log_problems``, and
+    removes the storage (SQLite folder, PostgreSQL database, Redis keys).
+    """
     workdir = Path(tempfile.mkdtemp(prefix="bench-"))
     procs: list[subprocess.Popen[bytes]] = []
-    log = (workdir / "serve.log").open("wb")
+    log_path = workdir / "serve.log"
+    log = log_path.open("wb")
+    srv: Servers | None = None
     try:
-        ports = [free_port() for _ in range(3)]
-        env = {
-            "PATH": "/usr/bin:/bin",
-            "TASKPLATFORM_DATABASE_URL": f"sqlite:///{workdir / 'tp.db'}",
-        }
-        service = subprocess.Popen(
-            [str(TASKPLATFORM), "serve", "--port", str(ports[0])],
-            env=env,
-            cwd=workdir,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        procs.append(service)
-        me = [sys.executable, str(Path(__file__).resolve()), "--serve"]
-        receiver = subprocess.Popen([*me, "receiver", str(ports[1])], stdin=subprocess.DEVNULL)
-        procs.append(receiver)
-        bare = subprocess.Popen([*me, "bare", str(ports[2])], stdin=subprocess.DEVNULL)
-        procs.append(bare)
-        try:
-            for proc, port in zip(procs, ports, strict=True):
-                wait_listening(proc, port)
-        except RuntimeError:
-            log.flush()
-            print((workdir / "serve.log").read_text(errors="replace")[-4000:], file=sys.stderr)
-            raise
-        yield Servers(service, ports[0], receiver, ports[1], bare, ports[2], workdir)
+        with backend_env(backend, workdir, runner) as backend_vars:
+            try:
+                ports = [free_port() for _ in range(3)]
+                env = {"PATH": "/usr/bin:/bin", **backend_vars}
+                service = subprocess.Popen(
+                    [str(TASKPLATFORM), "serve", "--port", str(ports[0])],
+                    env=env,
+                    cwd=workdir,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+                procs.append(service)
+                me = [sys.executable, str(Path(__file__).resolve()), "--serve"]
+                receiver = subprocess.Popen(
+                    [*me, "receiver", str(ports[1])], stdin=subprocess.DEVNULL
+                )
+                procs.append(receiver)
+                bare = subprocess.Popen([*me, "bare", str(ports[2])], stdin=subprocess.DEVNULL)
+                procs.append(bare)
+                try:
+                    for proc, port in zip(procs, ports, strict=True):
+                        wait_listening(proc, port)
+                except RuntimeError:
+                    log.flush()
+                    print(log_path.read_text(errors="replace")[-4000:], file=sys.stderr)
+                    raise
+                srv = Servers(backend, service, ports[0], receiver, ports[1], bare, ports[2])
+                yield srv
+            finally:
+                for proc in procs:
+                    stop(proc)
+                log.flush()
+                if srv is not None:
+                    srv.log_problems = log_problems(log_path.read_text(errors="replace"))
     finally:
-        for proc in procs:
-            stop(proc)
         log.close()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def db_cpu_seconds() -> dict[int, float]:
+    """CPU seconds so far of every ``postgres`` and ``redis-server`` process, by pid."""
+    out: dict[int, float] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/comm") as f:
+                comm = f.read().strip()
+            if comm.startswith(DB_PROCESS_NAMES):
+                out[int(entry.name)] = proc_cpu_seconds(int(entry.name))
+        except OSError:  # gone meanwhile
+            continue
+    return out
 
 
 def machine_busy_seconds() -> float:
@@ -215,11 +341,14 @@ class Phase:
     """One measured operation: ``n`` requests of one kind, possibly in several slices.
 
     CPU seconds: ``server_cpu_s`` of the process answering, ``loadgen_cpu_s`` of this process,
-    ``receiver_cpu_s`` of the callback receiver, ``others_cpu_s`` of the rest of the machine (its
-    busy time, other processes and kernel interrupts, minus all of ours).
+    ``receiver_cpu_s`` of the callback receiver, ``db_cpu_s`` of the PostgreSQL and Redis
+    processes (those that exit within a slice are missed), ``others_cpu_s`` of the rest of the
+    machine (its busy time, other processes and kernel interrupts, minus all of the above).
+    ``failures`` counts failed requests by HTTP status or exception name.
     """
 
     name: str
+    backend: str = ""
     n: int = 0
     wall_s: float = 0.0
     errors: int = 0
@@ -227,9 +356,11 @@ class Phase:
     server_cpu_s: float = 0.0
     loadgen_cpu_s: float = 0.0
     receiver_cpu_s: float = 0.0
+    db_cpu_s: float = 0.0
     others_cpu_s: float = 0.0
     slice_rps: list[float] = field(default_factory=list)
     notes: dict[str, int] = field(default_factory=dict)
+    failures: dict[str, int] = field(default_factory=dict)
 
     @property
     def rps(self) -> float:
@@ -246,36 +377,36 @@ class Phase:
         return 100 * seconds / self.wall_s
 
 
-SendOne = Callable[[aiohttp.ClientSession, int], Awaitable[bool]]
+SendOne = Callable[[aiohttp.ClientSession, int], Awaitable[int]]
 
 
 async def load(
     session: aiohttp.ClientSession, indices: range, clients: int, send_one: SendOne
-) -> tuple[float, int, list[float]]:
+) -> tuple[float, dict[str, int], list[float]]:
     """Run ``send_one(session, i)`` for every i in ``indices`` over ``clients`` workers.
 
-    Returns (wall seconds, errors, latencies in ms). An error is a False from ``send_one`` (a
-    status outside 2xx) or an exception.
+    Returns (wall seconds, failures, latencies in ms). A failure is a status outside 2xx from
+    ``send_one`` (counted by status) or an exception (counted by its type name).
     """
     todo = iter(indices)
-    errors = 0
+    failures: dict[str, int] = {}
     latencies: list[float] = []
 
     async def worker() -> None:
-        nonlocal errors
         for i in todo:
             t0 = time.perf_counter()
             try:
-                ok = await send_one(session, i)
-            except (aiohttp.ClientError, OSError, TimeoutError, ValueError, KeyError):
-                ok = False
+                status = await send_one(session, i)
+                failure = None if 200 <= status < 300 else str(status)
+            except (aiohttp.ClientError, OSError, TimeoutError, ValueError, KeyError) as exc:
+                failure = type(exc).__name__
             latencies.append((time.perf_counter() - t0) * 1000)
-            if not ok:
-                errors += 1
+            if failure is not None:
+                failures[failure] = failures.get(failure, 0) + 1
 
     t0 = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(clients)))
-    return time.perf_counter() - t0, errors, latencies
+    return time.perf_counter() - t0, failures, latencies
 
 
 def create_body(i: int, receiver_port: int) -> bytes:
@@ -300,6 +431,7 @@ class Bench:
         self.bare = f"http://{HOST}:{srv.bare_port}"
         self.dequeued: list[str] = []
         self.outcomes: dict[str, int] = {}
+        self.warmup_failures: dict[str, int] = {}
         self.pids = [srv.service.pid, srv.bare.pid, srv.receiver.pid]
 
     def creator(self, base: str) -> SendOne:
@@ -307,37 +439,38 @@ class Bench:
         url = f"{base}/api/tasks"
         port = self.srv.receiver_port
 
-        async def send_one(session: aiohttp.ClientSession, i: int) -> bool:
+        async def send_one(session: aiohttp.ClientSession, i: int) -> int:
             async with session.post(url, data=create_body(i, port), headers=JSON_HEADERS) as r:
                 await r.read()
-                return 200 <= r.status < 300
+                return r.status
 
         return send_one
 
-    async def dequeue_one(self, session: aiohttp.ClientSession, i: int) -> bool:
+    async def dequeue_one(self, session: aiohttp.ClientSession, i: int) -> int:
         """``GET /api/tasks/dequeue``; keep the task id for execute."""
         async with session.get(f"{self.service}/api/tasks/dequeue") as r:
             body = await r.read()
             if not 200 <= r.status < 300:
-                return False
+                return r.status
         self.dequeued.append(json.loads(body)["taskId"])
-        return True
+        return r.status
 
-    async def execute_one(self, session: aiohttp.ClientSession, i: int) -> bool:
+    async def execute_one(self, session: aiohttp.ClientSession, i: int) -> int:
         """``POST /api/tasks/{id}/execute`` of the ``i``-th dequeued task; tally its status."""
         task_id = self.dequeued[i]
         async with session.post(f"{self.service}/api/tasks/{task_id}/execute") as r:
             body = await r.read()
             if not 200 <= r.status < 300:
-                return False
+                return r.status
         status = json.loads(body)["status"]
         self.outcomes[status] = self.outcomes.get(status, 0) + 1
-        return True
+        return r.status
 
-    def _cpu(self) -> list[float]:
-        """CPU seconds so far: service, bare app, receiver, this process, whole machine."""
+    def _cpu(self) -> tuple[list[float], dict[int, float]]:
+        """CPU seconds so far: [service, bare app, receiver, this process, whole machine], and
+        each database process's."""
         ours = [proc_cpu_seconds(pid) for pid in self.pids]
-        return [*ours, time.process_time(), machine_busy_seconds()]
+        return [*ours, time.process_time(), machine_busy_seconds()], db_cpu_seconds()
 
     async def measure(
         self,
@@ -348,17 +481,22 @@ class Bench:
         send: SendOne,
     ) -> None:
         """Run ``send`` over ``indices`` and add the outcome to ``phase`` (one slice of it)."""
-        before = self._cpu()
-        wall, errors, latencies = await load(session, indices, self.args.clients, send)
-        used = [b - a for a, b in zip(before, self._cpu(), strict=True)]
+        before, db_before = self._cpu()
+        wall, failures, latencies = await load(session, indices, self.args.clients, send)
+        after, db_after = self._cpu()
+        used = [b - a for a, b in zip(before, after, strict=True)]
+        db = sum(cpu - db_before.get(pid, 0.0) for pid, cpu in db_after.items())
         phase.n += len(indices)
         phase.wall_s += wall
-        phase.errors += errors
+        phase.errors += sum(failures.values())
+        for key, count in failures.items():
+            phase.failures[key] = phase.failures.get(key, 0) + count
         phase.latencies_ms += latencies
         phase.server_cpu_s += used[self.pids.index(server_pid)]
         phase.receiver_cpu_s += used[2]
         phase.loadgen_cpu_s += used[3]
-        phase.others_cpu_s += max(0.0, used[4] - sum(used[:4]))
+        phase.db_cpu_s += db
+        phase.others_cpu_s += max(0.0, used[4] - sum(used[:4]) - db)
         phase.slice_rps.append(len(indices) / wall)
 
     async def run(self) -> list[Phase]:
@@ -370,22 +508,29 @@ class Bench:
             bare, create = self.creator(self.bare), self.creator(self.service)
             # Warm-up (unmeasured): the same requests, so every code path is imported and hot.
             first = range(-warm, 0)
-            await load(session, first, clients, bare)
-            await load(session, first, clients, create)
-            await load(session, first, clients, self.dequeue_one)
-            await load(session, range(warm), clients, self.execute_one)
+            for what, indices, send in (
+                ("bare create", first, bare),
+                ("create", first, create),
+                ("dequeue", first, self.dequeue_one),
+                ("execute", None, self.execute_one),
+            ):
+                indices = range(len(self.dequeued)) if indices is None else indices
+                _, failures, _ = await load(session, indices, clients, send)
+                for key, count in failures.items():
+                    self.warmup_failures[f"{what} {key}"] = count
             self.dequeued.clear()
             self.outcomes.clear()
 
-            bare_phase, create_phase = Phase("bare create"), Phase("create")
+            backend = self.srv.backend
+            bare_phase, create_phase = Phase("bare create", backend), Phase("create", backend)
             slices = self.args.slices
             for k in range(slices):
                 part = range(n * k // slices, n * (k + 1) // slices)
                 await self.measure(session, bare_phase, bare_pid, part, bare)
                 await self.measure(session, create_phase, service_pid, part, create)
-            dequeue = Phase("dequeue")
+            dequeue = Phase("dequeue", backend)
             await self.measure(session, dequeue, service_pid, range(n), self.dequeue_one)
-            execute = Phase("execute")
+            execute = Phase("execute", backend)
             executed = range(len(self.dequeued))
             await self.measure(session, execute, service_pid, executed, self.execute_one)
             execute.notes = dict(self.outcomes)
@@ -394,50 +539,88 @@ class Bench:
 
 def versions() -> dict[str, str]:
     """Versions of Python and of the packages that take part."""
-    names = ("taskplatform", "aiohttp", "uvicorn", "httptools", "uvloop", "fastapi", "msgspec")
+    names = (
+        "taskplatform",
+        "aiohttp",
+        "uvicorn",
+        "httptools",
+        "uvloop",
+        "fastapi",
+        "msgspec",
+        "asyncpg",
+        "redis",
+    )
     return {"python": platform.python_version()} | {
         name: importlib.metadata.version(name) for name in names
     }
 
 
-def render(phases: list[Phase], args: argparse.Namespace) -> str:
-    """Format the phases as a Markdown table plus the create/bare ratio."""
+@dataclass
+class Run:
+    """The phases measured on one backend, and what went wrong beside them."""
+
+    backend: str
+    phases: list[Phase]
+    warmup_failures: dict[str, int]
+    log_problems: list[str]
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"
+
+
+def render(runs: list[Run], args: argparse.Namespace) -> str:
+    """Format the runs as one Markdown table plus the create/bare ratio lines of each backend."""
     lines = [
         f"### Service rates (N={args.n}, {args.clients} clients, aiohttp load generator; "
-        "SQLite, 1 uvicorn process, uvloop+httptools)",
+        "1 uvicorn process, uvloop+httptools)",
         "",
-        "| operation | n | req/s | p50 ms | p99 ms | errors | server CPU ms/req | server CPU % "
-        "| loadgen CPU % | rest of machine CPU % |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| backend | operation | n | req/s | p50 ms | p99 ms | errors | server CPU ms/req "
+        "| server CPU % | DB CPU % | loadgen CPU % | rest of machine CPU % |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for p in phases:
-        lines.append(
-            f"| {p.name} | {p.n} | {p.rps:,.0f} | {p.percentile(0.5):.2f} | "
-            f"{p.percentile(0.99):.2f} | {p.errors} | {1000 * p.server_cpu_s / p.n:.3f} | "
-            f"{p.cpu_percent(p.server_cpu_s):.0f} | "
-            f"{p.cpu_percent(p.loadgen_cpu_s):.0f} | {p.cpu_percent(p.others_cpu_s):.0f} |"
+    for run in runs:
+        for p in run.phases:
+            lines.append(
+                f"| {run.backend} | {p.name} | {p.n} | {p.rps:,.0f} | {p.percentile(0.5):.2f} | "
+                f"{p.percentile(0.99):.2f} | {p.errors} | {1000 * p.server_cpu_s / p.n:.3f} | "
+                f"{p.cpu_percent(p.server_cpu_s):.0f} | {p.cpu_percent(p.db_cpu_s):.0f} | "
+                f"{p.cpu_percent(p.loadgen_cpu_s):.0f} | {p.cpu_percent(p.others_cpu_s):.0f} |"
+            )
+    lines.append("")
+    for run in runs:
+        by_name = {p.name: p for p in run.phases}
+        bare, create, execute = by_name["bare create"], by_name["create"], by_name["execute"]
+        pairs = [c / b for b, c in zip(bare.slice_rps, create.slice_rps, strict=True)]
+        failures = {f"{p.name} {k}": v for p in run.phases for k, v in p.failures.items()} | {
+            f"warm-up {k}": v for k, v in run.warmup_failures.items()
+        }
+        line = (
+            f"- **{run.backend}**: create / bare = **{create.rps / bare.rps:.2f}** "
+            f"(per-slice {min(pairs):.2f}..{max(pairs):.2f}, median "
+            f"{statistics.median(pairs):.2f}); server CPU per request, create / bare = "
+            f"**{create.server_cpu_s / create.n / (bare.server_cpu_s / bare.n):.1f}**; "
+            f"execute outcomes: {_counts(execute.notes)}; receiver CPU during execute "
+            f"{execute.cpu_percent(execute.receiver_cpu_s):.0f} %"
         )
-    by_name = {p.name: p for p in phases}
-    bare, create, execute = by_name["bare create"], by_name["create"], by_name["execute"]
-    pairs = [c / b for b, c in zip(bare.slice_rps, create.slice_rps, strict=True)]
-    outcomes = ", ".join(f"{k} {v}" for k, v in sorted(execute.notes.items())) or "none"
+        if failures:
+            line += f"; failures: {_counts(failures)}"
+        if run.log_problems:
+            line += (
+                f"; service log: {len(run.log_problems)} warning/error lines, first: "
+                f"`{run.log_problems[0][:200]}`"
+            )
+        lines.append(line)
     lines += [
         "",
-        f"create / bare = **{create.rps / bare.rps:.2f}** (bare and create run in "
-        f"{len(pairs)} alternating slices; per-slice ratios "
-        f"{min(pairs):.2f}..{max(pairs):.2f}, median {statistics.median(pairs):.2f}); "
-        f"server CPU per request, create / bare = "
-        f"**{create.server_cpu_s / create.n / (bare.server_cpu_s / bare.n):.1f}**",
-        "",
-        f"execute outcomes: {outcomes}; receiver CPU during execute "
-        f"{execute.cpu_percent(execute.receiver_cpu_s):.0f} %. CPU % is of one core "
-        f"({os.cpu_count()} cores); 'rest of machine' is every other process plus kernel "
-        "interrupts.",
+        f"Bare and create run in {args.slices} alternating slices per backend. CPU % is of one "
+        f"core ({os.cpu_count()} cores); 'DB CPU' is every postgres and redis-server process of "
+        "the machine; 'rest of machine' is every other process plus kernel interrupts.",
     ]
     return "\n".join(lines)
 
 
-def write_json(phases: list[Phase], args: argparse.Namespace) -> Path:
+def write_json(runs: list[Run], args: argparse.Namespace) -> Path:
     """Write the raw results (every latency) to ``bench/results/rates-<time>.json``."""
     out_dir = BENCH_DIR / "results"
     out_dir.mkdir(exist_ok=True)
@@ -450,22 +633,45 @@ def write_json(phases: list[Phase], args: argparse.Namespace) -> Path:
             "clients": args.clients,
             "warmup": args.warmup,
             "slices": args.slices,
+            "backends": args.backends,
         },
         "machine": {"cpus": os.cpu_count(), "loadavg": os.getloadavg()},
         "versions": versions(),
-        "phases": [
-            asdict(p)
-            | {
-                "rps": p.rps,
-                "p50_ms": p.percentile(0.5),
-                "p99_ms": p.percentile(0.99),
-                "latencies_ms": [round(x, 3) for x in p.latencies_ms],
+        "runs": [
+            {
+                "backend": run.backend,
+                "warmup_failures": run.warmup_failures,
+                "log_problems": run.log_problems,
+                "phases": [
+                    asdict(p)
+                    | {
+                        "rps": p.rps,
+                        "p50_ms": p.percentile(0.5),
+                        "p99_ms": p.percentile(0.99),
+                        "latencies_ms": [round(x, 3) for x in p.latencies_ms],
+                    }
+                    for p in run.phases
+                ],
             }
-            for p in phases
+            for run in runs
         ],
     }
     path.write_text(json.dumps(doc, indent=1) + "\n")
     return path
+
+
+def parse_backends(text: str) -> list[str]:
+    """``--backends``: comma-separated names of :data:`BACKENDS`, or ``all``."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if names == ["all"]:
+        return list(BACKENDS)
+    unknown = [name for name in names if name not in BACKENDS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown backend(s) {', '.join(unknown) or '(none)'}; choose from "
+            f"{', '.join(BACKENDS)}, or all"
+        )
+    return names
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -476,6 +682,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="N=1000")
     parser.add_argument(
         "--slices", type=int, default=5, help="alternating bare/create slices (default 5)"
+    )
+    parser.add_argument(
+        "--backends",
+        type=parse_backends,
+        default=["sqlite"],
+        help=f"comma-separated, of {', '.join(BACKENDS)}; or all (default sqlite)",
     )
     parser.add_argument("--serve", nargs=2, metavar=("APP", "PORT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -491,10 +703,16 @@ def main() -> None:
     if args.serve is not None:
         serve_app(args.serve[0], int(args.serve[1]))
         return
-    with servers() as srv, asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        phases = runner.run(Bench(srv, args).run())
-    print(render(phases, args))
-    print(f"\nraw results: {write_json(phases, args).relative_to(BENCH_DIR.parent)}")
+    runs: list[Run] = []
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        for backend in args.backends:
+            print(f"[{backend}] measuring ...", file=sys.stderr)
+            with servers(backend, runner) as srv:
+                bench = Bench(srv, args)
+                phases = runner.run(bench.run())
+            runs.append(Run(backend, phases, bench.warmup_failures, srv.log_problems))
+    print(render(runs, args))
+    print(f"\nraw results: {write_json(runs, args).relative_to(BENCH_DIR.parent)}")
 
 
 if __name__ == "__main__":

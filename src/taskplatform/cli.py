@@ -84,7 +84,7 @@ def serve(
         http="httptools",
         access_log=access_log,
         log_level=settings.log_level.lower(),
-        timeout_graceful_shutdown=30,
+        timeout_graceful_shutdown=max(1, round(settings.shutdown_grace_seconds)),
     )
 
 

@@ -6,6 +6,7 @@
     ├── RequestError                  4xx: the client's request is wrong
     │   ├── MalformedJSON             400 malformed_json
     │   ├── ValidationFailed          422 validation_error
+    │   ├── IdempotencyKeyReused      422 idempotency_key_reused
     │   ├── PayloadTooLarge           413 payload_too_large
     │   ├── UnsupportedMediaType      415 unsupported_media_type
     │   ├── TaskNotFound              404 task_not_found
@@ -78,6 +79,14 @@ class ValidationFailed(RequestError):
         self.errors = list(errors)
         first = self.errors[0] if self.errors else ("$", "invalid")
         super().__init__(detail or f"{first[0]}: {first[1]}")
+
+
+class IdempotencyKeyReused(RequestError):
+    """This Idempotency-Key was used for a create with another body."""
+
+    status_code = 422
+    code = "idempotency_key_reused"
+    title = "Idempotency key reused"
 
 
 class PayloadTooLarge(RequestError):

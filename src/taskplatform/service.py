@@ -6,25 +6,37 @@ This module owns the state machine of API.md (from the seed specification's diag
                                               Processing --failure--> Failed
     Failed --execute (attempts left)--> Retry --> Processing
     Failed with no attempts left is final.
+    Dequeued --lease expired--> Queued            (nobody executed it in time)
+    Processing --lease expired--> Failed          (the process making the call died)
 
-The move from Queued to Dequeued is the queue backend's atomic transfer (seed FR-009); every other
-change of status goes through :meth:`TaskService._transition`, which checks the edge against
-:data:`TRANSITIONS` and applies it as a compare-and-set in the store. No other code writes a status.
+The moves between queue and store (Queued -> Dequeued, and back when a lease expires) are the queue
+backend's atomic transfers (seed FR-009); every other change of status goes through
+:meth:`TaskService._transition`, which checks the edge against :data:`TRANSITIONS` and applies it as
+a compare-and-set in the store. No other code writes a status.
+
+Leases: a Dequeued task holds one for ``dequeue_lease_seconds``; a Processing task for its
+``timeoutSeconds`` plus ``processing_lease_grace_seconds``, owned by the process making the call.
+Each server's maintenance loop reaps expired leases; the lease token fences every reap, so of
+several servers at most one moves a task.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from collections.abc import Collection
 
 import msgspec
 import uuid_utils
 
 from taskplatform.backends import Backends, TaskChanges
+from taskplatform.backends.base import IdempotencyClaim
 from taskplatform.dispatch.callback import CallbackOutcome, CallbackSender
 from taskplatform.exceptions import (
     BackendUnavailable,
+    IdempotencyKeyReused,
     QueueEmpty,
     RetryLimitReached,
     TaskCompleted,
@@ -40,13 +52,43 @@ logger = logging.getLogger(__name__)
 
 TRANSITIONS: dict[Status, frozenset[Status]] = {
     Status.QUEUED: frozenset({Status.DEQUEUED}),
-    Status.DEQUEUED: frozenset({Status.PROCESSING}),
+    Status.DEQUEUED: frozenset({Status.PROCESSING, Status.QUEUED}),
     Status.PROCESSING: frozenset({Status.COMPLETED, Status.FAILED}),
     Status.FAILED: frozenset({Status.RETRY}),
     Status.RETRY: frozenset({Status.PROCESSING}),
     Status.COMPLETED: frozenset(),
 }
 """Allowed edges of the state machine: ``status -> statuses it may move to``."""
+
+INTERRUPTED = "interrupted: the server stopped during the callback"
+"""The error of an attempt whose process died or shut down before the callback's outcome."""
+
+_REAP_BATCH = 100
+
+
+def _requeue_note(lease_seconds: float) -> str:
+    return f"returned to the queue: not executed within {lease_seconds:g} s of dequeue"
+
+
+class Arrivals:
+    """Wakes long-polling dequeues when a task may have arrived.
+
+    ``current()`` is taken before looking at the queue and waited on after, so an arrival between
+    the look and the wait is never missed.
+    """
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+        self.waiters = 0
+
+    def current(self) -> asyncio.Event:
+        """Return the event the next :meth:`notify` sets."""
+        return self._event
+
+    def notify(self) -> None:
+        """Wake everyone waiting now."""
+        self._event.set()
+        self._event = asyncio.Event()
 
 
 class ExecuteOutcome(msgspec.Struct, kw_only=True):
@@ -76,7 +118,9 @@ class TaskService:
         self.store = backends.store
         self.sender = sender
         self.settings = settings
-        self._background: set[asyncio.Task[ExecuteOutcome]] = set()
+        self.arrivals = Arrivals()
+        # Every callback in flight in this process, so that shutdown can wait for it or record it.
+        self._inflight: set[asyncio.Task[ExecuteOutcome]] = set()
 
     # -- the one place a status changes ---------------------------------------------------------
 
@@ -126,16 +170,27 @@ class TaskService:
 
     # -- operations ------------------------------------------------------------------------------
 
-    async def create(self, request: TaskCreate) -> TaskRecord:
+    async def create(
+        self,
+        request: TaskCreate,
+        *,
+        idempotency_key: str | None = None,
+        request_hash: str | None = None,
+    ) -> tuple[TaskRecord, bool]:
         """Put a new task into the queue (seed FR-001, FR-008).
 
         Args:
             request: A validated create request; missing options take the settings' defaults.
+            idempotency_key: The client's ``Idempotency-Key``: a repeat within the key's TTL with
+                the same body returns the first task instead of creating another.
+            request_hash: SHA-256 (hex) of the request body, compared across repeats of a key.
 
         Returns:
-            The task as queued, with its new id (a UUIDv7: unique, time-ordered, unguessable).
+            ``(task, replayed)``: the new task (a UUIDv7 id: unique, time-ordered, unguessable)
+            and False; or, for a repeated key, the first task as it is now and True.
 
         Raises:
+            IdempotencyKeyReused: the key was used with another body.
             BackendUnavailable: the queue cannot be written; nothing was created.
         """
         now = now_ms()
@@ -158,20 +213,52 @@ class TaskService:
             created_at=now,
             updated_at=now,
         )
-        await self.queue.enqueue(task)
-        return task
+        claim = None
+        if idempotency_key is not None and request_hash is not None:
+            ttl_ms = round(self.settings.idempotency_key_ttl_seconds * 1000)
+            claim = IdempotencyClaim(idempotency_key, request_hash, now + ttl_ms)
+        replay = await self.queue.enqueue(task, claim=claim)
+        if replay is not None:
+            if replay.request_hash != request_hash:
+                raise IdempotencyKeyReused(
+                    "this Idempotency-Key was used for a create with another body; "
+                    "use a new key for a new task",
+                    task_id=replay.task_id,
+                )
+            return await self.get(replay.task_id), True
+        self.arrivals.notify()
+        return task, False
 
-    async def dequeue(self) -> TaskRecord:
+    async def dequeue(self, wait_seconds: float = 0) -> TaskRecord:
         """Take the next task out of the queue into the store (seed FR-002, FR-009).
 
+        Args:
+            wait_seconds: When the queue is empty, how long to wait for a task (a long poll).
+                The wait wakes as soon as any process enqueues (a local signal, PostgreSQL
+                LISTEN/NOTIFY or Redis pub/sub), with a periodic check as the fallback.
+
         Returns:
-            The task, now Dequeued: the highest priority first, FIFO within a priority.
+            The task, now Dequeued under a lease: the highest priority first, FIFO within a
+            priority.
 
         Raises:
-            QueueEmpty: no task is queued.
+            QueueEmpty: no task is queued (after waiting).
             BackendUnavailable: a backend cannot be reached; the task stays queued.
         """
-        task = await self.queue.transfer(self.store, now=now_ms())
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            arrived = self.arrivals.current()
+            task = await self._transfer()
+            remaining = deadline - time.monotonic()
+            if task is not None or remaining <= 0:
+                break
+            self.arrivals.waiters += 1
+            try:
+                poll = min(remaining, self.settings.long_poll_fallback_seconds)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(arrived.wait(), poll)
+            finally:
+                self.arrivals.waiters -= 1
         if task is None:
             raise QueueEmpty()
         logger.info(
@@ -181,6 +268,16 @@ class TaskService:
             extra={"task_id": task.task_id, "status": task.status.value},
         )
         return task
+
+    async def _transfer(self) -> TaskRecord | None:
+        now = now_ms()
+        lease = self.settings.dequeue_lease_seconds
+        return await self.queue.transfer(
+            self.store,
+            now=now,
+            lease_token=str(uuid_utils.uuid4()) if lease > 0 else None,
+            lease_expires_at=now + round(lease * 1000) if lease > 0 else None,
+        )
 
     async def get(self, task_id: str) -> TaskRecord:
         """Return the task ``task_id`` in whatever status it is (seed FR-010).
@@ -212,7 +309,7 @@ class TaskService:
         task = await self.start_execute(task_id)
         # Shielded: a client that hangs up must not cancel a callback that is already running,
         # or the attempt would stay unrecorded.
-        return await asyncio.shield(self.finish_execute(task))
+        return await asyncio.shield(self._track(task))
 
     async def execute_in_background(self, task_id: str) -> TaskRecord:
         """Start an attempt like :meth:`execute` and return at once with the Processing task.
@@ -223,10 +320,14 @@ class TaskService:
             The same errors as :meth:`execute`, before any callback starts.
         """
         task = await self.start_execute(task_id)
-        background = asyncio.create_task(self.finish_execute(task))
-        self._background.add(background)
-        background.add_done_callback(self._background.discard)
+        self._track(task)
         return task
+
+    def _track(self, task: TaskRecord) -> asyncio.Task[ExecuteOutcome]:
+        call = asyncio.create_task(self.finish_execute(task), name=f"callback {task.task_id}")
+        self._inflight.add(call)
+        call.add_done_callback(self._inflight.discard)
+        return call
 
     async def start_execute(self, task_id: str) -> TaskRecord:
         """Move ``task_id`` to Processing under a fresh lease, ready for one callback.
@@ -278,7 +379,13 @@ class TaskService:
             interrupted), the status reported is the task's current one.
         """
         attempt = task.attempts
-        outcome: CallbackOutcome = await self.sender.send(task, attempt)
+        try:
+            outcome: CallbackOutcome = await self.sender.send(task, attempt)
+        except asyncio.CancelledError:
+            # Shutdown ran out of grace: record the attempt as interrupted (it counts, and the
+            # task can be executed again), then let the cancellation go on.
+            await asyncio.shield(self._interrupt(task))
+            raise
         target = Status.COMPLETED if outcome.success else Status.FAILED
         finished = await self._transition(
             task.task_id,
@@ -371,22 +478,130 @@ class TaskService:
         await self.queue.ping()
         await self.store.ping()
 
-    async def run_maintenance(self) -> None:
-        """Settle half-done transfers every ``recovery_interval_seconds``, until cancelled.
+    async def _interrupt(self, task: TaskRecord) -> bool:
+        """Fail the Processing ``task``'s current attempt as interrupted; fenced by its lease.
 
-        Every server runs this loop; a failure is logged and retried on the next round.
+        Returns:
+            True if this call recorded it (False: the outcome or another reaper got there first).
         """
-        while True:
-            await asyncio.sleep(self.settings.recovery_interval_seconds)
-            try:
-                await self.queue.recover(self.store, now=now_ms())
-            except BackendUnavailable as exc:
-                logger.warning("recovery round failed: %s", exc.detail)
+        now = now_ms()
+        interrupted = await self._transition(
+            task.task_id,
+            {Status.PROCESSING},
+            Status.FAILED,
+            changes=TaskChanges(
+                lease_token=None, lease_expires_at=None, result=None, error=INTERRUPTED
+            ),
+            lease_token=task.lease_token,
+            execution=ExecutionRecord(
+                task_id=task.task_id,
+                attempt=task.attempts,
+                started_at=task.updated_at,
+                finished_at=now,
+                duration_ms=max(0, now - task.updated_at),
+                http_status=None,
+                result=None,
+                error=INTERRUPTED,
+            ),
+        )
+        return interrupted is not None
 
-    async def drain(self) -> None:
-        """Wait for the callbacks started in the background to finish and be recorded."""
-        if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
+    async def reap(self) -> tuple[int, int]:
+        """Settle what crashed or idle clients left behind; every server runs this periodically.
+
+        Returns expired Redis reservations to the queue, fails the attempts of Processing tasks
+        whose lease ran out (their process died), returns Dequeued tasks nobody executed within
+        ``dequeue_lease_seconds`` to the queue at their original position, and forgets expired
+        idempotency keys.
+
+        Returns:
+            ``(attempts interrupted, tasks requeued)`` by this call.
+        """
+        now = now_ms()
+        await self.queue.recover(self.store, now=now)
+        interrupted = requeued = 0
+        for task in await self.store.expired_leases(Status.PROCESSING, now=now, limit=_REAP_BATCH):
+            if await self._interrupt(task):
+                interrupted += 1
+                logger.warning(
+                    "task %s: attempt %d interrupted (lease expired)",
+                    task.task_id,
+                    task.attempts,
+                    extra={"task_id": task.task_id, "attempt": task.attempts},
+                )
+        lease = self.settings.dequeue_lease_seconds
+        if lease > 0:
+            assert Status.QUEUED in TRANSITIONS[Status.DEQUEUED]
+            for task in await self.store.expired_leases(
+                Status.DEQUEUED, now=now, limit=_REAP_BATCH
+            ):
+                if await self.queue.requeue(self.store, task, now=now, note=_requeue_note(lease)):
+                    requeued += 1
+                    logger.info(
+                        "task %s is Queued again (not executed within %g s of dequeue)",
+                        task.task_id,
+                        lease,
+                        extra={"task_id": task.task_id, "status": Status.QUEUED.value},
+                    )
+        if requeued:
+            self.arrivals.notify()
+        await self.queue.purge_expired(now=now)
+        return interrupted, requeued
+
+    async def run_maintenance(self) -> None:
+        """Reap every ``recovery_interval_seconds`` and wake long polls, until cancelled.
+
+        Also listens for enqueues by other processes (when the queue backend can signal them)
+        and, while long polls wait, checks the queue every ``long_poll_fallback_seconds``.
+        A failure is logged and retried on the next round.
+        """
+        listener = asyncio.create_task(self._listen(), name="enqueue listener")
+        poller = asyncio.create_task(self._poll_for_waiters(), name="long-poll fallback")
+        try:
+            while True:
+                await asyncio.sleep(self.settings.recovery_interval_seconds)
+                try:
+                    await self.reap()
+                except BackendUnavailable as exc:
+                    logger.warning("maintenance round failed: %s", exc.detail)
+        finally:
+            for task in (listener, poller):
+                task.cancel()
+            await asyncio.gather(listener, poller, return_exceptions=True)
+
+    async def _listen(self) -> None:
+        while True:
+            try:
+                await self.queue.listen(self.arrivals.notify)
+                return  # the backend cannot signal: the poller covers it
+            except BackendUnavailable as exc:
+                logger.warning("enqueue listener lost (%s); retrying in 1 s", exc.detail)
+                await asyncio.sleep(1)
+
+    async def _poll_for_waiters(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.long_poll_fallback_seconds)
+            if self.arrivals.waiters:
+                with contextlib.suppress(BackendUnavailable):
+                    if await self.queue.depth() > 0:
+                        self.arrivals.notify()
+
+    async def shutdown(self, grace_seconds: float) -> None:
+        """Let callbacks in flight finish for up to ``grace_seconds``, then interrupt the rest.
+
+        An interrupted attempt is recorded as failed with :data:`INTERRUPTED` (it counts, and the
+        task can be executed again), so no task stays Processing after a clean stop.
+        """
+        if not self._inflight:
+            return
+        pending = set(self._inflight)
+        logger.info("waiting up to %g s for %d callbacks", grace_seconds, len(pending))
+        _, still_running = await asyncio.wait(pending, timeout=grace_seconds)
+        for call in still_running:
+            call.cancel()
+        if still_running:
+            await asyncio.gather(*still_running, return_exceptions=True)
+            logger.warning("interrupted %d callbacks at shutdown", len(still_running))
 
 
 def _conflict(task: TaskRecord) -> TaskConflict:

@@ -50,10 +50,17 @@ class Settings(BaseSettings):
 
     database_pool_size: Annotated[
         int, Field(gt=0, description="PostgreSQL connections kept open per process.")
-    ] = 10
+    ] = 30
     database_pool_overflow: Annotated[
-        int, Field(ge=0, description="Extra PostgreSQL connections allowed under load.")
-    ] = 20
+        int,
+        Field(
+            ge=0,
+            description=(
+                "Extra PostgreSQL connections allowed at peaks; each is opened and closed per use, "
+                "so keep the pool size at the usual concurrency."
+            ),
+        ),
+    ] = 10
     database_connect_timeout_seconds: Annotated[
         float, Field(gt=0, description="How long to wait for a new database connection.")
     ] = 5.0
@@ -77,6 +84,39 @@ class Settings(BaseSettings):
     recovery_interval_seconds: Annotated[
         float, Field(gt=0, description="How often each server looks for expired reservations.")
     ] = 1.0
+    dequeue_lease_seconds: Annotated[
+        float,
+        Field(
+            ge=0,
+            description=(
+                "A Dequeued task nobody executes within this many seconds goes back to the queue "
+                "at its original position; 0 keeps it Dequeued forever."
+            ),
+        ),
+    ] = 300.0
+    shutdown_grace_seconds: Annotated[
+        float,
+        Field(
+            ge=0,
+            description=(
+                "On SIGTERM, how long in-flight callbacks may run on; those still running then "
+                "are recorded as failed (retryable)."
+            ),
+        ),
+    ] = 30.0
+    idempotency_key_ttl_seconds: Annotated[
+        float, Field(gt=0, description="How long an Idempotency-Key of a create is remembered.")
+    ] = 86_400.0
+    long_poll_fallback_seconds: Annotated[
+        float,
+        Field(
+            gt=0,
+            description=(
+                "How often a long-polling dequeue checks the queue when no notification arrives "
+                "(SQLite shared by several processes, or a lost LISTEN connection)."
+            ),
+        ),
+    ] = 0.5
     faults: Annotated[
         str,
         Field(

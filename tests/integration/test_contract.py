@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 
 from taskplatform.backends import Backends, TaskChanges
+from taskplatform.backends.base import IdempotencyClaim, IdempotentReplay
 from taskplatform.models import ExecutionRecord, Status, TaskRecord, now_ms
 
 
@@ -210,3 +212,97 @@ async def test_recover_with_nothing_half_done_returns_nothing(backends: Backends
     await backends.queue.enqueue(_task(_id(1)))
     assert await backends.queue.recover(backends.store, now=now_ms() + 3_600_000) == 0
     assert await backends.queue.depth() == 1
+
+
+async def _dequeue_with_lease(backends: Backends, token: str, expires: int) -> TaskRecord:
+    task = await backends.queue.transfer(
+        backends.store, now=now_ms(), lease_token=token, lease_expires_at=expires
+    )
+    assert task is not None
+    return task
+
+
+async def test_requeue_returns_a_task_to_its_original_position(backends: Backends) -> None:
+    for n in range(3):
+        await backends.queue.enqueue(_task(_id(n), priority=1))
+    first = await _dequeue_with_lease(backends, "lease-0", expires=1)
+    assert first.task_id == _id(0)
+    expired = await backends.store.expired_leases(Status.DEQUEUED, now=now_ms(), limit=10)
+    assert [task.task_id for task in expired] == [_id(0)]
+    assert await backends.queue.requeue(backends.store, expired[0], now=now_ms(), note="back")
+    # A second reaper holding the same (stale) view moves nothing.
+    assert not await backends.queue.requeue(backends.store, expired[0], now=now_ms(), note="x")
+    requeued = await backends.queue.get(_id(0))
+    assert requeued is not None
+    assert requeued.error == "back"
+    assert await backends.store.get(_id(0)) is None
+    order = []
+    while (task := await backends.queue.transfer(backends.store, now=now_ms())) is not None:
+        order.append(task.task_id)
+    assert order == [_id(0), _id(1), _id(2)]
+
+
+async def test_requeue_is_fenced_by_the_lease(backends: Backends) -> None:
+    await backends.queue.enqueue(_task(_id(1)))
+    task = await _dequeue_with_lease(backends, "lease-a", expires=1)
+    executing = await backends.store.compare_and_set(
+        _id(1),
+        expected={Status.DEQUEUED},
+        target=Status.PROCESSING,
+        now=now_ms(),
+        changes=TaskChanges(lease_token="lease-b"),
+    )
+    assert executing is not None
+    assert not await backends.queue.requeue(backends.store, task, now=now_ms(), note="late")
+    assert await backends.queue.get(_id(1)) is None
+    stored = await backends.store.get(_id(1))
+    assert stored is not None
+    assert stored.status is Status.PROCESSING
+
+
+async def test_unexpired_leases_are_not_reaped(backends: Backends) -> None:
+    await backends.queue.enqueue(_task(_id(1)))
+    await _dequeue_with_lease(backends, "lease", expires=now_ms() + 60_000)
+    assert await backends.store.expired_leases(Status.DEQUEUED, now=now_ms(), limit=10) == []
+
+
+async def test_idempotency_claims_admit_one_task(backends: Backends) -> None:
+    claim = IdempotencyClaim("key-1", "hash-a", now_ms() + 60_000)
+    outcomes = await asyncio.gather(
+        *(backends.queue.enqueue(_task(_id(n)), claim=claim) for n in range(10))
+    )
+    created = [n for n, outcome in enumerate(outcomes) if outcome is None]
+    assert len(created) == 1
+    winner = _id(created[0])
+    assert all(
+        outcome == IdempotentReplay(task_id=winner, request_hash="hash-a")
+        for outcome in outcomes
+        if outcome is not None
+    )
+    assert await backends.queue.depth() == 1
+
+
+async def test_an_expired_idempotency_key_can_be_claimed_again(backends: Backends) -> None:
+    expired = IdempotencyClaim("key-2", "hash-a", now_ms() - 1)
+    assert await backends.queue.enqueue(_task(_id(1)), claim=expired) is None
+    await asyncio.sleep(0.01)  # Redis keeps even an expired claim for its 1 ms TTL
+    await backends.queue.purge_expired(now=now_ms())
+    fresh = IdempotencyClaim("key-2", "hash-b", now_ms() + 60_000)
+    assert await backends.queue.enqueue(_task(_id(2)), claim=fresh) is None
+    assert await backends.queue.depth() == 2
+
+
+async def test_listen_signals_enqueues_from_another_client(backends: Backends) -> None:
+    arrived = asyncio.Event()
+    listener = asyncio.create_task(backends.queue.listen(arrived.set))
+    try:
+        await asyncio.sleep(0.3)  # let a subscription settle
+        if listener.done():
+            assert listener.exception() is None
+            pytest.skip("this queue backend has no cross-process signal (polling covers it)")
+        await backends.queue.enqueue(_task(_id(1)))
+        await asyncio.wait_for(arrived.wait(), 5)
+    finally:
+        listener.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await listener

@@ -1,7 +1,8 @@
 """The backend combinations every parametrized test runs on, each isolated per use.
 
-PostgreSQL gets a fresh database per use (dropped at the end of the session) and Redis a fresh key
-prefix in DB 15 (flushed when the session starts). The servers come from ``TEST_POSTGRES_URL``
+PostgreSQL gets a fresh database per use and Redis a fresh key prefix in DB 15; both are removed
+when the session ends. Nothing is flushed wholesale, so test runs on one machine at the same time
+(a developer's and CI's) cannot wipe each other's data. The servers come from ``TEST_POSTGRES_URL``
 (default ``postgresql://postgres@127.0.0.1:5432/postgres``) and ``TEST_REDIS_URL`` (default
 ``redis://127.0.0.1:6379/15``). A server that cannot be reached skips its combinations with the
 reason shown; with ``CI`` set it fails them instead.
@@ -31,6 +32,7 @@ POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
 _created_databases: list[str] = []
+_created_prefixes: list[str] = []
 
 
 def _run(coroutine: Callable[[], Awaitable[T]]) -> T:
@@ -54,7 +56,7 @@ def _unreachable(service: str) -> str | None:
     async def check_redis() -> None:
         client = aioredis.Redis.from_url(REDIS_URL, socket_connect_timeout=3)
         try:
-            await client.flushdb()
+            await client.ping()
         finally:
             await client.aclose()
 
@@ -94,7 +96,7 @@ def _new_postgres_database() -> str:
 
 
 def drop_created_databases() -> None:
-    """Drop every database this session created."""
+    """Drop every database and delete every Redis key prefix this session created."""
 
     async def drop() -> None:
         connection = await asyncpg.connect(POSTGRES_URL, timeout=5)
@@ -104,9 +106,22 @@ def drop_created_databases() -> None:
         finally:
             await connection.close()
 
+    async def delete_keys() -> None:
+        client = aioredis.Redis.from_url(REDIS_URL, socket_connect_timeout=3)
+        try:
+            for prefix in _created_prefixes:
+                keys = [key async for key in client.scan_iter(match=f"{prefix}:*", count=1000)]
+                if keys:
+                    await client.delete(*keys)
+        finally:
+            await client.aclose()
+
     if _created_databases:
         _run(drop)
         _created_databases.clear()
+    if _created_prefixes:
+        _run(delete_keys)
+        _created_prefixes.clear()
 
 
 def backend_env(name: str, workdir: Path) -> dict[str, str]:
@@ -116,10 +131,11 @@ def backend_env(name: str, workdir: Path) -> dict[str, str]:
     """
     require(name)
     sqlite = {"TASKPLATFORM_DATABASE_URL": f"sqlite:///{workdir / 'taskplatform.db'}"}
-    redis = {
-        "TASKPLATFORM_QUEUE_URL": REDIS_URL,
-        "TASKPLATFORM_REDIS_KEY_PREFIX": f"{{tp-{uuid.uuid4().hex[:12]}}}",
-    }
+    redis: dict[str, str] = {}
+    if "redis" in name:
+        prefix = f"{{tp-{uuid.uuid4().hex[:12]}}}"
+        _created_prefixes.append(prefix)
+        redis = {"TASKPLATFORM_QUEUE_URL": REDIS_URL, "TASKPLATFORM_REDIS_KEY_PREFIX": prefix}
     if name == "sqlite":
         return sqlite
     if name == "postgres":

@@ -30,11 +30,15 @@ def test_format_time_ignores_the_local_time_zone(monkeypatch: pytest.MonkeyPatch
 
 
 def test_state_machine_matches_api_md() -> None:
-    """The edges are exactly those of API.md's diagram; Completed is final."""
+    """The edges are API.md's diagram plus the lease expiry of a Dequeued task; Completed is final.
+
+    (Processing -> Failed also covers an attempt interrupted by a lost lease.)
+    """
     edges = {(a.value, b.value) for a, targets in TRANSITIONS.items() for b in targets}
     assert edges == {
         ("Queued", "Dequeued"),
         ("Dequeued", "Processing"),
+        ("Dequeued", "Queued"),
         ("Processing", "Completed"),
         ("Processing", "Failed"),
         ("Failed", "Retry"),

@@ -51,7 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             maintenance.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await maintenance
-            await service.drain()
+            await service.shutdown(settings.shutdown_grace_seconds)
             await sender.close()
             await backends.close()
 

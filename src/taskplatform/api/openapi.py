@@ -17,6 +17,7 @@ from taskplatform import models
 from taskplatform.api.problems import PROBLEM_MEDIA_TYPE, problem_type
 from taskplatform.exceptions import (
     BackendUnavailable,
+    IdempotencyKeyReused,
     MalformedJSON,
     PayloadTooLarge,
     QueueEmpty,
@@ -91,7 +92,13 @@ def problems(*errors: type[TaskPlatformError]) -> dict[int | str, dict[str, Any]
     return responses
 
 
-CREATE_ERRORS = (MalformedJSON, ValidationFailed, PayloadTooLarge, UnsupportedMediaType)
+CREATE_ERRORS = (
+    MalformedJSON,
+    ValidationFailed,
+    IdempotencyKeyReused,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
 EXECUTE_ERRORS = (
     TaskNotFound,
     TaskNotDequeued,

@@ -7,10 +7,11 @@ declared by hand from the same wire types (``api.openapi``).
 
 from __future__ import annotations
 
+import hashlib
 from typing import Annotated
 
 import msgspec
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Header, Path, Query, Request
 from starlette.responses import Response
 
 from taskplatform.api.openapi import (
@@ -107,10 +108,28 @@ async def read_json_body(request: Request, limit: int) -> bytes:
     ),
     responses={
         201: json_body(TaskCreated, "Queued; `Location` names the new task."),
+        200: json_body(
+            TaskCreated,
+            "A repeat of an `Idempotency-Key` with the same body: the first task, as it is now "
+            "(header `Idempotent-Replayed: true`).",
+        ),
         **problems(*CREATE_ERRORS, BackendUnavailable),
     },
 )
-async def create_task(request: Request) -> Response:
+async def create_task(
+    request: Request,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            pattern=r"^[\x21-\x7e]{1,255}$",
+            description=(
+                "Makes retries safe: a repeat with the same key and body within 24 hours returns "
+                "the first task (200) instead of creating another; another body is 422."
+            ),
+        ),
+    ] = None,
+) -> Response:
     """Put a task into the queue and return its id (seed FR-001)."""
     service = _service(request)
     settings = service.settings
@@ -118,12 +137,16 @@ async def create_task(request: Request) -> Response:
     create = parse_task_create(
         body, max_depth=settings.max_json_depth, max_url_length=settings.max_callback_url_length
     )
-    task = await service.create(create)
-    return _json(
-        TaskCreated(task.task_id, task.status),
-        201,
-        headers={"Location": f"/api/tasks/{task.task_id}"},
+    key = idempotency_key  # checked against the pattern by FastAPI: 1..255 visible ASCII
+    task, replayed = await service.create(
+        create,
+        idempotency_key=key,
+        request_hash=hashlib.sha256(body).hexdigest() if key is not None else None,
     )
+    headers = {"Location": f"/api/tasks/{task.task_id}"}
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return _json(TaskCreated(task.task_id, task.status), 200 if replayed else 201, headers)
 
 
 @router.api_route(
@@ -133,12 +156,23 @@ async def create_task(request: Request) -> Response:
     response_class=Response,
     responses={
         200: json_body(TaskView, "The task, now Dequeued and stored in the database."),
-        **problems(QueueEmpty, BackendUnavailable),
+        **problems(QueueEmpty, ValidationFailed, BackendUnavailable),
     },
 )
-async def dequeue_task(request: Request) -> Response:
+async def dequeue_task(
+    request: Request,
+    wait_seconds: Annotated[
+        float,
+        Query(
+            alias="waitSeconds",
+            ge=0,
+            le=20,
+            description="Long poll: wait up to this many seconds for a task if the queue is empty.",
+        ),
+    ] = 0,
+) -> Response:
     """Take the highest-priority task (FIFO within a priority) into the database (FR-002)."""
-    task = await _service(request).dequeue()
+    task = await _service(request).dequeue(wait_seconds)
     return _json(TaskView.of(task))
 
 

@@ -11,7 +11,7 @@ methods hold the bookkeeping every backend shares. An incomplete backend fails a
 from __future__ import annotations
 
 import abc
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 
 import msgspec
 
@@ -49,15 +49,43 @@ class TaskChanges(msgspec.Struct, kw_only=True):
         }
 
 
+class IdempotencyClaim(msgspec.Struct, frozen=True):
+    """An ``Idempotency-Key`` to claim in the same atomic step as an enqueue.
+
+    ``request_hash`` is the SHA-256 (hex) of the request body; ``expires_at`` is epoch ms.
+    """
+
+    key: str
+    request_hash: str
+    expires_at: int
+
+
+class IdempotentReplay(msgspec.Struct, frozen=True):
+    """The live claim that an earlier request holds on an idempotency key."""
+
+    task_id: str
+    request_hash: str
+
+
 class Queue(abc.ABC):
     """Holds Queued tasks in order: priority descending, then FIFO by enqueue sequence."""
 
     @abc.abstractmethod
-    async def enqueue(self, task: TaskRecord) -> None:
+    async def enqueue(
+        self, task: TaskRecord, *, claim: IdempotencyClaim | None = None
+    ) -> IdempotentReplay | None:
         """Add ``task`` (status Queued) to the queue; durable when this returns.
 
+        Args:
+            task: The new task; its ``sequence`` is set from the queue's counter.
+            claim: An idempotency key to claim in the same atomic step. If a live claim on the key
+                exists, nothing is enqueued.
+
+        Returns:
+            None when the task was enqueued; the existing claim when the key was taken.
+
         Raises:
-            BackendUnavailable: the queue cannot be written.
+            BackendUnavailable: the queue cannot be written; nothing was enqueued.
         """
 
     @abc.abstractmethod
@@ -73,7 +101,14 @@ class Queue(abc.ABC):
         """Return the number of tasks in the queue."""
 
     @abc.abstractmethod
-    async def transfer(self, store: Store, *, now: int) -> TaskRecord | None:
+    async def transfer(
+        self,
+        store: Store,
+        *,
+        now: int,
+        lease_token: str | None = None,
+        lease_expires_at: int | None = None,
+    ) -> TaskRecord | None:
         """Take the next task out of the queue and insert it into ``store`` as Dequeued.
 
         The move is atomic from the caller's view (seed FR-009): the task ends up either still
@@ -83,6 +118,8 @@ class Queue(abc.ABC):
         Args:
             store: The store that receives the task.
             now: The dequeue time, epoch milliseconds.
+            lease_token: The Dequeued lease's token (None: no lease).
+            lease_expires_at: When the Dequeued lease ends, epoch ms (None: never).
 
         Returns:
             The task as stored (status Dequeued), or None when the queue is empty.
@@ -90,6 +127,30 @@ class Queue(abc.ABC):
         Raises:
             BackendUnavailable: the queue or the store cannot be reached; the task stays queued.
         """
+
+    @abc.abstractmethod
+    async def requeue(self, store: Store, task: TaskRecord, *, now: int, note: str) -> bool:
+        """Return a Dequeued ``task`` from ``store`` to the queue, at its original position.
+
+        Fenced by ``task.lease_token``: it happens only if the stored task is still Dequeued
+        under that lease, so of several reapers at most one moves it. ``note`` is written to the
+        task's ``error``, so its record says why it is queued again.
+
+        Returns:
+            True if this call moved the task.
+        """
+
+    async def purge_expired(self, *, now: int) -> None:
+        """Forget idempotency keys past their expiry (a backend with TTLs has nothing to do)."""
+        return None
+
+    async def listen(self, on_enqueue: Callable[[], None]) -> None:
+        """Call ``on_enqueue`` whenever any process enqueues, until cancelled.
+
+        Lets a long-polling dequeue wake at once for a task created by another process. This
+        default returns at once: the service then falls back to polling.
+        """
+        return None
 
     async def recover(self, store: Store, *, now: int) -> int:
         """Settle transfers that a crashed process left half-done; run periodically by servers.
@@ -190,6 +251,18 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def get(self, task_id: str) -> TaskRecord | None:
         """Return the stored task ``task_id``, or None."""
+
+    @abc.abstractmethod
+    async def expired_leases(self, status: Status, *, now: int, limit: int) -> list[TaskRecord]:
+        """Return up to ``limit`` tasks in ``status`` whose lease ended before ``now`` (ms)."""
+
+    @abc.abstractmethod
+    async def remove_queued(self, task_id: str, lease_token: str) -> bool:
+        """Delete the row of a task marked Queued under ``lease_token`` (a Redis requeue's mark).
+
+        Returns:
+            True if the row was deleted.
+        """
 
     @abc.abstractmethod
     async def list_tasks(

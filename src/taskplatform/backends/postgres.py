@@ -7,16 +7,24 @@ row locks make them atomic across processes.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import asyncpg
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from taskplatform.backends.base import Queue, Store, TaskChanges
+from taskplatform.backends.base import (
+    IdempotencyClaim,
+    IdempotentReplay,
+    Queue,
+    Store,
+    TaskChanges,
+)
 from taskplatform.backends.sqlfile import load_queries
 from taskplatform.backends.sqlrows import (
     NO_CURSOR,
@@ -34,6 +42,7 @@ from taskplatform.models import ExecutionRecord, Status, TaskRecord
 logger = logging.getLogger(__name__)
 
 SQL = {name: text(sql) for name, sql in load_queries("postgres").items()}
+_CHANNEL = "taskplatform_enqueued"  # notified by the trigger of migration 0002
 
 
 def asyncpg_url(url: str) -> str:
@@ -106,9 +115,26 @@ class PostgresQueue(Queue):
     def __init__(self, database: PostgresDatabase) -> None:
         self.database = database
 
-    async def enqueue(self, task: TaskRecord) -> None:
+    async def enqueue(
+        self, task: TaskRecord, *, claim: IdempotencyClaim | None = None
+    ) -> IdempotentReplay | None:
         async with self.database.begin() as conn:
+            if claim is not None:
+                claimed = await conn.execute(
+                    SQL["idempotency_claim"],
+                    {
+                        "key": claim.key,
+                        "request_hash": claim.request_hash,
+                        "task_id": task.task_id,
+                        "expires_at": claim.expires_at,
+                        "now": task.created_at,
+                    },
+                )
+                if claimed.first() is None:
+                    row = (await conn.execute(SQL["idempotency_get"], {"key": claim.key})).one()
+                    return IdempotentReplay(task_id=row[1], request_hash=row[0])
             task.sequence = (await conn.execute(SQL["enqueue"], queue_params(task))).scalar_one()
+        return None
 
     async def get(self, task_id: str) -> TaskRecord | None:
         async with self.database.begin() as conn:
@@ -126,12 +152,63 @@ class PostgresQueue(Queue):
             count: int = (await conn.execute(SQL["queue_depth"])).scalar_one()
         return count
 
-    async def transfer(self, store: Store, *, now: int) -> TaskRecord | None:
+    async def transfer(
+        self,
+        store: Store,
+        *,
+        now: int,
+        lease_token: str | None = None,
+        lease_expires_at: int | None = None,
+    ) -> TaskRecord | None:
+        self._check_store(store)
+        params = {"now": now, "lease_token": lease_token, "lease_expires_at": lease_expires_at}
+        async with self.database.begin() as conn:
+            row = (await conn.execute(SQL["dequeue_next"], params)).first()
+        return None if row is None else stored_record(row)
+
+    async def requeue(self, store: Store, task: TaskRecord, *, now: int, note: str) -> bool:
+        self._check_store(store)
+        fence = {"task_id": task.task_id, "lease_token": task.lease_token}
+        async with self.database.begin() as conn:
+            row = (await conn.execute(SQL["requeue_delete"], fence)).first()
+            if row is None:
+                return False
+            returned = stored_record(row)
+            returned.error, returned.updated_at = note, now
+            await conn.execute(
+                SQL["requeue_insert"], {**queue_params(returned), "sequence": returned.sequence}
+            )
+        return True
+
+    async def purge_expired(self, *, now: int) -> None:
+        async with self.database.begin() as conn:
+            await conn.execute(SQL["idempotency_purge"], {"now": now})
+
+    async def listen(self, on_enqueue: Callable[[], None]) -> None:
+        """LISTEN on the channel the enqueue trigger notifies, until cancelled.
+
+        Raises:
+            BackendUnavailable: the listening connection cannot be made or is lost.
+        """
+        try:
+            connection = await asyncpg.connect(
+                self.database.url.replace("+asyncpg", "", 1), timeout=5
+            )
+        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+            raise BackendUnavailable(f"cannot LISTEN on PostgreSQL: {exc}") from exc
+        lost = asyncio.Event()
+        connection.add_termination_listener(lambda _: lost.set())
+        try:
+            await connection.add_listener(_CHANNEL, lambda *_: on_enqueue())
+            await lost.wait()
+            raise BackendUnavailable("the PostgreSQL LISTEN connection was lost")
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(connection.close(), 2)
+
+    def _check_store(self, store: Store) -> None:
         if not (isinstance(store, PostgresStore) and store.database is self.database):
             raise TypeError("a PostgreSQL queue moves tasks only into the store of its database")
-        async with self.database.begin() as conn:
-            row = (await conn.execute(SQL["dequeue_next"], {"now": now})).first()
-        return None if row is None else stored_record(row)
 
     async def ping(self) -> None:
         async with self.database.begin() as conn:
@@ -183,6 +260,18 @@ class PostgresStore(Store):
         async with self.database.begin() as conn:
             row = (await conn.execute(SQL["store_get"], {"task_id": task_id})).first()
         return None if row is None else stored_record(row)
+
+    async def expired_leases(self, status: Status, *, now: int, limit: int) -> list[TaskRecord]:
+        params = {"status": status.value, "now": now, "limit": limit}
+        async with self.database.begin() as conn:
+            rows = (await conn.execute(SQL["store_expired_leases"], params)).all()
+        return [stored_record(row) for row in rows]
+
+    async def remove_queued(self, task_id: str, lease_token: str) -> bool:
+        params = {"task_id": task_id, "lease_token": lease_token}
+        async with self.database.begin() as conn:
+            result = await conn.execute(SQL["store_delete_returning"], params)
+        return bool(result.rowcount == 1)
 
     async def list_tasks(
         self, *, status: Status | None, before: str | None, limit: int

@@ -23,21 +23,35 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from taskplatform.backends.base import Queue, Store
+from taskplatform.backends.base import (
+    IdempotencyClaim,
+    IdempotentReplay,
+    Queue,
+    Store,
+    TaskChanges,
+)
 from taskplatform.exceptions import BackendUnavailable
 from taskplatform.faults import Faults
 from taskplatform.models import Status, TaskRecord
 
 logger = logging.getLogger(__name__)
 
-# KEYS: seq, ready, ids, task hash. ARGV: task id, then the values of _hash_values() in order.
+# KEYS: seq, ready, ids, task hash, idempotency key. ARGV: task id, the values of _hash_values()
+# in order, the idempotency claim ("<hash> <task id>", or "" for none), its TTL (ms), the channel.
+# Returns the sequence, or the live claim's value when the key is taken.
 _ENQUEUE = """
+if ARGV[11] ~= '' then
+  local claimed = redis.call('GET', KEYS[5])
+  if claimed then return claimed end
+  redis.call('SET', KEYS[5], ARGV[11], 'PX', ARGV[12])
+end
 local seq = redis.call('INCR', KEYS[1])
 local member = string.format('%016d:%s', seq, ARGV[1])
 redis.call('HSET', KEYS[4], 'member', member, 'sequence', seq,
@@ -46,7 +60,21 @@ redis.call('HSET', KEYS[4], 'member', member, 'sequence', seq,
   'updated_at', ARGV[10])
 redis.call('ZADD', KEYS[2], -tonumber(ARGV[2]), member)
 redis.call('ZADD', KEYS[3], 0, ARGV[1])
+redis.call('PUBLISH', ARGV[13], '')
 return seq
+"""
+
+# Put a task back at its original position. KEYS: ready, ids, task hash. ARGV: member, sequence,
+# task id, then the values of _hash_values(), then the channel. Idempotent.
+_REQUEUE = """
+redis.call('HSET', KEYS[3], 'member', ARGV[1], 'sequence', ARGV[2],
+  'priority', ARGV[4], 'task_data', ARGV[5], 'callback_url', ARGV[6], 'max_retries', ARGV[7],
+  'timeout_seconds', ARGV[8], 'attempts', ARGV[9], 'error', ARGV[10], 'created_at', ARGV[11],
+  'updated_at', ARGV[12])
+redis.call('ZADD', KEYS[1], -tonumber(ARGV[4]), ARGV[1])
+redis.call('ZADD', KEYS[2], 0, ARGV[3])
+redis.call('PUBLISH', ARGV[13], '')
+return 1
 """
 
 # KEYS: ready, inflight. ARGV: reservation deadline (ms), task hash key prefix.
@@ -106,12 +134,15 @@ class RedisQueue(Queue):
         self._ids = f"{key_prefix}:ids"
         self._seq = f"{key_prefix}:seq"
         self._task_prefix = f"{key_prefix}:task:"
+        self._idempotency_prefix = f"{key_prefix}:idempotency:"
+        self._channel = f"{key_prefix}:enqueued"
         self._reservation_ms = round(reservation_seconds * 1000)
         self._faults = faults or Faults()
         self._enqueue = self.client.register_script(_ENQUEUE)
         self._reserve = self.client.register_script(_RESERVE)
         self._ack = self.client.register_script(_ACK)
         self._release = self.client.register_script(_RELEASE)
+        self._requeue = self.client.register_script(_REQUEUE)
 
     @contextlib.asynccontextmanager
     async def _guard(self) -> AsyncIterator[None]:
@@ -124,14 +155,23 @@ class RedisQueue(Queue):
     def _task_key(self, task_id: str) -> str:
         return f"{self._task_prefix}{task_id}"
 
-    async def enqueue(self, task: TaskRecord) -> None:
+    async def enqueue(
+        self, task: TaskRecord, *, claim: IdempotencyClaim | None = None
+    ) -> IdempotentReplay | None:
         values = _hash_values(task)
+        claim_key = f"{self._idempotency_prefix}{claim.key}" if claim else f"{self._prefix}:none"
+        claim_value = f"{claim.request_hash} {task.task_id}" if claim else ""
+        ttl = max(1, claim.expires_at - task.created_at) if claim else 0
         async with self._guard():
-            sequence = await self._enqueue(
-                keys=[self._seq, self._ready, self._ids, self._task_key(task.task_id)],
-                args=[task.task_id, *values],
+            outcome = await self._enqueue(
+                keys=[self._seq, self._ready, self._ids, self._task_key(task.task_id), claim_key],
+                args=[task.task_id, *values, claim_value, ttl, self._channel],
             )
-        task.sequence = int(sequence)
+        if isinstance(outcome, bytes):
+            request_hash, _, task_id = outcome.decode().partition(" ")
+            return IdempotentReplay(task_id=task_id, request_hash=request_hash)
+        task.sequence = int(outcome)
+        return None
 
     async def get(self, task_id: str) -> TaskRecord | None:
         async with self._guard():
@@ -157,7 +197,14 @@ class RedisQueue(Queue):
             count: int = await self.client.zcard(self._ids)
         return count
 
-    async def transfer(self, store: Store, *, now: int) -> TaskRecord | None:
+    async def transfer(
+        self,
+        store: Store,
+        *,
+        now: int,
+        lease_token: str | None = None,
+        lease_expires_at: int | None = None,
+    ) -> TaskRecord | None:
         while True:
             async with self._guard():
                 reserved = await self._reserve(
@@ -175,6 +222,7 @@ class RedisQueue(Queue):
             task = _record(task_id, fields)
             task.status = Status.DEQUEUED
             task.dequeued_at = task.updated_at = now
+            task.lease_token, task.lease_expires_at = lease_token, lease_expires_at
             try:
                 self._faults.hit("after_reserve")
                 inserted = await store.insert_dequeued(task)
@@ -202,12 +250,61 @@ class RedisQueue(Queue):
             )
         return bool(moved)
 
+    async def requeue(self, store: Store, task: TaskRecord, *, now: int, note: str) -> bool:
+        """Return a Dequeued task to Redis, at its original position, in three steps.
+
+        1. In the store, Dequeued -> Queued under a new token (fenced by the lease token): the row
+           now marks a task on its way back. 2. Add it to Redis. 3. Delete the marked row. A crash
+           after 1 or 2 is finished by :meth:`recover`; a dequeue that takes the task between 2 and
+           3 revives the marked row (``store_insert``), and step 3 then deletes nothing.
+        """
+        assert task.lease_token is not None
+        marker = str(uuid.uuid4())
+        marked = await store.compare_and_set(
+            task.task_id,
+            expected={Status.DEQUEUED},
+            target=Status.QUEUED,
+            now=now,
+            changes=TaskChanges(lease_token=marker, lease_expires_at=None, error=note),
+            lease_token=task.lease_token,
+        )
+        if marked is None:
+            return False
+        await self._return(store, marked, marker)
+        return True
+
+    async def _return(self, store: Store, task: TaskRecord, marker: str) -> None:
+        member = f"{task.sequence:016d}:{task.task_id}"
+        async with self._guard():
+            await self._requeue(
+                keys=[self._ready, self._ids, self._task_key(task.task_id)],
+                args=[member, task.sequence, task.task_id, *_hash_values(task), self._channel],
+            )
+        await store.remove_queued(task.task_id, marker)
+
+    async def listen(self, on_enqueue: Callable[[], None]) -> None:
+        """Subscribe to the channel every enqueue publishes on, until cancelled."""
+        async with self._guard():
+            pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self._channel)
+                async for _ in pubsub.listen():
+                    on_enqueue()
+            finally:
+                with contextlib.suppress(RedisError, OSError):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+        raise BackendUnavailable("the Redis subscription ended")
+
     async def recover(self, store: Store, *, now: int) -> int:
-        """Settle reservations whose deadline passed: ack those in the store, return the rest.
+        """Settle reservations whose deadline passed: ack those in the store, return the rest;
+        and finish requeues that a crash interrupted (rows still marked Queued in the store).
 
         Returns:
             How many reservations were returned to the queue.
         """
+        for marked in await store.list_tasks(status=Status.QUEUED, before=None, limit=100):
+            if marked.updated_at < now - self._reservation_ms and marked.lease_token:
+                await self._return(store, marked, marked.lease_token)
         async with self._guard():
             expired = await self.client.zrangebyscore(self._inflight, "-inf", now, start=0, num=100)
         returned = 0

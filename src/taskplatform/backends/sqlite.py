@@ -20,7 +20,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from taskplatform.backends.base import Queue, Store, TaskChanges
+from taskplatform.backends.base import (
+    IdempotencyClaim,
+    IdempotentReplay,
+    Queue,
+    Store,
+    TaskChanges,
+)
 from taskplatform.backends.sqlfile import load_queries
 from taskplatform.backends.sqlrows import (
     NO_CURSOR,
@@ -247,14 +253,24 @@ class SQLiteQueue(Queue):
         self.database = database
         self._faults = faults or Faults()
 
-    async def enqueue(self, task: TaskRecord) -> None:
+    async def enqueue(
+        self, task: TaskRecord, *, claim: IdempotencyClaim | None = None
+    ) -> IdempotentReplay | None:
         row = queue_params(task)
 
-        def job(conn: sqlite3.Connection) -> int:
+        def job(conn: sqlite3.Connection) -> int | IdempotentReplay:
+            if claim is not None:
+                replay = claim_key(conn, claim, task)
+                if replay is not None:
+                    return replay
             seq: int = conn.execute(SQL["enqueue"], row).fetchone()[0]
             return seq
 
-        task.sequence = await self.database.write(job)
+        outcome = await self.database.write(job)
+        if isinstance(outcome, IdempotentReplay):
+            return outcome
+        task.sequence = outcome
+        return None
 
     async def get(self, task_id: str) -> TaskRecord | None:
         def job(conn: sqlite3.Connection) -> TaskRecord | None:
@@ -277,9 +293,15 @@ class SQLiteQueue(Queue):
 
         return await self.database.read(job)
 
-    async def transfer(self, store: Store, *, now: int) -> TaskRecord | None:
-        if not (isinstance(store, SQLiteStore) and store.database is self.database):
-            raise TypeError("a SQLite queue moves tasks only into the SQLite store of its file")
+    async def transfer(
+        self,
+        store: Store,
+        *,
+        now: int,
+        lease_token: str | None = None,
+        lease_expires_at: int | None = None,
+    ) -> TaskRecord | None:
+        self._check_store(store)
 
         def job(conn: sqlite3.Connection) -> TaskRecord | None:
             row = conn.execute(SQL["dequeue_next"]).fetchone()
@@ -289,10 +311,35 @@ class SQLiteQueue(Queue):
             task = queued_record(row)
             task.status = Status.DEQUEUED
             task.dequeued_at = task.updated_at = now
+            task.lease_token, task.lease_expires_at = lease_token, lease_expires_at
             conn.execute(SQL["store_insert"], task_params(task))
             return task
 
         return await self.database.write(job)
+
+    async def requeue(self, store: Store, task: TaskRecord, *, now: int, note: str) -> bool:
+        self._check_store(store)
+        fence = {"task_id": task.task_id, "lease_token": task.lease_token}
+
+        def job(conn: sqlite3.Connection) -> bool:
+            row = conn.execute(SQL["requeue_delete"], fence).fetchone()
+            if row is None:
+                return False
+            returned = stored_record(row)
+            returned.error, returned.updated_at = note, now
+            conn.execute(
+                SQL["requeue_insert"], {**queue_params(returned), "sequence": returned.sequence}
+            )
+            return True
+
+        return await self.database.write(job)
+
+    async def purge_expired(self, *, now: int) -> None:
+        await self.database.write(lambda conn: conn.execute(SQL["idempotency_purge"], {"now": now}))
+
+    def _check_store(self, store: Store) -> None:
+        if not (isinstance(store, SQLiteStore) and store.database is self.database):
+            raise TypeError("a SQLite queue moves tasks only into the SQLite store of its file")
 
     async def ping(self) -> None:
         await self.database.read(lambda conn: conn.execute(SQL["ping"]).fetchone())
@@ -352,6 +399,22 @@ class SQLiteStore(Store):
 
         return await self.database.read(job)
 
+    async def expired_leases(self, status: Status, *, now: int, limit: int) -> list[TaskRecord]:
+        params = {"status": status.value, "now": now, "limit": limit}
+
+        def job(conn: sqlite3.Connection) -> list[TaskRecord]:
+            return [stored_record(row) for row in conn.execute(SQL["store_expired_leases"], params)]
+
+        return await self.database.read(job)
+
+    async def remove_queued(self, task_id: str, lease_token: str) -> bool:
+        params = {"task_id": task_id, "lease_token": lease_token}
+
+        def job(conn: sqlite3.Connection) -> bool:
+            return conn.execute(SQL["store_delete_returning"], params).rowcount == 1
+
+        return await self.database.write(job)
+
     async def list_tasks(
         self, *, status: Status | None, before: str | None, limit: int
     ) -> list[TaskRecord]:
@@ -384,3 +447,23 @@ class SQLiteStore(Store):
 
     async def close(self) -> None:
         self.database.close()
+
+
+def claim_key(
+    conn: sqlite3.Connection, claim: IdempotencyClaim, task: TaskRecord
+) -> IdempotentReplay | None:
+    """Claim ``claim.key`` for ``task`` in the caller's transaction, or return the live claim."""
+    claimed = conn.execute(
+        SQL["idempotency_claim"],
+        {
+            "key": claim.key,
+            "request_hash": claim.request_hash,
+            "task_id": task.task_id,
+            "expires_at": claim.expires_at,
+            "now": task.created_at,
+        },
+    ).fetchone()
+    if claimed is not None:
+        return None
+    request_hash, task_id = conn.execute(SQL["idempotency_get"], {"key": claim.key}).fetchone()
+    return IdempotentReplay(task_id=task_id, request_hash=request_hash)

@@ -28,14 +28,19 @@ FROM queued_tasks WHERE task_id < :before ORDER BY task_id DESC LIMIT :limit;
 SELECT count(*) FROM queued_tasks;
 
 -- name: store_insert
--- Insert a task taken from the queue; a repeat of the same id is a no-op (idempotent transfer).
+-- Insert a task taken from the queue. A repeat of the same id is a no-op (idempotent transfer),
+-- unless the row is one a Redis requeue left marked Queued: then the task is dequeued again.
 INSERT INTO tasks (task_id, sequence, status, priority, task_data, callback_url, max_retries,
                    timeout_seconds, attempts, lease_token, lease_expires_at, next_attempt_at,
                    result, error, created_at, updated_at, dequeued_at, completed_at)
 VALUES (:task_id, :sequence, :status, :priority, :task_data, :callback_url, :max_retries,
         :timeout_seconds, :attempts, :lease_token, :lease_expires_at, :next_attempt_at, :result,
         :error, :created_at, :updated_at, :dequeued_at, :completed_at)
-ON CONFLICT (task_id) DO NOTHING;
+ON CONFLICT (task_id) DO UPDATE
+    SET status = excluded.status, lease_token = excluded.lease_token,
+        lease_expires_at = excluded.lease_expires_at, updated_at = excluded.updated_at,
+        dequeued_at = excluded.dequeued_at
+    WHERE tasks.status = 'Queued';
 
 -- name: store_get
 -- One stored task by id.
@@ -78,3 +83,47 @@ FROM task_executions WHERE task_id = :task_id ORDER BY attempt;
 -- name: ping
 -- A round trip that touches the schema.
 SELECT count(*) FROM tasks WHERE task_id = '';
+
+-- name: store_expired_leases
+-- Tasks in one status whose lease ran out, oldest deadline first (the reaper's candidates).
+SELECT task_id, sequence, status, priority, task_data, callback_url, max_retries, timeout_seconds,
+       attempts, lease_token, lease_expires_at, next_attempt_at, result, error, created_at,
+       updated_at, dequeued_at, completed_at
+FROM tasks WHERE status = :status AND lease_expires_at < :now
+ORDER BY lease_expires_at LIMIT :limit;
+
+-- name: requeue_delete
+-- Take a Dequeued task whose lease this caller holds out of the store (first half of a requeue).
+DELETE FROM tasks WHERE task_id = :task_id AND status = 'Dequeued' AND lease_token = :lease_token
+RETURNING task_id, sequence, status, priority, task_data, callback_url, max_retries,
+          timeout_seconds, attempts, lease_token, lease_expires_at, next_attempt_at, result,
+          error, created_at, updated_at, dequeued_at, completed_at;
+
+-- name: requeue_insert
+-- Put a task back into the queue at its original position (its old sequence number).
+INSERT INTO queued_tasks (seq, task_id, priority, task_data, callback_url, max_retries,
+                          timeout_seconds, attempts, error, created_at, updated_at)
+VALUES (:sequence, :task_id, :priority, :task_data, :callback_url, :max_retries,
+        :timeout_seconds, :attempts, :error, :created_at, :updated_at);
+
+-- name: store_delete_returning
+-- Remove a task that a Redis requeue marked Queued in the store, once it is back in Redis.
+DELETE FROM tasks WHERE task_id = :task_id AND status = 'Queued' AND lease_token = :lease_token;
+
+-- name: idempotency_claim
+-- Claim an idempotency key for a new task, or take over an expired claim; no row means taken.
+INSERT INTO idempotency_keys (key, request_hash, task_id, expires_at)
+VALUES (:key, :request_hash, :task_id, :expires_at)
+ON CONFLICT (key) DO UPDATE
+    SET request_hash = excluded.request_hash, task_id = excluded.task_id,
+        expires_at = excluded.expires_at
+    WHERE idempotency_keys.expires_at <= :now
+RETURNING key;
+
+-- name: idempotency_get
+-- The live claim of an idempotency key.
+SELECT request_hash, task_id FROM idempotency_keys WHERE key = :key;
+
+-- name: idempotency_purge
+-- Forget idempotency keys past their expiry.
+DELETE FROM idempotency_keys WHERE expires_at <= :now;

@@ -15,9 +15,10 @@ WITH next AS (
               q.timeout_seconds, q.attempts, q.error, q.created_at
 )
 INSERT INTO tasks (task_id, sequence, status, priority, task_data, callback_url, max_retries,
-                   timeout_seconds, attempts, error, created_at, updated_at, dequeued_at)
+                   timeout_seconds, attempts, lease_token, lease_expires_at, error, created_at,
+                   updated_at, dequeued_at)
 SELECT task_id, seq, 'Dequeued', priority, task_data, callback_url, max_retries, timeout_seconds,
-       attempts, error, created_at, :now, :now
+       attempts, :lease_token, :lease_expires_at, error, created_at, :now, :now
 FROM moved
 RETURNING task_id, sequence, status, priority, task_data, callback_url, max_retries,
           timeout_seconds, attempts, lease_token, lease_expires_at, next_attempt_at, result,

@@ -1,0 +1,57 @@
+"""Schemathesis against the served OpenAPI document: no 5xx, every response within the schema.
+
+Runs the schemathesis CLI (its pytest plugin does not support this pytest) against a real server:
+examples, coverage, fuzzing and stateful phases, a bounded number of examples per operation.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.support.backends import backend_env
+from tests.support.server import Server, clean_environ
+
+CHECKS = (
+    "not_a_server_error",
+    "status_code_conformance",
+    "content_type_conformance",
+    "response_schema_conformance",
+    "response_headers_conformance",
+    "positive_data_acceptance",
+)
+
+
+def test_schemathesis_finds_no_server_error_and_no_schema_violation(tmp_path: Path) -> None:
+    server = Server(backend_env("sqlite", tmp_path), tmp_path / "server.log").start()
+    executable = shutil.which("schemathesis", path=str(Path(sys.executable).parent))
+    assert executable, "schemathesis is a dev dependency"
+    try:
+        result = subprocess.run(
+            [
+                executable,
+                "run",
+                f"{server.url}/openapi.json",
+                "--max-examples",
+                "15",
+                "--checks",
+                ",".join(CHECKS),
+                "--request-timeout",
+                "30",
+                "--no-color",
+            ],
+            env=clean_environ({}),
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=400,
+            check=False,
+        )
+    finally:
+        server.stop()
+    print(result.stdout[-3000:])
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+    assert "No issues found" in result.stdout
+    assert "Traceback" not in server.log()

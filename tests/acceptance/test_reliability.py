@@ -1,0 +1,293 @@
+"""Reliability: leases and crash recovery, idempotent create, long polls, graceful shutdown,
+clients that hang up; against real servers, killed and restarted for real."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.acceptance.helpers import assert_problem, create, ready_task
+from tests.support.backends import backend_env
+from tests.support.receiver import Receiver
+from tests.support.server import Server
+
+FAST = {
+    "TASKPLATFORM_RECOVERY_INTERVAL_SECONDS": "0.2",
+    "TASKPLATFORM_PROCESSING_LEASE_GRACE_SECONDS": "0.5",
+    "TASKPLATFORM_QUEUE_RESERVATION_SECONDS": "1",
+}
+
+
+def _wait_for(check: Callable[[], bool], seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.05)
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / 100  # utime + stime, in clock ticks of 1/100 s
+
+
+def test_a_callback_cut_off_by_sigkill_is_recorded_as_interrupted(
+    start_server: Callable[..., Server], receiver: Receiver
+) -> None:
+    """The process making the call dies: the lease runs out, the attempt fails as interrupted
+    (it counts), and the task can be executed again."""
+    server = start_server(**FAST)
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        task_id = ready_task(http, receiver.url("/slow?seconds=3"), timeoutSeconds=1)
+        assert (
+            http.post(
+                f"/api/tasks/{task_id}/execute", headers={"Prefer": "respond-async"}
+            ).status_code
+            == 202
+        )
+        _wait_for(lambda: len(receiver.hits_for(task_id)) == 1)
+    server.stop(signal.SIGKILL)
+    server.start()
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        _wait_for(lambda: http.get(f"/api/tasks/{task_id}").json()["status"] == "Failed")
+        task = http.get(f"/api/tasks/{task_id}").json()
+        assert task["error"] == "interrupted: the server stopped during the callback"
+        assert task["attempts"] == 1
+        log = http.get(f"/api/tasks/{task_id}/executions").json()["items"]
+        assert [(entry["attempt"], entry["error"]) for entry in log] == [
+            (1, "interrupted: the server stopped during the callback")
+        ]
+        # Executable again; only the retry is a second callback.
+        again = http.post(f"/api/tasks/{task_id}/execute").json()
+        assert again["attempt"] == 2
+        assert len(receiver.hits_for(task_id)) == 2
+
+
+def test_an_unexecuted_dequeued_task_returns_to_its_place(
+    start_server: Callable[..., Server],
+) -> None:
+    """Nobody executes a Dequeued task within the lease: it is Queued again, ahead of the tasks
+    created after it, and its record says why."""
+    server = start_server(TASKPLATFORM_DEQUEUE_LEASE_SECONDS="1", **FAST)
+    with httpx.Client(base_url=server.url) as http:
+        first = create(http, "http://127.0.0.1:9/x", priority=5)
+        second = create(http, "http://127.0.0.1:9/x", priority=5)
+        assert http.get("/api/tasks/dequeue").json()["taskId"] == first
+        _wait_for(lambda: http.get(f"/api/tasks/{first}").json()["status"] == "Queued")
+        record = http.get(f"/api/tasks/{first}").json()
+        assert record["error"] == "returned to the queue: not executed within 1 s of dequeue"
+        assert record["priority"] == 5
+        assert http.get("/api/tasks/dequeue").json()["taskId"] == first
+        assert http.get("/api/tasks/dequeue").json()["taskId"] == second
+
+
+def test_dequeue_lease_zero_keeps_a_task_dequeued(start_server: Callable[..., Server]) -> None:
+    """``TASKPLATFORM_DEQUEUE_LEASE_SECONDS=0`` never sends a task back."""
+    server = start_server(TASKPLATFORM_DEQUEUE_LEASE_SECONDS="0", **FAST)
+    with httpx.Client(base_url=server.url) as http:
+        task_id = create(http, "http://127.0.0.1:9/x")
+        http.get("/api/tasks/dequeue")
+        time.sleep(1.5)
+        assert http.get(f"/api/tasks/{task_id}").json()["status"] == "Dequeued"
+
+
+def test_two_servers_reap_each_expired_lease_once(backend: str, tmp_path: Path) -> None:
+    """Two servers reap the same database: each expired task goes back exactly once."""
+    env = {**backend_env(backend, tmp_path), **FAST, "TASKPLATFORM_DEQUEUE_LEASE_SECONDS": "1"}
+    servers = [Server(env, tmp_path / f"s{n}.log").start() for n in range(2)]
+    try:
+        with httpx.Client(base_url=servers[0].url) as http:
+            ids = [create(http, "http://127.0.0.1:9/x") for _ in range(20)]
+            for _ in ids:
+                assert http.get("/api/tasks/dequeue").status_code == 200
+            _wait_for(lambda: http.get("/api/stats").json()["tasks"]["Queued"] == 20)
+            time.sleep(0.5)  # a second reap, had there been one, would show as a duplicate
+            with httpx.Client(base_url=servers[1].url) as other:
+                again = [other.get("/api/tasks/dequeue").json()["taskId"] for _ in ids]
+                assert_problem(other.get("/api/tasks/dequeue"), 404, "queue_empty")
+        assert again == ids
+    finally:
+        for server in servers:
+            server.stop()
+    logs = "".join(server.log() for server in servers)
+    assert logs.count("is Queued again") == 20
+
+
+def test_idempotency_key_returns_the_first_task(client: httpx.Client) -> None:
+    """Same key, same body: 200 with the first task; another body: 422; ten at once: one task."""
+    body = {"taskData": {"order": 7}, "callbackUrl": "http://127.0.0.1:9/x", "priority": -9}
+    key = f"order-7-{time.time_ns()}"
+    first = client.post("/api/tasks", json=body, headers={"Idempotency-Key": key})
+    assert first.status_code == 201
+    repeat = client.post("/api/tasks", json=body, headers={"Idempotency-Key": key})
+    assert repeat.status_code == 200
+    assert repeat.json()["taskId"] == first.json()["taskId"]
+    assert repeat.headers["idempotent-replayed"] == "true"
+    other = client.post(
+        "/api/tasks", json={**body, "priority": 1}, headers={"Idempotency-Key": key}
+    )
+    problem = assert_problem(other, 422, "idempotency_key_reused")
+    assert problem["taskId"] == first.json()["taskId"]
+    assert_problem(
+        client.post("/api/tasks", json=body, headers={"Idempotency-Key": "has space"}),
+        422,
+        "validation_error",
+    )
+
+
+def test_ten_identical_requests_at_once_create_one_task(server: Server) -> None:
+    key = f"burst-{time.time_ns()}"
+    body = {"taskData": {"burst": True}, "callbackUrl": "http://127.0.0.1:9/x", "priority": -9}
+    clients = [httpx.Client(base_url=server.url, timeout=30) for _ in range(10)]
+    start = threading.Barrier(10)
+
+    def send(http: httpx.Client) -> httpx.Response:
+        start.wait()
+        return http.post("/api/tasks", json=body, headers={"Idempotency-Key": key})
+
+    try:
+        with ThreadPoolExecutor(10) as pool:
+            responses = list(pool.map(send, clients))
+    finally:
+        for http in clients:
+            http.close()
+    assert sorted(r.status_code for r in responses) == [200] * 9 + [201]
+    assert len({r.json()["taskId"] for r in responses}) == 1
+
+
+def test_long_poll_waits_and_wakes_on_arrival(start_server: Callable[..., Server]) -> None:
+    """waitSeconds waits on an empty queue and answers as soon as a task arrives."""
+    server = start_server(TASKPLATFORM_LONG_POLL_FALLBACK_SECONDS="5")
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        started = time.monotonic()
+        assert_problem(http.get("/api/tasks/dequeue?waitSeconds=1"), 404, "queue_empty")
+        assert 0.9 < time.monotonic() - started < 3
+        for bad in ("-1", "21", "soon"):
+            assert_problem(
+                http.get(f"/api/tasks/dequeue?waitSeconds={bad}"), 422, "validation_error"
+            )
+
+        created_at: list[float] = []
+
+        def create_later() -> None:
+            time.sleep(0.5)
+            with httpx.Client(base_url=server.url) as other:
+                created_at.append(time.monotonic())
+                create(other, "http://127.0.0.1:9/x")
+
+        thread = threading.Thread(target=create_later)
+        thread.start()
+        response = http.get("/api/tasks/dequeue?waitSeconds=10")
+        woke = time.monotonic()
+        thread.join()
+    assert response.status_code == 200
+    assert woke - created_at[0] < 1.0  # the fallback check is 5 s away: this was the signal
+
+
+def test_long_poll_wakes_for_a_task_created_through_another_server(
+    backend: str, tmp_path: Path
+) -> None:
+    """Across processes: PostgreSQL LISTEN/NOTIFY, Redis pub/sub, or SQLite's fallback check."""
+    fallback = "0.5" if backend == "sqlite" else "10"
+    env = {**backend_env(backend, tmp_path), "TASKPLATFORM_LONG_POLL_FALLBACK_SECONDS": fallback}
+    servers = [Server(env, tmp_path / f"s{n}.log").start() for n in range(2)]
+    try:
+        with httpx.Client(base_url=servers[0].url, timeout=30) as waiting:
+            waiting.get("/api/tasks/dequeue?waitSeconds=0")  # connections warm
+            created_at: list[float] = []
+
+            def create_elsewhere() -> None:
+                time.sleep(1.0)  # let the listener subscribe and the long poll start
+                with httpx.Client(base_url=servers[1].url) as other:
+                    created_at.append(time.monotonic())
+                    create(other, "http://127.0.0.1:9/x")
+
+            thread = threading.Thread(target=create_elsewhere)
+            thread.start()
+            response = waiting.get("/api/tasks/dequeue?waitSeconds=15")
+            woke = time.monotonic()
+            thread.join()
+    finally:
+        for server in servers:
+            server.stop()
+    assert response.status_code == 200
+    assert woke - created_at[0] < 2.0
+
+
+def test_50_idle_long_polls_cost_almost_no_cpu(start_server: Callable[..., Server]) -> None:
+    """No busy loop: 50 long polls waiting 4 s on an empty queue use little server CPU."""
+    server = start_server()
+    assert server.process is not None
+    clients = [httpx.Client(base_url=server.url, timeout=30) for _ in range(50)]
+    try:
+        clients[0].get("/api/tasks/dequeue")
+        before = _cpu_seconds(server.process.pid)
+        with ThreadPoolExecutor(50) as pool:
+            responses = list(
+                pool.map(lambda http: http.get("/api/tasks/dequeue?waitSeconds=4"), clients)
+            )
+        used = _cpu_seconds(server.process.pid) - before
+    finally:
+        for http in clients:
+            http.close()
+    assert all(r.status_code == 404 for r in responses)
+    print(f"server CPU for 50 idle long polls of 4 s: {used:.2f} s")
+    assert used < 1.0
+
+
+def test_sigterm_lets_callbacks_finish_and_interrupts_the_rest(
+    start_server: Callable[..., Server], receiver: Receiver
+) -> None:
+    """SIGTERM: a callback that ends within the grace completes; one that does not is recorded
+    as interrupted (retryable). Nothing stays Processing."""
+    server = start_server(TASKPLATFORM_SHUTDOWN_GRACE_SECONDS="2", **FAST)
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        quick = ready_task(http, receiver.url("/slow?seconds=1"))
+        stuck = ready_task(http, receiver.url("/slow?seconds=30"), timeoutSeconds=60)
+        for task_id in (quick, stuck):
+            http.post(f"/api/tasks/{task_id}/execute", headers={"Prefer": "respond-async"})
+        _wait_for(lambda: len(receiver.hits_for(stuck)) == 1)
+    started = time.monotonic()
+    # uvicorn shuts down gracefully, then re-raises the signal so the exit status shows it.
+    assert server.stop(signal.SIGTERM) in (0, -signal.SIGTERM)
+    assert time.monotonic() - started < 10
+    assert "Application shutdown complete" in server.log()
+    server.start()
+    with httpx.Client(base_url=server.url) as http:
+        assert http.get(f"/api/tasks/{quick}").json()["status"] == "Completed"
+        interrupted = http.get(f"/api/tasks/{stuck}").json()
+        assert interrupted["status"] == "Failed"
+        assert interrupted["error"] == "interrupted: the server stopped during the callback"
+        assert http.get("/api/stats").json()["tasks"]["Processing"] == 0
+
+
+def test_a_client_that_hangs_up_does_not_cancel_the_callback(
+    client: httpx.Client, server: Server, receiver: Receiver
+) -> None:
+    """The caller disconnects mid-execute: the attempt completes and is recorded, and the
+    server keeps serving."""
+    task_id = ready_task(client, receiver.url("/slow?seconds=1.5"))
+    with (
+        httpx.Client(base_url=server.url, timeout=0.3) as impatient,
+        pytest.raises(httpx.ReadTimeout),
+    ):
+        impatient.post(f"/api/tasks/{task_id}/execute")
+    _wait_for(lambda: client.get(f"/api/tasks/{task_id}").json()["status"] == "Completed")
+    log = client.get(f"/api/tasks/{task_id}/executions").json()["items"]
+    assert [(entry["attempt"], entry["httpStatus"]) for entry in log] == [(1, 200)]
+    assert len(receiver.hits_for(task_id)) == 1
+    for _ in range(20):
+        assert client.get("/healthz").status_code == 200
+    assert (
+        client.post(f"/api/tasks/{ready_task(client, receiver.url('/ok'))}/execute").json()[
+            "status"
+        ]
+        == "Completed"
+    )
