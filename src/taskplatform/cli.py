@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 from typing import Annotated
@@ -46,6 +47,40 @@ def _prepare_or_exit(settings: Settings) -> None:
         raise typer.Exit(2) from exc
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _refuse_unsafe_or_exit(settings: Settings) -> None:
+    try:
+        keys = settings.api_key_list()
+    except OSError as exc:
+        typer.echo(f"error: cannot read TASKPLATFORM_API_KEYS_FILE: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    from taskplatform.dispatch import sender_from_settings
+
+    try:
+        sender_from_settings(settings)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    if keys or settings.insecure or _is_loopback(settings.host):
+        return
+    typer.echo(
+        f"error: refusing to serve on {settings.host} without an API key: anyone who can reach "
+        "the port could create tasks that make this server send HTTP requests. Either set "
+        "TASKPLATFORM_API_KEYS (or TASKPLATFORM_API_KEYS_FILE), or pass --insecure "
+        "(TASKPLATFORM_INSECURE=true) to accept the risk knowingly.",
+        err=True,
+    )
+    raise typer.Exit(2)
+
+
 @app.command()
 def serve(
     host: Annotated[
@@ -64,15 +99,25 @@ def serve(
         ),
     ] = None,
     access_log: Annotated[bool, typer.Option(help="Log every request.")] = False,
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            "--insecure",
+            help="Serve beyond loopback without API keys, knowingly. [env: TASKPLATFORM_INSECURE]",
+        ),
+    ] = False,
 ) -> None:
     """Run the HTTP API with uvicorn (uvloop, httptools); the schema is created on first start."""
     import uvicorn
 
-    settings = _settings_or_exit(host=host, port=port, workers=workers, database_url=database_url)
+    settings = _settings_or_exit(
+        host=host, port=port, workers=workers, database_url=database_url, insecure=insecure or None
+    )
     _configure_logging(settings.log_level)
+    _refuse_unsafe_or_exit(settings)
     _prepare_or_exit(settings)
     # Worker processes rebuild their settings from the environment: hand the flags down.
-    for name in ("host", "port", "workers", "database_url"):
+    for name in ("host", "port", "workers", "database_url", "insecure"):
         os.environ[f"TASKPLATFORM_{name.upper()}"] = str(getattr(settings, name))
     uvicorn.run(
         "taskplatform.api.app:create_app_from_env",

@@ -44,6 +44,7 @@ from taskplatform.exceptions import (
     TaskNotDequeued,
     TaskNotFound,
     TaskProcessing,
+    ValidationFailed,
 )
 from taskplatform.models import ExecutionRecord, Status, TaskCreate, TaskRecord, now_ms
 from taskplatform.settings import Settings
@@ -190,9 +191,15 @@ class TaskService:
             and False; or, for a repeated key, the first task as it is now and True.
 
         Raises:
+            ValidationFailed: the callback URL's literal address is refused by the URL policy.
             IdempotencyKeyReused: the key was used with another body.
             BackendUnavailable: the queue cannot be written; nothing was created.
         """
+        refusal = self.sender.policy.check_url(request.callback_url)
+        if refusal is not None:
+            raise ValidationFailed(
+                [("$.callbackUrl", f"refused by the callback URL policy: {refusal}")]
+            )
         now = now_ms()
         task = TaskRecord(
             task_id=str(uuid_utils.uuid7()),
@@ -233,7 +240,8 @@ class TaskService:
         """Take the next task out of the queue into the store (seed FR-002, FR-009).
 
         Args:
-            wait_seconds: When the queue is empty, how long to wait for a task (a long poll).
+            wait_seconds: When the queue is empty, how long to wait for a task (a long poll),
+                at most ``long_poll_max_seconds``.
                 The wait wakes as soon as any process enqueues (a local signal, PostgreSQL
                 LISTEN/NOTIFY or Redis pub/sub), with a periodic check as the fallback.
 
@@ -245,7 +253,7 @@ class TaskService:
             QueueEmpty: no task is queued (after waiting).
             BackendUnavailable: a backend cannot be reached; the task stays queued.
         """
-        deadline = time.monotonic() + wait_seconds
+        deadline = time.monotonic() + min(wait_seconds, self.settings.long_poll_max_seconds)
         while True:
             arrived = self.arrivals.current()
             task = await self._transfer()
@@ -387,6 +395,14 @@ class TaskService:
             await asyncio.shield(self._interrupt(task))
             raise
         target = Status.COMPLETED if outcome.success else Status.FAILED
+        if self.settings.log_task_data:  # debugging only: payloads stay out of logs by default
+            logger.debug(
+                "task %s attempt %d sent %r, got %r",
+                task.task_id,
+                attempt,
+                task.task_data[:2000],
+                (outcome.result or b"")[:2000],
+            )
         finished = await self._transition(
             task.task_id,
             {Status.PROCESSING},

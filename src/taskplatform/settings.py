@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MIB = 1024 * 1024
@@ -107,6 +108,17 @@ class Settings(BaseSettings):
     idempotency_key_ttl_seconds: Annotated[
         float, Field(gt=0, description="How long an Idempotency-Key of a create is remembered.")
     ] = 86_400.0
+    long_poll_max_seconds: Annotated[
+        float,
+        Field(
+            ge=0,
+            le=20,
+            description=(
+                "Longest a long-polling dequeue waits, whatever waitSeconds asks (keep it under "
+                "the idle timeout of any proxy in front)."
+            ),
+        ),
+    ] = 20.0
     long_poll_fallback_seconds: Annotated[
         float,
         Field(
@@ -117,6 +129,80 @@ class Settings(BaseSettings):
             ),
         ),
     ] = 0.5
+    api_keys: Annotated[
+        SecretStr | None,
+        Field(
+            description=(
+                "Comma-separated API keys; when set, every /api route needs "
+                "`Authorization: Bearer <key>`."
+            )
+        ),
+    ] = None
+    api_keys_file: Annotated[
+        Path | None, Field(description="A file with one API key per line (instead of, or besides).")
+    ] = None
+    docs_public: Annotated[
+        bool,
+        Field(description="Serve /docs and /openapi.json without a key even when keys are set."),
+    ] = True
+    insecure: Annotated[
+        bool,
+        Field(
+            description=(
+                "Allow serving beyond loopback with no API key. Anyone who can reach the port can "
+                "then create tasks that make this server send HTTP requests."
+            )
+        ),
+    ] = False
+    rate_limit_per_second: Annotated[
+        float,
+        Field(
+            ge=0,
+            description=(
+                "Requests per second allowed per API key, per process (with no keys configured "
+                "there is no limit); 0 turns the limit off. Over it: 429 with Retry-After."
+            ),
+        ),
+    ] = 1000.0
+    rate_limit_burst: Annotated[
+        int, Field(ge=1, description="Requests allowed at once above the steady rate.")
+    ] = 2000
+    callback_deny_networks: Annotated[
+        str,
+        Field(
+            description=(
+                "Comma-separated networks callbacks may never reach (checked on the resolved "
+                "address). The default covers link-local (cloud metadata), 0.0.0.0/8, broadcast, "
+                "multicast and fd00:ec2::254."
+            )
+        ),
+    ] = (
+        "169.254.0.0/16,fe80::/10,0.0.0.0/8,255.255.255.255/32,224.0.0.0/4,ff00::/8,"
+        "fd00:ec2::254/128,::/128"
+    )
+    callback_allow_networks: Annotated[
+        str | None,
+        Field(description="When set, comma-separated networks callbacks may reach; no others."),
+    ] = None
+    signing_secret: Annotated[
+        SecretStr | None,
+        Field(
+            description=(
+                "Standard Webhooks secret(s) `whsec_<base64>` that sign every callback; two, "
+                "comma-separated, sign with both (rotation)."
+            )
+        ),
+    ] = None
+    max_timeout_seconds: Annotated[
+        float, Field(gt=0, le=3600, description="Largest timeoutSeconds a task may ask for.")
+    ] = 3600.0
+    max_retries_ceiling: Annotated[
+        int, Field(ge=0, le=100, description="Largest maxRetries a task may ask for.")
+    ] = 100
+    log_task_data: Annotated[
+        bool,
+        Field(description="Debug only: let logs carry taskData and callback results."),
+    ] = False
     faults: Annotated[
         str,
         Field(
@@ -158,6 +244,42 @@ class Settings(BaseSettings):
     def resolved_queue_url(self) -> str:
         """Return the queue backend URL: ``queue_url``, or ``database_url`` when unset."""
         return self.queue_url or self.database_url
+
+    def api_key_list(self) -> list[str]:
+        """Return every configured API key (from ``api_keys`` and ``api_keys_file``).
+
+        Raises:
+            OSError: ``api_keys_file`` cannot be read.
+        """
+        keys = self.api_keys.get_secret_value().split(",") if self.api_keys else []
+        if self.api_keys_file is not None:
+            keys += self.api_keys_file.read_text(encoding="utf-8").splitlines()
+        return [key.strip() for key in keys if key.strip()]
+
+    def __repr_args__(self) -> list[tuple[str | None, object]]:
+        # Never show a database password, whatever prints the settings.
+        return [
+            (
+                name,
+                redact_url(value)
+                if str(name).endswith("_url") and isinstance(value, str)
+                else value,
+            )
+            for name, value in super().__repr_args__()
+        ]
+
+
+_URLS = frozenset({"database_url", "queue_url"})
+
+
+def redact_url(url: str) -> str:
+    """Return ``url`` with any password replaced by ``***``."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in userinfo:
+        return url
+    user = userinfo.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}"
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -23,7 +23,8 @@ _BRACKETS = re.compile(rb"[\[\]{}]")
 _CONTROL_OR_SPACE = re.compile(r"[\x00-\x20\x7f\\]")
 _NUMERIC_LABEL = re.compile(r"(0[xX][0-9a-fA-F]*|[0-9]+)")
 _DNS_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
-_TASK_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+TASK_ID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+"""A task id (a lowercase UUID), as the pagination cursor must be."""
 
 
 def _too_deep(max_depth: int) -> ValidationFailed:
@@ -204,14 +205,16 @@ def _host_problem(host: str, *, bracketed: bool) -> str | None:
     return None
 
 
-def check_cursor(cursor: str | None) -> str | None:
-    """Return ``cursor`` (a task id from ``nextCursor``) if well-formed.
+def check_task_limits(request: TaskCreate, *, max_timeout_seconds: float, max_retries: int) -> None:
+    """Check a create request against this deployment's limits (settings), beyond API.md's.
 
     Raises:
-        ValidationFailed: the cursor is not a task id.
+        ValidationFailed: naming each field over its limit.
     """
-    if cursor is None:
-        return None
-    if not _TASK_ID.fullmatch(cursor):
-        raise ValidationFailed([("cursor", "not a cursor returned by this API")])
-    return cursor
+    errors = []
+    if request.timeout_seconds is not None and request.timeout_seconds > max_timeout_seconds:
+        errors.append(("$.timeoutSeconds", f"at most {max_timeout_seconds:g} s on this server"))
+    if request.max_retries is not None and request.max_retries > max_retries:
+        errors.append(("$.maxRetries", f"at most {max_retries} on this server"))
+    if errors:
+        raise ValidationFailed(errors)

@@ -2,7 +2,7 @@
 
 At the end every acknowledged create is accounted for exactly once, no acknowledged dequeue was
 handed out twice, nothing is left Processing or Dequeued past its lease, and the receiver saw at
-most one callback per recorded attempt. ``TEST_CHAOS_SECONDS`` (default 35) sets the length of the
+most one callback per recorded attempt. ``TEST_CHAOS_SECONDS`` (default 25) sets the length of the
 run per backend; CI runs the default on SQLite and PostgreSQL.
 """
 
@@ -24,7 +24,7 @@ from tests.support.backends import backend_env
 from tests.support.receiver import Receiver
 from tests.support.server import Server
 
-SECONDS = float(os.environ.get("TEST_CHAOS_SECONDS", "35"))
+SECONDS = float(os.environ.get("TEST_CHAOS_SECONDS", "25"))
 DEQUEUE_LEASE = 15
 ENV = {
     "TASKPLATFORM_RECOVERY_INTERVAL_SECONDS": "0.2",
@@ -129,7 +129,7 @@ def _all_tasks(http: httpx.Client) -> list[dict[str, Any]]:
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
-    backend: str, receiver: Receiver, tmp_path: Any
+    backend: str, receiver: Receiver, tmp_path: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
     server = Server({**backend_env(backend, tmp_path), **ENV}, tmp_path / "server.log").start()
     ledger = Ledger()
@@ -180,14 +180,15 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
         (hit.task_id, hit.headers.get("X-Task-Attempt")) for hit in receiver.hits_on("/slow")
     )
     callbacks = Counter({key: n for key, n in callbacks.items() if key[0] in set(ids)})
-    print(
-        f"\nchaos on {backend}: {SECONDS:g} s, {kills} SIGKILLs, "
-        f"{len(ledger.created)} creates acknowledged, {len(ledger.dequeued)} dequeues "
-        f"acknowledged, {ledger.executed} executes answered, {len(tasks)} tasks stored "
-        f"({dict(by_status)}), {sum(attempts.values())} attempts recorded, "
-        f"{sum(callbacks.values())} callbacks received, client transport errors "
-        f"{dict(ledger.errors)}, statuses {dict(ledger.statuses)}"
-    )
+    with capsys.disabled():  # the counts belong in CI's log, pass or fail
+        print(
+            f"\nchaos on {backend}: {SECONDS:g} s, {kills} SIGKILLs, "
+            f"{len(ledger.created)} creates acknowledged, {len(ledger.dequeued)} dequeues "
+            f"acknowledged, {ledger.executed} executes answered, {len(tasks)} tasks stored "
+            f"({dict(by_status)}), {sum(attempts.values())} attempts recorded, "
+            f"{sum(callbacks.values())} callbacks received, client transport errors "
+            f"{dict(ledger.errors)}, statuses {dict(ledger.statuses)}"
+        )
     assert kills >= 3
     assert len(ids) == len(set(ids)), "a task is listed twice"
     assert created <= set(ids), f"lost: {sorted(created - set(ids))[:5]}"

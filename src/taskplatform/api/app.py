@@ -14,8 +14,9 @@ from taskplatform import __version__
 from taskplatform.api import health, tasks
 from taskplatform.api.openapi import install_openapi
 from taskplatform.api.problems import install_problem_handlers
+from taskplatform.api.security import SecurityMiddleware
 from taskplatform.backends import open_backends, prepare_schema
-from taskplatform.dispatch.callback import CallbackSender
+from taskplatform.dispatch import sender_from_settings
 from taskplatform.service import TaskService
 from taskplatform.settings import Settings, load_settings
 
@@ -37,10 +38,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await prepare_schema(settings)
         backends = open_backends(settings)
-        sender = CallbackSender(
-            max_connections=settings.callback_max_connections,
-            max_response_bytes=settings.callback_response_max_bytes,
-        )
+        sender = sender_from_settings(settings)
         await sender.start()
         service = TaskService(backends, sender, settings)
         app.state.service = service
@@ -66,6 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     install_problem_handlers(app)
     install_openapi(app)
+    app.add_middleware(SecurityMiddleware, settings=settings)
     return app
 
 

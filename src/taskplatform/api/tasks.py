@@ -39,7 +39,7 @@ from taskplatform.models import (
     TaskView,
 )
 from taskplatform.service import TaskService
-from taskplatform.validation import check_cursor, parse_task_create
+from taskplatform.validation import TASK_ID_PATTERN, check_task_limits, parse_task_create
 
 router = APIRouter(prefix="/api/tasks", tags=["tasks"])
 _encode = msgspec.json.Encoder().encode
@@ -137,6 +137,11 @@ async def create_task(
     create = parse_task_create(
         body, max_depth=settings.max_json_depth, max_url_length=settings.max_callback_url_length
     )
+    check_task_limits(
+        create,
+        max_timeout_seconds=settings.max_timeout_seconds,
+        max_retries=settings.max_retries_ceiling,
+    )
     key = idempotency_key  # checked against the pattern by FastAPI: 1..255 visible ASCII
     task, replayed = await service.create(
         create,
@@ -186,11 +191,14 @@ async def list_tasks(
     request: Request,
     status: Annotated[Status | None, Query(description="Only tasks in this status.")] = None,
     limit: Annotated[int, Query(ge=1, le=200, description="Page size.")] = 50,
-    cursor: Annotated[str | None, Query(description="`nextCursor` of the previous page.")] = None,
+    cursor: Annotated[
+        str | None,
+        Query(pattern=TASK_ID_PATTERN, description="`nextCursor` of the previous page."),
+    ] = None,
 ) -> Response:
     """List tasks in any status, newest first, a page at a time."""
     tasks, next_cursor = await _service(request).list_tasks(
-        status=status, cursor=check_cursor(cursor), limit=limit
+        status=status, cursor=cursor, limit=limit
     )
     return _json(TaskList([TaskView.of(task) for task in tasks], next_cursor))
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import asyncpg
@@ -76,10 +76,12 @@ class PostgresDatabase:
             asyncpg_url(url),
             pool_size=pool_size,
             max_overflow=pool_overflow,
-            pool_timeout=connect_timeout_seconds,
+            pool_timeout=max(30.0, connect_timeout_seconds),  # wait for a pooled connection
             pool_recycle=3600,
             connect_args={"timeout": connect_timeout_seconds},
         )
+        # Reads need no transaction: AUTOCOMMIT saves the BEGIN and COMMIT round trips.
+        self._reader = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         self._closed = False
 
     @contextlib.asynccontextmanager
@@ -89,18 +91,36 @@ class PostgresDatabase:
         Raises:
             BackendUnavailable: the database cannot be reached or failed the statement.
         """
-        try:
+        with _translated_errors():
             async with self.engine.begin() as connection:
                 yield connection
-        except (SQLAlchemyError, OSError, TimeoutError) as exc:
-            logger.warning("postgresql error: %s", exc)
-            raise BackendUnavailable(f"the PostgreSQL database failed: {_brief(exc)}") from exc
+
+    @contextlib.asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncConnection]:
+        """Yield a connection for single-statement reads, outside any transaction.
+
+        Raises:
+            BackendUnavailable: the database cannot be reached or failed the statement.
+        """
+        with _translated_errors():
+            async with self._reader.connect() as connection:
+                yield connection
 
     async def close(self) -> None:
         """Close the pool; later calls do nothing."""
         if not self._closed:
             self._closed = True
             await self.engine.dispose()
+
+
+@contextlib.contextmanager
+def _translated_errors() -> Iterator[None]:
+    """Turn driver errors into BackendUnavailable, so none reaches the service."""
+    try:
+        yield
+    except (SQLAlchemyError, OSError, TimeoutError) as exc:
+        logger.warning("postgresql error: %s", exc)
+        raise BackendUnavailable(f"the PostgreSQL database failed: {_brief(exc)}") from exc
 
 
 def _brief(exc: BaseException) -> str:
@@ -137,18 +157,18 @@ class PostgresQueue(Queue):
         return None
 
     async def get(self, task_id: str) -> TaskRecord | None:
-        async with self.database.begin() as conn:
+        async with self.database.read() as conn:
             row = (await conn.execute(SQL["queue_get"], {"task_id": task_id})).first()
         return None if row is None else queued_record(row)
 
     async def list_tasks(self, *, before: str | None, limit: int) -> list[TaskRecord]:
         params = {"before": before or NO_CURSOR, "limit": limit}
-        async with self.database.begin() as conn:
+        async with self.database.read() as conn:
             rows = (await conn.execute(SQL["queue_list"], params)).all()
         return [queued_record(row) for row in rows]
 
     async def depth(self) -> int:
-        async with self.database.begin() as conn:
+        async with self.database.read() as conn:
             count: int = (await conn.execute(SQL["queue_depth"])).scalar_one()
         return count
 
@@ -211,7 +231,7 @@ class PostgresQueue(Queue):
             raise TypeError("a PostgreSQL queue moves tasks only into the store of its database")
 
     async def ping(self) -> None:
-        async with self.database.begin() as conn:
+        async with self.database.read() as conn:
             await conn.execute(SQL["ping"])
 
     async def close(self) -> None:
@@ -257,13 +277,13 @@ class PostgresStore(Store):
         return bool(result.rowcount == 1)
 
     async def get(self, task_id: str) -> TaskRecord | None:
-        async with self.database.begin() as conn:
+        async with self.database.read() as conn:
             row = (await conn.execute(SQL["store_get"], {"task_id": task_id})).first()
         return None if row is None else stored_record(row)
 
     async def expired_leases(self, status: Status, *, now: int, limit: int) -> list[TaskRecord]:
         params = {"status": status.value, "now": now, "limit": limit}
-        async with self.database.begin() as conn:
+        async with self.database.read() as conn:
             rows = (await conn.execute(SQL["store_expired_leases"], params)).all()
         return [stored_record(row) for row in rows]
 
@@ -280,22 +300,22 @@ class PostgresStore(Store):
         if status is not None:
             params["status"] = status.value
         query = SQL["store_list"] if status is None else SQL["store_list_status"]
-        async with self.database.begin() as conn:
+        async with self.database.read() as conn:
             rows = (await conn.execute(query, params)).all()
         return [stored_record(row) for row in rows]
 
     async def executions(self, task_id: str) -> list[ExecutionRecord]:
-        async with self.database.begin() as conn:
+        async with self.database.read() as conn:
             rows = (await conn.execute(SQL["execution_list"], {"task_id": task_id})).all()
         return [execution_record(row) for row in rows]
 
     async def count_by_status(self) -> dict[Status, int]:
-        async with self.database.begin() as conn:
+        async with self.database.read() as conn:
             rows = (await conn.execute(SQL["store_count_by_status"])).all()
         return {Status(status): count for status, count in rows}
 
     async def ping(self) -> None:
-        async with self.database.begin() as conn:
+        async with self.database.read() as conn:
             await conn.execute(SQL["ping"])
 
     async def close(self) -> None:

@@ -11,10 +11,13 @@ import asyncio
 import errno
 import logging
 import time
+from collections.abc import Sequence
 
 import aiohttp
 import msgspec
 
+from taskplatform.dispatch.policy import CallbackPolicy, CallbackRefused, PolicyResolver
+from taskplatform.dispatch.signing import sign
 from taskplatform.models import TaskRecord, now_ms
 
 logger = logging.getLogger(__name__)
@@ -46,17 +49,37 @@ class CallbackSender:
         max_connections: Most concurrent outbound connections (the pool size).
         max_response_bytes: Largest response body kept, in bytes; a larger one fails the attempt
             and is not read past the limit.
+        policy: Which addresses callbacks may reach; checked on the literal host before sending
+            and, through the session's resolver, on every address a name resolves to, so the
+            connection only ever goes to an address the policy allows (no DNS rebinding).
+        signing_secrets: Standard Webhooks secrets; each adds a ``v1,`` signature.
     """
 
-    def __init__(self, *, max_connections: int, max_response_bytes: int) -> None:
+    def __init__(
+        self,
+        *,
+        max_connections: int,
+        max_response_bytes: int,
+        policy: CallbackPolicy | None = None,
+        signing_secrets: Sequence[bytes] = (),
+    ) -> None:
         self._max_connections = max_connections
         self._max_response_bytes = max_response_bytes
+        self.policy = policy or CallbackPolicy()
+        self._secrets = list(signing_secrets)
         self._session: aiohttp.ClientSession | None = None
+        self._resolver: PolicyResolver | None = None
 
     async def start(self) -> None:
         """Open the session; call once, from the event loop that will send the callbacks."""
+        # No DNS cache: the policy must judge every resolution (a cached answer would also be
+        # safe, but a changed one must be judged again).
+        self._resolver = PolicyResolver(self.policy)
         connector = aiohttp.TCPConnector(
-            limit=self._max_connections, limit_per_host=0, ttl_dns_cache=10
+            limit=self._max_connections,
+            limit_per_host=0,
+            use_dns_cache=False,
+            resolver=self._resolver,
         )
         self._session = aiohttp.ClientSession(
             connector=connector,
@@ -64,6 +87,7 @@ class CallbackSender:
             headers={"User-Agent": _USER_AGENT},
             auto_decompress=True,
             skip_auto_headers=("Accept-Encoding",),
+            trust_env=False,  # no proxy from the environment: the policy needs direct connections
         )
 
     async def close(self) -> None:
@@ -71,6 +95,9 @@ class CallbackSender:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self._resolver is not None:
+            await self._resolver.close()
+            self._resolver = None
 
     async def send(self, task: TaskRecord, attempt: int) -> CallbackOutcome:
         """POST ``task.task_data`` to ``task.callback_url`` as attempt number ``attempt``.
@@ -79,8 +106,9 @@ class CallbackSender:
         ``task.timeout_seconds``; the deadline is total, not per read, so a server that drips one
         byte a second still times out. Redirects are not followed (API.md). Headers follow the
         Standard Webhooks names: ``webhook-id`` (the task id, stable across attempts, so receivers
-        can deduplicate) and ``webhook-timestamp`` (Unix seconds), plus ``X-Task-Id`` and
-        ``X-Task-Attempt``.
+        can deduplicate), ``webhook-timestamp`` (Unix seconds) and, with signing secrets,
+        ``webhook-signature``; plus ``X-Task-Id`` and ``X-Task-Attempt``. A URL whose address
+        the policy refuses gets no connection; the outcome's error names the policy.
 
         Returns:
             The outcome; failures (timeouts, refused connections, non-2xx) are outcomes, not
@@ -90,13 +118,41 @@ class CallbackSender:
             raise RuntimeError("CallbackSender.start() was not called")
         started = now_ms()
         clock = time.monotonic()
+        timestamp = started // 1000
         headers = {
             "Content-Type": "application/json",
             "webhook-id": task.task_id,
-            "webhook-timestamp": str(started // 1000),
+            "webhook-timestamp": str(timestamp),
             "X-Task-Id": task.task_id,
             "X-Task-Attempt": str(attempt),
         }
+        if self._secrets:
+            headers["webhook-signature"] = sign(
+                self._secrets, task.task_id, timestamp, task.task_data
+            )
+        status: int | None = None
+        body: bytes | None = None
+        # aiohttp connects to a literal IP without asking the resolver: judge it here.
+        refusal = self.policy.check_url(task.callback_url)
+        error = None if refusal is None else str(CallbackRefused(task.callback_url, refusal))
+        if error is None:
+            status, body, error = await self._exchange(task, headers)
+        finished = now_ms()
+        return CallbackOutcome(
+            success=error is None,
+            http_status=status,
+            result=None if body is None else _as_json_text(body),
+            error=None if error is None else _printable(error),
+            started_at=started,
+            finished_at=finished,
+            duration_ms=round((time.monotonic() - clock) * 1000),
+        )
+
+    async def _exchange(
+        self, task: TaskRecord, headers: dict[str, str]
+    ) -> tuple[int | None, bytes | None, str | None]:
+        """POST and read the answer: ``(status, body, error)``; never raises."""
+        assert self._session is not None
         status: int | None = None
         body: bytes | None = None
         error: str | None = None
@@ -118,16 +174,7 @@ class CallbackSender:
         except Exception as exc:  # an outcome, whatever the URL or the peer did
             logger.warning("callback of task %s failed unexpectedly: %r", task.task_id, exc)
             error = f"callback failed: {type(exc).__name__}: {exc}"
-        finished = now_ms()
-        return CallbackOutcome(
-            success=error is None,
-            http_status=status,
-            result=None if body is None else _as_json_text(body),
-            error=None if error is None else _printable(error),
-            started_at=started,
-            finished_at=finished,
-            duration_ms=round((time.monotonic() - clock) * 1000),
-        )
+        return status, body, error
 
     async def _read_body(self, response: aiohttp.ClientResponse) -> tuple[bytes | None, str | None]:
         limit = self._max_response_bytes
@@ -156,6 +203,8 @@ def _describe_status(response: aiohttp.ClientResponse) -> str:
 
 
 def _describe_connect_error(exc: aiohttp.ClientConnectorError) -> str:
+    if isinstance(exc.os_error, CallbackRefused):
+        return str(exc.os_error)
     where = f"{exc.host}:{exc.port}"
     if exc.os_error.errno == errno.ECONNREFUSED or isinstance(exc.os_error, ConnectionRefusedError):
         return f"connection refused by {where}"

@@ -1,0 +1,329 @@
+"""Security through a real server: API keys, the secure default, headers, rate limits, limits,
+and secrets kept out of answers and logs."""
+
+from __future__ import annotations
+
+import base64
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.acceptance.helpers import assert_problem, create, ready_task
+from tests.support.backends import backend_env
+from tests.support.receiver import Receiver
+from tests.support.server import Server, clean_environ, free_port
+
+KEY = "tp_test_key_0123456789abcdef"
+
+
+@pytest.fixture(scope="module")
+def backend() -> str:
+    """Security sits in front of the backends and does not depend on them: SQLite only."""
+    return "sqlite"
+
+
+TASK = "01900000-0000-7000-8000-000000000000"
+API_ROUTES = [
+    ("POST", "/api/tasks"),
+    ("GET", "/api/tasks"),
+    ("GET", "/api/tasks/dequeue"),
+    ("POST", "/api/tasks/dequeue"),
+    ("GET", f"/api/tasks/{TASK}"),
+    ("POST", f"/api/tasks/{TASK}/execute"),
+    ("GET", f"/api/tasks/{TASK}/executions"),
+    ("GET", "/api/stats"),
+    ("GET", "/api/nothing-here"),
+]
+
+
+@pytest.fixture(scope="module")
+def keyed(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server with two API keys, one from the variable and one from a file."""
+    workdir = tmp_path_factory.mktemp(f"keyed-{backend}")
+    keys_file = workdir / "keys"
+    keys_file.write_text("# not a comment, just a second key below\nfile_key_abcdef\n")
+    server = Server(
+        {
+            **backend_env(backend, workdir),
+            "TASKPLATFORM_API_KEYS": f"{KEY}, other_key_xyz",
+            "TASKPLATFORM_API_KEYS_FILE": str(keys_file),
+        },
+        workdir / "server.log",
+    ).start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize(("method", "path"), API_ROUTES)
+@pytest.mark.parametrize(
+    "authorization",
+    [None, "Bearer wrong", f"Basic {KEY}", "Bearer", f"bearer {KEY}x", f"Bearer {KEY[:-1]}"],
+)
+def test_every_api_route_needs_a_valid_key(
+    keyed: Server, method: str, path: str, authorization: str | None
+) -> None:
+    headers = {"Authorization": authorization} if authorization else {}
+    response = httpx.request(method, f"{keyed.url}{path}", headers=headers, json={})
+    assert_problem(response, 401, "unauthorized")
+    assert response.headers["www-authenticate"].startswith("Bearer")
+
+
+def test_a_valid_key_gets_in_and_is_never_logged(keyed: Server) -> None:
+    for key in (KEY, "other_key_xyz", "file_key_abcdef"):
+        with httpx.Client(base_url=keyed.url, headers={"Authorization": f"Bearer {key}"}) as http:
+            task_id = create(http, "http://127.0.0.1:9/x")
+            assert http.get(f"/api/tasks/{task_id}").status_code == 200
+            assert http.get("/api/stats").status_code == 200
+    log = keyed.log()
+    assert KEY not in log
+    assert "file_key_abcdef" not in log
+
+
+def test_probes_and_docs_stay_open(keyed: Server) -> None:
+    for path in ("/healthz", "/readyz", "/openapi.json", "/docs"):
+        assert httpx.get(f"{keyed.url}{path}").status_code == 200, path
+
+
+def test_docs_can_require_a_key(start_server: Callable[..., Server]) -> None:
+    server = start_server(TASKPLATFORM_API_KEYS=KEY, TASKPLATFORM_DOCS_PUBLIC="false")
+    assert_problem(httpx.get(f"{server.url}/openapi.json"), 401, "unauthorized")
+    authorized = httpx.get(f"{server.url}/openapi.json", headers={"Authorization": f"Bearer {KEY}"})
+    assert authorized.status_code == 200
+    assert httpx.get(f"{server.url}/healthz").status_code == 200
+
+
+def test_security_headers_on_json_errors_and_html(client: httpx.Client) -> None:
+    for path in ("/api/stats", "/api/nothing", "/docs", "/healthz"):
+        response = client.get(path)
+        assert response.headers["x-content-type-options"] == "nosniff", path
+        assert response.headers["x-frame-options"] == "DENY", path
+        assert "frame-ancestors 'none'" in response.headers["content-security-policy"], path
+    assert (
+        client.get("/api/stats").headers["content-security-policy"].startswith("default-src 'none'")
+    )
+
+
+def test_rate_limit_answers_429_with_retry_after(start_server: Callable[..., Server]) -> None:
+    server = start_server(
+        TASKPLATFORM_API_KEYS=f"{KEY},second_key",
+        TASKPLATFORM_RATE_LIMIT_PER_SECOND="2",
+        TASKPLATFORM_RATE_LIMIT_BURST="5",
+    )
+    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {KEY}"}) as http:
+        statuses = [http.get("/api/stats").status_code for _ in range(6)]
+        assert statuses == [200] * 5 + [429]
+        limited = http.get("/api/stats")
+        assert_problem(limited, 429, "rate_limited")
+        assert int(limited.headers["retry-after"]) >= 1
+        other = http.get("/api/stats", headers={"Authorization": "Bearer second_key"})
+        assert other.status_code == 200  # each key has its own bucket
+        assert http.get("/healthz").status_code == 200  # probes are never limited
+        time.sleep(1.1)
+        assert http.get("/api/stats").status_code == 200  # refilled
+
+
+def _serve(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "taskplatform", "serve", *args],
+        env=clean_environ(env),
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
+    )
+
+
+def test_serving_beyond_loopback_without_a_key_is_refused(tmp_path: Path) -> None:
+    env = {"TASKPLATFORM_DATABASE_URL": f"sqlite:///{tmp_path / 'tp.db'}"}
+    for host in ("0.0.0.0", "::", "192.0.2.10"):
+        refused = _serve(env, "--host", host, "--port", str(free_port()))
+        assert refused.returncode == 2
+        assert "TASKPLATFORM_API_KEYS" in refused.stderr
+        assert "--insecure" in refused.stderr
+
+
+@pytest.mark.parametrize(
+    "env",
+    [{"TASKPLATFORM_INSECURE": "true"}, {"TASKPLATFORM_API_KEYS": KEY}],
+    ids=["insecure", "key"],
+)
+def test_serving_beyond_loopback_with_a_key_or_insecure_starts(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    server = Server(
+        {
+            **env,
+            "TASKPLATFORM_DATABASE_URL": f"sqlite:///{tmp_path / 'tp.db'}",
+            "TASKPLATFORM_HOST": "0.0.0.0",
+        },
+        tmp_path / "server.log",
+    ).start()
+    server.stop()
+
+
+@pytest.mark.parametrize(
+    ("setting", "field", "ok", "too_big"),
+    [
+        ("TASKPLATFORM_MAX_TIMEOUT_SECONDS", "timeoutSeconds", 60, 60.5),
+        ("TASKPLATFORM_MAX_RETRIES_CEILING", "maxRetries", 5, 6),
+    ],
+)
+def test_task_limits_hold_at_their_boundary(
+    start_server: Callable[..., Server], setting: str, field: str, ok: float, too_big: float
+) -> None:
+    server = start_server(**{setting: str(ok)})
+    with httpx.Client(base_url=server.url) as http:
+        body = {"taskData": {}, "callbackUrl": "http://127.0.0.1:9/x"}
+        assert http.post("/api/tasks", json={**body, field: ok}).status_code == 201
+        problem = assert_problem(
+            http.post("/api/tasks", json={**body, field: too_big}), 422, "validation_error"
+        )
+        assert problem["errors"][0]["field"] == f"$.{field}"
+
+
+def test_body_limit_holds_at_its_boundary(start_server: Callable[..., Server]) -> None:
+    server = start_server(TASKPLATFORM_MAX_BODY_BYTES="1000")
+    prefix = b'{"taskData": {"pad": "'
+    suffix = b'"}, "callbackUrl": "http://127.0.0.1:9/x"}'
+    exact = prefix + b"x" * (1000 - len(prefix) - len(suffix)) + suffix
+    assert len(exact) == 1000
+    headers = {"Content-Type": "application/json"}
+    with httpx.Client(base_url=server.url, headers=headers) as http:
+        assert http.post("/api/tasks", content=exact).status_code == 201
+        over = exact.replace(b'"pad": "', b'"pad": "x')
+        assert_problem(http.post("/api/tasks", content=over), 413, "payload_too_large")
+
+
+def test_no_secret_in_settings_answers_or_logs(tmp_path: Path) -> None:
+    """A database password and the keys stay out of /readyz, 503s and the log."""
+    password = "hunter2-not-shown"  # PostgreSQL here trusts local users; the password is unused
+    env = backend_env("postgres", tmp_path)
+    url = env["TASKPLATFORM_DATABASE_URL"].replace("postgres@", f"postgres:{password}@")
+    server = Server(
+        {
+            **env,
+            "TASKPLATFORM_DATABASE_URL": url,
+            "TASKPLATFORM_API_KEYS": KEY,
+            "TASKPLATFORM_LOG_LEVEL": "debug",
+        },
+        tmp_path / "server.log",
+    ).start()
+    try:
+        ready = httpx.get(f"{server.url}/readyz")
+        assert ready.status_code == 200
+        assert password not in ready.text
+    finally:
+        server.stop()
+    assert password not in server.log()
+    assert KEY not in server.log()
+    from pydantic import SecretStr
+
+    from taskplatform.settings import Settings
+
+    shown = repr(
+        Settings(
+            database_url=url, api_keys=SecretStr(KEY), signing_secret=SecretStr("whsec_c2VjcmV0")
+        )
+    )
+    assert password not in shown
+    assert KEY not in shown
+    assert "c2VjcmV0" not in shown
+
+
+SECRET_A = "whsec_" + base64.b64encode(b"a" * 32).decode()
+SECRET_B = "whsec_" + base64.b64encode(b"b" * 32).decode()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[::ffff:169.254.169.254]/",
+        "http://[fe80::1]/",
+        "http://0.0.0.0:9000/",
+        "http://224.0.0.1/",
+        "http://[fd00:ec2::254]/",
+        "http://2852039166/",
+        "http://0251.0376.0251.0376/",
+        "http://0xa9.0xfe.0xa9.0xfe/",
+        "http://169.254.43518/",
+    ],
+)
+def test_literal_denied_addresses_are_refused_at_create(client: httpx.Client, url: str) -> None:
+    problem = assert_problem(
+        client.post("/api/tasks", json={"taskData": {}, "callbackUrl": url}),
+        422,
+        "validation_error",
+    )
+    assert problem["errors"][0]["field"] == "$.callbackUrl"
+
+
+def test_the_policy_names_itself_for_a_dotted_denied_address(client: httpx.Client) -> None:
+    body = {"taskData": {}, "callbackUrl": "http://169.254.169.254/"}
+    problem = assert_problem(client.post("/api/tasks", json=body), 422, "validation_error")
+    assert "URL policy" in problem["errors"][0]["message"]
+    assert "169.254.0.0/16" in problem["errors"][0]["message"]
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"TASKPLATFORM_CALLBACK_DENY_NETWORKS": "127.0.0.0/8,::1/128"},
+        {"TASKPLATFORM_CALLBACK_ALLOW_NETWORKS": "10.0.0.0/8"},
+    ],
+    ids=["deny loopback", "allow only 10/8"],
+)
+def test_a_name_that_resolves_to_a_refused_address_gets_no_connection(
+    start_server: Callable[..., Server], receiver: Receiver, env: dict[str, str]
+) -> None:
+    """``localhost`` resolves (for real) to loopback, which this policy refuses: the attempt
+    fails naming the policy, and the receiver sees no request."""
+    server = start_server(**env)
+    with httpx.Client(base_url=server.url) as http:
+        literal = {"taskData": {}, "callbackUrl": receiver.url("/ok")}
+        assert_problem(http.post("/api/tasks", json=literal), 422, "validation_error")
+        by_name = receiver.url("/ok").replace("127.0.0.1", "localhost")
+        task_id = ready_task(http, by_name)
+        outcome = http.post(f"/api/tasks/{task_id}/execute").json()
+    assert outcome["status"] == "Failed"
+    assert "URL policy" in outcome["error"]
+    assert receiver.hits_for(task_id) == []
+
+
+@pytest.mark.parametrize("secrets", [[SECRET_A], [SECRET_A, SECRET_B]], ids=["one", "rotation"])
+def test_callbacks_are_signed_for_standard_webhooks_receivers(
+    start_server: Callable[..., Server], receiver: Receiver, secrets: list[str]
+) -> None:
+    """An independent verifier (the ``standardwebhooks`` package) accepts our signatures with
+    each configured secret, and rejects a tampered body."""
+    from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+    server = start_server(TASKPLATFORM_SIGNING_SECRET=",".join(secrets))
+    with httpx.Client(base_url=server.url) as http:
+        task_id = ready_task(http, receiver.url("/ok"), task_data={"amount": 42})
+        assert http.post(f"/api/tasks/{task_id}/execute").json()["status"] == "Completed"
+    (hit,) = receiver.hits_for(task_id)
+    headers = {name.lower(): value for name, value in hit.headers.items()}
+    assert len(headers["webhook-signature"].split(" ")) == len(secrets)
+    for secret in secrets:
+        assert Webhook(secret).verify(hit.body, headers) == {"amount": 42}
+        with pytest.raises(WebhookVerificationError):
+            Webhook(secret).verify(hit.body.replace(b"42", b"43"), headers)
+    with pytest.raises(WebhookVerificationError):
+        Webhook("whsec_" + base64.b64encode(b"c" * 32).decode()).verify(hit.body, headers)
+
+
+def test_a_malformed_signing_secret_stops_serve(tmp_path: Path) -> None:
+    env = {
+        "TASKPLATFORM_DATABASE_URL": f"sqlite:///{tmp_path / 'tp.db'}",
+        "TASKPLATFORM_SIGNING_SECRET": "not-a-secret",
+    }
+    refused = _serve(env, "--port", str(free_port()))
+    assert refused.returncode == 2
+    assert "TASKPLATFORM_SIGNING_SECRET" in refused.stderr
+    assert "not-a-secret" not in refused.stderr
