@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.acceptance.helpers import assert_problem, create, ready_task
+from tests.acceptance.helpers import assert_problem, ready_task
 from tests.support.backends import backend_env
 from tests.support.receiver import Receiver
 from tests.support.server import Server, clean_environ, free_port
@@ -73,15 +73,19 @@ def test_every_api_route_needs_a_valid_key(
     assert response.headers["www-authenticate"].startswith("Bearer")
 
 
-def test_a_valid_key_gets_in_and_is_never_logged(keyed: Server) -> None:
+def test_a_valid_key_gets_in_and_is_never_logged(keyed: Server, receiver: Receiver) -> None:
+    """Each key works; neither the keys nor the tasks' data reach the log."""
     for key in (KEY, "other_key_xyz", "file_key_abcdef"):
         with httpx.Client(base_url=keyed.url, headers={"Authorization": f"Bearer {key}"}) as http:
-            task_id = create(http, "http://127.0.0.1:9/x")
-            assert http.get(f"/api/tasks/{task_id}").status_code == 200
+            task_id = ready_task(
+                http, receiver.url("/ok"), task_data={"card": "4111-private-payload"}
+            )
+            assert http.post(f"/api/tasks/{task_id}/execute").json()["status"] == "Completed"
             assert http.get("/api/stats").status_code == 200
     log = keyed.log()
-    assert KEY not in log
-    assert "file_key_abcdef" not in log
+    assert task_id in log  # lifecycle events are logged, by id
+    for secret in (KEY, "other_key_xyz", "file_key_abcdef", "4111-private-payload"):
+        assert secret not in log
 
 
 def test_probes_and_docs_stay_open(keyed: Server) -> None:
@@ -327,3 +331,25 @@ def test_a_malformed_signing_secret_stops_serve(tmp_path: Path) -> None:
     assert refused.returncode == 2
     assert "TASKPLATFORM_SIGNING_SECRET" in refused.stderr
     assert "not-a-secret" not in refused.stderr
+
+
+def test_outbound_callbacks_are_capped_per_process(
+    start_server: Callable[..., Server], receiver: Receiver
+) -> None:
+    """TASKPLATFORM_CALLBACK_MAX_CONNECTIONS=2: of four slow callbacks, two wait for a slot."""
+    server = start_server(TASKPLATFORM_CALLBACK_MAX_CONNECTIONS="2")
+    with httpx.Client(base_url=server.url) as http:
+        ids = [ready_task(http, receiver.url("/slow?seconds=1")) for _ in range(4)]
+        for task_id in ids:
+            http.post(f"/api/tasks/{task_id}/execute", headers={"Prefer": "respond-async"})
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            statuses = {http.get(f"/api/tasks/{task_id}").json()["status"] for task_id in ids}
+            if statuses == {"Completed"}:
+                break
+            time.sleep(0.1)
+    assert statuses == {"Completed"}
+    arrivals = sorted(hit.at for task_id in ids for hit in receiver.hits_for(task_id))
+    assert len(arrivals) == 4
+    assert arrivals[1] - arrivals[0] < 0.5  # two at once
+    assert arrivals[2] - arrivals[0] >= 0.9  # the third only after one finished
