@@ -23,11 +23,21 @@ class Settings(BaseSettings):
 
     database_url: Annotated[
         str,
-        Field(description="Store backend URL. `sqlite:///path` is the embedded default."),
+        Field(
+            description=(
+                "The store: `sqlite:///rel/path.db`, `sqlite:////abs/path.db`, or "
+                "`postgresql://user:password@host:5432/db`."
+            )
+        ),
     ] = "sqlite:///./taskplatform.db"
     queue_url: Annotated[
         str | None,
-        Field(description="Queue backend URL; empty means the same database as the store."),
+        Field(
+            description=(
+                "The queue: unset keeps it in the store's database; "
+                "`redis://[:password@]host:6379/0` puts it in Redis."
+            )
+        ),
     ] = None
     host: Annotated[str, Field(description="Address `serve` listens on.")] = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535, description="Port `serve` listens on.")] = 8000
@@ -83,7 +93,8 @@ class Settings(BaseSettings):
         ),
     ] = 30.0
     recovery_interval_seconds: Annotated[
-        float, Field(gt=0, description="How often each server looks for expired reservations.")
+        float,
+        Field(gt=0, description="How often each server reaps expired leases and reservations."),
     ] = 1.0
     dequeue_lease_seconds: Annotated[
         float,
@@ -285,3 +296,22 @@ def redact_url(url: str) -> str:
 def load_settings(**overrides: object) -> Settings:
     """Read settings from the environment, with ``overrides`` (field name → value) on top."""
     return Settings(**overrides)  # type: ignore[arg-type]
+
+
+def configuration_table() -> str:
+    """Return the Markdown table of every setting: variable, default and meaning.
+
+    The README embeds this table between ``<!-- settings -->`` markers; a test keeps it current.
+    """
+    rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        if default is None:
+            shown = "(unset)"
+        elif default == "":
+            shown = "(empty)"
+        else:
+            shown = f"`{default}`"
+        description = (field.description or "").replace("|", "\\|")
+        rows.append(f"| `TASKPLATFORM_{name.upper()}` | {shown} | {description} |")
+    return "\n".join(rows) + "\n"
