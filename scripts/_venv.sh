@@ -9,7 +9,7 @@ if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null
   exit 2
 fi
 
-ensure_venv() {  # $1: the lock file to install; $2: the extra of the project ("" or "dev")
+ensure_venv() {  # $1: the lock file to install; $2: the project's extras, e.g. "postgres,redis"
   local lock="$1" extra="$2" stamp
   [[ -x .venv/bin/python ]] || "$python" -m venv .venv
   stamp=".venv/.installed-$(cat "$lock" pyproject.toml | "$python" -c 'import hashlib,sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest()[:16])')"

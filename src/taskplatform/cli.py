@@ -107,7 +107,7 @@ def serve(
         ),
     ] = False,
 ) -> None:
-    """Run the HTTP API with uvicorn (uvloop, httptools); the schema is created on first start."""
+    """Run the HTTP API with uvicorn (uvloop, httptools); creates or upgrades the schema first."""
     import uvicorn
 
     settings = _settings_or_exit(

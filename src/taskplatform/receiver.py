@@ -24,10 +24,11 @@ def create_receiver_app() -> FastAPI:
         task_id = request.headers.get("x-task-id", "-")
         attempt = request.headers.get("x-task-attempt", "-")
         logger.info(
-            "callback /%s task=%s attempt=%s body=%s",
+            "callback /%s task=%s attempt=%s signed=%s body=%s",
             path,
             task_id,
             attempt,
+            "yes" if "webhook-signature" in request.headers else "no",
             body[:2000].decode("utf-8", errors="replace"),
         )
         return JSONResponse(
