@@ -60,7 +60,7 @@ class TokenBucket:
             self._buckets[identity] = (tokens - 1, now)
             return 0.0
         self._buckets[identity] = (tokens, now)
-        if len(self._buckets) > 100_000:  # many addresses: forget the full (idle) buckets
+        if len(self._buckets) > 100_000:  # bound memory: forget the buckets that have refilled
             self._buckets = {k: v for k, v in self._buckets.items() if v[0] < self.burst}
         return (1 - tokens) / self.rate
 

@@ -202,7 +202,6 @@ class SQLiteDatabase:
     """
 
     def __init__(self, url: str, *, synchronous: str = "NORMAL", busy_timeout_seconds: float = 5.0):
-        self.url = url
         path = sqlite_path(url)
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
