@@ -28,6 +28,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, cast
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from taskplatform.backends.base import (
@@ -45,8 +48,11 @@ logger = logging.getLogger(__name__)
 
 # KEYS: seq, ready, ids, task hash, idempotency key. ARGV: task id, the values of _hash_values()
 # in order, the idempotency claim ("<hash> <task id>", or "" for none), its TTL (ms), the channel.
-# Returns the sequence, or the live claim's value when the key is taken.
+# Returns the sequence, or the live claim's value when the key is taken. Running it twice for one
+# task id (a retry after a dropped connection) adds nothing the second time.
 _ENQUEUE = """
+local existing = redis.call('HGET', KEYS[4], 'sequence')
+if existing then return tonumber(existing) end
 if ARGV[11] ~= '' then
   local claimed = redis.call('GET', KEYS[5])
   if claimed then return claimed end
@@ -125,8 +131,21 @@ class RedisQueue(Queue):
         reservation_seconds: float = 30.0,
         faults: Faults | None = None,
     ) -> None:
+        # A connection Redis (or a proxy) dropped while it sat in the pool fails its next command;
+        # retry that on a fresh connection. Every script here is safe to run twice: enqueue is
+        # keyed by task id, ack/release/requeue are idempotent, and a reserve whose reply was lost
+        # only holds its task until recover() returns it. Timeouts are not retried: Redis is
+        # slow, not gone, and a retry would only add load.
         self.client = aioredis.Redis.from_url(
-            url, socket_connect_timeout=5, socket_timeout=10, health_check_interval=30
+            url,
+            socket_connect_timeout=5,
+            socket_timeout=10,
+            health_check_interval=30,
+            retry=Retry(
+                ExponentialWithJitterBackoff(base=0.05, cap=1.0),
+                retries=3,
+                supported_errors=(RedisConnectionError,),
+            ),
         )
         self._prefix = key_prefix
         self._ready = f"{key_prefix}:ready"
