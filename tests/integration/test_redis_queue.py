@@ -31,7 +31,7 @@ async def test_a_connection_redis_dropped_is_retried(redis_queue: RedisQueue) ->
     pooled_id = await redis_queue.client.client_id()
     admin = aioredis.Redis.from_url(REDIS_URL)
     try:
-        assert await admin.client_kill_filter(_id=pooled_id) == 1
+        assert await admin.client_kill_filter(_id=str(pooled_id)) == 1
     finally:
         await admin.aclose()
     await redis_queue.enqueue(_task(_id(2)))
