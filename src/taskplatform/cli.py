@@ -99,6 +99,13 @@ def serve(
         ),
     ] = None,
     access_log: Annotated[bool, typer.Option(help="Log every request.")] = False,
+    dispatch: Annotated[
+        bool,
+        typer.Option(
+            "--dispatch",
+            help="Also dispatch tasks in every API process. [env: TASKPLATFORM_DISPATCH]",
+        ),
+    ] = False,
     insecure: Annotated[
         bool,
         typer.Option(
@@ -111,13 +118,18 @@ def serve(
     import uvicorn
 
     settings = _settings_or_exit(
-        host=host, port=port, workers=workers, database_url=database_url, insecure=insecure or None
+        host=host,
+        port=port,
+        workers=workers,
+        database_url=database_url,
+        insecure=insecure or None,
+        dispatch=dispatch or None,
     )
     _configure_logging(settings.log_level)
     _refuse_unsafe_or_exit(settings)
     _prepare_or_exit(settings)
     # Worker processes rebuild their settings from the environment: hand the flags down.
-    for name in ("host", "port", "workers", "database_url", "insecure"):
+    for name in ("host", "port", "workers", "database_url", "insecure", "dispatch"):
         os.environ[f"TASKPLATFORM_{name.upper()}"] = str(getattr(settings, name))
     uvicorn.run(
         "taskplatform.api.app:create_app_from_env",
@@ -131,6 +143,54 @@ def serve(
         log_level=settings.log_level.lower(),
         timeout_graceful_shutdown=max(1, round(settings.shutdown_grace_seconds)),
     )
+
+
+@app.command()
+def worker(
+    queue: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--queue", help="A queue to serve; repeat for more. [env: TASKPLATFORM_DISPATCH_QUEUES]"
+        ),
+    ] = None,
+    concurrency: Annotated[
+        int | None,
+        typer.Option(help="Callbacks in flight at once. [env: TASKPLATFORM_DISPATCH_CONCURRENCY]"),
+    ] = None,
+    rate: Annotated[
+        float | None,
+        typer.Option(
+            help="Dispatches per second per queue, 0 unlimited. [env: TASKPLATFORM_DISPATCH_RATE]"
+        ),
+    ] = None,
+    database_url: Annotated[
+        str | None, typer.Option(help="Store URL. [env: TASKPLATFORM_DATABASE_URL]")
+    ] = None,
+) -> None:
+    """Dispatch tasks: call back due tasks by themselves, with retries and backoff (no HTTP)."""
+    from taskplatform.dispatch.dispatcher import run_worker
+
+    settings = _settings_or_exit(
+        dispatch_queues=",".join(queue) if queue else None,
+        dispatch_concurrency=concurrency,
+        dispatch_rate=rate,
+        database_url=database_url,
+    )
+    _configure_logging(settings.log_level)
+    try:
+        from taskplatform.dispatch import sender_from_settings
+
+        sender_from_settings(settings)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    _prepare_or_exit(settings)
+    try:
+        import uvloop
+
+        uvloop.run(run_worker(settings))
+    except KeyboardInterrupt:
+        pass
 
 
 @app.command()

@@ -15,7 +15,10 @@
     │       ├── TaskNotDequeued       409 task_not_dequeued
     │       ├── TaskProcessing        409 task_processing
     │       ├── TaskCompleted         409 task_completed
+    │       ├── TaskCancelled         409 task_cancelled
+    │       ├── TaskNotFailed         409 task_not_failed
     │       └── RetryLimitReached     409 retry_limit_reached
+    ├── QueuePaused                   409 queue_paused
     └── BackendUnavailable            503 backend_unavailable
 
 The HTTP layer turns these into ``application/problem+json`` bodies (RFC 9457) in one handler,
@@ -148,6 +151,28 @@ class TaskCompleted(TaskConflict):
 
     code = "task_completed"
     title = "Task completed"
+
+
+class TaskCancelled(TaskConflict):
+    """The task was cancelled; it is never executed."""
+
+    code = "task_cancelled"
+    title = "Task cancelled"
+
+
+class TaskNotFailed(TaskConflict):
+    """Only a Failed task can be sent back to its queue."""
+
+    code = "task_not_failed"
+    title = "Task not failed"
+
+
+class QueuePaused(RequestError):
+    """The queue is paused: it hands out no task until it is resumed."""
+
+    status_code = 409
+    code = "queue_paused"
+    title = "Queue paused"
 
 
 class RetryLimitReached(TaskConflict):

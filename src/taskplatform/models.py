@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import enum
 import time
 from typing import Annotated
@@ -21,6 +22,11 @@ class Status(enum.StrEnum):
     COMPLETED = "Completed"  # the callback answered 2xx; final
     FAILED = "Failed"  # the last attempt failed; final once no attempts are left
     RETRY = "Retry"  # about to be (or waiting to be) attempted again
+    CANCELLED = "Cancelled"  # cancelled before its callback succeeded; final, never called again
+
+
+DEFAULT_QUEUE = "default"
+"""The queue a task goes to when its create names none."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -47,16 +53,38 @@ def format_time(ms: int | None) -> str | None:
 # Internal records passed between the service and the backends.
 
 
+class RetryPolicy(msgspec.Struct, kw_only=True, rename="camel", omit_defaults=True):
+    """How the dispatcher retries a task: backoff bounds and the status codes it treats specially.
+
+    Stored with the task as JSON (camelCase), filled from the settings at create time so a later
+    change of the defaults does not alter tasks already queued. Times in seconds.
+    """
+
+    backoff_min_seconds: float
+    backoff_max_seconds: float
+    backoff_multiplier: float
+    retry_on: list[int] | None = None
+    permanent_on: list[int] | None = None
+
+
 class TaskRecord(msgspec.Struct, kw_only=True):
     """One task as the backends hold it.
 
     ``task_data`` and ``result`` are JSON text (bytes) exactly as received, so the caller's payload
     round-trips byte for byte; times are epoch milliseconds; ``timeout_seconds`` is in seconds.
+    ``retry_policy`` is None only for tasks created before policies existed (the settings apply).
+    ``dead_letter`` marks a Failed task that will not be retried automatically; ``dispatched``
+    marks a task a dispatcher took (its retryable failures are retried automatically).
     """
 
     task_id: str
     sequence: int = 0
     status: Status
+    queue: str = DEFAULT_QUEUE
+    scheduled_at: int | None = None
+    retry_policy: RetryPolicy | None = None
+    dead_letter: bool = False
+    dispatched: bool = False
     priority: int
     task_data: bytes
     callback_url: str
@@ -114,6 +142,21 @@ TimeoutSeconds = Annotated[
 ]
 
 
+QueueName = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=r"^[A-Za-z0-9_.\-]{1,64}$",
+        description="A named queue: 1 to 64 letters, digits, `_`, `.` or `-`.",
+    ),
+]
+BackoffSeconds = Annotated[float, msgspec.Meta(gt=0, le=86400)]
+StatusCodes = Annotated[
+    list[Annotated[int, msgspec.Meta(ge=100, le=599)]], msgspec.Meta(max_length=100)
+]
+MAX_DELAY_SECONDS = 365 * 86400
+"""The furthest ahead a task may be scheduled, in seconds (one year)."""
+
+
 class TaskCreate(msgspec.Struct, forbid_unknown_fields=True, rename="camel", kw_only=True):
     """Body of ``POST /api/tasks``. Unknown fields are rejected."""
 
@@ -135,6 +178,42 @@ class TaskCreate(msgspec.Struct, forbid_unknown_fields=True, rename="camel", kw_
     priority: Priority = 0
     max_retries: MaxRetries | None = None
     timeout_seconds: TimeoutSeconds | None = None
+    queue: QueueName = DEFAULT_QUEUE
+    delay_seconds: (
+        Annotated[
+            float,
+            msgspec.Meta(
+                ge=0, le=MAX_DELAY_SECONDS, description="Run no sooner than this many s from now."
+            ),
+        ]
+        | None
+    ) = None
+    scheduled_at: (
+        Annotated[
+            datetime.datetime,
+            msgspec.Meta(tz=True, description="Run no sooner than this time (RFC 3339)."),
+        ]
+        | None
+    ) = None
+    backoff_min_seconds: (
+        Annotated[BackoffSeconds, msgspec.Meta(description="Shortest wait before a retry, s.")]
+        | None
+    ) = None
+    backoff_max_seconds: (
+        Annotated[BackoffSeconds, msgspec.Meta(description="Longest wait before a retry, s.")]
+        | None
+    ) = None
+    backoff_multiplier: (
+        Annotated[float, msgspec.Meta(ge=1, le=100, description="Growth of the wait per attempt.")]
+        | None
+    ) = None
+    retry_on: (
+        Annotated[StatusCodes, msgspec.Meta(description="Statuses retried automatically.")] | None
+    ) = None
+    permanent_on: (
+        Annotated[StatusCodes, msgspec.Meta(description="Statuses never retried automatically.")]
+        | None
+    ) = None
 
 
 class TaskCreated(msgspec.Struct, rename="camel"):
@@ -175,10 +254,19 @@ class TaskView(msgspec.Struct, rename="camel", omit_defaults=False):
     next_attempt_at: Timestamp | None
     result: JsonValue | None
     error: str | None
+    queue: str
+    scheduled_at: Timestamp | None
+    dead_letter: bool
+    backoff_min_seconds: float | None
+    backoff_max_seconds: float | None
+    backoff_multiplier: float | None
+    retry_on: list[int] | None
+    permanent_on: list[int] | None
 
     @classmethod
     def of(cls, task: TaskRecord) -> TaskView:
         """Build the wire view of ``task``."""
+        policy = task.retry_policy
         return cls(
             task_id=task.task_id,
             status=task.status,
@@ -195,6 +283,14 @@ class TaskView(msgspec.Struct, rename="camel", omit_defaults=False):
             next_attempt_at=format_time(task.next_attempt_at),
             result=None if task.result is None else msgspec.Raw(task.result),
             error=task.error,
+            queue=task.queue,
+            scheduled_at=format_time(task.scheduled_at),
+            dead_letter=task.dead_letter,
+            backoff_min_seconds=policy.backoff_min_seconds if policy else None,
+            backoff_max_seconds=policy.backoff_max_seconds if policy else None,
+            backoff_multiplier=policy.backoff_multiplier if policy else None,
+            retry_on=policy.retry_on if policy else None,
+            permanent_on=policy.permanent_on if policy else None,
         )
 
 
@@ -252,6 +348,66 @@ class TaskList(msgspec.Struct, rename="camel"):
 
     items: list[TaskView]
     next_cursor: str | None
+
+
+class BatchCreate(msgspec.Struct, forbid_unknown_fields=True):
+    """Body of ``POST /api/tasks/batch``: up to 1,000 create bodies, each checked on its own."""
+
+    tasks: Annotated[
+        list[msgspec.Raw],
+        msgspec.Meta(
+            min_length=1,
+            max_length=1000,
+            extra_json_schema={"items": {"$ref": "#/components/schemas/TaskCreate"}},
+        ),
+    ]
+
+
+class BatchItem(msgspec.Struct, rename="camel", omit_defaults=True):
+    """One result of a batch create: the new task, or the problem with that item."""
+
+    index: int
+    task_id: str | None = None
+    status: Status | None = None
+    error: Problem | None = None
+
+
+class BatchResult(msgspec.Struct, rename="camel"):
+    """Body of a 200 from ``POST /api/tasks/batch``: one item per task sent, in order."""
+
+    items: list[BatchItem]
+
+
+class RedriveFilter(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Body of ``POST /api/tasks/retry``: which dead letters to send back to their queue."""
+
+    queue: QueueName | None = None
+    limit: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 1000
+
+
+class RedriveResult(msgspec.Struct, rename="camel"):
+    """Body of a 200 from ``POST /api/tasks/retry``: the dead letters sent back."""
+
+    retried: int
+    task_ids: list[str]
+
+
+class QueueView(msgspec.Struct, rename="camel"):
+    """One named queue: ``depth`` Queued tasks, ``inFlight`` callbacks, the oldest Queued task's
+    age (s), and attempts per second over the last minute."""
+
+    name: str
+    paused: bool
+    depth: int
+    in_flight: int
+    oldest_queued_age_seconds: float | None
+    dispatch_rate_per_second: float
+
+
+class QueueList(msgspec.Struct):
+    """Body of ``GET /api/queues``, by name."""
+
+    items: list[QueueView]
 
 
 class Stats(msgspec.Struct, rename="camel"):

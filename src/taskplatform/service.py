@@ -8,9 +8,13 @@ This module owns the state machine of API.md (from the seed specification's diag
     Failed with no attempts left is final.
     Dequeued --lease expired--> Queued            (nobody executed it in time)
     Processing --lease expired--> Failed          (the process making the call died)
+    Processing --retryable failure--> Retry       (a dispatched task; waits for nextAttemptAt)
+    Failed --re-drive--> Queued                   (POST /api/tasks/{taskId}/retry)
+    Queued, Dequeued, Retry, Failed --cancel--> Cancelled    (final)
 
-The moves between queue and store (Queued -> Dequeued, and back when a lease expires) are the queue
-backend's atomic transfers (seed FR-009); every other change of status goes through
+The moves between queue and store (Queued -> Dequeued or Cancelled, and back to Queued when a
+lease expires or a dead letter is re-driven) are the queue backend's atomic transfers (seed
+FR-009); every other change of status goes through
 :meth:`TaskService._transition`, which checks the edge against :data:`TRANSITIONS` and applies it as
 a compare-and-set in the store. No other code writes a status.
 
@@ -34,30 +38,44 @@ import uuid_utils
 from taskplatform.backends import Backends, TaskChanges
 from taskplatform.backends.base import IdempotencyClaim
 from taskplatform.dispatch.callback import CallbackOutcome, CallbackSender
+from taskplatform.dispatch.retry import backoff_seconds, is_retryable
 from taskplatform.exceptions import (
     BackendUnavailable,
     IdempotencyKeyReused,
     QueueEmpty,
+    QueuePaused,
     RetryLimitReached,
+    TaskCancelled,
     TaskCompleted,
     TaskConflict,
     TaskNotDequeued,
+    TaskNotFailed,
     TaskNotFound,
     TaskProcessing,
     ValidationFailed,
 )
-from taskplatform.models import ExecutionRecord, Status, TaskCreate, TaskRecord, now_ms
+from taskplatform.models import (
+    DEFAULT_QUEUE,
+    ExecutionRecord,
+    QueueView,
+    RetryPolicy,
+    Status,
+    TaskCreate,
+    TaskRecord,
+    now_ms,
+)
 from taskplatform.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 TRANSITIONS: dict[Status, frozenset[Status]] = {
-    Status.QUEUED: frozenset({Status.DEQUEUED}),
-    Status.DEQUEUED: frozenset({Status.PROCESSING, Status.QUEUED}),
-    Status.PROCESSING: frozenset({Status.COMPLETED, Status.FAILED}),
-    Status.FAILED: frozenset({Status.RETRY}),
-    Status.RETRY: frozenset({Status.PROCESSING}),
+    Status.QUEUED: frozenset({Status.DEQUEUED, Status.CANCELLED}),
+    Status.DEQUEUED: frozenset({Status.PROCESSING, Status.QUEUED, Status.CANCELLED}),
+    Status.PROCESSING: frozenset({Status.COMPLETED, Status.FAILED, Status.RETRY}),
+    Status.FAILED: frozenset({Status.RETRY, Status.QUEUED, Status.CANCELLED}),
+    Status.RETRY: frozenset({Status.PROCESSING, Status.CANCELLED}),
     Status.COMPLETED: frozenset(),
+    Status.CANCELLED: frozenset(),
 }
 """Allowed edges of the state machine: ``status -> statuses it may move to``."""
 
@@ -65,6 +83,7 @@ INTERRUPTED = "interrupted: the server stopped during the callback"
 """The error of an attempt whose process died or shut down before the callback's outcome."""
 
 _REAP_BATCH = 100
+_PAUSE_CACHE_SECONDS = 0.5
 
 
 def _requeue_note(lease_seconds: float) -> str:
@@ -122,6 +141,8 @@ class TaskService:
         self.arrivals = Arrivals()
         # Every callback in flight in this process, so that shutdown can wait for it or record it.
         self._inflight: set[asyncio.Task[ExecuteOutcome]] = set()
+        self._paused: set[str] = set()
+        self._paused_read_at = float("-inf")
 
     # -- the one place a status changes ---------------------------------------------------------
 
@@ -195,35 +216,11 @@ class TaskService:
             IdempotencyKeyReused: the key was used with another body.
             BackendUnavailable: the queue cannot be written; nothing was created.
         """
-        refusal = self.sender.policy.check_url(request.callback_url)
-        if refusal is not None:
-            raise ValidationFailed(
-                [("$.callbackUrl", f"refused by the callback URL policy: {refusal}")]
-            )
-        now = now_ms()
-        task = TaskRecord(
-            task_id=str(uuid_utils.uuid7()),
-            status=Status.QUEUED,
-            priority=request.priority,
-            task_data=bytes(request.task_data),
-            callback_url=request.callback_url,
-            max_retries=(
-                self.settings.default_max_retries
-                if request.max_retries is None
-                else request.max_retries
-            ),
-            timeout_seconds=(
-                self.settings.default_timeout_seconds
-                if request.timeout_seconds is None
-                else request.timeout_seconds
-            ),
-            created_at=now,
-            updated_at=now,
-        )
+        task = self._new_task(request)
         claim = None
         if idempotency_key is not None and request_hash is not None:
             ttl_ms = round(self.settings.idempotency_key_ttl_seconds * 1000)
-            claim = IdempotencyClaim(idempotency_key, request_hash, now + ttl_ms)
+            claim = IdempotencyClaim(idempotency_key, request_hash, task.created_at + ttl_ms)
         replay = await self.queue.enqueue(task, claim=claim)
         if replay is not None:
             if replay.request_hash != request_hash:
@@ -236,7 +233,84 @@ class TaskService:
         self.arrivals.notify()
         return task, False
 
-    async def dequeue(self, wait_seconds: float = 0) -> TaskRecord:
+    def _new_task(self, request: TaskCreate) -> TaskRecord:
+        """Build the Queued record of a validated create ``request``, defaults from settings.
+
+        Raises:
+            ValidationFailed: the callback URL's literal address is refused by the URL policy.
+        """
+        refusal = self.sender.policy.check_url(request.callback_url)
+        if refusal is not None:
+            raise ValidationFailed(
+                [("$.callbackUrl", f"refused by the callback URL policy: {refusal}")]
+            )
+        settings = self.settings
+        now = now_ms()
+        scheduled_at = None
+        if request.delay_seconds is not None and request.delay_seconds > 0:
+            scheduled_at = now + round(request.delay_seconds * 1000)
+        elif request.scheduled_at is not None:
+            scheduled_at = round(request.scheduled_at.timestamp() * 1000)
+        backoff_min = request.backoff_min_seconds or settings.backoff_min_seconds
+        backoff_max = request.backoff_max_seconds or max(settings.backoff_max_seconds, backoff_min)
+        return TaskRecord(
+            task_id=str(uuid_utils.uuid7()),
+            status=Status.QUEUED,
+            priority=request.priority,
+            task_data=bytes(request.task_data),
+            callback_url=request.callback_url,
+            max_retries=(
+                settings.default_max_retries if request.max_retries is None else request.max_retries
+            ),
+            timeout_seconds=(
+                settings.default_timeout_seconds
+                if request.timeout_seconds is None
+                else request.timeout_seconds
+            ),
+            created_at=now,
+            updated_at=now,
+            queue=request.queue,
+            scheduled_at=scheduled_at,
+            retry_policy=RetryPolicy(
+                backoff_min_seconds=backoff_min,
+                backoff_max_seconds=max(backoff_max, backoff_min),
+                backoff_multiplier=request.backoff_multiplier or settings.backoff_multiplier,
+                retry_on=request.retry_on,
+                permanent_on=request.permanent_on,
+            ),
+        )
+
+    async def create_many(
+        self, requests: list[TaskCreate | ValidationFailed]
+    ) -> list[TaskRecord | ValidationFailed]:
+        """Put the valid ones of several create requests into the queue in one atomic step.
+
+        Args:
+            requests: Validated requests, or the validation error of an item that failed.
+
+        Returns:
+            Per item, in order: the new task, or why it was not created (its own error, or the
+            callback URL policy's refusal).
+
+        Raises:
+            BackendUnavailable: the queue cannot be written; nothing was created.
+        """
+        results: list[TaskRecord | ValidationFailed] = []
+        for request in requests:
+            if isinstance(request, ValidationFailed):
+                results.append(request)
+                continue
+            try:
+                results.append(self._new_task(request))
+            except ValidationFailed as exc:
+                results.append(exc)
+        tasks = [result for result in results if isinstance(result, TaskRecord)]
+        if tasks:
+            await self.queue.enqueue_many(tasks)
+            self.arrivals.notify()
+        return results
+
+    async def dequeue(self, wait_seconds: float = 0, queue: str = DEFAULT_QUEUE) -> TaskRecord:
         """Take the next task out of the queue into the store (seed FR-002, FR-009).
 
         Args:
@@ -247,16 +321,20 @@ class TaskService:
 
         Returns:
             The task, now Dequeued under a lease: the highest priority first, FIFO within a
-            priority.
+            priority, among the due tasks of ``queue`` (a scheduled task is not due before its
+            time).
 
         Raises:
             QueueEmpty: no task is queued (after waiting).
+            QueuePaused: ``queue`` is paused.
             BackendUnavailable: a backend cannot be reached; the task stays queued.
         """
+        if queue in await self.paused_queues():
+            raise QueuePaused(f"the queue {queue!r} is paused; resume it to dequeue")
         deadline = time.monotonic() + min(wait_seconds, self.settings.long_poll_max_seconds)
         while True:
             arrived = self.arrivals.current()
-            task = await self._transfer()
+            task = await self._transfer(queue)
             remaining = deadline - time.monotonic()
             if task is not None or remaining <= 0:
                 break
@@ -277,15 +355,80 @@ class TaskService:
         )
         return task
 
-    async def _transfer(self) -> TaskRecord | None:
+    async def _transfer(self, queue: str, *, dispatched: bool = False) -> TaskRecord | None:
         now = now_ms()
         lease = self.settings.dequeue_lease_seconds
+        if dispatched:  # the dispatcher executes at once; a short lease covers its crash
+            lease = self.settings.processing_lease_grace_seconds or 30.0
         return await self.queue.transfer(
             self.store,
             now=now,
+            queue=queue,
             lease_token=str(uuid_utils.uuid4()) if lease > 0 else None,
             lease_expires_at=now + round(lease * 1000) if lease > 0 else None,
+            dispatched=dispatched,
         )
+
+    async def paused_queues(self) -> set[str]:
+        """Return the paused queues, as read at most ``_PAUSE_CACHE_SECONDS`` ago.
+
+        Cached per process so that dequeue and dispatch do not read the store every time; a
+        pause therefore takes effect everywhere within that time.
+        """
+        now = time.monotonic()
+        if now - self._paused_read_at > _PAUSE_CACHE_SECONDS:
+            self._paused = await self.store.paused_queues()
+            self._paused_read_at = now
+        return self._paused
+
+    async def claim_for_dispatch(self, queue: str) -> TaskRecord | None:
+        """Take the next task of ``queue`` due for an automatic attempt and move it to Processing.
+
+        A dispatched task in Retry whose ``nextAttemptAt`` has come goes first (it waited
+        already), then the next due Queued task. Of several dispatchers racing for one task,
+        the compare-and-set lets exactly one through.
+
+        Returns:
+            The task in Processing under a fresh lease, or None when nothing is due.
+
+        Raises:
+            BackendUnavailable: a backend cannot be reached.
+        """
+        if queue in await self.paused_queues():
+            return None
+        for waiting in await self.store.due_retries(queue, now=now_ms(), limit=10):
+            claimed = await self._start_processing(waiting, {Status.RETRY})
+            if claimed is not None:
+                return claimed
+        task = await self._transfer(queue, dispatched=True)
+        if task is None:
+            return None
+        return await self._start_processing(task, {Status.DEQUEUED})
+
+    async def _start_processing(
+        self, task: TaskRecord, source: Collection[Status]
+    ) -> TaskRecord | None:
+        now = now_ms()
+        lease_seconds = task.timeout_seconds + self.settings.processing_lease_grace_seconds
+        return await self._transition(
+            task.task_id,
+            source,
+            Status.PROCESSING,
+            changes=TaskChanges(
+                increment_attempts=True,
+                lease_token=str(uuid_utils.uuid4()),
+                lease_expires_at=now + round(lease_seconds * 1000),
+                next_attempt_at=None,
+            ),
+            require_attempts_left=True,
+        )
+
+    def dispatch(self, task: TaskRecord) -> asyncio.Task[ExecuteOutcome]:
+        """Make the callback of a claimed Processing ``task`` on this process's loop.
+
+        Tracked like a background execute, so shutdown waits for it or records it interrupted.
+        """
+        return self._track(task)
 
     async def get(self, task_id: str) -> TaskRecord:
         """Return the task ``task_id`` in whatever status it is (seed FR-010).
@@ -362,19 +505,7 @@ class TaskService:
                 raise _conflict(await self.store.get(task_id) or task)
         elif task.status not in (Status.DEQUEUED, Status.RETRY):
             raise _conflict(task)
-        now = now_ms()
-        lease_seconds = task.timeout_seconds + self.settings.processing_lease_grace_seconds
-        processing = await self._transition(
-            task_id,
-            {Status.DEQUEUED, Status.RETRY},
-            Status.PROCESSING,
-            changes=TaskChanges(
-                increment_attempts=True,
-                lease_token=str(uuid_utils.uuid4()),
-                lease_expires_at=now + round(lease_seconds * 1000),
-            ),
-            require_attempts_left=True,
-        )
+        processing = await self._start_processing(task, {Status.DEQUEUED, Status.RETRY})
         if processing is None:
             raise _conflict(await self.store.get(task_id) or task)
         return processing
@@ -395,6 +526,14 @@ class TaskService:
             await asyncio.shield(self._interrupt(task))
             raise
         target = Status.COMPLETED if outcome.success else Status.FAILED
+        next_attempt_at: int | msgspec.UnsetType | None = msgspec.UNSET
+        dead_letter: bool | msgspec.UnsetType = msgspec.UNSET
+        if not outcome.success:
+            next_attempt_at = self._automatic_retry(task, outcome)
+            if next_attempt_at is not None:
+                target = Status.RETRY
+            # A dead letter: no attempt left, or a dispatched task that will not be retried.
+            dead_letter = not task.attempts_left() or (task.dispatched and next_attempt_at is None)
         if self.settings.log_task_data:  # debugging only: payloads stay out of logs by default
             logger.debug(
                 "task %s attempt %d sent %r, got %r",
@@ -413,6 +552,8 @@ class TaskService:
                 result=outcome.result,
                 error=outcome.error,
                 completed_at=outcome.finished_at if outcome.success else msgspec.UNSET,
+                next_attempt_at=next_attempt_at,
+                dead_letter=dead_letter,
             ),
             lease_token=task.lease_token,
             execution=ExecutionRecord(
@@ -444,8 +585,172 @@ class TaskService:
             attempt=attempt,
         )
 
+    def _automatic_retry(self, task: TaskRecord, outcome: CallbackOutcome) -> int | None:
+        """Return when a dispatched ``task`` whose attempt failed should run again (epoch ms),
+        or None when it is not retried automatically (pull mode, permanent, no attempts left)."""
+        if not task.dispatched or not task.attempts_left():
+            return None
+        policy = task.retry_policy or self._default_policy()
+        if not is_retryable(outcome, policy):
+            return None
+        retry_after = outcome.retry_after_seconds if outcome.http_status in (429, 503) else None
+        delay = backoff_seconds(
+            policy,
+            task.attempts,
+            retry_after=retry_after,
+            retry_after_cap=self.settings.retry_after_max_seconds,
+        )
+        return outcome.finished_at + round(delay * 1000)
+
+    def _default_policy(self) -> RetryPolicy:
+        return RetryPolicy(
+            backoff_min_seconds=self.settings.backoff_min_seconds,
+            backoff_max_seconds=self.settings.backoff_max_seconds,
+            backoff_multiplier=self.settings.backoff_multiplier,
+        )
+
+    async def cancel(self, task_id: str) -> TaskRecord:
+        """Cancel ``task_id``: it is never called back (again). Cancelling twice is harmless.
+
+        A Queued task leaves the queue atomically; a Dequeued, Retry or Failed one moves by
+        compare-and-set, so a dispatcher racing to start it either wins (the cancel gets 409)
+        or never calls back.
+
+        Returns:
+            The task, Cancelled.
+
+        Raises:
+            TaskNotFound: no such task.
+            TaskProcessing: a callback is in flight; it cannot be recalled.
+            TaskCompleted: the callback succeeded already.
+            BackendUnavailable: a backend cannot be reached.
+        """
+        cancellable = (Status.DEQUEUED, Status.RETRY, Status.FAILED)
+        for _ in range(3):  # a task moving from queue to store between the looks: look again
+            cancelled = await self.queue.cancel(self.store, task_id, now=now_ms())
+            if cancelled is not None:
+                logger.info("task %s is Cancelled", task_id, extra={"task_id": task_id})
+                return cancelled
+            task = await self.store.get(task_id)
+            if task is None:
+                if await self.queue.get(task_id) is not None:
+                    continue
+                raise TaskNotFound(f"no task has the id {task_id!r}", task_id=task_id)
+            if task.status is Status.CANCELLED:
+                return task
+            if task.status not in cancellable:
+                raise _conflict(task)
+            cancelled = await self._transition(
+                task_id,
+                cancellable,
+                Status.CANCELLED,
+                changes=TaskChanges(lease_token=None, lease_expires_at=None, next_attempt_at=None),
+            )
+            if cancelled is not None:
+                return cancelled
+        raise _conflict(await self.get(task_id))
+
+    async def redrive(self, task_id: str) -> TaskRecord:
+        """Send the Failed task ``task_id`` back to its queue with a fresh set of attempts.
+
+        It returns at its original position (priority, then creation order), no longer a dead
+        letter; its attempt log keeps the earlier attempts.
+
+        Returns:
+            The task, Queued.
+
+        Raises:
+            TaskNotFound: no such task.
+            TaskNotFailed: the task is not Failed.
+            BackendUnavailable: a backend cannot be reached.
+        """
+        task = await self.get(task_id)
+        if task.status is not Status.FAILED:
+            raise TaskNotFailed(
+                f"the task is {task.status.value}; only a Failed task can be retried",
+                task_id=task_id,
+            )
+        assert Status.QUEUED in TRANSITIONS[Status.FAILED]
+        note = f"re-driven after {task.attempts} attempts; last error: {task.error}"
+        if not await self.queue.requeue(self.store, task, now=now_ms(), note=note, redrive=True):
+            raise _conflict(await self.get(task_id))
+        self.arrivals.notify()
+        logger.info("task %s is Queued again (re-driven)", task_id, extra={"task_id": task_id})
+        return await self.get(task_id)
+
+    async def redrive_dead_letters(self, *, queue: str | None, limit: int) -> list[str]:
+        """Re-drive up to ``limit`` dead letters (of ``queue``, or of all queues), newest first.
+
+        Returns:
+            The ids of the tasks sent back; one re-driven concurrently by someone else is skipped.
+        """
+        dead = await self.store.list_tasks(
+            status=Status.FAILED, before=None, limit=limit, queue=queue, dead_letter=True
+        )
+        retried = []
+        for task in dead:
+            try:
+                await self.redrive(task.task_id)
+            except TaskConflict:
+                continue
+            retried.append(task.task_id)
+        return retried
+
+    async def set_paused(self, queue: str, paused: bool) -> None:
+        """Pause or resume ``queue``; this process sees it at once, others within a second."""
+        await self.store.set_paused(queue, paused, now=now_ms())
+        self._paused_read_at = float("-inf")
+        if not paused:
+            self.arrivals.notify()
+
+    async def queues(self) -> list[QueueView]:
+        """Return every named queue known to the queue, the store or the pause table, by name."""
+        now = now_ms()
+        window_ms = 60_000
+        counts = await self.queue.queue_counts()
+        activity = await self.store.queue_activity(since=now - window_ms)
+        paused = await self.store.paused_queues()
+        views = []
+        for name in sorted(set(counts) | set(activity) | paused | {DEFAULT_QUEUE}):
+            count = counts.get(name)
+            act = activity.get(name)
+            oldest = count.oldest_created_at if count else None
+            views.append(
+                QueueView(
+                    name=name,
+                    paused=name in paused,
+                    depth=count.depth if count else 0,
+                    in_flight=act.in_flight if act else 0,
+                    oldest_queued_age_seconds=(
+                        None if oldest is None else max(0.0, (now - oldest) / 1000)
+                    ),
+                    dispatch_rate_per_second=(act.attempts if act else 0) / (window_ms / 1000),
+                )
+            )
+        return views
+
+    async def queue_view(self, name: str) -> QueueView:
+        """Return the view of one named queue (a queue never used shows zeros)."""
+        for view in await self.queues():
+            if view.name == name:
+                return view
+        return QueueView(
+            name=name,
+            paused=False,
+            depth=0,
+            in_flight=0,
+            oldest_queued_age_seconds=None,
+            dispatch_rate_per_second=0.0,
+        )
+
     async def list_tasks(
-        self, *, status: Status | None, cursor: str | None, limit: int
+        self,
+        *,
+        status: Status | None,
+        cursor: str | None,
+        limit: int,
+        queue: str | None = None,
+        dead_letter: bool | None = None,
     ) -> tuple[list[TaskRecord], str | None]:
         """Return a page of tasks, newest first, and the cursor of the next page (or None).
 
@@ -453,15 +758,25 @@ class TaskService:
             status: Only tasks in this status, or all.
             cursor: ``nextCursor`` of the previous page, or None for the first.
             limit: Page size.
+            queue: Only tasks of this named queue, or of all.
+            dead_letter: Only dead letters (True), only others (False), or all (None).
         """
         fetch = limit + 1
-        if status is Status.QUEUED:
-            tasks = await self.queue.list_tasks(before=cursor, limit=fetch)
+        if dead_letter:  # only stored Failed tasks can be dead letters
+            tasks = await self.store.list_tasks(
+                status=status, before=cursor, limit=fetch, queue=queue, dead_letter=True
+            )
+        elif status is Status.QUEUED:
+            tasks = await self.queue.list_tasks(before=cursor, limit=fetch, queue=queue)
         elif status is not None:
-            tasks = await self.store.list_tasks(status=status, before=cursor, limit=fetch)
+            tasks = await self.store.list_tasks(
+                status=status, before=cursor, limit=fetch, queue=queue, dead_letter=dead_letter
+            )
         else:
-            queued = await self.queue.list_tasks(before=cursor, limit=fetch)
-            stored = await self.store.list_tasks(status=None, before=cursor, limit=fetch)
+            queued = await self.queue.list_tasks(before=cursor, limit=fetch, queue=queue)
+            stored = await self.store.list_tasks(
+                status=None, before=cursor, limit=fetch, queue=queue, dead_letter=dead_letter
+            )
             # A task moving from queue to store between the two reads can appear in both.
             merged = {task.task_id: task for task in queued}
             merged.update({task.task_id: task for task in stored})
@@ -501,12 +816,23 @@ class TaskService:
             True if this call recorded it (False: the outcome or another reaper got there first).
         """
         now = now_ms()
+        target, next_attempt_at = Status.FAILED, None
+        if task.dispatched and task.attempts_left():
+            # An interruption is retryable: the dispatcher tries again after a backoff.
+            policy = task.retry_policy or self._default_policy()
+            target = Status.RETRY
+            next_attempt_at = now + round(backoff_seconds(policy, task.attempts) * 1000)
         interrupted = await self._transition(
             task.task_id,
             {Status.PROCESSING},
-            Status.FAILED,
+            target,
             changes=TaskChanges(
-                lease_token=None, lease_expires_at=None, result=None, error=INTERRUPTED
+                lease_token=None,
+                lease_expires_at=None,
+                result=None,
+                error=INTERRUPTED,
+                next_attempt_at=next_attempt_at,
+                dead_letter=target is Status.FAILED and not task.attempts_left(),
             ),
             lease_token=task.lease_token,
             execution=ExecutionRecord(
@@ -624,6 +950,8 @@ def _conflict(task: TaskRecord) -> TaskConflict:
     """Return the 409 error that explains why ``task`` cannot be executed in its status."""
     if task.status is Status.COMPLETED:
         return TaskCompleted(task_id=task.task_id)
+    if task.status is Status.CANCELLED:
+        return TaskCancelled(task_id=task.task_id)
     if task.status is Status.FAILED and not task.attempts_left():
         return RetryLimitReached(
             f"the task has made {task.attempts} attempts, the most its maxRetries of "

@@ -227,6 +227,9 @@ class Settings(BaseSettings):
     max_body_bytes: Annotated[
         int, Field(gt=0, description="Largest accepted request body, in bytes (413 above).")
     ] = MIB
+    max_batch_body_bytes: Annotated[
+        int, Field(gt=0, description="Largest accepted batch create body, in bytes (413 above).")
+    ] = 16 * MIB
     max_json_depth: Annotated[
         int, Field(gt=1, description="Deepest accepted JSON nesting of a request body.")
     ] = 64
@@ -251,6 +254,66 @@ class Settings(BaseSettings):
         float,
         Field(ge=0, description="Added to timeoutSeconds to form the lease of a Processing task."),
     ] = 30.0
+
+    backoff_min_seconds: Annotated[
+        float,
+        Field(gt=0, le=86400, description="backoffMinSeconds of a task that gives none."),
+    ] = 1.0
+    backoff_max_seconds: Annotated[
+        float,
+        Field(gt=0, le=86400, description="backoffMaxSeconds of a task that gives none."),
+    ] = 300.0
+    backoff_multiplier: Annotated[
+        float,
+        Field(ge=1, le=100, description="backoffMultiplier of a task that gives none."),
+    ] = 2.0
+    retry_after_max_seconds: Annotated[
+        float,
+        Field(
+            ge=0,
+            description="Longest `Retry-After` (429, 503) honoured; a longer one is cut to this.",
+        ),
+    ] = 3600.0
+
+    dispatch: Annotated[
+        bool,
+        Field(description="Run a dispatcher in every `serve` process (as `taskplatform worker`)."),
+    ] = False
+    dispatch_queues: Annotated[
+        str,
+        Field(
+            pattern=r"^[A-Za-z0-9_.\-]{1,64}(,[A-Za-z0-9_.\-]{1,64})*$",
+            description="Comma-separated queues a dispatcher serves.",
+        ),
+    ] = "default"
+    dispatch_concurrency: Annotated[
+        int, Field(gt=0, le=10000, description="Callbacks a dispatcher keeps in flight at once.")
+    ] = 10
+    dispatch_rate: Annotated[
+        float,
+        Field(
+            ge=0,
+            description=(
+                "Dispatches per second per queue per dispatcher process (token bucket); "
+                "0 is unlimited."
+            ),
+        ),
+    ] = 0.0
+    dispatch_poll_seconds: Annotated[
+        float,
+        Field(
+            gt=0,
+            le=60,
+            description=(
+                "How often an idle dispatcher looks for scheduled and retry tasks that came due "
+                "(new tasks wake it at once)."
+            ),
+        ),
+    ] = 0.5
+
+    def dispatch_queue_list(self) -> list[str]:
+        """Return the queue names of ``dispatch_queues``, in order, without repeats."""
+        return list(dict.fromkeys(self.dispatch_queues.split(",")))
 
     def resolved_queue_url(self) -> str:
         """Return the queue backend URL: ``queue_url``, or ``database_url`` when unset."""

@@ -5,14 +5,20 @@ from __future__ import annotations
 import ipaddress
 import re
 import unicodedata
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 import msgspec
 
 from taskplatform.exceptions import MalformedJSON, ValidationFailed
-from taskplatform.models import TaskCreate
+from taskplatform.models import BatchCreate, RedriveFilter, TaskCreate
 
+T = TypeVar("T")
 _CREATE_DECODER = msgspec.json.Decoder(TaskCreate)
+_BATCH_DECODER = msgspec.json.Decoder(BatchCreate)
+_REDRIVE_DECODER = msgspec.json.Decoder(RedriveFilter)
+QUEUE_PATTERN = r"^[A-Za-z0-9_.\-]{1,64}$"
+"""A queue name, as ``TaskCreate.queue`` and the queue routes take it."""
 # A \uD800-\uDBFF escape not followed by a \uDC00-\uDFFF one, or the reverse: the only way JSON
 # text can carry an unpaired UTF-16 surrogate.
 _HIGH = rb"\\u[dD][89abAB][0-9a-fA-F]{2}"
@@ -98,6 +104,37 @@ def parse_task_create(body: bytes, *, max_depth: int, max_url_length: int) -> Ta
         raise MalformedJSON(f"taskData is not valid UTF-8: {exc}") from exc
     check_callback_url(request.callback_url, max_url_length)
     return request
+
+
+def _decode_whole(decoder: msgspec.json.Decoder[T], body: bytes) -> T:
+    """Decode a small request body with ``decoder``, mapping errors to 400/422 problems."""
+    try:
+        return decoder.decode(body)
+    except RecursionError as exc:
+        raise ValidationFailed([("$", "JSON is nested too deeply")]) from exc
+    except msgspec.ValidationError as exc:
+        raise ValidationFailed([_field_error(str(exc))]) from exc
+    except msgspec.DecodeError as exc:
+        raise _decode_problem(body, exc) from exc
+
+
+def parse_batch(body: bytes) -> BatchCreate:
+    """Decode a ``POST /api/tasks/batch`` body; each item is checked later, on its own.
+
+    Raises:
+        MalformedJSON: not JSON.
+        ValidationFailed: not ``{"tasks": [...]}`` with 1 to 1,000 items.
+    """
+    return _decode_whole(_BATCH_DECODER, body)
+
+
+def parse_redrive_filter(body: bytes) -> RedriveFilter:
+    """Decode a ``POST /api/tasks/retry`` body.
+
+    Raises:
+        MalformedJSON, ValidationFailed: as for a create.
+    """
+    return _decode_whole(_REDRIVE_DECODER, body)
 
 
 def _every_field_error(body: bytes, max_url_length: int) -> list[tuple[str, str]]:
@@ -216,5 +253,13 @@ def check_task_limits(request: TaskCreate, *, max_timeout_seconds: float, max_re
         errors.append(("$.timeoutSeconds", f"at most {max_timeout_seconds:g} s on this server"))
     if request.max_retries is not None and request.max_retries > max_retries:
         errors.append(("$.maxRetries", f"at most {max_retries} on this server"))
+    if request.delay_seconds is not None and request.scheduled_at is not None:
+        errors.append(("$.scheduledAt", "give delaySeconds or scheduledAt, not both"))
+    if (
+        request.backoff_min_seconds is not None
+        and request.backoff_max_seconds is not None
+        and request.backoff_max_seconds < request.backoff_min_seconds
+    ):
+        errors.append(("$.backoffMaxSeconds", "must not be less than backoffMinSeconds"))
     if errors:
         raise ValidationFailed(errors)

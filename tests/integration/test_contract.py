@@ -306,3 +306,81 @@ async def test_listen_signals_enqueues_from_another_client(backends: Backends) -
         listener.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await listener
+
+
+async def test_a_scheduled_task_is_not_due_before_its_time(backends: Backends) -> None:
+    """Issue 6: a task with ``scheduled_at`` in the future is not handed out until then."""
+    now = now_ms()
+    later = _task(_id(1), priority=9)
+    later.scheduled_at = now + 60_000
+    await backends.queue.enqueue(later)
+    await backends.queue.enqueue(_task(_id(2)))
+    first = await backends.queue.transfer(backends.store, now=now)
+    assert first is not None and first.task_id == _id(2)
+    assert await backends.queue.transfer(backends.store, now=now) is None
+    due = await backends.queue.transfer(backends.store, now=now + 60_000)
+    assert due is not None and due.task_id == _id(1)
+    assert due.scheduled_at == now + 60_000
+
+
+async def test_named_queues_are_separate(backends: Backends) -> None:
+    """Issue 6: transfer takes only from the named queue; counts and lists are per queue."""
+    emails = _task(_id(1))
+    emails.queue = "emails"
+    await backends.queue.enqueue(emails)
+    await backends.queue.enqueue(_task(_id(2)))
+    counts = await backends.queue.queue_counts()
+    assert {name: count.depth for name, count in counts.items()} == {"emails": 1, "default": 1}
+    assert [
+        t.task_id for t in await backends.queue.list_tasks(before=None, limit=9, queue="emails")
+    ] == [_id(1)]
+    taken = await backends.queue.transfer(backends.store, now=now_ms(), queue="emails")
+    assert taken is not None and taken.task_id == _id(1) and taken.queue == "emails"
+    assert await backends.queue.transfer(backends.store, now=now_ms(), queue="emails") is None
+
+
+async def test_enqueue_many_and_cancel(backends: Backends) -> None:
+    """Issue 6: a batch enqueues in order; cancel moves a Queued task into the store, once."""
+    await backends.queue.enqueue_many([_task(_id(n)) for n in range(1, 4)])
+    assert await backends.queue.depth() == 3
+    cancelled = await backends.queue.cancel(backends.store, _id(2), now=now_ms())
+    assert cancelled is not None and cancelled.status is Status.CANCELLED
+    assert await backends.queue.cancel(backends.store, _id(2), now=now_ms()) is None
+    stored = await backends.store.get(_id(2))
+    assert stored is not None and stored.status is Status.CANCELLED
+    order = []
+    while (task := await backends.queue.transfer(backends.store, now=now_ms())) is not None:
+        order.append(task.task_id)
+    assert order == [_id(1), _id(3)]
+
+
+async def test_redrive_returns_a_failed_task_with_no_attempts(backends: Backends) -> None:
+    """Issue 6: a re-drive moves a Failed task back to the queue, attempts reset."""
+    await backends.queue.enqueue(_task(_id(1)))
+    moved = await backends.queue.transfer(backends.store, now=now_ms())
+    assert moved is not None
+    failed = await backends.store.compare_and_set(
+        _id(1),
+        expected={Status.DEQUEUED},
+        target=Status.FAILED,
+        now=now_ms(),
+        changes=TaskChanges(increment_attempts=True, dead_letter=True),
+    )
+    assert failed is not None and failed.dead_letter
+    assert await backends.store.list_tasks(
+        status=Status.FAILED, before=None, limit=9, dead_letter=True
+    )
+    assert await backends.queue.requeue(
+        backends.store, failed, now=now_ms(), note="re-driven", redrive=True
+    )
+    back = await backends.queue.get(_id(1))
+    assert back is not None and back.attempts == 0
+    assert await backends.store.get(_id(1)) is None
+
+
+async def test_pause_flags_are_shared(backends: Backends) -> None:
+    """Issue 6: pausing a queue is recorded in the store for every process to read."""
+    await backends.store.set_paused("emails", True, now=now_ms())
+    assert await backends.store.paused_queues() == {"emails"}
+    await backends.store.set_paused("emails", False, now=now_ms())
+    assert await backends.store.paused_queues() == set()

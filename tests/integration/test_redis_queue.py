@@ -44,4 +44,4 @@ async def test_enqueue_run_twice_for_one_task_adds_it_once(redis_queue: RedisQue
     await redis_queue.enqueue(task)
     await redis_queue.enqueue(task)
     assert await redis_queue.depth() == 1
-    assert await redis_queue.client.zcard(redis_queue._ready) == 1
+    assert await redis_queue.client.zcard(f"{redis_queue._prefix}:ready:default") == 1

@@ -11,6 +11,10 @@ Routes (all accept POST):
     /empty                204 with no body
     /text                 200 text/plain
     /fail-first/{n}       500 for the first n hits of a task id, then 200
+    /gauge/{name}?seconds=S
+                          waits S seconds (default 0), then 200; counts the requests in flight
+                          per name: GET /gauge/{name} answers {"inFlight": n, "peak": m}, the
+                          most that were ever in flight at once (a GET is not recorded as a hit)
 Every hit is recorded (path, headers, body, time) before the answer.
 """
 
@@ -148,6 +152,23 @@ class Receiver:
                 return web.json_response({"attempt": count}, status=500)
             return web.json_response({"attempt": count})
 
+        gauges: dict[str, list[int]] = {}  # name -> [in flight now, peak]; loop thread only
+
+        async def gauge(request: web.Request) -> web.StreamResponse:
+            await self._record(request)
+            state = gauges.setdefault(request.match_info["name"], [0, 0])
+            state[0] += 1
+            state[1] = max(state[1], state[0])
+            try:
+                await asyncio.sleep(float(request.query.get("seconds", "0")))
+            finally:
+                state[0] -= 1
+            return web.json_response({"ok": True})
+
+        async def gauge_read(request: web.Request) -> web.StreamResponse:
+            in_flight, peak = gauges.get(request.match_info["name"], [0, 0])
+            return web.json_response({"inFlight": in_flight, "peak": peak})
+
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/ok", ok)
         app.router.add_post("/status/{code}", status)
@@ -159,6 +180,8 @@ class Receiver:
         app.router.add_post("/empty", empty)
         app.router.add_post("/text", text)
         app.router.add_post("/fail-first/{n}", fail_first)
+        app.router.add_post("/gauge/{name}", gauge)
+        app.router.add_get("/gauge/{name}", gauge_read)
         app.router.add_route("*", "/{tail:.*}", ok)
         return app
 

@@ -30,7 +30,8 @@ def test_format_time_ignores_the_local_time_zone(monkeypatch: pytest.MonkeyPatch
 
 
 def test_state_machine_matches_api_md() -> None:
-    """The edges are API.md's diagram plus the lease expiry of a Dequeued task; Completed is final.
+    """The edges are API.md's diagram plus lease expiry, dispatch, re-drive and cancel; Completed
+    and Cancelled are final.
 
     (Processing -> Failed also covers an attempt interrupted by a lost lease.)
     """
@@ -43,8 +44,16 @@ def test_state_machine_matches_api_md() -> None:
         ("Processing", "Failed"),
         ("Failed", "Retry"),
         ("Retry", "Processing"),
+        # automatic retry (dispatcher), re-drive of a dead letter, cancel
+        ("Processing", "Retry"),
+        ("Failed", "Queued"),
+        ("Queued", "Cancelled"),
+        ("Dequeued", "Cancelled"),
+        ("Retry", "Cancelled"),
+        ("Failed", "Cancelled"),
     }
     assert set(TRANSITIONS) == set(Status)
+    assert not TRANSITIONS[Status.CANCELLED]
 
 
 @pytest.mark.parametrize(

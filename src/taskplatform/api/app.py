@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,6 +16,7 @@ from taskplatform.api.problems import install_problem_handlers
 from taskplatform.api.security import SecurityMiddleware
 from taskplatform.backends import open_backends, prepare_schema
 from taskplatform.dispatch import sender_from_settings
+from taskplatform.dispatch.dispatcher import Dispatcher
 from taskplatform.service import TaskService
 from taskplatform.settings import Settings, load_settings
 
@@ -43,12 +43,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         service = TaskService(backends, sender, settings)
         app.state.service = service
         maintenance = asyncio.create_task(service.run_maintenance(), name="maintenance")
+        jobs = [maintenance]
+        if settings.dispatch:
+            dispatcher = Dispatcher.from_settings(service, settings)
+            jobs.append(asyncio.create_task(dispatcher.run(), name="dispatcher"))
         try:
             yield
         finally:
-            maintenance.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await maintenance
+            for job in jobs:
+                job.cancel()
+            await asyncio.gather(*jobs, return_exceptions=True)
             await service.shutdown(settings.shutdown_grace_seconds)
             await sender.close()
             await backends.close()
@@ -61,6 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.include_router(tasks.router)
     app.include_router(tasks.stats_router)
+    app.include_router(tasks.queues_router)
     app.include_router(health.router)
     install_problem_handlers(app)
     install_openapi(app)

@@ -22,6 +22,7 @@ from taskplatform.exceptions import (
     PayloadTooLarge,
     QueueEmpty,
     RetryLimitReached,
+    TaskCancelled,
     TaskCompleted,
     TaskNotDequeued,
     TaskNotFound,
@@ -41,6 +42,12 @@ WIRE_TYPES: tuple[type[msgspec.Struct], ...] = (
     models.ExecutionList,
     models.Stats,
     models.Problem,
+    models.BatchCreate,
+    models.BatchResult,
+    models.RedriveFilter,
+    models.RedriveResult,
+    models.QueueView,
+    models.QueueList,
 )
 _REF = "#/components/schemas/{name}"
 
@@ -104,6 +111,7 @@ EXECUTE_ERRORS = (
     TaskNotDequeued,
     TaskProcessing,
     TaskCompleted,
+    TaskCancelled,
     RetryLimitReached,
     BackendUnavailable,
 )

@@ -53,6 +53,23 @@ def problem_response(
     return Response(_encode(body), status, headers=headers, media_type=PROBLEM_MEDIA_TYPE)
 
 
+def problem_of(exc: TaskPlatformError) -> Problem:
+    """Return the problem body of a taskplatform error (for a batch item's ``error``)."""
+    return Problem(
+        type=problem_type(exc.code),
+        title=exc.title,
+        status=exc.status_code,
+        detail=exc.detail,
+        code=exc.code,
+        errors=(
+            [ProblemFieldError(field, message) for field, message in exc.errors]
+            if isinstance(exc, ValidationFailed)
+            else None
+        ),
+        task_id=exc.task_id,
+    )
+
+
 def error_response(exc: TaskPlatformError) -> Response:
     """Build the problem response of a taskplatform error, from its class attributes."""
     return problem_response(

@@ -25,26 +25,56 @@ from taskplatform.api.openapi import (
     problems,
     request_body,
 )
-from taskplatform.exceptions import PayloadTooLarge, UnsupportedMediaType
+from taskplatform.api.problems import problem_of
+from taskplatform.exceptions import (
+    MalformedJSON,
+    PayloadTooLarge,
+    QueuePaused,
+    TaskCompleted,
+    TaskNotFailed,
+    TaskProcessing,
+    UnsupportedMediaType,
+)
+from taskplatform.exceptions import ValidationFailed as ValidationFailedError
 from taskplatform.models import (
+    DEFAULT_QUEUE,
+    BatchCreate,
+    BatchItem,
+    BatchResult,
     ExecuteAccepted,
     ExecuteResult,
     ExecutionList,
     ExecutionView,
+    QueueList,
+    QueueView,
+    RedriveFilter,
+    RedriveResult,
     Stats,
     Status,
     TaskCreate,
     TaskCreated,
     TaskList,
+    TaskRecord,
     TaskView,
 )
 from taskplatform.service import TaskService
-from taskplatform.validation import TASK_ID_PATTERN, check_task_limits, parse_task_create
+from taskplatform.validation import (
+    QUEUE_PATTERN,
+    TASK_ID_PATTERN,
+    check_json_depth,
+    check_task_limits,
+    parse_batch,
+    parse_redrive_filter,
+    parse_task_create,
+)
 
 router = APIRouter(prefix="/api/tasks", tags=["tasks"])
 _encode = msgspec.json.Encoder().encode
 _JSON = "application/json"
 TaskId = Annotated[str, Path(alias="taskId", description="The id create returned.")]
+QueueQuery = Annotated[
+    str, Query(pattern=QUEUE_PATTERN, description="The named queue to take from.")
+]
 
 
 def _service(request: Request) -> TaskService:
@@ -161,7 +191,7 @@ async def create_task(
     response_class=Response,
     responses={
         200: json_body(TaskView, "The task, now Dequeued and stored in the database."),
-        **problems(QueueEmpty, ValidationFailed, BackendUnavailable),
+        **problems(QueueEmpty, QueuePaused, ValidationFailed, BackendUnavailable),
     },
 )
 async def dequeue_task(
@@ -175,9 +205,10 @@ async def dequeue_task(
             description="Long poll: wait up to this many seconds for a task if the queue is empty.",
         ),
     ] = 0,
+    queue: QueueQuery = DEFAULT_QUEUE,
 ) -> Response:
     """Take the highest-priority task (FIFO within a priority) into the database (FR-002)."""
-    task = await _service(request).dequeue(wait_seconds)
+    task = await _service(request).dequeue(wait_seconds, queue)
     return _json(TaskView.of(task))
 
 
@@ -195,12 +226,91 @@ async def list_tasks(
         str | None,
         Query(pattern=TASK_ID_PATTERN, description="`nextCursor` of the previous page."),
     ] = None,
+    queue: Annotated[
+        str | None,
+        Query(pattern=QUEUE_PATTERN, description="Only tasks of this named queue."),
+    ] = None,
+    dead_letter: Annotated[
+        bool | None,
+        Query(
+            alias="deadLetter",
+            description="Only dead letters (true: Failed for good) or only others (false).",
+        ),
+    ] = None,
 ) -> Response:
     """List tasks in any status, newest first, a page at a time."""
     tasks, next_cursor = await _service(request).list_tasks(
-        status=status, cursor=cursor, limit=limit
+        status=status, cursor=cursor, limit=limit, queue=queue, dead_letter=dead_letter
     )
     return _json(TaskList([TaskView.of(task) for task in tasks], next_cursor))
+
+
+@router.post(
+    "/batch",
+    summary="Create up to 1,000 tasks in one request",
+    response_class=Response,
+    openapi_extra=request_body(
+        BatchCreate,
+        {"tasks": [{"taskData": {"n": 1}, "callbackUrl": "http://127.0.0.1:9000/"}]},
+    ),
+    responses={
+        200: json_body(BatchResult, "Per task, in order: its id, or the problem with it."),
+        **problems(*CREATE_ERRORS, BackendUnavailable),
+    },
+)
+async def create_batch(request: Request) -> Response:
+    """Create many tasks: each item is checked on its own; the valid ones are enqueued in one
+    transaction (all or none of them), and each item's result says which."""
+    service = _service(request)
+    settings = service.settings
+    body = await read_json_body(request, settings.max_batch_body_bytes)
+    check_json_depth(body, settings.max_json_depth + 2)
+    batch = parse_batch(body)
+    parsed: list[TaskCreate | ValidationFailedError] = []
+    for raw in batch.tasks:
+        try:
+            create = parse_task_create(
+                bytes(raw),
+                max_depth=settings.max_json_depth,
+                max_url_length=settings.max_callback_url_length,
+            )
+            check_task_limits(
+                create,
+                max_timeout_seconds=settings.max_timeout_seconds,
+                max_retries=settings.max_retries_ceiling,
+            )
+        except (ValidationFailedError, MalformedJSON) as exc:
+            errors = exc.errors if isinstance(exc, ValidationFailedError) else [("$", exc.detail)]
+            parsed.append(ValidationFailedError(errors))
+            continue
+        parsed.append(create)
+    results = await service.create_many(parsed)
+    items = [
+        BatchItem(index=index, task_id=result.task_id, status=result.status)
+        if isinstance(result, TaskRecord)
+        else BatchItem(index=index, error=problem_of(result))
+        for index, result in enumerate(results)
+    ]
+    return _json(BatchResult(items))
+
+
+@router.post(
+    "/retry",
+    summary="Re-drive dead letters in bulk",
+    response_class=Response,
+    openapi_extra=request_body(RedriveFilter, {"queue": "default", "limit": 100}),
+    responses={
+        200: json_body(RedriveResult, "The dead letters sent back to their queues."),
+        **problems(MalformedJSON, ValidationFailed, UnsupportedMediaType, BackendUnavailable),
+    },
+)
+async def redrive_dead_letters(request: Request) -> Response:
+    """Send dead letters (of one queue, or all) back to their queues with fresh attempts."""
+    service = _service(request)
+    body = await read_json_body(request, 4096)
+    selection = parse_redrive_filter(body or b"{}")
+    retried = await service.redrive_dead_letters(queue=selection.queue, limit=selection.limit)
+    return _json(RedriveResult(len(retried), retried))
 
 
 @router.get(
@@ -255,6 +365,34 @@ async def execute_task(request: Request, task_id: TaskId) -> Response:
     )
 
 
+@router.post(
+    "/{taskId}/cancel",
+    summary="Cancel a task",
+    response_class=Response,
+    responses={
+        200: json_body(TaskView, "The task, Cancelled (also when it was already)."),
+        **problems(TaskNotFound, TaskProcessing, TaskCompleted, BackendUnavailable),
+    },
+)
+async def cancel_task(request: Request, task_id: TaskId) -> Response:
+    """Cancel a Queued, Dequeued, Retry or Failed task: it is never called back."""
+    return _json(TaskView.of(await _service(request).cancel(task_id)))
+
+
+@router.post(
+    "/{taskId}/retry",
+    summary="Re-drive a Failed task",
+    response_class=Response,
+    responses={
+        200: json_body(TaskView, "The task, Queued again with no attempts made."),
+        **problems(TaskNotFound, TaskNotFailed, BackendUnavailable),
+    },
+)
+async def redrive_task(request: Request, task_id: TaskId) -> Response:
+    """Send a Failed task (a dead letter, or one a caller gave up on) back to its queue."""
+    return _json(TaskView.of(await _service(request).redrive(task_id)))
+
+
 @router.get(
     "/{taskId}/executions",
     summary="The attempt log of a task",
@@ -268,6 +406,45 @@ async def list_executions(request: Request, task_id: TaskId) -> Response:
 
 
 stats_router = APIRouter(prefix="/api", tags=["stats"])
+queues_router = APIRouter(prefix="/api/queues", tags=["queues"])
+QueuePath = Annotated[str, Path(alias="name", pattern=QUEUE_PATTERN, description="A named queue.")]
+
+
+@queues_router.get(
+    "",
+    summary="Every named queue with its depth, in-flight count, age and dispatch rate",
+    response_class=Response,
+    responses={200: json_body(QueueList, "The queues, by name."), **problems(BackendUnavailable)},
+)
+async def list_queues(request: Request) -> Response:
+    """List the named queues: depth, callbacks in flight, oldest Queued age, attempts/s."""
+    return _json(QueueList(await _service(request).queues()))
+
+
+@queues_router.post(
+    "/{name}/pause",
+    summary="Pause a queue",
+    response_class=Response,
+    responses={200: json_body(QueueView, "The queue, paused."), **problems(ValidationFailed)},
+)
+async def pause_queue(request: Request, name: QueuePath) -> Response:
+    """Stop dispatch and dequeue from the queue (within a second everywhere); tasks stay."""
+    service = _service(request)
+    await service.set_paused(name, True)
+    return _json(await service.queue_view(name))
+
+
+@queues_router.post(
+    "/{name}/resume",
+    summary="Resume a paused queue",
+    response_class=Response,
+    responses={200: json_body(QueueView, "The queue, running."), **problems(ValidationFailed)},
+)
+async def resume_queue(request: Request, name: QueuePath) -> Response:
+    """Let dispatch and dequeue take from the queue again."""
+    service = _service(request)
+    await service.set_paused(name, False)
+    return _json(await service.queue_view(name))
 
 
 @stats_router.get(

@@ -15,7 +15,7 @@ from collections.abc import Callable, Collection
 
 import msgspec
 
-from taskplatform.models import ExecutionRecord, Status, TaskRecord
+from taskplatform.models import DEFAULT_QUEUE, ExecutionRecord, Status, TaskRecord
 
 
 class TaskChanges(msgspec.Struct, kw_only=True):
@@ -32,6 +32,8 @@ class TaskChanges(msgspec.Struct, kw_only=True):
     result: bytes | msgspec.UnsetType | None = msgspec.UNSET
     error: str | msgspec.UnsetType | None = msgspec.UNSET
     completed_at: int | msgspec.UnsetType | None = msgspec.UNSET
+    dead_letter: bool | msgspec.UnsetType = msgspec.UNSET
+    dispatched: bool | msgspec.UnsetType = msgspec.UNSET
 
     def columns(self) -> dict[str, object]:
         """Return the set columns as ``{column name: value}``, skipping ``UNSET`` ones."""
@@ -44,6 +46,8 @@ class TaskChanges(msgspec.Struct, kw_only=True):
                 "result",
                 "error",
                 "completed_at",
+                "dead_letter",
+                "dispatched",
             )
             if (value := getattr(self, name)) is not msgspec.UNSET
         }
@@ -65,6 +69,20 @@ class IdempotentReplay(msgspec.Struct, frozen=True):
 
     task_id: str
     request_hash: str
+
+
+class QueueCounts(msgspec.Struct, frozen=True):
+    """What a queue backend knows about one named queue: Queued tasks and the oldest's age."""
+
+    depth: int
+    oldest_created_at: int | None
+
+
+class QueueActivity(msgspec.Struct, frozen=True):
+    """What the store knows about one named queue: callbacks in flight, attempts since a time."""
+
+    in_flight: int
+    attempts: int
 
 
 class Queue(abc.ABC):
@@ -89,16 +107,42 @@ class Queue(abc.ABC):
         """
 
     @abc.abstractmethod
+    async def enqueue_many(self, tasks: list[TaskRecord]) -> None:
+        """Add every one of ``tasks`` in one atomic step: all are enqueued, or none.
+
+        Raises:
+            BackendUnavailable: the queue cannot be written; nothing was enqueued.
+        """
+
+    @abc.abstractmethod
     async def get(self, task_id: str) -> TaskRecord | None:
         """Return the Queued task ``task_id``, or None if the queue does not hold it."""
 
     @abc.abstractmethod
-    async def list_tasks(self, *, before: str | None, limit: int) -> list[TaskRecord]:
-        """Return up to ``limit`` Queued tasks with id below ``before``, newest first."""
+    async def list_tasks(
+        self, *, before: str | None, limit: int, queue: str | None = None
+    ) -> list[TaskRecord]:
+        """Return up to ``limit`` Queued tasks with id below ``before`` (of ``queue``, or of
+        every queue), newest first."""
 
     @abc.abstractmethod
     async def depth(self) -> int:
-        """Return the number of tasks in the queue."""
+        """Return the number of tasks in the queue, over every named queue."""
+
+    @abc.abstractmethod
+    async def queue_counts(self) -> dict[str, QueueCounts]:
+        """Return the counts of every named queue that holds a task."""
+
+    @abc.abstractmethod
+    async def cancel(self, store: Store, task_id: str, *, now: int) -> TaskRecord | None:
+        """Take the Queued task ``task_id`` out of the queue into ``store`` as Cancelled.
+
+        Atomic like :meth:`transfer`: the task ends up either still queued or cancelled in the
+        store, never both or neither.
+
+        Returns:
+            The cancelled task, or None when the queue does not hold it (any more).
+        """
 
     @abc.abstractmethod
     async def transfer(
@@ -106,10 +150,12 @@ class Queue(abc.ABC):
         store: Store,
         *,
         now: int,
+        queue: str = DEFAULT_QUEUE,
         lease_token: str | None = None,
         lease_expires_at: int | None = None,
+        dispatched: bool = False,
     ) -> TaskRecord | None:
-        """Take the next task out of the queue and insert it into ``store`` as Dequeued.
+        """Take the next due task of ``queue`` and insert it into ``store`` as Dequeued.
 
         The move is atomic from the caller's view (seed FR-009): the task ends up either still
         queued or in the store, never in both or neither. A backend that shares a database with
@@ -117,9 +163,11 @@ class Queue(abc.ABC):
 
         Args:
             store: The store that receives the task.
-            now: The dequeue time, epoch milliseconds.
+            now: The dequeue time, epoch milliseconds; a task scheduled after it is not due.
+            queue: The named queue to take from.
             lease_token: The Dequeued lease's token (None: no lease).
             lease_expires_at: When the Dequeued lease ends, epoch ms (None: never).
+            dispatched: Mark the task as a dispatcher's (its failures are retried automatically).
 
         Returns:
             The task as stored (status Dequeued), or None when the queue is empty.
@@ -129,12 +177,17 @@ class Queue(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def requeue(self, store: Store, task: TaskRecord, *, now: int, note: str) -> bool:
+    async def requeue(
+        self, store: Store, task: TaskRecord, *, now: int, note: str, redrive: bool = False
+    ) -> bool:
         """Return a Dequeued ``task`` from ``store`` to the queue, at its original position.
 
         Fenced by ``task.lease_token``: it happens only if the stored task is still Dequeued
         under that lease, so of several reapers at most one moves it. ``note`` is written to the
         task's ``error``, so its record says why it is queued again.
+
+        With ``redrive``, the task must be Failed instead (a dead letter sent back by hand): it
+        returns with no attempts made, no longer a dead letter, and not scheduled.
 
         Returns:
             True if this call moved the task.
@@ -266,7 +319,13 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def list_tasks(
-        self, *, status: Status | None, before: str | None, limit: int
+        self,
+        *,
+        status: Status | None,
+        before: str | None,
+        limit: int,
+        queue: str | None = None,
+        dead_letter: bool | None = None,
     ) -> list[TaskRecord]:
         """Return up to ``limit`` stored tasks with id below ``before``, newest first.
 
@@ -274,7 +333,26 @@ class Store(abc.ABC):
             status: Only tasks in this status; all when None.
             before: Exclusive upper bound on the task id (the pagination cursor), or None.
             limit: Largest number of tasks returned.
+            queue: Only tasks of this named queue; all when None.
+            dead_letter: Only dead letters (True) or only others (False); all when None.
         """
+
+    @abc.abstractmethod
+    async def due_retries(self, queue: str, *, now: int, limit: int) -> list[TaskRecord]:
+        """Return up to ``limit`` dispatched tasks of ``queue`` in Retry whose ``next_attempt_at``
+        is at or before ``now``, highest priority first."""
+
+    @abc.abstractmethod
+    async def queue_activity(self, *, since: int) -> dict[str, QueueActivity]:
+        """Return, per named queue, tasks in Processing and attempts recorded since ``since``."""
+
+    @abc.abstractmethod
+    async def paused_queues(self) -> set[str]:
+        """Return the names of the paused queues."""
+
+    @abc.abstractmethod
+    async def set_paused(self, queue: str, paused: bool, *, now: int) -> None:
+        """Pause or resume ``queue``; every process sees it on its next :meth:`paused_queues`."""
 
     @abc.abstractmethod
     async def executions(self, task_id: str) -> list[ExecutionRecord]:

@@ -22,6 +22,8 @@ from taskplatform.backends.base import (
     IdempotencyClaim,
     IdempotentReplay,
     Queue,
+    QueueActivity,
+    QueueCounts,
     Store,
     TaskChanges,
 )
@@ -31,13 +33,15 @@ from taskplatform.backends.sqlrows import (
     compare_and_set_sql,
     execution_params,
     execution_record,
+    queue_list_sql,
     queue_params,
     queued_record,
+    store_list_sql,
     stored_record,
     task_params,
 )
 from taskplatform.exceptions import BackendUnavailable
-from taskplatform.models import ExecutionRecord, Status, TaskRecord
+from taskplatform.models import DEFAULT_QUEUE, ExecutionRecord, Status, TaskRecord
 
 logger = logging.getLogger(__name__)
 
@@ -156,16 +160,43 @@ class PostgresQueue(Queue):
             task.sequence = (await conn.execute(SQL["enqueue"], queue_params(task))).scalar_one()
         return None
 
+    async def enqueue_many(self, tasks: list[TaskRecord]) -> None:
+        async with self.database.begin() as conn:
+            for task in tasks:
+                task.sequence = (
+                    await conn.execute(SQL["enqueue"], queue_params(task))
+                ).scalar_one()
+
     async def get(self, task_id: str) -> TaskRecord | None:
         async with self.database.read() as conn:
             row = (await conn.execute(SQL["queue_get"], {"task_id": task_id})).first()
         return None if row is None else queued_record(row)
 
-    async def list_tasks(self, *, before: str | None, limit: int) -> list[TaskRecord]:
-        params = {"before": before or NO_CURSOR, "limit": limit}
+    async def list_tasks(
+        self, *, before: str | None, limit: int, queue: str | None = None
+    ) -> list[TaskRecord]:
+        params: dict[str, Any] = {"before": before or NO_CURSOR, "limit": limit}
+        if queue is not None:
+            params["queue"] = queue
         async with self.database.read() as conn:
-            rows = (await conn.execute(SQL["queue_list"], params)).all()
+            rows = (await conn.execute(text(queue_list_sql(queue=queue)), params)).all()
         return [queued_record(row) for row in rows]
+
+    async def queue_counts(self) -> dict[str, QueueCounts]:
+        async with self.database.read() as conn:
+            rows = (await conn.execute(SQL["queue_stats"])).all()
+        return {name: QueueCounts(count, oldest) for name, count, oldest in rows}
+
+    async def cancel(self, store: Store, task_id: str, *, now: int) -> TaskRecord | None:
+        self._check_store(store)
+        async with self.database.begin() as conn:
+            row = (await conn.execute(SQL["queue_cancel"], {"task_id": task_id})).first()
+            if row is None:
+                return None
+            task = queued_record(row)
+            task.status, task.updated_at = Status.CANCELLED, now
+            await conn.execute(SQL["store_insert"], task_params(task))
+        return task
 
     async def depth(self) -> int:
         async with self.database.read() as conn:
@@ -177,24 +208,40 @@ class PostgresQueue(Queue):
         store: Store,
         *,
         now: int,
+        queue: str = DEFAULT_QUEUE,
         lease_token: str | None = None,
         lease_expires_at: int | None = None,
+        dispatched: bool = False,
     ) -> TaskRecord | None:
         self._check_store(store)
-        params = {"now": now, "lease_token": lease_token, "lease_expires_at": lease_expires_at}
+        params = {
+            "now": now,
+            "queue": queue,
+            "lease_token": lease_token,
+            "lease_expires_at": lease_expires_at,
+            "dispatched": dispatched,
+        }
         async with self.database.begin() as conn:
             row = (await conn.execute(SQL["dequeue_next"], params)).first()
         return None if row is None else stored_record(row)
 
-    async def requeue(self, store: Store, task: TaskRecord, *, now: int, note: str) -> bool:
+    async def requeue(
+        self, store: Store, task: TaskRecord, *, now: int, note: str, redrive: bool = False
+    ) -> bool:
         self._check_store(store)
         fence = {"task_id": task.task_id, "lease_token": task.lease_token}
         async with self.database.begin() as conn:
-            row = (await conn.execute(SQL["requeue_delete"], fence)).first()
+            if redrive:
+                found = await conn.execute(SQL["redrive_delete"], {"task_id": task.task_id})
+            else:
+                found = await conn.execute(SQL["requeue_delete"], fence)
+            row = found.first()
             if row is None:
                 return False
             returned = stored_record(row)
             returned.error, returned.updated_at = note, now
+            if redrive:
+                returned.attempts, returned.scheduled_at = 0, None
             await conn.execute(
                 SQL["requeue_insert"], {**queue_params(returned), "sequence": returned.sequence}
             )
@@ -294,15 +341,41 @@ class PostgresStore(Store):
         return bool(result.rowcount == 1)
 
     async def list_tasks(
-        self, *, status: Status | None, before: str | None, limit: int
+        self,
+        *,
+        status: Status | None,
+        before: str | None,
+        limit: int,
+        queue: str | None = None,
+        dead_letter: bool | None = None,
     ) -> list[TaskRecord]:
-        params: dict[str, Any] = {"before": before or NO_CURSOR, "limit": limit}
-        if status is not None:
-            params["status"] = status.value
-        query = SQL["store_list"] if status is None else SQL["store_list_status"]
+        query, params = store_list_sql(status=status, queue=queue, dead_letter=dead_letter)
+        params.update(before=before or NO_CURSOR, limit=limit)
         async with self.database.read() as conn:
-            rows = (await conn.execute(query, params)).all()
+            rows = (await conn.execute(text(query), params)).all()
         return [stored_record(row) for row in rows]
+
+    async def due_retries(self, queue: str, *, now: int, limit: int) -> list[TaskRecord]:
+        params = {"queue": queue, "now": now, "limit": limit}
+        async with self.database.read() as conn:
+            rows = (await conn.execute(SQL["store_due_retries"], params)).all()
+        return [stored_record(row) for row in rows]
+
+    async def queue_activity(self, *, since: int) -> dict[str, QueueActivity]:
+        async with self.database.read() as conn:
+            rows = (await conn.execute(SQL["store_queue_activity"], {"since": since})).all()
+        return {name: QueueActivity(busy or 0, attempts) for name, busy, attempts in rows}
+
+    async def paused_queues(self) -> set[str]:
+        async with self.database.read() as conn:
+            rows = (await conn.execute(SQL["queues_paused"])).all()
+        return {name for (name,) in rows}
+
+    async def set_paused(self, queue: str, paused: bool, *, now: int) -> None:
+        async with self.database.begin() as conn:
+            await conn.execute(
+                SQL["queue_set_paused"], {"name": queue, "paused": paused, "now": now}
+            )
 
     async def executions(self, task_id: str) -> list[ExecutionRecord]:
         async with self.database.read() as conn:

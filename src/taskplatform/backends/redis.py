@@ -3,11 +3,16 @@
 Keys, all under one prefix (``{taskplatform}`` by default; the braces keep them in one cluster
 slot so the Lua scripts may touch them together):
 
-- ``<p>:ready``: sorted set of queued members. The score is ``-priority``, exact for the whole int32
-  range (far below 2^53); members are ``<16-digit sequence>:<task id>``, and Redis orders equal
-  scores by member bytes, so equal priorities come out FIFO with no limit on the sequence.
+- ``<p>:ready:<queue>``: sorted set of the due members of one named queue. The score is
+  ``-priority``, exact for the whole int32 range (far below 2^53); members are
+  ``<16-digit sequence>:<task id>``, and Redis orders equal scores by member bytes, so equal
+  priorities come out FIFO with no limit on the sequence.
+- ``<p>:scheduled:<queue>``: members scheduled for later, scored by their time (epoch ms); reserve
+  moves the due ones into ``ready`` first.
 - ``<p>:inflight``: sorted set of reserved members, scored by their reservation deadline (epoch ms).
-- ``<p>:ids``: sorted set of task ids (score 0), for listing newest first by id.
+- ``<p>:ids`` and ``<p>:qids:<queue>``: sorted sets of task ids (score 0), all and per queue, for
+  listing newest first by id (task ids are time-ordered, so the first is the oldest).
+- ``<p>:queues``: set of the queue names ever used.
 - ``<p>:task:<id>``: hash with everything GET needs, until the task is acked.
 - ``<p>:seq``: the sequence counter.
 
@@ -37,77 +42,143 @@ from taskplatform.backends.base import (
     IdempotencyClaim,
     IdempotentReplay,
     Queue,
+    QueueCounts,
     Store,
     TaskChanges,
 )
+from taskplatform.backends.sqlrows import policy_of, policy_text
 from taskplatform.exceptions import BackendUnavailable
 from taskplatform.faults import Faults
-from taskplatform.models import Status, TaskRecord
+from taskplatform.models import DEFAULT_QUEUE, Status, TaskRecord, now_ms
 
 logger = logging.getLogger(__name__)
 
-# KEYS: seq, ready, ids, task hash, idempotency key. ARGV: task id, the values of _hash_values()
-# in order, the idempotency claim ("<hash> <task id>", or "" for none), its TTL (ms), the channel.
-# Returns the sequence, or the live claim's value when the key is taken. Running it twice for one
-# task id (a retry after a dropped connection) adds nothing the second time.
-_ENQUEUE = """
-local existing = redis.call('HGET', KEYS[4], 'sequence')
+# The task hash's fields after ``member`` and ``sequence``, in the order of _hash_values().
+_FIELDS = (
+    "priority",
+    "task_data",
+    "callback_url",
+    "max_retries",
+    "timeout_seconds",
+    "attempts",
+    "error",
+    "created_at",
+    "updated_at",
+    "queue",
+    "scheduled_at",
+    "retry_policy",
+)
+_HSET = "redis.call('HSET', KEYS[{key}], 'member', member, 'sequence', seq, {pairs})"
+
+
+def _hset(key: int, first_arg: int) -> str:
+    pairs = ", ".join(f"'{name}', ARGV[{first_arg + n}]" for n, name in enumerate(_FIELDS))
+    return _HSET.format(key=key, pairs=pairs)
+
+
+# Lua helper: index a queued member of queue q (ready, or scheduled when due later).
+_PLACE = """
+local function place(prefix, q, member, id, priority, scheduled_at, now)
+  if scheduled_at ~= '' and tonumber(scheduled_at) > tonumber(now) then
+    redis.call('ZADD', prefix .. ':scheduled:' .. q, scheduled_at, member)
+  else
+    redis.call('ZADD', prefix .. ':ready:' .. q, -tonumber(priority), member)
+  end
+  redis.call('ZADD', prefix .. ':ids', 0, id)
+  redis.call('ZADD', prefix .. ':qids:' .. q, 0, id)
+  redis.call('SADD', prefix .. ':queues', q)
+end
+"""
+
+# KEYS: seq, task hash, idempotency key. ARGV: task id, the 12 values of _hash_values() (2..13),
+# the idempotency claim ("<hash> <task id>", or "" for none) (14), its TTL in ms (15), the channel
+# (16), the key prefix (17), now in ms (18). Returns the sequence, or the live claim's value when
+# the key is taken. Running it twice for one task id (a retry after a dropped connection) adds
+# nothing the second time.
+_ENQUEUE = (
+    _PLACE
+    + """
+local existing = redis.call('HGET', KEYS[2], 'sequence')
 if existing then return tonumber(existing) end
-if ARGV[11] ~= '' then
-  local claimed = redis.call('GET', KEYS[5])
+if ARGV[14] ~= '' then
+  local claimed = redis.call('GET', KEYS[3])
   if claimed then return claimed end
-  redis.call('SET', KEYS[5], ARGV[11], 'PX', ARGV[12])
+  redis.call('SET', KEYS[3], ARGV[14], 'PX', ARGV[15])
 end
 local seq = redis.call('INCR', KEYS[1])
 local member = string.format('%016d:%s', seq, ARGV[1])
-redis.call('HSET', KEYS[4], 'member', member, 'sequence', seq,
-  'priority', ARGV[2], 'task_data', ARGV[3], 'callback_url', ARGV[4], 'max_retries', ARGV[5],
-  'timeout_seconds', ARGV[6], 'attempts', ARGV[7], 'error', ARGV[8], 'created_at', ARGV[9],
-  'updated_at', ARGV[10])
-redis.call('ZADD', KEYS[2], -tonumber(ARGV[2]), member)
-redis.call('ZADD', KEYS[3], 0, ARGV[1])
-redis.call('PUBLISH', ARGV[13], '')
+"""
+    + _hset(2, 2)
+    + """
+place(ARGV[17], ARGV[11], member, ARGV[1], ARGV[2], ARGV[12], ARGV[18])
+redis.call('PUBLISH', ARGV[16], '')
 return seq
 """
+)
 
-# Put a task back at its original position. KEYS: ready, ids, task hash. ARGV: member, sequence,
-# task id, then the values of _hash_values(), then the channel. Idempotent.
-_REQUEUE = """
-redis.call('HSET', KEYS[3], 'member', ARGV[1], 'sequence', ARGV[2],
-  'priority', ARGV[4], 'task_data', ARGV[5], 'callback_url', ARGV[6], 'max_retries', ARGV[7],
-  'timeout_seconds', ARGV[8], 'attempts', ARGV[9], 'error', ARGV[10], 'created_at', ARGV[11],
-  'updated_at', ARGV[12])
-redis.call('ZADD', KEYS[1], -tonumber(ARGV[4]), ARGV[1])
-redis.call('ZADD', KEYS[2], 0, ARGV[3])
-redis.call('PUBLISH', ARGV[13], '')
+# Put a task back at its original position. KEYS: task hash. ARGV: member, sequence, task id, the
+# 12 values of _hash_values() (4..15), the channel (16), the key prefix (17), now (18). Idempotent.
+_REQUEUE = (
+    _PLACE
+    + """
+local member, seq = ARGV[1], ARGV[2]
+"""
+    + _hset(1, 4)
+    + """
+place(ARGV[17], ARGV[13], member, ARGV[3], ARGV[4], ARGV[14], ARGV[18])
+redis.call('PUBLISH', ARGV[16], '')
 return 1
 """
+)
 
-# KEYS: ready, inflight. ARGV: reservation deadline (ms), task hash key prefix.
+# KEYS: ready, scheduled (of one queue), inflight. ARGV: reservation deadline (ms), task hash key
+# prefix, now (ms). Moves members that came due from scheduled to ready, then reserves the first.
 _RESERVE = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[3], 'LIMIT', 0, 100)
+for _, m in ipairs(due) do
+  redis.call('ZREM', KEYS[2], m)
+  local priority = redis.call('HGET', ARGV[2] .. string.sub(m, 18), 'priority')
+  if priority then redis.call('ZADD', KEYS[1], -tonumber(priority), m) end
+end
 local next = redis.call('ZRANGE', KEYS[1], 0, 0)
 if #next == 0 then return false end
 local member = next[1]
 redis.call('ZREM', KEYS[1], member)
-redis.call('ZADD', KEYS[2], ARGV[1], member)
+redis.call('ZADD', KEYS[3], ARGV[1], member)
 local id = string.sub(member, 18)
 return {member, redis.call('HGETALL', ARGV[2] .. id)}
 """
 
-# KEYS: inflight, ids, task hash. ARGV: member, task id.
+# KEYS: task hash, inflight. ARGV: key prefix, reservation deadline (ms). Reserves one given task
+# if it is queued (not already reserved): returns {member, hash fields}, else false.
+_RESERVE_ONE = """
+local member = redis.call('HGET', KEYS[1], 'member')
+if not member then return false end
+local q = redis.call('HGET', KEYS[1], 'queue') or 'default'
+local removed = redis.call('ZREM', ARGV[1] .. ':ready:' .. q, member)
+  + redis.call('ZREM', ARGV[1] .. ':scheduled:' .. q, member)
+if removed == 0 then return false end
+redis.call('ZADD', KEYS[2], ARGV[2], member)
+return {member, redis.call('HGETALL', KEYS[1])}
+"""
+
+# KEYS: inflight, ids, task hash. ARGV: member, task id, key prefix.
 _ACK = """
 redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('ZREM', KEYS[2], ARGV[2])
+local q = redis.call('HGET', KEYS[3], 'queue')
+if q then redis.call('ZREM', ARGV[3] .. ':qids:' .. q, ARGV[2]) end
 redis.call('DEL', KEYS[3])
 return 1
 """
 
-# KEYS: inflight, ready, task hash. ARGV: member. Returns 1 if the member went back to ready.
+# KEYS: inflight, task hash. ARGV: member, key prefix. Returns 1 if the member went back to ready.
 _RELEASE = """
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
-local priority = redis.call('HGET', KEYS[3], 'priority')
+local priority = redis.call('HGET', KEYS[2], 'priority')
 if not priority then return 0 end
-redis.call('ZADD', KEYS[2], -tonumber(priority), ARGV[1])
+local q = redis.call('HGET', KEYS[2], 'queue') or 'default'
+redis.call('ZADD', ARGV[2] .. ':ready:' .. q, -tonumber(priority), ARGV[1])
 return 1
 """
 
@@ -148,19 +219,20 @@ class RedisQueue(Queue):
             ),
         )
         self._prefix = key_prefix
-        self._ready = f"{key_prefix}:ready"
         self._inflight = f"{key_prefix}:inflight"
         self._ids = f"{key_prefix}:ids"
         self._seq = f"{key_prefix}:seq"
         self._task_prefix = f"{key_prefix}:task:"
         self._idempotency_prefix = f"{key_prefix}:idempotency:"
         self._channel = f"{key_prefix}:enqueued"
+        self._queues = f"{key_prefix}:queues"
         self._reservation_ms = round(reservation_seconds * 1000)
         self._faults = faults or Faults()
         self._enqueue = self.client.register_script(_ENQUEUE)
         self._reserve = self.client.register_script(_RESERVE)
         self._ack = self.client.register_script(_ACK)
         self._release = self.client.register_script(_RELEASE)
+        self._reserve_one = self.client.register_script(_RESERVE_ONE)
         self._requeue = self.client.register_script(_REQUEUE)
 
     @contextlib.asynccontextmanager
@@ -177,14 +249,13 @@ class RedisQueue(Queue):
     async def enqueue(
         self, task: TaskRecord, *, claim: IdempotencyClaim | None = None
     ) -> IdempotentReplay | None:
-        values = _hash_values(task)
         claim_key = f"{self._idempotency_prefix}{claim.key}" if claim else f"{self._prefix}:none"
         claim_value = f"{claim.request_hash} {task.task_id}" if claim else ""
         ttl = max(1, claim.expires_at - task.created_at) if claim else 0
         async with self._guard():
             outcome = await self._enqueue(
-                keys=[self._seq, self._ready, self._ids, self._task_key(task.task_id), claim_key],
-                args=[task.task_id, *values, claim_value, ttl, self._channel],
+                keys=[self._seq, self._task_key(task.task_id), claim_key],
+                args=self._enqueue_args(task, claim_value, ttl),
             )
         if isinstance(outcome, bytes):
             request_hash, _, task_id = outcome.decode().partition(" ")
@@ -192,15 +263,42 @@ class RedisQueue(Queue):
         task.sequence = int(outcome)
         return None
 
+    def _enqueue_args(self, task: TaskRecord, claim_value: str, ttl: int) -> list[Any]:
+        return [
+            task.task_id,
+            *_hash_values(task),
+            claim_value,
+            ttl,
+            self._channel,
+            self._prefix,
+            task.created_at,
+        ]
+
+    async def enqueue_many(self, tasks: list[TaskRecord]) -> None:
+        """Enqueue ``tasks`` in one MULTI/EXEC transaction: Redis runs all or none."""
+        async with self._guard(), self.client.pipeline(transaction=True) as pipe:
+            for task in tasks:
+                await self._enqueue(
+                    keys=[self._seq, self._task_key(task.task_id), f"{self._prefix}:none"],
+                    args=self._enqueue_args(task, "", 0),
+                    client=pipe,
+                )
+            sequences = await pipe.execute()
+        for task, seq in zip(tasks, sequences, strict=True):
+            task.sequence = int(seq)
+
     async def get(self, task_id: str) -> TaskRecord | None:
         async with self._guard():
             fields = await _await(self.client.hgetall(self._task_key(task_id)))
         return _record(task_id, fields) if fields else None
 
-    async def list_tasks(self, *, before: str | None, limit: int) -> list[TaskRecord]:
+    async def list_tasks(
+        self, *, before: str | None, limit: int, queue: str | None = None
+    ) -> list[TaskRecord]:
         upper = f"({before}" if before else "+"
+        index = self._ids if queue is None else f"{self._prefix}:qids:{queue}"
         async with self._guard():
-            ids = await self.client.zrevrangebylex(self._ids, upper, "-", start=0, num=limit)
+            ids = await self.client.zrevrangebylex(index, upper, "-", start=0, num=limit)
             async with self.client.pipeline(transaction=False) as pipe:
                 for raw_id in ids:
                     pipe.hgetall(self._task_key(_text(raw_id)))
@@ -216,19 +314,64 @@ class RedisQueue(Queue):
             count: int = await self.client.zcard(self._ids)
         return count
 
+    async def queue_counts(self) -> dict[str, QueueCounts]:
+        async with self._guard():
+            names = sorted(_text(name) for name in await _await(self.client.smembers(self._queues)))
+            async with self.client.pipeline(transaction=False) as pipe:
+                for name in names:
+                    pipe.zcard(f"{self._prefix}:qids:{name}")
+                    pipe.zrange(f"{self._prefix}:qids:{name}", 0, 0)
+                replies = await pipe.execute()
+            counts: dict[str, QueueCounts] = {}
+            for name, depth, first in zip(names, replies[::2], replies[1::2], strict=True):
+                oldest = None
+                if first:
+                    created = await _await(
+                        self.client.hget(self._task_key(_text(first[0])), "created_at")
+                    )
+                    oldest = None if created is None else int(created)
+                if depth:
+                    counts[name] = QueueCounts(int(depth), oldest)
+        return counts
+
+    async def cancel(self, store: Store, task_id: str, *, now: int) -> TaskRecord | None:
+        """Reserve the task itself, store it Cancelled, ack: the three steps of a transfer."""
+        async with self._guard():
+            reserved = await self._reserve_one(
+                keys=[self._task_key(task_id), self._inflight],
+                args=[self._prefix, now + self._reservation_ms],
+            )
+        if reserved is None:
+            return None
+        member = reserved[0].decode()
+        task = _record(task_id, _pairs(reserved[1]))
+        task.status, task.updated_at = Status.CANCELLED, now
+        try:
+            inserted = await store.insert_dequeued(task)
+        except BaseException:
+            with contextlib.suppress(BackendUnavailable):
+                await asyncio.shield(self._release_member(member, task_id))
+            raise
+        await self._ack_member(member, task_id)
+        return task if inserted else None
+
     async def transfer(
         self,
         store: Store,
         *,
         now: int,
+        queue: str = DEFAULT_QUEUE,
         lease_token: str | None = None,
         lease_expires_at: int | None = None,
+        dispatched: bool = False,
     ) -> TaskRecord | None:
+        ready = f"{self._prefix}:ready:{queue}"
+        scheduled = f"{self._prefix}:scheduled:{queue}"
         while True:
             async with self._guard():
                 reserved = await self._reserve(
-                    keys=[self._ready, self._inflight],
-                    args=[now + self._reservation_ms, self._task_prefix],
+                    keys=[ready, scheduled, self._inflight],
+                    args=[now + self._reservation_ms, self._task_prefix, now],
                 )
             if reserved is None:
                 return None
@@ -242,6 +385,7 @@ class RedisQueue(Queue):
             task.status = Status.DEQUEUED
             task.dequeued_at = task.updated_at = now
             task.lease_token, task.lease_expires_at = lease_token, lease_expires_at
+            task.dispatched = dispatched
             try:
                 self._faults.hit("after_reserve")
                 inserted = await store.insert_dequeued(task)
@@ -259,17 +403,20 @@ class RedisQueue(Queue):
     async def _ack_member(self, member: str, task_id: str) -> None:
         async with self._guard():
             await self._ack(
-                keys=[self._inflight, self._ids, self._task_key(task_id)], args=[member, task_id]
+                keys=[self._inflight, self._ids, self._task_key(task_id)],
+                args=[member, task_id, self._prefix],
             )
 
     async def _release_member(self, member: str, task_id: str) -> bool:
         async with self._guard():
             moved = await self._release(
-                keys=[self._inflight, self._ready, self._task_key(task_id)], args=[member]
+                keys=[self._inflight, self._task_key(task_id)], args=[member, self._prefix]
             )
         return bool(moved)
 
-    async def requeue(self, store: Store, task: TaskRecord, *, now: int, note: str) -> bool:
+    async def requeue(
+        self, store: Store, task: TaskRecord, *, now: int, note: str, redrive: bool = False
+    ) -> bool:
         """Return a Dequeued task to Redis, at its original position, in three steps.
 
         1. In the store, Dequeued -> Queued under a new token (fenced by the lease token): the row
@@ -277,18 +424,19 @@ class RedisQueue(Queue):
            after 1 or 2 is finished by :meth:`recover`; a dequeue that takes the task between 2 and
            3 revives the marked row (``store_insert``), and step 3 then deletes nothing.
         """
-        assert task.lease_token is not None
         marker = str(uuid.uuid4())
         marked = await store.compare_and_set(
             task.task_id,
-            expected={Status.DEQUEUED},
+            expected={Status.FAILED if redrive else Status.DEQUEUED},
             target=Status.QUEUED,
             now=now,
             changes=TaskChanges(lease_token=marker, lease_expires_at=None, error=note),
-            lease_token=task.lease_token,
+            lease_token=None if redrive else task.lease_token,
         )
         if marked is None:
             return False
+        if redrive:
+            marked.attempts, marked.scheduled_at = 0, None
         await self._return(store, marked, marker)
         return True
 
@@ -296,8 +444,16 @@ class RedisQueue(Queue):
         member = f"{task.sequence:016d}:{task.task_id}"
         async with self._guard():
             await self._requeue(
-                keys=[self._ready, self._ids, self._task_key(task.task_id)],
-                args=[member, task.sequence, task.task_id, *_hash_values(task), self._channel],
+                keys=[self._task_key(task.task_id)],
+                args=[
+                    member,
+                    task.sequence,
+                    task.task_id,
+                    *_hash_values(task),
+                    self._channel,
+                    self._prefix,
+                    now_ms(),
+                ],
             )
         await store.remove_queued(task.task_id, marker)
 
@@ -368,6 +524,9 @@ def _hash_values(task: TaskRecord) -> list[str | int | float]:
         task.error or "",
         task.created_at,
         task.updated_at,
+        task.queue,
+        "" if task.scheduled_at is None else task.scheduled_at,
+        policy_text(task.retry_policy) or "",
     ]
 
 
@@ -394,4 +553,7 @@ def _record(task_id: str, fields: dict[bytes, bytes]) -> TaskRecord:
         error=error or None,
         created_at=int(fields[b"created_at"]),
         updated_at=int(fields[b"updated_at"]),
+        queue=fields.get(b"queue", b"default").decode(),
+        scheduled_at=int(scheduled) if (scheduled := fields.get(b"scheduled_at")) else None,
+        retry_policy=policy_of(fields.get(b"retry_policy")),
     )

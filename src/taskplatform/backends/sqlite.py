@@ -24,6 +24,8 @@ from taskplatform.backends.base import (
     IdempotencyClaim,
     IdempotentReplay,
     Queue,
+    QueueActivity,
+    QueueCounts,
     Store,
     TaskChanges,
 )
@@ -33,14 +35,16 @@ from taskplatform.backends.sqlrows import (
     compare_and_set_sql,
     execution_params,
     execution_record,
+    queue_list_sql,
     queue_params,
     queued_record,
+    store_list_sql,
     stored_record,
     task_params,
 )
 from taskplatform.exceptions import BackendUnavailable
 from taskplatform.faults import Faults
-from taskplatform.models import ExecutionRecord, Status, TaskRecord
+from taskplatform.models import DEFAULT_QUEUE, ExecutionRecord, Status, TaskRecord
 
 logger = logging.getLogger(__name__)
 
@@ -271,6 +275,15 @@ class SQLiteQueue(Queue):
         task.sequence = outcome
         return None
 
+    async def enqueue_many(self, tasks: list[TaskRecord]) -> None:
+        rows = [queue_params(task) for task in tasks]
+
+        def job(conn: sqlite3.Connection) -> list[int]:
+            return [conn.execute(SQL["enqueue"], row).fetchone()[0] for row in rows]
+
+        for task, seq in zip(tasks, await self.database.write(job), strict=True):
+            task.sequence = seq
+
     async def get(self, task_id: str) -> TaskRecord | None:
         def job(conn: sqlite3.Connection) -> TaskRecord | None:
             row = conn.execute(SQL["queue_get"], {"task_id": task_id}).fetchone()
@@ -278,12 +291,37 @@ class SQLiteQueue(Queue):
 
         return await self.database.read(job)
 
-    async def list_tasks(self, *, before: str | None, limit: int) -> list[TaskRecord]:
+    async def list_tasks(
+        self, *, before: str | None, limit: int, queue: str | None = None
+    ) -> list[TaskRecord]:
+        sql = queue_list_sql(queue=queue)
+        params = {"before": before or NO_CURSOR, "limit": limit, "queue": queue}
+
         def job(conn: sqlite3.Connection) -> list[TaskRecord]:
-            params = {"before": before or NO_CURSOR, "limit": limit}
-            return [queued_record(row) for row in conn.execute(SQL["queue_list"], params)]
+            return [queued_record(row) for row in conn.execute(sql, params)]
 
         return await self.database.read(job)
+
+    async def queue_counts(self) -> dict[str, QueueCounts]:
+        def job(conn: sqlite3.Connection) -> dict[str, QueueCounts]:
+            rows = conn.execute(SQL["queue_stats"]).fetchall()
+            return {name: QueueCounts(count, oldest) for name, count, oldest in rows}
+
+        return await self.database.read(job)
+
+    async def cancel(self, store: Store, task_id: str, *, now: int) -> TaskRecord | None:
+        self._check_store(store)
+
+        def job(conn: sqlite3.Connection) -> TaskRecord | None:
+            row = conn.execute(SQL["queue_cancel"], {"task_id": task_id}).fetchone()
+            if row is None:
+                return None
+            task = queued_record(row)
+            task.status, task.updated_at = Status.CANCELLED, now
+            conn.execute(SQL["store_insert"], task_params(task))
+            return task
+
+        return await self.database.write(job)
 
     async def depth(self) -> int:
         def job(conn: sqlite3.Connection) -> int:
@@ -297,13 +335,16 @@ class SQLiteQueue(Queue):
         store: Store,
         *,
         now: int,
+        queue: str = DEFAULT_QUEUE,
         lease_token: str | None = None,
         lease_expires_at: int | None = None,
+        dispatched: bool = False,
     ) -> TaskRecord | None:
         self._check_store(store)
+        due = {"queue": queue, "now": now}
 
         def job(conn: sqlite3.Connection) -> TaskRecord | None:
-            row = conn.execute(SQL["dequeue_next"]).fetchone()
+            row = conn.execute(SQL["dequeue_next"], due).fetchone()
             if row is None:
                 return None
             self._faults.hit("after_reserve")  # the savepoint undoes the delete if this raises
@@ -311,21 +352,29 @@ class SQLiteQueue(Queue):
             task.status = Status.DEQUEUED
             task.dequeued_at = task.updated_at = now
             task.lease_token, task.lease_expires_at = lease_token, lease_expires_at
+            task.dispatched = dispatched
             conn.execute(SQL["store_insert"], task_params(task))
             return task
 
         return await self.database.write(job)
 
-    async def requeue(self, store: Store, task: TaskRecord, *, now: int, note: str) -> bool:
+    async def requeue(
+        self, store: Store, task: TaskRecord, *, now: int, note: str, redrive: bool = False
+    ) -> bool:
         self._check_store(store)
         fence = {"task_id": task.task_id, "lease_token": task.lease_token}
 
         def job(conn: sqlite3.Connection) -> bool:
-            row = conn.execute(SQL["requeue_delete"], fence).fetchone()
+            if redrive:
+                row = conn.execute(SQL["redrive_delete"], {"task_id": task.task_id}).fetchone()
+            else:
+                row = conn.execute(SQL["requeue_delete"], fence).fetchone()
             if row is None:
                 return False
             returned = stored_record(row)
             returned.error, returned.updated_at = note, now
+            if redrive:
+                returned.attempts, returned.scheduled_at = 0, None
             conn.execute(
                 SQL["requeue_insert"], {**queue_params(returned), "sequence": returned.sequence}
             )
@@ -415,17 +464,46 @@ class SQLiteStore(Store):
         return await self.database.write(job)
 
     async def list_tasks(
-        self, *, status: Status | None, before: str | None, limit: int
+        self,
+        *,
+        status: Status | None,
+        before: str | None,
+        limit: int,
+        queue: str | None = None,
+        dead_letter: bool | None = None,
     ) -> list[TaskRecord]:
-        params: dict[str, Any] = {"before": before or NO_CURSOR, "limit": limit}
-        if status is not None:
-            params["status"] = status.value
-        query = SQL["store_list"] if status is None else SQL["store_list_status"]
+        query, params = store_list_sql(status=status, queue=queue, dead_letter=dead_letter)
+        params.update(before=before or NO_CURSOR, limit=limit)
 
         def job(conn: sqlite3.Connection) -> list[TaskRecord]:
             return [stored_record(row) for row in conn.execute(query, params)]
 
         return await self.database.read(job)
+
+    async def due_retries(self, queue: str, *, now: int, limit: int) -> list[TaskRecord]:
+        params = {"queue": queue, "now": now, "limit": limit}
+
+        def job(conn: sqlite3.Connection) -> list[TaskRecord]:
+            return [stored_record(row) for row in conn.execute(SQL["store_due_retries"], params)]
+
+        return await self.database.read(job)
+
+    async def queue_activity(self, *, since: int) -> dict[str, QueueActivity]:
+        def job(conn: sqlite3.Connection) -> dict[str, QueueActivity]:
+            rows = conn.execute(SQL["store_queue_activity"], {"since": since}).fetchall()
+            return {name: QueueActivity(busy or 0, attempts) for name, busy, attempts in rows}
+
+        return await self.database.read(job)
+
+    async def paused_queues(self) -> set[str]:
+        def job(conn: sqlite3.Connection) -> set[str]:
+            return {name for (name,) in conn.execute(SQL["queues_paused"])}
+
+        return await self.database.read(job)
+
+    async def set_paused(self, queue: str, paused: bool, *, now: int) -> None:
+        params = {"name": queue, "paused": paused, "now": now}
+        await self.database.write(lambda conn: conn.execute(SQL["queue_set_paused"], params))
 
     async def executions(self, task_id: str) -> list[ExecutionRecord]:
         def job(conn: sqlite3.Connection) -> list[ExecutionRecord]:

@@ -5,13 +5,30 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import msgspec
+
 from taskplatform.backends.base import TaskChanges
-from taskplatform.models import ExecutionRecord, Status, TaskRecord
+from taskplatform.models import ExecutionRecord, RetryPolicy, Status, TaskRecord
+
+_encode_policy = msgspec.json.Encoder().encode
+_decode_policy = msgspec.json.Decoder(RetryPolicy).decode
+
+
+def policy_text(policy: RetryPolicy | None) -> str | None:
+    """Return ``policy`` as the JSON text of the ``retry_policy`` column."""
+    return None if policy is None else _encode_policy(policy).decode()
+
+
+def policy_of(text: str | bytes | None) -> RetryPolicy | None:
+    """Parse a ``retry_policy`` column (or Redis field) back into a policy."""
+    return None if not text else _decode_policy(text)
+
 
 STORE_COLUMNS = (
     "task_id, sequence, status, priority, task_data, callback_url, max_retries, timeout_seconds, "
     "attempts, lease_token, lease_expires_at, next_attempt_at, result, error, created_at, "
-    "updated_at, dequeued_at, completed_at"
+    "updated_at, dequeued_at, completed_at, queue, scheduled_at, retry_policy, dead_letter, "
+    "dispatched"
 )
 NO_CURSOR = "\U0010ffff"
 """Sorts above every task id, so ``task_id < NO_CURSOR`` means "from the newest"."""
@@ -19,10 +36,26 @@ NO_CURSOR = "\U0010ffff"
 
 def queued_record(row: Sequence[Any]) -> TaskRecord:
     """Map a ``queued_tasks`` row (the column order of the queue queries) to a Queued task."""
-    (task_id, seq, priority, data, url, max_retries, timeout, attempts, error, created, updated) = (
-        row
-    )
+    (
+        task_id,
+        seq,
+        priority,
+        data,
+        url,
+        max_retries,
+        timeout,
+        attempts,
+        error,
+        created,
+        updated,
+        queue,
+        scheduled_at,
+        policy,
+    ) = row
     return TaskRecord(
+        queue=queue,
+        scheduled_at=scheduled_at,
+        retry_policy=policy_of(policy),
         task_id=task_id,
         sequence=seq,
         status=Status.QUEUED,
@@ -60,6 +93,11 @@ def stored_record(row: Sequence[Any]) -> TaskRecord:
         updated_at=row[15],
         dequeued_at=row[16],
         completed_at=row[17],
+        queue=row[18],
+        scheduled_at=row[19],
+        retry_policy=policy_of(row[20]),
+        dead_letter=bool(row[21]),
+        dispatched=bool(row[22]),
     )
 
 
@@ -98,6 +136,11 @@ def task_params(task: TaskRecord) -> dict[str, Any]:
         "updated_at": task.updated_at,
         "dequeued_at": task.dequeued_at,
         "completed_at": task.completed_at,
+        "queue": task.queue,
+        "scheduled_at": task.scheduled_at,
+        "retry_policy": policy_text(task.retry_policy),
+        "dead_letter": task.dead_letter,
+        "dispatched": task.dispatched,
     }
 
 
@@ -117,6 +160,9 @@ def queue_params(task: TaskRecord) -> dict[str, Any]:
             "error",
             "created_at",
             "updated_at",
+            "queue",
+            "scheduled_at",
+            "retry_policy",
         )
     }
 
@@ -172,3 +218,38 @@ def compare_and_set_sql(
         f"RETURNING {STORE_COLUMNS}"
     )
     return sql, params
+
+
+def store_list_sql(
+    *, status: Status | None, queue: str | None, dead_letter: bool | None
+) -> tuple[str, dict[str, Any]]:
+    """Return the ``SELECT`` of a page of stored tasks with the given filters, and its parameters.
+
+    The caller adds ``before`` (exclusive upper bound on the task id) and ``limit``.
+    """
+    conditions = ["task_id < :before"]
+    params: dict[str, Any] = {}
+    if status is not None:
+        conditions.append("status = :status")
+        params["status"] = status.value
+    if queue is not None:
+        conditions.append("queue = :queue")
+        params["queue"] = queue
+    if dead_letter is not None:
+        conditions.append("dead_letter = :dead_letter")
+        params["dead_letter"] = dead_letter
+    sql = (
+        f"SELECT {STORE_COLUMNS} FROM tasks WHERE {' AND '.join(conditions)} "
+        "ORDER BY task_id DESC LIMIT :limit"
+    )
+    return sql, params
+
+
+def queue_list_sql(*, queue: str | None) -> str:
+    """Return the ``SELECT`` of a page of Queued tasks (of one queue, or all), newest first."""
+    where = "task_id < :before" + (" AND queue = :queue" if queue is not None else "")
+    return (
+        "SELECT task_id, seq, priority, task_data, callback_url, max_retries, timeout_seconds, "
+        "attempts, error, created_at, updated_at, queue, scheduled_at, retry_policy "
+        f"FROM queued_tasks WHERE {where} ORDER BY task_id DESC LIMIT :limit"
+    )

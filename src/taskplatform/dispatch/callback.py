@@ -8,6 +8,7 @@ concurrency it sends several times more callbacks per second for the same CPU.
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import errno
 import logging
 import time
@@ -31,10 +32,14 @@ class CallbackOutcome(msgspec.Struct, kw_only=True):
 
     ``result`` is JSON text: the response body when it parses as JSON, else the body as a JSON
     string (an empty body is ``""``); None when no response was read. Times are epoch ms.
+    ``retry_after_seconds`` is the response's ``Retry-After`` (RFC 9110 section 10.2.3, seconds
+    or an HTTP date) when it had one; ``refused`` means the URL policy stopped the call.
     """
 
     success: bool
     http_status: int | None
+    retry_after_seconds: float | None = None
+    refused: bool = False
     result: bytes | None
     error: str | None
     started_at: int
@@ -132,15 +137,18 @@ class CallbackSender:
             )
         status: int | None = None
         body: bytes | None = None
+        retry_after: float | None = None
         # aiohttp connects to a literal IP without asking the resolver: judge it here.
         refusal = self.policy.check_url(task.callback_url)
         error = None if refusal is None else str(CallbackRefused(task.callback_url, refusal))
         if error is None:
-            status, body, error = await self._exchange(task, headers)
+            status, body, error, retry_after = await self._exchange(task, headers)
         finished = now_ms()
         return CallbackOutcome(
             success=error is None,
             http_status=status,
+            retry_after_seconds=retry_after,
+            refused=refusal is not None,
             result=None if body is None else _as_json_text(body),
             error=None if error is None else _printable(error),
             started_at=started,
@@ -150,18 +158,20 @@ class CallbackSender:
 
     async def _exchange(
         self, task: TaskRecord, headers: dict[str, str]
-    ) -> tuple[int | None, bytes | None, str | None]:
-        """POST and read the answer: ``(status, body, error)``; never raises."""
+    ) -> tuple[int | None, bytes | None, str | None, float | None]:
+        """POST and read the answer: ``(status, body, error, retry after)``; never raises."""
         assert self._session is not None
         status: int | None = None
         body: bytes | None = None
         error: str | None = None
+        retry_after: float | None = None
         try:
             async with asyncio.timeout(task.timeout_seconds):
                 async with self._session.post(
                     task.callback_url, data=task.task_data, headers=headers, allow_redirects=False
                 ) as response:
                     status = response.status
+                    retry_after = parse_retry_after(response.headers.get("Retry-After"))
                     body, error = await self._read_body(response)
                     if error is None and not 200 <= status < 300:
                         error = _describe_status(response)
@@ -174,7 +184,7 @@ class CallbackSender:
         except Exception as exc:  # an outcome, whatever the URL or the peer did
             logger.warning("callback of task %s failed unexpectedly: %r", task.task_id, exc)
             error = f"callback failed: {type(exc).__name__}: {exc}"
-        return status, body, error
+        return status, body, error, retry_after
 
     async def _read_body(self, response: aiohttp.ClientResponse) -> tuple[bytes | None, str | None]:
         limit = self._max_response_bytes
@@ -191,6 +201,27 @@ class CallbackSender:
                 return None, too_large
             chunks.append(chunk)
         return b"".join(chunks), None
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Return a ``Retry-After`` header value in seconds from now, or None if absent or invalid.
+
+    RFC 9110 section 10.2.3 allows delay-seconds or an HTTP date; a date in the past is 0.
+    ``now`` is Unix seconds (default: the current time).
+    """
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        return None
+    current = time.time() if now is None else now
+    return max(0.0, when.timestamp() - current)
 
 
 def _describe_status(response: aiohttp.ClientResponse) -> str:

@@ -6,21 +6,22 @@
 -- name: enqueue
 -- Add a Queued task; seq (AUTOINCREMENT) fixes its FIFO position within its priority.
 INSERT INTO queued_tasks (task_id, priority, task_data, callback_url, max_retries,
-                          timeout_seconds, attempts, error, created_at, updated_at)
+                          timeout_seconds, attempts, error, created_at, updated_at, queue,
+                          scheduled_at, retry_policy)
 VALUES (:task_id, :priority, :task_data, :callback_url, :max_retries, :timeout_seconds,
-        :attempts, :error, :created_at, :updated_at)
+        :attempts, :error, :created_at, :updated_at, :queue, :scheduled_at, :retry_policy)
 RETURNING seq;
 
 -- name: queue_get
 -- One Queued task by id.
 SELECT task_id, seq, priority, task_data, callback_url, max_retries, timeout_seconds, attempts,
-       error, created_at, updated_at
+       error, created_at, updated_at, queue, scheduled_at, retry_policy
 FROM queued_tasks WHERE task_id = :task_id;
 
 -- name: queue_list
 -- Queued tasks below a cursor id, newest first.
 SELECT task_id, seq, priority, task_data, callback_url, max_retries, timeout_seconds, attempts,
-       error, created_at, updated_at
+       error, created_at, updated_at, queue, scheduled_at, retry_policy
 FROM queued_tasks WHERE task_id < :before ORDER BY task_id DESC LIMIT :limit;
 
 -- name: queue_depth
@@ -32,10 +33,12 @@ SELECT count(*) FROM queued_tasks;
 -- unless the row is one a Redis requeue left marked Queued: then the task is dequeued again.
 INSERT INTO tasks (task_id, sequence, status, priority, task_data, callback_url, max_retries,
                    timeout_seconds, attempts, lease_token, lease_expires_at, next_attempt_at,
-                   result, error, created_at, updated_at, dequeued_at, completed_at)
+                   result, error, created_at, updated_at, dequeued_at, completed_at, queue,
+                   scheduled_at, retry_policy, dead_letter, dispatched)
 VALUES (:task_id, :sequence, :status, :priority, :task_data, :callback_url, :max_retries,
         :timeout_seconds, :attempts, :lease_token, :lease_expires_at, :next_attempt_at, :result,
-        :error, :created_at, :updated_at, :dequeued_at, :completed_at)
+        :error, :created_at, :updated_at, :dequeued_at, :completed_at, :queue, :scheduled_at,
+        :retry_policy, :dead_letter, :dispatched)
 ON CONFLICT (task_id) DO UPDATE
     SET status = excluded.status, lease_token = excluded.lease_token,
         lease_expires_at = excluded.lease_expires_at, updated_at = excluded.updated_at,
@@ -46,21 +49,24 @@ ON CONFLICT (task_id) DO UPDATE
 -- One stored task by id.
 SELECT task_id, sequence, status, priority, task_data, callback_url, max_retries, timeout_seconds,
        attempts, lease_token, lease_expires_at, next_attempt_at, result, error, created_at,
-       updated_at, dequeued_at, completed_at
+       updated_at, dequeued_at, completed_at, queue, scheduled_at, retry_policy, dead_letter,
+       dispatched
 FROM tasks WHERE task_id = :task_id;
 
 -- name: store_list
 -- Stored tasks below a cursor id, newest first.
 SELECT task_id, sequence, status, priority, task_data, callback_url, max_retries, timeout_seconds,
        attempts, lease_token, lease_expires_at, next_attempt_at, result, error, created_at,
-       updated_at, dequeued_at, completed_at
+       updated_at, dequeued_at, completed_at, queue, scheduled_at, retry_policy, dead_letter,
+       dispatched
 FROM tasks WHERE task_id < :before ORDER BY task_id DESC LIMIT :limit;
 
 -- name: store_list_status
 -- Stored tasks in one status below a cursor id, newest first.
 SELECT task_id, sequence, status, priority, task_data, callback_url, max_retries, timeout_seconds,
        attempts, lease_token, lease_expires_at, next_attempt_at, result, error, created_at,
-       updated_at, dequeued_at, completed_at
+       updated_at, dequeued_at, completed_at, queue, scheduled_at, retry_policy, dead_letter,
+       dispatched
 FROM tasks WHERE status = :status AND task_id < :before ORDER BY task_id DESC LIMIT :limit;
 
 -- name: store_count_by_status
@@ -73,12 +79,12 @@ INSERT INTO task_executions (task_id, attempt, started_at, finished_at, duration
                              result, error)
 VALUES (:task_id, :attempt, :started_at, :finished_at, :duration_ms, :http_status, :result,
         :error)
-ON CONFLICT (task_id, attempt) DO NOTHING;
+ON CONFLICT (task_id, attempt, started_at) DO NOTHING;
 
 -- name: execution_list
--- The attempt log of one task, oldest first.
+-- The attempt log of one task, oldest first (a re-drive starts the attempt numbers again).
 SELECT task_id, attempt, started_at, finished_at, duration_ms, http_status, result, error
-FROM task_executions WHERE task_id = :task_id ORDER BY attempt;
+FROM task_executions WHERE task_id = :task_id ORDER BY id;
 
 -- name: ping
 -- A round trip that touches the schema.
@@ -88,7 +94,8 @@ SELECT count(*) FROM tasks WHERE task_id = '';
 -- Tasks in one status whose lease ran out, oldest deadline first (the reaper's candidates).
 SELECT task_id, sequence, status, priority, task_data, callback_url, max_retries, timeout_seconds,
        attempts, lease_token, lease_expires_at, next_attempt_at, result, error, created_at,
-       updated_at, dequeued_at, completed_at
+       updated_at, dequeued_at, completed_at, queue, scheduled_at, retry_policy, dead_letter,
+       dispatched
 FROM tasks WHERE status = :status AND lease_expires_at < :now
 ORDER BY lease_expires_at LIMIT :limit;
 
@@ -97,14 +104,25 @@ ORDER BY lease_expires_at LIMIT :limit;
 DELETE FROM tasks WHERE task_id = :task_id AND status = 'Dequeued' AND lease_token = :lease_token
 RETURNING task_id, sequence, status, priority, task_data, callback_url, max_retries,
           timeout_seconds, attempts, lease_token, lease_expires_at, next_attempt_at, result,
-          error, created_at, updated_at, dequeued_at, completed_at;
+          error, created_at, updated_at, dequeued_at, completed_at, queue, scheduled_at,
+          retry_policy, dead_letter, dispatched;
+
+-- name: redrive_delete
+-- Take a Failed task out of the store (first half of a re-drive to the queue).
+DELETE FROM tasks WHERE task_id = :task_id AND status = 'Failed'
+RETURNING task_id, sequence, status, priority, task_data, callback_url, max_retries,
+          timeout_seconds, attempts, lease_token, lease_expires_at, next_attempt_at, result,
+          error, created_at, updated_at, dequeued_at, completed_at, queue, scheduled_at,
+          retry_policy, dead_letter, dispatched;
 
 -- name: requeue_insert
 -- Put a task back into the queue at its original position (its old sequence number).
 INSERT INTO queued_tasks (seq, task_id, priority, task_data, callback_url, max_retries,
-                          timeout_seconds, attempts, error, created_at, updated_at)
+                          timeout_seconds, attempts, error, created_at, updated_at, queue,
+                          scheduled_at, retry_policy)
 VALUES (:sequence, :task_id, :priority, :task_data, :callback_url, :max_retries,
-        :timeout_seconds, :attempts, :error, :created_at, :updated_at);
+        :timeout_seconds, :attempts, :error, :created_at, :updated_at, :queue, :scheduled_at,
+        :retry_policy);
 
 -- name: store_delete_returning
 -- Remove a task that a Redis requeue marked Queued in the store, once it is back in Redis.
@@ -127,3 +145,38 @@ SELECT request_hash, task_id FROM idempotency_keys WHERE key = :key;
 -- name: idempotency_purge
 -- Forget idempotency keys past their expiry.
 DELETE FROM idempotency_keys WHERE expires_at <= :now;
+
+-- name: queue_stats
+-- Per queue: Queued tasks and the creation time of the oldest.
+SELECT queue, count(*), min(created_at) FROM queued_tasks GROUP BY queue;
+
+-- name: queue_cancel
+-- Take one Queued task out of the queue (to store it Cancelled).
+DELETE FROM queued_tasks WHERE task_id = :task_id
+RETURNING task_id, seq, priority, task_data, callback_url, max_retries, timeout_seconds, attempts,
+          error, created_at, updated_at, queue, scheduled_at, retry_policy;
+
+-- name: store_due_retries
+-- Dispatched tasks of one queue waiting in Retry whose next attempt is due, highest priority first.
+SELECT task_id, sequence, status, priority, task_data, callback_url, max_retries, timeout_seconds,
+       attempts, lease_token, lease_expires_at, next_attempt_at, result, error, created_at,
+       updated_at, dequeued_at, completed_at, queue, scheduled_at, retry_policy, dead_letter,
+       dispatched
+FROM tasks WHERE status = 'Retry' AND queue = :queue AND next_attempt_at <= :now AND dispatched
+ORDER BY priority DESC, next_attempt_at LIMIT :limit;
+
+-- name: store_queue_activity
+-- Per queue: tasks in Processing, and attempts started since a time (the dispatch rate).
+SELECT queue, sum(CASE WHEN status = 'Processing' THEN 1 ELSE 0 END),
+       (SELECT count(*) FROM task_executions e JOIN tasks t2 ON t2.task_id = e.task_id
+        WHERE t2.queue = tasks.queue AND e.started_at >= :since)
+FROM tasks GROUP BY queue;
+
+-- name: queues_paused
+-- Names of paused queues.
+SELECT name FROM queues WHERE paused;
+
+-- name: queue_set_paused
+-- Pause or resume one queue.
+INSERT INTO queues (name, paused, updated_at) VALUES (:name, :paused, :now)
+ON CONFLICT (name) DO UPDATE SET paused = excluded.paused, updated_at = excluded.updated_at;

@@ -1,25 +1,30 @@
 -- Named queries of the PostgreSQL backend that differ from common.sql.
 
 -- name: dequeue_next
--- Move the next task (priority descending, then FIFO) from the queue into the store in one
--- statement. SKIP LOCKED lets concurrent dequeues take different rows instead of waiting; the CTE
--- fences the row choice so each statement locks exactly one row.
+-- Move the next due task of one queue (priority descending, then FIFO) from the queue into the
+-- store in one statement. SKIP LOCKED lets concurrent dequeues take different rows instead of
+-- waiting; the CTE fences the row choice so each statement locks exactly one row. A task
+-- scheduled for later is not due.
 WITH next AS (
     SELECT seq FROM queued_tasks
+    WHERE queue = :queue AND (scheduled_at IS NULL OR scheduled_at <= :now)
     ORDER BY priority DESC, seq ASC
     LIMIT 1
     FOR UPDATE SKIP LOCKED
 ), moved AS (
     DELETE FROM queued_tasks AS q USING next WHERE q.seq = next.seq
     RETURNING q.task_id, q.seq, q.priority, q.task_data, q.callback_url, q.max_retries,
-              q.timeout_seconds, q.attempts, q.error, q.created_at
+              q.timeout_seconds, q.attempts, q.error, q.created_at, q.queue, q.scheduled_at,
+              q.retry_policy
 )
 INSERT INTO tasks (task_id, sequence, status, priority, task_data, callback_url, max_retries,
                    timeout_seconds, attempts, lease_token, lease_expires_at, error, created_at,
-                   updated_at, dequeued_at)
+                   updated_at, dequeued_at, queue, scheduled_at, retry_policy, dispatched)
 SELECT task_id, seq, 'Dequeued', priority, task_data, callback_url, max_retries, timeout_seconds,
-       attempts, :lease_token, :lease_expires_at, error, created_at, :now, :now
+       attempts, :lease_token, :lease_expires_at, error, created_at, :now, :now, queue,
+       scheduled_at, retry_policy, :dispatched
 FROM moved
 RETURNING task_id, sequence, status, priority, task_data, callback_url, max_retries,
           timeout_seconds, attempts, lease_token, lease_expires_at, next_attempt_at, result,
-          error, created_at, updated_at, dequeued_at, completed_at;
+          error, created_at, updated_at, dequeued_at, completed_at, queue, scheduled_at,
+          retry_policy, dead_letter, dispatched;

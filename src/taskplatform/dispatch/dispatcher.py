@@ -1,0 +1,167 @@
+"""The dispatcher: takes due tasks by itself and makes their callbacks (push mode).
+
+Pull mode (a caller dequeues, then executes) stays; the dispatcher works on the same tasks and
+the same state machine through :class:`~taskplatform.service.TaskService`: it claims a task
+(a due Retry first, else the next due Queued task of its queue, moved straight on to Processing
+under a lease), makes the callback, and the service records the outcome and, for a retryable
+failure, schedules the next attempt with backoff. Any number of dispatchers in any number of
+processes share a PostgreSQL or Redis backend: each claim is an atomic move or compare-and-set,
+so no task is called back twice for one attempt.
+
+Run it with ``taskplatform worker`` (no HTTP) or inside every API process with
+``TASKPLATFORM_DISPATCH=true`` / ``taskplatform serve --dispatch``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+
+from taskplatform.exceptions import BackendUnavailable
+from taskplatform.service import TaskService
+from taskplatform.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+class TokenBucket:
+    """A token bucket: ``rate`` tokens per second, holding at most ``burst``.
+
+    Args:
+        rate: Tokens added per second (> 0).
+        burst: Most tokens held at once (>= 1); the bucket starts full.
+    """
+
+    def __init__(self, rate: float, burst: float = 1.0) -> None:
+        self.rate = rate
+        self.burst = max(1.0, burst)
+        self._tokens = self.burst
+        self._at = time.monotonic()
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+        self._at = now
+
+    async def take(self) -> None:
+        """Wait until a token is available, then take it."""
+        self._refill()
+        while self._tokens < 1:
+            await asyncio.sleep((1 - self._tokens) / self.rate)
+            self._refill()
+        self._tokens -= 1
+
+    def give_back(self) -> None:
+        """Return a token taken for a dispatch that found nothing to do."""
+        self._tokens = min(self.burst, self._tokens + 1)
+
+
+class Dispatcher:
+    """Keeps up to ``concurrency`` callbacks in flight over ``queues``, until cancelled.
+
+    Args:
+        service: The task service (backends and callback sender already open).
+        queues: Names of the queues served, each by its own claim loop.
+        concurrency: Most callbacks in flight at once, over all queues.
+        rate: Dispatches per second per queue in this process (a token bucket); 0 is unlimited.
+        poll_seconds: How often an idle loop looks for tasks that came due (scheduled tasks,
+            retries); an enqueue anywhere wakes it at once.
+    """
+
+    def __init__(
+        self,
+        service: TaskService,
+        *,
+        queues: list[str],
+        concurrency: int,
+        rate: float = 0.0,
+        poll_seconds: float = 0.5,
+    ) -> None:
+        self.service = service
+        self.queues = queues
+        self.rate = rate
+        self.poll_seconds = poll_seconds
+        self._slots = asyncio.Semaphore(concurrency)
+
+    @classmethod
+    def from_settings(cls, service: TaskService, settings: Settings) -> Dispatcher:
+        """Build the dispatcher that the ``TASKPLATFORM_DISPATCH_*`` settings describe."""
+        return cls(
+            service,
+            queues=settings.dispatch_queue_list(),
+            concurrency=settings.dispatch_concurrency,
+            rate=settings.dispatch_rate,
+            poll_seconds=settings.dispatch_poll_seconds,
+        )
+
+    async def run(self) -> None:
+        """Serve every queue until cancelled; callbacks in flight are left to the service's
+        shutdown (which lets them finish within the grace period)."""
+        logger.info(
+            "dispatching queues %s with concurrency %d", ",".join(self.queues), self._slots._value
+        )
+        async with asyncio.TaskGroup() as group:
+            for queue in self.queues:
+                group.create_task(self._serve(queue), name=f"dispatch {queue}")
+
+    async def _serve(self, queue: str) -> None:
+        bucket = TokenBucket(self.rate, burst=self.rate) if self.rate > 0 else None
+        while True:
+            await self._slots.acquire()
+            if bucket is not None:
+                await bucket.take()
+            arrived = self.service.arrivals.current()
+            try:
+                task = await self.service.claim_for_dispatch(queue)
+            except BackendUnavailable as exc:
+                self._slots.release()
+                if bucket is not None:
+                    bucket.give_back()
+                logger.warning("dispatch of queue %s paused 1 s: %s", queue, exc.detail)
+                await asyncio.sleep(1)
+                continue
+            if task is None:
+                self._slots.release()
+                if bucket is not None:
+                    bucket.give_back()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(arrived.wait(), self.poll_seconds)
+                continue
+            call = self.service.dispatch(task)
+            call.add_done_callback(lambda _: self._slots.release())
+
+
+async def run_worker(settings: Settings) -> None:
+    """Run a dispatcher with its own backends until SIGTERM or SIGINT (``taskplatform worker``).
+
+    Also runs the maintenance loop (reaping expired leases, the enqueue listener), then stops
+    gracefully: callbacks in flight get ``shutdown_grace_seconds`` to finish; the rest are
+    recorded as interrupted and retried later.
+    """
+    from taskplatform.backends import open_backends, prepare_schema
+    from taskplatform.dispatch import sender_from_settings
+
+    await prepare_schema(settings)
+    backends = open_backends(settings)
+    sender = sender_from_settings(settings)
+    await sender.start()
+    service = TaskService(backends, sender, settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    maintenance = asyncio.create_task(service.run_maintenance(), name="maintenance")
+    dispatcher = asyncio.create_task(Dispatcher.from_settings(service, settings).run())
+    try:
+        await stop.wait()
+        logger.info("stopping: no new dispatches")
+    finally:
+        for job in (dispatcher, maintenance):
+            job.cancel()
+        await asyncio.gather(dispatcher, maintenance, return_exceptions=True)
+        await service.shutdown(settings.shutdown_grace_seconds)
+        await sender.close()
+        await backends.close()
