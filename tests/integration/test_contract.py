@@ -316,10 +316,12 @@ async def test_a_scheduled_task_is_not_due_before_its_time(backends: Backends) -
     await backends.queue.enqueue(later)
     await backends.queue.enqueue(_task(_id(2)))
     first = await backends.queue.transfer(backends.store, now=now)
-    assert first is not None and first.task_id == _id(2)
+    assert first is not None
+    assert first.task_id == _id(2)
     assert await backends.queue.transfer(backends.store, now=now) is None
     due = await backends.queue.transfer(backends.store, now=now + 60_000)
-    assert due is not None and due.task_id == _id(1)
+    assert due is not None
+    assert due.task_id == _id(1)
     assert due.scheduled_at == now + 60_000
 
 
@@ -335,7 +337,9 @@ async def test_named_queues_are_separate(backends: Backends) -> None:
         t.task_id for t in await backends.queue.list_tasks(before=None, limit=9, queue="emails")
     ] == [_id(1)]
     taken = await backends.queue.transfer(backends.store, now=now_ms(), queue="emails")
-    assert taken is not None and taken.task_id == _id(1) and taken.queue == "emails"
+    assert taken is not None
+    assert taken.task_id == _id(1)
+    assert taken.queue == "emails"
     assert await backends.queue.transfer(backends.store, now=now_ms(), queue="emails") is None
 
 
@@ -344,10 +348,12 @@ async def test_enqueue_many_and_cancel(backends: Backends) -> None:
     await backends.queue.enqueue_many([_task(_id(n)) for n in range(1, 4)])
     assert await backends.queue.depth() == 3
     cancelled = await backends.queue.cancel(backends.store, _id(2), now=now_ms())
-    assert cancelled is not None and cancelled.status is Status.CANCELLED
+    assert cancelled is not None
+    assert cancelled.status is Status.CANCELLED
     assert await backends.queue.cancel(backends.store, _id(2), now=now_ms()) is None
     stored = await backends.store.get(_id(2))
-    assert stored is not None and stored.status is Status.CANCELLED
+    assert stored is not None
+    assert stored.status is Status.CANCELLED
     order = []
     while (task := await backends.queue.transfer(backends.store, now=now_ms())) is not None:
         order.append(task.task_id)
@@ -366,7 +372,8 @@ async def test_redrive_returns_a_failed_task_with_no_attempts(backends: Backends
         now=now_ms(),
         changes=TaskChanges(increment_attempts=True, dead_letter=True),
     )
-    assert failed is not None and failed.dead_letter
+    assert failed is not None
+    assert failed.dead_letter
     assert await backends.store.list_tasks(
         status=Status.FAILED, before=None, limit=9, dead_letter=True
     )
@@ -374,7 +381,8 @@ async def test_redrive_returns_a_failed_task_with_no_attempts(backends: Backends
         backends.store, failed, now=now_ms(), note="re-driven", redrive=True
     )
     back = await backends.queue.get(_id(1))
-    assert back is not None and back.attempts == 0
+    assert back is not None
+    assert back.attempts == 0
     assert await backends.store.get(_id(1)) is None
 
 
