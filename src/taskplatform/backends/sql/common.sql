@@ -18,12 +18,6 @@ SELECT task_id, seq, priority, task_data, callback_url, max_retries, timeout_sec
        error, created_at, updated_at, queue, scheduled_at, retry_policy
 FROM queued_tasks WHERE task_id = :task_id;
 
--- name: queue_list
--- Queued tasks below a cursor id, newest first.
-SELECT task_id, seq, priority, task_data, callback_url, max_retries, timeout_seconds, attempts,
-       error, created_at, updated_at, queue, scheduled_at, retry_policy
-FROM queued_tasks WHERE task_id < :before ORDER BY task_id DESC LIMIT :limit;
-
 -- name: queue_depth
 -- Number of Queued tasks.
 SELECT count(*) FROM queued_tasks;
@@ -52,22 +46,6 @@ SELECT task_id, sequence, status, priority, task_data, callback_url, max_retries
        updated_at, dequeued_at, completed_at, queue, scheduled_at, retry_policy, dead_letter,
        dispatched
 FROM tasks WHERE task_id = :task_id;
-
--- name: store_list
--- Stored tasks below a cursor id, newest first.
-SELECT task_id, sequence, status, priority, task_data, callback_url, max_retries, timeout_seconds,
-       attempts, lease_token, lease_expires_at, next_attempt_at, result, error, created_at,
-       updated_at, dequeued_at, completed_at, queue, scheduled_at, retry_policy, dead_letter,
-       dispatched
-FROM tasks WHERE task_id < :before ORDER BY task_id DESC LIMIT :limit;
-
--- name: store_list_status
--- Stored tasks in one status below a cursor id, newest first.
-SELECT task_id, sequence, status, priority, task_data, callback_url, max_retries, timeout_seconds,
-       attempts, lease_token, lease_expires_at, next_attempt_at, result, error, created_at,
-       updated_at, dequeued_at, completed_at, queue, scheduled_at, retry_policy, dead_letter,
-       dispatched
-FROM tasks WHERE status = :status AND task_id < :before ORDER BY task_id DESC LIMIT :limit;
 
 -- name: store_count_by_status
 -- Number of stored tasks per status.
