@@ -1,0 +1,76 @@
+"""Retry classification and backoff of the dispatcher (DESIGN.md "Retries"; RFC 9110)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from taskplatform.dispatch.callback import CallbackOutcome, parse_retry_after
+from taskplatform.dispatch.retry import backoff_seconds, is_retryable
+from taskplatform.models import RetryPolicy
+
+POLICY = RetryPolicy(backoff_min_seconds=1, backoff_max_seconds=60, backoff_multiplier=2)
+
+
+def _failed(status: int | None, *, refused: bool = False) -> CallbackOutcome:
+    return CallbackOutcome(
+        success=False,
+        http_status=status,
+        result=None,
+        error="x",
+        started_at=0,
+        finished_at=0,
+        duration_ms=0,
+        refused=refused,
+    )
+
+
+@pytest.mark.parametrize("status", [None, 408, 425, 429, 500, 502, 503, 599])
+def test_transport_errors_timeouts_and_server_errors_are_retryable(status: int | None) -> None:
+    assert is_retryable(_failed(status), POLICY)
+
+
+@pytest.mark.parametrize("status", [301, 302, 400, 401, 403, 404, 410, 422])
+def test_redirects_and_client_errors_are_permanent(status: int) -> None:
+    assert not is_retryable(_failed(status), POLICY)
+
+
+def test_a_refused_url_is_permanent() -> None:
+    assert not is_retryable(_failed(None, refused=True), POLICY)
+
+
+def test_the_task_overrides_the_default_classes() -> None:
+    policy = RetryPolicy(
+        backoff_min_seconds=1, backoff_max_seconds=2, backoff_multiplier=2,
+        retry_on=[404], permanent_on=[500],
+    )  # fmt: skip
+    assert is_retryable(_failed(404), policy)
+    assert not is_retryable(_failed(500), policy)
+    assert is_retryable(_failed(503), policy)
+
+
+@pytest.mark.parametrize(
+    ("attempt", "ceiling"), [(1, 1), (2, 2), (3, 4), (6, 32), (7, 60), (30, 60)]
+)
+def test_backoff_stays_within_full_jitter_bounds(attempt: int, ceiling: float) -> None:
+    rng = random.Random(attempt)
+    delays = [backoff_seconds(POLICY, attempt, rng=rng) for _ in range(2000)]
+    assert min(delays) >= 1
+    assert max(delays) <= ceiling
+    if ceiling >= 4:  # spread over the range, not stuck at one end
+        assert max(delays) - min(delays) > (ceiling - 1) * 0.8
+
+
+def test_retry_after_is_a_floor_and_is_capped() -> None:
+    assert backoff_seconds(POLICY, 1, retry_after=30) == 30
+    assert backoff_seconds(POLICY, 1, retry_after=10_000, retry_after_cap=120) == 120
+
+
+def test_retry_after_parses_seconds_and_http_dates() -> None:
+    assert parse_retry_after("2") == 2
+    assert parse_retry_after(" 120 ") == 120
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == 10
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412490.0) == 0
+    for bad in (None, "", "-1", "soon", "1.5"):
+        assert parse_retry_after(bad) is None
