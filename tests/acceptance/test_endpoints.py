@@ -56,6 +56,7 @@ def test_stats_count_each_status(start_server: Callable[..., Server], receiver: 
         "Completed": 1,
         "Failed": 0,
         "Retry": 0,
+        "Cancelled": 0,
     }
 
 
