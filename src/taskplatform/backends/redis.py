@@ -162,6 +162,23 @@ redis.call('ZADD', KEYS[2], ARGV[2], member)
 return {member, redis.call('HGETALL', KEYS[1])}
 """
 
+# ARGV: key prefix. Moves the members of the single ready set that versions before named queues
+# kept (``<p>:ready``) into the default queue's, once; returns how many.
+_UPGRADE = """
+local old = ARGV[1] .. ':ready'
+if redis.call('TYPE', old)['ok'] ~= 'zset' then return 0 end
+local members = redis.call('ZRANGE', old, 0, -1, 'WITHSCORES')
+for i = 1, #members, 2 do
+  local id = string.sub(members[i], 18)
+  redis.call('ZADD', ARGV[1] .. ':ready:default', members[i + 1], members[i])
+  redis.call('ZADD', ARGV[1] .. ':qids:default', 0, id)
+  redis.call('HSET', ARGV[1] .. ':task:' .. id, 'queue', 'default')
+end
+redis.call('SADD', ARGV[1] .. ':queues', 'default')
+redis.call('DEL', old)
+return #members / 2
+"""
+
 # KEYS: inflight, ids, task hash. ARGV: member, task id, key prefix.
 _ACK = """
 redis.call('ZREM', KEYS[1], ARGV[1])
@@ -233,6 +250,8 @@ class RedisQueue(Queue):
         self._ack = self.client.register_script(_ACK)
         self._release = self.client.register_script(_RELEASE)
         self._reserve_one = self.client.register_script(_RESERVE_ONE)
+        self._upgrade = self.client.register_script(_UPGRADE)
+        self._upgraded = False
         self._requeue = self.client.register_script(_REQUEUE)
 
     @contextlib.asynccontextmanager
@@ -477,6 +496,12 @@ class RedisQueue(Queue):
         Returns:
             How many reservations were returned to the queue.
         """
+        if not self._upgraded:
+            async with self._guard():
+                moved = await self._upgrade(keys=[], args=[self._prefix])
+            if moved:
+                logger.info("moved %d queued tasks from the pre-0.3 ready set to 'default'", moved)
+            self._upgraded = True
         for marked in await store.list_tasks(status=Status.QUEUED, before=None, limit=100):
             if marked.updated_at < now - self._reservation_ms and marked.lease_token:
                 await self._return(store, marked, marked.lease_token)

@@ -36,7 +36,9 @@ VALUES (:task_id, :sequence, :status, :priority, :task_data, :callback_url, :max
 ON CONFLICT (task_id) DO UPDATE
     SET status = excluded.status, lease_token = excluded.lease_token,
         lease_expires_at = excluded.lease_expires_at, updated_at = excluded.updated_at,
-        dequeued_at = excluded.dequeued_at
+        dequeued_at = excluded.dequeued_at, attempts = excluded.attempts,
+        error = excluded.error, dispatched = excluded.dispatched,
+        dead_letter = excluded.dead_letter, next_attempt_at = excluded.next_attempt_at
     WHERE tasks.status = 'Queued';
 
 -- name: store_get
