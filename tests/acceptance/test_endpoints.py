@@ -81,6 +81,13 @@ def test_openapi_documents_every_route_and_error(client: httpx.Client) -> None:
         ("/api/stats", "get"),
         ("/healthz", "get"),
         ("/readyz", "get"),
+        ("/api/tasks/batch", "post"),
+        ("/api/tasks/retry", "post"),
+        ("/api/tasks/{taskId}/cancel", "post"),
+        ("/api/tasks/{taskId}/retry", "post"),
+        ("/api/queues", "get"),
+        ("/api/queues/{name}/pause", "post"),
+        ("/api/queues/{name}/resume", "post"),
     ]:
         assert method in paths[path], (path, method)
     schemas = spec["components"]["schemas"]
@@ -97,8 +104,12 @@ def test_openapi_documents_every_route_and_error(client: httpx.Client) -> None:
         "task_not_dequeued",
         "task_processing",
         "task_completed",
+        "task_cancelled",
         "retry_limit_reached",
     }
+    assert "Cancelled" in schemas["Status"]["enum"]
+    for name in ("BatchCreate", "BatchResult", "QueueList", "RedriveResult"):
+        assert name in schemas
     assert schemas["TaskCreate"]["properties"]["priority"]["maximum"] == 2**31 - 1
     assert "HTTPValidationError" not in str(spec), "every error is documented as problem+json"
     docs = client.get("/docs")
