@@ -672,11 +672,29 @@ class TaskService:
             )
         assert Status.QUEUED in TRANSITIONS[Status.FAILED]
         note = f"re-driven after {task.attempts} attempts; last error: {task.error}"
-        if not await self.queue.requeue(self.store, task, now=now_ms(), note=note, redrive=True):
+        now = now_ms()
+        if not await self.queue.requeue(self.store, task, now=now, note=note, redrive=True):
             raise _conflict(await self.get(task_id))
-        self.arrivals.notify()
         logger.info("task %s is Queued again (re-driven)", task_id, extra={"task_id": task_id})
-        return await self.get(task_id)
+        # The task as it went back; reading it again could already find a dispatcher's claim.
+        queued = msgspec.structs.replace(
+            task,
+            status=Status.QUEUED,
+            attempts=0,
+            dead_letter=False,
+            dispatched=False,
+            error=note,
+            result=None,
+            scheduled_at=None,
+            next_attempt_at=None,
+            lease_token=None,
+            lease_expires_at=None,
+            dequeued_at=None,
+            completed_at=None,
+            updated_at=now,
+        )
+        self.arrivals.notify()
+        return queued
 
     async def redrive_dead_letters(self, *, queue: str | None, limit: int) -> list[str]:
         """Re-drive up to ``limit`` dead letters (of ``queue``, or of all queues), newest first.

@@ -2,11 +2,12 @@
 
 DESIGN.md: automatic retries retry only retryable failures (connection errors, timeouts, 408,
 425, 429, 5xx); a 3xx or another 4xx is permanent unless the task's ``retryOn`` says otherwise,
-and ``permanentOn`` makes any listed status permanent. The wait is exponential backoff with full
-jitter (AWS Architecture Blog, "Exponential Backoff and Jitter", 2015) above the task's minimum:
-a uniform draw from ``[min_seconds, min(max_seconds, min_seconds * multiplier ** (attempt - 1))]``,
-so ``backoffMinSeconds`` is a true floor, and never shorter than a ``Retry-After`` the callback
-sent (RFC 9110 section 10.2.3), which is itself capped.
+and ``permanentOn`` makes any listed status permanent. The wait after attempt ``n`` is exponential
+backoff with full jitter (AWS Architecture Blog, "Exponential Backoff and Jitter", 2015) above the
+task's minimum: a uniform draw from ``[min_seconds, min(max_seconds, min_seconds * multiplier **
+n)]``. So ``backoffMinSeconds`` is a true floor, the very first retry is already spread (many
+tasks failing together do not come back together), and the wait is never shorter than a
+``Retry-After`` the callback sent (RFC 9110 section 10.2.3), which is itself capped.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def backoff_seconds(
     """
     ceiling = min(
         policy.backoff_max_seconds,
-        policy.backoff_min_seconds * policy.backoff_multiplier ** max(0, attempt - 1),
+        policy.backoff_min_seconds * policy.backoff_multiplier ** max(1, attempt),
     )
     floor = min(policy.backoff_min_seconds, ceiling)
     delay = (rng or random).uniform(floor, ceiling)
