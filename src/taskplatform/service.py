@@ -111,6 +111,23 @@ class Arrivals:
         self._event = asyncio.Event()
 
 
+async def wait_for_event(event: asyncio.Event, seconds: float) -> bool:
+    """Wait up to ``seconds`` for ``event``; return whether it is set.
+
+    Not ``asyncio.wait_for`` or ``asyncio.timeout``: on Python 3.11 both can lose a cancellation
+    that arrives just as the event is set or the timer fires (measured here: a dispatcher that
+    never stopped on SIGTERM), and every wait in this service must end when cancelled.
+    ``asyncio.wait`` does not cancel anything on timeout, so an outer cancellation always
+    propagates.
+    """
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait({waiter}, timeout=seconds)
+    finally:
+        waiter.cancel()
+    return event.is_set()
+
+
 class ExecuteOutcome(msgspec.Struct, kw_only=True):
     """The result of one execute: the task's status after the attempt and what the callback said.
 
@@ -341,8 +358,7 @@ class TaskService:
             self.arrivals.waiters += 1
             try:
                 poll = min(remaining, self.settings.long_poll_fallback_seconds)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(arrived.wait(), poll)
+                await wait_for_event(arrived, poll)
             finally:
                 self.arrivals.waiters -= 1
         if task is None:

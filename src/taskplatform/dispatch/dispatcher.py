@@ -15,13 +15,12 @@ Run it with ``taskplatform worker`` (no HTTP) or inside every API process with
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 import time
 
 from taskplatform.exceptions import BackendUnavailable
-from taskplatform.service import TaskService
+from taskplatform.service import TaskService, wait_for_event
 from taskplatform.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -109,7 +108,12 @@ class Dispatcher:
 
     async def _serve(self, queue: str) -> None:
         bucket = TokenBucket(self.rate, burst=self.rate) if self.rate > 0 else None
+        current = asyncio.current_task()
         while True:
+            if current is not None and current.cancelling():
+                # A library below swallowed our cancellation; honour it anyway, or shutdown
+                # would wait for this loop forever.
+                raise asyncio.CancelledError
             await self._slots.acquire()
             if bucket is not None:
                 await bucket.take()
@@ -127,8 +131,7 @@ class Dispatcher:
                 self._slots.release()
                 if bucket is not None:
                     bucket.give_back()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(arrived.wait(), self.poll_seconds)
+                await wait_for_event(arrived, self.poll_seconds)
                 continue
             call = self.service.dispatch(task)
             call.add_done_callback(lambda _: self._slots.release())
