@@ -26,6 +26,10 @@ from taskplatform.settings import Settings
 logger = logging.getLogger(__name__)
 
 
+CLAIMERS_PER_QUEUE = 4
+"""Claim loops per queue in one dispatcher (at most its concurrency)."""
+
+
 class TokenBucket:
     """A token bucket: ``rate`` tokens per second, holding at most ``burst``.
 
@@ -84,6 +88,11 @@ class Dispatcher:
         self.rate = rate
         self.poll_seconds = poll_seconds
         self._slots = asyncio.Semaphore(concurrency)
+        # A claim is a few round trips to the backends; one loop claiming at a time would cap a
+        # queue at one claim per round-trip time whatever the concurrency. A few loops per queue
+        # overlap their claims (SQLite batches them into one commit, PostgreSQL SKIP LOCKED and
+        # Redis hand each a different task).
+        self.claimers = max(1, min(concurrency, CLAIMERS_PER_QUEUE))
 
     @classmethod
     def from_settings(cls, service: TaskService, settings: Settings) -> Dispatcher:
@@ -104,10 +113,12 @@ class Dispatcher:
         )
         async with asyncio.TaskGroup() as group:
             for queue in self.queues:
-                group.create_task(self._serve(queue), name=f"dispatch {queue}")
+                # One bucket per queue, shared by its claim loops: the rate is per queue.
+                bucket = TokenBucket(self.rate, burst=self.rate) if self.rate > 0 else None
+                for n in range(self.claimers):
+                    group.create_task(self._serve(queue, bucket), name=f"dispatch {queue} #{n}")
 
-    async def _serve(self, queue: str) -> None:
-        bucket = TokenBucket(self.rate, burst=self.rate) if self.rate > 0 else None
+    async def _serve(self, queue: str, bucket: TokenBucket | None) -> None:
         current = asyncio.current_task()
         while True:
             if current is not None and current.cancelling():
