@@ -35,7 +35,7 @@ from pathlib import Path
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from rates import (  # noqa: E402  (a sibling script, not a package)
+from rates import (
     HOST,
     JSON_HEADERS,
     TASKPLATFORM,
@@ -87,7 +87,8 @@ async def create(session: aiohttp.ClientSession, api: str, callback: str, n: int
     """Create ``n`` tasks through ``POST /api/tasks/batch``, 1,000 at a time."""
     for start in range(0, n, 1000):
         tasks = [
-            {"taskData": {"i": i}, "callbackUrl": callback} for i in range(start, min(n, start + 1000))
+            {"taskData": {"i": i}, "callbackUrl": callback}
+            for i in range(start, min(n, start + 1000))
         ]
         async with session.post(
             f"{api}/api/tasks/batch", data=json.dumps({"tasks": tasks}), headers=JSON_HEADERS
