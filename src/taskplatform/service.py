@@ -83,7 +83,7 @@ INTERRUPTED = "interrupted: the server stopped during the callback"
 """The error of an attempt whose process died or shut down before the callback's outcome."""
 
 _REAP_BATCH = 100
-_PAUSE_CACHE_SECONDS = 0.5
+_PAUSE_CACHE_SECONDS = 0.25
 
 
 def _requeue_note(lease_seconds: float) -> str:
@@ -642,7 +642,7 @@ class TaskService:
             BackendUnavailable: a backend cannot be reached.
         """
         cancellable = (Status.DEQUEUED, Status.RETRY, Status.FAILED)
-        for _ in range(3):  # a task moving from queue to store between the looks: look again
+        for _ in range(50):
             cancelled = await self.queue.cancel(self.store, task_id, now=now_ms())
             if cancelled is not None:
                 logger.info("task %s is Cancelled", task_id, extra={"task_id": task_id})
@@ -650,6 +650,9 @@ class TaskService:
             task = await self.store.get(task_id)
             if task is None:
                 if await self.queue.get(task_id) is not None:
+                    # Reserved by a dequeue on its way into the store (Redis): a moment later
+                    # it is there, and the compare-and-set below decides.
+                    await asyncio.sleep(0.01)
                     continue
                 raise TaskNotFound(f"no task has the id {task_id!r}", task_id=task_id)
             if task.status is Status.CANCELLED:
@@ -664,7 +667,9 @@ class TaskService:
             )
             if cancelled is not None:
                 return cancelled
-        raise _conflict(await self.get(task_id))
+        raise TaskProcessing(
+            "the task is being handed out right now; try the cancel again", task_id=task_id
+        )
 
     async def redrive(self, task_id: str) -> TaskRecord:
         """Send the Failed task ``task_id`` back to its queue with a fresh set of attempts.
