@@ -835,11 +835,16 @@ class TaskService:
             await self.get(task_id)
         return log
 
-    async def stats(self) -> tuple[dict[Status, int], int]:
-        """Return ``(tasks per status, queue depth)``; every status is present."""
-        depth = await self.queue.depth()
+    async def stats(self, queue: str | None = None) -> tuple[dict[Status, int], int]:
+        """Return ``(tasks per status, queue depth)`` of ``queue`` (or of all queues); every
+        status is present."""
+        if queue is None:
+            depth = await self.queue.depth()
+        else:
+            counted = (await self.queue.queue_counts()).get(queue)
+            depth = counted.depth if counted else 0
         counts = dict.fromkeys(Status, 0)
-        counts.update(await self.store.count_by_status())
+        counts.update(await self.store.count_by_status(queue))
         counts[Status.QUEUED] = depth
         return counts, depth
 

@@ -115,3 +115,17 @@ def test_openapi_documents_every_route_and_error(client: httpx.Client) -> None:
     docs = client.get("/docs")
     assert docs.status_code == 200
     assert "swagger" in docs.text.lower()
+
+
+def test_stats_of_one_named_queue(client: httpx.Client) -> None:
+    """``/api/stats?queue=`` counts only that queue's tasks, Queued and stored alike."""
+    for queue in ("stats-a", "stats-a", "stats-b"):
+        create(client, "http://127.0.0.1:9/x", queue=queue)
+    taken = client.get("/api/tasks/dequeue", params={"queue": "stats-a"})
+    assert taken.status_code == 200
+    stats = client.get("/api/stats", params={"queue": "stats-a"}).json()
+    assert stats["queueDepth"] == 1
+    assert (stats["tasks"]["Queued"], stats["tasks"]["Dequeued"]) == (1, 1)
+    other = client.get("/api/stats", params={"queue": "stats-b"}).json()
+    assert (other["queueDepth"], other["tasks"]["Dequeued"]) == (1, 0)
+    assert client.get("/api/stats", params={"queue": "bad name"}).status_code == 422

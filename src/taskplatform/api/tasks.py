@@ -451,9 +451,15 @@ async def resume_queue(request: Request, name: QueuePath) -> Response:
     "/stats",
     summary="Tasks per status and queue depth",
     response_class=Response,
-    responses={200: json_body(Stats, "Counts.")},
+    responses={200: json_body(Stats, "Counts."), **problems(ValidationFailed)},
 )
-async def stats(request: Request) -> Response:
+async def stats(
+    request: Request,
+    queue: Annotated[
+        str | None,
+        Query(pattern=QUEUE_PATTERN, description="Only tasks of this named queue."),
+    ] = None,
+) -> Response:
     """Count tasks per status; ``queueDepth`` is the number of Queued tasks."""
-    counts, depth = await _service(request).stats()
+    counts, depth = await _service(request).stats(queue)
     return _json(Stats({status.value: count for status, count in counts.items()}, depth))

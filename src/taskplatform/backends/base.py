@@ -359,8 +359,9 @@ class Store(abc.ABC):
         """Return the attempt log of ``task_id``, oldest attempt first."""
 
     @abc.abstractmethod
-    async def count_by_status(self) -> dict[Status, int]:
-        """Return how many stored tasks are in each status (absent statuses may be omitted)."""
+    async def count_by_status(self, queue: str | None = None) -> dict[Status, int]:
+        """Return how many stored tasks (of ``queue``, or all) are in each status (absent
+        statuses may be omitted)."""
 
     @abc.abstractmethod
     async def ping(self) -> None:

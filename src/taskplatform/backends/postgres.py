@@ -382,9 +382,14 @@ class PostgresStore(Store):
             rows = (await conn.execute(SQL["execution_list"], {"task_id": task_id})).all()
         return [execution_record(row) for row in rows]
 
-    async def count_by_status(self) -> dict[Status, int]:
+    async def count_by_status(self, queue: str | None = None) -> dict[Status, int]:
         async with self.database.read() as conn:
-            rows = (await conn.execute(SQL["store_count_by_status"])).all()
+            if queue is None:
+                rows = (await conn.execute(SQL["store_count_by_status"])).all()
+            else:
+                rows = (
+                    await conn.execute(SQL["store_count_by_status_in_queue"], {"queue": queue})
+                ).all()
         return {Status(status): count for status, count in rows}
 
     async def ping(self) -> None:

@@ -512,9 +512,14 @@ class SQLiteStore(Store):
 
         return await self.database.read(job)
 
-    async def count_by_status(self) -> dict[Status, int]:
+    async def count_by_status(self, queue: str | None = None) -> dict[Status, int]:
         def job(conn: sqlite3.Connection) -> dict[Status, int]:
-            rows = conn.execute(SQL["store_count_by_status"]).fetchall()
+            if queue is None:
+                rows = conn.execute(SQL["store_count_by_status"]).fetchall()
+            else:
+                rows = conn.execute(
+                    SQL["store_count_by_status_in_queue"], {"queue": queue}
+                ).fetchall()
             return {Status(status): count for status, count in rows}
 
         return await self.database.read(job)

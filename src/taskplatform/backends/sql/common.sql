@@ -53,6 +53,10 @@ FROM tasks WHERE task_id = :task_id;
 -- Number of stored tasks per status.
 SELECT status, count(*) FROM tasks GROUP BY status;
 
+-- name: store_count_by_status_in_queue
+-- Number of stored tasks of one named queue per status.
+SELECT status, count(*) FROM tasks WHERE queue = :queue GROUP BY status;
+
 -- name: execution_insert
 -- Append one attempt to the log; the (task_id, attempt) key makes a repeat a no-op.
 INSERT INTO task_executions (task_id, attempt, started_at, finished_at, duration_ms, http_status,
