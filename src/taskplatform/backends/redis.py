@@ -365,14 +365,7 @@ class RedisQueue(Queue):
         member = reserved[0].decode()
         task = _record(task_id, _pairs(reserved[1]))
         task.status, task.updated_at = Status.CANCELLED, now
-        try:
-            inserted = await store.insert_dequeued(task)
-        except BaseException:
-            with contextlib.suppress(BackendUnavailable):
-                await asyncio.shield(self._release_member(member, task_id))
-            raise
-        await self._ack_member(member, task_id)
-        return task if inserted else None
+        return task if await self._store_reserved(store, member, task) else None
 
     async def transfer(
         self,
@@ -405,19 +398,26 @@ class RedisQueue(Queue):
             task.dequeued_at = task.updated_at = now
             task.lease_token, task.lease_expires_at = lease_token, lease_expires_at
             task.dispatched = dispatched
-            try:
-                self._faults.hit("after_reserve")
-                inserted = await store.insert_dequeued(task)
-            except BaseException:
-                # Back to its place at once; if even that fails, recover() returns it later.
-                with contextlib.suppress(BackendUnavailable):
-                    await asyncio.shield(self._release_member(member, task_id))
-                raise
-            await self._ack_member(member, task_id)
-            if inserted:
+            if await self._store_reserved(store, member, task):
                 return task
             # Already in the store: a recovered reservation raced its original owner. The task
             # was handed out once already; never twice. Take the next one.
+
+    async def _store_reserved(self, store: Store, member: str, task: TaskRecord) -> bool:
+        """Insert a reserved task into ``store``, then ack its reservation.
+
+        If the insert fails the member goes back to its place at once; if even that fails,
+        :meth:`recover` returns it later. Returns whether this call inserted the row.
+        """
+        try:
+            self._faults.hit("after_reserve")
+            inserted = await store.insert_dequeued(task)
+        except BaseException:
+            with contextlib.suppress(BackendUnavailable):
+                await asyncio.shield(self._release_member(member, task.task_id))
+            raise
+        await self._ack_member(member, task.task_id)
+        return inserted
 
     async def _ack_member(self, member: str, task_id: str) -> None:
         async with self._guard():
