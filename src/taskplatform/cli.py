@@ -160,7 +160,8 @@ def worker(
     rate: Annotated[
         float | None,
         typer.Option(
-            help="Dispatches per second per queue, 0 unlimited. [env: TASKPLATFORM_DISPATCH_RATE]"
+            help="Dispatches per second per queue, over all dispatchers; 0 unlimited. "
+            "[env: TASKPLATFORM_DISPATCH_RATE]"
         ),
     ] = None,
     database_url: Annotated[

@@ -439,6 +439,17 @@ class TaskService:
             require_attempts_left=True,
         )
 
+    async def take_dispatch_token(self, queue: str, rate: float) -> bool:
+        """Take one of ``queue``'s dispatch tokens (``rate`` per second over every dispatcher,
+        at most one second's worth saved up); False means wait."""
+        return await self.store.take_dispatch_token(
+            queue, rate=rate, burst=max(1.0, rate), now=now_ms()
+        )
+
+    async def give_back_dispatch_token(self, queue: str, rate: float) -> None:
+        """Return a token taken by :meth:`take_dispatch_token` for a claim that found nothing."""
+        await self.store.give_back_dispatch_token(queue, burst=max(1.0, rate))
+
     def dispatch(self, task: TaskRecord) -> asyncio.Task[ExecuteOutcome]:
         """Make the callback of a claimed Processing ``task`` on this process's loop.
 

@@ -294,8 +294,8 @@ class Settings(BaseSettings):
         Field(
             ge=0,
             description=(
-                "Dispatches per second per queue per dispatcher process (token bucket); "
-                "0 is unlimited."
+                "Dispatches per second per queue, over every dispatcher together (a token bucket "
+                "in the database); 0 is unlimited."
             ),
         ),
     ] = 0.0

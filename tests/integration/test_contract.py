@@ -392,3 +392,17 @@ async def test_pause_flags_are_shared(backends: Backends) -> None:
     assert await backends.store.paused_queues() == {"emails"}
     await backends.store.set_paused("emails", False, now=now_ms())
     assert await backends.store.paused_queues() == set()
+
+
+async def test_dispatch_tokens_are_shared_and_refill_at_the_rate(backends: Backends) -> None:
+    """Issue 6: a queue's dispatch bucket holds ``burst`` tokens and refills at ``rate`` per s,
+    whoever takes from it (the store keeps it for every dispatcher)."""
+    store, now = backends.store, 1_000_000
+    taken = [await store.take_dispatch_token("q", rate=2, burst=2, now=now) for _ in range(3)]
+    assert taken == [True, True, False]
+    assert not await store.take_dispatch_token("q", rate=2, burst=2, now=now + 400)
+    assert await store.take_dispatch_token("q", rate=2, burst=2, now=now + 600)
+    await store.give_back_dispatch_token("q", burst=2)
+    assert await store.take_dispatch_token("q", rate=2, burst=2, now=now + 600)
+    assert not await store.take_dispatch_token("q", rate=2, burst=2, now=now + 600)
+    assert await store.take_dispatch_token("other", rate=2, burst=2, now=now)

@@ -351,6 +351,21 @@ class Store(abc.ABC):
         """Return the names of the paused queues."""
 
     @abc.abstractmethod
+    async def take_dispatch_token(self, queue: str, *, rate: float, burst: float, now: int) -> bool:
+        """Take a token from ``queue``'s dispatch bucket, shared by every dispatcher.
+
+        The bucket refills at ``rate`` tokens per second up to ``burst``; the check and the take
+        are one atomic statement, so N dispatchers together keep to ``rate``.
+
+        Returns:
+            Whether a token was taken (False: dispatch must wait).
+        """
+
+    @abc.abstractmethod
+    async def give_back_dispatch_token(self, queue: str, *, burst: float) -> None:
+        """Return a token :meth:`take_dispatch_token` gave for a dispatch that found no task."""
+
+    @abc.abstractmethod
     async def set_paused(self, queue: str, paused: bool, *, now: int) -> None:
         """Pause or resume ``queue``; every process sees it on its next :meth:`paused_queues`."""
 

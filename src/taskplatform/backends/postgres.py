@@ -371,6 +371,16 @@ class PostgresStore(Store):
             rows = (await conn.execute(SQL["queues_paused"])).all()
         return {name for (name,) in rows}
 
+    async def take_dispatch_token(self, queue: str, *, rate: float, burst: float, now: int) -> bool:
+        params = {"name": queue, "rate": rate, "burst": burst, "now": now}
+        async with self.database.begin() as conn:
+            row = (await conn.execute(SQL["take_dispatch_token"], params)).first()
+        return row is not None
+
+    async def give_back_dispatch_token(self, queue: str, *, burst: float) -> None:
+        async with self.database.begin() as conn:
+            await conn.execute(SQL["give_back_dispatch_token"], {"name": queue, "burst": burst})
+
     async def set_paused(self, queue: str, paused: bool, *, now: int) -> None:
         async with self.database.begin() as conn:
             await conn.execute(

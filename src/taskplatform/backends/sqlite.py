@@ -501,6 +501,20 @@ class SQLiteStore(Store):
 
         return await self.database.read(job)
 
+    async def take_dispatch_token(self, queue: str, *, rate: float, burst: float, now: int) -> bool:
+        params = {"name": queue, "rate": rate, "burst": burst, "now": now}
+
+        def job(conn: sqlite3.Connection) -> bool:
+            return conn.execute(SQL["take_dispatch_token"], params).fetchone() is not None
+
+        return await self.database.write(job)
+
+    async def give_back_dispatch_token(self, queue: str, *, burst: float) -> None:
+        params = {"name": queue, "burst": burst}
+        await self.database.write(
+            lambda conn: conn.execute(SQL["give_back_dispatch_token"], params)
+        )
+
     async def set_paused(self, queue: str, paused: bool, *, now: int) -> None:
         params = {"name": queue, "paused": paused, "now": now}
         await self.database.write(lambda conn: conn.execute(SQL["queue_set_paused"], params))

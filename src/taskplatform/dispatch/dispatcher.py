@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import time
 
 from taskplatform.exceptions import BackendUnavailable
 from taskplatform.service import TaskService, wait_for_event
@@ -30,38 +29,6 @@ CLAIMERS_PER_QUEUE = 4
 """Claim loops per queue in one dispatcher (at most its concurrency)."""
 
 
-class TokenBucket:
-    """A token bucket: ``rate`` tokens per second, holding at most ``burst``.
-
-    Args:
-        rate: Tokens added per second (> 0).
-        burst: Most tokens held at once (>= 1); the bucket starts full.
-    """
-
-    def __init__(self, rate: float, burst: float = 1.0) -> None:
-        self.rate = rate
-        self.burst = max(1.0, burst)
-        self._tokens = self.burst
-        self._at = time.monotonic()
-
-    def _refill(self) -> None:
-        now = time.monotonic()
-        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
-        self._at = now
-
-    async def take(self) -> None:
-        """Wait until a token is available, then take it."""
-        self._refill()
-        while self._tokens < 1:
-            await asyncio.sleep((1 - self._tokens) / self.rate)
-            self._refill()
-        self._tokens -= 1
-
-    def give_back(self) -> None:
-        """Return a token taken for a dispatch that found nothing to do."""
-        self._tokens = min(self.burst, self._tokens + 1)
-
-
 class Dispatcher:
     """Keeps up to ``concurrency`` callbacks in flight over ``queues``, until cancelled.
 
@@ -69,7 +36,8 @@ class Dispatcher:
         service: The task service (backends and callback sender already open).
         queues: Names of the queues served, each by its own claim loop.
         concurrency: Most callbacks in flight at once, over all queues.
-        rate: Dispatches per second per queue in this process (a token bucket); 0 is unlimited.
+        rate: Dispatches per second per queue over every dispatcher (a token bucket kept in
+            the store, holding one second's worth); 0 is unlimited.
         poll_seconds: How often an idle loop looks for tasks that came due (scheduled tasks,
             retries); an enqueue anywhere wakes it at once.
     """
@@ -113,12 +81,10 @@ class Dispatcher:
         )
         async with asyncio.TaskGroup() as group:
             for queue in self.queues:
-                # One bucket per queue, shared by its claim loops: the rate is per queue.
-                bucket = TokenBucket(self.rate, burst=self.rate) if self.rate > 0 else None
                 for n in range(self.claimers):
-                    group.create_task(self._serve(queue, bucket), name=f"dispatch {queue} #{n}")
+                    group.create_task(self._serve(queue), name=f"dispatch {queue} #{n}")
 
-    async def _serve(self, queue: str, bucket: TokenBucket | None) -> None:
+    async def _serve(self, queue: str) -> None:
         current = asyncio.current_task()
         while True:
             if current is not None and current.cancelling():
@@ -126,22 +92,22 @@ class Dispatcher:
                 # would wait for this loop forever.
                 raise asyncio.CancelledError
             await self._slots.acquire()
-            if bucket is not None:
-                await bucket.take()
             arrived = self.service.arrivals.current()
             try:
+                if self.rate > 0 and not await self.service.take_dispatch_token(queue, self.rate):
+                    self._slots.release()
+                    await asyncio.sleep(min(self.poll_seconds, 1 / self.rate))
+                    continue
                 task = await self.service.claim_for_dispatch(queue)
+                if task is None and self.rate > 0:
+                    await self.service.give_back_dispatch_token(queue, self.rate)
             except BackendUnavailable as exc:
                 self._slots.release()
-                if bucket is not None:
-                    bucket.give_back()
                 logger.warning("dispatch of queue %s paused 1 s: %s", queue, exc.detail)
                 await asyncio.sleep(1)
                 continue
             if task is None:
                 self._slots.release()
-                if bucket is not None:
-                    bucket.give_back()
                 await wait_for_event(arrived, self.poll_seconds)
                 continue
             call = self.service.dispatch(task)

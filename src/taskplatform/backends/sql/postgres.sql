@@ -28,3 +28,25 @@ RETURNING task_id, sequence, status, priority, task_data, callback_url, max_retr
           timeout_seconds, attempts, lease_token, lease_expires_at, next_attempt_at, result,
           error, created_at, updated_at, dequeued_at, completed_at, queue, scheduled_at,
           retry_policy, dead_letter, dispatched;
+
+-- name: take_dispatch_token
+-- Take one token from a queue's dispatch bucket (refilled at :rate per second, holding at most
+-- :burst); no row back means none is left. The row lock orders concurrent dispatchers.
+INSERT INTO queues (name, paused, updated_at, dispatch_tokens, tokens_refilled_at)
+VALUES (:name, false, :now, CAST(:burst AS double precision) - 1, :now)
+ON CONFLICT (name) DO UPDATE SET
+    dispatch_tokens = LEAST(CAST(:burst AS double precision),
+        coalesce(queues.dispatch_tokens, CAST(:burst AS double precision))
+        + (:now - coalesce(queues.tokens_refilled_at, :now))
+          * CAST(:rate AS double precision) / 1000.0) - 1,
+    tokens_refilled_at = :now
+WHERE LEAST(CAST(:burst AS double precision),
+        coalesce(queues.dispatch_tokens, CAST(:burst AS double precision))
+        + (:now - coalesce(queues.tokens_refilled_at, :now))
+          * CAST(:rate AS double precision) / 1000.0) >= 1
+RETURNING dispatch_tokens;
+
+-- name: give_back_dispatch_token
+-- Return a token taken for a dispatch that found nothing to do.
+UPDATE queues SET dispatch_tokens = LEAST(CAST(:burst AS double precision), dispatch_tokens + 1)
+WHERE name = :name;

@@ -9,3 +9,20 @@ WHERE seq = (SELECT seq FROM queued_tasks
              ORDER BY priority DESC, seq ASC LIMIT 1)
 RETURNING task_id, seq, priority, task_data, callback_url, max_retries, timeout_seconds, attempts,
           error, created_at, updated_at, queue, scheduled_at, retry_policy;
+
+-- name: take_dispatch_token
+-- Take one token from a queue's dispatch bucket (refilled at :rate per second, holding at most
+-- :burst); no row back means none is left.
+INSERT INTO queues (name, paused, updated_at, dispatch_tokens, tokens_refilled_at)
+VALUES (:name, 0, :now, :burst - 1, :now)
+ON CONFLICT (name) DO UPDATE SET
+    dispatch_tokens = min(:burst, coalesce(queues.dispatch_tokens, :burst)
+        + (:now - coalesce(queues.tokens_refilled_at, :now)) * :rate / 1000.0) - 1,
+    tokens_refilled_at = :now
+WHERE min(:burst, coalesce(queues.dispatch_tokens, :burst)
+        + (:now - coalesce(queues.tokens_refilled_at, :now)) * :rate / 1000.0) >= 1
+RETURNING dispatch_tokens;
+
+-- name: give_back_dispatch_token
+-- Return a token taken for a dispatch that found nothing to do.
+UPDATE queues SET dispatch_tokens = min(:burst, dispatch_tokens + 1) WHERE name = :name;

@@ -21,7 +21,7 @@ _QUEUE = sa.String(64).with_variant(sa.String(64, collation="C"), "postgresql")
 
 def upgrade() -> None:
     """Add the queue name, schedule and retry policy to both tables, dead letters to the store,
-    the dispatcher's indexes, and the table of paused queues."""
+    the dispatcher's indexes, and the table of queue states (paused, rate-limit tokens)."""
     for table in ("queued_tasks", "tasks"):
         with op.batch_alter_table(table) as batch:
             batch.add_column(sa.Column("queue", _QUEUE, nullable=False, server_default="default"))
@@ -58,6 +58,9 @@ def upgrade() -> None:
         sa.Column("name", _QUEUE, primary_key=True),
         sa.Column("paused", sa.Boolean(), nullable=False, server_default=sa.false()),
         sa.Column("updated_at", _MS, nullable=False),
+        # The queue's dispatch rate limit, a token bucket shared by every dispatcher.
+        sa.Column("dispatch_tokens", sa.Float(), nullable=True),
+        sa.Column("tokens_refilled_at", _MS, nullable=True),
     )
 
 
