@@ -145,13 +145,14 @@ TimeoutSeconds = Annotated[
 QueueName = Annotated[
     str,
     msgspec.Meta(
-        pattern=r"^[A-Za-z0-9_.\-]{1,64}$",
+        # \Z, not $: Python's $ also matches before a final newline ("default\n").
+        pattern=r"^[A-Za-z0-9_.\-]{1,64}\Z",
         description="A named queue: 1 to 64 letters, digits, `_`, `.` or `-`.",
     ),
 ]
 BackoffSeconds = Annotated[float, msgspec.Meta(gt=0, le=86400)]
 StatusCodes = Annotated[
-    list[Annotated[int, msgspec.Meta(ge=100, le=599)]], msgspec.Meta(max_length=100)
+    list[Annotated[int, msgspec.Meta(ge=300, le=599)]], msgspec.Meta(max_length=100)
 ]
 MAX_DELAY_SECONDS = 365 * 86400
 """The furthest ahead a task may be scheduled, in seconds (one year)."""
@@ -274,7 +275,7 @@ class TaskView(msgspec.Struct, rename="camel", omit_defaults=False):
             callback_url=task.callback_url,
             priority=task.priority,
             max_retries=task.max_retries,
-            timeout_seconds=task.timeout_seconds,
+            timeout_seconds=float(task.timeout_seconds),  # a REAL column may come back as int
             attempts=task.attempts,
             created_at=format_time(task.created_at),  # type: ignore[arg-type]
             updated_at=format_time(task.updated_at),  # type: ignore[arg-type]

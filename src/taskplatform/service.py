@@ -44,6 +44,7 @@ from taskplatform.exceptions import (
     IdempotencyKeyReused,
     QueueEmpty,
     QueuePaused,
+    RequestError,
     RetryLimitReached,
     TaskCancelled,
     TaskCompleted,
@@ -298,12 +299,12 @@ class TaskService:
         )
 
     async def create_many(
-        self, requests: list[TaskCreate | ValidationFailed]
-    ) -> list[TaskRecord | ValidationFailed]:
+        self, requests: list[TaskCreate | RequestError]
+    ) -> list[TaskRecord | RequestError]:
         """Put the valid ones of several create requests into the queue in one atomic step.
 
         Args:
-            requests: Validated requests, or the validation error of an item that failed.
+            requests: Validated requests, or the error of an item that failed its checks.
 
         Returns:
             Per item, in order: the new task, or why it was not created (its own error, or the
@@ -312,9 +313,9 @@ class TaskService:
         Raises:
             BackendUnavailable: the queue cannot be written; nothing was created.
         """
-        results: list[TaskRecord | ValidationFailed] = []
+        results: list[TaskRecord | RequestError] = []
         for request in requests:
-            if isinstance(request, ValidationFailed):
+            if isinstance(request, RequestError):
                 results.append(request)
                 continue
             try:
@@ -665,16 +666,25 @@ class TaskService:
                     # it is there, and the compare-and-set below decides.
                     await asyncio.sleep(0.01)
                     continue
+                # A re-drive and another cancel can move it between the two reads: look once
+                # more before saying it does not exist.
+                if await self.store.get(task_id) is not None:
+                    continue
                 raise TaskNotFound(f"no task has the id {task_id!r}", task_id=task_id)
             if task.status is Status.CANCELLED:
                 return task
+            if task.status is Status.QUEUED:  # a Redis requeue's mark: on its way back
+                await asyncio.sleep(0.01)
+                continue
             if task.status not in cancellable:
                 raise _conflict(task)
             cancelled = await self._transition(
                 task_id,
                 cancellable,
                 Status.CANCELLED,
-                changes=TaskChanges(lease_token=None, lease_expires_at=None, next_attempt_at=None),
+                changes=TaskChanges(
+                    lease_token=None, lease_expires_at=None, next_attempt_at=None, dead_letter=False
+                ),
             )
             if cancelled is not None:
                 return cancelled
@@ -706,7 +716,12 @@ class TaskService:
         note = f"re-driven after {task.attempts} attempts; last error: {task.error}"
         now = now_ms()
         if not await self.queue.requeue(self.store, task, now=now, note=note, redrive=True):
-            raise _conflict(await self.get(task_id))
+            current = await self.get(task_id)
+            raise TaskNotFailed(
+                f"the task is {current.status.value} now (another request moved it first); "
+                "only a Failed task can be retried",
+                task_id=task_id,
+            )
         logger.info("task %s is Queued again (re-driven)", task_id, extra={"task_id": task_id})
         # The task as it went back; reading it again could already find a dispatcher's claim.
         queued = msgspec.structs.replace(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import time
 import unicodedata
 from typing import TypeVar
 from urllib.parse import urlsplit
@@ -11,9 +12,10 @@ from urllib.parse import urlsplit
 import msgspec
 
 from taskplatform.exceptions import MalformedJSON, ValidationFailed
-from taskplatform.models import BatchCreate, RedriveFilter, TaskCreate
+from taskplatform.models import MAX_DELAY_SECONDS, BatchCreate, RedriveFilter, TaskCreate
 
 T = TypeVar("T")
+_EPOCH = 0.0
 _CREATE_DECODER = msgspec.json.Decoder(TaskCreate)
 _BATCH_DECODER = msgspec.json.Decoder(BatchCreate)
 _REDRIVE_DECODER = msgspec.json.Decoder(RedriveFilter)
@@ -139,9 +141,14 @@ def parse_redrive_filter(body: bytes) -> RedriveFilter:
 
 def _every_field_error(body: bytes, max_url_length: int) -> list[tuple[str, str]]:
     """Return ``(field, message)`` for each invalid field of a create body (the slow path)."""
-    value = msgspec.json.decode(body)  # already known to be well-formed JSON
+    try:
+        value = msgspec.json.decode(body)
+    except (msgspec.MsgspecError, RecursionError):
+        # Well-formed, yet not decodable as plain values: a number beyond a double (1e400) or
+        # a string that is not UTF-8. The first error msgspec reported stands.
+        return []
     if not isinstance(value, dict):
-        return [("$", f"the body must be a JSON object, not {type(value).__name__}")]
+        return [("$", f"the body must be a JSON object, not {_json_type(value)}")]
     errors: list[tuple[str, str]] = []
     fields = {field.encode_name: field for field in msgspec.structs.fields(TaskCreate)}
     for name in value:
@@ -168,6 +175,16 @@ def _every_field_error(body: bytes, max_url_length: int) -> list[tuple[str, str]
             except ValidationFailed as exc:
                 errors += exc.errors
     return errors
+
+
+def _json_type(value: object) -> str:
+    """Name the JSON type of a decoded value, as a client would say it."""
+    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean"}
+    if value is None:
+        return "null"
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return "a number"
+    return names.get(type(value), type(value).__name__)
 
 
 def _field_error(message: str) -> tuple[str, str]:
@@ -255,6 +272,14 @@ def check_task_limits(request: TaskCreate, *, max_timeout_seconds: float, max_re
         errors.append(("$.maxRetries", f"at most {max_retries} on this server"))
     if request.delay_seconds is not None and request.scheduled_at is not None:
         errors.append(("$.scheduledAt", "give delaySeconds or scheduledAt, not both"))
+    if request.scheduled_at is not None:
+        at = request.scheduled_at.timestamp()
+        if not _EPOCH <= at <= time.time() + MAX_DELAY_SECONDS:
+            errors.append(("$.scheduledAt", "must lie between 1970 and one year from now"))
+    if request.retry_on and request.permanent_on:
+        both = sorted(set(request.retry_on) & set(request.permanent_on))
+        if both:
+            errors.append(("$.permanentOn", f"also in retryOn: {both}"))
     if (
         request.backoff_min_seconds is not None
         and request.backoff_max_seconds is not None

@@ -57,6 +57,20 @@ INVALID_BODIES: dict[str, Any] = {
     "timeoutSeconds 3601": _body(timeoutSeconds=3601),
     "timeoutSeconds true": _body(timeoutSeconds=True),
     "unknown field": _body(colour="blue"),
+    "queue with a trailing newline": _body(queue="default\n"),
+    "queue with a slash": _body(queue="a/b"),
+    "queue of 65 characters": _body(queue="q" * 65),
+    "delaySeconds negative": _body(delaySeconds=-1),
+    "delaySeconds over a year": _body(delaySeconds=366 * 86400),
+    "delaySeconds and scheduledAt": _body(delaySeconds=1, scheduledAt="2030-01-01T00:00:00Z"),
+    "scheduledAt without a time zone": _body(scheduledAt="2030-01-01T00:00:00"),
+    "scheduledAt before 1970": _body(scheduledAt="0001-01-01T00:00:00Z"),
+    "scheduledAt years ahead": _body(scheduledAt="9999-12-31T23:59:59Z"),
+    "backoffMinSeconds 0": _body(backoffMinSeconds=0),
+    "backoffMax below backoffMin": _body(backoffMinSeconds=5, backoffMaxSeconds=1),
+    "backoffMultiplier below 1": _body(backoffMultiplier=0.5),
+    "retryOn with a 2xx": _body(retryOn=[200]),
+    "retryOn and permanentOn overlap": _body(retryOn=[503], permanentOn=[503]),
     "body is an array": [1, 2, 3],
     "body is a string": "task",
 }
@@ -107,6 +121,21 @@ RAW_BODIES: dict[str, tuple[bytes, int, str]] = {
         b'{"taskData": {"\xc3": 1}, "callbackUrl": "http://a/"}',
         400,
         "malformed_json",
+    ),
+    "number beyond a double in a field": (
+        b'{"taskData": {}, "callbackUrl": "http://a/", "delaySeconds": 1e400}',
+        422,
+        "validation_error",
+    ),
+    "number beyond a double beside a bad field": (
+        b'{"taskData": {"x": -1e400}, "callbackUrl": "http://a/", "priority": "a"}',
+        422,
+        "validation_error",
+    ),
+    "number beyond a double in an unknown field": (
+        b'{"taskData": {}, "callbackUrl": "http://a/", "zz": 1e400}',
+        422,
+        "validation_error",
     ),
     "lone high surrogate": (
         b'{"taskData": {"s": "\\ud800"}, "callbackUrl": "http://a/"}',
@@ -270,3 +299,40 @@ def test_times_are_utc_whatever_the_server_time_zone(start_server: Callable[...,
     assert created.endswith("Z")
     when = dt.datetime.strptime(created, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.UTC)
     assert abs((dt.datetime.now(dt.UTC) - when).total_seconds()) < 60
+
+
+def test_batch_items_fail_alone_with_the_limits_of_a_single_create(client: httpx.Client) -> None:
+    """A batch answers per item: a number beyond a double, an oversized task and a bad queue
+    name each fail as that item's problem while the valid item is created; an Idempotency-Key
+    on a batch is refused rather than ignored."""
+    huge = {"taskData": {"pad": "x" * (1024 * 1024)}, "callbackUrl": GOOD_URL}
+    body = (
+        b'{"tasks": [1e400, '
+        + json.dumps(huge).encode()
+        + b', {"taskData": {}, "callbackUrl": "http://127.0.0.1:9/x", "queue": "a\\n"}'
+        + b', {"taskData": {}, "callbackUrl": "http://127.0.0.1:9/x"}]}'
+    )
+    response = client.post(
+        "/api/tasks/batch", content=body, headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 200, response.text
+    items = response.json()["items"]
+    assert [item["error"]["code"] for item in items[:3]] == [
+        "validation_error",
+        "payload_too_large",
+        "validation_error",
+    ]
+    assert items[3]["status"] == "Queued"
+    refused = client.post(
+        "/api/tasks/batch",
+        json={"tasks": [_body()]},
+        headers={"Idempotency-Key": "k-1"},
+    )
+    assert_problem(refused, 422, "validation_error")
+
+
+def test_bulk_retry_needs_no_body(client: httpx.Client) -> None:
+    """``POST /api/tasks/retry`` with no body (so no Content-Type) re-drives with defaults."""
+    response = client.post("/api/tasks/retry")
+    assert response.status_code == 200, response.text
+    assert set(response.json()) == {"retried", "taskIds"}

@@ -30,6 +30,7 @@ from taskplatform.exceptions import (
     MalformedJSON,
     PayloadTooLarge,
     QueuePaused,
+    RequestError,
     TaskCompleted,
     TaskNotFailed,
     TaskProcessing,
@@ -259,18 +260,33 @@ async def list_tasks(
     },
 )
 async def create_batch(request: Request) -> Response:
-    """Create many tasks: each item is checked on its own; the valid ones are enqueued in one
-    transaction (all or none of them), and each item's result says which."""
+    """Create many tasks: each item is checked on its own, with the limits of a single create;
+    the valid ones are enqueued in one transaction (all or none of them), and each item's result
+    says which. ``Idempotency-Key`` is refused here rather than ignored."""
     service = _service(request)
     settings = service.settings
+    if "idempotency-key" in request.headers:
+        raise ValidationFailedError(
+            [("Idempotency-Key", "not supported on a batch; send creates one by one to use it")]
+        )
     body = await read_json_body(request, settings.max_batch_body_bytes)
-    check_json_depth(body, settings.max_json_depth + 2)
+    try:
+        check_json_depth(body, settings.max_json_depth + 2)  # {"tasks": [ ... ]} adds two
+    except ValidationFailedError as exc:
+        raise ValidationFailedError(
+            [("$.tasks", f"an item is nested deeper than {settings.max_json_depth} levels")]
+        ) from exc
     batch = parse_batch(body)
-    parsed: list[TaskCreate | ValidationFailedError] = []
+    parsed: list[TaskCreate | RequestError] = []
     for raw in batch.tasks:
+        item = bytes(raw)
         try:
+            if len(item) > settings.max_body_bytes:
+                raise PayloadTooLarge(
+                    f"the task is over the limit of {settings.max_body_bytes} bytes"
+                )
             create = parse_task_create(
-                bytes(raw),
+                item,
                 max_depth=settings.max_json_depth,
                 max_url_length=settings.max_callback_url_length,
             )
@@ -279,9 +295,8 @@ async def create_batch(request: Request) -> Response:
                 max_timeout_seconds=settings.max_timeout_seconds,
                 max_retries=settings.max_retries_ceiling,
             )
-        except (ValidationFailedError, MalformedJSON) as exc:
-            errors = exc.errors if isinstance(exc, ValidationFailedError) else [("$", exc.detail)]
-            parsed.append(ValidationFailedError(errors))
+        except RequestError as exc:
+            parsed.append(exc)
             continue
         parsed.append(create)
     results = await service.create_many(parsed)
@@ -307,7 +322,10 @@ async def create_batch(request: Request) -> Response:
 async def redrive_dead_letters(request: Request) -> Response:
     """Send dead letters (of one queue, or all) back to their queues with fresh attempts."""
     service = _service(request)
-    body = await read_json_body(request, 4096)
+    no_body = request.headers.get("content-length", "0") == "0" and not request.headers.get(
+        "transfer-encoding"
+    )
+    body = b"" if no_body else await read_json_body(request, 4096)
     selection = parse_redrive_filter(body or b"{}")
     retried = await service.redrive_dead_letters(queue=selection.queue, limit=selection.limit)
     return _json(RedriveResult(len(retried), retried))
