@@ -464,8 +464,9 @@ class TaskService:
         Raises:
             TaskNotFound: no such task.
         """
-        # Store first: a task moves from the queue to the store, never back, so reading the store
-        # again after a miss in the queue closes the window in which it moved between the reads.
+        # Store first, then the queue, then the store again: a dequeue moving the task between
+        # the first two reads is caught by the third. (A requeue or re-drive moves it back only
+        # from the store, where the first read finds it.)
         task = await self.store.get(task_id) or await self.queue.get(task_id)
         if task is None:
             task = await self.store.get(task_id)
