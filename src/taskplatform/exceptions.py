@@ -182,6 +182,21 @@ class RetryLimitReached(TaskConflict):
     title = "Retry limit reached"
 
 
+def raise_if_cancelled() -> None:
+    """Raise CancelledError if the current asyncio task has been asked to stop.
+
+    A driver can turn a cancellation that lands mid-call into its own error (asyncpg through
+    SQLAlchemy does); translated to :class:`BackendUnavailable` and caught by a retry loop, it
+    would be lost, and shutdown would wait for that loop forever. Backends call this before
+    translating a driver error, and loops that retry on errors call it too.
+    """
+    import asyncio
+
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class BackendUnavailable(TaskPlatformError):
     """The queue or store backend cannot be reached; try again later."""
 

@@ -54,6 +54,7 @@ from taskplatform.exceptions import (
     TaskNotFound,
     TaskProcessing,
     ValidationFailed,
+    raise_if_cancelled,
 )
 from taskplatform.models import (
     DEFAULT_QUEUE,
@@ -174,6 +175,7 @@ class TaskService:
         lease_token: str | None = None,
         require_attempts_left: bool = False,
         execution: ExecutionRecord | None = None,
+        due_by: int | None = None,
     ) -> TaskRecord | None:
         """Move ``task_id`` from one of ``source`` to ``target`` atomically, if the task allows it.
 
@@ -197,6 +199,7 @@ class TaskService:
             lease_token=lease_token,
             require_attempts_left=require_attempts_left,
             execution=execution,
+            due_by=due_by,
         )
         if task is not None:
             logger.info(
@@ -413,8 +416,10 @@ class TaskService:
         """
         if queue in await self.paused_queues():
             return None
-        for waiting in await self.store.due_retries(queue, now=now_ms(), limit=10):
-            claimed = await self._start_processing(waiting, {Status.RETRY})
+        now = now_ms()
+        for waiting in await self.store.due_retries(queue, now=now, limit=10):
+            # Still due: another dispatcher may have run it and put it back to wait meanwhile.
+            claimed = await self._start_processing(waiting, {Status.RETRY}, due_by=now)
             if claimed is not None:
                 return claimed
         task = await self._transfer(queue, dispatched=True)
@@ -423,7 +428,7 @@ class TaskService:
         return await self._start_processing(task, {Status.DEQUEUED})
 
     async def _start_processing(
-        self, task: TaskRecord, source: Collection[Status]
+        self, task: TaskRecord, source: Collection[Status], *, due_by: int | None = None
     ) -> TaskRecord | None:
         now = now_ms()
         lease_seconds = task.timeout_seconds + self.settings.processing_lease_grace_seconds
@@ -438,6 +443,7 @@ class TaskService:
                 next_attempt_at=None,
             ),
             require_attempts_left=True,
+            due_by=due_by,
         )
 
     async def take_dispatch_token(self, queue: str, rate: float) -> bool:
@@ -976,6 +982,7 @@ class TaskService:
                 try:
                     await self.reap()
                 except BackendUnavailable as exc:
+                    raise_if_cancelled()
                     logger.warning("maintenance round failed: %s", exc.detail)
         finally:
             for task in (listener, poller):
@@ -988,6 +995,7 @@ class TaskService:
                 await self.queue.listen(self.arrivals.notify)
                 return  # the backend cannot signal: the poller covers it
             except BackendUnavailable as exc:
+                raise_if_cancelled()
                 logger.warning("enqueue listener lost (%s); retrying in 1 s", exc.detail)
                 await asyncio.sleep(1)
 

@@ -406,3 +406,28 @@ async def test_dispatch_tokens_are_shared_and_refill_at_the_rate(backends: Backe
     assert await store.take_dispatch_token("q", rate=2, burst=2, now=now + 600)
     assert not await store.take_dispatch_token("q", rate=2, burst=2, now=now + 600)
     assert await store.take_dispatch_token("other", rate=2, burst=2, now=now)
+
+
+async def test_a_claim_of_a_retry_holds_only_while_it_is_due(backends: Backends) -> None:
+    """Issue 6: a dispatcher that read a Retry task as due must not claim it after another
+    dispatcher ran it and put it back to wait (a stale due list); ``due_by`` fences that."""
+    await backends.queue.enqueue(_task(_id(1)))
+    assert await backends.queue.transfer(backends.store, now=now_ms()) is not None
+    now = now_ms()
+    for source, target in ((Status.DEQUEUED, Status.PROCESSING), (Status.PROCESSING, Status.RETRY)):
+        moved = await backends.store.compare_and_set(
+            _id(1),
+            expected={source},
+            target=target,
+            now=now,
+            changes=TaskChanges(next_attempt_at=now + 60_000),
+        )
+        assert moved is not None
+    early = await backends.store.compare_and_set(
+        _id(1), expected={Status.RETRY}, target=Status.PROCESSING, now=now, due_by=now
+    )
+    assert early is None
+    due = await backends.store.compare_and_set(
+        _id(1), expected={Status.RETRY}, target=Status.PROCESSING, now=now, due_by=now + 60_000
+    )
+    assert due is not None

@@ -31,3 +31,27 @@ async def test_it_returns_whether_the_event_was_set() -> None:
     assert await wait_for_event(event, 0.01) is False
     event.set()
     assert await wait_for_event(event, 10) is True
+
+
+async def test_a_cancellation_a_driver_turns_into_an_error_stays_a_cancellation() -> None:
+    """A driver that answers a cancellation mid-call with its own error (asyncpg under
+    SQLAlchemy can) must not have it translated to BackendUnavailable, which retry loops catch:
+    the loop would never stop and shutdown would hang (seen once in CI on redis+postgres)."""
+    import sqlalchemy.exc
+
+    from taskplatform.backends.postgres import _translated_errors
+
+    async def driver_call() -> None:
+        with _translated_errors():
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError as exc:
+                raise sqlalchemy.exc.InterfaceError(
+                    "select 1", None, Exception("another operation is in progress")
+                ) from exc
+
+    call = asyncio.create_task(driver_call())
+    await asyncio.sleep(0)
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call

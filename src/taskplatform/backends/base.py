@@ -240,6 +240,7 @@ class Store(abc.ABC):
         lease_token: str | None = None,
         require_attempts_left: bool = False,
         execution: ExecutionRecord | None = None,
+        due_by: int | None = None,
     ) -> TaskRecord | None:
         """Atomically move ``task_id`` from one of ``expected`` to ``target``.
 
@@ -256,6 +257,9 @@ class Store(abc.ABC):
             lease_token: When given, the row's ``lease_token`` must equal it (a fence).
             require_attempts_left: When true, ``attempts <= max_retries`` must hold.
             execution: An attempt record appended in the same transaction.
+            due_by: When given, ``next_attempt_at <= due_by`` must hold (epoch ms): a claim of a
+                Retry task is only valid while the task is still due, not after it came back
+                to Retry with a later time.
 
         Returns:
             The task after the update, or None when no row matched (lost race or wrong status).
@@ -274,6 +278,7 @@ class Store(abc.ABC):
             lease_token=lease_token,
             require_attempts_left=require_attempts_left,
             execution=execution,
+            due_by=due_by,
         )
 
     @abc.abstractmethod
@@ -288,6 +293,7 @@ class Store(abc.ABC):
         lease_token: str | None,
         require_attempts_left: bool,
         execution: ExecutionRecord | None,
+        due_by: int | None,
     ) -> TaskRecord | None: ...
 
     @abc.abstractmethod

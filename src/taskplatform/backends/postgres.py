@@ -40,7 +40,7 @@ from taskplatform.backends.sqlrows import (
     stored_record,
     task_params,
 )
-from taskplatform.exceptions import BackendUnavailable
+from taskplatform.exceptions import BackendUnavailable, raise_if_cancelled
 from taskplatform.models import DEFAULT_QUEUE, ExecutionRecord, Status, TaskRecord
 
 logger = logging.getLogger(__name__)
@@ -123,6 +123,7 @@ def _translated_errors() -> Iterator[None]:
     try:
         yield
     except (SQLAlchemyError, OSError, TimeoutError) as exc:
+        raise_if_cancelled()
         logger.warning("postgresql error: %s", exc)
         raise BackendUnavailable(f"the PostgreSQL database failed: {_brief(exc)}") from exc
 
@@ -302,6 +303,7 @@ class PostgresStore(Store):
         lease_token: str | None,
         require_attempts_left: bool,
         execution: ExecutionRecord | None,
+        due_by: int | None,
     ) -> TaskRecord | None:
         sql, params = compare_and_set_sql(
             task_id,
@@ -311,6 +313,7 @@ class PostgresStore(Store):
             changes=changes,
             lease_token=lease_token,
             require_attempts_left=require_attempts_left,
+            due_by=due_by,
         )
         async with self.database.begin() as conn:
             row = (await conn.execute(text(sql), params)).first()

@@ -47,7 +47,7 @@ from taskplatform.backends.base import (
     TaskChanges,
 )
 from taskplatform.backends.sqlrows import policy_of, policy_text
-from taskplatform.exceptions import BackendUnavailable
+from taskplatform.exceptions import BackendUnavailable, raise_if_cancelled
 from taskplatform.faults import Faults
 from taskplatform.models import DEFAULT_QUEUE, Status, TaskRecord, now_ms
 
@@ -259,6 +259,7 @@ class RedisQueue(Queue):
         try:
             yield
         except (RedisError, OSError, TimeoutError) as exc:
+            raise_if_cancelled()
             logger.warning("redis error: %s", exc)
             raise BackendUnavailable(f"the Redis queue failed: {exc}") from exc
 

@@ -413,6 +413,7 @@ class SQLiteStore(Store):
         lease_token: str | None,
         require_attempts_left: bool,
         execution: ExecutionRecord | None,
+        due_by: int | None,
     ) -> TaskRecord | None:
         sql, params = compare_and_set_sql(
             task_id,
@@ -422,6 +423,7 @@ class SQLiteStore(Store):
             changes=changes,
             lease_token=lease_token,
             require_attempts_left=require_attempts_left,
+            due_by=due_by,
         )
 
         def job(conn: sqlite3.Connection) -> TaskRecord | None:

@@ -190,6 +190,7 @@ def compare_and_set_sql(
     changes: TaskChanges,
     lease_token: str | None,
     require_attempts_left: bool,
+    due_by: int | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """Return the one ``UPDATE … RETURNING`` statement of a compare-and-set, and its parameters.
 
@@ -213,6 +214,9 @@ def compare_and_set_sql(
         params["lease_token"] = lease_token
     if require_attempts_left:
         conditions.append("attempts <= max_retries")
+    if due_by is not None:
+        conditions.append("next_attempt_at <= :due_by")
+        params["due_by"] = due_by
     sql = (
         f"UPDATE tasks SET {', '.join(assignments)} WHERE {' AND '.join(conditions)} "
         f"RETURNING {STORE_COLUMNS}"

@@ -18,7 +18,7 @@ import asyncio
 import logging
 import signal
 
-from taskplatform.exceptions import BackendUnavailable
+from taskplatform.exceptions import BackendUnavailable, raise_if_cancelled
 from taskplatform.service import TaskService, wait_for_event
 from taskplatform.settings import Settings
 
@@ -103,6 +103,7 @@ class Dispatcher:
                     await self.service.give_back_dispatch_token(queue, self.rate)
             except BackendUnavailable as exc:
                 self._slots.release()
+                raise_if_cancelled()
                 logger.warning("dispatch of queue %s paused 1 s: %s", queue, exc.detail)
                 await asyncio.sleep(1)
                 continue
