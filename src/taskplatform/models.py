@@ -67,6 +67,20 @@ class RetryPolicy(msgspec.Struct, kw_only=True, rename="camel", omit_defaults=Tr
     permanent_on: list[int] | None = None
 
 
+_encode_policy = msgspec.json.Encoder().encode
+_decode_policy = msgspec.json.Decoder(RetryPolicy).decode
+
+
+def policy_text(policy: RetryPolicy | None) -> str | None:
+    """Return ``policy`` as JSON text, as the ``retry_policy`` column and Redis field keep it."""
+    return None if policy is None else _encode_policy(policy).decode()
+
+
+def policy_of(text: str | bytes | None) -> RetryPolicy | None:
+    """Parse stored ``retry_policy`` JSON back into a policy (None or empty: none)."""
+    return None if not text else _decode_policy(text)
+
+
 class TaskRecord(msgspec.Struct, kw_only=True):
     """One task as the backends hold it.
 

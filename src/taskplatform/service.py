@@ -272,8 +272,10 @@ class TaskService:
             scheduled_at = now + round(request.delay_seconds * 1000)
         elif request.scheduled_at is not None:
             scheduled_at = round(request.scheduled_at.timestamp() * 1000)
-        backoff_min = request.backoff_min_seconds or settings.backoff_min_seconds
-        backoff_max = request.backoff_max_seconds or max(settings.backoff_max_seconds, backoff_min)
+        defaults = self._default_policy()
+        backoff_min = request.backoff_min_seconds or defaults.backoff_min_seconds
+        # A minimum above the default maximum raises the maximum to it (documented).
+        backoff_max = max(request.backoff_max_seconds or defaults.backoff_max_seconds, backoff_min)
         return TaskRecord(
             task_id=str(uuid_utils.uuid7()),
             status=Status.QUEUED,
@@ -294,8 +296,8 @@ class TaskService:
             scheduled_at=scheduled_at,
             retry_policy=RetryPolicy(
                 backoff_min_seconds=backoff_min,
-                backoff_max_seconds=max(backoff_max, backoff_min),
-                backoff_multiplier=request.backoff_multiplier or settings.backoff_multiplier,
+                backoff_max_seconds=backoff_max,
+                backoff_multiplier=request.backoff_multiplier or defaults.backoff_multiplier,
                 retry_on=request.retry_on,
                 permanent_on=request.permanent_on,
             ),
@@ -625,7 +627,7 @@ class TaskService:
         or None when it is not retried automatically (pull mode, permanent, no attempts left)."""
         if not task.dispatched or not task.attempts_left():
             return None
-        policy = task.retry_policy or self._default_policy()
+        policy = self._policy(task)
         if not is_retryable(outcome, policy):
             return None
         retry_after = outcome.retry_after_seconds if outcome.http_status in (429, 503) else None
@@ -636,6 +638,10 @@ class TaskService:
             retry_after_cap=self.settings.retry_after_max_seconds,
         )
         return outcome.finished_at + round(delay * 1000)
+
+    def _policy(self, task: TaskRecord) -> RetryPolicy:
+        """Return ``task``'s retry policy; one created before policies existed gets the defaults."""
+        return task.retry_policy or self._default_policy()
 
     def _default_policy(self) -> RetryPolicy:
         return RetryPolicy(
@@ -896,9 +902,8 @@ class TaskService:
         target, next_attempt_at = Status.FAILED, None
         if task.dispatched and task.attempts_left():
             # An interruption is retryable: the dispatcher tries again after a backoff.
-            policy = task.retry_policy or self._default_policy()
             target = Status.RETRY
-            next_attempt_at = now + round(backoff_seconds(policy, task.attempts) * 1000)
+            next_attempt_at = now + round(backoff_seconds(self._policy(task), task.attempts) * 1000)
         interrupted = await self._transition(
             task.task_id,
             {Status.PROCESSING},

@@ -46,10 +46,16 @@ from taskplatform.backends.base import (
     Store,
     TaskChanges,
 )
-from taskplatform.backends.sqlrows import policy_of, policy_text
 from taskplatform.exceptions import BackendUnavailable, raise_if_cancelled
 from taskplatform.faults import Faults
-from taskplatform.models import DEFAULT_QUEUE, Status, TaskRecord, now_ms
+from taskplatform.models import (
+    DEFAULT_QUEUE,
+    Status,
+    TaskRecord,
+    now_ms,
+    policy_of,
+    policy_text,
+)
 
 logger = logging.getLogger(__name__)
 

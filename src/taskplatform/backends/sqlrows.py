@@ -5,24 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import msgspec
-
 from taskplatform.backends.base import TaskChanges
-from taskplatform.models import ExecutionRecord, RetryPolicy, Status, TaskRecord
-
-_encode_policy = msgspec.json.Encoder().encode
-_decode_policy = msgspec.json.Decoder(RetryPolicy).decode
-
-
-def policy_text(policy: RetryPolicy | None) -> str | None:
-    """Return ``policy`` as the JSON text of the ``retry_policy`` column."""
-    return None if policy is None else _encode_policy(policy).decode()
-
-
-def policy_of(text: str | bytes | None) -> RetryPolicy | None:
-    """Parse a ``retry_policy`` column (or Redis field) back into a policy."""
-    return None if not text else _decode_policy(text)
-
+from taskplatform.models import ExecutionRecord, Status, TaskRecord, policy_of, policy_text
 
 STORE_COLUMNS = (
     "task_id, sequence, status, priority, task_data, callback_url, max_retries, timeout_seconds, "
