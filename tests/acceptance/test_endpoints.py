@@ -129,3 +129,27 @@ def test_stats_of_one_named_queue(client: httpx.Client) -> None:
     other = client.get("/api/stats", params={"queue": "stats-b"}).json()
     assert (other["queueDepth"], other["tasks"]["Dequeued"]) == (1, 0)
     assert client.get("/api/stats", params={"queue": "bad name"}).status_code == 422
+
+
+def test_fast_path_and_fastapi_answer_alike(client: httpx.Client, receiver: Receiver) -> None:
+    """Dequeue through the fast path (``api.hotpath``) and through FastAPI's stack (a query
+    string sends it there) answers alike: status, headers but the date, and body shape."""
+
+    def headers(response: httpx.Response) -> dict[str, str]:
+        return {k: v for k, v in response.headers.items() if k not in ("date", "content-length")}
+
+    while client.get("/api/tasks/dequeue").status_code == 200:  # drain what other tests left
+        pass
+    empty_fast = client.get("/api/tasks/dequeue")
+    empty_slow = client.get("/api/tasks/dequeue", params={"queue": "default"})
+    assert empty_fast.status_code == empty_slow.status_code == 404
+    assert empty_fast.json() == empty_slow.json()
+    assert headers(empty_fast) == headers(empty_slow)
+    for _ in range(2):
+        create(client, receiver.url("/ok"), task_data={"same": True})
+    fast = client.get("/api/tasks/dequeue")
+    slow = client.get("/api/tasks/dequeue", params={"queue": "default"})
+    assert fast.status_code == slow.status_code == 200
+    assert headers(fast) == headers(slow)
+    assert fast.json().keys() == slow.json().keys()
+    assert fast.json()["status"] == slow.json()["status"] == "Dequeued"

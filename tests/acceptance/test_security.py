@@ -131,6 +131,27 @@ def test_rate_limit_answers_429_with_retry_after(start_server: Callable[..., Ser
         assert http.get("/api/stats").status_code == 200  # refilled
 
 
+def test_rate_limit_counts_hot_and_other_routes_together(
+    start_server: Callable[..., Server],
+) -> None:
+    """Create, dequeue, get and execute take the fast path (``api.hotpath``), the rest FastAPI's
+    stack; a client's requests must come out of one bucket whichever way they go."""
+    server = start_server(
+        TASKPLATFORM_API_KEYS=KEY,
+        TASKPLATFORM_RATE_LIMIT_PER_SECOND="0.5",
+        TASKPLATFORM_RATE_LIMIT_BURST="4",
+    )
+    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {KEY}"}) as http:
+        statuses = [
+            http.get("/api/stats").status_code,
+            http.get(f"/api/tasks/{TASK}").status_code,  # fast path, 404
+            http.get("/api/tasks").status_code,
+            http.get("/api/tasks/dequeue").status_code,  # fast path, 404 queue_empty
+            http.get(f"/api/tasks/{TASK}").status_code,
+        ]
+    assert statuses == [200, 404, 200, 404, 429]
+
+
 def _serve(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "taskplatform", "serve", *args],

@@ -11,9 +11,9 @@ from fastapi import FastAPI
 
 from taskplatform import __version__
 from taskplatform.api import health, tasks
+from taskplatform.api.hotpath import TaskPlatformAPI
 from taskplatform.api.openapi import install_openapi
 from taskplatform.api.problems import install_problem_handlers
-from taskplatform.api.security import SecurityMiddleware
 from taskplatform.backends import open_backends, prepare_schema
 from taskplatform.dispatch import sender_from_settings
 from taskplatform.dispatch.dispatcher import Dispatcher
@@ -57,7 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await sender.close()
             await backends.close()
 
-    app = FastAPI(
+    app = TaskPlatformAPI(
         title="taskplatform",
         version=__version__,
         description=DESCRIPTION,
@@ -69,7 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     install_problem_handlers(app)
     install_openapi(app)
-    app.add_middleware(SecurityMiddleware, settings=settings)
+    app.install_security(settings)
     return app
 
 

@@ -148,3 +148,18 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
     app.add_exception_handler(ClientDisconnect, _on_client_disconnect)
     app.add_exception_handler(Exception, _on_unexpected)
+
+
+async def exception_response(request: Request, exc: Exception) -> Response:
+    """The problem response the handlers installed above give for ``exc``.
+
+    For routes served without FastAPI's exception middleware (``api.hotpath``), so that an error
+    answers the same on every path: a taskplatform error its own status and ``code``; a client
+    that hung up mid-body 400 ``client_disconnected``; anything else 500 ``internal_error``,
+    logged with its traceback.
+    """
+    if isinstance(exc, TaskPlatformError):
+        return await _on_platform_error(request, exc)
+    if isinstance(exc, ClientDisconnect):
+        return await _on_client_disconnect(request, exc)
+    return await _on_unexpected(request, exc)

@@ -72,14 +72,21 @@ class SecurityMiddleware:
         app: The application behind it.
         settings: API keys (compared in constant time, by their SHA-256), which paths need them,
             and the rate limit.
+        limiter: The rate limit's buckets when another instance already keeps them (the fast
+            path, ``api.hotpath``, and FastAPI's stack share one, so a client's requests count
+            once whichever way they go); None makes new ones from ``settings``.
     """
 
-    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+    def __init__(
+        self, app: ASGIApp, settings: Settings, limiter: TokenBucket | None = None
+    ) -> None:
         self.app = app
         self._digests = [hashlib.sha256(key.encode()).digest() for key in settings.api_key_list()]
         self._docs_public = settings.docs_public
         rate = settings.rate_limit_per_second
-        self._limiter = TokenBucket(rate, settings.rate_limit_burst) if rate > 0 else None
+        if limiter is None and rate > 0:
+            limiter = TokenBucket(rate, settings.rate_limit_burst)
+        self.limiter = limiter
 
     def _needs_key(self, path: str) -> bool:
         if not self._digests or path in _OPEN:
@@ -130,15 +137,15 @@ class SecurityMiddleware:
                 return
             identity = f"key:{key}"
         # Per key: without keys every client may share one address (a proxy), so none is limited.
-        if self._limiter is not None and identity is not None:
-            wait = self._limiter.take(identity, time.monotonic())
+        if self.limiter is not None and identity is not None:
+            wait = self.limiter.take(identity, time.monotonic())
             if wait > 0:
                 await _problem(
                     send_with_headers,
                     429,
                     "rate_limited",
                     "Too many requests",
-                    f"over {self._limiter.rate:g} requests per second; retry after the pause",
+                    f"over {self.limiter.rate:g} requests per second; retry after the pause",
                     [(b"retry-after", str(math.ceil(wait)).encode())],
                 )
                 return

@@ -1,0 +1,979 @@
+"""The benchmark suite: every scenario on every backend, against baselines, in one run.
+
+    .venv/bin/python bench/run.py [--quick] [--backends sqlite,postgres,redis+postgres]
+        [--scenarios create,batch,dequeue,pull,dispatch,latency,scale] [--no-peers]
+
+Starts, on 127.0.0.1, a counting callback receiver (``receiver.py``), the bare ASGI baseline
+(``baseline_asgi.py``) and the bare Starlette + SQLite baseline (``baseline_starlette.py``); runs
+the peers once (``baseline_aiohttp.py``, ``baseline_celery.py``, ``baseline_rq.py``: the same
+callbacks to the same receiver); then for each backend (fresh storage, see ``harness.py``) starts
+``taskplatform serve`` (one process, its defaults; ``TASKPLATFORM_DISPATCH=true`` where noted) and
+measures, with an aiohttp load generator in this process:
+
+a. ``create``: ``POST /api/tasks``, one task per request, ``clients`` concurrent clients, in
+   alternating slices with the bare ASGI handler (and on SQLite the Starlette + SQLite handler)
+   so drift on a noisy machine hits them alike;
+b. ``batch``: ``POST /api/tasks/batch`` with 1,000 tasks per request, 4 concurrent clients;
+c. ``dequeue``: ``GET /api/tasks/dequeue``, one per request, on the queue a and b filled;
+d. ``pull``: a fresh server; each client loops create, dequeue, execute (the callback to the
+   receiver): tasks through per second of one API process;
+e. ``dispatch``: a fresh server with the dispatcher (concurrency 50); after a warm-up the clock
+   runs from the first batch create of ``n`` tasks until ``/api/stats`` counts them Completed;
+f. ``latency``: open-loop load at half the rate a (create) and e (dispatch) measured: each
+   request leaves at its scheduled time whether or not earlier ones have answered, and its
+   latency counts from that time (no coordinated omission). Create: until the 201; enqueue to
+   callback: until the receiver's arrival time for that task (one machine clock);
+g. ``scale``: a fresh server; dequeue latency (200 sequential dequeues, median) at a depth of
+   1,000, then after batch-creating 1,000,000 tasks; the server's RSS and the database's size.
+
+Prints a Markdown table of every number with its baseline, ratio and target, and a second of
+CPU use (what limits each number); writes everything, with versions and the machine, to
+``bench/results/run-<time>.json``. ``--quick`` runs every scenario small (a smoke run, about two
+minutes); the full run takes about 20 minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import uvloop
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import (
+    HOST,
+    JSON_HEADERS,
+    RESULTS_DIR,
+    TASKPLATFORM,
+    backend_env,
+    database_bytes,
+    db_cpu_seconds,
+    free_port,
+    log_problems,
+    machine,
+    machine_busy_seconds,
+    parse_backends,
+    proc_cpu_seconds,
+    python_script,
+    redis_used_bytes,
+    rss_bytes,
+    start_listening,
+    stop,
+    versions,
+)
+
+SCENARIOS = ("create", "batch", "dequeue", "pull", "dispatch", "latency", "scale")
+BATCH_SIZE = 1000
+BATCH_CLIENTS = 4
+DISPATCH_CONCURRENCY = 50
+SCALE_PROBES = 200
+#: RQ's default worker forks a process per job (about 13 jobs/s per worker here), so it runs
+#: fewer tasks than the others; its rate is what compares.
+RQ_MAX_TASKS = 1000
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much each scenario does."""
+
+    create: int
+    clients: int
+    slices: int
+    batch: int
+    dequeue: int
+    pull: int
+    dispatch: int
+    latency_seconds: float
+    scale: int
+
+
+FULL = Sizes(5000, 32, 5, 100_000, 5000, 5000, 20_000, 20.0, 1_000_000)
+QUICK = Sizes(1000, 32, 2, 10_000, 1000, 1000, 2000, 4.0, 20_000)
+
+
+@dataclass
+class Row:
+    """One measured number, with what it compares to.
+
+    ``value`` is in ``unit``; ``baseline`` (same unit) and ``ratio`` = value / baseline when the
+    scenario has one; ``target`` says what the issue asks, ``met`` whether this run meets it
+    (None: no target). ``cpu`` is percent of one core per process group over the measurement.
+    """
+
+    backend: str
+    scenario: str
+    what: str
+    value: float
+    unit: str
+    baseline_name: str = ""
+    baseline: float | None = None
+    target: str = ""
+    met: bool | None = None
+    cpu: dict[str, float] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float | None:
+        """``value / baseline``, or None without a baseline."""
+        return None if not self.baseline else self.value / self.baseline
+
+
+# --- processes
+
+
+@dataclass
+class Service:
+    """A running ``taskplatform serve`` on fresh storage."""
+
+    backend: str
+    url: str
+    proc: subprocess.Popen[bytes]
+    env: dict[str, str]
+    log_path: Path
+
+    def database_file(self) -> Path | None:
+        """The SQLite file, for a SQLite store."""
+        url = self.env["TASKPLATFORM_DATABASE_URL"]
+        return Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:") else None
+
+    def database_name(self) -> str | None:
+        """The PostgreSQL database, for a PostgreSQL store."""
+        url = self.env["TASKPLATFORM_DATABASE_URL"]
+        return url.rsplit("/", 1)[1] if url.startswith("postgresql") else None
+
+
+@contextlib.contextmanager
+def service(
+    backend: str, runner: asyncio.Runner, extra: dict[str, str] | None = None
+) -> Iterator[Service]:
+    """Start ``taskplatform serve`` on fresh ``backend`` storage; stop it and remove the storage.
+
+    Warns on stderr about any warning or error line in the service's log.
+    """
+    workdir = Path(tempfile.mkdtemp(prefix="bench-"))
+    try:
+        with backend_env(backend, workdir, runner) as backend_vars:
+            port = free_port()
+            env = {"PATH": "/usr/bin:/bin", **backend_vars, **(extra or {})}
+            log_path = workdir / "serve.log"
+            with log_path.open("wb") as log:
+                proc = start_listening(
+                    [str(TASKPLATFORM), "serve", "--port", str(port)],
+                    port,
+                    env=env,
+                    cwd=workdir,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            try:
+                yield Service(backend, f"http://{HOST}:{port}", proc, env, log_path)
+            finally:
+                stop(proc, grace=40)
+                problems = log_problems(log_path.read_text(errors="replace"))
+                for line in problems[:5]:
+                    print(f"[{backend}] service log: {line[:300]}", file=sys.stderr)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@dataclass
+class Helpers:
+    """The processes that live for the whole run: receiver and the two HTTP baselines."""
+
+    receiver: subprocess.Popen[bytes]
+    receiver_url: str
+    bare: subprocess.Popen[bytes]
+    bare_url: str
+    starlette: subprocess.Popen[bytes]
+    starlette_url: str
+
+
+@contextlib.contextmanager
+def helpers() -> Iterator[Helpers]:
+    """Start the receiver, the bare ASGI app and the Starlette + SQLite app; stop them after."""
+    workdir = Path(tempfile.mkdtemp(prefix="bench-baseline-"))
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        ports = [free_port() for _ in range(3)]
+        commands = [
+            python_script("receiver.py", str(ports[0])),
+            python_script("baseline_asgi.py", str(ports[1])),
+            python_script("baseline_starlette.py", str(ports[2]), str(workdir / "bare.db")),
+        ]
+        for command, port in zip(commands, ports, strict=True):
+            procs.append(start_listening(command, port))
+        urls = [f"http://{HOST}:{port}" for port in ports]
+        yield Helpers(procs[0], urls[0], procs[1], urls[1], procs[2], urls[2])
+    finally:
+        for proc in procs:
+            stop(proc)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+class CpuMeter:
+    """CPU seconds of named processes, this process, the databases and the machine, between
+    :meth:`start` and :meth:`stop`, as percent of one core."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+
+    def _sample(self) -> tuple[dict[str, float], dict[int, float], float, float]:
+        own = {}
+        for name, pid in self.pids.items():
+            with contextlib.suppress(OSError):
+                own[name] = proc_cpu_seconds(pid)
+        return own, db_cpu_seconds(), time.process_time(), machine_busy_seconds()
+
+    def start(self) -> None:
+        """Take the first reading."""
+        self.began = time.perf_counter()
+        self.first = self._sample()
+
+    def stop(self) -> dict[str, float]:
+        """Percent of one core used by each process, ``loadgen``, ``db`` and ``rest``."""
+        wall = time.perf_counter() - self.began
+        own, dbs, me, busy = self._sample()
+        own0, dbs0, me0, busy0 = self.first
+        out = {name: own[name] - own0.get(name, 0.0) for name in own}
+        out["loadgen"] = me - me0
+        out["db"] = sum(cpu - dbs0.get(pid, 0.0) for pid, cpu in dbs.items())
+        out["rest"] = max(0.0, busy - busy0 - sum(out.values()))
+        return {name: round(100 * seconds / wall, 1) for name, seconds in out.items()}
+
+
+# --- load generation
+
+
+Send = Callable[[aiohttp.ClientSession, int], Awaitable[None]]
+
+
+async def closed_loop(
+    session: aiohttp.ClientSession, indices: range, clients: int, send: Send
+) -> tuple[float, list[float]]:
+    """Run ``send(session, i)`` for every i in ``indices`` over ``clients`` workers.
+
+    Returns (wall seconds, latencies in ms). ``send`` raises on any failure; so does this.
+    """
+    todo = iter(indices)
+    latencies: list[float] = []
+
+    async def worker() -> None:
+        for i in todo:
+            t0 = time.perf_counter()
+            await send(session, i)
+            latencies.append((time.perf_counter() - t0) * 1000)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(clients)))
+    return time.perf_counter() - t0, latencies
+
+
+async def open_loop(
+    rate: float, seconds: float, send: Callable[[int, float], Awaitable[float]]
+) -> tuple[list[float], float]:
+    """Call ``send(i, scheduled)`` at ``rate`` per second for ``seconds``, without waiting.
+
+    Each call starts at its scheduled ``time.monotonic()`` (at once when this loop is late) and
+    returns its latency in ms counted from that time. Returns (latencies, the achieved rate).
+    """
+    n = max(1, int(rate * seconds))
+    first = time.monotonic() + 0.05
+    calls: list[asyncio.Task[float]] = []
+    for i in range(n):
+        scheduled = first + i / rate
+        delay = scheduled - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        calls.append(asyncio.create_task(send(i, scheduled)))
+    sent = time.monotonic() - first
+    return list(await asyncio.gather(*calls)), n / max(sent, 1e-9)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The ``q`` quantile (0..1) of ``values``, nearest rank."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
+
+
+def create_body(i: int, callback: str) -> bytes:
+    """The create request body of task number ``i``."""
+    return b'{"taskData":{"n":%d},"callbackUrl":"%s","priority":%d}' % (
+        i,
+        callback.encode(),
+        i % 10,
+    )
+
+
+def batch_body(start: int, count: int, callback: str) -> bytes:
+    """A batch create body of tasks ``start`` .. ``start + count - 1``."""
+    items = b",".join(create_body(i, callback) for i in range(start, start + count))
+    return b'{"tasks":[' + items + b"]}"
+
+
+async def expect(response: aiohttp.ClientResponse, *statuses: int) -> bytes:
+    """The response body; raise when the status is not one of ``statuses``."""
+    body = await response.read()
+    if response.status not in statuses:
+        raise RuntimeError(f"{response.method} {response.url}: {response.status} {body[:300]!r}")
+    return body
+
+
+async def stats(session: aiohttp.ClientSession, api: str) -> dict[str, int]:
+    """``/api/stats`` task counts by status."""
+    async with session.get(f"{api}/api/stats") as response:
+        return dict(json.loads(await expect(response, 200))["tasks"])
+
+
+async def wait_completed(
+    session: aiohttp.ClientSession, api: str, count: int, timeout: float = 1200
+) -> float:
+    """Poll ``/api/stats`` every 20 ms until ``count`` tasks are Completed; the time it was."""
+    deadline = time.monotonic() + timeout
+    while (done := (await stats(session, api)).get("Completed", 0)) < count:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{done} of {count} tasks Completed after {timeout} s")
+        await asyncio.sleep(0.02)
+    return time.perf_counter()
+
+
+async def create_batches(
+    session: aiohttp.ClientSession, api: str, bodies: list[bytes], clients: int
+) -> float:
+    """POST every batch body with ``clients`` concurrent clients; the seconds taken."""
+
+    async def send(session: aiohttp.ClientSession, i: int) -> None:
+        url = f"{api}/api/tasks/batch"
+        async with session.post(url, data=bodies[i], headers=JSON_HEADERS) as response:
+            await expect(response, 200)
+
+    seconds, _ = await closed_loop(session, range(len(bodies)), clients, send)
+    return seconds
+
+
+def session(limit: int = 256) -> aiohttp.ClientSession:
+    """A load generator session with ``limit`` keep-alive connections."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=limit), timeout=aiohttp.ClientTimeout(total=300)
+    )
+
+
+# --- scenarios
+
+
+class Bench:
+    """The scenarios of one run; rows collect in :attr:`rows`."""
+
+    def __init__(self, sizes: Sizes, helpers: Helpers, runner: asyncio.Runner) -> None:
+        self.sizes = sizes
+        self.helpers = helpers
+        self.runner = runner
+        self.callback = f"{helpers.receiver_url}/cb"
+        self.rows: list[Row] = []
+        self.peer_rates: dict[str, float] = {}
+        self.create_rate: dict[str, float] = {}
+        self.dispatch_rate: dict[str, float] = {}
+
+    def meter(self, srv: Service | None) -> CpuMeter:
+        """A CPU meter over the service (when given), the receiver and the baselines."""
+        pids = {"receiver": self.helpers.receiver.pid}
+        if srv is not None:
+            pids["server"] = srv.proc.pid
+        return CpuMeter(pids)
+
+    # a, b, c
+    async def create_batch_dequeue(self, srv: Service, scenarios: set[str]) -> None:
+        """Scenarios a (create vs the baselines), b (batch create), c (dequeue), in that order
+        on one server (c dequeues what a and b queued)."""
+        sizes, backend = self.sizes, srv.backend
+        targets = {"taskplatform": f"{srv.url}/api/tasks", "bare ASGI": ""}
+        targets["bare ASGI"] = f"{self.helpers.bare_url}/api/tasks"
+        if backend == "sqlite":
+            targets["bare Starlette+SQLite"] = f"{self.helpers.starlette_url}/api/tasks"
+        pids = {
+            "taskplatform": srv.proc.pid,
+            "bare ASGI": self.helpers.bare.pid,
+            "bare Starlette+SQLite": self.helpers.starlette.pid,
+        }
+        async with session() as http:
+
+            def creator(url: str) -> Send:
+                async def send(http: aiohttp.ClientSession, i: int) -> None:
+                    body = create_body(i, self.callback)
+                    async with http.post(url, data=body, headers=JSON_HEADERS) as response:
+                        await expect(response, 201)
+
+                return send
+
+            if "create" in scenarios:
+                for url in targets.values():  # warm-up, unmeasured
+                    await closed_loop(http, range(200), sizes.clients, creator(url))
+                rates: dict[str, list[float]] = {name: [] for name in targets}
+                latencies: dict[str, list[float]] = {name: [] for name in targets}
+                cpu: dict[str, list[float]] = {name: [] for name in targets}
+                for k in range(sizes.slices):
+                    part = range(
+                        sizes.create * k // sizes.slices, sizes.create * (k + 1) // sizes.slices
+                    )
+                    for name, url in targets.items():
+                        meter = CpuMeter({"server": pids[name]})
+                        meter.start()
+                        wall, lat = await closed_loop(http, part, sizes.clients, creator(url))
+                        cpu[name].append(meter.stop()["server"])
+                        rates[name].append(len(part) / wall)
+                        latencies[name] += lat
+                rate = {name: statistics.fmean(r) for name, r in rates.items()}
+                self.create_rate[backend] = rate["taskplatform"]
+                for name in targets:
+                    if name == "taskplatform":
+                        continue
+                    ratio = rate["taskplatform"] / rate[name]
+                    target = "≥ 0.5×" if name == "bare ASGI" else ""
+                    self.rows.append(
+                        Row(
+                            backend,
+                            "a create",
+                            f"create, 1 task/request, {sizes.clients} clients",
+                            rate["taskplatform"],
+                            "req/s",
+                            name,
+                            rate[name],
+                            target,
+                            (ratio >= 0.5) if target else None,
+                            {
+                                "server": statistics.fmean(cpu["taskplatform"]),
+                                "baseline server": statistics.fmean(cpu[name]),
+                            },
+                            {
+                                "p50_ms": percentile(latencies["taskplatform"], 0.5),
+                                "p99_ms": percentile(latencies["taskplatform"], 0.99),
+                                "slice_ratios": [
+                                    round(a / b, 3)
+                                    for a, b in zip(rates["taskplatform"], rates[name], strict=True)
+                                ],
+                            },
+                        )
+                    )
+
+            if "batch" in scenarios:
+                bodies = [
+                    batch_body(start, BATCH_SIZE, self.callback)
+                    for start in range(0, sizes.batch, BATCH_SIZE)
+                ]
+                await create_batches(http, srv.url, bodies[:2], 2)  # warm-up
+                meter = self.meter(srv)
+                meter.start()
+                seconds = await create_batches(http, srv.url, bodies, BATCH_CLIENTS)
+                rate = len(bodies) * BATCH_SIZE / seconds
+                ok = rate >= 50_000 if backend == "sqlite" else None
+                self.rows.append(
+                    Row(
+                        backend,
+                        "b batch",
+                        f"batch create, {BATCH_SIZE} tasks/request, {BATCH_CLIENTS} clients",
+                        rate,
+                        "tasks/s",
+                        target="≥ 50,000 tasks/s" if backend == "sqlite" else "",
+                        met=ok,
+                        cpu=meter.stop(),
+                    )
+                )
+
+            if "dequeue" in scenarios:
+                depth = (await stats(http, srv.url)).get("Queued", 0)
+                if depth < sizes.dequeue + 200:
+                    await create_batches(
+                        http,
+                        srv.url,
+                        [
+                            batch_body(i, BATCH_SIZE, self.callback)
+                            for i in range(0, sizes.dequeue + 200, BATCH_SIZE)
+                        ],
+                        BATCH_CLIENTS,
+                    )
+
+                async def dequeue(http: aiohttp.ClientSession, i: int) -> None:
+                    async with http.get(f"{srv.url}/api/tasks/dequeue") as response:
+                        await expect(response, 200)
+
+                await closed_loop(http, range(200), sizes.clients, dequeue)  # warm-up
+                meter = self.meter(srv)
+                meter.start()
+                wall, lat = await closed_loop(http, range(sizes.dequeue), sizes.clients, dequeue)
+                self.rows.append(
+                    Row(
+                        backend,
+                        "c dequeue",
+                        f"dequeue, 1 task/request, {sizes.clients} clients",
+                        sizes.dequeue / wall,
+                        "req/s",
+                        cpu=meter.stop(),
+                        extra={
+                            "depth": depth,
+                            "p50_ms": percentile(lat, 0.5),
+                            "p99_ms": percentile(lat, 0.99),
+                        },
+                    )
+                )
+
+    # d
+    async def pull(self, srv: Service) -> None:
+        """Scenario d: each client loops create, dequeue, execute until ``pull`` tasks are done."""
+        sizes = self.sizes
+
+        async def one(http: aiohttp.ClientSession, i: int) -> None:
+            body = create_body(i, self.callback)
+            async with http.post(f"{srv.url}/api/tasks", data=body, headers=JSON_HEADERS) as r:
+                await expect(r, 201)
+            async with http.get(f"{srv.url}/api/tasks/dequeue") as r:
+                task_id = json.loads(await expect(r, 200))["taskId"]
+            async with http.post(f"{srv.url}/api/tasks/{task_id}/execute") as r:
+                if json.loads(await expect(r, 200))["status"] != "Completed":
+                    raise RuntimeError(f"task {task_id} did not complete")
+
+        async with session() as http:
+            await closed_loop(http, range(200), sizes.clients, one)  # warm-up
+            meter = self.meter(srv)
+            meter.start()
+            wall, lat = await closed_loop(http, range(sizes.pull), sizes.clients, one)
+            cpu = meter.stop()
+            done = (await stats(http, srv.url)).get("Completed", 0)
+        rate = sizes.pull / wall
+        self.rows.append(
+            Row(
+                srv.backend,
+                "d pull",
+                f"pull end to end (create+dequeue+execute), {sizes.clients} clients",
+                rate,
+                "tasks/s",
+                target="≥ 1,500 tasks/s",
+                met=rate >= 1500,
+                cpu=cpu,
+                extra={"completed": done, "p50_ms": percentile(lat, 0.5)},
+            )
+        )
+
+    # e
+    async def dispatch(self, srv: Service) -> None:
+        """Scenario e: ``dispatch`` tasks from the first batch create to all Completed."""
+        n = self.sizes.dispatch
+        async with session() as http:
+            warm = 200
+            await create_batches(http, srv.url, [batch_body(0, warm, self.callback)], 1)
+            await wait_completed(http, srv.url, warm)
+            bodies = [
+                batch_body(start, min(BATCH_SIZE, n - start), self.callback)
+                for start in range(0, n, BATCH_SIZE)
+            ]
+            meter = self.meter(srv)
+            meter.start()
+            began = time.perf_counter()
+            created = asyncio.create_task(create_batches(http, srv.url, bodies, BATCH_CLIENTS))
+            ended = await wait_completed(http, srv.url, warm + n)
+            create_seconds = await created
+            cpu = meter.stop()
+        rate = n / (ended - began)
+        self.dispatch_rate[srv.backend] = rate
+        common = {"cpu": cpu, "extra": {"create_seconds": round(create_seconds, 2)}}
+        what = f"dispatcher end to end, {n} tasks, concurrency {DISPATCH_CONCURRENCY}"
+        for peer, factor in (("Celery+Redis", 2.0), ("aiohttp loop", 0.6), ("RQ", None)):
+            if peer not in self.peer_rates:
+                continue
+            target = f"≥ {factor}×" if factor else ""
+            ratio = rate / self.peer_rates[peer]
+            self.rows.append(
+                Row(
+                    srv.backend,
+                    "e dispatch",
+                    what,
+                    rate,
+                    "tasks/s",
+                    peer,
+                    self.peer_rates[peer],
+                    target,
+                    None if factor is None else ratio >= factor,
+                    **common,  # type: ignore[arg-type]
+                )
+            )
+        if not any(peer in self.peer_rates for peer in ("Celery+Redis", "aiohttp loop", "RQ")):
+            self.rows.append(Row(srv.backend, "e dispatch", what, rate, "tasks/s", **common))  # type: ignore[arg-type]
+
+    # f
+    async def latency_create(self, srv: Service) -> None:
+        """Scenario f, create: open loop at half the create rate of scenario a."""
+        rate = 0.5 * self.create_rate.get(srv.backend, 1000.0)
+        url = f"{srv.url}/api/tasks"
+        async with session(2000) as http:
+
+            async def send(i: int, scheduled: float) -> float:
+                async with http.post(
+                    url, data=create_body(i, self.callback), headers=JSON_HEADERS
+                ) as r:
+                    await expect(r, 201)
+                return (time.monotonic() - scheduled) * 1000
+
+            await open_loop(rate, 1.0, send)  # warm-up
+            meter = self.meter(srv)
+            meter.start()
+            lat, achieved = await open_loop(rate, self.sizes.latency_seconds, send)
+            cpu = meter.stop()
+        p99 = percentile(lat, 0.99)
+        self.rows.append(
+            Row(
+                srv.backend,
+                "f latency",
+                f"create p99 at {achieved:,.0f} req/s (half of a), open loop",
+                p99,
+                "ms",
+                target="≤ 5 ms",
+                met=p99 <= 5,
+                cpu=cpu,
+                extra=latency_extra(lat, achieved),
+            )
+        )
+
+    async def latency_dispatch(self, srv: Service) -> None:
+        """Scenario f, enqueue to callback: open loop at half the dispatch rate of scenario e."""
+        rate = 0.5 * self.dispatch_rate.get(srv.backend, 200.0)
+        url = f"{srv.url}/api/tasks"
+        scheduled_at: dict[str, float] = {}
+        async with session(2000) as http:
+
+            async def send(i: int, scheduled: float) -> float:
+                async with http.post(
+                    url, data=create_body(i, self.callback), headers=JSON_HEADERS
+                ) as r:
+                    scheduled_at[json.loads(await expect(r, 201))["taskId"]] = scheduled
+                return 0.0
+
+            before = (await stats(http, srv.url)).get("Completed", 0)
+            await arrivals(http, self.helpers.receiver_url)  # forget earlier ones
+            meter = self.meter(srv)
+            meter.start()
+            _, achieved = await open_loop(rate, self.sizes.latency_seconds, send)
+            await wait_completed(http, srv.url, before + len(scheduled_at))
+            cpu = meter.stop()
+            arrived = await arrivals(http, self.helpers.receiver_url)
+        lat = [(arrived[t] - s) * 1000 for t, s in scheduled_at.items() if t in arrived]
+        if len(lat) != len(scheduled_at):
+            raise RuntimeError(f"{len(scheduled_at) - len(lat)} callbacks never arrived")
+        self.rows.append(
+            Row(
+                srv.backend,
+                "f latency",
+                f"enqueue→callback p99 at {achieved:,.0f} tasks/s (half of e), open loop",
+                percentile(lat, 0.99),
+                "ms",
+                cpu=cpu,
+                extra=latency_extra(lat, achieved),
+            )
+        )
+
+    # g
+    async def scale(self, srv: Service) -> None:
+        """Scenario g: dequeue latency at depth 1,000 and after filling to ``scale`` tasks."""
+        depth = self.sizes.scale
+        async with session() as http:
+
+            async def probe() -> float:
+                samples = []
+                for _ in range(SCALE_PROBES):
+                    t0 = time.perf_counter()
+                    async with http.get(f"{srv.url}/api/tasks/dequeue") as response:
+                        await expect(response, 200)
+                    samples.append((time.perf_counter() - t0) * 1000)
+                return statistics.median(samples)
+
+            small = [batch_body(i, BATCH_SIZE, self.callback) for i in (0, 1)]
+            await create_batches(http, srv.url, small, 1)
+            await probe()  # warm-up
+            await create_batches(http, srv.url, small[:1], 1)
+            at_small = await probe()  # about 1,000 queued
+            redis_before = await redis_used_bytes() if "redis" in srv.backend else 0
+            bodies = (batch_body(i, BATCH_SIZE, self.callback) for i in range(0, depth, BATCH_SIZE))
+            began = time.perf_counter()
+            chunk: list[bytes] = []
+            for body in bodies:  # build bodies a few at a time: 1M at once would be 100 MB here
+                chunk.append(body)
+                if len(chunk) == 40:
+                    await create_batches(http, srv.url, chunk, BATCH_CLIENTS)
+                    chunk.clear()
+            if chunk:
+                await create_batches(http, srv.url, chunk, BATCH_CLIENTS)
+            fill_seconds = time.perf_counter() - began
+            queued = (await stats(http, srv.url)).get("Queued", 0)
+            rss_full = rss_bytes(srv.proc.pid)
+            at_depth = await probe()
+            rss_peak = rss_bytes(srv.proc.pid, peak=True)
+        size = await storage_bytes(srv)
+        if "redis" in srv.backend:
+            size["redis used_memory growth"] = await redis_used_bytes() - redis_before
+        ratio = at_depth / at_small
+        self.rows.append(
+            Row(
+                srv.backend,
+                "g scale",
+                f"dequeue median at depth {queued:,} vs ~800",
+                at_depth,
+                "ms",
+                "at ~800 queued",
+                at_small,
+                "≤ 2×",
+                ratio <= 2,
+                extra={"fill_tasks_per_s": round(depth / fill_seconds), **size},
+            )
+        )
+        self.rows.append(
+            Row(
+                srv.backend,
+                "g scale",
+                f"server RSS with {queued:,} queued (peak {rss_peak / 2**20:,.0f} MiB)",
+                rss_full / 2**20,
+                "MiB",
+                target="< 200 MiB",
+                met=rss_peak < 200 * 2**20,
+                extra={"rss_peak_mib": round(rss_peak / 2**20, 1), **size},
+            )
+        )
+
+    # peers
+    def peers(self, n: int) -> None:
+        """Run the aiohttp loop, Celery and RQ baselines once; keep their tasks per second."""
+        runs = [
+            ("aiohttp loop", "baseline_aiohttp.py", [str(n), str(DISPATCH_CONCURRENCY)]),
+            ("Celery+Redis", "baseline_celery.py", [str(n)]),
+            ("RQ", "baseline_rq.py", [str(min(n, RQ_MAX_TASKS))]),
+        ]
+        for name, script, args in runs:
+            print(f"[peers] {name} ...", file=sys.stderr)
+            meter = self.meter(None)
+            meter.start()
+            out = subprocess.run(
+                python_script(script, *args, self.helpers.receiver_url),
+                check=True,
+                capture_output=True,
+                text=True,
+                timeout=1500,
+            )
+            cpu = meter.stop()
+            result = json.loads(out.stdout.strip().splitlines()[-1])
+            rate = result["n"] / result["seconds"]
+            self.peer_rates[name] = rate
+            self.rows.append(
+                Row(
+                    "-",
+                    "e peers",
+                    f"{name}: {result['n']} callbacks to the receiver",
+                    rate,
+                    "tasks/s",
+                    cpu=cpu,
+                    extra=result,
+                )
+            )
+
+
+def latency_extra(lat: list[float], achieved: float) -> dict[str, Any]:
+    """The latency distribution for the JSON and the detail table."""
+    return {
+        "rate": round(achieved, 1),
+        "n": len(lat),
+        "p50_ms": round(percentile(lat, 0.5), 2),
+        "p99_ms": round(percentile(lat, 0.99), 2),
+        "p999_ms": round(percentile(lat, 0.999), 2),
+        "max_ms": round(max(lat), 2),
+    }
+
+
+async def arrivals(http: aiohttp.ClientSession, receiver: str) -> dict[str, float]:
+    """The receiver's arrival times by task id since the last call (it forgets them)."""
+    async with http.get(f"{receiver}/arrivals") as response:
+        return dict(json.loads(await expect(response, 200)))
+
+
+async def storage_bytes(srv: Service) -> dict[str, int]:
+    """The size of the service's database: the SQLite file with its WAL, or the PostgreSQL
+    database."""
+    path = srv.database_file()
+    if path is not None:
+        files = [path, path.with_name(path.name + "-wal")]
+        return {"database_bytes": sum(p.stat().st_size for p in files if p.exists())}
+    name = srv.database_name()
+    return {"database_bytes": await database_bytes(name)} if name else {}
+
+
+# --- output
+
+
+def fmt(value: float, unit: str) -> str:
+    """A number for the table."""
+    if unit in ("ms",):
+        return f"{value:.2f} {unit}"
+    if unit == "MiB":
+        return f"{value:,.0f} {unit}"
+    return f"{value:,.0f} {unit}"
+
+
+def render(rows: list[Row], sizes: Sizes, started: str) -> str:
+    """The Markdown tables: results with ratios and targets, then CPU use."""
+    lines = [
+        f"### taskplatform benchmark, {started} ({'quick' if sizes == QUICK else 'full'} run)",
+        "",
+        "| backend | scenario | what | result | baseline | ratio | target | met |",
+        "| --- | --- | --- | ---: | --- | ---: | --- | --- |",
+    ]
+    for row in rows:
+        baseline = (
+            f"{row.baseline_name} {fmt(row.baseline, row.unit)}" if row.baseline is not None else ""
+        )
+        ratio = f"{row.ratio:.2f}×" if row.ratio is not None else ""
+        met = {None: "", True: "yes", False: "**no**"}[row.met]
+        lines.append(
+            f"| {row.backend} | {row.scenario} | {row.what} | {fmt(row.value, row.unit)} | "
+            f"{baseline} | {ratio} | {row.target} | {met} |"
+        )
+    lines += [
+        "",
+        "Latency and scale details:",
+        "",
+        "| backend | scenario | details |",
+        "| --- | --- | --- |",
+    ]
+    for row in rows:
+        if row.extra and row.scenario.startswith(("a", "c", "f", "g", "e peers")):
+            details = ", ".join(f"{k} {v}" for k, v in row.extra.items() if k != "slice_ratios")
+            lines.append(f"| {row.backend} | {row.scenario} | {details} |")
+    lines += [
+        "",
+        "CPU while measuring, % of one core (server = the taskplatform process; db = every "
+        "postgres and redis-server process; loadgen = this process; rest = everything else, "
+        f"including peer workers; the machine has {os.cpu_count()} cores):",
+        "",
+        "| backend | scenario | CPU % |",
+        "| --- | --- | --- |",
+    ]
+    seen: set[tuple[str, str, str]] = set()
+    for row in rows:
+        key = (row.backend, row.scenario, row.what)
+        if row.cpu and key not in seen:
+            seen.add(key)
+            cpu = ", ".join(f"{k} {v:.0f}" for k, v in row.cpu.items())
+            lines.append(f"| {row.backend} | {row.scenario} | {cpu} |")
+    return "\n".join(lines)
+
+
+def write_json(rows: list[Row], args: argparse.Namespace, sizes: Sizes, started: str) -> Path:
+    """Write every row with the machine, versions and sizes to ``bench/results/run-*.json``."""
+    RESULTS_DIR.mkdir(exist_ok=True)
+    path = RESULTS_DIR / f"run-{time.strftime('%Y%m%dT%H%M%S')}.json"
+    doc = {
+        "benchmark": "run",
+        "started": started,
+        "quick": args.quick,
+        "backends": args.backends,
+        "sizes": sizes.__dict__,
+        "machine": machine(),
+        "versions": versions(
+            "taskplatform",
+            "fastapi",
+            "starlette",
+            "pydantic",
+            "uvicorn",
+            "uvloop",
+            "httptools",
+            "aiohttp",
+            "msgspec",
+            "asyncpg",
+            "redis",
+            "celery",
+            "kombu",
+            "rq",
+            "httpx",
+        ),
+        "rows": [row.__dict__ | {"ratio": row.ratio} for row in rows],
+    }
+    path.write_text(json.dumps(doc, indent=1) + "\n")
+    return path
+
+
+# --- main
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse the command line."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="every scenario, small")
+    parser.add_argument(
+        "--backends",
+        type=parse_backends,
+        default=["sqlite", "postgres", "redis+postgres"],
+        help="comma-separated, of sqlite, postgres, redis+postgres, redis+sqlite; or all "
+        "(default sqlite,postgres,redis+postgres)",
+    )
+    parser.add_argument(
+        "--scenarios",
+        type=lambda text: [s.strip() for s in text.split(",") if s.strip()],
+        default=list(SCENARIOS),
+        help=f"comma-separated, of {','.join(SCENARIOS)} (default all)",
+    )
+    parser.add_argument("--no-peers", action="store_true", help="skip aiohttp, Celery and RQ")
+    args = parser.parse_args(argv)
+    unknown = set(args.scenarios) - set(SCENARIOS)
+    if unknown:
+        parser.error(f"unknown scenario(s) {', '.join(sorted(unknown))}")
+    return args
+
+
+def main() -> None:
+    """Run the suite; print the tables; write the JSON."""
+    args = parse_args()
+    sizes = QUICK if args.quick else FULL
+    scenarios = set(args.scenarios)
+    started = time.strftime("%Y-%m-%d %H:%M %Z")
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner, helpers() as procs:
+        bench = Bench(sizes, procs, runner)
+        if "dispatch" in scenarios and not args.no_peers:
+            bench.peers(sizes.dispatch)
+        for backend in args.backends:
+            print(f"[{backend}] measuring ...", file=sys.stderr)
+            if scenarios & {"create", "batch", "dequeue"}:
+                with service(backend, runner) as srv:
+                    runner.run(bench.create_batch_dequeue(srv, scenarios))
+            if "pull" in scenarios:
+                with service(backend, runner) as srv:
+                    runner.run(bench.pull(srv))
+            if "latency" in scenarios:
+                with service(backend, runner) as srv:
+                    runner.run(bench.latency_create(srv))
+            if scenarios & {"dispatch", "latency"}:
+                dispatch_env = {
+                    "TASKPLATFORM_DISPATCH": "true",
+                    "TASKPLATFORM_DISPATCH_CONCURRENCY": str(DISPATCH_CONCURRENCY),
+                }
+                with service(backend, runner, dispatch_env) as srv:
+                    if "dispatch" in scenarios:
+                        runner.run(bench.dispatch(srv))
+                    if "latency" in scenarios:
+                        runner.run(bench.latency_dispatch(srv))
+            if "scale" in scenarios:
+                with service(backend, runner) as srv:
+                    runner.run(bench.scale(srv))
+    print(render(bench.rows, sizes, started))
+    path = write_json(bench.rows, args, sizes, started)
+    print(f"\nraw results: {path.relative_to(RESULTS_DIR.parent.parent)}")
+
+
+if __name__ == "__main__":
+    main()

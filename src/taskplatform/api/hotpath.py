@@ -1,0 +1,112 @@
+"""The fast path of the four hot routes: create, dequeue, get and execute without FastAPI's stack.
+
+Why it exists: profiling create under load (``bench/run.py``, py-spy) put about 40 % of the API
+process's CPU in FastAPI's middleware, router and dependency solving, twice what the handler and
+the store together cost, and create is held to half the rate of a bare ASGI handler. So the app
+matches these four routes first and calls the very same handlers (``api.tasks``) behind the very
+same :class:`~taskplatform.api.security.SecurityMiddleware`, answering errors with the same
+problem documents (``problems.exception_response``). Whatever it does not match exactly falls
+through to FastAPI, which stays the one description of the API (routes, OpenAPI, validation):
+another method or path, a dequeue with a query string to validate, a task id that is not a
+canonical UUID, an ``Idempotency-Key`` outside its pattern. So the fast path never has to say
+no to anything FastAPI would have said yes to, and never answers differently.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+
+from fastapi import FastAPI
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from taskplatform.api import tasks
+from taskplatform.api.problems import exception_response
+from taskplatform.api.security import SecurityMiddleware
+from taskplatform.models import DEFAULT_QUEUE
+from taskplatform.settings import Settings
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+_TASK_PATH = re.compile(
+    r"/api/tasks/([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})(/execute)?\Z"
+)
+#: ``create_task``'s ``Idempotency-Key`` pattern: 1..255 visible ASCII characters.
+_IDEMPOTENCY_KEY = re.compile(rb"[\x21-\x7e]{1,255}\Z")
+
+
+def _idempotency_key(scope: Scope) -> tuple[bool, str | None]:
+    """(whether the fast path may serve it, the key): one key matching the pattern, or none."""
+    key: bytes | None = None
+    for name, value in scope["headers"]:
+        if name == b"idempotency-key":
+            if key is not None or not _IDEMPOTENCY_KEY.match(value):
+                return False, None
+            key = value
+    return True, None if key is None else key.decode("ascii")
+
+
+def match(scope: Scope) -> Endpoint | None:
+    """Return the endpoint that serves this HTTP request on the fast path, or None.
+
+    None for anything but ``POST /api/tasks``, ``GET|POST /api/tasks/dequeue`` with no query
+    string, ``GET /api/tasks/{id}`` and ``POST /api/tasks/{id}/execute`` with a canonical
+    lowercase UUID, as the module docstring explains.
+    """
+    method: str = scope["method"]
+    path: str = scope["path"]
+    if path == "/api/tasks":
+        if method != "POST":
+            return None
+        ok, key = _idempotency_key(scope)
+        if not ok:
+            return None
+        return lambda request: tasks.create_task(request, idempotency_key=key)
+    if path == "/api/tasks/dequeue":
+        if method not in ("GET", "POST") or scope["query_string"]:
+            return None
+        return lambda request: tasks.dequeue_task(request, 0, DEFAULT_QUEUE)
+    found = _TASK_PATH.match(path)
+    if found is None:
+        return None
+    task_id = found[1]
+    if found[2] is None:
+        return (lambda request: tasks.get_task(request, task_id)) if method == "GET" else None
+    return (lambda request: tasks.execute_task(request, task_id)) if method == "POST" else None
+
+
+class TaskPlatformAPI(FastAPI):
+    """FastAPI with the fast path of :func:`match` in front (see the module docstring).
+
+    Call :meth:`install_security` once the routes are set up; before that, and for every request
+    the fast path does not take, it is FastAPI unchanged.
+    """
+
+    _fast: SecurityMiddleware | None = None
+
+    def install_security(self, settings: Settings) -> None:
+        """Put a :class:`SecurityMiddleware` for ``settings`` in front of every route, and serve
+        the hot routes on the fast path behind one sharing its rate-limit buckets."""
+        self._fast = SecurityMiddleware(self._serve_fast, settings=settings)
+        self.add_middleware(SecurityMiddleware, settings=settings, limiter=self._fast.limiter)
+
+    async def _serve_fast(self, scope: Scope, receive: Receive, send: Send) -> None:
+        endpoint = scope.pop("taskplatform.endpoint")
+        request = Request(scope, receive)
+        try:
+            response = await endpoint(request)
+        except Exception as exc:
+            response = await exception_response(request, exc)
+        await response(scope, receive, send)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._fast is not None and scope["type"] == "http":
+            endpoint = match(scope)
+            if endpoint is not None:
+                scope["app"] = self  # what Starlette sets: handlers find app.state through it
+                scope["taskplatform.endpoint"] = endpoint
+                await self._fast(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
