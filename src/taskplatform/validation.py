@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import time
@@ -205,28 +206,32 @@ def check_callback_url(url: str, max_length: int) -> None:
     Raises:
         ValidationFailed: naming ``$.callbackUrl`` and what is wrong.
     """
+    problem = _callback_url_problem(url, max_length)
+    if problem is not None:
+        raise ValidationFailed([("$.callbackUrl", problem)])
 
-    def bad(message: str) -> ValidationFailed:
-        return ValidationFailed([("$.callbackUrl", message)])
 
+# A pure function of its arguments, and most callers send the same few callback URLs over and
+# over: the cache takes URL parsing off the create path (bench/run.py measured ~3 % of its CPU).
+@functools.lru_cache(maxsize=4096)
+def _callback_url_problem(url: str, max_length: int) -> str | None:
+    """Why ``url`` is not a callback URL :func:`check_callback_url` accepts, or None."""
     if len(url) > max_length:
-        raise bad(f"longer than {max_length} characters")
+        return f"longer than {max_length} characters"
     if _CONTROL_OR_SPACE.search(url):
-        raise bad("contains spaces or control characters")
+        return "contains spaces or control characters"
     try:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as exc:
-        raise bad(f"not a valid URL: {exc}") from exc
+        return f"not a valid URL: {exc}"
     if parts.scheme.lower() not in ("http", "https"):
-        raise bad("the scheme must be http or https")
+        return "the scheme must be http or https"
     if not parts.hostname:
-        raise bad("the URL has no host")
+        return "the URL has no host"
     if port == 0:
-        raise bad("port 0 cannot be connected to")
-    problem = _host_problem(parts.hostname, bracketed="[" in parts.netloc)
-    if problem:
-        raise bad(problem)
+        return "port 0 cannot be connected to"
+    return _host_problem(parts.hostname, bracketed="[" in parts.netloc)
 
 
 def _host_problem(host: str, *, bracketed: bool) -> str | None:

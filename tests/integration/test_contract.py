@@ -360,6 +360,31 @@ async def test_enqueue_many_and_cancel(backends: Backends) -> None:
     assert order == [_id(1), _id(3)]
 
 
+async def test_a_large_batch_keeps_priority_then_fifo_across_its_chunks(
+    backends: Backends,
+) -> None:
+    """Issue 7: SQLite writes a batch 500 rows per INSERT; 1,234 tasks span three of them, after
+    a single enqueue, and every task keeps its place: sequences rise in batch order, and the
+    dequeue order is priority, then batch order."""
+    await backends.queue.enqueue(_task(_id(0), priority=1))
+    batch = [_task(_id(n), priority=n % 3) for n in range(1, 1235)]
+    await backends.queue.enqueue_many(batch)
+    sequences = [task.sequence for task in batch]
+    assert all(isinstance(s, int) for s in sequences)
+    assert sequences == sorted(sequences)
+    assert len(set(sequences)) == len(batch)
+    assert await backends.queue.depth() == 1235
+    stored = await backends.queue.get(_id(777))
+    assert stored is not None
+    assert stored.priority == 777 % 3
+    order = []
+    while (task := await backends.queue.transfer(backends.store, now=now_ms())) is not None:
+        order.append(task.task_id)
+    everything = [(1, 0), *((n % 3, n) for n in range(1, 1235))]
+    expected = [_id(n) for _, n in sorted(everything, key=lambda pn: (-pn[0], pn[1]))]
+    assert order == expected
+
+
 async def test_redrive_returns_a_failed_task_with_no_attempts(backends: Backends) -> None:
     """Issue 6: a re-drive moves a Failed task back to the queue, attempts reset."""
     await backends.queue.enqueue(_task(_id(1)))

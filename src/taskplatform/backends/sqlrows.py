@@ -128,27 +128,28 @@ def task_params(task: TaskRecord) -> dict[str, Any]:
     }
 
 
+QUEUE_COLUMNS = (
+    "task_id",
+    "priority",
+    "task_data",
+    "callback_url",
+    "max_retries",
+    "timeout_seconds",
+    "attempts",
+    "error",
+    "created_at",
+    "updated_at",
+    "queue",
+    "scheduled_at",
+    "retry_policy",
+)
+"""The columns ``enqueue`` writes (all of ``queued_tasks`` but ``seq``), in its order."""
+
+
 def queue_params(task: TaskRecord) -> dict[str, Any]:
     """Return the named parameters of ``enqueue`` for ``task``."""
     params = task_params(task)
-    return {
-        name: params[name]
-        for name in (
-            "task_id",
-            "priority",
-            "task_data",
-            "callback_url",
-            "max_retries",
-            "timeout_seconds",
-            "attempts",
-            "error",
-            "created_at",
-            "updated_at",
-            "queue",
-            "scheduled_at",
-            "retry_policy",
-        )
-    }
+    return {name: params[name] for name in QUEUE_COLUMNS}
 
 
 def execution_params(execution: ExecutionRecord) -> dict[str, Any]:

@@ -277,6 +277,10 @@ def parse_literal_host(host: str) -> IPAddress | None:
     return _parse_host(host)[0]
 
 
+_VERDICTS_KEPT = 4096
+"""How many URL verdicts a :class:`CallbackPolicy` remembers before it starts afresh."""
+
+
 class CallbackPolicy:
     """Which addresses callbacks may connect to.
 
@@ -296,6 +300,7 @@ class CallbackPolicy:
     ) -> None:
         self.deny: tuple[IPNetwork, ...] = tuple(deny)
         self.allow: tuple[IPNetwork, ...] | None = None if allow is None else tuple(allow)
+        self._verdicts: dict[str, str | None] = {}
 
     def __repr__(self) -> str:
         deny = [str(network) for network in self.deny]
@@ -370,8 +375,26 @@ class CallbackPolicy:
             The reason the URL is refused (including "no host"); None when its host is an allowed
             address or a name.
         """
+        if isinstance(url, URL):
+            return self._judge(url)
+        # A pure function of the URL for this policy, asked at every create and every callback
+        # with the same few URLs: remember the verdicts (a bounded number of them).
         try:
-            host = URL(url).raw_host if isinstance(url, str) else url.raw_host
+            return self._verdicts[url]
+        except KeyError:
+            pass
+        try:
+            verdict = self._judge(URL(url))
+        except ValueError as exc:
+            verdict = f"not a valid URL: {exc}"
+        if len(self._verdicts) >= _VERDICTS_KEPT:
+            self._verdicts.clear()
+        self._verdicts[url] = verdict
+        return verdict
+
+    def _judge(self, url: URL) -> str | None:
+        try:
+            host = url.raw_host
         except ValueError as exc:
             return f"not a valid URL: {exc}"
         if not host:

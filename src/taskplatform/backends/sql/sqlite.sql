@@ -10,6 +10,10 @@ WHERE seq = (SELECT seq FROM queued_tasks
 RETURNING task_id, seq, priority, task_data, callback_url, max_retries, timeout_seconds, attempts,
           error, created_at, updated_at, queue, scheduled_at, retry_policy;
 
+-- name: queue_ids_at
+-- The ids of the Queued tasks at two positions (to check how a multi-row enqueue numbered them).
+SELECT seq, task_id FROM queued_tasks WHERE seq IN (:first, :last);
+
 -- name: take_dispatch_token
 -- Take one token from a queue's dispatch bucket (refilled at :rate per second, holding at most
 -- :burst); no row back means none is left.
