@@ -385,6 +385,21 @@ async def test_a_large_batch_keeps_priority_then_fifo_across_its_chunks(
     assert order == expected
 
 
+async def test_concurrent_single_enqueues_are_each_stored_once(backends: Backends) -> None:
+    """Issue 7: PostgreSQL writes concurrent enqueues in one commit (group commit); every one
+    is stored once, with a sequence of its own, in the order each call's sequence says."""
+    tasks = [_task(_id(n)) for n in range(300)]
+    await asyncio.gather(*(backends.queue.enqueue(task) for task in tasks))
+    sequences = [task.sequence for task in tasks]
+    assert len(set(sequences)) == 300
+    assert await backends.queue.depth() == 300
+    order = []
+    while (task := await backends.queue.transfer(backends.store, now=now_ms())) is not None:
+        order.append(task.task_id)
+    by_sequence = [task.task_id for task in sorted(tasks, key=lambda t: t.sequence or 0)]
+    assert order == by_sequence
+
+
 async def test_redrive_returns_a_failed_task_with_no_attempts(backends: Backends) -> None:
     """Issue 6: a re-drive moves a Failed task back to the queue, attempts reset."""
     await backends.queue.enqueue(_task(_id(1)))

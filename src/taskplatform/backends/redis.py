@@ -206,6 +206,10 @@ return 1
 """
 
 
+REDIS_POOL_SIZE = 64
+"""Connections one process keeps to Redis at most (commands beyond wait for one)."""
+
+
 class RedisQueue(Queue):
     """The queue in Redis, feeding any :class:`Store`.
 
@@ -230,8 +234,13 @@ class RedisQueue(Queue):
         # keyed by task id, ack/release/requeue are idempotent, and a reserve whose reply was lost
         # only holds its task until recover() returns it. Timeouts are not retried: Redis is
         # slow, not gone, and a retry would only add load.
-        self.client = aioredis.Redis.from_url(
+        # A blocking pool: past its size a command waits for a free connection (up to 10 s)
+        # rather than failing at once, as redis-py's default pool does past 100 (found by the
+        # issue-7 contract test of 300 concurrent enqueues).
+        pool = aioredis.BlockingConnectionPool.from_url(
             url,
+            max_connections=REDIS_POOL_SIZE,
+            timeout=10,
             socket_connect_timeout=5,
             socket_timeout=10,
             health_check_interval=30,
@@ -241,6 +250,7 @@ class RedisQueue(Queue):
                 supported_errors=(RedisConnectionError,),
             ),
         )
+        self.client = aioredis.Redis.from_pool(pool)  # owns the pool: aclose() closes it
         self._prefix = key_prefix
         self._inflight = f"{key_prefix}:inflight"
         self._ids = f"{key_prefix}:ids"

@@ -29,6 +29,26 @@ RETURNING task_id, sequence, status, priority, task_data, callback_url, max_retr
           error, created_at, updated_at, dequeued_at, completed_at, queue, scheduled_at,
           retry_policy, dead_letter, dispatched;
 
+-- name: enqueue_rows
+-- Add many Queued tasks in one statement (a batch, or a group commit of single creates); seq
+-- numbers them in the arrays' order. Each parameter is an array holding one column.
+INSERT INTO queued_tasks (task_id, priority, task_data, callback_url, max_retries,
+                          timeout_seconds, attempts, error, created_at, updated_at, queue,
+                          scheduled_at, retry_policy)
+SELECT task_id, priority, task_data, callback_url, max_retries, timeout_seconds, attempts, error,
+       created_at, updated_at, queue, scheduled_at, retry_policy
+FROM unnest(CAST(:task_id AS text[]), CAST(:priority AS integer[]), CAST(:task_data AS text[]),
+            CAST(:callback_url AS text[]), CAST(:max_retries AS integer[]),
+            CAST(:timeout_seconds AS double precision[]), CAST(:attempts AS integer[]),
+            CAST(:error AS text[]), CAST(:created_at AS bigint[]), CAST(:updated_at AS bigint[]),
+            CAST(:queue AS text[]), CAST(:scheduled_at AS bigint[]),
+            CAST(:retry_policy AS text[]))
+     WITH ORDINALITY AS r (task_id, priority, task_data, callback_url, max_retries,
+                           timeout_seconds, attempts, error, created_at, updated_at, queue,
+                           scheduled_at, retry_policy, n)
+ORDER BY n
+RETURNING task_id, seq;
+
 -- name: take_dispatch_token
 -- Take one token from a queue's dispatch bucket (refilled at :rate per second, holding at most
 -- :burst); no row back means none is left. The row lock orders concurrent dispatchers.
