@@ -86,6 +86,10 @@ INTERRUPTED = "interrupted: the server stopped during the callback"
 
 _REAP_BATCH = 100
 _PAUSE_CACHE_SECONDS = 0.25
+_RETRY_CHECK_SECONDS = 0.05
+"""After a look for due retries of a queue finds none, a dispatcher's claims skip the look for
+this long: a claim then costs one round trip less (bench/run.py: about a sixth of a PostgreSQL
+claim), and a retry, which waits its backoff anyway, starts at most this much later."""
 
 
 def _requeue_note(lease_seconds: float) -> str:
@@ -162,6 +166,7 @@ class TaskService:
         self._inflight: set[asyncio.Task[ExecuteOutcome]] = set()
         self._paused: set[str] = set()
         self._paused_read_at = float("-inf")
+        self._no_retries_until: dict[str, float] = {}
 
     # -- the one place a status changes ---------------------------------------------------------
 
@@ -419,11 +424,15 @@ class TaskService:
         if queue in await self.paused_queues():
             return None
         now = now_ms()
-        for waiting in await self.store.due_retries(queue, now=now, limit=10):
-            # Still due: another dispatcher may have run it and put it back to wait meanwhile.
-            claimed = await self._start_processing(waiting, {Status.RETRY}, due_by=now)
-            if claimed is not None:
-                return claimed
+        if time.monotonic() >= self._no_retries_until.get(queue, 0.0):
+            due = await self.store.due_retries(queue, now=now, limit=10)
+            if not due:
+                self._no_retries_until[queue] = time.monotonic() + _RETRY_CHECK_SECONDS
+            for waiting in due:
+                # Still due: another dispatcher may have run it and put it back to wait meanwhile.
+                claimed = await self._start_processing(waiting, {Status.RETRY}, due_by=now)
+                if claimed is not None:
+                    return claimed
         task = await self._transfer(queue, dispatched=True)
         if task is None:
             return None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
@@ -47,6 +48,8 @@ from taskplatform.models import DEFAULT_QUEUE, ExecutionRecord, Status, TaskReco
 logger = logging.getLogger(__name__)
 
 SQL = {name: text(sql) for name, sql in load_queries("postgres").items()}
+#: ``text()`` of the statements built at run time (a few dozen shapes, each used over and over).
+_text = functools.lru_cache(maxsize=256)(text)
 _CHANNEL = "taskplatform_enqueued"  # notified by the trigger of migration 0002
 
 
@@ -102,7 +105,9 @@ class PostgresDatabase:
 
     @contextlib.asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
-        """Yield a connection for single-statement reads, outside any transaction.
+        """Yield a connection in autocommit mode: each statement is a transaction of its own.
+
+        For reads, and for writes of one statement, which are atomic by themselves.
 
         Raises:
             BackendUnavailable: the database cannot be reached or failed the statement.
@@ -257,7 +262,7 @@ class PostgresQueue(Queue):
         if queue is not None:
             params["queue"] = queue
         async with self.database.read() as conn:
-            rows = (await conn.execute(text(queue_list_sql(queue=queue)), params)).all()
+            rows = (await conn.execute(_text(queue_list_sql(queue=queue)), params)).all()
         return [queued_record(row) for row in rows]
 
     async def queue_counts(self) -> dict[str, QueueCounts]:
@@ -392,10 +397,15 @@ class PostgresStore(Store):
             require_attempts_left=require_attempts_left,
             due_by=due_by,
         )
-        async with self.database.begin() as conn:
-            row = (await conn.execute(text(sql), params)).first()
-            if row is not None and execution is not None:
-                await conn.execute(SQL["execution_insert"], execution_params(execution))
+        if execution is None:
+            # One UPDATE is atomic by itself: autocommit saves the BEGIN and COMMIT round trips.
+            async with self.database.read() as conn:
+                row = (await conn.execute(_text(sql), params)).first()
+        else:
+            async with self.database.begin() as conn:
+                row = (await conn.execute(_text(sql), params)).first()
+                if row is not None:
+                    await conn.execute(SQL["execution_insert"], execution_params(execution))
         return None if row is None else stored_record(row)
 
     async def insert_dequeued(self, task: TaskRecord) -> bool:
@@ -432,7 +442,7 @@ class PostgresStore(Store):
         query, params = store_list_sql(status=status, queue=queue, dead_letter=dead_letter)
         params.update(before=before or NO_CURSOR, limit=limit)
         async with self.database.read() as conn:
-            rows = (await conn.execute(text(query), params)).all()
+            rows = (await conn.execute(_text(query), params)).all()
         return [stored_record(row) for row in rows]
 
     async def due_retries(self, queue: str, *, now: int, limit: int) -> list[TaskRecord]:
