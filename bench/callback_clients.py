@@ -22,19 +22,20 @@ import contextlib
 import importlib.metadata
 import os
 import platform
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
 
 import aiohttp
 import httpx
 import uvloop
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import free_port, proc_cpu_seconds, python_script, start_listening, stop
 
 HOST = "127.0.0.1"
 BODY = b'{"taskId":"01a22c7b-b2c9-714d-9523-57f31044d03d","orderId":42,"items":[1,2,3]}'
@@ -43,99 +44,13 @@ POOL = 256
 WARMUP = 200
 CLIENTS = ("aiohttp", "httpx")
 
-Scope = dict[str, Any]
-Message = dict[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-
-_OK_BODY = b'{"ok":true}'
-_OK_HEADERS = [(b"content-type", b"application/json"), (b"content-length", b"11")]
-
-
-async def receiver_app(scope: Scope, receive: Receive, send: Send) -> None:
-    """Bare ASGI receiver: drain the request body, answer 200 ``{"ok":true}``."""
-    if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
-    if scope["type"] != "http":
-        return
-    more = True
-    while more:
-        message = await receive()
-        more = message.get("more_body", False)
-    await send({"type": "http.response.start", "status": 200, "headers": _OK_HEADERS})
-    await send({"type": "http.response.body", "body": _OK_BODY})
-
-
-def serve_receiver(port: int) -> None:
-    """Serve :func:`receiver_app` on ``127.0.0.1:port`` (runs in the receiver subprocess)."""
-    import uvicorn
-
-    uvicorn.run(
-        receiver_app,
-        host=HOST,
-        port=port,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
-        log_level="warning",
-    )
-
-
-def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_listening(proc: subprocess.Popen[bytes], port: int, timeout: float = 30.0) -> None:
-    """Block until ``port`` accepts connections; fail if ``proc`` exits or time runs out."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"subprocess exited with {proc.returncode} before listening")
-        try:
-            with socket.create_connection((HOST, port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listening on {HOST}:{port} after {timeout} s")
-
-
-def proc_cpu_seconds(pid: int) -> float:
-    """Return user+system CPU seconds used so far by process ``pid`` (Linux ``/proc``)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    """Terminate ``proc`` (SIGTERM, then SIGKILL after 10 s) and reap it."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-
 
 @contextlib.contextmanager
 def receiver_process() -> Iterator[tuple[subprocess.Popen[bytes], int]]:
     """Run the bare receiver in a subprocess; yield it and its port; always stop it."""
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, os.path.abspath(__file__), "--serve-receiver", str(port)],
-        stdin=subprocess.DEVNULL,
-    )
+    proc = start_listening(python_script("receiver.py", str(port)), port)
     try:
-        wait_listening(proc, port)
         yield proc, port
     finally:
         stop(proc)
@@ -355,7 +270,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="stop a batch early after this long; its rate counts what was sent (default 12)",
     )
     parser.add_argument("--quick", action="store_true", help="N=1000, at most 5 s per batch")
-    parser.add_argument("--serve-receiver", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
         args.n, args.max_seconds = 1000, 5.0
@@ -365,9 +279,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main() -> None:
     """Run the benchmark and print the Markdown tables."""
     args = parse_args()
-    if args.serve_receiver is not None:
-        serve_receiver(args.serve_receiver)
-        return
     with receiver_process() as (proc, port):
         url = f"http://{HOST}:{port}/cb"
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
