@@ -336,3 +336,66 @@ def test_bulk_retry_needs_no_body(client: httpx.Client) -> None:
     response = client.post("/api/tasks/retry")
     assert response.status_code == 200, response.text
     assert set(response.json()) == {"retried", "taskIds"}
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/api/tasks/%00"),
+        ("GET", "/api/tasks/abc%00def"),
+        ("POST", "/api/tasks/abc%00def/execute"),
+        ("POST", "/api/tasks/%00/cancel"),
+        ("POST", "/api/tasks/%00/retry"),
+        ("GET", "/api/tasks/%00/executions"),
+        ("GET", "/api/tasks/" + "x" * 5000),
+    ],
+)
+def test_an_id_create_never_issued_is_404_before_any_backend(
+    client: httpx.Client, method: str, path: str
+) -> None:
+    """Issue 7 review: a NUL in an id made PostgreSQL fail the query (503 with its message)."""
+    problem = assert_problem(client.request(method, path), 404, "task_not_found")
+    assert len(problem["detail"]) < 200  # a long id is not echoed whole
+
+
+def test_two_idempotency_keys_are_422_and_create_nothing(client: httpx.Client) -> None:
+    before = _total(client)
+    response = client.post(
+        "/api/tasks",
+        content=json.dumps(_body()),
+        headers=[
+            ("Content-Type", "application/json"),
+            ("Idempotency-Key", "first-key"),
+            ("Idempotency-Key", "second-key"),
+        ],
+    )
+    problem = assert_problem(response, 422, "validation_error")
+    assert problem["errors"][0]["field"] == "Idempotency-Key"
+    assert _total(client) == before
+
+
+def test_a_trailing_slash_is_404_not_a_redirect(client: httpx.Client) -> None:
+    """A 307 would send the body on to the host the request named (its Host header)."""
+    before = _total(client)
+    for method, path in (("POST", "/api/tasks/"), ("GET", "/api/tasks/dequeue/")):
+        response = client.request(
+            method,
+            path,
+            content=json.dumps(_body()),
+            headers={"Content-Type": "application/json", "Host": "evil.example"},
+        )
+        assert_problem(response, 404, "not_found")
+        assert "location" not in response.headers
+    assert _total(client) == before
+
+
+@pytest.mark.parametrize("coding", ["gzip", "br", "deflate, gzip"])
+def test_a_compressed_body_is_415(client: httpx.Client, coding: str) -> None:
+    before = _total(client)
+    response = client.post(
+        "/api/tasks",
+        content=json.dumps(_body()),
+        headers={"Content-Type": "application/json", "Content-Encoding": coding},
+    )
+    assert_problem(response, 415, "unsupported_media_type")
+    assert _total(client) == before

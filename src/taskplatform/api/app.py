@@ -62,6 +62,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        # A 307 to the same path without its slash would send the body on to whatever host the
+        # request named; a 404 problem says what is wrong instead.
+        redirect_slashes=False,
     )
     app.include_router(tasks.router)
     app.include_router(tasks.stats_router)

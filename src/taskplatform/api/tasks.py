@@ -8,6 +8,7 @@ declared by hand from the same wire types (``api.openapi``).
 from __future__ import annotations
 
 import hashlib
+import re
 from typing import Annotated
 
 import msgspec
@@ -36,6 +37,7 @@ from taskplatform.exceptions import (
     TaskProcessing,
     UnsupportedMediaType,
 )
+from taskplatform.exceptions import TaskNotFound as TaskNotFoundError
 from taskplatform.exceptions import ValidationFailed as ValidationFailedError
 from taskplatform.models import (
     DEFAULT_QUEUE,
@@ -72,6 +74,7 @@ from taskplatform.validation import (
 router = APIRouter(prefix="/api/tasks", tags=["tasks"])
 _encode = msgspec.json.Encoder().encode
 _JSON = "application/json"
+_TASK_ID = re.compile(TASK_ID_PATTERN)
 TaskId = Annotated[str, Path(alias="taskId", description="The id create returned.")]
 QueueQuery = Annotated[
     str, Query(pattern=QUEUE_PATTERN, description="The named queue to take from.")
@@ -81,6 +84,17 @@ QueueQuery = Annotated[
 def _service(request: Request) -> TaskService:
     service: TaskService = request.app.state.service
     return service
+
+
+def _check_task_id(task_id: str) -> None:
+    """Answer 404 for an id that cannot be one create issued (a canonical lowercase UUID),
+    before any backend sees it: PostgreSQL refuses a NUL in text with an error, not a miss.
+
+    Raises:
+        TaskNotFoundError: ``task_id`` is not a canonical UUID.
+    """
+    if _TASK_ID.match(task_id) is None:
+        raise TaskNotFoundError(f"no task has the id {task_id[:80]!r}")
 
 
 def _json(
@@ -114,6 +128,10 @@ async def read_json_body(request: Request, limit: int) -> bytes:
             cannot make the server buffer more than that).
     """
     _check_json_media_type(request)
+    for coding in request.headers.getlist("content-encoding"):
+        if coding.strip().lower() not in ("", "identity"):
+            # RFC 9110 §15.5.16: 415 for a content coding the server does not take.
+            raise UnsupportedMediaType("send the body uncompressed, with no Content-Encoding")
     too_large = PayloadTooLarge(f"the body is over the limit of {limit} bytes")
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -173,6 +191,9 @@ async def create_task(
         max_timeout_seconds=settings.max_timeout_seconds,
         max_retries=settings.max_retries_ceiling,
     )
+    if len(request.headers.getlist("idempotency-key")) > 1:
+        # Two headers mean two keys (RFC 9110 §5.3), as one folded header does: say so.
+        raise ValidationFailedError([("Idempotency-Key", "send one Idempotency-Key header")])
     key = idempotency_key  # checked against the pattern by FastAPI: 1..255 visible ASCII
     task, replayed = await service.create(
         create,
@@ -339,6 +360,7 @@ async def redrive_dead_letters(request: Request) -> Response:
 )
 async def get_task(request: Request, task_id: TaskId) -> Response:
     """Tell where a task stands, in any status, Queued included (FR-010)."""
+    _check_task_id(task_id)
     return _json(TaskView.of(await _service(request).get(task_id)))
 
 
@@ -363,6 +385,7 @@ def _prefers_async(request: Request) -> bool:
 )
 async def execute_task(request: Request, task_id: TaskId) -> Response:
     """Call the task's callbackUrl and record the attempt (FR-003, FR-006, FR-007)."""
+    _check_task_id(task_id)
     service = _service(request)
     if _prefers_async(request):
         task = await service.execute_in_background(task_id)
@@ -394,6 +417,7 @@ async def execute_task(request: Request, task_id: TaskId) -> Response:
 )
 async def cancel_task(request: Request, task_id: TaskId) -> Response:
     """Cancel a Queued, Dequeued, Retry or Failed task: it is never called back."""
+    _check_task_id(task_id)
     return _json(TaskView.of(await _service(request).cancel(task_id)))
 
 
@@ -408,6 +432,7 @@ async def cancel_task(request: Request, task_id: TaskId) -> Response:
 )
 async def redrive_task(request: Request, task_id: TaskId) -> Response:
     """Send a Failed task (a dead letter, or one a caller gave up on) back to its queue."""
+    _check_task_id(task_id)
     return _json(TaskView.of(await _service(request).redrive(task_id)))
 
 
@@ -419,6 +444,7 @@ async def redrive_task(request: Request, task_id: TaskId) -> Response:
 )
 async def list_executions(request: Request, task_id: TaskId) -> Response:
     """Return every callback attempt of the task (the seed's TaskExecution entity)."""
+    _check_task_id(task_id)
     log = await _service(request).executions(task_id)
     return _json(ExecutionList(task_id, [ExecutionView.of(execution) for execution in log]))
 
