@@ -864,9 +864,18 @@ def render(rows: list[Row], sizes: Sizes, started: str) -> str:
         "| backend | scenario | details |",
         "| --- | --- | --- |",
     ]
+    shown: set[tuple[str, str, str]] = set()
     for row in rows:
+        key = (row.backend, row.scenario, row.what)
+        if key in shown:
+            continue
+        shown.add(key)
         if row.extra and row.scenario.startswith(("a", "c", "f", "g", "e peers")):
-            details = ", ".join(f"{k} {v}" for k, v in row.extra.items() if k != "slice_ratios")
+            details = ", ".join(
+                f"{k} {round(v, 2) if isinstance(v, float) else v}"
+                for k, v in row.extra.items()
+                if k != "slice_ratios"
+            )
             lines.append(f"| {row.backend} | {row.scenario} | {details} |")
     lines += [
         "",
