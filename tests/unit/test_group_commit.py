@@ -1,5 +1,5 @@
-"""The PostgreSQL queue's group commit (``backends.postgres.GroupCommit``), with a stand-in insert
-so that its batching, errors and cancellation can be driven exactly."""
+"""The group commit of the PostgreSQL and Redis queues (``backends.grouping``), with a stand-in
+insert so that its batching, errors and cancellation can be driven exactly."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from taskplatform.backends.postgres import GroupCommit
+from taskplatform.backends.grouping import GroupCommit
 from taskplatform.exceptions import BackendUnavailable
 
 
@@ -36,7 +36,7 @@ class Insert:
 
 async def test_a_lone_write_goes_at_once_and_returns_its_sequence() -> None:
     insert = Insert()
-    group = GroupCommit(insert)
+    group = GroupCommit(insert, key=lambda row: row["task_id"])
     assert await group.write({"task_id": "a"}) == 1
     assert insert.calls == [["a"]]
 
@@ -44,7 +44,7 @@ async def test_a_lone_write_goes_at_once_and_returns_its_sequence() -> None:
 async def test_writes_arriving_during_a_commit_share_the_next_one() -> None:
     insert = Insert()
     insert.gate.clear()
-    group = GroupCommit(insert, most=3)
+    group = GroupCommit(insert, key=lambda row: row["task_id"], most=3)
     first = asyncio.create_task(group.write({"task_id": "a"}))
     await asyncio.sleep(0)  # "a" is being written; the rest queue behind it
     rest = [asyncio.create_task(group.write({"task_id": name})) for name in "bcdef"]
@@ -58,7 +58,7 @@ async def test_writes_arriving_during_a_commit_share_the_next_one() -> None:
 async def test_a_failed_commit_fails_every_write_in_it_and_only_those() -> None:
     insert = Insert()
     insert.gate.clear()
-    group = GroupCommit(insert)
+    group = GroupCommit(insert, key=lambda row: row["task_id"])
     first = asyncio.create_task(group.write({"task_id": "a"}))
     await asyncio.sleep(0)
     second = [asyncio.create_task(group.write({"task_id": name})) for name in "bc"]
@@ -77,7 +77,7 @@ async def test_a_failed_commit_fails_every_write_in_it_and_only_those() -> None:
 async def test_a_caller_that_gave_up_before_its_commit_is_left_out() -> None:
     insert = Insert()
     insert.gate.clear()
-    group = GroupCommit(insert)
+    group = GroupCommit(insert, key=lambda row: row["task_id"])
     first = asyncio.create_task(group.write({"task_id": "a"}))
     await asyncio.sleep(0)
     quitter = asyncio.create_task(group.write({"task_id": "b"}))

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import asyncpg
@@ -28,6 +28,7 @@ from taskplatform.backends.base import (
     Store,
     TaskChanges,
 )
+from taskplatform.backends.grouping import GroupCommit
 from taskplatform.backends.sqlfile import load_queries
 from taskplatform.backends.sqlrows import (
     NO_CURSOR,
@@ -140,79 +141,14 @@ def _brief(exc: BaseException) -> str:
     return message[0] if message else type(exc).__name__
 
 
-class GroupCommit:
-    """Single enqueues from concurrent requests, written together (group commit).
-
-    While one multi-row INSERT commits, the enqueues that arrive wait and go into the next one, so
-    under load one commit (one round trip, one WAL flush) carries many tasks, and an enqueue on
-    its own goes at once. A caller's :meth:`write` returns only after the commit that holds its
-    row, never before; if that commit fails, every caller in it gets the error, and none of their
-    rows is stored. bench/run.py measured this at about twice the create rate of a transaction
-    per request.
-
-    Args:
-        insert: Writes rows in one transaction and returns their ``seq`` by task id.
-        most: Rows per INSERT at most.
-    """
-
-    def __init__(
-        self,
-        insert: Callable[[list[dict[str, Any]]], Awaitable[dict[str, int]]],
-        most: int = 1000,
-    ) -> None:
-        self._insert = insert
-        self._most = most
-        self._waiting: list[tuple[dict[str, Any], asyncio.Future[int]]] = []
-        self._writer: asyncio.Task[None] | None = None
-
-    async def write(self, row: dict[str, Any]) -> int:
-        """Insert ``row`` (``queue_params``, with ``task_id``); return its ``seq`` once committed.
-
-        Raises:
-            BackendUnavailable: the commit holding the row failed.
-        """
-        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._waiting.append((row, future))
-        if self._writer is None:
-            self._writer = asyncio.create_task(self._drain(), name="enqueue group commit")
-        return await future
-
-    async def _drain(self) -> None:
-        batch: list[tuple[dict[str, Any], asyncio.Future[int]]] = []
-        try:
-            while self._waiting:
-                batch, self._waiting = self._waiting[: self._most], self._waiting[self._most :]
-                # A caller that gave up before its row was written (a client that hung up) has
-                # nothing to wait for: leave its row out.
-                batch = [(row, future) for row, future in batch if not future.done()]
-                if not batch:
-                    continue
-                try:
-                    sequences = await self._insert([row for row, _ in batch])
-                except Exception as exc:
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
-                    continue
-                for row, future in batch:
-                    if not future.done():
-                        future.set_result(sequences[row["task_id"]])
-                batch = []
-        except BaseException:  # cancelled (shutdown): nobody may wait forever
-            for _, future in [*batch, *self._waiting]:
-                future.cancel()
-            self._waiting = []
-            raise
-        finally:
-            self._writer = None
-
-
 class PostgresQueue(Queue):
     """The queue as the ``queued_tasks`` table of a :class:`PostgresDatabase`."""
 
     def __init__(self, database: PostgresDatabase) -> None:
         self.database = database
-        self._group = GroupCommit(self._insert_rows)
+        self._group: GroupCommit[dict[str, Any]] = GroupCommit(
+            self._insert_rows, key=lambda row: str(row["task_id"])
+        )
 
     async def enqueue(
         self, task: TaskRecord, *, claim: IdempotencyClaim | None = None

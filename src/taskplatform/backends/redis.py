@@ -46,6 +46,7 @@ from taskplatform.backends.base import (
     Store,
     TaskChanges,
 )
+from taskplatform.backends.grouping import GroupCommit
 from taskplatform.exceptions import BackendUnavailable, raise_if_cancelled
 from taskplatform.faults import Faults
 from taskplatform.models import (
@@ -252,6 +253,9 @@ class RedisQueue(Queue):
         )
         self.client = aioredis.Redis.from_pool(pool)  # owns the pool: aclose() closes it
         self._prefix = key_prefix
+        self._group: GroupCommit[TaskRecord] = GroupCommit(
+            self._enqueue_together, key=lambda task: task.task_id
+        )
         self._inflight = f"{key_prefix}:inflight"
         self._ids = f"{key_prefix}:ids"
         self._seq = f"{key_prefix}:seq"
@@ -285,6 +289,10 @@ class RedisQueue(Queue):
     async def enqueue(
         self, task: TaskRecord, *, claim: IdempotencyClaim | None = None
     ) -> IdempotentReplay | None:
+        if claim is None:
+            # Concurrent creates share one MULTI/EXEC round trip (see enqueue_many).
+            task.sequence = await self._group.write(task)
+            return None
         claim_key = f"{self._idempotency_prefix}{claim.key}" if claim else f"{self._prefix}:none"
         claim_value = f"{claim.request_hash} {task.task_id}" if claim else ""
         ttl = max(1, claim.expires_at - task.created_at) if claim else 0
@@ -312,6 +320,11 @@ class RedisQueue(Queue):
 
     async def enqueue_many(self, tasks: list[TaskRecord]) -> None:
         """Enqueue ``tasks`` in one MULTI/EXEC transaction: Redis runs all or none."""
+        sequences = await self._enqueue_together(tasks)
+        for task in tasks:
+            task.sequence = sequences[task.task_id]
+
+    async def _enqueue_together(self, tasks: list[TaskRecord]) -> dict[str, int]:
         async with self._guard(), self.client.pipeline(transaction=True) as pipe:
             for task in tasks:
                 await self._enqueue(
@@ -320,8 +333,7 @@ class RedisQueue(Queue):
                     client=pipe,
                 )
             sequences = await pipe.execute()
-        for task, seq in zip(tasks, sequences, strict=True):
-            task.sequence = int(seq)
+        return {task.task_id: int(seq) for task, seq in zip(tasks, sequences, strict=True)}
 
     async def get(self, task_id: str) -> TaskRecord | None:
         async with self._guard():
