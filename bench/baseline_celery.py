@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,33 @@ def wait_for(receiver: str, count: int, timeout: float) -> None:
         time.sleep(0.01)
 
 
+def time_peer(
+    n: int, receiver: str, warmup: int, enqueue_one: Callable[[int, str], object]
+) -> dict[str, float]:
+    """Warm the started workers up with ``warmup`` tasks, then time ``n``: enqueue them from a
+    thread (``enqueue_one(i, task_id)``, as user code would) while polling the receiver, from the
+    first enqueue until it has counted all ``n``. Returns the JSON the suite reads."""
+    start = received(receiver)
+    for i in range(warmup):
+        enqueue_one(i, f"warm-{i}")
+    wait_for(receiver, start + warmup, 120)
+    start += warmup
+    began = time.perf_counter()
+    enqueued: list[float] = []
+
+    def enqueue() -> None:
+        for i in range(n):
+            enqueue_one(i, f"peer-{i}")
+        enqueued.append(time.perf_counter() - began)
+
+    thread = threading.Thread(target=enqueue)
+    thread.start()
+    wait_for(receiver, start + n, 1200)
+    seconds = time.perf_counter() - began
+    thread.join()
+    return {"seconds": seconds, "enqueue_seconds": enqueued[0], "n": n}
+
+
 def flush() -> None:
     """Empty the broker's Redis database."""
     import redis
@@ -86,25 +114,8 @@ def main() -> None:
         stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        start = received(receiver)
-        for i in range(WARMUP):
-            post.delay(url, {"n": i}, f"warm-{i}")
-        wait_for(receiver, start + WARMUP, 120)
-        start += WARMUP
-        began = time.perf_counter()
-        enqueued: list[float] = []
-
-        def enqueue() -> None:
-            for i in range(n):
-                post.delay(url, {"n": i}, f"celery-{i}")
-            enqueued.append(time.perf_counter() - began)
-
-        thread = threading.Thread(target=enqueue)
-        thread.start()
-        wait_for(receiver, start + n, 1200)
-        seconds = time.perf_counter() - began
-        thread.join()
-        print(json.dumps({"seconds": seconds, "enqueue_seconds": enqueued[0], "n": n}))
+        result = time_peer(n, receiver, WARMUP, lambda i, tag: post.delay(url, {"n": i}, tag))
+        print(json.dumps(result))
     finally:
         worker.terminate()
         worker.wait(timeout=30)

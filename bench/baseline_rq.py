@@ -16,13 +16,11 @@ import json
 import os
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
-from baseline_celery import received, wait_for
+from baseline_celery import time_peer
 from redis import Redis
 from rq import Queue
 
@@ -56,25 +54,12 @@ def main() -> None:
         for _ in range(os.cpu_count() or 1)
     ]
     try:
-        start = received(receiver)
-        for i in range(WARMUP):
-            queue.enqueue("baseline_rq.post", url, {"n": i}, f"warm-{i}")
-        wait_for(receiver, start + WARMUP, 120)
-        start += WARMUP
-        began = time.perf_counter()
-        enqueued: list[float] = []
 
-        def enqueue() -> None:
-            for i in range(n):
-                queue.enqueue("baseline_rq.post", url, {"n": i}, f"rq-{i}")
-            enqueued.append(time.perf_counter() - began)
+        def enqueue_one(i: int, task_id: str) -> object:
+            return queue.enqueue("baseline_rq.post", url, {"n": i}, task_id)
 
-        thread = threading.Thread(target=enqueue)
-        thread.start()
-        wait_for(receiver, start + n, 1200)
-        seconds = time.perf_counter() - began
-        thread.join()
-        print(json.dumps({"seconds": seconds, "enqueue_seconds": enqueued[0], "n": n}))
+        result = time_peer(n, receiver, WARMUP, enqueue_one)
+        print(json.dumps(result))
     finally:
         for worker in workers:
             worker.terminate()

@@ -43,7 +43,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -59,6 +58,10 @@ from typing import Any
 import aiohttp
 import asyncpg
 import uvloop
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import free_port, stop
+from receiver import lifespan
 
 HOST = "127.0.0.1"
 BENCH_DIR = Path(__file__).resolve().parent
@@ -136,13 +139,8 @@ Send = Callable[[Message], Awaitable[None]]
 async def receiver_app(scope: Scope, receive: Receive, send: Send) -> None:
     """Answer every HTTP request 200 ``{"ok":true}`` after reading its body."""
     if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        await lifespan(receive, send)
+        return
     if scope["type"] != "http":
         return
     more = True
@@ -173,13 +171,6 @@ def serve_receiver(port: int) -> None:
 # --- processes ---------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
 async def wait_listening(proc: subprocess.Popen[bytes], port: int, timeout: float = 60.0) -> None:
     """Wait until ``port`` accepts connections; fail if ``proc`` exits or time runs out."""
     deadline = time.monotonic() + timeout
@@ -195,17 +186,6 @@ async def wait_listening(proc: subprocess.Popen[bytes], port: int, timeout: floa
         await writer.wait_closed()
         return
     raise RuntimeError(f"nothing listening on {HOST}:{port} after {timeout} s")
-
-
-def stop(proc: subprocess.Popen[bytes], grace: float = 40.0) -> None:
-    """SIGTERM ``proc``, SIGKILL it after ``grace`` seconds, and reap it."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
 def descendants(pid: int) -> list[int]:
@@ -369,7 +349,7 @@ async def servers(store: Storage, workdir: Path) -> AsyncIterator[Servers]:
             yield Servers(service, service_port, receiver, receiver_port, log_path)
         finally:
             for proc in procs:
-                stop(proc)
+                stop(proc, grace=40)
 
 
 def log_problems(text: str) -> list[str]:

@@ -81,6 +81,25 @@ def policy_of(text: str | bytes | None) -> RetryPolicy | None:
     return None if not text else _decode_policy(text)
 
 
+QUEUED_FIELDS = (
+    "task_id",
+    "priority",
+    "task_data",
+    "callback_url",
+    "max_retries",
+    "timeout_seconds",
+    "attempts",
+    "error",
+    "created_at",
+    "updated_at",
+    "queue",
+    "scheduled_at",
+    "retry_policy",
+)
+"""The fields of :class:`TaskRecord` a queue backend keeps for a Queued task (all it needs to
+rebuild the record but its sequence), in the one order every backend writes them."""
+
+
 class TaskRecord(msgspec.Struct, kw_only=True):
     """One task as the backends hold it.
 

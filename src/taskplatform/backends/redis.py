@@ -51,6 +51,7 @@ from taskplatform.exceptions import BackendUnavailable, raise_if_cancelled
 from taskplatform.faults import Faults
 from taskplatform.models import (
     DEFAULT_QUEUE,
+    QUEUED_FIELDS,
     Status,
     TaskRecord,
     now_ms,
@@ -60,21 +61,9 @@ from taskplatform.models import (
 
 logger = logging.getLogger(__name__)
 
-# The task hash's fields after ``member`` and ``sequence``, in the order of _hash_values().
-_FIELDS = (
-    "priority",
-    "task_data",
-    "callback_url",
-    "max_retries",
-    "timeout_seconds",
-    "attempts",
-    "error",
-    "created_at",
-    "updated_at",
-    "queue",
-    "scheduled_at",
-    "retry_policy",
-)
+# The task hash's fields after ``member`` and ``sequence``, in the order of _hash_values(): the
+# id is the hash's key, not a field.
+_FIELDS = QUEUED_FIELDS[1:]
 _HSET = "redis.call('HSET', KEYS[{key}], 'member', member, 'sequence', seq, {pairs})"
 
 

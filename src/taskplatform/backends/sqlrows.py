@@ -6,7 +6,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from taskplatform.backends.base import TaskChanges
-from taskplatform.models import ExecutionRecord, Status, TaskRecord, policy_of, policy_text
+from taskplatform.models import (
+    QUEUED_FIELDS,
+    ExecutionRecord,
+    Status,
+    TaskRecord,
+    policy_of,
+    policy_text,
+)
 
 STORE_COLUMNS = (
     "task_id, sequence, status, priority, task_data, callback_url, max_retries, timeout_seconds, "
@@ -128,21 +135,7 @@ def task_params(task: TaskRecord) -> dict[str, Any]:
     }
 
 
-QUEUE_COLUMNS = (
-    "task_id",
-    "priority",
-    "task_data",
-    "callback_url",
-    "max_retries",
-    "timeout_seconds",
-    "attempts",
-    "error",
-    "created_at",
-    "updated_at",
-    "queue",
-    "scheduled_at",
-    "retry_policy",
-)
+QUEUE_COLUMNS = QUEUED_FIELDS
 """The columns ``enqueue`` writes (all of ``queued_tasks`` but ``seq``), in its order."""
 
 
