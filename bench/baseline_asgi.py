@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import sys
 
-from receiver import Receive, Scope, Send, lifespan, serve
+from receiver import Receive, Scope, Send, answer, lifespan, read_body, serve
 
 BODY = b'{"taskId":"01a22c7b-b2c9-714d-9523-57f31044d03d","status":"Queued"}'
-_HEADERS = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(BODY))]
 
 
 async def app(scope: Scope, receive: Receive, send: Send) -> None:
@@ -24,12 +23,8 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
         return
     if scope["type"] != "http":
         return
-    more = True
-    while more:
-        message = await receive()
-        more = message.get("more_body", False)
-    await send({"type": "http.response.start", "status": 201, "headers": _HEADERS})
-    await send({"type": "http.response.body", "body": BODY})
+    await read_body(receive)
+    await answer(send, 201, BODY)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,18 @@ async def lifespan(receive: Receive, send: Send) -> None:
             return
 
 
+async def read_body(receive: Receive) -> None:
+    """Read (and drop) the whole request body, as a real handler would."""
+    await read_body(receive)
+
+
+async def answer(send: Send, status: int, body: bytes) -> None:
+    """Send a JSON response of ``status`` with ``body``."""
+    headers = [*_HEADERS, (b"content-length", b"%d" % len(body))]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
 async def app(scope: Scope, receive: Receive, send: Send) -> None:
     """The receiver (see the module docstring)."""
     global _count
@@ -65,9 +77,7 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
             if name == b"x-task-id":
                 _arrivals[value.decode()] = now
                 break
-    headers = [*_HEADERS, (b"content-length", b"%d" % len(body))]
-    await send({"type": "http.response.start", "status": 200, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    await answer(send, 200, body)
 
 
 def serve(asgi_app: Callable[..., Awaitable[None]], port: int) -> None:

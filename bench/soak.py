@@ -61,7 +61,7 @@ import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import free_port, stop
-from receiver import lifespan
+from receiver import answer, lifespan, read_body
 
 HOST = "127.0.0.1"
 BENCH_DIR = Path(__file__).resolve().parent
@@ -143,14 +143,8 @@ async def receiver_app(scope: Scope, receive: Receive, send: Send) -> None:
         return
     if scope["type"] != "http":
         return
-    more = True
-    while more:
-        message = await receive()
-        more = message.get("more_body", False)
-    body = b'{"ok":true}'
-    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
-    await send({"type": "http.response.start", "status": 200, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    await read_body(receive)
+    await answer(send, 200, b'{"ok":true}')
 
 
 def serve_receiver(port: int) -> None:
