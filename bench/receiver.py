@@ -41,7 +41,10 @@ async def lifespan(receive: Receive, send: Send) -> None:
 
 async def read_body(receive: Receive) -> None:
     """Read (and drop) the whole request body, as a real handler would."""
-    await read_body(receive)
+    more = True
+    while more:
+        message = await receive()
+        more = message.get("more_body", False)
 
 
 async def answer(send: Send, status: int, body: bytes) -> None:
@@ -59,10 +62,7 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
         return
     if scope["type"] != "http":
         return
-    more = True
-    while more:
-        message = await receive()
-        more = message.get("more_body", False)
+    await read_body(receive)
     body = _OK
     if scope["method"] == "GET":
         if scope["path"] == "/arrivals":
