@@ -205,7 +205,8 @@ def receiver(
     from taskplatform.receiver import create_receiver_app
 
     _configure_logging("info")
-    uvicorn.run(create_receiver_app(), host=host, port=port, log_level="warning")
+    # "info" so that uvicorn says where it listens; each callback is logged by the app itself.
+    uvicorn.run(create_receiver_app(), host=host, port=port, log_level="info", access_log=False)
 
 
 @db_app.command("upgrade")

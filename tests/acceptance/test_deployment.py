@@ -6,6 +6,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 
 from taskplatform.backends.migrate import head_revision
 from tests.support.backends import backend_env
-from tests.support.server import Server, clean_environ
+from tests.support.server import Server, clean_environ, free_port
 
 
 @pytest.mark.parametrize("combination", ["postgres", "redis+postgres"])
@@ -132,3 +133,32 @@ def test_db_upgrade_creates_the_schema_and_serve_refuses_an_unknown_revision(
         assert refused.returncode == 2, refused.stderr
         assert "'9999_from_the_future'" in refused.stderr
         assert "does not know" in refused.stderr
+
+
+def test_demo_receiver_says_where_it_listens_and_logs_each_callback(tmp_path: Path) -> None:
+    """The quick start's receiver: a newcomer must see that it is up, then each callback."""
+    port = free_port()
+    log_path = tmp_path / "receiver.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "taskplatform", "receiver", "--port", str(port)],
+            env=clean_environ({}),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 20
+        while f"127.0.0.1:{port}" not in log_path.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert f"running on http://127.0.0.1:{port}" in log_path.read_text()
+        response = httpx.post(
+            f"http://127.0.0.1:{port}/orders",
+            json={"orderId": 42},
+            headers={"X-Task-Id": "t-1", "X-Task-Attempt": "1"},
+        )
+        assert response.status_code == 200
+        time.sleep(0.2)
+        assert "callback /orders task=t-1 attempt=1" in log_path.read_text()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
