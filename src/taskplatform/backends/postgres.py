@@ -240,7 +240,9 @@ class PostgresQueue(Queue):
             "lease_expires_at": lease_expires_at,
             "dispatched": dispatched,
         }
-        async with self.database.begin() as conn:
+        # One statement (the CTE deletes and inserts together), atomic by itself: autocommit
+        # saves the BEGIN and COMMIT round trips on every dequeue.
+        async with self.database.read() as conn:
             row = (await conn.execute(SQL["dequeue_next"], params)).first()
         return None if row is None else stored_record(row)
 
@@ -345,7 +347,7 @@ class PostgresStore(Store):
         return None if row is None else stored_record(row)
 
     async def insert_dequeued(self, task: TaskRecord) -> bool:
-        async with self.database.begin() as conn:
+        async with self.database.read() as conn:  # one statement: autocommit
             result = await conn.execute(SQL["store_insert"], task_params(task))
         return bool(result.rowcount == 1)
 
