@@ -141,6 +141,22 @@ def _brief(exc: BaseException) -> str:
     return message[0] if message else type(exc).__name__
 
 
+def _logging_attempt(compare_and_set: str) -> str:
+    """``compare_and_set`` (an ``UPDATE … RETURNING``) and the attempt's entry in the log as one
+    statement: a data-modifying CTE writes the entry only when the row changed, as the two
+    statements of ``execution_insert`` after a successful compare-and-set in one transaction
+    would, in one round trip instead of four. Parameters of the entry are ``:log_<name>``."""
+    return (
+        f"WITH changed AS ({compare_and_set}), logged AS ("
+        "INSERT INTO task_executions (task_id, attempt, started_at, finished_at, duration_ms, "
+        "http_status, result, error) "
+        "SELECT :log_task_id, :log_attempt, :log_started_at, :log_finished_at, "
+        ":log_duration_ms, :log_http_status, :log_result, :log_error FROM changed "
+        "ON CONFLICT (task_id, attempt, started_at) DO NOTHING) "
+        "SELECT * FROM changed"
+    )
+
+
 class PostgresQueue(Queue):
     """The queue as the ``queued_tasks`` table of a :class:`PostgresDatabase`."""
 
@@ -335,15 +351,12 @@ class PostgresStore(Store):
             require_attempts_left=require_attempts_left,
             due_by=due_by,
         )
-        if execution is None:
-            # One UPDATE is atomic by itself: autocommit saves the BEGIN and COMMIT round trips.
-            async with self.database.read() as conn:
-                row = (await conn.execute(_text(sql), params)).first()
-        else:
-            async with self.database.begin() as conn:
-                row = (await conn.execute(_text(sql), params)).first()
-                if row is not None:
-                    await conn.execute(SQL["execution_insert"], execution_params(execution))
+        if execution is not None:
+            sql = _logging_attempt(sql)
+            params |= {f"log_{k}": v for k, v in execution_params(execution).items()}
+        # One statement, atomic by itself: autocommit saves the BEGIN and COMMIT round trips.
+        async with self.database.read() as conn:
+            row = (await conn.execute(_text(sql), params)).first()
         return None if row is None else stored_record(row)
 
     async def insert_dequeued(self, task: TaskRecord) -> bool:
