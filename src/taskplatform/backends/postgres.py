@@ -32,7 +32,6 @@ from taskplatform.backends.grouping import GroupCommit
 from taskplatform.backends.sqlfile import load_queries
 from taskplatform.backends.sqlrows import (
     NO_CURSOR,
-    QUEUE_COLUMNS,
     compare_and_set_sql,
     execution_params,
     execution_record,
@@ -44,7 +43,7 @@ from taskplatform.backends.sqlrows import (
     task_params,
 )
 from taskplatform.exceptions import BackendUnavailable, raise_if_cancelled
-from taskplatform.models import DEFAULT_QUEUE, ExecutionRecord, Status, TaskRecord
+from taskplatform.models import DEFAULT_QUEUE, QUEUED_FIELDS, ExecutionRecord, Status, TaskRecord
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +89,7 @@ class PostgresDatabase:
             connect_args={"timeout": connect_timeout_seconds},
         )
         # Reads need no transaction: AUTOCOMMIT saves the BEGIN and COMMIT round trips.
-        self._reader = self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         self._closed = False
 
     @contextlib.asynccontextmanager
@@ -105,7 +104,7 @@ class PostgresDatabase:
                 yield connection
 
     @contextlib.asynccontextmanager
-    async def read(self) -> AsyncIterator[AsyncConnection]:
+    async def autocommit(self) -> AsyncIterator[AsyncConnection]:
         """Yield a connection in autocommit mode: each statement is a transaction of its own.
 
         For reads, and for writes of one statement, which are atomic by themselves.
@@ -114,7 +113,7 @@ class PostgresDatabase:
             BackendUnavailable: the database cannot be reached or failed the statement.
         """
         with _translated_errors():
-            async with self._reader.connect() as connection:
+            async with self._autocommit.connect() as connection:
                 yield connection
 
     async def close(self) -> None:
@@ -173,20 +172,19 @@ class PostgresQueue(Queue):
             task.sequence = await self._group.write(queue_params(task))
             return None
         async with self.database.begin() as conn:
-            if claim is not None:
-                claimed = await conn.execute(
-                    SQL["idempotency_claim"],
-                    {
-                        "key": claim.key,
-                        "request_hash": claim.request_hash,
-                        "task_id": task.task_id,
-                        "expires_at": claim.expires_at,
-                        "now": task.created_at,
-                    },
-                )
-                if claimed.first() is None:
-                    row = (await conn.execute(SQL["idempotency_get"], {"key": claim.key})).one()
-                    return IdempotentReplay(task_id=row[1], request_hash=row[0])
+            claimed = await conn.execute(
+                SQL["idempotency_claim"],
+                {
+                    "key": claim.key,
+                    "request_hash": claim.request_hash,
+                    "task_id": task.task_id,
+                    "expires_at": claim.expires_at,
+                    "now": task.created_at,
+                },
+            )
+            if claimed.first() is None:
+                row = (await conn.execute(SQL["idempotency_get"], {"key": claim.key})).one()
+                return IdempotentReplay(task_id=row[1], request_hash=row[0])
             task.sequence = (await conn.execute(SQL["enqueue"], queue_params(task))).scalar_one()
         return None
 
@@ -197,13 +195,13 @@ class PostgresQueue(Queue):
 
     async def _insert_rows(self, rows: list[dict[str, Any]]) -> dict[str, int]:
         """Insert ``rows`` (``queue_params``) in one transaction; return their seq by task id."""
-        columns = {name: [row[name] for row in rows] for name in QUEUE_COLUMNS}
+        columns = {name: [row[name] for row in rows] for name in QUEUED_FIELDS}
         async with self.database.begin() as conn:
             inserted = (await conn.execute(SQL["enqueue_rows"], columns)).all()
         return {task_id: seq for task_id, seq in inserted}
 
     async def get(self, task_id: str) -> TaskRecord | None:
-        async with self.database.read() as conn:
+        async with self.database.autocommit() as conn:
             row = (await conn.execute(SQL["queue_get"], {"task_id": task_id})).first()
         return None if row is None else queued_record(row)
 
@@ -213,12 +211,12 @@ class PostgresQueue(Queue):
         params: dict[str, Any] = {"before": before or NO_CURSOR, "limit": limit}
         if queue is not None:
             params["queue"] = queue
-        async with self.database.read() as conn:
+        async with self.database.autocommit() as conn:
             rows = (await conn.execute(_text(queue_list_sql(queue=queue)), params)).all()
         return [queued_record(row) for row in rows]
 
     async def queue_counts(self) -> dict[str, QueueCounts]:
-        async with self.database.read() as conn:
+        async with self.database.autocommit() as conn:
             rows = (await conn.execute(SQL["queue_stats"])).all()
         return {name: QueueCounts(count, oldest) for name, count, oldest in rows}
 
@@ -234,7 +232,7 @@ class PostgresQueue(Queue):
         return task
 
     async def depth(self) -> int:
-        async with self.database.read() as conn:
+        async with self.database.autocommit() as conn:
             count: int = (await conn.execute(SQL["queue_depth"])).scalar_one()
         return count
 
@@ -258,7 +256,7 @@ class PostgresQueue(Queue):
         }
         # One statement (the CTE deletes and inserts together), atomic by itself: autocommit
         # saves the BEGIN and COMMIT round trips on every dequeue.
-        async with self.database.read() as conn:
+        async with self.database.autocommit() as conn:
             row = (await conn.execute(SQL["dequeue_next"], params)).first()
         return None if row is None else stored_record(row)
 
@@ -315,7 +313,7 @@ class PostgresQueue(Queue):
             raise TypeError("a PostgreSQL queue moves tasks only into the store of its database")
 
     async def ping(self) -> None:
-        async with self.database.read() as conn:
+        async with self.database.autocommit() as conn:
             await conn.execute(SQL["ping"])
 
     async def close(self) -> None:
@@ -355,23 +353,23 @@ class PostgresStore(Store):
             sql = _logging_attempt(sql)
             params |= {f"log_{k}": v for k, v in execution_params(execution).items()}
         # One statement, atomic by itself: autocommit saves the BEGIN and COMMIT round trips.
-        async with self.database.read() as conn:
+        async with self.database.autocommit() as conn:
             row = (await conn.execute(_text(sql), params)).first()
         return None if row is None else stored_record(row)
 
     async def insert_dequeued(self, task: TaskRecord) -> bool:
-        async with self.database.read() as conn:  # one statement: autocommit
+        async with self.database.autocommit() as conn:  # one statement: autocommit
             result = await conn.execute(SQL["store_insert"], task_params(task))
         return bool(result.rowcount == 1)
 
     async def get(self, task_id: str) -> TaskRecord | None:
-        async with self.database.read() as conn:
+        async with self.database.autocommit() as conn:
             row = (await conn.execute(SQL["store_get"], {"task_id": task_id})).first()
         return None if row is None else stored_record(row)
 
     async def expired_leases(self, status: Status, *, now: int, limit: int) -> list[TaskRecord]:
         params = {"status": status.value, "now": now, "limit": limit}
-        async with self.database.read() as conn:
+        async with self.database.autocommit() as conn:
             rows = (await conn.execute(SQL["store_expired_leases"], params)).all()
         return [stored_record(row) for row in rows]
 
@@ -392,23 +390,23 @@ class PostgresStore(Store):
     ) -> list[TaskRecord]:
         query, params = store_list_sql(status=status, queue=queue, dead_letter=dead_letter)
         params.update(before=before or NO_CURSOR, limit=limit)
-        async with self.database.read() as conn:
+        async with self.database.autocommit() as conn:
             rows = (await conn.execute(_text(query), params)).all()
         return [stored_record(row) for row in rows]
 
     async def due_retries(self, queue: str, *, now: int, limit: int) -> list[TaskRecord]:
         params = {"queue": queue, "now": now, "limit": limit}
-        async with self.database.read() as conn:
+        async with self.database.autocommit() as conn:
             rows = (await conn.execute(SQL["store_due_retries"], params)).all()
         return [stored_record(row) for row in rows]
 
     async def queue_activity(self, *, since: int) -> dict[str, QueueActivity]:
-        async with self.database.read() as conn:
+        async with self.database.autocommit() as conn:
             rows = (await conn.execute(SQL["store_queue_activity"], {"since": since})).all()
         return {name: QueueActivity(busy or 0, attempts) for name, busy, attempts in rows}
 
     async def paused_queues(self) -> set[str]:
-        async with self.database.read() as conn:
+        async with self.database.autocommit() as conn:
             rows = (await conn.execute(SQL["queues_paused"])).all()
         return {name for (name,) in rows}
 
@@ -429,12 +427,12 @@ class PostgresStore(Store):
             )
 
     async def executions(self, task_id: str) -> list[ExecutionRecord]:
-        async with self.database.read() as conn:
+        async with self.database.autocommit() as conn:
             rows = (await conn.execute(SQL["execution_list"], {"task_id": task_id})).all()
         return [execution_record(row) for row in rows]
 
     async def count_by_status(self, queue: str | None = None) -> dict[Status, int]:
-        async with self.database.read() as conn:
+        async with self.database.autocommit() as conn:
             if queue is None:
                 rows = (await conn.execute(SQL["store_count_by_status"])).all()
             else:
@@ -444,7 +442,7 @@ class PostgresStore(Store):
         return {Status(status): count for status, count in rows}
 
     async def ping(self) -> None:
-        async with self.database.read() as conn:
+        async with self.database.autocommit() as conn:
             await conn.execute(SQL["ping"])
 
     async def close(self) -> None:

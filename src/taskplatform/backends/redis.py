@@ -282,9 +282,9 @@ class RedisQueue(Queue):
             # Concurrent creates share one MULTI/EXEC round trip (see enqueue_many).
             task.sequence = await self._group.write(task)
             return None
-        claim_key = f"{self._idempotency_prefix}{claim.key}" if claim else f"{self._prefix}:none"
-        claim_value = f"{claim.request_hash} {task.task_id}" if claim else ""
-        ttl = max(1, claim.expires_at - task.created_at) if claim else 0
+        claim_key = f"{self._idempotency_prefix}{claim.key}"
+        claim_value = f"{claim.request_hash} {task.task_id}"
+        ttl = max(1, claim.expires_at - task.created_at)
         async with self._guard():
             outcome = await self._enqueue(
                 keys=[self._seq, self._task_key(task.task_id), claim_key],

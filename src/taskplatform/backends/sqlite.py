@@ -33,7 +33,6 @@ from taskplatform.backends.base import (
 from taskplatform.backends.sqlfile import load_queries
 from taskplatform.backends.sqlrows import (
     NO_CURSOR,
-    QUEUE_COLUMNS,
     compare_and_set_sql,
     execution_params,
     execution_record,
@@ -46,7 +45,7 @@ from taskplatform.backends.sqlrows import (
 )
 from taskplatform.exceptions import BackendUnavailable
 from taskplatform.faults import Faults
-from taskplatform.models import DEFAULT_QUEUE, ExecutionRecord, Status, TaskRecord
+from taskplatform.models import DEFAULT_QUEUE, QUEUED_FIELDS, ExecutionRecord, Status, TaskRecord
 
 logger = logging.getLogger(__name__)
 
@@ -63,9 +62,9 @@ _ROWS_PER_INSERT = 500
 @functools.lru_cache(maxsize=8)
 def _insert_rows_sql(rows: int) -> str:
     """``INSERT INTO queued_tasks`` of ``rows`` rows, positional parameters in
-    :data:`~taskplatform.backends.sqlrows.QUEUE_COLUMNS` order."""
-    row = "(" + ", ".join("?" * len(QUEUE_COLUMNS)) + ")"
-    return f"INSERT INTO queued_tasks ({', '.join(QUEUE_COLUMNS)}) VALUES " + ", ".join(
+    :data:`~taskplatform.models.QUEUED_FIELDS` order."""
+    row = "(" + ", ".join("?" * len(QUEUED_FIELDS)) + ")"
+    return f"INSERT INTO queued_tasks ({', '.join(QUEUED_FIELDS)}) VALUES " + ", ".join(
         [row] * rows
     )
 
@@ -302,7 +301,7 @@ class SQLiteQueue(Queue):
             seqs: list[int] = []
             for start in range(0, len(params), _ROWS_PER_INSERT):
                 chunk = params[start : start + _ROWS_PER_INSERT]
-                values = [row[column] for row in chunk for column in QUEUE_COLUMNS]
+                values = [row[column] for row in chunk for column in QUEUED_FIELDS]
                 conn.execute(_insert_rows_sql(len(chunk)), values)
                 last: int = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
                 # One INSERT under the write lock numbers its rows in order and without gaps

@@ -135,14 +135,10 @@ def task_params(task: TaskRecord) -> dict[str, Any]:
     }
 
 
-QUEUE_COLUMNS = QUEUED_FIELDS
-"""The columns ``enqueue`` writes (all of ``queued_tasks`` but ``seq``), in its order."""
-
-
 def queue_params(task: TaskRecord) -> dict[str, Any]:
     """Return the named parameters of ``enqueue`` for ``task``."""
     params = task_params(task)
-    return {name: params[name] for name in QUEUE_COLUMNS}
+    return {name: params[name] for name in QUEUED_FIELDS}
 
 
 def execution_params(execution: ExecutionRecord) -> dict[str, Any]:
