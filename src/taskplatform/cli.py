@@ -5,11 +5,16 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import logging.config
 import os
+import shutil
+import tempfile
 from typing import Annotated
 
 import typer
 
+from taskplatform.cli_tasks import stats_command, tasks_app
+from taskplatform.logs import LogFormat, logging_config
 from taskplatform.settings import Settings, load_settings
 
 app = typer.Typer(
@@ -19,13 +24,22 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Manage the SQL schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+app.add_typer(tasks_app, name="tasks")
+app.command("stats")(stats_command)
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+def _configure_logging(settings: Settings) -> None:
+    logging.config.dictConfig(logging_config(settings.log_level, settings.log_format))
+
+
+LogFormatOption = Annotated[
+    LogFormat | None,
+    typer.Option(
+        "--log-format",
+        help="text, or json: one object a line with task_id, attempt and status. "
+        "[env: TASKPLATFORM_LOG_FORMAT]",
+    ),
+]
 
 
 def _settings_or_exit(**overrides: object) -> Settings:
@@ -99,6 +113,7 @@ def serve(
         ),
     ] = None,
     access_log: Annotated[bool, typer.Option(help="Log every request.")] = False,
+    log_format: LogFormatOption = None,
     dispatch: Annotated[
         bool,
         typer.Option(
@@ -124,25 +139,36 @@ def serve(
         database_url=database_url,
         insecure=insecure or None,
         dispatch=dispatch or None,
+        log_format=log_format,
     )
-    _configure_logging(settings.log_level)
+    _configure_logging(settings)
     _refuse_unsafe_or_exit(settings)
     _prepare_or_exit(settings)
     # Worker processes rebuild their settings from the environment: hand the flags down.
-    for name in ("host", "port", "workers", "database_url", "insecure", "dispatch"):
+    for name in ("host", "port", "workers", "database_url", "insecure", "dispatch", "log_format"):
         os.environ[f"TASKPLATFORM_{name.upper()}"] = str(getattr(settings, name))
-    uvicorn.run(
-        "taskplatform.api.app:create_app_from_env",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=settings.workers,
-        loop="uvloop",
-        http="httptools",
-        access_log=access_log,
-        log_level=settings.log_level.lower(),
-        timeout_graceful_shutdown=max(1, round(settings.shutdown_grace_seconds)),
-    )
+    counts_dir = None
+    if settings.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        # Each worker counts in files there, and /metrics on any worker sums them all.
+        counts_dir = tempfile.mkdtemp(prefix="taskplatform-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = counts_dir
+    try:
+        uvicorn.run(
+            "taskplatform.api.app:create_app_from_env",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=settings.workers,
+            loop="uvloop",
+            http="httptools",
+            access_log=access_log,
+            log_level=settings.log_level.lower(),
+            log_config=logging_config(settings.log_level, settings.log_format),
+            timeout_graceful_shutdown=max(1, round(settings.shutdown_grace_seconds)),
+        )
+    finally:
+        if counts_dir is not None:
+            shutil.rmtree(counts_dir, ignore_errors=True)
 
 
 @app.command()
@@ -167,6 +193,14 @@ def worker(
     database_url: Annotated[
         str | None, typer.Option(help="Store URL. [env: TASKPLATFORM_DATABASE_URL]")
     ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            help="Serve Prometheus /metrics on this port (0: any free one). "
+            "[env: TASKPLATFORM_WORKER_METRICS_PORT]"
+        ),
+    ] = None,
+    log_format: LogFormatOption = None,
 ) -> None:
     """Dispatch tasks: call back due tasks by themselves, with retries and backoff (no HTTP)."""
     from taskplatform.dispatch.dispatcher import run_worker
@@ -176,8 +210,22 @@ def worker(
         dispatch_concurrency=concurrency,
         dispatch_rate=rate,
         database_url=database_url,
+        worker_metrics_port=metrics_port,
+        log_format=log_format,
     )
-    _configure_logging(settings.log_level)
+    _configure_logging(settings)
+    if (
+        settings.worker_metrics_port is not None
+        and not _is_loopback(settings.worker_metrics_host)
+        and not settings.metrics_public
+    ):
+        typer.echo(
+            f"error: the worker's /metrics has no key check; to serve it on "
+            f"{settings.worker_metrics_host} set TASKPLATFORM_METRICS_PUBLIC=true, or keep "
+            "TASKPLATFORM_WORKER_METRICS_HOST on loopback",
+            err=True,
+        )
+        raise typer.Exit(2)
     try:
         from taskplatform.dispatch import sender_from_settings
 
@@ -204,9 +252,17 @@ def receiver(
 
     from taskplatform.receiver import create_receiver_app
 
-    _configure_logging("info")
+    config = logging_config("info", "text")
+    logging.config.dictConfig(config)
     # "info" so that uvicorn says where it listens; each callback is logged by the app itself.
-    uvicorn.run(create_receiver_app(), host=host, port=port, log_level="info", access_log=False)
+    uvicorn.run(
+        create_receiver_app(),
+        host=host,
+        port=port,
+        log_level="info",
+        log_config=config,
+        access_log=False,
+    )
 
 
 @db_app.command("upgrade")

@@ -36,7 +36,7 @@ import msgspec
 import uuid_utils
 
 from taskplatform.backends import Backends, TaskChanges
-from taskplatform.backends.base import IdempotencyClaim
+from taskplatform.backends.base import DepthSample, IdempotencyClaim
 from taskplatform.dispatch.callback import CallbackOutcome, CallbackSender
 from taskplatform.dispatch.retry import backoff_seconds, is_retryable
 from taskplatform.exceptions import (
@@ -56,6 +56,7 @@ from taskplatform.exceptions import (
     ValidationFailed,
     raise_if_cancelled,
 )
+from taskplatform.metrics import Metrics
 from taskplatform.models import (
     DEFAULT_QUEUE,
     ExecutionRecord,
@@ -85,6 +86,8 @@ INTERRUPTED = "interrupted: the server stopped during the callback"
 """The error of an attempt whose process died or shut down before the callback's outcome."""
 
 _REAP_BATCH = 100
+DEPTH_RETENTION_MS = 24 * 3600 * 1000
+"""How long queue depth samples are kept (the dashboard charts the last hour)."""
 _PAUSE_CACHE_SECONDS = 0.25
 _RETRY_CHECK_SECONDS = 0.05
 """After a look for due retries of a queue finds none, a dispatcher's claims skip the look for
@@ -167,6 +170,8 @@ class TaskService:
         self._paused: set[str] = set()
         self._paused_read_at = float("-inf")
         self._no_retries_until: dict[str, float] = {}
+        self.metrics = Metrics()
+        self._next_depth_sample = 0  # epoch ms; the first maintenance round samples at once
 
     # -- the one place a status changes ---------------------------------------------------------
 
@@ -207,14 +212,25 @@ class TaskService:
             due_by=due_by,
         )
         if task is not None:
-            logger.info(
-                "task %s is %s (attempt %d)",
-                task_id,
-                target.value,
-                task.attempts,
-                extra={"task_id": task_id, "status": target.value, "attempt": task.attempts},
-            )
+            self._moved(task)
         return task
+
+    def _moved(self, task: TaskRecord, note: str = "") -> None:
+        """Log and count ``task`` having just reached its status (a lifecycle event)."""
+        logger.info(
+            "task %s is %s (attempt %d)%s",
+            task.task_id,
+            task.status.value,
+            task.attempts,
+            note,
+            extra={
+                "task_id": task.task_id,
+                "status": task.status.value,
+                "attempt": task.attempts,
+                "queue": task.queue,
+            },
+        )
+        self.metrics.task_moved(task.queue, task.status)
 
     # -- operations ------------------------------------------------------------------------------
 
@@ -257,6 +273,8 @@ class TaskService:
                 )
             return await self.get(replay.task_id), True
         self.arrivals.notify()
+        self._moved(task)
+        self.metrics.task_created(task.queue)
         return task, False
 
     def _new_task(self, request: TaskCreate) -> TaskRecord:
@@ -336,6 +354,9 @@ class TaskService:
         if tasks:
             await self.queue.enqueue_many(tasks)
             self.arrivals.notify()
+            for task in tasks:
+                self._moved(task)
+                self.metrics.task_created(task.queue)
         return results
 
     async def dequeue(self, wait_seconds: float = 0, queue: str = DEFAULT_QUEUE) -> TaskRecord:
@@ -374,12 +395,8 @@ class TaskService:
                 self.arrivals.waiters -= 1
         if task is None:
             raise QueueEmpty()
-        logger.info(
-            "task %s is %s",
-            task.task_id,
-            task.status.value,
-            extra={"task_id": task.task_id, "status": task.status.value},
-        )
+        self._moved(task)
+        self.metrics.task_dequeued(task.queue, "pull")
         return task
 
     async def _transfer(self, queue: str, *, dispatched: bool = False) -> TaskRecord | None:
@@ -436,6 +453,7 @@ class TaskService:
         task = await self._transfer(queue, dispatched=True)
         if task is None:
             return None
+        self.metrics.task_dequeued(task.queue, "dispatch")
         return await self._start_processing(task, {Status.DEQUEUED})
 
     async def _start_processing(
@@ -523,8 +541,13 @@ class TaskService:
     def _track(self, task: TaskRecord) -> asyncio.Task[ExecuteOutcome]:
         call = asyncio.create_task(self.finish_execute(task), name=f"callback {task.task_id}")
         self._inflight.add(call)
-        call.add_done_callback(self._inflight.discard)
+        self.metrics.in_flight.inc()
+        call.add_done_callback(self._untrack)
         return call
+
+    def _untrack(self, call: asyncio.Task[ExecuteOutcome]) -> None:
+        self._inflight.discard(call)
+        self.metrics.in_flight.dec()
 
     async def start_execute(self, task_id: str) -> TaskRecord:
         """Move ``task_id`` to Processing under a fresh lease, ready for one callback.
@@ -571,6 +594,7 @@ class TaskService:
             # task can be executed again), then let the cancellation go on.
             await asyncio.shield(self._interrupt(task))
             raise
+        self.metrics.callback_finished(task.queue, outcome.success, outcome.duration_ms)
         target = Status.COMPLETED if outcome.success else Status.FAILED
         next_attempt_at: int | msgspec.UnsetType | None = msgspec.UNSET
         dead_letter: bool | msgspec.UnsetType = msgspec.UNSET
@@ -679,7 +703,7 @@ class TaskService:
         for _ in range(50):
             cancelled = await self.queue.cancel(self.store, task_id, now=now_ms())
             if cancelled is not None:
-                logger.info("task %s is Cancelled", task_id, extra={"task_id": task_id})
+                self._moved(cancelled)
                 return cancelled
             task = await self.store.get(task_id)
             if task is None:
@@ -744,7 +768,6 @@ class TaskService:
                 "only a Failed task can be retried",
                 task_id=task_id,
             )
-        logger.info("task %s is Queued again (re-driven)", task_id, extra={"task_id": task_id})
         # The task as it went back; reading it again could already find a dispatcher's claim.
         queued = msgspec.structs.replace(
             task,
@@ -762,6 +785,7 @@ class TaskService:
             completed_at=None,
             updated_at=now,
         )
+        self._moved(queued, ", re-driven")
         self.arrivals.notify()
         return queued
 
@@ -896,6 +920,63 @@ class TaskService:
         counts[Status.QUEUED] = depth
         return counts, depth
 
+    async def sample_queue_depth(self, now: int | None = None) -> list[DepthSample]:
+        """Record every queue's depth for the interval holding ``now``; prune old samples.
+
+        The default queue is always sampled, even empty; another queue only while it holds
+        tasks, so an interval where the default queue has a sample but another queue has none
+        means that queue was empty (:meth:`depth_history` fills those zeros). Every server
+        samples; they upsert the same (queue, interval) row, so the count of servers does not
+        matter.
+
+        Args:
+            now: The time, epoch ms (default: now). The sample is stamped with the start of its
+                ``queue_depth_sample_seconds`` interval.
+
+        Returns:
+            The samples written.
+
+        Raises:
+            BackendUnavailable: a backend cannot be reached; nothing is recorded.
+        """
+        now = now_ms() if now is None else now
+        interval = max(1, round(self.settings.queue_depth_sample_seconds * 1000))
+        bucket = now - now % interval
+        counts = await self.queue.queue_counts()
+        depths = {DEFAULT_QUEUE: 0} | {name: count.depth for name, count in counts.items()}
+        samples = [DepthSample(name, bucket, depth) for name, depth in sorted(depths.items())]
+        await self.store.record_depth_samples(samples, prune_before=now - DEPTH_RETENTION_MS)
+        return samples
+
+    async def depth_history(self, *, seconds: float) -> tuple[list[int], dict[str, list[int]]]:
+        """Return the sampled queue depths of the last ``seconds``.
+
+        Returns:
+            ``(times, depths)``: the sampled intervals' starts (epoch ms, oldest first), and per
+            queue (by name) its depth at each of those times, 0 where it had no sample.
+        """
+        samples = await self.store.depth_samples(since=now_ms() - round(seconds * 1000))
+        times = sorted({sample.sampled_at for sample in samples})
+        index = {at: position for position, at in enumerate(times)}
+        depths: dict[str, list[int]] = {}
+        for sample in samples:
+            series = depths.setdefault(sample.queue, [0] * len(times))
+            series[index[sample.sampled_at]] = sample.depth
+        return times, dict(sorted(depths.items()))
+
+    async def metrics_exposition(self) -> bytes:
+        """Return this process's metrics with the queue gauges read now (``GET /metrics``).
+
+        When a backend does not answer, the counters are still returned, the queue gauges are
+        left out and ``taskplatform_backends_up`` is 0: an outage shows in the scrape rather
+        than failing it.
+        """
+        try:
+            queues: list[QueueView] | None = await self.queues()
+        except BackendUnavailable:
+            queues = None
+        return self.metrics.exposition(queues)
+
     async def ready(self) -> None:
         """Check that both backends answer. Raises BackendUnavailable if one does not."""
         await self.queue.ping()
@@ -960,7 +1041,11 @@ class TaskService:
                     "task %s: attempt %d interrupted (lease expired)",
                     task.task_id,
                     task.attempts,
-                    extra={"task_id": task.task_id, "attempt": task.attempts},
+                    extra={
+                        "task_id": task.task_id,
+                        "attempt": task.attempts,
+                        "queue": task.queue,
+                    },
                 )
         lease = self.settings.dequeue_lease_seconds
         if lease > 0:
@@ -974,7 +1059,12 @@ class TaskService:
                         "task %s is Queued again (not executed within %g s of dequeue)",
                         task.task_id,
                         lease,
-                        extra={"task_id": task.task_id, "status": Status.QUEUED.value},
+                        extra={
+                            "task_id": task.task_id,
+                            "status": Status.QUEUED.value,
+                            "attempt": task.attempts,
+                            "queue": task.queue,
+                        },
                     )
         if requeued:
             self.arrivals.notify()
@@ -983,6 +1073,9 @@ class TaskService:
 
     async def run_maintenance(self) -> None:
         """Reap every ``recovery_interval_seconds`` and wake long polls, until cancelled.
+
+        Once per ``queue_depth_sample_seconds`` interval it also records the queues' depths
+        (:meth:`sample_queue_depth`).
 
         Also listens for enqueues by other processes (when the queue backend can signal them)
         and, while long polls wait, checks the queue every ``long_poll_fallback_seconds``.
@@ -995,6 +1088,10 @@ class TaskService:
                 await asyncio.sleep(self.settings.recovery_interval_seconds)
                 try:
                     await self.reap()
+                    if (now := now_ms()) >= self._next_depth_sample:
+                        await self.sample_queue_depth(now)
+                        interval = round(self.settings.queue_depth_sample_seconds * 1000)
+                        self._next_depth_sample = now - now % interval + interval
                 except BackendUnavailable as exc:
                     raise_if_cancelled()
                     logger.warning("maintenance round failed: %s", exc.detail)

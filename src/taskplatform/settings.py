@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from functools import cached_property
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -43,6 +44,15 @@ class Settings(BaseSettings):
     port: Annotated[int, Field(ge=0, le=65535, description="Port `serve` listens on.")] = 8000
     workers: Annotated[int, Field(ge=1, description="Number of API processes `serve` runs.")] = 1
     log_level: Annotated[str, Field(description="Python logging level name.")] = "info"
+    log_format: Annotated[
+        Literal["text", "json"],
+        Field(
+            description=(
+                "`text`: a readable line per record; `json`: one JSON object per line, with "
+                "`task_id`, `attempt`, `status` and `queue` on every task lifecycle event."
+            )
+        ),
+    ] = "text"
 
     sqlite_synchronous: Annotated[
         str,
@@ -96,6 +106,17 @@ class Settings(BaseSettings):
         float,
         Field(gt=0, description="How often each server reaps expired leases and reservations."),
     ] = 1.0
+    queue_depth_sample_seconds: Annotated[
+        float,
+        Field(
+            gt=0,
+            le=3600,
+            description=(
+                "How often each server records every queue's depth for the dashboard's chart "
+                "(kept 24 h)."
+            ),
+        ),
+    ] = 60.0
     dequeue_lease_seconds: Annotated[
         float,
         Field(
@@ -150,12 +171,27 @@ class Settings(BaseSettings):
         ),
     ] = None
     api_keys_file: Annotated[
-        Path | None, Field(description="A file with one API key per line (instead of, or besides).")
+        Path | None,
+        Field(
+            description=(
+                "A file with one API key per line (instead of, or besides); lines starting with "
+                "`#` are comments. Read at start."
+            )
+        ),
     ] = None
     docs_public: Annotated[
         bool,
         Field(description="Serve /docs and /openapi.json without a key even when keys are set."),
     ] = True
+    metrics_public: Annotated[
+        bool,
+        Field(
+            description=(
+                "Serve /metrics without a key even when keys are set (for a scraper on a "
+                "private network); otherwise Prometheus sends `Authorization: Bearer <key>`."
+            )
+        ),
+    ] = False
     insecure: Annotated[
         bool,
         Field(
@@ -289,6 +325,21 @@ class Settings(BaseSettings):
     dispatch_concurrency: Annotated[
         int, Field(gt=0, le=10000, description="Callbacks a dispatcher keeps in flight at once.")
     ] = 10
+    worker_metrics_port: Annotated[
+        int | None,
+        Field(
+            ge=0,
+            le=65535,
+            description=(
+                "Port on which `taskplatform worker` serves Prometheus `/metrics` (on "
+                "`worker_metrics_host`); unset serves none. API processes serve `/metrics` on "
+                "their own port."
+            ),
+        ),
+    ] = None
+    worker_metrics_host: Annotated[
+        str, Field(description="Address the worker's `/metrics` listens on.")
+    ] = "127.0.0.1"
     dispatch_rate: Annotated[
         float,
         Field(
@@ -322,13 +373,23 @@ class Settings(BaseSettings):
     def api_key_list(self) -> list[str]:
         """Return every configured API key (from ``api_keys`` and ``api_keys_file``).
 
+        The file is read once, at the first call, so that every part of a process (the API's
+        key check, the dashboard's login) accepts the same keys; a changed file takes effect
+        on restart.
+
         Raises:
             OSError: ``api_keys_file`` cannot be read.
         """
+        return list(self._api_keys)
+
+    @cached_property
+    def _api_keys(self) -> tuple[str, ...]:
         keys = self.api_keys.get_secret_value().split(",") if self.api_keys else []
         if self.api_keys_file is not None:
-            keys += self.api_keys_file.read_text(encoding="utf-8").splitlines()
-        return [key.strip() for key in keys if key.strip()]
+            lines = self.api_keys_file.read_text(encoding="utf-8").splitlines()
+            # A line starting with # is a comment: "# production keys" must not be a key.
+            keys += [line for line in lines if not line.lstrip().startswith("#")]
+        return tuple(key.strip() for key in keys if key.strip())
 
     def __repr_args__(self) -> list[tuple[str | None, object]]:
         # Never show a database password, whatever prints the settings.

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from tests.support.backends import BACKENDS, backend_env
-from tests.support.server import Server
+from tests.support.server import Server, Worker
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
@@ -50,3 +50,18 @@ def client(server: Server) -> Iterator[httpx.Client]:
     """An HTTP client bound to the shared server."""
     with httpx.Client(base_url=server.url, timeout=60) as http:
         yield http
+
+
+@pytest.fixture
+def start_worker(tmp_path: Path) -> Iterator[Callable[..., Worker]]:
+    """Start ``taskplatform worker`` processes; stops them when the test ends."""
+    started: list[Worker] = []
+
+    def start(env: dict[str, str], *args: str) -> Worker:
+        worker = Worker(env, tmp_path / f"worker-{len(started)}.log", *args)
+        started.append(worker)
+        return worker.start()
+
+    yield start
+    for worker in started:
+        worker.stop()

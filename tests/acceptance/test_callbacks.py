@@ -192,8 +192,10 @@ def test_max_retries_0_allows_one_attempt(client: httpx.Client, receiver: Receiv
             b"HTTP/1.1 302 Found\r\nLocation: http://x/\xff\xfe\r\nContent-Length: 0\r\n\r\n",
             "HTTP 302: redirect to http://x/\ufffd\ufffd not followed",
         ),
+        # PostgreSQL cannot store NUL in text: it must not turn the record into a 503.
+        (b"HTTP/1.1 500 Bad\x00Thing\r\nContent-Length: 0\r\n\r\n", "HTTP 500 Bad\ufffdThing"),
     ],
-    ids=["latin-1 reason", "binary location"],
+    ids=["latin-1 reason", "binary location", "NUL in reason"],
 )
 def test_non_utf8_status_lines_and_headers_are_recorded_as_failures(
     client: httpx.Client, raw_peer: Callable[[bytes], str], response: bytes, expected: str

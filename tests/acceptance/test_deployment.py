@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import asyncpg
 import httpx
 import pytest
 
@@ -115,6 +117,37 @@ def test_serve_refuses_bad_configuration_and_says_why(
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("module", "extra", "queue_url"),
+    [("redis", "redis", "redis://127.0.0.1:6379/15"), ("asyncpg", "postgres", None)],
+)
+def test_a_missing_driver_stops_serve_with_the_extra_to_install(
+    module: str, extra: str, queue_url: str | None, tmp_path: Path
+) -> None:
+    """As if the driver were not installed: one line naming the extra, exit 2, no traceback."""
+    env = {"TASKPLATFORM_DATABASE_URL": f"sqlite:///{tmp_path / 'tp.db'}"}
+    if module == "asyncpg":
+        env["TASKPLATFORM_DATABASE_URL"] = "postgresql://postgres@127.0.0.1:1/none"
+    if queue_url is not None:
+        env["TASKPLATFORM_QUEUE_URL"] = queue_url
+    hide = (
+        f"import sys; sys.modules[{module!r}] = None; sys.argv = ['taskplatform', 'serve']; "
+        "from taskplatform.cli import main; main()"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", hide],
+        env=clean_environ(env),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert f"pip install 'taskplatform[{extra}]'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_db_upgrade_creates_the_schema_and_serve_refuses_an_unknown_revision(
     tmp_path: Path,
 ) -> None:
@@ -133,6 +166,28 @@ def test_db_upgrade_creates_the_schema_and_serve_refuses_an_unknown_revision(
         assert refused.returncode == 2, refused.stderr
         assert "'9999_from_the_future'" in refused.stderr
         assert "does not know" in refused.stderr
+
+
+def test_serve_refuses_an_unknown_revision_on_postgres(tmp_path: Path) -> None:
+    """The same refusal on PostgreSQL, whose schema Alembic keeps in the same table."""
+    env = backend_env("postgres", tmp_path)
+    assert _taskplatform("db", "upgrade", env=env).returncode == 0
+
+    async def from_the_future() -> None:
+        url = env["TASKPLATFORM_DATABASE_URL"]
+        connection = await asyncpg.connect(url)
+        try:
+            await connection.execute("UPDATE alembic_version SET version_num = '9999_future'")
+        finally:
+            await connection.close()
+
+    asyncio.run(from_the_future())
+    for command in (["db", "upgrade"], ["serve", "--port", "0"]):
+        refused = _taskplatform(*command, env=env)
+        assert refused.returncode == 2, refused.stderr
+        assert "'9999_future'" in refused.stderr
+        assert "does not know" in refused.stderr
+        assert "Traceback" not in refused.stderr
 
 
 def test_demo_receiver_says_where_it_listens_and_logs_each_callback(tmp_path: Path) -> None:

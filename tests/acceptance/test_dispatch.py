@@ -15,15 +15,11 @@ import hmac
 import itertools
 import random
 import secrets
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -32,7 +28,7 @@ import pytest
 from tests.acceptance.helpers import TIMESTAMP, assert_problem, create
 from tests.support.backends import backend_env
 from tests.support.receiver import Hit, Receiver
-from tests.support.server import Server, clean_environ
+from tests.support.server import Server, Worker
 
 # Queues the shared server's dispatcher serves. TIMED is shared by the tests that only look at
 # their own tasks (retries, scheduling, cancel); the others have a queue each. "default" is left
@@ -87,54 +83,6 @@ _WALL_OFFSET = time.time() - time.monotonic()
 
 # ---------------------------------------------------------------------------------------------
 # Helpers
-
-
-class Worker:
-    """One ``python -m taskplatform worker`` process: a dispatcher with no HTTP port.
-
-    Args:
-        env: ``TASKPLATFORM_*`` variables of the store and queue (as a server gets them).
-        log_path: Where the process's output goes.
-        args: Command line options, such as ``--concurrency 5 --queue x``.
-    """
-
-    def __init__(self, env: dict[str, str], log_path: Path, *args: str) -> None:
-        self.env = clean_environ(env)
-        self.log_path = log_path
-        self.args = args
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Worker:
-        """Start the process; returns self."""
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "taskplatform", "worker", *self.args],
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        return self
-
-    def alive(self) -> bool:
-        """Return whether the process is still running."""
-        return self.process is not None and self.process.poll() is None
-
-    def stop(self, timeout: float = 15.0) -> int | None:
-        """Send SIGTERM and wait for the process to exit; returns its exit code."""
-        if self.process is None:
-            return None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-        return self.process.returncode
-
-    def log(self) -> str:
-        """Return what the process has printed so far."""
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
 def store_env(server: Server) -> dict[str, str]:
@@ -323,21 +271,6 @@ def api(dispatching: Server) -> Iterator[httpx.Client]:
     """An HTTP client bound to the shared dispatching server."""
     with httpx.Client(base_url=dispatching.url, timeout=60) as http:
         yield http
-
-
-@pytest.fixture
-def start_worker(tmp_path: Path) -> Iterator[Callable[..., Worker]]:
-    """Start ``taskplatform worker`` processes; stops them when the test ends."""
-    started: list[Worker] = []
-
-    def start(env: dict[str, str], *args: str) -> Worker:
-        worker = Worker(env, tmp_path / f"worker-{len(started)}.log", *args)
-        started.append(worker)
-        return worker.start()
-
-    yield start
-    for worker in started:
-        worker.stop()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,18 +3,22 @@ and secrets kept out of answers and logs."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
+import asyncpg
 import httpx
 import pytest
 
-from tests.acceptance.helpers import assert_problem, ready_task
-from tests.support.backends import backend_env
+from tests.acceptance.helpers import assert_problem, create, ready_task
+from tests.support.backends import POSTGRES_URL, backend_env
 from tests.support.receiver import Receiver
 from tests.support.server import Server, clean_environ, free_port
 
@@ -38,6 +42,14 @@ API_ROUTES = [
     ("GET", f"/api/tasks/{TASK}/executions"),
     ("GET", "/api/stats"),
     ("GET", "/api/nothing-here"),
+    ("POST", "/api/tasks/batch"),
+    ("POST", "/api/tasks/retry"),
+    ("POST", f"/api/tasks/{TASK}/cancel"),
+    ("POST", f"/api/tasks/{TASK}/retry"),
+    ("GET", "/api/queues"),
+    ("POST", "/api/queues/default/pause"),
+    ("POST", "/api/queues/default/resume"),
+    ("GET", "/metrics"),
 ]
 
 
@@ -46,7 +58,7 @@ def keyed(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Se
     """A server with two API keys, one from the variable and one from a file."""
     workdir = tmp_path_factory.mktemp(f"keyed-{backend}")
     keys_file = workdir / "keys"
-    keys_file.write_text("# not a comment, just a second key below\nfile_key_abcdef\n")
+    keys_file.write_text("# production keys\n\nfile_key_abcdef\n  # rotated 2026-11\n")
     server = Server(
         {
             **backend_env(backend, workdir),
@@ -62,7 +74,15 @@ def keyed(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Se
 @pytest.mark.parametrize(("method", "path"), API_ROUTES)
 @pytest.mark.parametrize(
     "authorization",
-    [None, "Bearer wrong", f"Basic {KEY}", "Bearer", f"bearer {KEY}x", f"Bearer {KEY[:-1]}"],
+    [
+        None,
+        "Bearer wrong",
+        f"Basic {KEY}",
+        "Bearer",
+        f"bearer {KEY}x",
+        f"Bearer {KEY[:-1]}",
+        "Bearer # production keys",  # a comment line of the keys file
+    ],
 )
 def test_every_api_route_needs_a_valid_key(
     keyed: Server, method: str, path: str, authorization: str | None
@@ -102,14 +122,62 @@ def test_docs_can_require_a_key(start_server: Callable[..., Server]) -> None:
 
 
 def test_security_headers_on_json_errors_and_html(client: httpx.Client) -> None:
-    for path in ("/api/stats", "/api/nothing", "/docs", "/healthz"):
-        response = client.get(path)
+    # The hot routes answer from the fast path (api.hotpath), the rest from FastAPI: both.
+    requests = [("GET", path) for path in ("/api/stats", "/api/nothing", "/docs", "/healthz")]
+    requests += [
+        ("POST", "/api/tasks"),
+        ("GET", "/api/tasks/dequeue"),
+        ("GET", f"/api/tasks/{TASK}"),
+        ("POST", f"/api/tasks/{TASK}/execute"),
+    ]
+    for method, path in requests:
+        response = client.request(method, path)
         assert response.headers["x-content-type-options"] == "nosniff", path
         assert response.headers["x-frame-options"] == "DENY", path
         assert "frame-ancestors 'none'" in response.headers["content-security-policy"], path
     assert (
         client.get("/api/stats").headers["content-security-policy"].startswith("default-src 'none'")
     )
+
+
+@pytest.mark.parametrize(
+    "browser",
+    [
+        {"Origin": "http://evil.example", "Content-Type": "application/x-www-form-urlencoded"},
+        {"Origin": "null"},
+        {"Sec-Fetch-Site": "cross-site", "Origin": "http://evil.example"},
+        # Another port of the same host is the same site but another origin.
+        {"Sec-Fetch-Site": "same-site", "Origin": "http://127.0.0.1:1"},
+    ],
+    ids=["form from another site", "opaque origin", "fetch metadata", "another port"],
+)
+def test_a_browser_on_another_site_cannot_change_tasks(
+    client: httpx.Client, receiver: Receiver, browser: dict[str, str]
+) -> None:
+    """Without keys, a web page must not drive the API through its visitor's browser."""
+    task_id = create(client, receiver.url("/ok"), priority=2**31 - 1)
+    for path in ("/api/tasks/dequeue", f"/api/tasks/{task_id}/cancel"):
+        assert_problem(client.post(path, headers=browser), 403, "cross_origin_request")
+    assert client.get(f"/api/tasks/{task_id}").json()["status"] == "Queued"
+    assert not receiver.hits_for(task_id)
+    # Reading is harmless (and the response is not readable cross-origin without CORS).
+    assert client.get(f"/api/tasks/{task_id}", headers=browser).status_code == 200
+    assert client.post(f"/api/tasks/{task_id}/cancel").status_code == 200  # a program may
+
+
+def test_same_origin_browsers_and_programs_pass(client: httpx.Client, receiver: Receiver) -> None:
+    """/docs' "Try it out" (same origin, behind a proxy too) and programs keep working."""
+    host = client.base_url.netloc.decode()
+    for headers in (
+        {},
+        {"Origin": f"http://{host}"},
+        {"Sec-Fetch-Site": "same-origin", "Origin": "https://public.example"},
+        {"Sec-Fetch-Site": "none"},
+    ):
+        task_id = create(client, receiver.url("/ok"), priority=2**31 - 1)
+        dequeued = client.post("/api/tasks/dequeue", headers=headers)
+        assert dequeued.status_code == 200, (headers, dequeued.text)
+        assert dequeued.json()["taskId"] == task_id
 
 
 def test_rate_limit_answers_429_with_retry_after(start_server: Callable[..., Server]) -> None:
@@ -374,3 +442,48 @@ def test_outbound_callbacks_are_capped_per_process(
     assert len(arrivals) == 4
     assert arrivals[1] - arrivals[0] < 0.5  # two at once
     assert arrivals[2] - arrivals[0] >= 0.9  # the third only after one finished
+
+
+def test_task_data_stays_out_of_logs_and_answers_when_postgres_fails(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    """A database error's text carries the statement's parameters unless told not to; those are
+    task data and callback URLs. Cut the server's PostgreSQL connections while it creates tasks:
+    the errors are logged and answered 503, without a byte of the payload."""
+    marker = "SECRET-PAYLOAD-7f3a"
+    env = backend_env("postgres", tmp_path)
+    database = urlsplit(env["TASKPLATFORM_DATABASE_URL"]).path.lstrip("/")
+    server = Server(env, tmp_path / "server.log").start()
+    stop = threading.Event()
+
+    async def cut_connections() -> None:
+        admin = await asyncpg.connect(POSTGRES_URL)
+        try:
+            while not stop.is_set():
+                await admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = $1 AND pid <> pg_backend_pid()",
+                    database,
+                )
+                await asyncio.sleep(0.02)
+        finally:
+            await admin.close()
+
+    cutter = threading.Thread(target=lambda: asyncio.run(cut_connections()))
+    cutter.start()
+    answers: list[httpx.Response] = []
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and sum(a.status_code == 503 for a in answers) < 5:
+                body = {"taskData": {"secret": marker}, "callbackUrl": receiver.url(f"/{marker}")}
+                answers.append(client.post("/api/tasks", json=body))
+    finally:
+        stop.set()
+        cutter.join()
+        server.stop()
+    failed = [answer for answer in answers if answer.status_code == 503]
+    assert len(failed) >= 5, [answer.status_code for answer in answers][-20:]
+    assert all(marker not in answer.text for answer in failed)
+    assert "postgresql error" in server.log()
+    assert marker not in server.log()

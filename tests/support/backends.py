@@ -68,13 +68,20 @@ def _unreachable(service: str) -> str | None:
     return None
 
 
+def in_ci() -> bool:
+    """Whether ``CI`` is set to a true value (``1``, ``true``, ``yes``): a missing service then
+    fails its tests instead of skipping them. ``.ci/run`` sets it."""
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
 def require(name: str) -> None:
-    """Skip (locally) or fail (with ``CI`` set) unless combination ``name``'s servers answer."""
+    """Skip (locally) or fail (in CI, :func:`in_ci`) unless combination ``name``'s servers
+    answer."""
     for service in ("postgres", "redis"):
         if service in name:
             reason = _unreachable(service)
             if reason:
-                if os.environ.get("CI"):
+                if in_ci():
                     pytest.fail(reason)
                 pytest.skip(reason)
 

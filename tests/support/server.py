@@ -1,4 +1,5 @@
-"""Run ``taskplatform serve`` as a real subprocess, configured only by environment variables."""
+"""Run ``taskplatform serve`` and ``taskplatform worker`` as real subprocesses, configured only by
+environment variables."""
 
 from __future__ import annotations
 
@@ -73,6 +74,54 @@ class Server:
         except subprocess.TimeoutExpired:
             self.process.kill()
             return self.process.wait(5)
+
+    def log(self) -> str:
+        """Return what the process has printed so far."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+class Worker:
+    """One ``python -m taskplatform worker`` process: a dispatcher with no HTTP port.
+
+    Args:
+        env: ``TASKPLATFORM_*`` variables of the store and queue (as a server gets them).
+        log_path: Where the process's output goes.
+        args: Command line options, such as ``--concurrency 5 --queue x``.
+    """
+
+    def __init__(self, env: dict[str, str], log_path: Path, *args: str) -> None:
+        self.env = clean_environ(env)
+        self.log_path = log_path
+        self.args = args
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Worker:
+        """Start the process; returns self."""
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "taskplatform", "worker", *self.args],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        return self
+
+    def alive(self) -> bool:
+        """Return whether the process is still running."""
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        """Send SIGTERM and wait for the process to exit; returns its exit code."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        return self.process.returncode
 
     def log(self) -> str:
         """Return what the process has printed so far."""

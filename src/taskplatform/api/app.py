@@ -15,6 +15,7 @@ from taskplatform.api.hotpath import TaskPlatformAPI
 from taskplatform.api.openapi import install_openapi
 from taskplatform.api.problems import install_problem_handlers
 from taskplatform.backends import open_backends, prepare_schema
+from taskplatform.dashboard import install as install_dashboard
 from taskplatform.dispatch import sender_from_settings
 from taskplatform.dispatch.dispatcher import Dispatcher
 from taskplatform.service import TaskService
@@ -70,6 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(tasks.stats_router)
     app.include_router(tasks.queues_router)
     app.include_router(health.router)
+    install_dashboard(app)
     install_problem_handlers(app)
     install_openapi(app)
     app.install_security(settings)

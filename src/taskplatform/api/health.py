@@ -1,16 +1,21 @@
-"""Liveness and readiness probes."""
+"""Operations: liveness and readiness probes, and Prometheus metrics."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from taskplatform.exceptions import BackendUnavailable
+from taskplatform.metrics import CONTENT_TYPE
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz", summary="Liveness: the process serves requests")
+@router.get(
+    "/healthz",
+    summary="Liveness: the process serves requests",
+    responses={200: {"content": {"application/json": {"example": {"status": "ok"}}}}},
+)
 async def healthz() -> dict[str, str]:
     """Answer 200 while the process runs; checks nothing else."""
     return {"status": "ok"}
@@ -19,7 +24,20 @@ async def healthz() -> dict[str, str]:
 @router.get(
     "/readyz",
     summary="Readiness: the queue and the store answer",
-    responses={503: {"description": "A backend does not answer."}},
+    responses={
+        200: {"content": {"application/json": {"example": {"status": "ready"}}}},
+        503: {
+            "description": "A backend does not answer.",
+            "content": {
+                "application/json": {
+                    "example": {
+                        "status": "unavailable",
+                        "detail": "the database does not answer: connection refused",
+                    }
+                }
+            },
+        },
+    },
 )
 async def readyz(request: Request) -> JSONResponse:
     """Answer 200 when both backends answer, else 503 naming the failure (never a secret)."""
@@ -28,3 +46,27 @@ async def readyz(request: Request) -> JSONResponse:
     except BackendUnavailable as exc:
         return JSONResponse({"status": "unavailable", "detail": exc.detail}, status_code=503)
     return JSONResponse({"status": "ready"})
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics: tasks created, dequeued and finished, callbacks, queue depths",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "The Prometheus text format (see the README for every metric).",
+            "content": {
+                CONTENT_TYPE: {
+                    "example": (
+                        "# TYPE taskplatform_tasks_created_total counter\n"
+                        'taskplatform_tasks_created_total{queue="default"} 42.0\n'
+                    )
+                }
+            },
+        }
+    },
+)
+async def metrics(request: Request) -> Response:
+    """Answer this server's metrics; the queue gauges are read from the backends now."""
+    body = await request.app.state.service.metrics_exposition()
+    return Response(body, media_type=CONTENT_TYPE)

@@ -57,9 +57,140 @@ def ref(wire_type: type[msgspec.Struct]) -> dict[str, str]:
     return {"$ref": _REF.format(name=wire_type.__name__)}
 
 
-def json_body(wire_type: type[msgspec.Struct], description: str) -> dict[str, Any]:
-    """Return an OpenAPI response object whose JSON body is ``wire_type``."""
-    return {"description": description, "content": {"application/json": {"schema": ref(wire_type)}}}
+_TASK_ID = "01a22ee1-516f-7461-a649-60429638fb17"
+_TASK: dict[str, Any] = {
+    "taskId": _TASK_ID,
+    "status": "Dequeued",
+    "taskData": {"orderId": 1042, "action": "send-receipt"},
+    "callbackUrl": "https://worker.example.com/hooks/receipt",
+    "priority": 0,
+    "maxRetries": 3,
+    "timeoutSeconds": 30.0,
+    "attempts": 0,
+    "createdAt": "2026-11-30T11:35:25.123Z",
+    "updatedAt": "2026-11-30T11:35:26.004Z",
+    "dequeuedAt": "2026-11-30T11:35:26.004Z",
+    "completedAt": None,
+    "nextAttemptAt": None,
+    "result": None,
+    "error": None,
+    "queue": "default",
+    "scheduledAt": None,
+    "deadLetter": False,
+    "backoffMinSeconds": None,
+    "backoffMaxSeconds": None,
+    "backoffMultiplier": None,
+    "retryOn": None,
+    "permanentOn": None,
+}
+_QUEUE: dict[str, Any] = {
+    "name": "default",
+    "paused": False,
+    "depth": 12,
+    "inFlight": 3,
+    "oldestQueuedAgeSeconds": 4.2,
+    "dispatchRatePerSecond": 85.5,
+}
+EXAMPLES: dict[type[msgspec.Struct], Any] = {
+    models.TaskCreated: {"taskId": _TASK_ID, "status": "Queued"},
+    models.TaskView: _TASK,
+    models.TaskList: {
+        "items": [_TASK | {"status": "Completed", "attempts": 1, "result": {"sent": True}}],
+        "nextCursor": "MTc2NDUwMjUyNTEyMzowMWEyMmVlMS01MTZmLTc0NjEtYTY0OS02MDQyOTYzOGZiMTc",
+    },
+    models.ExecuteResult: {
+        "taskId": _TASK_ID,
+        "status": "Completed",
+        "result": {"sent": True},
+        "error": None,
+        "attempt": 1,
+    },
+    models.ExecuteAccepted: {"taskId": _TASK_ID, "status": "Processing"},
+    models.ExecutionList: {
+        "taskId": _TASK_ID,
+        "items": [
+            {
+                "attempt": 1,
+                "startedAt": "2026-11-30T11:35:27.010Z",
+                "finishedAt": "2026-11-30T11:35:27.058Z",
+                "durationMs": 48,
+                "httpStatus": 503,
+                "result": "busy",
+                "error": "HTTP 503 Service Unavailable",
+            },
+            {
+                "attempt": 2,
+                "startedAt": "2026-11-30T11:35:29.100Z",
+                "finishedAt": "2026-11-30T11:35:29.131Z",
+                "durationMs": 31,
+                "httpStatus": 200,
+                "result": {"sent": True},
+                "error": None,
+            },
+        ],
+    },
+    models.Stats: {
+        "tasks": {
+            "Queued": 12,
+            "Dequeued": 1,
+            "Processing": 3,
+            "Completed": 950,
+            "Failed": 4,
+            "Retry": 2,
+            "Cancelled": 1,
+        },
+        "queueDepth": 12,
+    },
+    models.BatchResult: {
+        "items": [
+            {"index": 0, "taskId": _TASK_ID, "status": "Queued"},
+            {
+                "index": 1,
+                "error": {
+                    "type": problem_type("validation_error"),
+                    "title": "Invalid request",
+                    "status": 422,
+                    "detail": "callbackUrl: must be an absolute http or https URL",
+                    "code": "validation_error",
+                    "errors": [
+                        {"field": "callbackUrl", "message": "must be an absolute http or https URL"}
+                    ],
+                },
+            },
+        ]
+    },
+    models.RedriveResult: {"retried": 1, "taskIds": [_TASK_ID]},
+    models.QueueView: _QUEUE,
+    models.QueueList: {"items": [_QUEUE, _QUEUE | {"name": "emails", "depth": 0, "inFlight": 0}]},
+}
+"""A realistic body for each response type, shown in ``/docs``; a unit test decodes each one
+into its type, so an example cannot drift from the schema."""
+
+
+def json_body(
+    wire_type: type[msgspec.Struct], description: str, example: object = None
+) -> dict[str, Any]:
+    """Return an OpenAPI response object whose JSON body is ``wire_type``.
+
+    Args:
+        wire_type: The body's type.
+        description: What the response means.
+        example: A body to show; None takes ``EXAMPLES[wire_type]``.
+
+    Raises:
+        KeyError: ``wire_type`` has no example (add one to :data:`EXAMPLES`).
+    """
+    shown = EXAMPLES[wire_type] if example is None else example
+    _WRITTEN.append(shown)
+    placeholder = {_PLACEHOLDER: len(_WRITTEN) - 1}
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": ref(wire_type), "example": placeholder}},
+    }
+
+
+_PLACEHOLDER = "x-taskplatform-example"
+_WRITTEN: list[Any] = []  # the examples of json_body, by placeholder number
 
 
 def request_body(wire_type: type[msgspec.Struct], example: object) -> dict[str, Any]:
@@ -117,6 +248,7 @@ EXECUTE_ERRORS = (
 )
 __all__ = [
     "CREATE_ERRORS",
+    "EXAMPLES",
     "EXECUTE_ERRORS",
     "BackendUnavailable",
     "QueueEmpty",
@@ -145,6 +277,9 @@ def install_openapi(app: FastAPI) -> None:
             schemas = schema.setdefault("components", {}).setdefault("schemas", {})
             schemas.update(components)
             _drop_default_validation_responses(schema)
+            _restore_examples(schema)
+            _add_outer_problems(schema)
+            _ecma_patterns(schema)
             app.openapi_schema = schema
         return app.openapi_schema
 
@@ -168,3 +303,113 @@ def _drop_default_validation_responses(schema: dict[str, Any]) -> None:
         schemas = schema["components"]["schemas"]
         schemas.pop("HTTPValidationError", None)
         schemas.pop("ValidationError", None)
+
+
+# Problems the outer layers answer for any route: the security middleware (API keys, rate
+# limit) and the router (no such path, wrong method).
+_OUTER_PROBLEMS = {
+    "unauthorized": (
+        401,
+        "Unauthorized",
+        "send a valid API key: Authorization: Bearer <key>",
+        "API keys are configured and the request has no valid one.",
+    ),
+    "cross_origin_request": (
+        403,
+        "Cross-origin request",
+        "a browser sent this request from another site; the API takes no such requests",
+        "A browser sent this request from a page of another origin.",
+    ),
+    "rate_limited": (
+        429,
+        "Too many requests",
+        "over 100 requests per second; retry after the pause",
+        "Over the per-key request rate; `Retry-After` says when to retry.",
+    ),
+    "not_found": (
+        404,
+        "Not Found",
+        "no route matches GET /api/task",
+        "No route has this path.",
+    ),
+    "method_not_allowed": (
+        405,
+        "Method Not Allowed",
+        "DELETE is not allowed here; use GET",
+        "The path exists, not with this method; `Allow` lists the methods.",
+    ),
+}
+
+
+def outer_problem(code: str) -> dict[str, Any]:
+    """Return the OpenAPI response object of one of :data:`_OUTER_PROBLEMS`, with its example."""
+    status, title, detail, description = _OUTER_PROBLEMS[code]
+    example = {
+        "type": problem_type(code),
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "code": code,
+    }
+    return {
+        "description": f"`{code}`: {description}",
+        "content": {
+            PROBLEM_MEDIA_TYPE: {
+                "schema": ref(models.Problem),
+                "examples": {code: {"summary": title, "value": example}},
+            }
+        },
+    }
+
+
+def _add_outer_problems(schema: dict[str, Any]) -> None:
+    """Declare 401 and 429 on every ``/api`` operation (they apply whenever keys are set), 403
+    on the unsafe ones, and the router's 404 and 405 as reusable responses, so every error code
+    has an example."""
+    for path, operations in schema.get("paths", {}).items():
+        if not path.startswith("/api"):
+            continue
+        for method, operation in operations.items():
+            responses = operation.setdefault("responses", {})
+            responses.setdefault("401", outer_problem("unauthorized"))
+            if method not in ("get", "head", "options"):
+                responses.setdefault("403", outer_problem("cross_origin_request"))
+            responses.setdefault("429", outer_problem("rate_limited"))
+    reusable = schema["components"].setdefault("responses", {})
+    reusable["NotFound"] = outer_problem("not_found")
+    reusable["MethodNotAllowed"] = outer_problem("method_not_allowed")
+
+
+def _ecma_patterns(node: Any) -> None:
+    """Rewrite Python's end-of-input ``\\Z`` as ``$`` in every ``pattern`` of ``node``, in place.
+
+    The models use ``\\Z`` because Python's ``$`` also matches before a final newline; JSON
+    Schema patterns are ECMA-262, which has no ``\\Z`` (a client's validator rejects the whole
+    document) and whose ``$`` already means the end of the input.
+    """
+    if isinstance(node, dict):
+        pattern = node.get("pattern")
+        if isinstance(pattern, str) and pattern.endswith("\\Z"):
+            node["pattern"] = pattern[:-2] + "$"
+        for value in node.values():
+            _ecma_patterns(value)
+    elif isinstance(node, list):
+        for value in node:
+            _ecma_patterns(value)
+
+
+def _restore_examples(node: Any) -> None:
+    """Replace each example placeholder in ``node`` by its example as written, in place.
+
+    FastAPI drops every null from the document it generates, which would leave examples missing
+    required fields (``"error": null``); :func:`json_body` therefore hands it a placeholder.
+    """
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if isinstance(value, dict) and _PLACEHOLDER in value:
+                node[key] = _WRITTEN[value[_PLACEHOLDER]]
+            else:
+                _restore_examples(value)
+    elif isinstance(node, list):
+        for value in node:
+            _restore_examples(value)

@@ -1,5 +1,10 @@
 """The outer layer of every request: API keys, the per-key rate limit and security headers.
 
+The dashboard (``/dashboard``) is the one place a browser navigates to, and a browser cannot
+send a Bearer header on a navigation: there a session cookie set by the dashboard's login form
+(:func:`dashboard_session`) stands in for the key, and a request without one is redirected to
+the login form instead of answered 401. The cookie counts nowhere else.
+
 A plain ASGI middleware rather than FastAPI dependencies, so one check covers every route
 (present and future) and costs a dictionary lookup on the hot path.
 """
@@ -12,6 +17,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
+from urllib.parse import quote
 
 from taskplatform.api.problems import PROBLEM_MEDIA_TYPE, problem_type
 from taskplatform.settings import Settings
@@ -24,11 +30,21 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _OPEN = ("/healthz", "/readyz")
 _DOCS = ("/docs", "/openapi.json", "/redoc")
+_DASHBOARD = "/dashboard"
+# The login form and the dashboard's own script and style need no key.
+_DASHBOARD_OPEN = ("/dashboard/login", "/dashboard/static/")
+DASHBOARD_COOKIE = "taskplatform_dashboard"
+"""Name of the dashboard's session cookie (HttpOnly, SameSite=Strict, Path=/dashboard)."""
 _HEADERS = [
     (b"x-content-type-options", b"nosniff"),
     (b"x-frame-options", b"DENY"),
     (b"referrer-policy", b"no-referrer"),
     (b"cross-origin-resource-policy", b"same-origin"),
+]
+# Dashboard forms need the browser to send a real Origin on POST (the CSRF check); with
+# no-referrer it sends "Origin: null", so the dashboard's pages ask for same-origin instead.
+_DASHBOARD_HEADERS = [
+    (name, b"same-origin" if name == b"referrer-policy" else value) for name, value in _HEADERS
 ]
 # JSON needs no resources at all; Swagger UI (/docs) loads its script and style from a CDN.
 _CSP_API = b"default-src 'none'; frame-ancestors 'none'"
@@ -37,6 +53,39 @@ _CSP_DOCS = (
     b"style-src 'self' https://cdn.jsdelivr.net; "
     b"img-src 'self' data: https://fastapi.tiangolo.com; connect-src 'self'; frame-ancestors 'none'"
 )
+# The dashboard loads only its own script and style (no inline ones) and posts only to itself.
+_CSP_DASHBOARD = (
+    b"default-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'; "
+    b"object-src 'none'"
+)
+
+
+def dashboard_session(key: str) -> str:
+    """Return the dashboard session cookie's value for API ``key`` (64 hex characters).
+
+    Derived from the key's SHA-256 rather than the key itself, so the browser never stores a
+    key that would work as a Bearer token on the API; it stops working when the key is removed.
+    """
+    digest = hashlib.sha256(key.encode()).digest()
+    return _session_of(digest)
+
+
+def _session_of(key_digest: bytes) -> str:
+    return hashlib.sha256(b"taskplatform-dashboard-session\0" + key_digest).hexdigest()
+
+
+def is_dashboard_path(path: str) -> bool:
+    """Return whether ``path`` belongs to the dashboard (``/dashboard`` or below it)."""
+    return path == _DASHBOARD or path.startswith(_DASHBOARD + "/")
+
+
+def _cookie(header: bytes, name: bytes) -> bytes | None:
+    """Return the value of cookie ``name`` in a ``Cookie`` header, or None."""
+    for part in header.split(b";"):
+        key, _, value = part.strip().partition(b"=")
+        if key == name:
+            return value.strip(b'"')
+    return None
 
 
 class TokenBucket:
@@ -82,30 +131,39 @@ class SecurityMiddleware:
     ) -> None:
         self.app = app
         self._digests = [hashlib.sha256(key.encode()).digest() for key in settings.api_key_list()]
+        self._sessions = [
+            hashlib.sha256(_session_of(digest).encode()).digest() for digest in self._digests
+        ]
         self._docs_public = settings.docs_public
+        self._metrics_public = settings.metrics_public
         rate = settings.rate_limit_per_second
         if limiter is None and rate > 0:
             limiter = TokenBucket(rate, settings.rate_limit_burst)
         self.limiter = limiter
 
     def _needs_key(self, path: str) -> bool:
-        if not self._digests or path in _OPEN:
+        if not self._digests or path in _OPEN or path.startswith(_DASHBOARD_OPEN):
+            return False
+        if path == "/metrics" and self._metrics_public:
             return False
         return not (self._docs_public and path.startswith(_DOCS))
 
-    def _identify(self, scope: Scope) -> int | None:
-        """Return the index of the presented API key, or None if none matches."""
+    def _identify(self, scope: Scope, *, dashboard: bool = False) -> int | None:
+        """Return the index of the presented API key, or None if none matches.
+
+        With ``dashboard``, a dashboard session cookie counts too (when no Bearer header is sent).
+        """
+        session = None
         for name, value in scope["headers"]:
             if name == b"authorization":
                 scheme, _, token = value.partition(b" ")
                 if scheme.lower() != b"bearer" or not token:
                     return None
-                digest = hashlib.sha256(token.strip()).digest()
-                match = None
-                for index, known in enumerate(self._digests):  # no early exit: constant time
-                    if hmac.compare_digest(digest, known):
-                        match = index
-                return match
+                return _match(hashlib.sha256(token.strip()).digest(), self._digests)
+            if dashboard and name == b"cookie" and session is None:
+                session = _cookie(value, DASHBOARD_COOKIE.encode())
+        if session:
+            return _match(hashlib.sha256(session).digest(), self._sessions)
         return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -113,18 +171,33 @@ class SecurityMiddleware:
             await self.app(scope, receive, send)
             return
         path: str = scope["path"]
-        csp = _CSP_DOCS if path.startswith(_DOCS) else _CSP_API
+        dashboard = is_dashboard_path(path)
+        csp = _CSP_DOCS if path.startswith(_DOCS) else _CSP_DASHBOARD if dashboard else _CSP_API
+        extra = _DASHBOARD_HEADERS if dashboard else _HEADERS
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
-                headers += [*_HEADERS, (b"content-security-policy", csp)]
+                headers += [*extra, (b"content-security-policy", csp)]
                 message["headers"] = headers
             await send(message)
 
+        if not dashboard and scope["method"] not in _SAFE_METHODS and _cross_site(scope):
+            await _problem(
+                send_with_headers,
+                403,
+                "cross_origin_request",
+                "Cross-origin request",
+                "a browser sent this request from another site; the API takes no such requests",
+                [],
+            )
+            return
         identity: str | None = None
         if self._needs_key(path):
-            key = self._identify(scope)
+            key = self._identify(scope, dashboard=dashboard)
+            if key is None and dashboard:
+                await _to_login(send_with_headers, scope)
+                return
             if key is None:
                 await _problem(
                     send_with_headers,
@@ -150,6 +223,66 @@ class SecurityMiddleware:
                 )
                 return
         await self.app(scope, receive, send_with_headers)
+
+
+_SAFE_METHODS = frozenset(("GET", "HEAD", "OPTIONS"))
+
+
+def _cross_site(scope: Scope) -> bool:
+    """Return whether a browser sent this request from a page of another origin.
+
+    Without API keys, any web page open on a machine that can reach the API could otherwise
+    dequeue, execute or cancel tasks with a plain HTML form (a "simple" request needs no CORS
+    preflight). Browsers say where a request comes from (``Sec-Fetch-Site``, ``Origin``);
+    programs send neither, so they are not affected. The API answers no CORS preflight, so no
+    legitimate cross-origin browser call exists to break.
+    """
+    fetch_site: bytes | None = None
+    origin: bytes | None = None
+    host = b""
+    for name, value in scope["headers"]:
+        if name == b"sec-fetch-site":
+            fetch_site = value
+        elif name == b"origin":
+            origin = value
+        elif name == b"host":
+            host = value
+    if fetch_site is not None:  # every current browser sends it; it survives a proxy's Host
+        return fetch_site in (b"cross-site", b"same-site")
+    if origin is None:
+        return False
+    _, _, authority = origin.partition(b"://")
+    return origin == b"null" or authority.lower() != host.lower()
+
+
+def _match(digest: bytes, known: list[bytes]) -> int | None:
+    """Return the index of ``digest`` in ``known``, comparing with every entry (constant time)."""
+    match = None
+    for index, candidate in enumerate(known):  # no early exit
+        if hmac.compare_digest(digest, candidate):
+            match = index
+    return match
+
+
+async def _to_login(send: Send, scope: Scope) -> None:
+    """Answer a dashboard request without a valid session: 303 to the login form, which comes
+    back to the page asked for (a POST comes back to the page as a GET)."""
+    target: str = scope["path"]
+    if scope["method"] in ("GET", "HEAD") and scope.get("query_string"):
+        target += "?" + scope["query_string"].decode("latin-1")
+    location = "/dashboard/login?next=" + quote(target, safe="")
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 303,
+            "headers": [
+                (b"location", location.encode()),
+                (b"content-length", b"0"),
+                (b"cache-control", b"no-store"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": b""})
 
 
 async def _problem(

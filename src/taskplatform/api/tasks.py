@@ -17,6 +17,7 @@ from starlette.responses import Response
 
 from taskplatform.api.openapi import (
     CREATE_ERRORS,
+    EXAMPLES,
     EXECUTE_ERRORS,
     BackendUnavailable,
     QueueEmpty,
@@ -206,15 +207,26 @@ async def create_task(
     return _json(TaskCreated(task.task_id, task.status), 200 if replayed else 201, headers)
 
 
-@router.api_route(
+_DEQUEUE_RESPONSES = {
+    200: json_body(TaskView, "The task, now Dequeued and stored in the database."),
+    **problems(QueueEmpty, QueuePaused, ValidationFailed, BackendUnavailable),
+}
+
+
+# Both methods, as API.md allows GET and POST; one operation id each for OpenAPI.
+@router.get(
     "/dequeue",
-    methods=["GET", "POST"],
     summary="Take the next task out of the queue",
     response_class=Response,
-    responses={
-        200: json_body(TaskView, "The task, now Dequeued and stored in the database."),
-        **problems(QueueEmpty, QueuePaused, ValidationFailed, BackendUnavailable),
-    },
+    responses=_DEQUEUE_RESPONSES,
+    operation_id="dequeue_task_get",
+)
+@router.post(
+    "/dequeue",
+    summary="Take the next task out of the queue",
+    response_class=Response,
+    responses=_DEQUEUE_RESPONSES,
+    operation_id="dequeue_task",
 )
 async def dequeue_task(
     request: Request,
@@ -411,7 +423,11 @@ async def execute_task(request: Request, task_id: TaskId) -> Response:
     summary="Cancel a task",
     response_class=Response,
     responses={
-        200: json_body(TaskView, "The task, Cancelled (also when it was already)."),
+        200: json_body(
+            TaskView,
+            "The task, Cancelled (also when it was already).",
+            EXAMPLES[TaskView] | {"status": "Cancelled"},
+        ),
         **problems(TaskNotFound, TaskProcessing, TaskCompleted, BackendUnavailable),
     },
 )
@@ -426,7 +442,16 @@ async def cancel_task(request: Request, task_id: TaskId) -> Response:
     summary="Re-drive a Failed task",
     response_class=Response,
     responses={
-        200: json_body(TaskView, "The task, Queued again with no attempts made."),
+        200: json_body(
+            TaskView,
+            "The task, Queued again with no attempts made.",
+            EXAMPLES[TaskView]
+            | {
+                "status": "Queued",
+                "dequeuedAt": None,
+                "error": "re-driven after 4 attempts; last error: HTTP 503 Service Unavailable",
+            },
+        ),
         **problems(TaskNotFound, TaskNotFailed, BackendUnavailable),
     },
 )
@@ -469,7 +494,10 @@ async def list_queues(request: Request) -> Response:
     "/{name}/pause",
     summary="Pause a queue",
     response_class=Response,
-    responses={200: json_body(QueueView, "The queue, paused."), **problems(ValidationFailed)},
+    responses={
+        200: json_body(QueueView, "The queue, paused.", EXAMPLES[QueueView] | {"paused": True}),
+        **problems(ValidationFailed),
+    },
 )
 async def pause_queue(request: Request, name: QueuePath) -> Response:
     """Stop dispatch and dequeue from the queue (within a second everywhere); tasks stay."""

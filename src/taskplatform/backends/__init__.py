@@ -62,6 +62,12 @@ def _require(module: str) -> ModuleType:
         ) from exc
 
 
+def _require_drivers(store_kind: str, queue_kind: str) -> None:
+    for kind, module in (("postgresql", "asyncpg"), ("redis", "redis")):
+        if kind in (store_kind, queue_kind):
+            _require(module)
+
+
 def _check_urls(settings: Settings) -> tuple[str, str]:
     store, queue = scheme(settings.database_url), scheme(settings.resolved_queue_url())
     if store not in ("sqlite", "postgresql"):
@@ -101,11 +107,13 @@ async def prepare_schema(settings: Settings) -> None:
     from taskplatform.backends import migrate
     from taskplatform.exceptions import BackendUnavailable
 
-    store, _ = _check_urls(settings)
+    store, queue = _check_urls(settings)
+    # Every driver, the queue's too: `serve` runs this first, so a missing one is a one-line
+    # message naming the extra rather than a traceback from the server's startup.
+    _require_drivers(store, queue)
     if store == "sqlite":
         await migrate.upgrade(settings.database_url)
         return
-    _require("asyncpg")
     from taskplatform.backends.postgres import asyncpg_url
 
     try:
@@ -128,9 +136,7 @@ def open_backends(settings: Settings) -> Backends:
         ConfigurationError: an unsupported URL or combination, or a missing driver.
     """
     store_kind, queue_kind = _check_urls(settings)
-    for kind, module in (("postgresql", "asyncpg"), ("redis", "redis")):
-        if kind in (store_kind, queue_kind):
-            _require(module)  # before anything opens, so a missing driver leaks nothing
+    _require_drivers(store_kind, queue_kind)  # before anything opens, so nothing leaks
     faults = Faults(settings.faults)
     store: Store
     queue: Queue

@@ -85,6 +85,14 @@ class QueueActivity(msgspec.Struct, frozen=True):
     attempts: int
 
 
+class DepthSample(msgspec.Struct, frozen=True):
+    """The depth of one named queue at the start of one sampling interval (epoch ms)."""
+
+    queue: str
+    sampled_at: int
+    depth: int
+
+
 class Queue(abc.ABC):
     """Holds Queued tasks in order: priority descending, then FIFO by enqueue sequence."""
 
@@ -374,6 +382,24 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def set_paused(self, queue: str, paused: bool, *, now: int) -> None:
         """Pause or resume ``queue``; every process sees it on its next :meth:`paused_queues`."""
+
+    @abc.abstractmethod
+    async def record_depth_samples(self, samples: list[DepthSample], *, prune_before: int) -> None:
+        """Upsert ``samples`` on (queue, sampled_at) and forget samples older than ``prune_before``.
+
+        Several servers sampling the same interval is harmless: the last write of a key wins.
+
+        Args:
+            samples: The depths to record; ``sampled_at`` is the interval's start, epoch ms.
+            prune_before: Samples with ``sampled_at`` below this (epoch ms) are deleted.
+
+        Raises:
+            BackendUnavailable: the store cannot be reached.
+        """
+
+    @abc.abstractmethod
+    async def depth_samples(self, *, since: int) -> list[DepthSample]:
+        """Return the samples with ``sampled_at >= since`` (epoch ms), by queue, oldest first."""
 
     @abc.abstractmethod
     async def executions(self, task_id: str) -> list[ExecutionRecord]:

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import re
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -20,6 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from taskplatform.backends.base import (
+    DepthSample,
     IdempotencyClaim,
     IdempotentReplay,
     Queue,
@@ -87,6 +89,9 @@ class PostgresDatabase:
             pool_timeout=max(30.0, connect_timeout_seconds),  # wait for a pooled connection
             pool_recycle=3600,
             connect_args={"timeout": connect_timeout_seconds},
+            # An error's text would otherwise carry the statement's parameters: task data and
+            # callback URLs, which must stay out of logs and 503 answers.
+            hide_parameters=True,
         )
         # Reads need no transaction: AUTOCOMMIT saves the BEGIN and COMMIT round trips.
         self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
@@ -130,14 +135,21 @@ def _translated_errors() -> Iterator[None]:
         yield
     except (SQLAlchemyError, OSError, TimeoutError) as exc:
         raise_if_cancelled()
-        logger.warning("postgresql error: %s", exc)
+        logger.warning("postgresql error: %s: %s", type(exc).__name__, _brief(exc))
         raise BackendUnavailable(f"the PostgreSQL database failed: {_brief(exc)}") from exc
 
 
 def _brief(exc: BaseException) -> str:
-    # The first line of a driver error, without the SQL or parameters SQLAlchemy appends.
+    """The first line of a driver error, without the SQL or the parameters SQLAlchemy appends,
+    and without the value asyncpg quotes when it cannot encode an argument (task data)."""
     message = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-    return message[0] if message else type(exc).__name__
+    if not message:
+        return type(exc).__name__
+    return _ARGUMENT_VALUE.sub(r"\1", message[0])
+
+
+# asyncpg: "invalid input for query argument $3: 'the value' (reason)".
+_ARGUMENT_VALUE = re.compile(r"(query argument \$\d+): .*")
 
 
 def _logging_attempt(compare_and_set: str) -> str:
@@ -425,6 +437,18 @@ class PostgresStore(Store):
             await conn.execute(
                 SQL["queue_set_paused"], {"name": queue, "paused": paused, "now": now}
             )
+
+    async def record_depth_samples(self, samples: list[DepthSample], *, prune_before: int) -> None:
+        rows = [{"queue": s.queue, "sampled_at": s.sampled_at, "depth": s.depth} for s in samples]
+        async with self.database.begin() as conn:
+            if rows:
+                await conn.execute(SQL["depth_sample_upsert"], rows)
+            await conn.execute(SQL["depth_sample_prune"], {"before": prune_before})
+
+    async def depth_samples(self, *, since: int) -> list[DepthSample]:
+        async with self.database.autocommit() as conn:
+            rows = (await conn.execute(SQL["depth_sample_list"], {"since": since})).all()
+        return [DepthSample(queue, sampled_at, depth) for queue, sampled_at, depth in rows]
 
     async def executions(self, task_id: str) -> list[ExecutionRecord]:
         async with self.database.autocommit() as conn:

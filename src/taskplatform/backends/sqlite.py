@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from taskplatform.backends.base import (
+    DepthSample,
     IdempotencyClaim,
     IdempotentReplay,
     Queue,
@@ -553,6 +554,22 @@ class SQLiteStore(Store):
     async def set_paused(self, queue: str, paused: bool, *, now: int) -> None:
         params = {"name": queue, "paused": paused, "now": now}
         await self.database.write(lambda conn: conn.execute(SQL["queue_set_paused"], params))
+
+    async def record_depth_samples(self, samples: list[DepthSample], *, prune_before: int) -> None:
+        rows = [{"queue": s.queue, "sampled_at": s.sampled_at, "depth": s.depth} for s in samples]
+
+        def job(conn: sqlite3.Connection) -> None:
+            conn.executemany(SQL["depth_sample_upsert"], rows)
+            conn.execute(SQL["depth_sample_prune"], {"before": prune_before})
+
+        await self.database.write(job)
+
+    async def depth_samples(self, *, since: int) -> list[DepthSample]:
+        def job(conn: sqlite3.Connection) -> list[DepthSample]:
+            rows = conn.execute(SQL["depth_sample_list"], {"since": since})
+            return [DepthSample(queue, sampled_at, depth) for queue, sampled_at, depth in rows]
+
+        return await self.database.read(job)
 
     async def executions(self, task_id: str) -> list[ExecutionRecord]:
         def job(conn: sqlite3.Connection) -> list[ExecutionRecord]:

@@ -245,12 +245,14 @@ def _describe_connect_error(exc: aiohttp.ClientConnectorError) -> str:
 
 
 def _printable(text: str) -> str:
-    """Return ``text`` as valid Unicode, at most 1,000 characters.
+    """Return ``text`` as valid Unicode without NUL, at most 1,000 characters.
 
     aiohttp decodes a peer's reason phrase and headers with ``surrogateescape``; such lone
-    surrogates cannot be stored or sent as UTF-8, so they become U+FFFD.
+    surrogates cannot be stored or sent as UTF-8, and PostgreSQL's text type cannot hold NUL, so
+    both become U+FFFD.
     """
     clean = text.encode("utf-8", errors="surrogateescape").decode("utf-8", errors="replace")
+    clean = clean.replace("\x00", "\ufffd")
     return clean if len(clean) <= 1000 else clean[:999] + "…"
 
 

@@ -18,7 +18,10 @@ import asyncio
 import logging
 import signal
 
+from aiohttp import web
+
 from taskplatform.exceptions import BackendUnavailable, raise_if_cancelled
+from taskplatform.metrics import CONTENT_TYPE
 from taskplatform.service import TaskService, wait_for_event
 from taskplatform.settings import Settings
 
@@ -134,15 +137,44 @@ async def run_worker(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    metrics = None
+    if settings.worker_metrics_port is not None:
+        metrics = await _serve_metrics(
+            service, settings.worker_metrics_host, settings.worker_metrics_port
+        )
     maintenance = asyncio.create_task(service.run_maintenance(), name="maintenance")
     dispatcher = asyncio.create_task(Dispatcher.from_settings(service, settings).run())
     try:
         await stop.wait()
         logger.info("stopping: no new dispatches")
     finally:
+        if metrics is not None:
+            await metrics.cleanup()
         for job in (dispatcher, maintenance):
             job.cancel()
         await asyncio.gather(dispatcher, maintenance, return_exceptions=True)
         await service.shutdown(settings.shutdown_grace_seconds)
         await sender.close()
         await backends.close()
+
+
+async def _serve_metrics(service: TaskService, host: str, port: int) -> web.AppRunner:
+    """Serve ``GET /metrics`` of a worker process on ``host:port``; returns the running server.
+
+    A worker has no API port, so its counters (dispatches, callbacks, outcomes) get one of their
+    own; ``port`` 0 picks a free one, which the log names.
+    """
+
+    async def metrics(request: web.Request) -> web.Response:
+        body = await service.metrics_exposition()
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    addresses = ", ".join(f"http://{host}:{address[1]}/metrics" for address in runner.addresses)
+    logger.info("serving metrics on %s", addresses)
+    return runner

@@ -164,3 +164,17 @@ SELECT name FROM queues WHERE paused;
 -- Pause or resume one queue.
 INSERT INTO queues (name, paused, updated_at) VALUES (:name, :paused, :now)
 ON CONFLICT (name) DO UPDATE SET paused = excluded.paused, updated_at = excluded.updated_at;
+
+-- name: depth_sample_upsert
+-- Record one queue's depth for one sampling interval; a second writer of the interval overwrites.
+INSERT INTO queue_depth_samples (queue, sampled_at, depth) VALUES (:queue, :sampled_at, :depth)
+ON CONFLICT (queue, sampled_at) DO UPDATE SET depth = excluded.depth;
+
+-- name: depth_sample_prune
+-- Forget depth samples older than the retention.
+DELETE FROM queue_depth_samples WHERE sampled_at < :before;
+
+-- name: depth_sample_list
+-- Depth samples since a time, per queue, oldest first.
+SELECT queue, sampled_at, depth FROM queue_depth_samples WHERE sampled_at >= :since
+ORDER BY queue, sampled_at;

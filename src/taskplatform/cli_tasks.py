@@ -1,0 +1,682 @@
+"""The ``taskplatform tasks …`` and ``taskplatform stats`` commands: the API from a shell.
+
+Every command talks to a running server through :class:`taskplatform.client.TaskClient` and takes
+``--url`` (``TASKPLATFORM_URL``, default ``http://127.0.0.1:8000``), ``--api-key``
+(``TASKPLATFORM_API_KEY``) and ``--json`` (print machine-readable JSON on stdout and nothing
+else; an error is printed as ``{"error": {...}}``, the problem document when there is one).
+
+Exit codes:
+
+====  ==================================================================================
+0     done
+1     the server said no (a problem answer such as ``validation_error`` or
+      ``task_completed``), or an import had lines that failed
+2     usage error: a bad option or argument (Typer's), unreadable ``--data``, an import
+      state file that does not match the file
+3     not found: no such task (``task_not_found``) or no such route (a wrong ``--url``)
+4     cannot reach the server: connection refused or reset, or timed out, after retries
+5     ``dequeue`` found the queue empty
+6     ``execute`` made the attempt and the callback failed (status Failed or Retry)
+====  ==================================================================================
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import enum
+import hashlib
+import json
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich import box
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from taskplatform.client import (
+    ConnectionFailed,
+    NotFound,
+    Task,
+    TaskClient,
+    TaskNotFound,
+    TaskPlatformError,
+    ValidationError,
+)
+from taskplatform.models import Status
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+"""The server the commands talk to when neither ``--url`` nor ``TASKPLATFORM_URL`` says."""
+
+
+class ExitCode(enum.IntEnum):
+    """What the process's exit status means (the table in the module docstring)."""
+
+    OK = 0  # done
+    REFUSED = 1  # the server answered with a problem, or import lines failed
+    USAGE = 2  # bad arguments (Typer uses 2 for its own usage errors too)
+    NOT_FOUND = 3  # task_not_found or not_found
+    UNREACHABLE = 4  # no answer from the server after retries
+    QUEUE_EMPTY = 5  # dequeue: nothing to take
+    CALLBACK_FAILED = 6  # execute: the attempt was made and failed
+
+
+tasks_app = typer.Typer(
+    help="Create, inspect and run tasks on a taskplatform server (exit codes: see --help of "
+    "each command; 0 ok, 1 refused, 2 usage, 3 not found, 4 unreachable, 5 queue empty, "
+    "6 callback failed).",
+    no_args_is_help=True,
+)
+
+UrlOption = Annotated[
+    str, typer.Option("--url", envvar="TASKPLATFORM_URL", help="The server's base URL.")
+]
+ApiKeyOption = Annotated[
+    str | None,
+    typer.Option(
+        "--api-key",
+        envvar="TASKPLATFORM_API_KEY",
+        help="Sent as Authorization: Bearer <key>.",
+        show_default=False,
+    ),
+]
+JsonOption = Annotated[
+    bool, typer.Option("--json", help="Print machine-readable JSON only (on stdout).")
+]
+TaskIdArgument = Annotated[str, typer.Argument(help="The task's id, as create returned it.")]
+
+
+def _print_json(value: object) -> None:
+    typer.echo(json.dumps(value, ensure_ascii=False))
+
+
+def _stderr() -> Console:
+    return Console(stderr=True, highlight=False)
+
+
+def _fail(code: ExitCode, message: str, as_json: bool, error: dict[str, Any]) -> NoReturn:
+    if as_json:
+        _print_json({"error": error})
+    else:
+        _stderr().print(f"[red]error:[/red] {message}", markup=True, soft_wrap=True)
+    raise typer.Exit(int(code))
+
+
+@contextlib.contextmanager
+def _client(url: str, api_key: str | None, as_json: bool) -> Iterator[TaskClient]:
+    """Open a client and turn its errors into a message and the exit code that names them."""
+    try:
+        with TaskClient(url, api_key) as client:
+            yield client
+    except (TaskNotFound, NotFound) as exc:
+        _fail(ExitCode.NOT_FOUND, _describe(exc), as_json, exc.problem or {"code": exc.code})
+    except TaskPlatformError as exc:
+        problem = exc.problem or {"status": exc.status, "code": exc.code, "detail": exc.detail}
+        _fail(ExitCode.REFUSED, _describe(exc), as_json, problem)
+    except ConnectionFailed as exc:
+        detail = f"cannot reach the server at {url}: {exc}"
+        _fail(
+            ExitCode.UNREACHABLE, detail, as_json, {"code": "connection_failed", "detail": detail}
+        )
+
+
+def _describe(exc: TaskPlatformError) -> str:
+    text = f"{exc.status} {exc.code}: {exc.detail}"
+    if isinstance(exc, ValidationError):
+        text += "".join(f"\n  {name}: {message}" for name, message in exc.errors)
+    return text
+
+
+def _usage(message: str, as_json: bool) -> NoReturn:
+    _fail(ExitCode.USAGE, message, as_json, {"code": "usage_error", "detail": message})
+
+
+def _time(value: datetime.datetime | None) -> str:
+    return "" if value is None else value.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
+
+
+def _task_table(task: Task) -> Table:
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    rows: list[tuple[str, object]] = [
+        ("task id", task.task_id),
+        ("status", task.status.value + (" (dead letter)" if task.dead_letter else "")),
+        ("queue", task.queue),
+        ("priority", task.priority),
+        ("callback url", task.callback_url),
+        ("attempts", f"{task.attempts} of {task.max_retries + 1}"),
+        ("timeout", f"{task.timeout_seconds:g} s"),
+        ("created", _time(task.created_at)),
+        ("updated", _time(task.updated_at)),
+        ("dequeued", _time(task.dequeued_at)),
+        ("completed", _time(task.completed_at)),
+        ("next attempt", _time(task.next_attempt_at)),
+        ("scheduled", _time(task.scheduled_at)),
+        ("task data", json.dumps(task.task_data, ensure_ascii=False)),
+        ("result", "" if task.result is None else json.dumps(task.result, ensure_ascii=False)),
+        ("error", task.error or ""),
+    ]
+    for name, value in rows:
+        table.add_row(name, str(value))
+    return table
+
+
+def _read_data(text: str, as_json: bool) -> dict[str, Any]:
+    """Parse ``--data``: JSON text, ``@path`` for a file's content, or ``-`` for stdin."""
+    if text == "-":
+        text = sys.stdin.read()
+    elif text.startswith("@"):
+        try:
+            text = Path(text[1:]).read_text(encoding="utf-8")
+        except OSError as exc:
+            _usage(f"cannot read --data file {text[1:]}: {exc}", as_json)
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        _usage(f"--data is not JSON: {exc}", as_json)
+    if not isinstance(data, dict):
+        _usage("--data must be a JSON object, such as '{\"orderId\": 42}'", as_json)
+    return data
+
+
+@tasks_app.command("create")
+def create_command(
+    callback_url: Annotated[
+        str, typer.Option("--callback-url", "-c", help="Absolute http(s) URL execute POSTs to.")
+    ],
+    data: Annotated[
+        str,
+        typer.Option(
+            "--data", "-d", help="taskData: a JSON object, @FILE for a file's, or - for stdin."
+        ),
+    ] = "{}",
+    priority: Annotated[int, typer.Option("--priority", "-p", help="Higher goes first.")] = 0,
+    queue: Annotated[
+        str | None, typer.Option(help="Named queue [server default: default].")
+    ] = None,
+    delay: Annotated[
+        float | None, typer.Option(help="Seconds before it may be dequeued or dispatched.")
+    ] = None,
+    scheduled_at: Annotated[
+        str | None,
+        typer.Option(help="Not before this RFC 3339 time with a zone, e.g. 2027-01-01T09:00Z."),
+    ] = None,
+    max_retries: Annotated[
+        int | None, typer.Option(help="Retries after the first attempt [server default: 3].")
+    ] = None,
+    timeout: Annotated[
+        float | None, typer.Option(help="Seconds for one callback attempt [server default: 30].")
+    ] = None,
+    idempotency_key: Annotated[
+        str | None,
+        typer.Option(help="Makes a repeat return the first task [default: a fresh uuid4]."),
+    ] = None,
+    url: UrlOption = DEFAULT_URL,
+    api_key: ApiKeyOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Create (enqueue) a task. Prints its id; --json: {"taskId", "status", "replayed"}."""
+    task_data = _read_data(data, as_json)
+    when: datetime.datetime | None = None
+    if scheduled_at is not None:
+        try:
+            when = datetime.datetime.fromisoformat(scheduled_at)
+        except ValueError as exc:
+            _usage(f"--scheduled-at is not an RFC 3339 time: {exc}", as_json)
+        if when.tzinfo is None:
+            _usage("--scheduled-at needs a time zone, such as Z or +02:00", as_json)
+    with _client(url, api_key, as_json) as client:
+        created = client.create(
+            task_data,
+            callback_url,
+            priority,
+            queue=queue,
+            delay_seconds=delay,
+            scheduled_at=when,
+            max_retries=max_retries,
+            timeout_seconds=timeout,
+            idempotency_key=idempotency_key,
+        )
+    if as_json:
+        _print_json({**created.raw, "replayed": created.replayed})
+    else:
+        note = " (replayed: the idempotency key had created it)" if created.replayed else ""
+        typer.echo(f"{created.task_id} {created.status.value}{note}")
+
+
+@tasks_app.command("get")
+def get_command(
+    task_id: TaskIdArgument,
+    url: UrlOption = DEFAULT_URL,
+    api_key: ApiKeyOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Show a task, in any status."""
+    with _client(url, api_key, as_json) as client:
+        task = client.get(task_id)
+    if as_json:
+        _print_json(task.raw)
+    else:
+        Console(highlight=False).print(_task_table(task))
+
+
+def _list_table(tasks: list[Task]) -> Table:
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0))
+    # An id or a time cut short is useless to copy: those columns never wrap; the error does.
+    table.add_column("task id", no_wrap=True, min_width=36)
+    table.add_column("status", no_wrap=True, min_width=9)
+    table.add_column("queue", no_wrap=True)
+    table.add_column("prio", justify="right", no_wrap=True)
+    table.add_column("tries", justify="right", no_wrap=True)
+    table.add_column("created", no_wrap=True)
+    table.add_column("error", overflow="fold", min_width=10)
+    for task in tasks:
+        table.add_row(
+            task.task_id,
+            task.status.value + (" (dead)" if task.dead_letter else ""),
+            task.queue,
+            str(task.priority),
+            str(task.attempts),
+            _time(task.created_at)[:19],
+            (task.error or "")[:60],
+        )
+    return table
+
+
+@tasks_app.command("list")
+def list_command(
+    status: Annotated[Status | None, typer.Option(help="Only tasks in this status.")] = None,
+    queue: Annotated[str | None, typer.Option(help="Only tasks of this queue.")] = None,
+    dead_letter: Annotated[
+        bool | None,
+        typer.Option(
+            "--dead-letter/--no-dead-letter",
+            help="Only dead letters, or only others.",
+            show_default=False,
+        ),
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, max=200, help="Tasks per page.")] = 50,
+    cursor: Annotated[str | None, typer.Option(help="nextCursor of the previous page.")] = None,
+    all_pages: Annotated[
+        bool, typer.Option("--all", help="Follow nextCursor to the last page.")
+    ] = False,
+    url: UrlOption = DEFAULT_URL,
+    api_key: ApiKeyOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List tasks, newest first, a page at a time. --json: {"items", "nextCursor"}."""
+    with _client(url, api_key, as_json) as client:
+        if all_pages:
+            tasks = list(client.iter_tasks(status, queue, dead_letter, limit))
+            next_cursor = None
+        else:
+            page = client.list(status, queue, dead_letter, limit, cursor)
+            tasks, next_cursor = page.items, page.next_cursor
+    if as_json:
+        _print_json({"items": [task.raw for task in tasks], "nextCursor": next_cursor})
+        return
+    Console(highlight=False).print(_list_table(tasks))
+    if next_cursor is not None:
+        typer.echo(f"more: --cursor {next_cursor}")
+
+
+@tasks_app.command("dequeue")
+def dequeue_command(
+    queue: Annotated[str | None, typer.Option(help="Named queue [default: default].")] = None,
+    wait: Annotated[
+        float | None, typer.Option(min=0, max=20, help="Long-poll this many seconds.")
+    ] = None,
+    url: UrlOption = DEFAULT_URL,
+    api_key: ApiKeyOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Take the next task out of the queue (Dequeued); exit 5 if empty (--json: null)."""
+    with _client(url, api_key, as_json) as client:
+        task = client.dequeue(queue, wait)
+    if task is None:
+        if as_json:
+            _print_json(None)
+        else:
+            _stderr().print(f"queue {queue or 'default'} is empty")
+        raise typer.Exit(int(ExitCode.QUEUE_EMPTY))
+    if as_json:
+        _print_json(task.raw)
+    else:
+        Console(highlight=False).print(_task_table(task))
+
+
+@tasks_app.command("execute")
+def execute_command(
+    task_id: TaskIdArgument,
+    background: Annotated[
+        bool, typer.Option("--async", help="Return at once; the outcome shows on get.")
+    ] = False,
+    url: UrlOption = DEFAULT_URL,
+    api_key: ApiKeyOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Call the task's callback once (never retried); exit 6 if the callback failed."""
+    with _client(url, api_key, as_json) as client:
+        outcome = client.execute(task_id, respond_async=background)
+    if as_json:
+        _print_json(outcome.raw)
+    elif outcome.accepted:
+        typer.echo(f"{outcome.task_id} {outcome.status.value} (running in the background)")
+    else:
+        result = "" if outcome.result is None else json.dumps(outcome.result, ensure_ascii=False)
+        typer.echo(f"{outcome.task_id} {outcome.status.value} attempt {outcome.attempt}")
+        if result:
+            typer.echo(f"result: {result}")
+        if outcome.error:
+            typer.echo(f"error: {outcome.error}")
+    if outcome.status in (Status.FAILED, Status.RETRY):
+        raise typer.Exit(int(ExitCode.CALLBACK_FAILED))
+
+
+@tasks_app.command("retry")
+def retry_command(
+    task_id: TaskIdArgument,
+    url: UrlOption = DEFAULT_URL,
+    api_key: ApiKeyOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Re-drive a Failed task: back to its queue with its attempts reset."""
+    with _client(url, api_key, as_json) as client:
+        task = client.retry(task_id)
+    if as_json:
+        _print_json(task.raw)
+    else:
+        typer.echo(f"{task.task_id} {task.status.value}")
+
+
+@tasks_app.command("cancel")
+def cancel_command(
+    task_id: TaskIdArgument,
+    url: UrlOption = DEFAULT_URL,
+    api_key: ApiKeyOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Cancel a Queued, Dequeued, Retry or Failed task: it is never called back."""
+    with _client(url, api_key, as_json) as client:
+        task = client.cancel(task_id)
+    if as_json:
+        _print_json(task.raw)
+    else:
+        typer.echo(f"{task.task_id} {task.status.value}")
+
+
+@tasks_app.command("executions")
+def executions_command(
+    task_id: TaskIdArgument,
+    url: UrlOption = DEFAULT_URL,
+    api_key: ApiKeyOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Show a task's attempt log, oldest first."""
+    with _client(url, api_key, as_json) as client:
+        attempts = client.executions(task_id)
+    if as_json:
+        _print_json({"taskId": task_id, "items": [attempt.raw for attempt in attempts]})
+        return
+    table = Table("attempt", "started", "ms", "http")
+    table.add_column("error", overflow="fold")
+    for attempt in attempts:
+        table.add_row(
+            str(attempt.attempt),
+            _time(attempt.started_at),
+            str(attempt.duration_ms),
+            "" if attempt.http_status is None else str(attempt.http_status),
+            attempt.error or "",
+        )
+    Console(highlight=False).print(table)
+
+
+# --- import ----------------------------------------------------------------------------------
+
+
+@dataclass
+class ImportState:
+    """Progress of one import, kept in a JSON file beside the input so a re-run resumes.
+
+    ``next_line`` is the first line (1-based) not yet settled: every line before it was either
+    created in a batch the server acknowledged or recorded in ``failed``. Those lines are the
+    file's first ``done_bytes`` bytes, whose SHA-256 is ``done_sha256``: a re-run resumes only
+    if they are unchanged (lines appended since are imported; an edit above is refused).
+    """
+
+    next_line: int = 1
+    done_bytes: int = 0
+    done_sha256: str = hashlib.sha256().hexdigest()
+    created: int = 0
+    failed: list[dict[str, Any]] = field(default_factory=list)
+
+    def save(self, path: Path) -> None:
+        """Write the state atomically (a crash leaves the old state or the new, never half)."""
+        temporary = path.with_name(path.name + ".tmp")
+        temporary.write_text(
+            json.dumps(
+                {
+                    "version": 1,
+                    "nextLine": self.next_line,
+                    "doneBytes": self.done_bytes,
+                    "doneSha256": self.done_sha256,
+                    "created": self.created,
+                    "failed": self.failed,
+                }
+            )
+        )
+        os.replace(temporary, path)
+
+    @classmethod
+    def load(cls, path: Path) -> ImportState:
+        """Read a state :meth:`save` wrote.
+
+        Raises:
+            OSError: the file cannot be read.
+            ValueError, KeyError, TypeError: it is not such a state.
+        """
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict) or data.get("version") != 1:
+            raise ValueError("not an import state of this version")
+        return cls(
+            next_line=int(data["nextLine"]),
+            done_bytes=int(data["doneBytes"]),
+            done_sha256=str(data["doneSha256"]),
+            created=int(data["created"]),
+            failed=list(data["failed"]),
+        )
+
+
+def _count_lines(path: Path) -> int:
+    with path.open("rb") as stream:
+        return sum(1 for _ in stream)
+
+
+def _failure(line: int, code: str, detail: str, **extra: Any) -> dict[str, Any]:
+    return {"line": line, "code": code, "detail": detail, **extra}
+
+
+def _parse_line(line_number: int, raw: bytes) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """Return ``(create body, {})`` for a good line, or ``(None, failure record)``."""
+    try:
+        body = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        detail = f"not JSON: {exc.msg} at byte {exc.pos}"
+        return None, _failure(line_number, "malformed_json", detail)
+    except ValueError as exc:  # bytes that are not UTF-8
+        return None, _failure(line_number, "malformed_json", f"not UTF-8 JSON: {exc}")
+    if not isinstance(body, dict):
+        return None, _failure(line_number, "validation_error", "a line must hold a JSON object")
+    return body, {}
+
+
+@tasks_app.command("import")
+def import_command(
+    file: Annotated[
+        Path,
+        typer.Argument(
+            exists=True, dir_okay=False, readable=True, help="JSON Lines: one create body a line."
+        ),
+    ],
+    chunk_size: Annotated[
+        int, typer.Option(min=1, max=1000, help="Tasks per batch request.")
+    ] = 500,
+    state_file: Annotated[
+        Path | None,
+        typer.Option("--state", help="Where progress is kept [default: FILE.import-state.json]."),
+    ] = None,
+    restart: Annotated[
+        bool, typer.Option("--restart", help="Ignore an earlier run's state: import it all again.")
+    ] = False,
+    url: UrlOption = DEFAULT_URL,
+    api_key: ApiKeyOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Create the tasks of a JSON Lines file through the batch endpoint, resumably.
+
+    Each non-blank line is a create body as the API takes it
+    ({"taskData": {...}, "callbackUrl": "...", "priority": 5, ...}). Progress is saved after
+    every batch the server acknowledged, so running the same command again (after a crash, a
+    lost connection, a finished import, or with lines appended) sends only the lines not
+    settled yet: nothing is created twice. Only a batch whose answer was lost in transit may be
+    sent again, as the batch endpoint takes no Idempotency-Key. Lines that fail (not JSON, or
+    refused by the server) are reported by line number, and the exit code is then 1.
+    """
+    state_path = state_file or file.with_name(file.name + ".import-state.json")
+    state = ImportState()
+    if state_path.exists() and not restart:
+        try:
+            state = ImportState.load(state_path)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            _usage(f"cannot read the import state {state_path} ({exc}); or pass --restart", as_json)
+    total = _count_lines(file)
+    first_line = state.next_line
+    failed_before = len(state.failed)
+    created_before = state.created
+    progress = Progress(
+        TextColumn("importing"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("lines"),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        disable=as_json,
+    )
+    with file.open("rb") as stream, _client(url, api_key, as_json) as client, progress:
+        # The digest runs over every byte read, so at each save it covers exactly the settled
+        # lines; resuming re-reads that prefix and must find the same digest.
+        digest = hashlib.sha256()
+        done = stream.read(state.done_bytes)
+        digest.update(done)
+        if len(done) != state.done_bytes or digest.hexdigest() != state.done_sha256:
+            _usage(
+                f"the first {first_line - 1} lines of {file} changed since the import state "
+                f"{state_path} was written; pass --restart to import the whole file again, or "
+                "--state for another state file",
+                as_json,
+            )
+        bar = progress.add_task("import", total=total, completed=first_line - 1)
+        pending: list[tuple[int, dict[str, Any]]] = []
+        offset = state.done_bytes
+
+        def flush(last_line: int) -> None:
+            if pending:
+                results = client.create_batch([body for _, body in pending])
+                for (line, _), result in zip(pending, results, strict=True):
+                    if result.error is None:
+                        state.created += 1
+                    elif isinstance(result.error, TaskPlatformError):
+                        problem = result.error.problem
+                        extra = {"errors": problem["errors"]} if "errors" in problem else {}
+                        state.failed.append(
+                            _failure(line, result.error.code, result.error.detail, **extra)
+                        )
+                pending.clear()
+            state.next_line = last_line + 1
+            state.done_bytes = offset
+            state.done_sha256 = digest.hexdigest()
+            state.save(state_path)
+            progress.update(bar, completed=last_line)
+
+        line_number = first_line - 1
+        for raw in stream:
+            line_number += 1
+            digest.update(raw)
+            offset += len(raw)
+            if not raw.strip():
+                continue
+            body, failure = _parse_line(line_number, raw)
+            if body is None:
+                state.failed.append(failure)
+            else:
+                pending.append((line_number, body))
+            if len(pending) >= chunk_size:
+                flush(line_number)
+        flush(line_number)
+    new_failures = state.failed[failed_before:]
+    summary = {
+        "file": str(file),
+        "created": state.created - created_before,
+        "createdTotal": state.created,
+        "linesAlreadyDone": first_line - 1,
+        "failed": new_failures,
+        "state": str(state_path),
+    }
+    if as_json:
+        _print_json(summary)
+    else:
+        earlier = f" ({first_line - 1} lines were done before)" if first_line > 1 else ""
+        count = state.created - created_before
+        typer.echo(f"created {count} task{'' if count == 1 else 's'} from {file}{earlier}")
+        for failure in new_failures:
+            typer.echo(f"line {failure['line']}: {failure['code']}: {failure['detail']}")
+            for item in failure.get("errors") or []:
+                text = f"{item.get('field')}: {item.get('message')}"
+                if text not in failure["detail"]:
+                    typer.echo(f"  {text}")
+        typer.echo(f"progress kept in {state_path} (delete it or pass --restart to import again)")
+    if new_failures:
+        raise typer.Exit(int(ExitCode.REFUSED))
+
+
+# --- stats -----------------------------------------------------------------------------------
+
+
+def stats_command(
+    queue: Annotated[str | None, typer.Option(help="Count only this queue's tasks.")] = None,
+    url: UrlOption = DEFAULT_URL,
+    api_key: ApiKeyOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Show tasks per status, the queue depth and every queue; --json: {"stats", "queues"}."""
+    with _client(url, api_key, as_json) as client:
+        stats = client.stats(queue)
+        queues = client.queues()
+    if as_json:
+        _print_json({"stats": stats.raw, "queues": [item.raw for item in queues]})
+        return
+    console = Console(highlight=False)
+    counts = Table("status", "tasks", title=f"tasks ({queue or 'all queues'})")
+    for status, count in stats.tasks.items():
+        counts.add_row(status, str(count))
+    counts.add_row("queue depth", str(stats.queue_depth), style="bold")
+    console.print(counts)
+    table = Table("queue", "paused", "depth", "in flight", "oldest queued", "attempts/s")
+    for item in queues:
+        age = item.oldest_queued_age_seconds
+        table.add_row(
+            item.name,
+            "yes" if item.paused else "no",
+            str(item.depth),
+            str(item.in_flight),
+            "" if age is None else f"{age:.1f} s",
+            f"{item.dispatch_rate_per_second:.2f}",
+        )
+    console.print(table)

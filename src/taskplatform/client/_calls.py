@@ -1,0 +1,486 @@
+"""The transport-free half of the client: how each API call is built and how its answer is read.
+
+Each public method of :class:`~taskplatform.client.TaskClient` and
+:class:`~taskplatform.client.AsyncTaskClient` is one builder here that returns a :class:`Call`
+(method, path, query, body bytes, headers, retry mode, parser); the two clients only send it,
+the one with a blocking ``httpx.Client``, the other with ``httpx.AsyncClient``, and both hand the
+response to :func:`finish`. So the two cannot drift apart in what they send or how they parse.
+"""
+
+from __future__ import annotations
+
+import datetime
+import enum
+import json
+import random
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+from urllib.parse import quote
+
+import httpx
+
+from taskplatform.client.errors import (
+    ConnectionFailed,
+    QueueEmpty,
+    RateLimited,
+    TaskPlatformError,
+    UnexpectedResponse,
+    error_from_problem,
+)
+from taskplatform.client.models import (
+    BatchItemResult,
+    CreatedTask,
+    Execution,
+    ExecutionOutcome,
+    NewTask,
+    Page,
+    QueueInfo,
+    Readiness,
+    RedriveResult,
+    Stats,
+    Status,
+    Task,
+)
+
+T = TypeVar("T")
+
+EXECUTE_TIMEOUT_SECONDS = 3660.0
+"""How long execute waits for its answer by default, in seconds: the server bounds one attempt by
+the task's ``timeoutSeconds`` (at most 3,600 s), plus a minute for everything around it."""
+
+
+class RetryMode(enum.Enum):
+    """Which transport failures a call may be sent again after."""
+
+    ALWAYS = "always"  # idempotent: a repeat has the effect of one request
+    CONNECT = "connect"  # not idempotent: only when the request surely never reached the server
+    NEVER = "never"  # execute: even a refused connection is reported, never resent
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Retries after transport failures: exponential backoff with jitter.
+
+    Args:
+        retries: How many times a call may be sent again after the first try (0: never).
+        backoff_seconds: The first wait's cap, in seconds; each later cap doubles.
+        backoff_max_seconds: The largest wait, in seconds.
+    """
+
+    retries: int = 3
+    backoff_seconds: float = 0.2
+    backoff_max_seconds: float = 5.0
+
+    def delay(self, attempt: int) -> float:
+        """Return the wait before try ``attempt + 1``, in seconds (``attempt`` counts from 1).
+
+        A uniform draw from the upper half of ``min(max, backoff × 2^(attempt-1))``: clients
+        that failed together spread out, yet none retries at once.
+        """
+        cap = min(self.backoff_max_seconds, self.backoff_seconds * 2.0 ** (attempt - 1))
+        return cap / 2 + random.uniform(0, cap / 2)
+
+    def allows(self, mode: RetryMode, exc: httpx.TransportError, attempt: int) -> bool:
+        """Return whether a call of ``mode`` that failed with ``exc`` on try ``attempt`` is
+        sent again."""
+        if attempt > self.retries or mode is RetryMode.NEVER:
+            return False
+        never_sent = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+        if mode is RetryMode.CONNECT:
+            return isinstance(exc, never_sent)
+        return isinstance(
+            exc,
+            (*never_sent, httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError),
+        )
+
+
+@dataclass(frozen=True)
+class Call(Generic[T]):
+    """One API request, ready to send, and how to read its answer.
+
+    ``timeout`` (seconds) replaces the client's read timeout for calls that wait on purpose
+    (long-poll dequeue, execute). ``recover`` turns an error answer into a value (dequeue's
+    ``queue_empty`` into None) instead of raising it; ``also_ok`` lists non-2xx statuses that
+    ``parse`` reads as answers (``/readyz``'s 503).
+    """
+
+    method: str
+    path: str
+    parse: Callable[[httpx.Response], T]
+    retry: RetryMode = RetryMode.ALWAYS
+    params: dict[str, str] = field(default_factory=dict)
+    content: bytes | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    timeout: float | None = None
+    recover: Callable[[TaskPlatformError], T] | None = None
+    also_ok: frozenset[int] = frozenset()
+
+
+def encode_json(value: object) -> bytes:
+    """Encode ``value`` as compact UTF-8 JSON, the bytes sent as a body.
+
+    Raises:
+        ValueError: ``value`` holds NaN or an infinity, which JSON cannot carry.
+        TypeError: ``value`` holds something that is not JSON (a set, a datetime, ...).
+    """
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+
+
+def _json_headers(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    return {"Content-Type": "application/json", **(extra or {})}
+
+
+def _body(response: httpx.Response) -> dict[str, Any]:
+    data = response.json()
+    if not isinstance(data, dict):
+        raise TypeError("expected a JSON object")
+    return data
+
+
+def _task_path(task_id: str, suffix: str = "") -> str:
+    # quote(safe="") so an id with a "/" or "?" cannot address another route
+    return f"/api/tasks/{quote(task_id, safe='')}{suffix}"
+
+
+def error_from_response(response: httpx.Response) -> TaskPlatformError:
+    """Build the exception for an error answer: the problem's class, or UnexpectedResponse."""
+    content_type = response.headers.get("content-type", "")
+    problem: object = None
+    if "json" in content_type:
+        try:
+            problem = response.json()
+        except ValueError:
+            problem = None
+    if isinstance(problem, dict) and isinstance(problem.get("code"), str):
+        error = error_from_problem(response.status_code, problem)
+        if isinstance(error, RateLimited):
+            try:
+                error.retry_after = float(response.headers.get("retry-after", ""))
+            except ValueError:
+                error.retry_after = None
+        return error
+    text = response.text[:300].strip()
+    return UnexpectedResponse(
+        response.status_code,
+        "unexpected_response",
+        response.reason_phrase,
+        f"HTTP {response.status_code} {response.reason_phrase} from {response.request.url} "
+        f"is not an API answer (Content-Type {content_type or 'none'}): {text!r}",
+        {},
+    )
+
+
+def finish(call: Call[T], response: httpx.Response) -> T:
+    """Read the answer to ``call``: its parsed value, or raise the error it carries.
+
+    Raises:
+        TaskPlatformError: the server answered with an error (the subclass of its ``code``);
+            UnexpectedResponse when the answer is not the API's (wrong URL, a proxy's page).
+    """
+    if response.is_success or response.status_code in call.also_ok:
+        try:
+            return call.parse(response)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UnexpectedResponse(
+                response.status_code,
+                "unexpected_response",
+                response.reason_phrase,
+                f"{call.method} {response.request.url} answered {response.status_code} with a "
+                f"body this client cannot read ({exc!r}): {response.text[:300]!r}",
+                {},
+            ) from exc
+    error = error_from_response(response)
+    if call.recover is not None:
+        return call.recover(error)
+    raise error
+
+
+def connection_failed(
+    call: Call[Any], base_url: httpx.URL, exc: httpx.TransportError, attempts: int
+) -> ConnectionFailed:
+    """Describe a call that got no answer, naming the URL, the failure and the tries made."""
+    kind = type(exc).__name__
+    reason = str(exc) or kind
+    tries = "1 try" if attempts == 1 else f"{attempts} tries"
+    return ConnectionFailed(
+        f"{call.method} {base_url.join(call.path)} got no answer after {tries}: {kind}: {reason}",
+        attempts=attempts,
+    )
+
+
+# --- builders, one per API operation ---------------------------------------------------------
+
+
+def create_call(task: NewTask, idempotency_key: str | None) -> Call[CreatedTask]:
+    """``POST /api/tasks``; the body is encoded once, so every retry sends the same bytes."""
+    key = idempotency_key if idempotency_key is not None else str(uuid.uuid4())
+
+    def parse(response: httpx.Response) -> CreatedTask:
+        data = _body(response)
+        return CreatedTask(
+            task_id=data["taskId"],
+            status=Status(data["status"]),
+            replayed=response.headers.get("idempotent-replayed") == "true",
+            raw=data,
+        )
+
+    return Call(
+        "POST",
+        "/api/tasks",
+        parse,
+        RetryMode.ALWAYS,  # safe: the server answers a repeated key with the first task
+        content=encode_json(task.to_json()),
+        headers=_json_headers({"Idempotency-Key": key}),
+    )
+
+
+def batch_call(items: Iterable[NewTask | Mapping[str, Any]]) -> Call[list[BatchItemResult]]:
+    """``POST /api/tasks/batch``; retried only when it surely never arrived (no idempotency)."""
+    bodies = [item.to_json() if isinstance(item, NewTask) else dict(item) for item in items]
+
+    def parse(response: httpx.Response) -> list[BatchItemResult]:
+        results = []
+        for item in _body(response)["items"]:
+            problem = item.get("error")
+            error = (
+                error_from_problem(int(problem.get("status", 422)), problem)
+                if isinstance(problem, dict)
+                else None
+            )
+            results.append(
+                BatchItemResult(
+                    index=int(item["index"]),
+                    task_id=item.get("taskId"),
+                    status=Status(item["status"]) if item.get("status") else None,
+                    error=error,
+                )
+            )
+        return results
+
+    return Call(
+        "POST",
+        "/api/tasks/batch",
+        parse,
+        RetryMode.CONNECT,
+        content=encode_json({"tasks": bodies}),
+        headers=_json_headers(),
+    )
+
+
+def _task(response: httpx.Response) -> Task:
+    return Task.from_json(_body(response))
+
+
+def get_call(task_id: str) -> Call[Task]:
+    """``GET /api/tasks/{taskId}``."""
+    return Call("GET", _task_path(task_id), _task)
+
+
+def list_call(
+    status: Status | str | None,
+    queue: str | None,
+    dead_letter: bool | None,
+    limit: int | None,
+    cursor: str | None,
+) -> Call[Page]:
+    """``GET /api/tasks`` with its filters; None leaves a filter out."""
+    params: dict[str, str] = {}
+    if status is not None:
+        params["status"] = str(status)
+    if queue is not None:
+        params["queue"] = queue
+    if dead_letter is not None:
+        params["deadLetter"] = "true" if dead_letter else "false"
+    if limit is not None:
+        params["limit"] = str(limit)
+    if cursor is not None:
+        params["cursor"] = cursor
+
+    def parse(response: httpx.Response) -> Page:
+        data = _body(response)
+        return Page([Task.from_json(item) for item in data["items"]], data["nextCursor"], data)
+
+    return Call("GET", "/api/tasks", parse, params=params)
+
+
+def dequeue_call(
+    queue: str | None, wait_seconds: float | None, timeout: float
+) -> Call[Task | None]:
+    """``POST /api/tasks/dequeue``: a task, or None on ``queue_empty``.
+
+    Sent as POST, not GET, so that no cache or proxy takes it for a safe request; retried only
+    when it never arrived, as a lost answer would leave the task leased to nobody until its lease
+    runs out.
+    """
+    params: dict[str, str] = {}
+    if queue is not None:
+        params["queue"] = queue
+    if wait_seconds is not None:
+        params["waitSeconds"] = f"{wait_seconds:g}"
+
+    def empty(error: TaskPlatformError) -> Task | None:
+        if isinstance(error, QueueEmpty):
+            return None
+        raise error
+
+    return Call(
+        "POST",
+        "/api/tasks/dequeue",
+        _task,
+        RetryMode.CONNECT,
+        params=params,
+        timeout=timeout + (wait_seconds or 0.0),
+        recover=empty,
+    )
+
+
+def execute_call(
+    task_id: str, respond_async: bool, timeout: float | None
+) -> Call[ExecutionOutcome]:
+    """``POST /api/tasks/{taskId}/execute``; never retried, as it calls the task's callback."""
+
+    def parse(response: httpx.Response) -> ExecutionOutcome:
+        data = _body(response)
+        accepted = response.status_code == 202
+        return ExecutionOutcome(
+            task_id=data["taskId"],
+            status=Status(data["status"]),
+            result=data.get("result"),
+            error=data.get("error"),
+            attempt=None if accepted else int(data["attempt"]),
+            accepted=accepted,
+            raw=data,
+        )
+
+    return Call(
+        "POST",
+        _task_path(task_id, "/execute"),
+        parse,
+        RetryMode.NEVER,
+        headers={"Prefer": "respond-async"} if respond_async else {},
+        timeout=EXECUTE_TIMEOUT_SECONDS if timeout is None else timeout,
+    )
+
+
+def retry_call(task_id: str) -> Call[Task]:
+    """``POST /api/tasks/{taskId}/retry``: a repeat would answer 409, so connect-only retries."""
+    return Call("POST", _task_path(task_id, "/retry"), _task, RetryMode.CONNECT)
+
+
+def retry_dead_letters_call(queue: str | None, limit: int | None) -> Call[RedriveResult]:
+    """``POST /api/tasks/retry``: re-drive dead letters in bulk."""
+    body: dict[str, Any] = {}
+    if queue is not None:
+        body["queue"] = queue
+    if limit is not None:
+        body["limit"] = limit
+
+    def parse(response: httpx.Response) -> RedriveResult:
+        data = _body(response)
+        return RedriveResult(int(data["retried"]), list(data["taskIds"]), data)
+
+    return Call(
+        "POST",
+        "/api/tasks/retry",
+        parse,
+        RetryMode.CONNECT,
+        content=encode_json(body),
+        headers=_json_headers(),
+    )
+
+
+def cancel_call(task_id: str) -> Call[Task]:
+    """``POST /api/tasks/{taskId}/cancel``: idempotent (a Cancelled task answers 200 again)."""
+    return Call("POST", _task_path(task_id, "/cancel"), _task, RetryMode.ALWAYS)
+
+
+def executions_call(task_id: str) -> Call[list[Execution]]:
+    """``GET /api/tasks/{taskId}/executions``: the attempt log, oldest first."""
+
+    def parse(response: httpx.Response) -> list[Execution]:
+        return [Execution.from_json(item) for item in _body(response)["items"]]
+
+    return Call("GET", _task_path(task_id, "/executions"), parse)
+
+
+def stats_call(queue: str | None) -> Call[Stats]:
+    """``GET /api/stats``, of one queue or all."""
+
+    def parse(response: httpx.Response) -> Stats:
+        data = _body(response)
+        tasks = {str(name): int(count) for name, count in data["tasks"].items()}
+        return Stats(tasks, int(data["queueDepth"]), data)
+
+    return Call("GET", "/api/stats", parse, params={"queue": queue} if queue else {})
+
+
+def queues_call() -> Call[list[QueueInfo]]:
+    """``GET /api/queues``."""
+
+    def parse(response: httpx.Response) -> list[QueueInfo]:
+        return [QueueInfo.from_json(item) for item in _body(response)["items"]]
+
+    return Call("GET", "/api/queues", parse)
+
+
+def pause_call(name: str, paused: bool) -> Call[QueueInfo]:
+    """``POST /api/queues/{name}/pause`` or ``/resume``: idempotent."""
+    action = "pause" if paused else "resume"
+
+    def parse(response: httpx.Response) -> QueueInfo:
+        return QueueInfo.from_json(_body(response))
+
+    return Call("POST", f"/api/queues/{quote(name, safe='')}/{action}", parse, RetryMode.ALWAYS)
+
+
+def health_call() -> Call[bool]:
+    """``GET /healthz``: True when the process serves requests."""
+    return Call("GET", "/healthz", lambda response: _body(response).get("status") == "ok")
+
+
+def ready_call() -> Call[Readiness]:
+    """``GET /readyz``: 200 ready, 503 not ready (an answer, not an error, here)."""
+
+    def parse(response: httpx.Response) -> Readiness:
+        data = _body(response)
+        return Readiness(
+            response.status_code == 200, str(data.get("status")), data.get("detail"), data
+        )
+
+    return Call("GET", "/readyz", parse, also_ok=frozenset({503}))
+
+
+def new_task(
+    task_data: Mapping[str, Any],
+    callback_url: str,
+    priority: int,
+    *,
+    queue: str | None,
+    delay_seconds: float | None,
+    scheduled_at: datetime.datetime | None,
+    max_retries: int | None,
+    timeout_seconds: float | None,
+    backoff_min_seconds: float | None,
+    backoff_max_seconds: float | None,
+    backoff_multiplier: float | None,
+    retry_on: list[int] | None,
+    permanent_on: list[int] | None,
+) -> NewTask:
+    """Gather ``create``'s arguments into a :class:`NewTask` (shared by both clients)."""
+    return NewTask(
+        task_data=task_data,
+        callback_url=callback_url,
+        priority=priority,
+        queue=queue,
+        delay_seconds=delay_seconds,
+        scheduled_at=scheduled_at,
+        max_retries=max_retries,
+        timeout_seconds=timeout_seconds,
+        backoff_min_seconds=backoff_min_seconds,
+        backoff_max_seconds=backoff_max_seconds,
+        backoff_multiplier=backoff_multiplier,
+        retry_on=retry_on,
+        permanent_on=permanent_on,
+    )

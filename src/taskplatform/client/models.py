@@ -1,0 +1,317 @@
+"""What the client returns: frozen dataclasses with snake_case fields, parsed from the API's JSON.
+
+Times are timezone-aware :class:`datetime.datetime` in UTC; durations are seconds (floats) unless
+the name says otherwise (``duration_ms``). Each record keeps the JSON it came from in ``raw``
+(camelCase, as the API sent it), for callers that print or forward it unchanged.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from taskplatform.models import Status
+
+__all__ = [
+    "BatchItemResult",
+    "CreatedTask",
+    "Execution",
+    "ExecutionOutcome",
+    "NewTask",
+    "Page",
+    "QueueInfo",
+    "Readiness",
+    "RedriveResult",
+    "Stats",
+    "Status",
+    "Task",
+]
+
+
+def parse_time(value: object) -> datetime.datetime | None:
+    """Parse an RFC 3339 timestamp such as ``2026-11-30T11:35:25.123Z`` (None stays None).
+
+    Raises:
+        ValueError: ``value`` is neither None nor an RFC 3339 string.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"expected an RFC 3339 timestamp, got {value!r}")
+    return datetime.datetime.fromisoformat(value)
+
+
+def _required_time(value: object) -> datetime.datetime:
+    parsed = parse_time(value)
+    if parsed is None:
+        raise ValueError("a required timestamp is null")
+    return parsed
+
+
+def _float_or_none(value: object) -> float | None:
+    return None if value is None else float(value)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Task:
+    """A task as ``GET /api/tasks/{taskId}``, list and dequeue return it.
+
+    ``task_data`` is the payload as created; ``result`` the last callback answer (parsed JSON,
+    else its text); ``timeout_seconds`` and the ``backoff_*_seconds`` are seconds.
+    """
+
+    task_id: str
+    status: Status
+    task_data: dict[str, Any]
+    callback_url: str
+    priority: int
+    queue: str
+    max_retries: int
+    timeout_seconds: float
+    attempts: int
+    created_at: datetime.datetime
+    updated_at: datetime.datetime
+    dequeued_at: datetime.datetime | None
+    completed_at: datetime.datetime | None
+    next_attempt_at: datetime.datetime | None
+    scheduled_at: datetime.datetime | None
+    result: Any
+    error: str | None
+    dead_letter: bool
+    backoff_min_seconds: float | None
+    backoff_max_seconds: float | None
+    backoff_multiplier: float | None
+    retry_on: list[int] | None
+    permanent_on: list[int] | None
+    raw: dict[str, Any] = field(repr=False, compare=False)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Task:
+        """Build a task from the API's JSON object.
+
+        Raises:
+            KeyError, ValueError, TypeError: ``data`` is not a task as the API describes one.
+        """
+        return cls(
+            task_id=data["taskId"],
+            status=Status(data["status"]),
+            task_data=data["taskData"],
+            callback_url=data["callbackUrl"],
+            priority=int(data["priority"]),
+            queue=data.get("queue", "default"),
+            max_retries=int(data["maxRetries"]),
+            timeout_seconds=float(data["timeoutSeconds"]),
+            attempts=int(data["attempts"]),
+            created_at=_required_time(data["createdAt"]),
+            updated_at=_required_time(data["updatedAt"]),
+            dequeued_at=parse_time(data.get("dequeuedAt")),
+            completed_at=parse_time(data.get("completedAt")),
+            next_attempt_at=parse_time(data.get("nextAttemptAt")),
+            scheduled_at=parse_time(data.get("scheduledAt")),
+            result=data.get("result"),
+            error=data.get("error"),
+            dead_letter=bool(data.get("deadLetter", False)),
+            backoff_min_seconds=_float_or_none(data.get("backoffMinSeconds")),
+            backoff_max_seconds=_float_or_none(data.get("backoffMaxSeconds")),
+            backoff_multiplier=_float_or_none(data.get("backoffMultiplier")),
+            retry_on=data.get("retryOn"),
+            permanent_on=data.get("permanentOn"),
+            raw=dict(data),
+        )
+
+
+@dataclass(frozen=True)
+class CreatedTask:
+    """The answer to a create: the new task's id and status.
+
+    ``replayed`` is True when the ``Idempotency-Key`` had been used before with the same body:
+    the task is the one the first request created (and ``status`` is where it stands now).
+    """
+
+    task_id: str
+    status: Status
+    replayed: bool
+    raw: dict[str, Any] = field(repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class NewTask:
+    """One task to create, for :meth:`TaskClient.create_batch` (the arguments of ``create``).
+
+    Times and durations are seconds; ``scheduled_at`` must be timezone-aware. None leaves a
+    field to the server's default.
+    """
+
+    task_data: Mapping[str, Any]
+    callback_url: str
+    priority: int = 0
+    queue: str | None = None
+    delay_seconds: float | None = None
+    scheduled_at: datetime.datetime | None = None
+    max_retries: int | None = None
+    timeout_seconds: float | None = None
+    backoff_min_seconds: float | None = None
+    backoff_max_seconds: float | None = None
+    backoff_multiplier: float | None = None
+    retry_on: list[int] | None = None
+    permanent_on: list[int] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the create body (camelCase), leaving out the fields that are None.
+
+        Raises:
+            ValueError: ``scheduled_at`` has no time zone (the API refuses local times).
+        """
+        body: dict[str, Any] = {
+            "taskData": dict(self.task_data),
+            "callbackUrl": self.callback_url,
+            "priority": self.priority,
+        }
+        optional: dict[str, Any] = {
+            "queue": self.queue,
+            "delaySeconds": self.delay_seconds,
+            "maxRetries": self.max_retries,
+            "timeoutSeconds": self.timeout_seconds,
+            "backoffMinSeconds": self.backoff_min_seconds,
+            "backoffMaxSeconds": self.backoff_max_seconds,
+            "backoffMultiplier": self.backoff_multiplier,
+            "retryOn": self.retry_on,
+            "permanentOn": self.permanent_on,
+        }
+        if self.scheduled_at is not None:
+            if self.scheduled_at.tzinfo is None:
+                raise ValueError("scheduled_at needs a time zone, e.g. datetime.UTC")
+            optional["scheduledAt"] = self.scheduled_at.isoformat()
+        body.update({key: value for key, value in optional.items() if value is not None})
+        return body
+
+
+@dataclass(frozen=True)
+class BatchItemResult:
+    """One item of a batch create, in the order sent: the new task's id, or the error.
+
+    Exactly one of ``task_id`` (with ``status``) and ``error`` is set.
+    """
+
+    index: int
+    task_id: str | None
+    status: Status | None
+    error: Exception | None
+
+    @property
+    def ok(self) -> bool:
+        """Whether this item created a task."""
+        return self.error is None
+
+
+@dataclass(frozen=True)
+class ExecutionOutcome:
+    """The answer to execute: the attempt's outcome, or (``accepted``) that it runs in the
+    background and its outcome will show on ``get``.
+
+    A failed callback is an outcome, not an error: ``status`` is Failed and ``error`` says why.
+    ``attempt`` is the attempt's number (1, 2, …); None when ``accepted``.
+    """
+
+    task_id: str
+    status: Status
+    result: Any
+    error: str | None
+    attempt: int | None
+    accepted: bool
+    raw: dict[str, Any] = field(repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class Execution:
+    """One entry of a task's attempt log; ``http_status`` is None when no answer came."""
+
+    attempt: int
+    started_at: datetime.datetime
+    finished_at: datetime.datetime
+    duration_ms: int
+    http_status: int | None
+    result: Any
+    error: str | None
+    raw: dict[str, Any] = field(repr=False, compare=False)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Execution:
+        """Build an attempt from the API's JSON object."""
+        return cls(
+            attempt=int(data["attempt"]),
+            started_at=_required_time(data["startedAt"]),
+            finished_at=_required_time(data["finishedAt"]),
+            duration_ms=int(data["durationMs"]),
+            http_status=data.get("httpStatus"),
+            result=data.get("result"),
+            error=data.get("error"),
+            raw=dict(data),
+        )
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of ``list``: tasks newest first; pass ``next_cursor`` back for the next page
+    (None on the last one)."""
+
+    items: list[Task]
+    next_cursor: str | None
+    raw: dict[str, Any] = field(repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Tasks per status (status name → count) and ``queue_depth``, the Queued tasks."""
+
+    tasks: dict[str, int]
+    queue_depth: int
+    raw: dict[str, Any] = field(repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class QueueInfo:
+    """One named queue: Queued ``depth``, callbacks ``in_flight``, the oldest Queued task's age
+    (seconds, None when empty) and attempts per second over the last minute."""
+
+    name: str
+    paused: bool
+    depth: int
+    in_flight: int
+    oldest_queued_age_seconds: float | None
+    dispatch_rate_per_second: float
+    raw: dict[str, Any] = field(repr=False, compare=False)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> QueueInfo:
+        """Build a queue from the API's JSON object."""
+        return cls(
+            name=data["name"],
+            paused=bool(data["paused"]),
+            depth=int(data["depth"]),
+            in_flight=int(data["inFlight"]),
+            oldest_queued_age_seconds=_float_or_none(data.get("oldestQueuedAgeSeconds")),
+            dispatch_rate_per_second=float(data.get("dispatchRatePerSecond", 0.0)),
+            raw=dict(data),
+        )
+
+
+@dataclass(frozen=True)
+class RedriveResult:
+    """The answer to a bulk re-drive: how many dead letters went back, and their ids."""
+
+    retried: int
+    task_ids: list[str]
+    raw: dict[str, Any] = field(repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """``/readyz``: whether the server's backends answer; ``detail`` says why not."""
+
+    ready: bool
+    status: str
+    detail: str | None
+    raw: dict[str, Any] = field(repr=False, compare=False)

@@ -1,0 +1,62 @@
+"""Logging setup for every command: plain text for people, or one JSON object a line for machines.
+
+Lifecycle events (a task created, dequeued, moved to a new status, re-driven, cancelled) are
+logged at INFO by :mod:`taskplatform.service` with ``extra={"task_id", "attempt", "status",
+"queue"}``; the JSON format carries those as top-level fields, so a log pipeline can follow one
+task without parsing messages. The same dictionary configures uvicorn, whose worker processes
+apply it again after they start (``serve --workers N``), so every process logs alike.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+LogFormat = Literal["text", "json"]
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# The JSON formatter adds every ``extra`` field after these.
+JSON_FIELDS = "%(asctime)s %(levelname)s %(name)s %(message)s"
+
+
+def logging_config(level: str, log_format: LogFormat) -> dict[str, Any]:
+    """Return a :func:`logging.config.dictConfig` dictionary for the service and uvicorn.
+
+    Args:
+        level: A logging level name (``"info"``, ``"DEBUG"``...), for the root logger.
+        log_format: ``"text"``: one readable line per record; ``"json"``: one JSON object per
+            line with ``asctime``, ``levelname``, ``name``, ``message``, any ``extra`` fields
+            (``task_id``, ``attempt``, ``status``, ``queue``) and ``exc_info`` when there is one.
+
+    Returns:
+        The configuration; uvicorn's own loggers propagate to the root handler, so its lines come
+        out in the same format.
+    """
+    formatter: dict[str, Any]
+    if log_format == "json":
+        formatter = {
+            "()": "pythonjsonlogger.msgspec.MsgspecFormatter",
+            "fmt": JSON_FIELDS,
+            "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
+        }
+    else:
+        formatter = {"format": TEXT_FORMAT}
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"default": formatter},
+        "handlers": {
+            "default": {
+                "class": "logging.StreamHandler",
+                "formatter": "default",
+                "stream": "ext://sys.stderr",
+            }
+        },
+        "root": {"level": level.upper(), "handlers": ["default"]},
+        "loggers": {
+            # uvicorn configures handlers of its own on these; hand them to the root instead.
+            "uvicorn": {"handlers": [], "propagate": True},
+            "uvicorn.error": {"handlers": [], "propagate": True},
+            "uvicorn.access": {"handlers": [], "propagate": True},
+            "alembic": {"level": "WARNING"},
+        },
+    }

@@ -1,0 +1,190 @@
+"""Prometheus metrics: what the service counts as it runs, and what it reads at each scrape.
+
+Counted in the process, by :class:`Metrics` (prometheus-client):
+
+- ``taskplatform_tasks_created_total{queue}``: tasks put into a queue (single and batch create).
+- ``taskplatform_tasks_dequeued_total{queue,mode}``: tasks taken out of a queue, ``mode`` is
+  ``pull`` (``GET /api/tasks/dequeue``) or ``dispatch`` (the dispatcher's claim).
+- ``taskplatform_tasks_finished_total{queue,outcome}``: attempts and cancellations that ended a
+  step of the state machine; ``outcome`` is the status reached: ``completed``, ``failed``,
+  ``retry`` (failed, an automatic retry is scheduled) or ``cancelled``.
+- ``taskplatform_callback_duration_seconds{queue,result}``: histogram of callback durations,
+  ``result`` is ``success`` or ``failure``.
+- ``taskplatform_callbacks_in_flight``: callbacks this process is making now.
+
+Read from the backends at each scrape (so every process reports the same, global values):
+
+- ``taskplatform_queue_depth{queue}``: Queued tasks.
+- ``taskplatform_queue_oldest_age_seconds{queue}``: age of the oldest Queued task (0 if none).
+- ``taskplatform_queue_processing{queue}``: tasks in Processing, over all processes.
+- ``taskplatform_backends_up``: 1 when the queue and the store answered the scrape, else 0.
+
+With several API processes (``serve --workers N``), ``PROMETHEUS_MULTIPROC_DIR`` is set and the
+counters are summed over the processes by prometheus-client's multiprocess mode, so a scrape that
+lands on any process sees the whole server.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from typing import Final
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+
+from taskplatform.models import QueueView, Status
+
+CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
+
+# Callbacks run from milliseconds up to the longest timeoutSeconds (an hour); the default
+# buckets stop at 10 s.
+CALLBACK_BUCKETS: Final = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
+    900.0,
+    3600.0,
+)
+
+_OUTCOMES: Final = {
+    Status.COMPLETED: "completed",
+    Status.FAILED: "failed",
+    Status.RETRY: "retry",
+    Status.CANCELLED: "cancelled",
+}
+
+
+class Metrics:
+    """The counters of one process, in a registry of their own.
+
+    A registry per instance rather than prometheus-client's global one, so that several
+    applications in one process (tests) do not collide.
+    """
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.created = Counter(
+            "taskplatform_tasks_created",
+            "Tasks put into a queue.",
+            ["queue"],
+            registry=self.registry,
+        )
+        self.dequeued = Counter(
+            "taskplatform_tasks_dequeued",
+            "Tasks taken out of a queue, by pull (dequeue) or by the dispatcher.",
+            ["queue", "mode"],
+            registry=self.registry,
+        )
+        self.finished = Counter(
+            "taskplatform_tasks_finished",
+            "Steps that ended an attempt or a task, by the status reached.",
+            ["queue", "outcome"],
+            registry=self.registry,
+        )
+        self.callback_duration = Histogram(
+            "taskplatform_callback_duration_seconds",
+            "Duration of callback requests, from sending to the full response.",
+            ["queue", "result"],
+            buckets=CALLBACK_BUCKETS,
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "taskplatform_callbacks_in_flight",
+            "Callbacks being made now by this process.",
+            registry=self.registry,
+            multiprocess_mode="livesum",
+        )
+
+    def task_created(self, queue: str, count: int = 1) -> None:
+        """Count ``count`` tasks created in ``queue``."""
+        self.created.labels(queue).inc(count)
+
+    def task_dequeued(self, queue: str, mode: str) -> None:
+        """Count one task taken out of ``queue``; ``mode`` is ``"pull"`` or ``"dispatch"``."""
+        self.dequeued.labels(queue, mode).inc()
+
+    def task_moved(self, queue: str, status: Status) -> None:
+        """Count a step into ``status`` if it ends an attempt or the task (see module doc)."""
+        outcome = _OUTCOMES.get(status)
+        if outcome is not None:
+            self.finished.labels(queue, outcome).inc()
+
+    def callback_finished(self, queue: str, success: bool, duration_ms: float) -> None:
+        """Observe one callback's duration (``duration_ms``, milliseconds)."""
+        result = "success" if success else "failure"
+        self.callback_duration.labels(queue, result).observe(duration_ms / 1000)
+
+    def exposition(self, queues: Iterable[QueueView] | None) -> bytes:
+        """Return the text exposition format of every metric, with ``queues`` read just now.
+
+        Args:
+            queues: The queue views of this scrape (:meth:`TaskService.queues`), or None when
+                the backends could not be read (``taskplatform_backends_up`` is then 0).
+
+        Returns:
+            The body for ``GET /metrics`` (media type :data:`CONTENT_TYPE`).
+        """
+        counted = self.registry
+        if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+            counted = CollectorRegistry()
+            MultiProcessCollector(counted)  # type: ignore[no-untyped-call]
+        scraped = CollectorRegistry()
+        scraped.register(_QueueCollector(None if queues is None else list(queues)))
+        return generate_latest(counted) + generate_latest(scraped)
+
+
+class _QueueCollector(Collector):
+    """The per-queue gauges of one scrape, from values already read from the backends."""
+
+    def __init__(self, queues: list[QueueView] | None) -> None:
+        self._queues = queues
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily(
+            "taskplatform_backends_up", "1 when the queue and the store answered this scrape."
+        )
+        up.add_metric([], 0 if self._queues is None else 1)
+        yield up
+        if self._queues is None:
+            return
+        depth = GaugeMetricFamily(
+            "taskplatform_queue_depth", "Queued tasks in the queue.", labels=["queue"]
+        )
+        age = GaugeMetricFamily(
+            "taskplatform_queue_oldest_age_seconds",
+            "Age of the oldest Queued task in the queue; 0 when it is empty.",
+            labels=["queue"],
+        )
+        processing = GaugeMetricFamily(
+            "taskplatform_queue_processing",
+            "Tasks of the queue in Processing, over every process.",
+            labels=["queue"],
+        )
+        for view in self._queues:
+            depth.add_metric([view.name], view.depth)
+            age.add_metric([view.name], view.oldest_queued_age_seconds or 0.0)
+            processing.add_metric([view.name], view.in_flight)
+        yield depth
+        yield age
+        yield processing

@@ -1,0 +1,318 @@
+"""``taskplatform tasks …`` and ``taskplatform stats`` against a real server, through the real
+``taskplatform`` Typer app: every command, ``--json``, the exit codes, and resumable import.
+
+SQLite only: the CLI speaks HTTP through the client, whatever the backend.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner, Result
+
+from taskplatform.cli import app
+from taskplatform.cli_tasks import ExitCode
+from taskplatform.client import ConnectionFailed, TaskClient
+from tests.support.receiver import Receiver
+from tests.support.server import Server, free_port
+
+MISSING = "01900000-0000-7000-8000-000000000000"
+
+
+@pytest.fixture(scope="module")
+def backend() -> str:
+    """The CLI only speaks HTTP to the API, whatever the backend: SQLite only."""
+    return "sqlite"
+
+
+@pytest.fixture
+def queue() -> str:
+    """A queue name of this test's own."""
+    return f"cli-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def tp(server: Server) -> Iterator[TaskClient]:
+    """A client to check what the commands did."""
+    with TaskClient(server.url) as client:
+        yield client
+
+
+def run(server: Server | None, *args: str, env: dict[str, str] | None = None) -> Result:
+    """Run ``taskplatform <args>`` with ``--url`` given through ``TASKPLATFORM_URL``."""
+    environment = {"COLUMNS": "200"}
+    if server is not None:
+        environment["TASKPLATFORM_URL"] = server.url
+    return CliRunner().invoke(app, list(args), env={**environment, **(env or {})})
+
+
+def as_json(result: Result) -> Any:
+    """Parse stdout, which under ``--json`` must be one JSON document and nothing else."""
+    return json.loads(result.stdout)
+
+
+def test_create_get_list_dequeue_execute_executions_in_json(
+    server: Server, receiver: Receiver, queue: str
+) -> None:
+    created = run(
+        server,
+        *("tasks", "create", "--json", "-c", receiver.url("/ok"), "-d", '{"orderId": 42}'),
+        *("-p", "5", "--queue", queue, "--max-retries", "1", "--timeout", "9"),
+    )
+    assert created.exit_code == 0, created.output
+    body = as_json(created)
+    assert body["status"] == "Queued"
+    assert body["replayed"] is False
+    task_id = body["taskId"]
+
+    got = run(server, "tasks", "get", task_id, "--json")
+    assert got.exit_code == 0, got.output
+    task = as_json(got)
+    assert (task["taskId"], task["taskData"], task["priority"], task["queue"]) == (
+        task_id,
+        {"orderId": 42},
+        5,
+        queue,
+    )
+    assert (task["maxRetries"], task["timeoutSeconds"]) == (1, 9.0)
+
+    listed = as_json(run(server, "tasks", "list", "--queue", queue, "--json"))
+    assert [item["taskId"] for item in listed["items"]] == [task_id]
+    assert listed["nextCursor"] is None
+
+    dequeued = run(server, "tasks", "dequeue", "--queue", queue, "--json")
+    assert dequeued.exit_code == 0, dequeued.output
+    assert as_json(dequeued)["status"] == "Dequeued"
+
+    executed = run(server, "tasks", "execute", task_id, "--json")
+    assert executed.exit_code == 0, executed.output
+    outcome = as_json(executed)
+    assert (outcome["status"], outcome["attempt"]) == ("Completed", 1)
+    assert outcome["result"]["ok"] is True
+    assert len(receiver.hits_for(task_id)) == 1
+
+    log = as_json(run(server, "tasks", "executions", task_id, "--json"))
+    assert [(item["attempt"], item["httpStatus"]) for item in log["items"]] == [(1, 200)]
+
+
+def test_human_output_and_the_other_commands(
+    server: Server, receiver: Receiver, queue: str, tp: TaskClient
+) -> None:
+    created = run(server, "tasks", "create", "-c", receiver.url("/status/500"), "--queue", queue)
+    assert created.exit_code == 0, created.output
+    task_id, status = created.stdout.split()
+    assert status == "Queued"
+    shown = run(server, "tasks", "get", task_id)
+    assert shown.exit_code == 0
+    assert task_id in shown.stdout
+    assert "Queued" in shown.stdout
+    listed = run(server, "tasks", "list", "--queue", queue, "--limit", "1")
+    assert task_id in listed.stdout
+    dequeued = run(server, "tasks", "dequeue", "--queue", queue)
+    assert "Dequeued" in dequeued.stdout
+    failed = run(server, "tasks", "execute", task_id)
+    assert failed.exit_code == ExitCode.CALLBACK_FAILED, failed.output
+    assert f"{task_id} Failed attempt 1" in failed.stdout
+    assert "HTTP 500" in failed.stdout
+    retried = run(server, "tasks", "retry", task_id)
+    assert retried.exit_code == 0, retried.output
+    assert retried.stdout.split() == [task_id, "Queued"]
+    cancelled = run(server, "tasks", "cancel", task_id, "--json")
+    assert cancelled.exit_code == 0, cancelled.output
+    assert as_json(cancelled)["status"] == "Cancelled"
+    assert tp.get(task_id).status.value == "Cancelled"
+    attempts = run(server, "tasks", "executions", task_id)
+    assert "500" in attempts.stdout
+
+    background = tp.create({}, receiver.url("/ok"), queue=queue).task_id
+    tp.dequeue(queue)
+    accepted = run(server, "tasks", "execute", background, "--async")
+    assert accepted.exit_code == 0, accepted.output
+    assert "Processing" in accepted.stdout
+
+
+def test_list_all_pages(server: Server, receiver: Receiver, queue: str, tp: TaskClient) -> None:
+    ids = [tp.create({"i": i}, receiver.url("/ok"), queue=queue).task_id for i in range(3)]
+    page = as_json(run(server, "tasks", "list", "--queue", queue, "--limit", "2", "--json"))
+    assert len(page["items"]) == 2
+    assert page["nextCursor"] is not None
+    rest = as_json(
+        run(server, "tasks", "list", "--queue", queue, "--cursor", page["nextCursor"], "--json")
+    )
+    assert [item["taskId"] for item in page["items"] + rest["items"]] == ids[::-1]
+    every = as_json(
+        run(server, "tasks", "list", "--queue", queue, "--limit", "1", "--all", "--json")
+    )
+    assert [item["taskId"] for item in every["items"]] == ids[::-1]
+    human = run(server, "tasks", "list", "--queue", queue, "--limit", "2")
+    assert f"more: --cursor {page['nextCursor']}" in human.stdout
+
+
+def test_stats(server: Server, receiver: Receiver, queue: str, tp: TaskClient) -> None:
+    tp.create({}, receiver.url("/ok"), queue=queue)
+    shown = run(server, "stats", "--queue", queue)
+    assert shown.exit_code == 0, shown.output
+    assert "queue depth" in shown.stdout
+    assert queue in shown.stdout
+    body = as_json(run(server, "stats", "--queue", queue, "--json"))
+    assert body["stats"]["tasks"]["Queued"] == 1
+    assert body["stats"]["queueDepth"] == 1
+    assert any(item["name"] == queue and item["depth"] == 1 for item in body["queues"])
+
+
+def test_exit_codes(server: Server, receiver: Receiver, queue: str, tp: TaskClient) -> None:
+    missing = run(server, "tasks", "get", MISSING)
+    assert missing.exit_code == 3
+    assert "task_not_found" in missing.stderr
+    missing_json = run(server, "tasks", "get", MISSING, "--json")
+    assert missing_json.exit_code == 3
+    assert as_json(missing_json)["error"]["code"] == "task_not_found"
+
+    queued = tp.create({}, receiver.url("/ok"), queue=queue).task_id
+    refused = run(server, "tasks", "execute", queued, "--json")
+    assert refused.exit_code == 1
+    assert as_json(refused)["error"]["code"] == "task_not_dequeued"
+    invalid = run(server, "tasks", "create", "-c", "ftp://example.com/", "-p", "1")
+    assert invalid.exit_code == 1
+    assert "validation_error" in invalid.stderr
+    assert "$.callbackUrl" in invalid.stderr
+
+    tp.dequeue(queue)
+    empty = run(server, "tasks", "dequeue", "--queue", queue)
+    assert empty.exit_code == 5
+    assert "empty" in empty.stderr
+    empty_json = run(server, "tasks", "dequeue", "--queue", queue, "--json")
+    assert empty_json.exit_code == 5
+    assert as_json(empty_json) is None
+
+    nowhere = f"http://127.0.0.1:{free_port()}"
+    unreachable = run(None, "tasks", "get", MISSING, "--url", nowhere)
+    assert unreachable.exit_code == 4
+    assert nowhere in unreachable.stderr
+    unreachable_json = run(None, "stats", "--json", "--url", nowhere)
+    assert unreachable_json.exit_code == 4
+    assert as_json(unreachable_json)["error"]["code"] == "connection_failed"
+
+    assert run(server, "tasks", "create").exit_code == 2  # no --callback-url
+    assert run(server, "tasks", "list", "--limit", "0").exit_code == 2
+    bad_data = run(server, "tasks", "create", "-c", receiver.url("/ok"), "-d", "[1]", "--json")
+    assert bad_data.exit_code == 2
+    assert as_json(bad_data)["error"]["code"] == "usage_error"
+
+
+def test_api_key_from_option_and_environment(
+    start_server: Callable[..., Server], receiver: Receiver
+) -> None:
+    keyed = start_server(TASKPLATFORM_API_KEYS="cli-key-1234567890")
+    denied = run(keyed, "stats", "--json")
+    assert denied.exit_code == 1
+    assert as_json(denied)["error"]["code"] == "unauthorized"
+    assert run(keyed, "stats", "--api-key", "cli-key-1234567890").exit_code == 0
+    created = run(
+        keyed,
+        *("tasks", "create", "-c", receiver.url("/ok"), "--json"),
+        env={"TASKPLATFORM_API_KEY": "cli-key-1234567890"},
+    )
+    assert created.exit_code == 0, created.output
+
+
+def write_lines(path: Path, lines: list[str]) -> Path:
+    path.write_text("".join(line + "\n" for line in lines))
+    return path
+
+
+def task_line(receiver: Receiver, queue: str, i: int, **extra: object) -> str:
+    return json.dumps(
+        {"taskData": {"i": i}, "callbackUrl": receiver.url("/ok"), "queue": queue, **extra}
+    )
+
+
+def queued_numbers(tp: TaskClient, queue: str) -> list[int]:
+    return sorted(task.task_data["i"] for task in tp.iter_tasks(queue=queue, page_size=200))
+
+
+def test_import_reports_bad_lines_and_a_rerun_creates_nothing_twice(
+    server: Server, receiver: Receiver, queue: str, tp: TaskClient, tmp_path: Path
+) -> None:
+    source = write_lines(
+        tmp_path / "tasks.jsonl",
+        [
+            task_line(receiver, queue, 1),
+            task_line(receiver, queue, 2),
+            '{"taskData": {"i": 3}, "callbackUrl": ',  # line 3: not JSON
+            task_line(receiver, queue, 4, priority=2**31),  # line 4: refused by the server
+            "",
+            task_line(receiver, queue, 6),
+        ],
+    )
+    first = run(server, "tasks", "import", str(source), "--chunk-size", "2")
+    assert first.exit_code == ExitCode.REFUSED, first.output
+    assert "created 3 tasks" in first.stdout
+    assert "line 3: malformed_json" in first.stdout
+    assert "line 4: validation_error" in first.stdout
+    assert "$.priority" in first.stdout
+    assert queued_numbers(tp, queue) == [1, 2, 6]
+
+    again = run(server, "tasks", "import", str(source), "--json")
+    assert again.exit_code == 0, again.output
+    summary = as_json(again)
+    assert (summary["created"], summary["createdTotal"], summary["failed"]) == (0, 3, [])
+    assert summary["linesAlreadyDone"] == 6
+    assert queued_numbers(tp, queue) == [1, 2, 6]
+
+    with source.open("a") as appending:  # lines appended later: only they are imported
+        appending.write(task_line(receiver, queue, 7) + "\n")
+    grown = run(server, "tasks", "import", str(source), "--json")
+    assert grown.exit_code == 0, grown.output
+    assert (as_json(grown)["created"], as_json(grown)["linesAlreadyDone"]) == (1, 6)
+    assert queued_numbers(tp, queue) == [1, 2, 6, 7]
+
+    source.write_text(source.read_text().replace('"i": 1}', '"i": 10}'))  # an imported line
+    changed = run(server, "tasks", "import", str(source))
+    assert changed.exit_code == ExitCode.USAGE
+    assert "--restart" in changed.stderr
+    assert queued_numbers(tp, queue) == [1, 2, 6, 7]
+
+
+def test_an_interrupted_import_resumes_where_it_stopped(
+    server: Server,
+    receiver: Receiver,
+    queue: str,
+    tp: TaskClient,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The connection is lost before the second batch; the re-run sends only what is left."""
+    source = write_lines(tmp_path / "big.jsonl", [task_line(receiver, queue, i) for i in range(7)])
+    real_create_batch = TaskClient.create_batch
+    batches: list[int] = []
+
+    def cut_after_first(self: TaskClient, items: Any) -> Any:
+        items = list(items)
+        if batches:
+            raise ConnectionFailed("connection lost (test)", attempts=1)
+        batches.append(len(items))
+        return real_create_batch(self, items)
+
+    monkeypatch.setattr(TaskClient, "create_batch", cut_after_first)
+    cut = run(server, "tasks", "import", str(source), "--chunk-size", "3", "--json")
+    assert cut.exit_code == ExitCode.UNREACHABLE, cut.output
+    assert as_json(cut)["error"]["code"] == "connection_failed"
+    assert queued_numbers(tp, queue) == [0, 1, 2]
+    monkeypatch.setattr(TaskClient, "create_batch", real_create_batch)
+
+    resumed = run(server, "tasks", "import", str(source), "--chunk-size", "3", "--json")
+    assert resumed.exit_code == 0, resumed.output
+    summary = as_json(resumed)
+    assert (summary["created"], summary["createdTotal"], summary["linesAlreadyDone"]) == (4, 7, 3)
+    assert queued_numbers(tp, queue) == list(range(7))
+
+    restarted = run(server, "tasks", "import", str(source), "--restart", "--json")
+    assert restarted.exit_code == 0
+    assert as_json(restarted)["created"] == 7  # --restart imports again, knowingly
+    assert len(queued_numbers(tp, queue)) == 14

@@ -1,0 +1,476 @@
+"""The Python client (sync and async) and the receiver examples against a real server process.
+
+The client is backend-agnostic (it only speaks HTTP), so these run on SQLite alone. Each test
+works in a queue of its own on the shared server, so tasks of other tests never interfere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+from examples.fastapi_receiver import create_app as create_fastapi_receiver
+from examples.flask_receiver import create_app as create_flask_receiver
+from werkzeug.serving import make_server
+
+from taskplatform.client import (
+    AsyncTaskClient,
+    ConnectionFailed,
+    IdempotencyKeyReused,
+    NotFound,
+    PayloadTooLarge,
+    QueuePaused,
+    RetryLimitReached,
+    Status,
+    TaskCancelled,
+    TaskClient,
+    TaskCompleted,
+    TaskNotDequeued,
+    TaskNotFailed,
+    TaskNotFound,
+    TaskPlatformError,
+    Unauthorized,
+    ValidationError,
+)
+from taskplatform.dispatch.signing import parse_secret, sign
+from tests.support.backends import backend_env
+from tests.support.receiver import Receiver
+from tests.support.server import Server, free_port
+
+MISSING = "01900000-0000-7000-8000-000000000000"
+SECRET = "whsec_" + base64.b64encode(bytes(range(100, 132))).decode()
+
+
+@pytest.fixture(scope="module")
+def backend() -> str:
+    """The client only speaks HTTP to the API, whatever the backend: SQLite only."""
+    return "sqlite"
+
+
+@pytest.fixture
+def queue() -> str:
+    """A queue name of this test's own."""
+    return f"client-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def tp(server: Server) -> Iterator[TaskClient]:
+    """A sync client of the shared server."""
+    with TaskClient(server.url) as client:
+        yield client
+
+
+class LoseAnswers(httpx.BaseTransport):
+    """Sends each request for real, then drops the answer of the first ``count`` that
+    ``matches`` picks, as a network that fails after the server acted would."""
+
+    def __init__(self, matches: Callable[[httpx.Request], bool], count: int = 1) -> None:
+        self.inner = httpx.HTTPTransport()
+        self.matches = matches
+        self.left = count
+        self.sent: list[httpx.Request] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.sent.append(request)
+        response = self.inner.handle_request(request)
+        if self.left and self.matches(request):
+            self.left -= 1
+            response.read()
+            response.close()
+            raise httpx.ReadTimeout("the answer was lost (test)", request=request)
+        return response
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_sync_client_runs_a_task_through_its_life(
+    tp: TaskClient, receiver: Receiver, queue: str
+) -> None:
+    """create → get → dequeue → execute against the real receiver → get, executions, stats."""
+    before = datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=5)
+    created = tp.create(
+        {"orderId": 42, "name": "Zoë"},
+        receiver.url("/ok"),
+        priority=7,
+        queue=queue,
+        max_retries=2,
+        timeout_seconds=10,
+    )
+    assert created.status is Status.QUEUED
+    assert not created.replayed
+    task = tp.get(created.task_id)
+    assert (task.task_id, task.status, task.priority, task.queue) == (
+        created.task_id,
+        Status.QUEUED,
+        7,
+        queue,
+    )
+    assert task.task_data == {"orderId": 42, "name": "Zoë"}
+    assert task.callback_url == receiver.url("/ok")
+    assert (task.max_retries, task.timeout_seconds, task.attempts) == (2, 10.0, 0)
+    assert task.created_at.tzinfo is not None
+    assert task.created_at > before
+    assert task.dequeued_at is None
+
+    dequeued = tp.dequeue(queue)
+    assert dequeued is not None
+    assert (dequeued.task_id, dequeued.status) == (created.task_id, Status.DEQUEUED)
+    assert dequeued.dequeued_at is not None
+    assert tp.dequeue(queue) is None  # queue_empty is None, not an exception
+
+    outcome = tp.execute(created.task_id)
+    assert (outcome.status, outcome.attempt, outcome.error, outcome.accepted) == (
+        Status.COMPLETED,
+        1,
+        None,
+        False,
+    )
+    assert outcome.result == {"ok": True, "bytes": len(receiver.hits_for(created.task_id)[0].body)}
+    assert len(receiver.hits_for(created.task_id)) == 1
+
+    done = tp.get(created.task_id)
+    assert done.status is Status.COMPLETED
+    assert done.completed_at is not None
+    assert done.completed_at >= done.created_at
+    assert done.result == outcome.result
+    attempts = tp.executions(created.task_id)
+    assert [(a.attempt, a.http_status, a.error) for a in attempts] == [(1, 200, None)]
+    assert attempts[0].finished_at >= attempts[0].started_at
+    stats = tp.stats(queue)
+    assert stats.tasks["Completed"] == 1
+    assert stats.queue_depth == 0
+    assert tp.health() is True
+    assert tp.ready().ready is True
+
+
+def test_retry_cancel_and_queue_pause(tp: TaskClient, receiver: Receiver, queue: str) -> None:
+    """A failed callback is an outcome; retry re-drives it; cancel is final; pause blocks."""
+    failing = tp.create({"n": 1}, receiver.url("/status/500"), queue=queue, max_retries=0)
+    tp.dequeue(queue)
+    outcome = tp.execute(failing.task_id)
+    assert outcome.status is Status.FAILED
+    assert outcome.error is not None
+    assert "500" in outcome.error
+    with pytest.raises(RetryLimitReached):
+        tp.execute(failing.task_id)
+    redriven = tp.retry(failing.task_id)
+    assert (redriven.status, redriven.attempts) == (Status.QUEUED, 0)
+    cancelled = tp.cancel(failing.task_id)
+    assert cancelled.status is Status.CANCELLED
+    assert tp.cancel(failing.task_id).status is Status.CANCELLED  # again: same answer
+    with pytest.raises(TaskCancelled):
+        tp.execute(failing.task_id)
+
+    paused = tp.pause_queue(queue)
+    assert paused.paused
+    assert paused.name == queue
+    with pytest.raises(QueuePaused):
+        tp.dequeue(queue)
+    assert any(item.name == queue and item.paused for item in tp.queues())
+    assert not tp.resume_queue(queue).paused
+    assert tp.dequeue(queue) is None
+
+
+def test_list_pages_and_iterates_newest_first(
+    tp: TaskClient, receiver: Receiver, queue: str
+) -> None:
+    ids = [tp.create({"i": i}, receiver.url("/ok"), queue=queue).task_id for i in range(5)]
+    first = tp.list(queue=queue, limit=2)
+    assert [task.task_id for task in first.items] == ids[::-1][:2]
+    assert first.next_cursor is not None
+    second = tp.list(queue=queue, limit=2, cursor=first.next_cursor)
+    assert [task.task_id for task in second.items] == ids[::-1][2:4]
+    assert [task.task_id for task in tp.iter_tasks(queue=queue, page_size=2)] == ids[::-1]
+    tp.dequeue(queue)  # the oldest: ids[0]
+    assert [t.task_id for t in tp.list(status=Status.DEQUEUED, queue=queue).items] == [ids[0]]
+    assert [t.task_id for t in tp.list(status="Queued", queue=queue).items] == ids[:0:-1]
+    assert tp.list(queue=queue, dead_letter=True).items == []
+
+
+def test_each_problem_code_raises_its_exception(
+    tp: TaskClient, server: Server, receiver: Receiver, queue: str
+) -> None:
+    def expect(cls: type[TaskPlatformError], status: int, call: Callable[[], object]) -> None:
+        with pytest.raises(cls) as caught:
+            call()
+        error = caught.value
+        assert type(error) is cls
+        assert error.status == status
+        assert error.code == cls.code_name
+        assert error.detail
+        assert error.problem["code"] == cls.code_name
+
+    expect(TaskNotFound, 404, lambda: tp.get(MISSING))
+    expect(TaskNotFound, 404, lambda: tp.execute(MISSING))
+    expect(TaskNotFound, 404, lambda: tp.cancel(MISSING))
+    expect(TaskNotFound, 404, lambda: tp.executions(MISSING))
+    queued = tp.create({}, receiver.url("/ok"), queue=queue).task_id
+    expect(TaskNotDequeued, 409, lambda: tp.execute(queued))
+    expect(TaskNotFailed, 409, lambda: tp.retry(queued))
+    tp.dequeue(queue)
+    tp.execute(queued)
+    expect(TaskCompleted, 409, lambda: tp.execute(queued))
+    expect(TaskCompleted, 409, lambda: tp.cancel(queued))
+    expect(ValidationError, 422, lambda: tp.create({}, receiver.url("/ok"), priority=2**31))
+    expect(ValidationError, 422, lambda: tp.create({}, "ftp://example.com/"))
+    with pytest.raises(ValidationError) as invalid:
+        tp.create({}, receiver.url("/ok"), priority=2**31)
+    assert [name for name, _ in invalid.value.errors] == ["$.priority"]
+    tp.create({"a": 1}, receiver.url("/ok"), queue=queue, idempotency_key="reuse-" + queue)
+    expect(
+        IdempotencyKeyReused,
+        422,
+        lambda: tp.create(
+            {"a": 2}, receiver.url("/ok"), queue=queue, idempotency_key="reuse-" + queue
+        ),
+    )
+    expect(PayloadTooLarge, 413, lambda: tp.create({"x": "a" * 1_100_000}, receiver.url("/ok")))
+    with TaskClient(server.url + "/nowhere") as lost:
+        expect(NotFound, 404, lambda: lost.stats())
+
+
+def test_create_batch_reports_each_item(tp: TaskClient, receiver: Receiver, queue: str) -> None:
+    results = tp.create_batch(
+        [
+            {"taskData": {"i": 0}, "callbackUrl": receiver.url("/ok"), "queue": queue},
+            {"taskData": [], "callbackUrl": receiver.url("/ok"), "queue": queue},
+            {"taskData": {"i": 2}, "callbackUrl": receiver.url("/ok"), "queue": queue},
+        ]
+    )
+    assert [result.index for result in results] == [0, 1, 2]
+    assert [result.ok for result in results] == [True, False, True]
+    assert isinstance(results[1].error, ValidationError)
+    assert results[0].task_id is not None
+    assert tp.get(results[0].task_id).task_data == {"i": 0}
+    assert len(tp.list(queue=queue).items) == 2
+
+
+def test_a_create_whose_answer_was_lost_is_retried_into_one_task(
+    server: Server, receiver: Receiver, queue: str
+) -> None:
+    """The server creates the task, the answer is lost, the client resends with the same key:
+    the server answers with the first task (replayed) and holds exactly one."""
+    transport = LoseAnswers(lambda request: request.url.path == "/api/tasks")
+    with TaskClient(server.url, transport=transport, backoff_seconds=0.01) as client:
+        created = client.create({"once": True}, receiver.url("/ok"), queue=queue)
+        assert created.replayed
+        assert len(transport.sent) == 2
+        keys = {request.headers["idempotency-key"] for request in transport.sent}
+        assert len(keys) == 1
+        assert [task.task_id for task in client.list(queue=queue).items] == [created.task_id]
+        again = client.create(
+            {"once": True}, receiver.url("/ok"), queue=queue, idempotency_key=keys.pop()
+        )
+        assert (again.task_id, again.replayed) == (created.task_id, True)
+
+
+def test_execute_is_never_resent_when_its_answer_is_lost(
+    tp: TaskClient, server: Server, receiver: Receiver, queue: str
+) -> None:
+    task_id = tp.create({}, receiver.url("/ok"), queue=queue).task_id
+    tp.dequeue(queue)
+    transport = LoseAnswers(lambda request: request.url.path.endswith("/execute"))
+    with TaskClient(server.url, transport=transport, retries=5) as client:
+        with pytest.raises(ConnectionFailed) as caught:
+            client.execute(task_id)
+        assert caught.value.attempts == 1
+    assert len(transport.sent) == 1
+    assert len(receiver.hits_for(task_id)) == 1
+    assert tp.get(task_id).status is Status.COMPLETED  # the attempt was made; get tells
+
+
+def test_calls_are_retried_until_a_late_server_comes_up(tmp_path: Path, receiver: Receiver) -> None:
+    """The client starts first, against a port nobody listens on yet; the server comes up
+    about a second later; reads and creates get through, and only one task is made."""
+    late = Server(backend_env("sqlite", tmp_path), tmp_path / "server.log")
+    starter = threading.Timer(1.0, late.start)
+    starter.start()
+    try:
+        with TaskClient(late.url, retries=60, backoff_seconds=0.05, backoff_max_seconds=0.3) as c:
+            started = time.monotonic()
+            created = c.create({"late": True}, receiver.url("/ok"))
+            assert time.monotonic() - started > 0.5  # it really waited for the server
+            assert c.health()
+            assert [task.task_id for task in c.list().items] == [created.task_id]
+    finally:
+        starter.join()
+        late.stop()
+
+
+def test_no_answer_raises_connection_failed_after_the_retries() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    with TaskClient(url, retries=2, backoff_seconds=0.01) as client:
+        with pytest.raises(ConnectionFailed) as caught:
+            client.stats()
+        assert caught.value.attempts == 3
+        assert url in str(caught.value)
+        with pytest.raises(ConnectionFailed) as executed:
+            client.execute(MISSING)
+        assert executed.value.attempts == 1
+
+
+def test_api_keys(start_server: Callable[..., Server], receiver: Receiver) -> None:
+    keyed = start_server(TASKPLATFORM_API_KEYS="client-key-1234567890")
+    with TaskClient(keyed.url) as anonymous:
+        with pytest.raises(Unauthorized) as caught:
+            anonymous.create({}, receiver.url("/ok"))
+        assert caught.value.status == 401
+        assert anonymous.health()  # the probes stay open
+    with TaskClient(keyed.url, "wrong-key") as wrong, pytest.raises(Unauthorized):
+        wrong.stats()
+    with TaskClient(keyed.url, "client-key-1234567890") as client:
+        created = client.create({}, receiver.url("/ok"))
+        assert client.get(created.task_id).status is Status.QUEUED
+
+
+async def test_async_client_does_the_same(server: Server, receiver: Receiver, queue: str) -> None:
+    async with AsyncTaskClient(server.url) as client:
+        created = await client.create({"async": True}, receiver.url("/ok"), 3, queue=queue)
+        assert (await client.get(created.task_id)).priority == 3
+        task = await client.dequeue(queue, wait_seconds=1)
+        assert task is not None
+        assert task.task_id == created.task_id
+        assert await client.dequeue(queue) is None
+        accepted = await client.execute(created.task_id, respond_async=True)
+        assert accepted.accepted
+        assert accepted.status is Status.PROCESSING
+        for _ in range(200):
+            if (await client.get(created.task_id)).status is Status.COMPLETED:
+                break
+            await asyncio.sleep(0.05)
+        assert (await client.get(created.task_id)).status is Status.COMPLETED
+        assert [a.http_status for a in await client.executions(created.task_id)] == [200]
+        other = await client.create({}, receiver.url("/ok"), queue=queue)
+        assert (await client.cancel(other.task_id)).status is Status.CANCELLED
+        with pytest.raises(TaskNotFailed):
+            await client.retry(other.task_id)
+        with pytest.raises(TaskNotFound):
+            await client.get(MISSING)
+        seen = [task.task_id async for task in client.iter_tasks(queue=queue, page_size=1)]
+        assert seen == [other.task_id, created.task_id]
+        batch = await client.create_batch(
+            [{"taskData": {}, "callbackUrl": receiver.url("/ok"), "queue": queue}]
+        )
+        assert batch[0].ok
+        assert (await client.stats(queue)).tasks["Queued"] == 1
+        assert (await client.pause_queue(queue)).paused
+        with pytest.raises(QueuePaused):
+            await client.dequeue(queue)
+        assert not (await client.resume_queue(queue)).paused
+        assert any(item.name == queue for item in await client.queues())
+        assert await client.health()
+        assert (await client.ready()).ready
+
+
+async def test_async_client_retries_until_a_late_server_comes_up(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    late = Server(backend_env("sqlite", tmp_path), tmp_path / "server.log")
+    starter = threading.Timer(1.0, late.start)
+    starter.start()
+    try:
+        async with AsyncTaskClient(late.url, retries=60, backoff_max_seconds=0.3) as client:
+            created = await client.create({}, receiver.url("/ok"))
+            assert [task.task_id for task in (await client.list()).items] == [created.task_id]
+    finally:
+        await asyncio.to_thread(starter.join)
+        late.stop()
+
+
+@contextmanager
+def fastapi_receiver() -> Iterator[str]:
+    """Serve the FastAPI example with uvicorn on a thread; yields its callback URL."""
+    port = free_port()
+    config = uvicorn.Config(
+        create_fastapi_receiver(SECRET),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        lifespan="off",
+        ws="none",
+        http="h11",
+        loop="asyncio",
+    )
+    running = uvicorn.Server(config)
+    thread = threading.Thread(target=running.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not running.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert running.started
+    try:
+        yield f"http://127.0.0.1:{port}/tasks"
+    finally:
+        running.should_exit = True
+        thread.join(10)
+
+
+@contextmanager
+def flask_receiver() -> Iterator[str]:
+    """Serve the Flask example with werkzeug on a thread; yields its callback URL."""
+    running = make_server("127.0.0.1", 0, create_flask_receiver(SECRET), threaded=True)
+    thread = threading.Thread(target=running.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{running.server_port}/tasks"
+    finally:
+        running.shutdown()
+        thread.join(10)
+
+
+@pytest.mark.parametrize("example", [fastapi_receiver, flask_receiver])
+def test_the_receiver_examples_verify_real_signed_callbacks(
+    start_server: Callable[..., Server],
+    example: Callable[[], AbstractContextManager[str]],
+    queue: str,
+) -> None:
+    """A server that signs callbacks calls the example: it verifies and answers 200; a forged
+    or replayed request gets 401, and so does a server with another secret."""
+    signing = start_server(TASKPLATFORM_SIGNING_SECRET=SECRET)
+    other_secret = "whsec_" + base64.b64encode(bytes(32)).decode()
+    impostor = start_server(TASKPLATFORM_SIGNING_SECRET=other_secret)
+    with example() as url, TaskClient(signing.url) as client, TaskClient(impostor.url) as fake:
+        created = client.create({"orderId": 7, "item": "tea"}, url, queue=queue)
+        client.dequeue(queue)
+        outcome = client.execute(created.task_id)
+        assert outcome.status is Status.COMPLETED, outcome
+        assert outcome.result == {
+            "received": True,
+            "verified": True,
+            "taskId": created.task_id,
+            "attempt": 1,
+            "duplicate": False,
+            "fields": ["item", "orderId"],
+        }
+
+        forged = fake.create({"orderId": 7}, url, queue=queue, max_retries=0)
+        fake.dequeue(queue)
+        refused = fake.execute(forged.task_id)
+        assert refused.status is Status.FAILED
+        assert refused.error is not None
+        assert "401" in refused.error
+
+        body = b'{"orderId":7}'
+        stale = int(time.time()) - 600
+        headers = {
+            "content-type": "application/json",
+            "webhook-id": created.task_id,
+            "webhook-timestamp": str(stale),
+            "webhook-signature": sign([parse_secret(SECRET)], created.task_id, stale, body),
+        }
+        replay = httpx.post(url, content=body, headers=headers)
+        assert replay.status_code == 401
+        assert "tolerance" in replay.json()["error"]
+        unsigned = httpx.post(url, content=body, headers={"content-type": "application/json"})
+        assert unsigned.status_code == 401

@@ -1,0 +1,251 @@
+"""Prometheus metrics and JSON logs, read from a real server as a monitoring system would."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.acceptance.helpers import assert_problem, create, dequeue_until
+from tests.support.receiver import Receiver
+from tests.support.server import Server, Worker, free_port
+
+KEY = "metrics_key_0123456789"
+
+
+def scrape(client: httpx.Client) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Return every sample of ``/metrics`` by (name, sorted labels)."""
+    response = client.get("/metrics")
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/plain")
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+def value(
+    samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str
+) -> float:
+    """The sample ``name`` with exactly ``labels``; 0 when the series does not exist yet."""
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def test_counters_and_gauges_follow_the_tasks(
+    client: httpx.Client, receiver: Receiver, backend: str
+) -> None:
+    queue = f"metrics-{backend.replace('+', '-')}"
+    before = scrape(client)
+    ids = [create(client, receiver.url("/ok"), queue=queue) for _ in range(3)]
+    failing = create(client, receiver.url("/status/500"), queue=queue, priority=1)
+    after_create = scrape(client)
+    assert value(after_create, "taskplatform_tasks_created_total", queue=queue) == 4
+    assert value(after_create, "taskplatform_queue_depth", queue=queue) == 4
+    assert value(after_create, "taskplatform_queue_oldest_age_seconds", queue=queue) >= 0
+    assert value(after_create, "taskplatform_backends_up") == 1
+
+    for task_id in (failing, ids[0]):  # the higher priority first
+        response = client.get("/api/tasks/dequeue", params={"queue": queue})
+        assert response.status_code == 200, response.text
+        assert response.json()["taskId"] == task_id
+        assert client.post(f"/api/tasks/{task_id}/execute").status_code == 200
+    time.sleep(0.05)
+    after = scrape(client)
+
+    assert value(after, "taskplatform_tasks_dequeued_total", queue=queue, mode="pull") == 2
+    assert value(after, "taskplatform_tasks_finished_total", queue=queue, outcome="completed") == 1
+    assert value(after, "taskplatform_tasks_finished_total", queue=queue, outcome="failed") == 1
+    assert value(after, "taskplatform_queue_depth", queue=queue) == 2
+    assert value(after, "taskplatform_queue_processing", queue=queue) == 0
+    for result in ("success", "failure"):
+        count = value(
+            after, "taskplatform_callback_duration_seconds_count", queue=queue, result=result
+        )
+        assert count == 1, result
+        total = value(
+            after, "taskplatform_callback_duration_seconds_sum", queue=queue, result=result
+        )
+        assert 0 < total < 10
+    assert value(after, "taskplatform_callbacks_in_flight") == 0
+    # Another queue's counters did not move.
+    assert value(after, "taskplatform_tasks_created_total", queue="default") == value(
+        before, "taskplatform_tasks_created_total", queue="default"
+    )
+
+
+def test_in_flight_gauge_counts_a_running_callback(
+    client: httpx.Client, receiver: Receiver
+) -> None:
+    task_id = create(client, receiver.url("/slow?seconds=1.5"), priority=2**31 - 1)
+    dequeue_until(client, task_id)
+    response = client.post(f"/api/tasks/{task_id}/execute", headers={"Prefer": "respond-async"})
+    assert response.status_code == 202, response.text
+    during = scrape(client)
+    assert value(during, "taskplatform_callbacks_in_flight") >= 1
+    assert value(during, "taskplatform_queue_processing", queue="default") >= 1
+    deadline = time.monotonic() + 10
+    while client.get(f"/api/tasks/{task_id}").json()["status"] == "Processing":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert value(scrape(client), "taskplatform_callbacks_in_flight") == 0
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_batch_and_dispatch_are_counted(
+    start_server: Callable[..., Server], receiver: Receiver
+) -> None:
+    server = start_server(TASKPLATFORM_DISPATCH="true", TASKPLATFORM_DISPATCH_QUEUES="auto")
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        items = [
+            {"taskData": {"n": n}, "callbackUrl": receiver.url("/ok"), "queue": "auto"}
+            for n in range(5)
+        ]
+        items.append({"taskData": {}, "callbackUrl": "not a url", "queue": "auto"})
+        response = client.post("/api/tasks/batch", json={"tasks": items})
+        assert response.status_code == 200, response.text
+        deadline = time.monotonic() + 15
+        while True:
+            samples = scrape(client)
+            done = value(
+                samples, "taskplatform_tasks_finished_total", queue="auto", outcome="completed"
+            )
+            if done == 5 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert done == 5
+        assert value(samples, "taskplatform_tasks_created_total", queue="auto") == 5
+        assert (
+            value(samples, "taskplatform_tasks_dequeued_total", queue="auto", mode="dispatch") == 5
+        )
+        assert value(samples, "taskplatform_tasks_dequeued_total", queue="auto", mode="pull") == 0
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_metrics_need_a_key_unless_made_public(start_server: Callable[..., Server]) -> None:
+    locked = start_server(TASKPLATFORM_API_KEYS=KEY)
+    assert_problem(httpx.get(f"{locked.url}/metrics"), 401, "unauthorized")
+    allowed = httpx.get(f"{locked.url}/metrics", headers={"Authorization": f"Bearer {KEY}"})
+    assert allowed.status_code == 200
+    assert "taskplatform_tasks_created_total" in allowed.text
+
+    public = start_server(TASKPLATFORM_API_KEYS=KEY, TASKPLATFORM_METRICS_PUBLIC="true")
+    assert httpx.get(f"{public.url}/metrics").status_code == 200
+    assert_problem(httpx.get(f"{public.url}/api/stats"), 401, "unauthorized")
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_several_workers_report_the_sum_of_all(
+    start_server: Callable[..., Server], receiver: Receiver
+) -> None:
+    server = start_server(TASKPLATFORM_WORKERS="2")
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        # New connections, so the kernel spreads them over both workers.
+        for n in range(20):
+            with httpx.Client(base_url=server.url) as fresh:
+                create(fresh, receiver.url("/ok"), task_data={"n": n})
+        for _ in range(6):
+            with httpx.Client(base_url=server.url) as fresh:
+                samples = scrape(fresh)
+            assert value(samples, "taskplatform_tasks_created_total", queue="default") == 20
+        assert client.get("/healthz").status_code == 200
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis+postgres"], indirect=True)
+def test_json_logs_carry_every_lifecycle_event(
+    start_server: Callable[..., Server], receiver: Receiver
+) -> None:
+    server = start_server(TASKPLATFORM_LOG_FORMAT="json")
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        task_id = create(client, receiver.url("/status/500"), maxRetries=1)
+        dequeue_until(client, task_id)
+        assert client.post(f"/api/tasks/{task_id}/execute").json()["status"] == "Failed"
+        assert client.post(f"/api/tasks/{task_id}/execute").json()["status"] == "Failed"
+        assert client.post(f"/api/tasks/{task_id}/retry").status_code == 200
+        assert client.post(f"/api/tasks/{task_id}/cancel").status_code == 200
+    server.stop()
+
+    records: list[dict[str, Any]] = []
+    for line in server.log().splitlines():
+        if line.strip():
+            records.append(json.loads(line))  # every line is one JSON object
+    assert all({"time", "level", "logger", "message"} <= record.keys() for record in records)
+    events = [
+        (record["status"], record["attempt"])
+        for record in records
+        if record.get("task_id") == task_id and "status" in record
+    ]
+    assert events == [
+        ("Queued", 0),
+        ("Dequeued", 0),
+        ("Processing", 1),
+        ("Failed", 1),
+        ("Retry", 1),
+        ("Processing", 2),
+        ("Failed", 2),
+        ("Queued", 0),
+        ("Cancelled", 0),
+    ], events
+    assert all(
+        record["queue"] == "default" for record in records if record.get("task_id") == task_id
+    )
+    assert any("Uvicorn running on" in record["message"] for record in records)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"], indirect=True)
+def test_a_worker_serves_its_own_metrics(
+    start_server: Callable[..., Server],
+    start_worker: Callable[..., Worker],
+    receiver: Receiver,
+) -> None:
+    server = start_server()
+    port = free_port()
+    worker = start_worker(server.env, "--queue", "worked", "--metrics-port", str(port))
+    with httpx.Client(base_url=server.url, timeout=30) as api:
+        for n in range(4):
+            create(api, receiver.url("/ok"), queue="worked", task_data={"n": n})
+    deadline = time.monotonic() + 20
+    done = 0.0
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as metrics:
+        while time.monotonic() < deadline:
+            try:
+                samples = scrape(metrics)
+            except httpx.ConnectError:  # still starting
+                time.sleep(0.1)
+                continue
+            done = value(
+                samples, "taskplatform_tasks_finished_total", queue="worked", outcome="completed"
+            )
+            if done == 4:
+                break
+            time.sleep(0.1)
+    assert done == 4, worker.log()
+    assert value(samples, "taskplatform_tasks_dequeued_total", queue="worked", mode="dispatch") == 4
+    assert (
+        value(
+            samples,
+            "taskplatform_callback_duration_seconds_count",
+            queue="worked",
+            result="success",
+        )
+        == 4
+    )
+    assert value(samples, "taskplatform_backends_up") == 1
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_a_worker_will_not_serve_open_metrics_beyond_loopback(
+    start_server: Callable[..., Server], start_worker: Callable[..., Worker]
+) -> None:
+    server = start_server()
+    worker = start_worker(
+        {**server.env, "TASKPLATFORM_WORKER_METRICS_HOST": "0.0.0.0"}, "--metrics-port", "0"
+    )
+    assert worker.process is not None
+    assert worker.process.wait(30) == 2
+    assert "TASKPLATFORM_METRICS_PUBLIC=true" in worker.log()

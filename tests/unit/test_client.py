@@ -1,0 +1,317 @@
+"""The client's pure parts: the code → exception table against the docs, error parsing, the
+retry rules (over httpx's mock transport: no network), and callback signature checks."""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from taskplatform.client import (
+    PROBLEM_CLASSES,
+    AsyncTaskClient,
+    ConnectionFailed,
+    InvalidSignature,
+    NewTask,
+    QueuePaused,
+    RateLimited,
+    RetryPolicy,
+    TaskClient,
+    TaskConflict,
+    TaskNotFound,
+    TaskPlatformError,
+    TaskProcessing,
+    UnexpectedResponse,
+    ValidationError,
+    verify_callback,
+)
+from taskplatform.dispatch.signing import parse_secret, sign
+
+ROOT = Path(__file__).resolve().parents[2]
+API_MD_CANDIDATES = [ROOT / "API.md", ROOT / "docs" / "API.md", ROOT.parent / "shared" / "API.md"]
+SECRET = "whsec_" + base64.b64encode(bytes(range(32))).decode()
+TASK_ID = "01900000-0000-7000-8000-000000000000"
+
+
+def documented_codes() -> set[str]:
+    """Every problem ``code`` the README's error table and API.md (where present) name."""
+    codes: set[str] = set()
+    readme = (ROOT / "README.md").read_text()
+    for row in re.finditer(r"^\| (\d{3}) \| ([^|]+) \|", readme, re.MULTILINE):
+        codes |= set(re.findall(r"`([a-z_]+)`", row.group(2)))
+    for path in API_MD_CANDIDATES:
+        if path.exists():
+            codes |= set(re.findall(r"`([a-z]+(?:_[a-z]+)+)`", path.read_text()))
+    return codes
+
+
+def test_every_documented_code_has_its_own_exception_class() -> None:
+    codes = documented_codes()
+    assert {"task_not_found", "queue_empty", "unauthorized", "backend_unavailable"} <= codes
+    missing = codes - set(PROBLEM_CLASSES)
+    assert not missing, f"no client exception class for {sorted(missing)}"
+    for code, cls in PROBLEM_CLASSES.items():
+        assert issubclass(cls, TaskPlatformError)
+        assert cls is not TaskPlatformError
+        assert cls.code_name == code
+        assert cls.__doc__
+    assert len(set(PROBLEM_CLASSES.values())) == len(PROBLEM_CLASSES)
+
+
+def problem_response(status: int, code: str, **extra: object) -> httpx.Response:
+    body = {"type": f"urn:x:{code}", "title": "T", "status": status, "detail": "D", "code": code}
+    return httpx.Response(
+        status,
+        json={**body, **extra},
+        headers={"content-type": "application/problem+json"},
+    )
+
+
+def client_answering(
+    handler: Callable[[httpx.Request], httpx.Response], retries: int = 3
+) -> TaskClient:
+    return TaskClient(
+        "http://tp.test",
+        transport=httpx.MockTransport(handler),
+        retries=retries,
+        backoff_seconds=0.001,
+    )
+
+
+def test_a_problem_raises_its_class_with_every_field() -> None:
+    answer = problem_response(
+        422, "validation_error", errors=[{"field": "$.priority", "message": "too big"}]
+    )
+    with client_answering(lambda _: answer) as client, pytest.raises(ValidationError) as caught:
+        client.get(TASK_ID)
+    error = caught.value
+    assert (error.status, error.code, error.title, error.detail) == (
+        422,
+        "validation_error",
+        "T",
+        "D",
+    )
+    assert error.errors == [("$.priority", "too big")]
+    assert error.problem["type"] == "urn:x:validation_error"
+
+
+def test_conflicts_share_a_parent_and_unknown_codes_raise_the_base_class() -> None:
+    with client_answering(lambda _: problem_response(409, "task_processing")) as client:
+        with pytest.raises(TaskConflict) as conflict:
+            client.cancel(TASK_ID)
+        assert type(conflict.value) is TaskProcessing
+    teapot = client_answering(lambda _: problem_response(418, "teapot_brewing"))
+    with teapot as client, pytest.raises(TaskPlatformError) as unknown:
+        client.get(TASK_ID)
+    assert type(unknown.value) is TaskPlatformError
+    assert unknown.value.code == "teapot_brewing"
+
+
+def test_rate_limited_carries_retry_after() -> None:
+    answer = problem_response(429, "rate_limited")
+    answer.headers["retry-after"] = "3"
+    with client_answering(lambda _: answer) as client, pytest.raises(RateLimited) as caught:
+        client.stats()
+    assert caught.value.retry_after == 3.0
+
+
+def test_a_non_problem_error_raises_unexpected_response_naming_it() -> None:
+    page = httpx.Response(
+        502, text="<html>Bad Gateway</html>", headers={"content-type": "text/html"}
+    )
+    with client_answering(lambda _: page) as client, pytest.raises(UnexpectedResponse) as caught:
+        client.get(TASK_ID)
+    assert caught.value.status == 502
+    assert "Bad Gateway" in caught.value.detail
+    assert isinstance(caught.value, TaskPlatformError)
+
+
+def test_a_success_with_an_unreadable_body_raises_unexpected_response() -> None:
+    odd = client_answering(lambda _: httpx.Response(200, json={"hello": 1}))
+    with odd as client, pytest.raises(UnexpectedResponse, match="cannot read"):
+        client.get(TASK_ID)
+
+
+def test_dequeue_turns_only_queue_empty_into_none() -> None:
+    with client_answering(lambda _: problem_response(404, "queue_empty")) as client:
+        assert client.dequeue() is None
+    paused = client_answering(lambda _: problem_response(409, "queue_paused"))
+    with paused as client, pytest.raises(QueuePaused):
+        client.dequeue()
+
+
+class Flaky:
+    """A mock server: raises ``errors`` in turn, then answers with ``answer``; counts requests."""
+
+    def __init__(self, errors: list[Exception], answer: httpx.Response) -> None:
+        self.errors = list(errors)
+        self.answer = answer
+        self.requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        if self.errors:
+            raise self.errors.pop(0)
+        return self.answer
+
+
+CREATED = httpx.Response(201, json={"taskId": TASK_ID, "status": "Queued"})
+
+
+def test_create_is_retried_with_the_same_key_and_bytes() -> None:
+    flaky = Flaky([httpx.ConnectError("refused"), httpx.ReadTimeout("lost")], CREATED)
+    with client_answering(flaky, retries=2) as client:
+        created = client.create({"n": 1}, "http://cb.test/")
+    assert created.task_id == TASK_ID
+    assert len(flaky.requests) == 3
+    keys = {request.headers["idempotency-key"] for request in flaky.requests}
+    assert len(keys) == 1
+    assert len({request.content for request in flaky.requests}) == 1
+
+
+def test_each_create_gets_a_fresh_key_unless_one_is_given() -> None:
+    flaky = Flaky([], CREATED)
+    with client_answering(flaky) as client:
+        client.create({"n": 1}, "http://cb.test/")
+        client.create({"n": 1}, "http://cb.test/")
+        client.create({"n": 1}, "http://cb.test/", idempotency_key="mine")
+    keys = [request.headers["idempotency-key"] for request in flaky.requests]
+    assert keys[0] != keys[1]
+    assert keys[2] == "mine"
+
+
+def test_retries_stop_after_the_limit_with_connection_failed() -> None:
+    flaky = Flaky([httpx.ConnectError("refused")] * 10, CREATED)
+    with client_answering(flaky, retries=3) as client, pytest.raises(ConnectionFailed) as caught:
+        client.get(TASK_ID)
+    assert caught.value.attempts == 4
+    assert len(flaky.requests) == 4
+    assert "http://tp.test/api/tasks/" in str(caught.value)
+
+
+def test_execute_is_never_retried_even_when_nothing_was_sent() -> None:
+    flaky = Flaky([httpx.ConnectError("refused")] * 3, CREATED)
+    with client_answering(flaky, retries=5) as client, pytest.raises(ConnectionFailed) as caught:
+        client.execute(TASK_ID)
+    assert caught.value.attempts == 1
+    assert len(flaky.requests) == 1
+
+
+@pytest.mark.parametrize("method", ["dequeue", "create_batch", "retry"])
+def test_unsafe_calls_are_retried_only_when_the_connection_was_never_made(method: str) -> None:
+    calls: dict[str, Callable[[TaskClient], object]] = {
+        "dequeue": lambda client: client.dequeue(),
+        "create_batch": lambda client: client.create_batch([NewTask({}, "http://cb.test/")]),
+        "retry": lambda client: client.retry(TASK_ID),
+    }
+    lost = Flaky([httpx.ReadTimeout("lost")], CREATED)
+    with client_answering(lost, retries=5) as client, pytest.raises(ConnectionFailed):
+        calls[method](client)
+    assert len(lost.requests) == 1
+    refused = Flaky([httpx.ConnectError("refused")], problem_response(404, "task_not_found"))
+    with client_answering(refused, retries=5) as client, pytest.raises(TaskNotFound):
+        calls[method](client)
+    assert len(refused.requests) == 2
+
+
+def test_backoff_grows_exponentially_with_jitter_up_to_the_cap() -> None:
+    policy = RetryPolicy(retries=10, backoff_seconds=0.1, backoff_max_seconds=1.0)
+    for attempt, cap in [(1, 0.1), (2, 0.2), (3, 0.4), (4, 0.8), (5, 1.0), (9, 1.0)]:
+        delays = {policy.delay(attempt) for _ in range(50)}
+        assert all(cap / 2 <= delay <= cap for delay in delays)
+        assert len(delays) > 1  # jittered
+
+
+async def test_the_async_client_retries_and_maps_errors_the_same_way() -> None:
+    flaky = Flaky([httpx.ConnectError("refused")], problem_response(404, "task_not_found"))
+    async with AsyncTaskClient(
+        "http://tp.test", transport=httpx.MockTransport(flaky), backoff_seconds=0.001
+    ) as client:
+        with pytest.raises(TaskNotFound):
+            await client.get(TASK_ID)
+        assert len(flaky.requests) == 2
+        never = Flaky([httpx.ConnectError("refused")], CREATED)
+    async with AsyncTaskClient("http://tp.test", transport=httpx.MockTransport(never)) as client:
+        with pytest.raises(ConnectionFailed):
+            await client.execute(TASK_ID)
+    assert len(never.requests) == 1
+
+
+def test_an_api_key_is_sent_as_a_bearer_token() -> None:
+    flaky = Flaky([], CREATED)
+    with TaskClient("http://tp.test", "k1", transport=httpx.MockTransport(flaky)) as client:
+        client.create({}, "http://cb.test/")
+    assert flaky.requests[0].headers["authorization"] == "Bearer k1"
+
+
+def test_new_task_needs_an_aware_scheduled_at() -> None:
+    naive = NewTask({}, "http://cb.test/", scheduled_at=datetime.datetime(2030, 1, 1))
+    with pytest.raises(ValueError, match="time zone"):
+        naive.to_json()
+    aware = NewTask(
+        {}, "http://cb.test/", scheduled_at=datetime.datetime(2030, 1, 1, tzinfo=datetime.UTC)
+    )
+    assert aware.to_json()["scheduledAt"] == "2030-01-01T00:00:00+00:00"
+
+
+def signed(
+    body: bytes, timestamp: int, msg_id: str = TASK_ID, secret: str = SECRET
+) -> dict[str, str]:
+    return {
+        "Webhook-Id": msg_id,
+        "Webhook-Timestamp": str(timestamp),
+        "Webhook-Signature": sign([parse_secret(secret)], msg_id, timestamp, body),
+    }
+
+
+def test_verify_callback_accepts_what_the_platform_signs() -> None:
+    now = int(time.time())
+    body = b'{"orderId":42}'
+    verify_callback(SECRET, signed(body, now), body)
+    other = "whsec_" + base64.b64encode(bytes(range(1, 33))).decode()
+    # rotation: the platform signs with two secrets; a receiver that knows either accepts
+    headers = signed(body, now)
+    headers["Webhook-Signature"] = sign(
+        [parse_secret(other), parse_secret(SECRET)], TASK_ID, now, body
+    )
+    verify_callback(other, headers, body)
+    verify_callback([other, SECRET], signed(body, now), body)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("body", "no webhook-signature matches"),
+        ("secret", "no webhook-signature matches"),
+        ("stale", "beyond the tolerance"),
+        ("future", "beyond the tolerance"),
+        ("missing", "no webhook-signature header"),
+        ("timestamp", "not Unix seconds"),
+        ("id", "no webhook-signature matches"),
+    ],
+)
+def test_verify_callback_refuses_forgeries(change: str, message: str) -> None:
+    now = int(time.time())
+    body = b'{"orderId":42}'
+    headers = signed(
+        body, now - 301 if change == "stale" else now + 301 if change == "future" else now
+    )
+    secret = SECRET
+    if change == "body":
+        body = b'{"orderId":43}'
+    elif change == "secret":
+        secret = "whsec_" + base64.b64encode(bytes(32)).decode()
+    elif change == "missing":
+        del headers["Webhook-Signature"]
+    elif change == "timestamp":
+        headers["Webhook-Timestamp"] = "12.5"
+    elif change == "id":
+        headers["Webhook-Id"] = "01900000-0000-7000-8000-000000000001"
+    with pytest.raises(InvalidSignature, match=message):
+        verify_callback(secret, headers, body)

@@ -1,0 +1,131 @@
+"""The OpenAPI document shows an example for every endpoint, every response and every error code,
+and every example is a valid body of its declared type."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import jsonschema_rs
+import msgspec
+import pytest
+
+from taskplatform import models
+from taskplatform.api.app import create_app
+from taskplatform.api.openapi import EXAMPLES
+from taskplatform.exceptions import TaskPlatformError
+from taskplatform.settings import Settings
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+@pytest.fixture(scope="module")
+def document() -> dict[str, Any]:
+    schema: dict[str, Any] = create_app(Settings()).openapi()
+    return schema
+
+
+def _operations(document: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    return [
+        (method.upper(), path, operation)
+        for path, operations in document["paths"].items()
+        for method, operation in operations.items()
+    ]
+
+
+def _examples(media: dict[str, Any]) -> list[Any]:
+    if "example" in media:
+        return [media["example"]]
+    return [example["value"] for example in media.get("examples", {}).values()]
+
+
+def test_every_request_and_response_body_has_an_example(document: dict[str, Any]) -> None:
+    missing = []
+    for method, path, operation in _operations(document):
+        for media_type, media in operation.get("requestBody", {}).get("content", {}).items():
+            if not _examples(media):
+                missing.append(f"{method} {path} request {media_type}")
+        for status, response in operation["responses"].items():
+            for media_type, media in response.get("content", {}).items():
+                if not _examples(media):
+                    missing.append(f"{method} {path} {status} {media_type}")
+    assert not missing, missing
+    assert len(_operations(document)) >= 18
+
+
+def _valid(document: dict[str, Any], name: str, example: Any) -> list[str]:
+    """Validate ``example`` against component ``name`` of ``document`` (JSON Schema 2020-12)."""
+    schema = {"$ref": f"#/components/schemas/{name}", "components": document["components"]}
+    validator = jsonschema_rs.Draft202012Validator(schema)
+    return [str(error) for error in validator.iter_errors(example)]
+
+
+def test_every_example_is_a_valid_body_of_its_type(document: dict[str, Any]) -> None:
+    checked = 0
+    for method, path, operation in _operations(document):
+        bodies = [operation.get("requestBody", {}), *operation["responses"].values()]
+        for body in bodies:
+            for media in body.get("content", {}).values():
+                reference = media.get("schema", {}).get("$ref", "")
+                if not reference:
+                    continue
+                name = reference.rsplit("/", 1)[-1]
+                for example in _examples(media):
+                    errors = _valid(document, name, example)
+                    assert not errors, f"{method} {path}: {name} example: {errors}"
+                    checked += 1
+    assert checked >= 40
+
+
+@pytest.mark.parametrize("wire_type", list(EXAMPLES), ids=lambda t: t.__name__)
+def test_each_default_example_matches_its_schema(
+    document: dict[str, Any], wire_type: type[msgspec.Struct]
+) -> None:
+    assert not _valid(document, wire_type.__name__, EXAMPLES[wire_type])
+
+
+def test_a_wrong_example_is_caught(document: dict[str, Any]) -> None:
+    assert _valid(document, "TaskView", EXAMPLES[models.TaskView] | {"priority": "high"})
+    assert _valid(document, "TaskCreated", {"taskId": "x"})
+
+
+def test_every_error_code_has_an_example(document: dict[str, Any]) -> None:
+    shown = set(re.findall(r"'code': '([a-z_]+)'", str(document)))
+    readme = README.read_text(encoding="utf-8")
+    table = readme[readme.index("| status | code | when |") :]
+    table = table[: table.index("\n\n")]
+    documented = set(re.findall(r"`([a-z_]+)`", table)) - {"errors"}
+    raised = {
+        error.code
+        for error in _subclasses(TaskPlatformError)
+        if error.code not in ("internal_error", "bad_request", "task_conflict")
+    }
+    assert documented >= raised, "README's error table misses codes the service raises"
+    assert documented - shown == set(), "codes without an example in /openapi.json"
+    assert {"unauthorized", "rate_limited", "not_found", "method_not_allowed"} <= shown
+
+
+def test_operation_ids_are_unique(document: dict[str, Any]) -> None:
+    ids = [operation["operationId"] for _, _, operation in _operations(document)]
+    assert len(ids) == len(set(ids))
+
+
+def test_problem_examples_are_problems(document: dict[str, Any]) -> None:
+    for method, path, operation in _operations(document):
+        for status, response in operation["responses"].items():
+            media = response.get("content", {}).get("application/problem+json")
+            if media is None:
+                continue
+            for example in _examples(media):
+                problem = msgspec.json.decode(msgspec.json.encode(example), type=models.Problem)
+                assert problem.status == int(status), f"{method} {path} {status}"
+                assert problem.type.endswith(problem.code)
+
+
+def _subclasses(cls: type[TaskPlatformError]) -> list[type[TaskPlatformError]]:
+    found = []
+    for sub in cls.__subclasses__():
+        found.append(sub)
+        found.extend(_subclasses(sub))
+    return found
