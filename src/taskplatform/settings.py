@@ -219,13 +219,15 @@ class Settings(BaseSettings):
         Field(
             description=(
                 "Comma-separated networks callbacks may never reach (checked on the resolved "
-                "address). The default covers link-local (cloud metadata), 0.0.0.0/8, broadcast, "
-                "multicast and fd00:ec2::254."
+                "address). The default covers link-local and the other cloud metadata "
+                "addresses, 0.0.0.0/8, ::, broadcast and multicast. Setting it replaces the "
+                "default: keep the default's networks in the list (a server warns at start of "
+                "each one left out)."
             )
         ),
     ] = (
         "169.254.0.0/16,fe80::/10,0.0.0.0/8,255.255.255.255/32,224.0.0.0/4,ff00::/8,"
-        "fd00:ec2::254/128,::/128"
+        "fd00:ec2::254/128,::/128,100.100.100.200/32,168.63.129.16/32"
     )
     callback_allow_networks: Annotated[
         str | None,

@@ -123,7 +123,7 @@ def test_backend_down_during_dequeue_is_503_and_keeps_the_task(
             task_id = create(http, "http://127.0.0.1:9/x")
             proxy.cut()
             assert_problem(http.get("/api/tasks/dequeue"), 503, "backend_unavailable")
-            assert http.get("/readyz").status_code == 503
+            assert_problem(http.get("/readyz"), 503, "backend_unavailable")
             proxy.restore()
             for _ in range(50):
                 if http.get("/readyz").status_code == 200:

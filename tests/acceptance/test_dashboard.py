@@ -22,7 +22,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from tests.acceptance.helpers import create
-from tests.support.backends import backend_env
+from tests.support.backends import backend_env, in_ci
 from tests.support.receiver import Receiver
 from tests.support.server import Server, free_port
 
@@ -47,11 +47,11 @@ DASHBOARD_CSP = (
 
 
 def _require_chromium() -> None:
-    """Skip (locally) or fail (with ``CI`` set) when there is no Chromium to drive."""
+    """Skip (locally) or fail (in CI) when there is no Chromium to drive."""
     if os.path.exists(CHROMIUM):
         return
     reason = f"Chromium is not installed at {CHROMIUM} (Debian: apt-get install chromium)"
-    if os.environ.get("CI"):
+    if in_ci():
         pytest.fail(reason)
     pytest.skip(reason)
 
@@ -432,6 +432,9 @@ def test_a_bad_task_id_or_filter_is_a_page_not_a_server_error(client: httpx.Clie
     assert response.status_code == 400
     assert "is not one of the statuses" in response.text
     assert "queue names are" in response.text
+    # Python's $ matches before a final newline: the pattern must hold for the whole name.
+    response = client.get("/dashboard/tasks", params={"queue": "default\n"})
+    assert response.status_code == 400
     response = client.post(
         f"/dashboard/tasks/{uuid.uuid4()}/execute", headers={"Origin": str(client.base_url)}
     )

@@ -7,6 +7,7 @@ a tiny aiohttp server on 127.0.0.1.
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from hypothesis import given
 from hypothesis import strategies as st
 
+from taskplatform.dispatch import sender_from_settings
 from taskplatform.dispatch.policy import (
     ALLOW_SETTING,
     DEFAULT_DENY,
@@ -31,6 +33,7 @@ from taskplatform.dispatch.policy import (
     parse_literal_host,
     parse_networks,
 )
+from taskplatform.settings import Settings
 
 METADATA = IPv4Address("169.254.169.254")
 LOOPBACK_DENIED = CallbackPolicy(
@@ -51,7 +54,31 @@ def test_default_deny_is_exactly_the_documented_networks() -> None:
         "224.0.0.0/4",
         "ff00::/8",
         "fd00:ec2::254/128",
+        "100.100.100.200/32",
+        "168.63.129.16/32",
     }
+
+
+def test_the_settings_default_is_the_policy_default() -> None:
+    default = Settings().callback_deny_networks.split(",")
+    assert {str(network) for network in parse_networks(default)} == {
+        str(network) for network in DEFAULT_DENY
+    }
+
+
+def test_a_deny_list_that_drops_defaults_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    custom = Settings(callback_deny_networks="169.254.0.0/16,10.0.0.0/8")
+    with caplog.at_level(logging.WARNING):
+        sender_from_settings(custom)
+    warned = " ".join(record.getMessage() for record in caplog.records)
+    assert "fe80::/10" in warned
+    assert "168.63.129.16/32" in warned
+    assert "169.254.0.0/16" not in warned
+    caplog.clear()
+    wider = Settings(callback_deny_networks=Settings().callback_deny_networks + ",10.0.0.0/8")
+    with caplog.at_level(logging.WARNING):
+        sender_from_settings(wider)
+    assert not caplog.records
 
 
 @pytest.mark.parametrize("network", DEFAULT_DENY, ids=str)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
+from taskplatform.api.openapi import problems
+from taskplatform.api.problems import error_response
 from taskplatform.exceptions import BackendUnavailable
 from taskplatform.metrics import CONTENT_TYPE
 
@@ -26,25 +28,16 @@ async def healthz() -> dict[str, str]:
     summary="Readiness: the queue and the store answer",
     responses={
         200: {"content": {"application/json": {"example": {"status": "ready"}}}},
-        503: {
-            "description": "A backend does not answer.",
-            "content": {
-                "application/json": {
-                    "example": {
-                        "status": "unavailable",
-                        "detail": "the database does not answer: connection refused",
-                    }
-                }
-            },
-        },
+        **problems(BackendUnavailable),
     },
 )
-async def readyz(request: Request) -> JSONResponse:
-    """Answer 200 when both backends answer, else 503 naming the failure (never a secret)."""
+async def readyz(request: Request) -> Response:
+    """Answer 200 when both backends answer, else 503 ``backend_unavailable`` naming the failure
+    (never a secret)."""
     try:
         await request.app.state.service.ready()
     except BackendUnavailable as exc:
-        return JSONResponse({"status": "unavailable", "detail": exc.detail}, status_code=503)
+        return error_response(exc)
     return JSONResponse({"status": "ready"})
 
 

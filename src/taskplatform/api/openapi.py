@@ -332,6 +332,18 @@ _OUTER_PROBLEMS = {
         "no route matches GET /api/task",
         "No route has this path.",
     ),
+    "bad_request": (
+        400,
+        "Bad Request",
+        "the request cannot be read",
+        "The request cannot be read at the HTTP level.",
+    ),
+    "internal_error": (
+        500,
+        "Internal server error",
+        "An unexpected error in the task platform.",
+        "A bug: it should never happen, and the server logs the traceback.",
+    ),
     "method_not_allowed": (
         405,
         "Method Not Allowed",
@@ -378,6 +390,8 @@ def _add_outer_problems(schema: dict[str, Any]) -> None:
     reusable = schema["components"].setdefault("responses", {})
     reusable["NotFound"] = outer_problem("not_found")
     reusable["MethodNotAllowed"] = outer_problem("method_not_allowed")
+    reusable["BadRequest"] = outer_problem("bad_request")
+    reusable["InternalError"] = outer_problem("internal_error")
 
 
 def _ecma_patterns(node: Any) -> None:

@@ -264,9 +264,9 @@ async def task_table(request: Request) -> Response:
             status = Status(status_name)
         except ValueError:
             problems.append(f"status {status_name[:40]!r} is not one of the statuses")
-    if queue is not None and _QUEUE.match(queue) is None:
+    if queue is not None and _QUEUE.fullmatch(queue) is None:
         problems.append("queue names are 1 to 64 letters, digits, '_', '.' or '-'")
-    if cursor is not None and _TASK_ID.match(cursor) is None:
+    if cursor is not None and _TASK_ID.fullmatch(cursor) is None:
         problems.append("the page cursor is not a task id")
     try:
         queue_names = [view.name for view in await service.queues()]
@@ -311,7 +311,7 @@ async def task_page(request: Request, task_id: str) -> Response:
     """
     service = _service(request)
     try:
-        if _TASK_ID.match(task_id) is None:
+        if _TASK_ID.fullmatch(task_id) is None:
             raise TaskNotFound(f"no task has the id {task_id[:80]!r}")
         task = await service.get(task_id)
         executions = await service.executions(task_id)
@@ -357,7 +357,7 @@ async def task_action(request: Request, task_id: str, action: str) -> Response:
     """
     if not same_origin(request):
         return _forged(request)
-    if action not in _ACTIONS or _TASK_ID.match(task_id) is None:
+    if action not in _ACTIONS or _TASK_ID.fullmatch(task_id) is None:
         return _error_page(request, TaskNotFound(f"no task has the id {task_id[:80]!r}"))
     page = f"/dashboard/tasks/{task_id}"
     service = _service(request)
@@ -401,7 +401,7 @@ async def dequeue(request: Request, queue: str) -> Response:
     """Dequeue the next task of ``queue`` and open its page (or say why there is none)."""
     if not same_origin(request):
         return _forged(request)
-    if _QUEUE.match(queue) is None:
+    if _QUEUE.fullmatch(queue) is None:
         return _redirect(request, "/dashboard", "No such queue", error=True)
     try:
         task = await _service(request).dequeue(0, queue)

@@ -2,16 +2,34 @@
 
 from __future__ import annotations
 
+import logging
+
 from taskplatform.dispatch.callback import CallbackSender
-from taskplatform.dispatch.policy import ALLOW_SETTING, DENY_SETTING, CallbackPolicy, parse_networks
+from taskplatform.dispatch.policy import (
+    ALLOW_SETTING,
+    DEFAULT_DENY,
+    DENY_SETTING,
+    CallbackPolicy,
+    IPNetwork,
+    parse_networks,
+)
 from taskplatform.dispatch.signing import parse_secret
 from taskplatform.settings import Settings
 
 __all__ = ["CallbackSender", "sender_from_settings"]
 
+logger = logging.getLogger(__name__)
+
 
 def _items(text: str) -> list[str]:
     return [item.strip() for item in text.replace(" ", ",").split(",") if item.strip()]
+
+
+def _covered(network: IPNetwork, deny: tuple[IPNetwork, ...]) -> bool:
+    return any(
+        network.version == other.version and network.subnet_of(other)  # type: ignore[arg-type]
+        for other in deny
+    )
 
 
 def sender_from_settings(settings: Settings) -> CallbackSender:
@@ -22,8 +40,17 @@ def sender_from_settings(settings: Settings) -> CallbackSender:
             malformed; the message names the setting.
     """
     allow = settings.callback_allow_networks
+    deny = parse_networks(_items(settings.callback_deny_networks), setting=DENY_SETTING)
+    dropped = [network for network in DEFAULT_DENY if not _covered(network, deny)]
+    if dropped:
+        # Replacing the list to add one network would silently open the metadata services.
+        logger.warning(
+            "%s leaves out default denied networks, which callbacks may now reach: %s",
+            DENY_SETTING,
+            ", ".join(str(network) for network in dropped),
+        )
     policy = CallbackPolicy(
-        deny=parse_networks(_items(settings.callback_deny_networks), setting=DENY_SETTING),
+        deny=deny,
         allow=parse_networks(_items(allow), setting=ALLOW_SETTING) if allow else None,
     )
     secrets = []

@@ -69,6 +69,10 @@ DEFAULT_DENY: tuple[IPNetwork, ...] = (
     IPv6Network("ff00::/8"),
     # The AWS instance metadata service over IPv6 (EC2 IMDS documentation).
     IPv6Network("fd00:ec2::254/128"),
+    # Metadata services outside link-local: Alibaba Cloud's (in the shared address space) and
+    # Azure's WireServer, which hands out VM extension settings and certificates.
+    IPv4Network("100.100.100.200/32"),
+    IPv4Network("168.63.129.16/32"),
 )
 """The networks denied unless configured otherwise."""
 
