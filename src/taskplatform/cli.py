@@ -37,7 +37,7 @@ LogFormatOption = Annotated[
     typer.Option(
         "--log-format",
         help="text, or json: one object a line with task_id, attempt and status. "
-        "[env: TASKPLATFORM_LOG_FORMAT]",
+        "\\[env: TASKPLATFORM_LOG_FORMAT]",
     ),
 ]
 
@@ -98,18 +98,18 @@ def _refuse_unsafe_or_exit(settings: Settings) -> None:
 @app.command()
 def serve(
     host: Annotated[
-        str | None, typer.Option(help="Address to listen on. [env: TASKPLATFORM_HOST]")
+        str | None, typer.Option(help="Address to listen on. \\[env: TASKPLATFORM_HOST]")
     ] = None,
     port: Annotated[
-        int | None, typer.Option(help="Port to listen on. [env: TASKPLATFORM_PORT]")
+        int | None, typer.Option(help="Port to listen on. \\[env: TASKPLATFORM_PORT]")
     ] = None,
     workers: Annotated[
-        int | None, typer.Option(help="API processes. [env: TASKPLATFORM_WORKERS]")
+        int | None, typer.Option(help="API processes. \\[env: TASKPLATFORM_WORKERS]")
     ] = None,
     database_url: Annotated[
         str | None,
         typer.Option(
-            help="Store URL, e.g. sqlite:///./taskplatform.db. [env: TASKPLATFORM_DATABASE_URL]"
+            help="Store URL, e.g. sqlite:///./taskplatform.db. \\[env: TASKPLATFORM_DATABASE_URL]"
         ),
     ] = None,
     access_log: Annotated[bool, typer.Option(help="Log every request.")] = False,
@@ -118,14 +118,15 @@ def serve(
         bool,
         typer.Option(
             "--dispatch",
-            help="Also dispatch tasks in every API process. [env: TASKPLATFORM_DISPATCH]",
+            help="Also dispatch tasks in every API process. \\[env: TASKPLATFORM_DISPATCH]",
         ),
     ] = False,
     insecure: Annotated[
         bool,
         typer.Option(
             "--insecure",
-            help="Serve beyond loopback without API keys, knowingly. [env: TASKPLATFORM_INSECURE]",
+            help="Serve beyond loopback without API keys, knowingly. "
+            "\\[env: TASKPLATFORM_INSECURE]",
         ),
     ] = False,
 ) -> None:
@@ -176,28 +177,31 @@ def worker(
     queue: Annotated[
         list[str] | None,
         typer.Option(
-            "--queue", help="A queue to serve; repeat for more. [env: TASKPLATFORM_DISPATCH_QUEUES]"
+            "--queue",
+            help="A queue to serve; repeat for more. \\[env: TASKPLATFORM_DISPATCH_QUEUES]",
         ),
     ] = None,
     concurrency: Annotated[
         int | None,
-        typer.Option(help="Callbacks in flight at once. [env: TASKPLATFORM_DISPATCH_CONCURRENCY]"),
+        typer.Option(
+            help="Callbacks in flight at once. \\[env: TASKPLATFORM_DISPATCH_CONCURRENCY]"
+        ),
     ] = None,
     rate: Annotated[
         float | None,
         typer.Option(
             help="Dispatches per second per queue, over all dispatchers; 0 unlimited. "
-            "[env: TASKPLATFORM_DISPATCH_RATE]"
+            "\\[env: TASKPLATFORM_DISPATCH_RATE]"
         ),
     ] = None,
     database_url: Annotated[
-        str | None, typer.Option(help="Store URL. [env: TASKPLATFORM_DATABASE_URL]")
+        str | None, typer.Option(help="Store URL. \\[env: TASKPLATFORM_DATABASE_URL]")
     ] = None,
     metrics_port: Annotated[
         int | None,
         typer.Option(
             help="Serve Prometheus /metrics on this port (0: any free one). "
-            "[env: TASKPLATFORM_WORKER_METRICS_PORT]"
+            "\\[env: TASKPLATFORM_WORKER_METRICS_PORT]"
         ),
     ] = None,
     log_format: LogFormatOption = None,
@@ -268,7 +272,7 @@ def receiver(
 @db_app.command("upgrade")
 def db_upgrade(
     database_url: Annotated[
-        str | None, typer.Option(help="Database URL. [env: TASKPLATFORM_DATABASE_URL]")
+        str | None, typer.Option(help="Database URL. \\[env: TASKPLATFORM_DATABASE_URL]")
     ] = None,
 ) -> None:
     """Create or upgrade the schema of the configured database to the newest revision."""

@@ -13,9 +13,10 @@ import signal
 
 from taskplatform.exceptions import BackendUnavailable
 
-POINTS = frozenset({"after_reserve"})
+POINTS = frozenset({"after_reserve", "after_insert"})
 """Where faults can be injected: ``after_reserve`` is between taking a task out of the queue and
-storing it in the database."""
+storing it in the database; ``after_insert`` (Redis queue) is after the store has it and before
+the queue's reservation is acknowledged."""
 
 
 class Faults:

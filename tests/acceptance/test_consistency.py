@@ -75,6 +75,38 @@ def test_process_killed_after_reserve_loses_nothing(
         revived.stop()
 
 
+def test_process_killed_between_insert_and_ack_hands_the_task_out_once(
+    backend: str, start_server: Callable[..., Server]
+) -> None:
+    """Redis: SIGKILL after the store has the task but before the reservation is acked. The
+    recovery finds the task in the store and acks the reservation: Dequeued once, never queued
+    again, never handed out a second time."""
+    if "redis" not in backend:
+        pytest.skip("only the Redis queue acknowledges a reservation after the store commits")
+    doomed = start_server(TASKPLATFORM_FAULTS="after_insert=kill", **FAST_RECOVERY)
+    with httpx.Client(base_url=doomed.url) as http:
+        first = create(http, "http://127.0.0.1:9/x", task_data={"n": 1})
+        second = create(http, "http://127.0.0.1:9/x", task_data={"n": 2})
+        with pytest.raises(httpx.TransportError):
+            http.get("/api/tasks/dequeue")
+    assert doomed.process is not None
+    assert doomed.process.wait(10) == -9
+    env = {
+        k: v for k, v in doomed.env.items() if k not in ("TASKPLATFORM_FAULTS", "TASKPLATFORM_PORT")
+    }
+    revived = Server(env, doomed.log_path)
+    revived.start()
+    try:
+        with httpx.Client(base_url=revived.url) as http:
+            time.sleep(1.5)  # past the reservation's deadline: recovery settles it
+            assert http.get(f"/api/tasks/{first}").json()["status"] == "Dequeued"
+            assert _dequeue_all(http) == [second]
+            assert http.get("/api/stats").json()["queueDepth"] == 0
+            assert http.get(f"/api/tasks/{first}").json()["status"] == "Dequeued"
+    finally:
+        revived.stop()
+
+
 @pytest.fixture
 def cut_backend(backend: str) -> Iterator[Callable[[dict[str, str]], tuple[dict[str, str], Proxy]]]:
     """Route the backend's network service (PostgreSQL, or Redis when it is the queue) through a

@@ -212,6 +212,7 @@ def test_demo_receiver_says_where_it_listens_and_logs_each_callback(tmp_path: Pa
             headers={"X-Task-Id": "t-1", "X-Task-Attempt": "1"},
         )
         assert response.status_code == 200
+        assert response.json() == {"received": True, "taskId": "t-1", "attempt": 1, "bytes": 14}
         time.sleep(0.2)
         assert "callback /orders task=t-1 attempt=1" in log_path.read_text()
     finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -139,21 +140,34 @@ def test_metrics_need_a_key_unless_made_public(start_server: Callable[..., Serve
     assert_problem(httpx.get(f"{public.url}/api/stats"), 401, "unauthorized")
 
 
-@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"], indirect=True)
 def test_several_workers_report_the_sum_of_all(
     start_server: Callable[..., Server], receiver: Receiver
 ) -> None:
+    """``serve --workers 2``: counters summed over the processes; every task dequeued once."""
     server = start_server(TASKPLATFORM_WORKERS="2")
-    with httpx.Client(base_url=server.url, timeout=30) as client:
-        # New connections, so the kernel spreads them over both workers.
-        for n in range(20):
-            with httpx.Client(base_url=server.url) as fresh:
-                create(fresh, receiver.url("/ok"), task_data={"n": n})
-        for _ in range(6):
-            with httpx.Client(base_url=server.url) as fresh:
-                samples = scrape(fresh)
-            assert value(samples, "taskplatform_tasks_created_total", queue="default") == 20
-        assert client.get("/healthz").status_code == 200
+    created = set()
+    # New connections, so the kernel spreads them over both workers.
+    for n in range(20):
+        with httpx.Client(base_url=server.url) as fresh:
+            created.add(create(fresh, receiver.url("/ok"), task_data={"n": n}))
+    for _ in range(6):
+        with httpx.Client(base_url=server.url) as fresh:
+            samples = scrape(fresh)
+        assert value(samples, "taskplatform_tasks_created_total", queue="default") == 20
+
+    def dequeue_one(_: int) -> str | None:
+        with httpx.Client(base_url=server.url, timeout=30) as fresh:
+            response = fresh.post("/api/tasks/dequeue")
+        assert response.status_code in (200, 404), response.text
+        return response.json()["taskId"] if response.status_code == 200 else None
+
+    with ThreadPoolExecutor(8) as pool:
+        taken = [task_id for task_id in pool.map(dequeue_one, range(30)) if task_id]
+    assert sorted(taken) == sorted(created)  # each once, none lost
+    with httpx.Client(base_url=server.url) as fresh:
+        samples = scrape(fresh)
+    assert value(samples, "taskplatform_tasks_dequeued_total", queue="default", mode="pull") == 20
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "redis+postgres"], indirect=True)

@@ -3,7 +3,7 @@
 At the end every acknowledged create is accounted for exactly once, no acknowledged dequeue was
 handed out twice, nothing is left Processing or Dequeued past its lease, and the receiver saw at
 most one callback per recorded attempt. ``TEST_CHAOS_SECONDS`` (default 25) sets the length of the
-run per backend; CI runs the default on SQLite and PostgreSQL.
+run per backend (the test's timeout grows with it); CI runs the default on SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
@@ -33,6 +33,11 @@ ENV = {
     "TASKPLATFORM_DEQUEUE_LEASE_SECONDS": str(DEQUEUE_LEASE),
     "TASKPLATFORM_SHUTDOWN_GRACE_SECONDS": "1",
 }
+TIMEOUT = SECONDS + 5 + 30 + 30 + (DEQUEUE_LEASE + 15) + 60
+"""pytest-timeout for one run, derived from its length: pyproject's global 120 s would kill a
+longer run (``TEST_CHAOS_SECONDS=300``) however healthy. On top of ``SECONDS``: the last kill cycle
+(5 s) and its restart (up to 30 s), the clients' joins (30 s), the settle wait (lease + 15 s) and
+a minute for restarts' startup and reading every task back."""
 
 
 class Ledger:
@@ -127,6 +132,7 @@ def _all_tasks(http: httpx.Client) -> list[dict[str, Any]]:
             return tasks
 
 
+@pytest.mark.timeout(TIMEOUT)
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
     backend: str, receiver: Receiver, tmp_path: Any, capsys: pytest.CaptureFixture[str]

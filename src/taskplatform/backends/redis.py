@@ -434,6 +434,7 @@ class RedisQueue(Queue):
             with contextlib.suppress(BackendUnavailable):
                 await asyncio.shield(self._release_member(member, task.task_id))
             raise
+        self._faults.hit("after_insert")
         await self._ack_member(member, task.task_id)
         return inserted
 

@@ -1,0 +1,69 @@
+"""``TaskService.execute`` cancelled by its caller (a request whose client hung up, under a server
+that cancels such requests) must not cancel the callback already running, nor leave the attempt
+unrecorded. In process, over a real SQLite file and a real slow receiver: uvicorn itself never
+cancels a request, so only this test shows the shield at work."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from taskplatform.backends import open_backends, prepare_schema
+from taskplatform.dispatch import sender_from_settings
+from taskplatform.models import Status
+from taskplatform.service import TaskService
+from taskplatform.settings import Settings
+from taskplatform.validation import parse_task_create
+from tests.support.receiver import Receiver
+
+
+@pytest.fixture
+async def service(tmp_path: Path) -> AsyncIterator[TaskService]:
+    """A TaskService built as the app's lifespan builds it, on a fresh SQLite file."""
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 'tp.db'}")
+    await prepare_schema(settings)
+    backends = open_backends(settings)
+    sender = sender_from_settings(settings)
+    await sender.start()
+    try:
+        yield TaskService(backends, sender, settings)
+    finally:
+        await sender.close()
+        await backends.close()
+
+
+async def test_cancelling_execute_lets_the_callback_finish_and_records_it(
+    service: TaskService, receiver: Receiver
+) -> None:
+    """The awaiting caller is cancelled 0.2 s into a 1 s callback: the callback runs on to its
+    answer, the task is Completed, and its one attempt is recorded with the receiver's 200."""
+    body = f'{{"taskData": {{"n": 1}}, "callbackUrl": "{receiver.url("/slow?seconds=1")}"}}'
+    request = parse_task_create(body.encode(), max_depth=64, max_url_length=2048)
+    created, _ = await service.create(request)
+    task_id = created.task_id
+    assert (await service.dequeue()).task_id == task_id
+
+    caller = asyncio.create_task(service.execute(task_id))
+    await asyncio.sleep(0.2)
+    assert len(receiver.hits_for(task_id)) == 1  # the callback is in flight
+    assert (await service.get(task_id)).status is Status.PROCESSING
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+
+    deadline = time.monotonic() + 10
+    while (task := await service.get(task_id)).status is Status.PROCESSING:
+        assert time.monotonic() < deadline, "the attempt was never recorded"
+        await asyncio.sleep(0.05)
+    assert task.status is Status.COMPLETED, task.error
+    assert task.attempts == 1
+    assert task.result is not None
+    assert json.loads(task.result) == {"slow": True}
+    log = await service.executions(task_id)
+    assert [(entry.attempt, entry.http_status, entry.error) for entry in log] == [(1, 200, None)]
+    assert len(receiver.hits_for(task_id)) == 1
