@@ -6,6 +6,7 @@ import asyncio
 import ipaddress
 import logging
 import logging.config
+import math
 import os
 import shutil
 import tempfile
@@ -16,6 +17,10 @@ import typer
 from taskplatform.cli_tasks import stats_command, tasks_app
 from taskplatform.logs import LogFormat, logging_config
 from taskplatform.settings import Settings, load_settings
+
+DRAIN_BACKSTOP_SECONDS = 5
+"""How long past ``shutdown_grace_seconds`` uvicorn waits for requests before cancelling them:
+room to record interrupted attempts and send their 503 answers (normally milliseconds)."""
 
 app = typer.Typer(
     help="taskplatform: a task platform that runs work through HTTP callbacks.",
@@ -165,7 +170,11 @@ def serve(
             access_log=access_log,
             log_level=settings.log_level.lower(),
             log_config=logging_config(settings.log_level, settings.log_format),
-            timeout_graceful_shutdown=max(1, round(settings.shutdown_grace_seconds)),
+            # A backstop only: the service ends every callback (and answers its synchronous
+            # execute) at the grace counted from the signal, and uvicorn's drain starts a little
+            # later; cancelling requests at the same moment would race those answers into 500s.
+            timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_seconds)
+            + DRAIN_BACKSTOP_SECONDS,
         )
     finally:
         if counts_dir is not None:

@@ -19,7 +19,8 @@
     │       ├── TaskNotFailed         409 task_not_failed
     │       └── RetryLimitReached     409 retry_limit_reached
     ├── QueuePaused                   409 queue_paused
-    └── BackendUnavailable            503 backend_unavailable
+    ├── BackendUnavailable            503 backend_unavailable
+    └── ShuttingDown                  503 shutting_down
 
 The HTTP layer turns these into ``application/problem+json`` bodies (RFC 9457) in one handler,
 through the ``status_code`` and ``code`` class attributes; routes never build error responses.
@@ -203,3 +204,18 @@ class BackendUnavailable(TaskPlatformError):
     status_code = 503
     code = "backend_unavailable"
     title = "Backend unavailable"
+
+
+class ShuttingDown(TaskPlatformError):
+    """The server stopped mid-callback; the attempt is recorded as interrupted: execute again.
+
+    Raised by a synchronous execute whose callback is still running when the shutdown grace
+    (``shutdown_grace_seconds``) runs out, and by an execute that arrives once the server is
+    stopping (then no attempt is started). A 503 rather than the 500 the cancelled request would
+    otherwise get: nothing went wrong, and another server (or this one once restarted) can run
+    the task.
+    """
+
+    status_code = 503
+    code = "shutting_down"
+    title = "Server shutting down"

@@ -46,6 +46,7 @@ from taskplatform.exceptions import (
     QueuePaused,
     RequestError,
     RetryLimitReached,
+    ShuttingDown,
     TaskCancelled,
     TaskCompleted,
     TaskConflict,
@@ -84,6 +85,18 @@ TRANSITIONS: dict[Status, frozenset[Status]] = {
 
 INTERRUPTED = "interrupted: the server stopped during the callback"
 """The error of an attempt whose process died or shut down before the callback's outcome."""
+
+STOPPED_MID_CALLBACK = (
+    "the server stopped before the callback finished: the attempt was recorded as interrupted "
+    "(it counts toward maxRetries) and the task can be executed again"
+)
+"""The detail of the 503 ``shutting_down`` a synchronous execute gets when the grace runs out."""
+
+STOPPING = (
+    "the server is stopping and starts no new attempt; the task was not executed: execute it "
+    "again (on another server, or once this one is back)"
+)
+"""The detail of the 503 ``shutting_down`` of an execute that arrives while the server stops."""
 
 _REAP_BATCH = 100
 DEPTH_RETENTION_MS = 24 * 3600 * 1000
@@ -167,6 +180,8 @@ class TaskService:
         self.arrivals = Arrivals()
         # Every callback in flight in this process, so that shutdown can wait for it or record it.
         self._inflight: set[asyncio.Task[ExecuteOutcome]] = set()
+        # Set by begin_shutdown: ends the callbacks still running at the one shutdown deadline.
+        self._stopper: asyncio.Task[None] | None = None
         self._paused: set[str] = set()
         self._paused_read_at = float("-inf")
         self._no_retries_until: dict[str, float] = {}
@@ -393,6 +408,11 @@ class TaskService:
                 await wait_for_event(arrived, poll)
             finally:
                 self.arrivals.waiters -= 1
+            if self.stopping:
+                # Answer now instead of holding up the server's drain for up to 20 s; the task
+                # a look now might find is better left queued than handed out by a server
+                # that will not execute it.
+                break
         if task is None:
             raise QueueEmpty()
         self._moved(task)
@@ -438,7 +458,7 @@ class TaskService:
         Raises:
             BackendUnavailable: a backend cannot be reached.
         """
-        if queue in await self.paused_queues():
+        if self.stopping or queue in await self.paused_queues():
             return None
         now = now_ms()
         if time.monotonic() >= self._no_retries_until.get(queue, 0.0):
@@ -519,12 +539,21 @@ class TaskService:
         Raises:
             TaskNotFound, TaskNotDequeued, TaskProcessing, TaskCompleted, RetryLimitReached:
                 the task cannot be executed now.
+            ShuttingDown: the server is stopping: either no attempt was started, or the callback
+                was still running when the shutdown grace ran out and the attempt has been
+                recorded as interrupted (the task can be executed again).
             BackendUnavailable: the store cannot be reached.
         """
         task = await self.start_execute(task_id)
-        # Shielded: a client that hangs up must not cancel a callback that is already running,
-        # or the attempt would stay unrecorded.
-        return await asyncio.shield(self._track(task))
+        call = self._track(task)
+        # asyncio.wait, like a shield, never cancels the call: a client that hangs up must not
+        # cancel a callback that is already running, or the attempt would stay unrecorded. And
+        # unlike awaiting a shield, it does not turn the shutdown's cancellation of the call into
+        # a CancelledError of this request (a 500): the call is over, interrupted and recorded.
+        await asyncio.wait({call})
+        if call.cancelled():
+            raise ShuttingDown(STOPPED_MID_CALLBACK, task_id=task_id)
+        return call.result()
 
     async def execute_in_background(self, task_id: str) -> TaskRecord:
         """Start an attempt like :meth:`execute` and return at once with the Processing task.
@@ -558,7 +587,10 @@ class TaskService:
 
         Raises:
             TaskNotFound, TaskNotDequeued, TaskProcessing, TaskCompleted, RetryLimitReached.
+            ShuttingDown: the server is stopping; a callback started now could be cut off.
         """
+        if self.stopping:
+            raise ShuttingDown(STOPPING, task_id=task_id)
         task = await self.store.get(task_id)
         if task is None:
             if await self.queue.get(task_id) is not None:
@@ -1118,22 +1150,55 @@ class TaskService:
                     if await self.queue.depth() > 0:
                         self.arrivals.notify()
 
-    async def shutdown(self, grace_seconds: float) -> None:
-        """Let callbacks in flight finish for up to ``grace_seconds``, then interrupt the rest.
+    @property
+    def stopping(self) -> bool:
+        """Whether :meth:`begin_shutdown` was called: no new attempt starts from then on."""
+        return self._stopper is not None
 
-        An interrupted attempt is recorded as failed with :data:`INTERRUPTED` (it counts, and the
-        task can be executed again), so no task stays Processing after a clean stop.
+    def begin_shutdown(self, grace_seconds: float) -> None:
+        """Start stopping: callbacks in flight get until ``grace_seconds`` from now, once.
+
+        Called when SIGTERM arrives (``api.app`` hooks the server's signal handler), so that the
+        grace counts from the signal: the server's drain of its connections and this service's
+        wait for callbacks then share one deadline, instead of waiting a full grace each. From
+        now on no new attempt starts (execute answers 503 ``shutting_down``, the dispatcher
+        claims nothing) and long polls answer at once; at the deadline the callbacks still
+        running are cancelled and recorded as interrupted, which ends a synchronous execute
+        waiting on one with 503 ``shutting_down`` before the server gives up on its request.
+        A second call changes nothing: the first deadline holds.
         """
-        if not self._inflight:
+        if self._stopper is not None:
             return
-        pending = set(self._inflight)
-        logger.info("waiting up to %g s for %d callbacks", grace_seconds, len(pending))
-        _, still_running = await asyncio.wait(pending, timeout=grace_seconds)
-        for call in still_running:
-            call.cancel()
-        if still_running:
-            await asyncio.gather(*still_running, return_exceptions=True)
-            logger.warning("interrupted %d callbacks at shutdown", len(still_running))
+        deadline = time.monotonic() + grace_seconds
+        self._stopper = asyncio.create_task(self._stop_callbacks(deadline), name="shutdown")
+        self.arrivals.notify()
+
+    async def _stop_callbacks(self, deadline: float) -> None:
+        """Wait for the callbacks in flight until ``deadline`` (monotonic), then interrupt the
+        rest; looks again until none is left, in case one started while stopping began."""
+        while self._inflight:
+            pending = set(self._inflight)
+            remaining = deadline - time.monotonic()
+            if remaining > 0:
+                logger.info("waiting up to %.3g s for %d callbacks", remaining, len(pending))
+                await asyncio.wait(pending, timeout=remaining)
+                continue
+            for call in pending:
+                call.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            logger.warning("interrupted %d callbacks at shutdown", len(pending))
+
+    async def shutdown(self, grace_seconds: float) -> None:
+        """Let callbacks in flight finish until the shutdown deadline, then interrupt the rest.
+
+        The deadline is the one :meth:`begin_shutdown` set at the signal; if nothing called it,
+        it is ``grace_seconds`` from now. An interrupted attempt is recorded as failed with
+        :data:`INTERRUPTED` (it counts, and the task can be executed again), so no task stays
+        Processing after a clean stop.
+        """
+        self.begin_shutdown(grace_seconds)
+        assert self._stopper is not None
+        await self._stopper
 
 
 def _conflict(task: TaskRecord) -> TaskConflict:

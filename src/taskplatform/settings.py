@@ -132,8 +132,8 @@ class Settings(BaseSettings):
         Field(
             ge=0,
             description=(
-                "On SIGTERM, how long in-flight callbacks may run on; those still running then "
-                "are recorded as failed (retryable)."
+                "On SIGTERM, how long in-flight callbacks may run on, counted once from the "
+                "signal; those still running then are recorded as failed (retryable)."
             ),
         ),
     ] = 30.0

@@ -192,7 +192,8 @@ def _wait_for(check: Callable[[], bool], seconds: float = 15.0) -> None:
 
 def test_readyz_with_the_database_down_shows_no_password(tmp_path: Path) -> None:
     """PostgreSQL cut off behind a proxy: /readyz answers 503 and neither it, a failed create,
-    nor the log (debug level, failed maintenance rounds included) holds the URL's password."""
+    nor the log (debug level, failed maintenance rounds and LISTEN reconnects included) holds the
+    URL's password."""
     env = backend_env("postgres", tmp_path)
     url = urlsplit(env["TASKPLATFORM_DATABASE_URL"])
     proxy = Proxy(url.hostname or "127.0.0.1", url.port or 5432).start()
@@ -225,6 +226,8 @@ def test_readyz_with_the_database_down_shows_no_password(tmp_path: Path) -> None
                 assert_problem(create, 503, "backend_unavailable")
                 assert PASSWORD not in create.text
                 _wait_for(lambda: "maintenance round failed" in server.log())
+                # The LISTEN connection retries each second and logs its driver's error as is.
+                _wait_for(lambda: "cannot LISTEN on PostgreSQL" in server.log())
                 proxy.restore()
                 _wait_for(lambda: http.get("/readyz").status_code == 200)
         finally:

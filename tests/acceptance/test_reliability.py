@@ -4,6 +4,7 @@ clients that hang up; against real servers, killed and restarted for real."""
 from __future__ import annotations
 
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -266,6 +267,78 @@ def test_sigterm_lets_callbacks_finish_and_interrupts_the_rest(
         assert interrupted["status"] == "Failed"
         assert interrupted["error"] == "interrupted: the server stopped during the callback"
         assert http.get("/api/stats").json()["tasks"]["Processing"] == 0
+
+
+def _refuses_connections(port: int) -> bool:
+    """Whether a TCP connect to ``port`` is refused: the listening socket is closed."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def test_sigterm_answers_a_synchronous_execute_in_flight_without_a_500(
+    start_server: Callable[..., Server], receiver: Receiver
+) -> None:
+    """SIGTERM while two synchronous executes wait on their callbacks: the server stops accepting
+    connections at once; the callback that ends within the grace answers its outcome; the one
+    that does not answers 503 ``shutting_down`` at the grace (no 500, no traceback), recorded
+    as interrupted. The server is gone within one grace (not two: the drain and the callbacks
+    share the deadline), and after a restart the interrupted task runs again to completion."""
+    grace = 2.0
+    server = start_server(TASKPLATFORM_SHUTDOWN_GRACE_SECONDS=f"{grace:g}", **FAST)
+    assert server.process is not None
+    answers: dict[str, httpx.Response] = {}
+
+    def execute(task_id: str) -> None:
+        with httpx.Client(base_url=server.url, timeout=30) as own:
+            answers[task_id] = own.post(f"/api/tasks/{task_id}/execute")
+
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        quick = ready_task(http, receiver.url("/slow?seconds=1"))
+        stuck = ready_task(http, receiver.url("/slow?seconds=3.5"), timeoutSeconds=60)
+    callers = [threading.Thread(target=execute, args=(task_id,)) for task_id in (quick, stuck)]
+    for caller in callers:
+        caller.start()
+    _wait_for(lambda: all(receiver.hits_for(task_id) for task_id in (quick, stuck)))
+    started = time.monotonic()
+    server.process.send_signal(signal.SIGTERM)
+    _wait_for(lambda: _refuses_connections(server.port), seconds=1.5)
+    assert server.process.poll() is None, "refused only because it had exited: no drain"
+    assert server.process.wait(grace + 5) in (0, -signal.SIGTERM)
+    stopped_after = time.monotonic() - started
+    for caller in callers:
+        caller.join(10)
+    print(f"stopped {stopped_after:.2f} s after SIGTERM (grace {grace:g} s)")
+    assert grace - 0.2 < stopped_after < grace + 1.5
+
+    finished = answers[quick]
+    assert finished.status_code == 200, finished.text
+    assert finished.json()["status"] == "Completed"
+    problem = assert_problem(answers[stuck], 503, "shutting_down")
+    assert problem["taskId"] == stuck
+    assert "recorded as interrupted" in problem["detail"]
+    assert "executed again" in problem["detail"]
+    log = server.log()
+    for sign_of_a_crash in (
+        "Traceback",
+        "Exception in ASGI application",
+        "graceful shutdown exceeded",
+    ):
+        assert sign_of_a_crash not in log, log
+
+    server.start()
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        assert http.get(f"/api/tasks/{quick}").json()["status"] == "Completed"
+        interrupted = http.get(f"/api/tasks/{stuck}").json()
+        assert (interrupted["status"], interrupted["attempts"]) == ("Failed", 1)
+        assert interrupted["error"] == "interrupted: the server stopped during the callback"
+        assert http.get("/api/stats").json()["tasks"]["Processing"] == 0
+        again = http.post(f"/api/tasks/{stuck}/execute")
+        assert again.status_code == 200, again.text
+        assert (again.json()["status"], again.json()["attempt"]) == ("Completed", 2)
+    assert len(receiver.hits_for(stuck)) == 2
 
 
 def test_a_client_that_hangs_up_does_not_cancel_the_callback(

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+import signal
+import threading
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from types import FrameType
 
 from fastapi import FastAPI
 
@@ -27,6 +30,53 @@ DESCRIPTION = """A central service that runs work through HTTP callbacks: create
 execute it (the platform POSTs its taskData to its callbackUrl), and follow its status.
 Errors are `application/problem+json` (RFC 9457) with a stable `code`."""
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+SignalHandler = Callable[[int, FrameType | None], object]
+
+
+def hook_stop_signals(on_stop: Callable[[], None]) -> Callable[[], None]:
+    """Run ``on_stop`` on this event loop when SIGTERM or SIGINT arrives, then the server's own
+    handler; return a function that removes the hook.
+
+    Why: uvicorn tells the application nothing when a signal arrives. It stops accepting
+    connections, waits for the requests in flight (up to ``timeout_graceful_shutdown``) and only
+    then runs the lifespan's shutdown, so a grace counted from there comes on top of the drain,
+    and a synchronous execute still waiting on its callback when the drain gives up is cancelled
+    into a 500. Chaining onto the handler uvicorn installed (it uses ``signal.signal``, and
+    restores its predecessors itself on exit) lets the service start its one deadline at the
+    signal. Only the main thread can set handlers, and a handler that is not a function (the
+    default action, ignore) belongs to no server that drains: nothing is hooked then.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    loop = asyncio.get_running_loop()
+    hooked: dict[int, tuple[SignalHandler, SignalHandler]] = {}
+    for signum in STOP_SIGNALS:
+        previous = signal.getsignal(signum)
+        if not callable(previous):
+            continue
+
+        def chained(
+            number: int,
+            frame: FrameType | None,
+            previous: SignalHandler = previous,
+        ) -> None:
+            # A signal handler runs between two bytecodes of whatever the loop is doing:
+            # call_soon_threadsafe is the one safe way in (and a closed loop has nothing to stop).
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(on_stop)
+            previous(number, frame)
+
+        signal.signal(signum, chained)
+        hooked[signum] = (previous, chained)
+
+    def unhook() -> None:
+        for signum, (previous, ours) in hooked.items():
+            if signal.getsignal(signum) is ours:  # not if someone has hooked on top since
+                signal.signal(signum, previous)
+
+    return unhook
+
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the application for ``settings`` (read from the environment when None).
@@ -43,6 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await sender.start()
         service = TaskService(backends, sender, settings)
         app.state.service = service
+        unhook = hook_stop_signals(lambda: service.begin_shutdown(settings.shutdown_grace_seconds))
         maintenance = asyncio.create_task(service.run_maintenance(), name="maintenance")
         jobs = [maintenance]
         if settings.dispatch:
@@ -51,6 +102,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            unhook()
             for job in jobs:
                 job.cancel()
             await asyncio.gather(*jobs, return_exceptions=True)

@@ -22,6 +22,7 @@ from taskplatform.exceptions import (
     PayloadTooLarge,
     QueueEmpty,
     RetryLimitReached,
+    ShuttingDown,
     TaskCancelled,
     TaskCompleted,
     TaskNotDequeued,
@@ -245,6 +246,7 @@ EXECUTE_ERRORS = (
     TaskCancelled,
     RetryLimitReached,
     BackendUnavailable,
+    ShuttingDown,
 )
 __all__ = [
     "CREATE_ERRORS",

@@ -25,6 +25,7 @@
     │   ├── QueuePaused                 409 queue_paused
     │   ├── RateLimited                 429 rate_limited (``retry_after`` seconds)
     │   ├── BackendUnavailable          503 backend_unavailable
+    │   ├── ShuttingDown                503 shutting_down
     │   ├── BadRequest                  400 bad_request
     │   ├── InternalError               500 internal_error
     │   └── UnexpectedResponse          an answer that is not a problem document (a proxy's page)
@@ -227,6 +228,13 @@ class BackendUnavailable(TaskPlatformError):
     code_name = "backend_unavailable"
 
 
+class ShuttingDown(TaskPlatformError):
+    """503: the server stopped during execute; the attempt, if one started, is recorded as
+    interrupted, and the task can be executed again (on another server, or after the restart)."""
+
+    code_name = "shutting_down"
+
+
 class InternalError(TaskPlatformError):
     """500: an unexpected error in the server."""
 
@@ -282,6 +290,7 @@ PROBLEM_CLASSES: dict[str, type[TaskPlatformError]] = {
         QueuePaused,
         RateLimited,
         BackendUnavailable,
+        ShuttingDown,
         InternalError,
     )
     if cls.code_name is not None

@@ -99,7 +99,7 @@ def _pretty(raw: bytes | None) -> str | None:
         return None
     try:
         text = json.dumps(json.loads(raw), indent=2, ensure_ascii=False)
-    except ValueError:
+    except (ValueError, RecursionError):  # a callback's result may nest deeper than Python's stack
         text = raw.decode("utf-8", "replace")
     if len(text) > _SHOWN_BYTES:
         text = text[:_SHOWN_BYTES] + f"\n… ({len(text) - _SHOWN_BYTES} more characters not shown)"

@@ -1,8 +1,10 @@
-"""The dashboard's depth chart layout: positions, scale and ticks, with no I/O."""
+"""The dashboard's pure helpers: the depth chart layout (positions, scale, ticks) and the JSON shown
+on a task page, with no I/O."""
 
 from __future__ import annotations
 
 from taskplatform.dashboard.chart import depth_chart
+from taskplatform.dashboard.routes import _pretty
 
 HOUR = 3_600_000
 
@@ -45,3 +47,10 @@ def test_no_samples_is_an_empty_chart_and_many_samples_need_no_dots() -> None:
     chart = depth_chart(times, {"default": list(range(60))}, now=now, window_ms=HOUR)
     assert chart.series[0].dots == []
     assert chart.y_ticks[-1].label == "100"
+
+
+def test_a_result_nested_beyond_the_stack_is_shown_as_text() -> None:
+    """A callback may answer JSON nested deeper than Python's json can indent: shown as it came."""
+    deep = b"[" * 5000 + b"]" * 5000
+    assert _pretty(deep) == deep.decode()
+    assert _pretty(b'{"a": [1]}') == '{\n  "a": [\n    1\n  ]\n}'
