@@ -50,6 +50,7 @@ def test_counters_and_gauges_follow_the_tasks(
     assert value(after_create, "taskplatform_queue_depth", queue=queue) == 4
     assert value(after_create, "taskplatform_queue_oldest_age_seconds", queue=queue) >= 0
     assert value(after_create, "taskplatform_backends_up") == 1
+    assert not [name for name, _ in after_create if name.endswith("_created")]  # no timestamps
 
     for task_id in (failing, ids[0]):  # the higher priority first
         response = client.get("/api/tasks/dequeue", params={"queue": queue})

@@ -97,7 +97,7 @@ EXAMPLES: dict[type[msgspec.Struct], Any] = {
     models.TaskView: _TASK,
     models.TaskList: {
         "items": [_TASK | {"status": "Completed", "attempts": 1, "result": {"sent": True}}],
-        "nextCursor": "MTc2NDUwMjUyNTEyMzowMWEyMmVlMS01MTZmLTc0NjEtYTY0OS02MDQyOTYzOGZiMTc",
+        "nextCursor": _TASK_ID,
     },
     models.ExecuteResult: {
         "taskId": _TASK_ID,
