@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
+import httpx
 import typer
 from rich import box
 from rich.console import Console
@@ -96,6 +97,12 @@ def _print_json(value: object) -> None:
     typer.echo(json.dumps(value, ensure_ascii=False))
 
 
+def _stdout() -> Console:
+    """The console for tables: as wide as the terminal, or unlimited when piped (Rich would cut
+    every line at 80 columns, which spoils ``| grep`` and files)."""
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 100_000)
+
+
 def _stderr() -> Console:
     return Console(stderr=True, highlight=False)
 
@@ -111,9 +118,15 @@ def _fail(code: ExitCode, message: str, as_json: bool, error: dict[str, Any]) ->
 @contextlib.contextmanager
 def _client(url: str, api_key: str | None, as_json: bool) -> Iterator[TaskClient]:
     """Open a client and turn its errors into a message and the exit code that names them."""
+    if not url.startswith(("http://", "https://")):
+        _usage(f"--url must start with http:// or https://, not {url!r}", as_json)
+    if api_key is not None and (not api_key.isascii() or not api_key.isprintable()):
+        _usage("--api-key must be printable ASCII (it travels in an HTTP header)", as_json)
     try:
         with TaskClient(url, api_key) as client:
             yield client
+    except httpx.InvalidURL as exc:
+        _usage(f"--url is not a valid URL: {exc}", as_json)
     except (TaskNotFound, NotFound) as exc:
         _fail(ExitCode.NOT_FOUND, _describe(exc), as_json, exc.problem or {"code": exc.code})
     except TaskPlatformError as exc:
@@ -168,6 +181,18 @@ def _task_table(task: Task) -> Table:
     return table
 
 
+def _not_json(constant: str) -> float:
+    raise ValueError(f"{constant} is not a JSON number")
+
+
+def _strict_loads(text: str | bytes) -> Any:
+    """``json.loads`` that refuses what the API refuses: NaN, Infinity and numbers too large for
+    a double (Python reads them all, then cannot send them)."""
+    value = json.loads(text, parse_constant=_not_json)
+    json.dumps(value, allow_nan=False)  # 1e999 reads as inf: refuse it here, with the line
+    return value
+
+
 def _read_data(text: str, as_json: bool) -> dict[str, Any]:
     """Parse ``--data``: JSON text, ``@path`` for a file's content, or ``-`` for stdin."""
     if text == "-":
@@ -175,10 +200,10 @@ def _read_data(text: str, as_json: bool) -> dict[str, Any]:
     elif text.startswith("@"):
         try:
             text = Path(text[1:]).read_text(encoding="utf-8")
-        except OSError as exc:
+        except (OSError, UnicodeDecodeError) as exc:
             _usage(f"cannot read --data file {text[1:]}: {exc}", as_json)
     try:
-        data = json.loads(text)
+        data = _strict_loads(text)
     except ValueError as exc:
         _usage(f"--data is not JSON: {exc}", as_json)
     if not isinstance(data, dict):
@@ -264,7 +289,7 @@ def get_command(
     if as_json:
         _print_json(task.raw)
     else:
-        Console(highlight=False).print(_task_table(task))
+        _stdout().print(_task_table(task))
 
 
 def _list_table(tasks: list[Task]) -> Table:
@@ -322,7 +347,7 @@ def list_command(
     if as_json:
         _print_json({"items": [task.raw for task in tasks], "nextCursor": next_cursor})
         return
-    Console(highlight=False).print(_list_table(tasks))
+    _stdout().print(_list_table(tasks))
     if next_cursor is not None:
         typer.echo(f"more: --cursor {next_cursor}")
 
@@ -349,7 +374,7 @@ def dequeue_command(
     if as_json:
         _print_json(task.raw)
     else:
-        Console(highlight=False).print(_task_table(task))
+        _stdout().print(_task_table(task))
 
 
 @tasks_app.command("execute")
@@ -435,7 +460,7 @@ def executions_command(
             "" if attempt.http_status is None else str(attempt.http_status),
             attempt.error or "",
         )
-    Console(highlight=False).print(table)
+    _stdout().print(table)
 
 
 # --- import ----------------------------------------------------------------------------------
@@ -506,12 +531,14 @@ def _failure(line: int, code: str, detail: str, **extra: Any) -> dict[str, Any]:
 def _parse_line(line_number: int, raw: bytes) -> tuple[dict[str, Any] | None, dict[str, Any]]:
     """Return ``(create body, {})`` for a good line, or ``(None, failure record)``."""
     try:
-        body = json.loads(raw)
+        body = _strict_loads(raw)
     except json.JSONDecodeError as exc:
         detail = f"not JSON: {exc.msg} at byte {exc.pos}"
         return None, _failure(line_number, "malformed_json", detail)
-    except ValueError as exc:  # bytes that are not UTF-8
-        return None, _failure(line_number, "malformed_json", f"not UTF-8 JSON: {exc}")
+    except UnicodeDecodeError as exc:
+        return None, _failure(line_number, "malformed_json", f"not UTF-8: {exc.reason}")
+    except ValueError as exc:  # NaN, Infinity, 1e999
+        return None, _failure(line_number, "malformed_json", f"not JSON: {exc}")
     if not isinstance(body, dict):
         return None, _failure(line_number, "validation_error", "a line must hold a JSON object")
     return body, {}
@@ -662,7 +689,7 @@ def stats_command(
     if as_json:
         _print_json({"stats": stats.raw, "queues": [item.raw for item in queues]})
         return
-    console = Console(highlight=False)
+    console = _stdout()
     counts = Table("status", "tasks", title=f"tasks ({queue or 'all queues'})")
     for status, count in stats.tasks.items():
         counts.add_row(status, str(count))

@@ -179,8 +179,9 @@ QueueName = Annotated[
     str,
     msgspec.Meta(
         # \Z, not $: Python's $ also matches before a final newline ("default\n").
-        pattern=r"^[A-Za-z0-9_.\-]{1,64}\Z",
-        description="A named queue: 1 to 64 letters, digits, `_`, `.` or `-`.",
+        # Not "." or "..": a URL path normalises those away (/api/queues/../pause).
+        pattern=r"^(?!\.\.?\Z)[A-Za-z0-9_.\-]{1,64}\Z",
+        description="A named queue: 1 to 64 letters, digits, `_`, `.` or `-`; not `.` or `..`.",
     ),
 ]
 BackoffSeconds = Annotated[float, msgspec.Meta(gt=0, le=86400)]

@@ -59,6 +59,8 @@ INVALID_BODIES: dict[str, Any] = {
     "unknown field": _body(colour="blue"),
     "queue with a trailing newline": _body(queue="default\n"),
     "queue with a slash": _body(queue="a/b"),
+    "queue named .": _body(queue="."),
+    "queue named ..": _body(queue=".."),
     "queue of 65 characters": _body(queue="q" * 65),
     "delaySeconds negative": _body(delaySeconds=-1),
     "delaySeconds over a year": _body(delaySeconds=366 * 86400),
@@ -382,7 +384,7 @@ def test_a_trailing_slash_is_404_not_a_redirect(client: httpx.Client) -> None:
             method,
             path,
             content=json.dumps(_body()),
-            headers={"Content-Type": "application/json", "Host": "evil.example"},
+            headers={"Content-Type": "application/json", "Host": "other.localhost"},
         )
         assert_problem(response, 404, "not_found")
         assert "location" not in response.headers

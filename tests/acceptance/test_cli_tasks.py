@@ -316,3 +316,31 @@ def test_an_interrupted_import_resumes_where_it_stopped(
     assert restarted.exit_code == 0
     assert as_json(restarted)["created"] == 7  # --restart imports again, knowingly
     assert len(queued_numbers(tp, queue)) == 14
+
+
+def test_input_the_api_cannot_take_is_a_usage_error_not_a_traceback(
+    server: Server, tmp_path: Path
+) -> None:
+    """NaN, Infinity and 1e999 are not JSON the API takes; a bad URL or key is the caller's
+    mistake: each is exit 2 with a message, never a traceback, and an import reports the line."""
+    for data in ('{"a": NaN}', '{"a": Infinity}', '{"a": 1e999}'):
+        result = run(server, "tasks", "create", "-c", "http://127.0.0.1:9/x", "-d", data)
+        assert result.exit_code == 2, result.output
+        assert "not JSON" in result.output
+    latin = tmp_path / "latin.json"
+    latin.write_bytes(b'{"a": "\xe9"}')
+    result = run(server, "tasks", "create", "-c", "http://127.0.0.1:9/x", "-d", f"@{latin}")
+    assert result.exit_code == 2, result.output
+    for args in (["--url", "http://[::1"], ["--url", "127.0.0.1:8000"], ["--api-key", "ключ"]):
+        result = run(None, "tasks", "get", "x", *args)
+        assert result.exit_code == 2, (args, result.output)
+        assert "Traceback" not in result.output
+    lines = tmp_path / "nan.jsonl"
+    good = '{"taskData": {"n": 1}, "callbackUrl": "http://127.0.0.1:9/x"}'
+    lines.write_text(
+        f'{{"taskData": {{"n": NaN}}, "callbackUrl": "http://127.0.0.1:9/x"}}\n{good}\n'
+    )
+    result = run(server, "tasks", "import", str(lines))
+    assert result.exit_code == 1, result.output
+    assert "line 1: malformed_json" in result.output
+    assert "created 1 task" in result.output

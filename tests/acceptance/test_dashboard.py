@@ -475,6 +475,10 @@ def test_with_keys_the_cookie_opens_the_dashboard_only(
         assert response.headers["location"] == (
             "/dashboard/login?next=%2Fdashboard%2Ftasks%3Fstatus%3DQueued"
         )
+        # A form's POST is not a page to come back to (its GET is 405): back to the overview.
+        posted = http.post("/dashboard/queues/default/dequeue")
+        assert posted.status_code == 303
+        assert posted.headers["location"] == "/dashboard/login?next=%2Fdashboard"
         assert http.get("/dashboard/static/dashboard.js").status_code == 200
         assert http.get("/dashboard/login").status_code == 200
         own = {"Origin": keyed_server.url}

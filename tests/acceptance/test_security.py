@@ -165,6 +165,34 @@ def test_a_browser_on_another_site_cannot_change_tasks(
     assert client.post(f"/api/tasks/{task_id}/cancel").status_code == 200  # a program may
 
 
+def test_without_keys_only_loopback_host_names_are_served(
+    client: httpx.Client, start_server: Callable[..., Server]
+) -> None:
+    """DNS rebinding: a page on evil.example whose name now resolves to 127.0.0.1 reaches a
+    keyless loopback server through its visitor's browser, but its requests say Host:
+    evil.example. With keys set, the key is the guard and any Host is served."""
+    port = client.base_url.port
+    for host in ("evil.example", f"evil.example:{port}", "127.0.0.1.nip.io", "[::2]"):
+        response = client.get("/api/stats", headers={"Host": host})
+        assert_problem(response, 403, "host_not_allowed")
+        dashboard = client.post("/dashboard/queues/default/dequeue", headers={"Host": host})
+        assert dashboard.status_code == 403, host
+    for host in (
+        f"127.0.0.1:{port}",
+        f"localhost:{port}",
+        "localhost",
+        f"[::1]:{port}",
+        "x.localhost",
+    ):
+        assert client.get("/api/stats", headers={"Host": host}).status_code == 200, host
+    keyed = start_server(TASKPLATFORM_API_KEYS=KEY)
+    response = httpx.get(
+        f"{keyed.url}/api/stats",
+        headers={"Host": "tasks.example.com", "Authorization": f"Bearer {KEY}"},
+    )
+    assert response.status_code == 200
+
+
 def test_same_origin_browsers_and_programs_pass(client: httpx.Client, receiver: Receiver) -> None:
     """/docs' "Try it out" (same origin, behind a proxy too) and programs keep working."""
     host = client.base_url.netloc.decode()

@@ -322,6 +322,12 @@ _OUTER_PROBLEMS = {
         "a browser sent this request from another site; the API takes no such requests",
         "A browser sent this request from a page of another origin.",
     ),
+    "host_not_allowed": (
+        403,
+        "Host not allowed",
+        "with no API keys this server answers only requests for a loopback name",
+        "No API keys, a loopback server, and a Host that is not a loopback name.",
+    ),
     "rate_limited": (
         429,
         "Too many requests",
@@ -392,6 +398,7 @@ def _add_outer_problems(schema: dict[str, Any]) -> None:
     reusable = schema["components"].setdefault("responses", {})
     reusable["NotFound"] = outer_problem("not_found")
     reusable["MethodNotAllowed"] = outer_problem("method_not_allowed")
+    reusable["HostNotAllowed"] = outer_problem("host_not_allowed")
     reusable["BadRequest"] = outer_problem("bad_request")
     reusable["InternalError"] = outer_problem("internal_error")
 
@@ -405,8 +412,8 @@ def _ecma_patterns(node: Any) -> None:
     """
     if isinstance(node, dict):
         pattern = node.get("pattern")
-        if isinstance(pattern, str) and pattern.endswith("\\Z"):
-            node["pattern"] = pattern[:-2] + "$"
+        if isinstance(pattern, str) and "\\Z" in pattern:
+            node["pattern"] = pattern.replace("\\Z", "$")
         for value in node.values():
             _ecma_patterns(value)
     elif isinstance(node, list):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import math
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -135,6 +136,10 @@ class SecurityMiddleware:
             hashlib.sha256(_session_of(digest).encode()).digest() for digest in self._digests
         ]
         self._docs_public = settings.docs_public
+        # With no key to ask for, a loopback server is protected only by being unreachable; a
+        # web page can still make the visitor's browser reach it by DNS rebinding (a name of the
+        # attacker's that resolves to 127.0.0.1), which shows in the Host header.
+        self._loopback_hosts_only = not self._digests and _is_loopback_host(settings.host)
         self._metrics_public = settings.metrics_public
         rate = settings.rate_limit_per_second
         if limiter is None and rate > 0:
@@ -182,6 +187,17 @@ class SecurityMiddleware:
                 message["headers"] = headers
             await send(message)
 
+        if self._loopback_hosts_only and not _loopback_host_header(scope):
+            await _problem(
+                send_with_headers,
+                403,
+                "host_not_allowed",
+                "Host not allowed",
+                "with no API keys this server answers only requests for a loopback name "
+                "(127.0.0.1, localhost, [::1]); configure TASKPLATFORM_API_KEYS to serve others",
+                [],
+            )
+            return
         if not dashboard and scope["method"] not in _SAFE_METHODS and _cross_site(scope):
             await _problem(
                 send_with_headers,
@@ -226,6 +242,27 @@ class SecurityMiddleware:
 
 
 _SAFE_METHODS = frozenset(("GET", "HEAD", "OPTIONS"))
+_LOOPBACK_NAMES = frozenset((b"127.0.0.1", b"localhost", b"[::1]", b"::1"))
+
+
+def _is_loopback_host(host: str) -> bool:
+    """Whether the listening address ``host`` is loopback only."""
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def _loopback_host_header(scope: Scope) -> bool:
+    """Whether the request's ``Host`` names this machine's loopback (any port), or is absent
+    (HTTP/1.0 clients)."""
+    for name, value in scope["headers"]:
+        if name == b"host":
+            host = value.lower()
+            bracketed = host.startswith(b"[")  # [::1]:8000
+            name = host[: host.find(b"]") + 1] if bracketed else host.partition(b":")[0]
+            return name in _LOOPBACK_NAMES or name.endswith(b".localhost")
+    return True
 
 
 def _cross_site(scope: Scope) -> bool:
@@ -266,9 +303,12 @@ def _match(digest: bytes, known: list[bytes]) -> int | None:
 
 async def _to_login(send: Send, scope: Scope) -> None:
     """Answer a dashboard request without a valid session: 303 to the login form, which comes
-    back to the page asked for (a POST comes back to the page as a GET)."""
+    back to the page asked for (after a POST, to the overview)."""
     target: str = scope["path"]
-    if scope["method"] in ("GET", "HEAD") and scope.get("query_string"):
+    if scope["method"] not in ("GET", "HEAD"):
+        # A form's action is no page to come back to (a GET of it is 405): go to the overview.
+        target = "/dashboard"
+    elif scope.get("query_string"):
         target += "?" + scope["query_string"].decode("latin-1")
     location = "/dashboard/login?next=" + quote(target, safe="")
     await send(

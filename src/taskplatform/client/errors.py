@@ -11,6 +11,7 @@
     │   ├── IdempotencyKeyReused        422 idempotency_key_reused
     │   ├── Unauthorized                401 unauthorized
     │   ├── CrossOriginRequest          403 cross_origin_request
+    │   ├── HostNotAllowed              403 host_not_allowed
     │   ├── TaskNotFound                404 task_not_found
     │   ├── QueueEmpty                  404 queue_empty
     │   ├── NotFound                    404 not_found (no such route)
@@ -132,6 +133,13 @@ class Unauthorized(TaskPlatformError):
     """401: API keys are configured and the request has no valid one."""
 
     code_name = "unauthorized"
+
+
+class HostNotAllowed(TaskPlatformError):
+    """403: a server without API keys, on loopback, answers only requests for a loopback name;
+    the client's URL names it otherwise (use 127.0.0.1 or localhost, or set keys)."""
+
+    code_name = "host_not_allowed"
 
 
 class CrossOriginRequest(TaskPlatformError):
@@ -277,6 +285,7 @@ PROBLEM_CLASSES: dict[str, type[TaskPlatformError]] = {
         IdempotencyKeyReused,
         Unauthorized,
         CrossOriginRequest,
+        HostNotAllowed,
         TaskNotFound,
         QueueEmpty,
         NotFound,
