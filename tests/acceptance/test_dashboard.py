@@ -21,6 +21,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
+from taskplatform.api.security import DASHBOARD_SESSION_SECONDS, dashboard_session
 from tests.acceptance.helpers import create
 from tests.support.backends import backend_env, in_ci
 from tests.support.receiver import Receiver
@@ -501,6 +502,14 @@ def test_with_keys_the_cookie_opens_the_dashboard_only(
     with httpx.Client(base_url=keyed_server.url, timeout=30) as fresh:
         forged = fresh.get("/dashboard", headers={"Cookie": "taskplatform_dashboard=" + "0" * 64})
         assert forged.status_code == 303
+        # The server checks the session's expiry itself: a copied cookie does not last forever,
+        # and its expiry cannot be moved without the key.
+        good = dashboard_session(KEYS[0])
+        expired = dashboard_session(KEYS[0], now=time.time() - DASHBOARD_SESSION_SECONDS - 1)
+        moved = str(int(good.split(".")[0]) + 86400) + "." + expired.split(".")[1]
+        for value, status in ((good, 200), (expired, 303), (moved, 303)):
+            page = fresh.get("/dashboard", headers={"Cookie": f"taskplatform_dashboard={value}"})
+            assert page.status_code == status, value
         bearer = {"Authorization": f"Bearer {KEYS[0]}"}
         assert fresh.get("/dashboard", headers=bearer).status_code == 200
         assert fresh.get("/api/stats", headers=bearer).status_code == 200

@@ -61,18 +61,25 @@ _CSP_DASHBOARD = (
 )
 
 
-def dashboard_session(key: str) -> str:
-    """Return the dashboard session cookie's value for API ``key`` (64 hex characters).
+DASHBOARD_SESSION_SECONDS = 12 * 3600
+"""How long a dashboard login lasts; the server checks it, not only the cookie's Max-Age."""
 
-    Derived from the key's SHA-256 rather than the key itself, so the browser never stores a
-    key that would work as a Bearer token on the API; it stops working when the key is removed.
+
+def dashboard_session(key: str, now: float | None = None) -> str:
+    """Return a dashboard session cookie's value for API ``key``: ``<expiry>.<mac>``.
+
+    ``expiry`` is Unix seconds, ``DASHBOARD_SESSION_SECONDS`` from ``now``; ``mac`` is an
+    HMAC-SHA256 of it keyed by the key's SHA-256, so the browser never stores a key that would
+    work as a Bearer token, a copied cookie stops working when it expires (whatever the
+    browser does with Max-Age), and every session ends when its key is removed.
     """
-    digest = hashlib.sha256(key.encode()).digest()
-    return _session_of(digest)
+    expiry = int((time.time() if now is None else now) + DASHBOARD_SESSION_SECONDS)
+    return _session_value(hashlib.sha256(key.encode()).digest(), str(expiry).encode()).decode()
 
 
-def _session_of(key_digest: bytes) -> str:
-    return hashlib.sha256(b"taskplatform-dashboard-session\0" + key_digest).hexdigest()
+def _session_value(key_digest: bytes, expiry: bytes) -> bytes:
+    mac = hmac.new(key_digest, b"taskplatform-dashboard-session\0" + expiry, hashlib.sha256)
+    return expiry + b"." + mac.hexdigest().encode()
 
 
 def is_dashboard_path(path: str) -> bool:
@@ -132,9 +139,6 @@ class SecurityMiddleware:
     ) -> None:
         self.app = app
         self._digests = [hashlib.sha256(key.encode()).digest() for key in settings.api_key_list()]
-        self._sessions = [
-            hashlib.sha256(_session_of(digest).encode()).digest() for digest in self._digests
-        ]
         self._docs_public = settings.docs_public
         # With no key to ask for, a loopback server is protected only by being unreachable; a
         # web page can still make the visitor's browser reach it by DNS rebinding (a name of the
@@ -168,8 +172,16 @@ class SecurityMiddleware:
             if dashboard and name == b"cookie" and session is None:
                 session = _cookie(value, DASHBOARD_COOKIE.encode())
         if session:
-            return _match(hashlib.sha256(session).digest(), self._sessions)
+            return self._session_key(session)
         return None
+
+    def _session_key(self, session: bytes) -> int | None:
+        """Return the index of the key whose unexpired session ``session`` is, or None."""
+        expiry, _, _ = session.partition(b".")
+        if not expiry.isdigit() or int(expiry) <= time.time():
+            return None
+        expected = [_session_value(digest, expiry) for digest in self._digests]
+        return _match(session, expected)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

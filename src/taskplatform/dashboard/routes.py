@@ -30,7 +30,11 @@ import jinja2
 from fastapi import APIRouter, Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from taskplatform.api.security import DASHBOARD_COOKIE, dashboard_session
+from taskplatform.api.security import (
+    DASHBOARD_COOKIE,
+    DASHBOARD_SESSION_SECONDS,
+    dashboard_session,
+)
 from taskplatform.dashboard.chart import depth_chart
 from taskplatform.exceptions import TaskNotFound, TaskPlatformError
 from taskplatform.models import Status, TaskRecord, format_time, now_ms
@@ -45,8 +49,8 @@ REFRESH_SECONDS = 5
 """How often an open page re-fetches its live region."""
 CHART_WINDOW_MS = 3_600_000
 """The depth chart's span: the last hour."""
-SESSION_SECONDS = 12 * 3600
-"""How long a dashboard login lasts (the cookie's Max-Age)."""
+SESSION_SECONDS = DASHBOARD_SESSION_SECONDS
+"""How long a dashboard login lasts (the cookie's Max-Age; the server checks the expiry too)."""
 EXECUTE_WAIT_SECONDS = 10.0
 """How long Execute waits for the callback's outcome before answering "still running" (a task
 may allow its callback up to an hour); the live page shows the outcome when it comes."""
