@@ -28,7 +28,9 @@ import enum
 import hashlib
 import json
 import os
+import signal
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -524,6 +526,27 @@ def _count_lines(path: Path) -> int:
         return sum(1 for _ in stream)
 
 
+_interrupted = threading.Event()
+
+
+@contextlib.contextmanager
+def _interrupt_after() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) back until the block ends, then stop the import at that point.
+
+    A batch sent is a batch the server may have created (the batch endpoint takes no
+    Idempotency-Key): a Ctrl-C between sending it and saving the state would make the resume
+    create its tasks twice.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, lambda *_: _interrupted.set())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _failure(line: int, code: str, detail: str, **extra: Any) -> dict[str, Any]:
     return {"line": line, "code": code, "detail": detail, **extra}
 
@@ -596,6 +619,7 @@ def import_command(
         console=Console(stderr=True),
         disable=as_json,
     )
+    _interrupted.clear()
     with file.open("rb") as stream, _client(url, api_key, as_json) as client, progress:
         # The digest runs over every byte read, so at each save it covers exactly the settled
         # lines; resuming re-reads that prefix and must find the same digest.
@@ -645,8 +669,19 @@ def import_command(
             else:
                 pending.append((line_number, body))
             if len(pending) >= chunk_size:
+                with _interrupt_after():  # a batch the server may have taken is always saved
+                    flush(line_number)
+            if _interrupted.is_set():
+                break
+        else:
+            with _interrupt_after():
                 flush(line_number)
-        flush(line_number)
+    if _interrupted.is_set():
+        _stderr().print(
+            f"interrupted after line {state.next_line - 1}; progress kept in {state_path}: "
+            "run the same command to go on"
+        )
+        raise typer.Exit(130)
     new_failures = state.failed[failed_before:]
     summary = {
         "file": str(file),

@@ -7,6 +7,10 @@ SQLite only: the CLI speaks HTTP through the client, whatever the backend.
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,7 +23,7 @@ from taskplatform.cli import app
 from taskplatform.cli_tasks import ExitCode
 from taskplatform.client import ConnectionFailed, TaskClient
 from tests.support.receiver import Receiver
-from tests.support.server import Server, free_port
+from tests.support.server import Server, clean_environ, free_port
 
 MISSING = "01900000-0000-7000-8000-000000000000"
 
@@ -344,3 +348,29 @@ def test_input_the_api_cannot_take_is_a_usage_error_not_a_traceback(
     assert result.exit_code == 1, result.output
     assert "line 1: malformed_json" in result.output
     assert "created 1 task" in result.output
+
+
+def test_ctrl_c_during_an_import_never_creates_a_task_twice(
+    server: Server, tp: TaskClient, tmp_path: Path
+) -> None:
+    """Ctrl-C lands while a batch is in flight: the batch is saved before the import stops, so
+    the resumed import creates every line exactly once."""
+    queue = f"sigint-{uuid.uuid4().hex[:8]}"
+    lines = tmp_path / "many.jsonl"
+    body = {"taskData": {"n": 0}, "callbackUrl": "http://127.0.0.1:9/x", "queue": queue}
+    lines.write_text("".join(json.dumps(body | {"taskData": {"n": n}}) + "\n" for n in range(3000)))
+    command = [sys.executable, "-m", "taskplatform", "tasks", "import", str(lines)]
+    env = clean_environ({"TASKPLATFORM_URL": server.url})
+    interrupted = 0
+    for delay in (1.0, 1.5):
+        process = subprocess.Popen([*command, "--chunk-size", "5"], env=env, stderr=subprocess.PIPE)
+        time.sleep(delay)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+        if process.returncode == 130:
+            interrupted += 1
+            assert b"interrupted after line" in stderr
+    assert interrupted >= 1  # at least one Ctrl-C landed mid-import
+    finished = subprocess.run(command, env=env, capture_output=True, timeout=120, check=False)
+    assert finished.returncode == 0, finished.stderr
+    assert tp.stats(queue=queue).queue_depth == 3000
