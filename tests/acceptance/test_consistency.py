@@ -7,6 +7,7 @@ queued, comes back, and is dequeued exactly once.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator
 from urllib.parse import urlsplit, urlunsplit
@@ -47,43 +48,14 @@ def test_store_failure_after_reserve_leaves_the_task_queued(
         assert http.get(f"/api/tasks/{task_id}").json()["status"] == "Dequeued"
 
 
-def test_process_killed_after_reserve_loses_nothing(
-    backend: str, start_server: Callable[..., Server]
-) -> None:
-    """SIGKILL between reserve and insert: after a restart the task comes back exactly once."""
-    if backend == "postgres":
-        pytest.skip("PostgreSQL moves a task in one statement; see the database-down test")
-    doomed = start_server(TASKPLATFORM_FAULTS="after_reserve=kill", **FAST_RECOVERY)
-    with httpx.Client(base_url=doomed.url) as http:
-        first = create(http, "http://127.0.0.1:9/x", task_data={"n": 1})
-        second = create(http, "http://127.0.0.1:9/x", task_data={"n": 2})
-        with pytest.raises(httpx.TransportError):
-            http.get("/api/tasks/dequeue")
-    assert doomed.process is not None
-    assert doomed.process.wait(10) == -9
-    # The same backend (same files, database and key prefix), without the fault.
-    env = {
-        k: v for k, v in doomed.env.items() if k not in ("TASKPLATFORM_FAULTS", "TASKPLATFORM_PORT")
-    }
-    revived = Server(env, doomed.log_path)
-    revived.start()
-    try:
-        with httpx.Client(base_url=revived.url) as http:
-            time.sleep(1.5)  # past the reservation's deadline: recovery returns it
-            assert _dequeue_all(http) == [first, second]
-    finally:
-        revived.stop()
-
-
-def test_process_killed_between_insert_and_ack_hands_the_task_out_once(
-    backend: str, start_server: Callable[..., Server]
-) -> None:
-    """Redis: SIGKILL after the store has the task but before the reservation is acked. The
-    recovery finds the task in the store and acks the reservation: Dequeued once, never queued
-    again, never handed out a second time."""
-    if "redis" not in backend:
-        pytest.skip("only the Redis queue acknowledges a reservation after the store commits")
-    doomed = start_server(TASKPLATFORM_FAULTS="after_insert=kill", **FAST_RECOVERY)
+@contextlib.contextmanager
+def _killed_at(
+    fault: str, start_server: Callable[..., Server]
+) -> Iterator[tuple[httpx.Client, str, str]]:
+    """Create two tasks on a server that SIGKILLs itself at ``fault`` on the first dequeue; yield
+    a client of the same backend restarted without the fault (same files, database and key
+    prefix), past the reservation's deadline, and the two task ids."""
+    doomed = start_server(TASKPLATFORM_FAULTS=f"{fault}=kill", **FAST_RECOVERY)
     with httpx.Client(base_url=doomed.url) as http:
         first = create(http, "http://127.0.0.1:9/x", task_data={"n": 1})
         second = create(http, "http://127.0.0.1:9/x", task_data={"n": 2})
@@ -99,12 +71,34 @@ def test_process_killed_between_insert_and_ack_hands_the_task_out_once(
     try:
         with httpx.Client(base_url=revived.url) as http:
             time.sleep(1.5)  # past the reservation's deadline: recovery settles it
-            assert http.get(f"/api/tasks/{first}").json()["status"] == "Dequeued"
-            assert _dequeue_all(http) == [second]
-            assert http.get("/api/stats").json()["queueDepth"] == 0
-            assert http.get(f"/api/tasks/{first}").json()["status"] == "Dequeued"
+            yield http, first, second
     finally:
         revived.stop()
+
+
+def test_process_killed_after_reserve_loses_nothing(
+    backend: str, start_server: Callable[..., Server]
+) -> None:
+    """SIGKILL between reserve and insert: after a restart the task comes back exactly once."""
+    if backend == "postgres":
+        pytest.skip("PostgreSQL moves a task in one statement; see the database-down test")
+    with _killed_at("after_reserve", start_server) as (http, first, second):
+        assert _dequeue_all(http) == [first, second]
+
+
+def test_process_killed_between_insert_and_ack_hands_the_task_out_once(
+    backend: str, start_server: Callable[..., Server]
+) -> None:
+    """Redis: SIGKILL after the store has the task but before the reservation is acked. The
+    recovery finds the task in the store and acks the reservation: Dequeued once, never queued
+    again, never handed out a second time."""
+    if "redis" not in backend:
+        pytest.skip("only the Redis queue acknowledges a reservation after the store commits")
+    with _killed_at("after_insert", start_server) as (http, first, second):
+        assert http.get(f"/api/tasks/{first}").json()["status"] == "Dequeued"
+        assert _dequeue_all(http) == [second]
+        assert http.get("/api/stats").json()["queueDepth"] == 0
+        assert http.get(f"/api/tasks/{first}").json()["status"] == "Dequeued"
 
 
 @pytest.fixture
