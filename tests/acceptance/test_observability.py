@@ -73,7 +73,7 @@ def test_counters_and_gauges_follow_the_tasks(
         total = value(
             after, "taskplatform_callback_duration_seconds_sum", queue=queue, result=result
         )
-        assert 0 < total < 10
+        assert 0 <= total < 10  # milliseconds, whole: a fast local callback can take 0 ms
     assert value(after, "taskplatform_callbacks_in_flight") == 0
     # Another queue's counters did not move.
     assert value(after, "taskplatform_tasks_created_total", queue="default") == value(
