@@ -30,7 +30,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 
 import msgspec
 import uuid_utils
@@ -212,9 +212,7 @@ class TaskService:
             ValueError: an edge is not in :data:`TRANSITIONS` (a programming error).
             BackendUnavailable: the store cannot be reached.
         """
-        for status in source:
-            if target not in TRANSITIONS[status]:
-                raise ValueError(f"{status} -> {target} is not a transition of the state machine")
+        _check_edges(source, target)
         task = await self.store.compare_and_set(
             task_id,
             expected=source,
@@ -229,6 +227,38 @@ class TaskService:
         if task is not None:
             self._moved(task)
         return task
+
+    async def _transition_many(
+        self,
+        task_ids: Sequence[str],
+        source: Collection[Status],
+        target: Status,
+        *,
+        changes: TaskChanges,
+        require_attempts_left: bool = False,
+    ) -> list[TaskRecord]:
+        """:meth:`_transition` of several tasks in one store call (a dispatcher's batch claim):
+        each moves on its own, atomically, if it allows it.
+
+        Returns:
+            The tasks that moved; the others were not in ``source`` (or had no attempt left).
+
+        Raises:
+            ValueError: an edge is not in :data:`TRANSITIONS` (a programming error).
+            BackendUnavailable: the store cannot be reached.
+        """
+        _check_edges(source, target)
+        tasks = await self.store.compare_and_set_many(
+            task_ids,
+            expected=source,
+            target=target,
+            now=now_ms(),
+            changes=changes,
+            require_attempts_left=require_attempts_left,
+        )
+        for task in tasks:
+            self._moved(task)
+        return tasks
 
     def _moved(self, task: TaskRecord, note: str = "") -> None:
         """Log and count ``task`` having just reached its status (a lifecycle event)."""
@@ -419,18 +449,15 @@ class TaskService:
         self.metrics.task_dequeued(task.queue, "pull")
         return task
 
-    async def _transfer(self, queue: str, *, dispatched: bool = False) -> TaskRecord | None:
+    async def _transfer(self, queue: str) -> TaskRecord | None:
         now = now_ms()
         lease = self.settings.dequeue_lease_seconds
-        if dispatched:  # the dispatcher executes at once; a short lease covers its crash
-            lease = self.settings.processing_lease_grace_seconds or 30.0
         return await self.queue.transfer(
             self.store,
             now=now,
             queue=queue,
             lease_token=str(uuid_utils.uuid4()) if lease > 0 else None,
             lease_expires_at=now + round(lease * 1000) if lease > 0 else None,
-            dispatched=dispatched,
         )
 
     async def paused_queues(self) -> set[str]:
@@ -445,54 +472,84 @@ class TaskService:
             self._paused_read_at = now
         return self._paused
 
-    async def claim_for_dispatch(self, queue: str) -> TaskRecord | None:
-        """Take the next task of ``queue`` due for an automatic attempt and move it to Processing.
+    async def claim_for_dispatch(self, queue: str, most: int = 1) -> list[TaskRecord]:
+        """Take up to ``most`` tasks of ``queue`` due for an automatic attempt, each moved on to
+        Processing under a fresh lease.
 
-        A dispatched task in Retry whose ``nextAttemptAt`` has come goes first (it waited
-        already), then the next due Queued task. Of several dispatchers racing for one task,
-        the compare-and-set lets exactly one through.
+        Dispatched tasks in Retry whose ``nextAttemptAt`` has come go first (they waited
+        already), then the next due Queued tasks, taken in one batch (on PostgreSQL one
+        statement to take them and one to start them, not two per task). Of several
+        dispatchers racing for one task, the compare-and-set lets exactly one through.
 
         Returns:
-            The task in Processing under a fresh lease, or None when nothing is due.
+            The tasks in Processing; empty when nothing is due.
 
         Raises:
             BackendUnavailable: a backend cannot be reached.
         """
         if self.stopping or queue in await self.paused_queues():
-            return None
+            return []
         now = now_ms()
+        claimed: list[TaskRecord] = []
         if time.monotonic() >= self._no_retries_until.get(queue, 0.0):
-            due = await self.store.due_retries(queue, now=now, limit=10)
+            due = await self.store.due_retries(queue, now=now, limit=most)
             if not due:
                 self._no_retries_until[queue] = time.monotonic() + _RETRY_CHECK_SECONDS
             for waiting in due:
                 # Still due: another dispatcher may have run it and put it back to wait meanwhile.
-                claimed = await self._start_processing(waiting, {Status.RETRY}, due_by=now)
-                if claimed is not None:
-                    return claimed
-        task = await self._transfer(queue, dispatched=True)
-        if task is None:
-            return None
-        self.metrics.task_dequeued(task.queue, "dispatch")
-        return await self._start_processing(task, {Status.DEQUEUED})
+                task = await self._start_processing(waiting, {Status.RETRY}, due_by=now)
+                if task is not None:
+                    claimed.append(task)
+        if len(claimed) == most:
+            return claimed
+        # The dispatcher executes at once; a short Dequeued lease covers a crash in between.
+        lease = self.settings.processing_lease_grace_seconds or 30.0
+        taken = await self.queue.transfer_many(
+            self.store,
+            now=now,
+            most=most - len(claimed),
+            queue=queue,
+            lease_token=str(uuid_utils.uuid4()),
+            lease_expires_at=now + round(lease * 1000),
+            dispatched=True,
+        )
+        for task in taken:
+            self.metrics.task_dequeued(task.queue, "dispatch")
+        # One transition per distinct timeout (usually one): each task's lease is its own.
+        by_timeout: dict[float, list[str]] = {}
+        for task in taken:
+            by_timeout.setdefault(task.timeout_seconds, []).append(task.task_id)
+        for timeout_seconds, task_ids in by_timeout.items():
+            claimed += await self._transition_many(
+                task_ids,
+                {Status.DEQUEUED},
+                Status.PROCESSING,
+                changes=self._processing_changes(timeout_seconds),
+                require_attempts_left=True,
+            )
+        return claimed
 
     async def _start_processing(
         self, task: TaskRecord, source: Collection[Status], *, due_by: int | None = None
     ) -> TaskRecord | None:
-        now = now_ms()
-        lease_seconds = task.timeout_seconds + self.settings.processing_lease_grace_seconds
         return await self._transition(
             task.task_id,
             source,
             Status.PROCESSING,
-            changes=TaskChanges(
-                increment_attempts=True,
-                lease_token=str(uuid_utils.uuid4()),
-                lease_expires_at=now + round(lease_seconds * 1000),
-                next_attempt_at=None,
-            ),
+            changes=self._processing_changes(task.timeout_seconds),
             require_attempts_left=True,
             due_by=due_by,
+        )
+
+    def _processing_changes(self, timeout_seconds: float) -> TaskChanges:
+        """The columns of a move to Processing: one more attempt, under a lease that covers the
+        callback's ``timeout_seconds`` plus the grace."""
+        lease_seconds = timeout_seconds + self.settings.processing_lease_grace_seconds
+        return TaskChanges(
+            increment_attempts=True,
+            lease_token=str(uuid_utils.uuid4()),
+            lease_expires_at=now_ms() + round(lease_seconds * 1000),
+            next_attempt_at=None,
         )
 
     async def take_dispatch_token(self, queue: str, rate: float) -> bool:
@@ -1199,6 +1256,13 @@ class TaskService:
         self.begin_shutdown(grace_seconds)
         assert self._stopper is not None
         await self._stopper
+
+
+def _check_edges(source: Collection[Status], target: Status) -> None:
+    """Raise ValueError unless every ``source`` -> ``target`` is an edge of :data:`TRANSITIONS`."""
+    for status in source:
+        if target not in TRANSITIONS[status]:
+            raise ValueError(f"{status} -> {target} is not a transition of the state machine")
 
 
 def _conflict(task: TaskRecord) -> TaskConflict:

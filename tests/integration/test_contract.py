@@ -77,6 +77,83 @@ async def test_concurrent_transfers_hand_out_each_task_once(backends: Backends) 
     assert results.count(None) == 30
 
 
+async def test_transfer_many_takes_a_batch_in_order_and_each_task_once(
+    backends: Backends,
+) -> None:
+    """A dispatcher's batch claim: priority then FIFO within and across batches, and
+    concurrent batches never hand out a task twice."""
+    priorities = [0, 5, -3, 5, 9, 0, 1]
+    for n, priority in enumerate(priorities):
+        await backends.queue.enqueue(_task(_id(n), priority))
+    first = await backends.queue.transfer_many(
+        backends.store, now=now_ms(), most=3, lease_token="batch", dispatched=True
+    )
+    assert [task.task_id for task in first] == [_id(4), _id(1), _id(3)]
+    assert all(task.status is Status.DEQUEUED and task.dispatched for task in first)
+    assert all(task.lease_token == "batch" for task in first)
+    rest = await backends.queue.transfer_many(backends.store, now=now_ms(), most=10)
+    assert [task.task_id for task in rest] == [_id(6), _id(0), _id(5), _id(2)]
+    assert await backends.queue.transfer_many(backends.store, now=now_ms(), most=5) == []
+    for n in range(100, 160):
+        await backends.queue.enqueue(_task(_id(n)))
+    batches = await asyncio.gather(
+        *(backends.queue.transfer_many(backends.store, now=now_ms(), most=7) for _ in range(12))
+    )
+    taken = [task.task_id for batch in batches for task in batch]
+    assert sorted(taken) == [_id(n) for n in range(100, 160)]
+    assert await backends.queue.depth() == 0
+
+
+async def test_compare_and_set_many_moves_each_matching_task_on_its_own(
+    backends: Backends,
+) -> None:
+    for n in range(4):
+        await backends.queue.enqueue(_task(_id(n)))
+    await backends.queue.transfer_many(backends.store, now=now_ms(), most=4)
+    # _id(3) has moved on already, and _id(9) does not exist: both are left out.
+    await backends.store.compare_and_set(
+        _id(3), expected={Status.DEQUEUED}, target=Status.PROCESSING, now=now_ms()
+    )
+    moved = await backends.store.compare_and_set_many(
+        [_id(0), _id(1), _id(2), _id(3), _id(9)],
+        expected={Status.DEQUEUED},
+        target=Status.PROCESSING,
+        now=now_ms(),
+        changes=TaskChanges(increment_attempts=True, lease_token="claim", lease_expires_at=99),
+        require_attempts_left=True,
+    )
+    assert sorted(task.task_id for task in moved) == [_id(0), _id(1), _id(2)]
+    for task in moved:
+        assert (task.status, task.attempts, task.lease_token) == (Status.PROCESSING, 1, "claim")
+        assert task.lease_expires_at == 99
+    untouched = await backends.store.get(_id(3))
+    assert untouched is not None
+    assert untouched.attempts == 0
+    # Racing claims of the same tasks: each task is won exactly once.
+    for n in range(10, 30):
+        await backends.queue.enqueue(_task(_id(n)))
+    await backends.queue.transfer_many(backends.store, now=now_ms(), most=20)
+    ids = [_id(n) for n in range(10, 30)]
+    results = await asyncio.gather(
+        *(
+            backends.store.compare_and_set_many(
+                ids[k:] + ids[:k],
+                expected={Status.DEQUEUED},
+                target=Status.PROCESSING,
+                now=now_ms(),
+                changes=TaskChanges(increment_attempts=True),
+            )
+            for k in range(0, 20, 4)
+        )
+    )
+    won = [task.task_id for batch in results for task in batch]
+    assert sorted(won) == ids
+    with pytest.raises(ValueError, match="at least one status"):
+        await backends.store.compare_and_set_many(
+            ids, expected=set(), target=Status.PROCESSING, now=now_ms()
+        )
+
+
 async def test_compare_and_set_has_one_winner(backends: Backends) -> None:
     await backends.queue.enqueue(_task(_id(1)))
     await backends.queue.transfer(backends.store, now=now_ms())

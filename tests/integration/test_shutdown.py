@@ -118,7 +118,7 @@ async def test_a_stopping_service_starts_no_attempt_and_ends_long_polls(
     assert not receiver.hits_for(task_id)
     await _dequeued(service, receiver.url("/ok"))  # a plain dequeue still answers
     await _created(service, receiver.url("/ok"))
-    assert await service.claim_for_dispatch("default") is None
+    assert await service.claim_for_dispatch("default") == []
     await service.shutdown(5)
 
 

@@ -11,10 +11,11 @@ methods hold the bookkeeping every backend shares. An incomplete backend fails a
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 
 import msgspec
 
+from taskplatform.exceptions import BackendUnavailable
 from taskplatform.models import DEFAULT_QUEUE, ExecutionRecord, Status, TaskRecord
 
 
@@ -184,6 +185,52 @@ class Queue(abc.ABC):
             BackendUnavailable: the queue or the store cannot be reached; the task stays queued.
         """
 
+    async def transfer_many(
+        self,
+        store: Store,
+        *,
+        now: int,
+        most: int,
+        queue: str = DEFAULT_QUEUE,
+        lease_token: str | None = None,
+        lease_expires_at: int | None = None,
+        dispatched: bool = False,
+    ) -> list[TaskRecord]:
+        """Take up to ``most`` due tasks of ``queue`` into ``store`` as Dequeued, as
+        :meth:`transfer` does one (the dispatcher claims a batch into its free slots).
+
+        Each task moves atomically, as in :meth:`transfer`; they may share ``lease_token``,
+        which fences together with the task id. This default calls :meth:`transfer` up to
+        ``most`` times; a backend that can move many in one statement overrides it.
+
+        Returns:
+            The tasks as stored (Dequeued), in dequeue order (priority descending, then FIFO);
+            fewer than ``most`` when the queue ran out, empty when it was empty.
+
+        Raises:
+            BackendUnavailable: the first move failed. A failure after some moved returns those
+                (they are Dequeued under the lease, and must not be lost from sight).
+        """
+        moved: list[TaskRecord] = []
+        while len(moved) < most:
+            try:
+                task = await self.transfer(
+                    store,
+                    now=now,
+                    queue=queue,
+                    lease_token=lease_token,
+                    lease_expires_at=lease_expires_at,
+                    dispatched=dispatched,
+                )
+            except BackendUnavailable:
+                if not moved:
+                    raise
+                break
+            if task is None:
+                break
+            moved.append(task)
+        return moved
+
     @abc.abstractmethod
     async def requeue(
         self, store: Store, task: TaskRecord, *, now: int, note: str, redrive: bool = False
@@ -303,6 +350,68 @@ class Store(abc.ABC):
         execution: ExecutionRecord | None,
         due_by: int | None,
     ) -> TaskRecord | None: ...
+
+    async def compare_and_set_many(
+        self,
+        task_ids: Sequence[str],
+        *,
+        expected: Collection[Status],
+        target: Status,
+        now: int,
+        changes: TaskChanges | None = None,
+        require_attempts_left: bool = False,
+    ) -> list[TaskRecord]:
+        """:meth:`compare_and_set` of several tasks with the same arguments: each row moves on its
+        own if it matches (atomic per task, as one compare-and-set), the others stay as they are.
+
+        Only the service calls this, through its transition functions (a dispatcher's claim of a
+        batch).
+
+        Returns:
+            The tasks that moved, in no particular order.
+
+        Raises:
+            BackendUnavailable: the store cannot be reached; some tasks may have moved.
+        """
+        if not expected:
+            raise ValueError("expected must name at least one status")
+        return await self._compare_and_set_many(
+            list(task_ids),
+            expected=tuple(expected),
+            target=target,
+            now=now,
+            changes=changes or TaskChanges(),
+            require_attempts_left=require_attempts_left,
+        )
+
+    async def _compare_and_set_many(
+        self,
+        task_ids: list[str],
+        *,
+        expected: tuple[Status, ...],
+        target: Status,
+        now: int,
+        changes: TaskChanges,
+        require_attempts_left: bool,
+    ) -> list[TaskRecord]:
+        """One compare-and-set per task; a store that can do many in one statement overrides
+        this."""
+        moved = []
+        for task_id in task_ids:
+            task = await self._compare_and_set(
+                task_id,
+                expected=expected,
+                target=target,
+                now=now,
+                changes=changes,
+                lease_token=None,
+                require_attempts_left=require_attempts_left,
+                execution=None,
+                due_by=None,
+            )
+            if task is not None:
+                moved.append(task)
+        return moved
 
     @abc.abstractmethod
     async def insert_dequeued(self, task: TaskRecord) -> bool:

@@ -165,13 +165,20 @@ def compare_and_set_sql(
     lease_token: str | None,
     require_attempts_left: bool,
     due_by: int | None = None,
+    many: Sequence[str] | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """Return the one ``UPDATE … RETURNING`` statement of a compare-and-set, and its parameters.
 
     The row changes only if it still has one of ``expected`` (and the lease token, and attempts
     left, when asked): the database applies the check and the write as one atomic statement.
+    With ``many`` (PostgreSQL only: an array parameter), the rows of those task ids instead of
+    ``task_id``'s, each checked on its own.
     """
-    params: dict[str, Any] = {"task_id": task_id, "target": target.value, "now": now}
+    params: dict[str, Any] = {"target": target.value, "now": now}
+    if many is None:
+        params["task_id"] = task_id
+    else:
+        params["task_ids"] = list(many)
     assignments = ["status = :target", "updated_at = :now"]
     for name, value in changes.columns().items():  # names come from TaskChanges only
         assignments.append(f"{name} = :set_{name}")
@@ -182,7 +189,8 @@ def compare_and_set_sql(
     for index, status in enumerate(expected):
         statuses.append(f":expected_{index}")
         params[f"expected_{index}"] = status.value
-    conditions = ["task_id = :task_id", f"status IN ({', '.join(statuses)})"]
+    chosen = "task_id = :task_id" if many is None else "task_id = ANY(CAST(:task_ids AS text[]))"
+    conditions = [chosen, f"status IN ({', '.join(statuses)})"]
     if lease_token is not None:
         conditions.append("lease_token = :lease_token")
         params["lease_token"] = lease_token

@@ -28,8 +28,11 @@ from taskplatform.settings import Settings
 logger = logging.getLogger(__name__)
 
 
-CLAIMERS_PER_QUEUE = 4
+CLAIMERS_PER_QUEUE = 2
 """Claim loops per queue in one dispatcher (at most its concurrency)."""
+
+CLAIM_MOST = 25
+"""Most tasks one claim takes: the free slots when it starts, up to this many."""
 
 
 class Dispatcher:
@@ -59,10 +62,11 @@ class Dispatcher:
         self.rate = rate
         self.poll_seconds = poll_seconds
         self._slots = asyncio.Semaphore(concurrency)
-        # A claim is a few round trips to the backends; one loop claiming at a time would cap a
-        # queue at one claim per round-trip time whatever the concurrency. A few loops per queue
-        # overlap their claims (SQLite batches them into one commit, PostgreSQL SKIP LOCKED and
-        # Redis hand each a different task).
+        # A claim takes as many tasks as there are free slots (up to CLAIM_MOST), so while one
+        # claim is in flight the slots that free up make the next claim bigger: fewer
+        # statements and commits per task under load, one task at once when idle. A second
+        # loop overlaps its round trips with the first's (PostgreSQL SKIP LOCKED and Redis hand
+        # each different tasks).
         self.claimers = max(1, min(concurrency, CLAIMERS_PER_QUEUE))
 
     @classmethod
@@ -95,27 +99,37 @@ class Dispatcher:
                 # would wait for this loop forever.
                 raise asyncio.CancelledError
             await self._slots.acquire()
+            slots = 1
+            # A rate limit takes a token per task, so a limited queue claims one at a time.
+            while self.rate <= 0 and slots < CLAIM_MOST and not self._slots.locked():
+                await self._slots.acquire()  # free: returns at once
+                slots += 1
             arrived = self.service.arrivals.current()
             try:
                 if self.rate > 0 and not await self.service.take_dispatch_token(queue, self.rate):
-                    self._slots.release()
+                    self._release(slots)
                     await asyncio.sleep(min(self.poll_seconds, 1 / self.rate))
                     continue
-                task = await self.service.claim_for_dispatch(queue)
-                if task is None and self.rate > 0:
+                tasks = await self.service.claim_for_dispatch(queue, slots)
+                if not tasks and self.rate > 0:
                     await self.service.give_back_dispatch_token(queue, self.rate)
             except BackendUnavailable as exc:
-                self._slots.release()
+                self._release(slots)
                 raise_if_cancelled()
                 logger.warning("dispatch of queue %s paused 1 s: %s", queue, exc.detail)
                 await asyncio.sleep(1)
                 continue
-            if task is None:
-                self._slots.release()
+            self._release(slots - len(tasks))
+            if not tasks:
                 await wait_for_event(arrived, self.poll_seconds)
                 continue
-            call = self.service.dispatch(task)
-            call.add_done_callback(lambda _: self._slots.release())
+            for task in tasks:
+                call = self.service.dispatch(task)
+                call.add_done_callback(lambda _: self._slots.release())
+
+    def _release(self, slots: int) -> None:
+        for _ in range(slots):
+            self._slots.release()
 
 
 async def run_worker(settings: Settings) -> None:

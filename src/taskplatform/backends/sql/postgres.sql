@@ -1,15 +1,15 @@
 -- Named queries of the PostgreSQL backend that differ from common.sql.
 
 -- name: dequeue_next
--- Move the next due task of one queue (priority descending, then FIFO) from the queue into the
--- store in one statement. SKIP LOCKED lets concurrent dequeues take different rows instead of
--- waiting; the CTE fences the row choice so each statement locks exactly one row. A task
--- scheduled for later is not due.
+-- Move the next :most due tasks of one queue (priority descending, then FIFO) from the queue into
+-- the store in one statement (a dequeue takes one, a dispatcher's claim a batch). SKIP LOCKED
+-- lets concurrent dequeues take different rows instead of waiting; the CTE fences the row choice
+-- so each statement locks exactly the rows it moves. A task scheduled for later is not due.
 WITH next AS (
     SELECT seq FROM queued_tasks
     WHERE queue = :queue AND (scheduled_at IS NULL OR scheduled_at <= :now)
     ORDER BY priority DESC, seq ASC
-    LIMIT 1
+    LIMIT :most
     FOR UPDATE SKIP LOCKED
 ), moved AS (
     DELETE FROM queued_tasks AS q USING next WHERE q.seq = next.seq
