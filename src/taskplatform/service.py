@@ -685,7 +685,9 @@ class TaskService:
             raise
         self.metrics.callback_finished(task.queue, outcome.success, outcome.duration_ms)
         target = Status.COMPLETED if outcome.success else Status.FAILED
-        next_attempt_at: int | msgspec.UnsetType | None = msgspec.UNSET
+        # None on success too (it is None in Processing already): every outcome then has one
+        # shape, which PostgreSQL group-commits.
+        next_attempt_at: int | None = None
         dead_letter: bool | msgspec.UnsetType = msgspec.UNSET
         if not outcome.success:
             next_attempt_at = self._automatic_retry(task, outcome)

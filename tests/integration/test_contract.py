@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import Any
 
+import msgspec
 import pytest
 
 from taskplatform.backends import Backends, TaskChanges
@@ -218,6 +220,92 @@ async def test_lease_token_fences_the_outcome(backends: Backends) -> None:
     assert done.result == b'{"ok": true}'
     assert done.lease_token is None
     assert await backends.store.executions(_id(1)) == [execution]
+
+
+async def test_concurrent_outcomes_each_apply_once_under_their_own_lease(
+    backends: Backends,
+) -> None:
+    """Outcomes of the service's shape (which PostgreSQL writes together): each task moves and
+    logs its attempt once; a stale lease or a second outcome of the same attempt does neither;
+    unset columns keep their values."""
+    for n in range(12):
+        await backends.queue.enqueue(_task(_id(n)))
+    await backends.queue.transfer_many(backends.store, now=now_ms(), most=12)
+    for n in range(12):
+        await backends.store.compare_and_set(
+            _id(n),
+            expected={Status.DEQUEUED},
+            target=Status.PROCESSING,
+            now=now_ms(),
+            changes=TaskChanges(
+                increment_attempts=True, lease_token=f"lease-{n}", next_attempt_at=None
+            ),
+        )
+
+    def outcome(n: int, lease: str, *, ok: bool) -> Any:
+        execution = ExecutionRecord(
+            task_id=_id(n),
+            attempt=1,
+            started_at=1000 + n,
+            finished_at=2000 + n,
+            duration_ms=1000,
+            http_status=200 if ok else 500,
+            result=f'{{"n": {n}}}'.encode() if ok else None,
+            error=None if ok else f"HTTP 500 ({n})",
+        )
+        changes = TaskChanges(
+            lease_token=None,
+            lease_expires_at=None,
+            result=execution.result,
+            error=execution.error,
+            next_attempt_at=None if ok else 5000 + n,
+            completed_at=2000 + n if ok else msgspec.UNSET,
+            dead_letter=msgspec.UNSET if ok else n == 11,
+        )
+        return backends.store.compare_and_set(
+            _id(n),
+            expected={Status.PROCESSING},
+            target=Status.COMPLETED if ok else Status.RETRY,
+            now=now_ms(),
+            changes=changes,
+            lease_token=lease,
+            execution=execution,
+        )
+
+    results = await asyncio.gather(
+        *(outcome(n, f"lease-{n}", ok=n % 2 == 0) for n in range(11)),
+        outcome(11, f"lease-{11}", ok=False),
+        outcome(3, "stale", ok=True),  # a lost lease: neither moves nor logs
+        outcome(4, "lease-4", ok=True),  # the same outcome twice: applies once
+    )
+    assert all(results[n] is not None for n in range(12) if n != 4)
+    assert results[12] is None
+    assert (results[4] is None) != (results[13] is None)
+    for n in range(12):
+        task = await backends.store.get(_id(n))
+        assert task is not None
+        assert task.lease_token is None
+        assert task.lease_expires_at is None
+        if n % 2 == 0 and n != 11:
+            assert (task.status, task.completed_at, task.result) == (
+                Status.COMPLETED,
+                2000 + n,
+                f'{{"n": {n}}}'.encode(),
+            )
+            assert task.next_attempt_at is None
+            assert task.dead_letter is False
+        else:
+            assert (task.status, task.error, task.next_attempt_at) == (
+                Status.RETRY,
+                f"HTTP 500 ({n})",
+                5000 + n,
+            )
+            assert task.completed_at is None
+            assert task.dead_letter is (n == 11)
+        logged = await backends.store.executions(_id(n))
+        assert [(e.attempt, e.started_at, e.http_status) for e in logged] == [
+            (1, 1000 + n, 200 if n % 2 == 0 and n != 11 else 500)
+        ]
 
 
 async def test_attempts_left_guard(backends: Backends) -> None:

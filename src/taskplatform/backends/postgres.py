@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
 
 import asyncpg
+import msgspec
 from sqlalchemy import text
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.exc import SQLAlchemyError
@@ -224,20 +225,77 @@ def _logging_attempt(compare_and_set: str) -> str:
     )
 
 
+FINISH_ATTEMPTS = QUERIES["finish_attempts"]
+_OUTCOME_FIELDS = positional(FINISH_ATTEMPTS)[1]
+
+
+def _is_outcome(
+    expected: tuple[Status, ...],
+    changes: TaskChanges,
+    *,
+    require_attempts_left: bool,
+    due_by: int | None,
+) -> bool:
+    """Whether a compare-and-set is an attempt's outcome of the shape ``finish_attempts``
+    applies: from Processing, fenced by the lease, clearing it, writing the result, the error
+    and the next attempt's time, and no other change (the service's finish and interrupt)."""
+    return (
+        expected == (Status.PROCESSING,)
+        and not require_attempts_left
+        and due_by is None
+        and not changes.increment_attempts
+        and changes.lease_token is None
+        and changes.lease_expires_at is None
+        and changes.result is not msgspec.UNSET
+        and changes.error is not msgspec.UNSET
+        and changes.next_attempt_at is not msgspec.UNSET
+        and changes.completed_at is not None  # NULL in the arrays means "leave it"
+        and changes.dispatched is msgspec.UNSET
+    )
+
+
+def _outcome_row(
+    task_id: str,
+    target: Status,
+    now: int,
+    changes: TaskChanges,
+    lease_token: str,
+    execution: ExecutionRecord,
+) -> dict[str, Any]:
+    """One element of ``finish_attempts``'s arrays (see :func:`_is_outcome` for the shape)."""
+    log = execution_params(execution)
+    result = changes.result
+    return {
+        "task_id": task_id,
+        "lease_token": lease_token,
+        "target": target.value,
+        "now": now,
+        "result": result.decode() if isinstance(result, bytes) else None,
+        "error": changes.error,
+        "completed_at": None if changes.completed_at is msgspec.UNSET else changes.completed_at,
+        "next_attempt_at": changes.next_attempt_at,
+        "dead_letter": None if changes.dead_letter is msgspec.UNSET else changes.dead_letter,
+        **{f"log_{name}": value for name, value in log.items() if name != "task_id"},
+    }
+
+
 class PostgresQueue(Queue):
     """The queue as the ``queued_tasks`` table of a :class:`PostgresDatabase`."""
 
     def __init__(self, database: PostgresDatabase) -> None:
         self.database = database
-        self._group: GroupCommit[dict[str, Any]] = GroupCommit(
-            self._insert_rows, key=lambda row: str(row["task_id"])
+        self._group: GroupCommit[dict[str, Any], int] = GroupCommit(
+            self._insert_rows, key=lambda row: str(row["task_id"]), name="enqueue group commit"
         )
 
     async def enqueue(
         self, task: TaskRecord, *, claim: IdempotencyClaim | None = None
     ) -> IdempotentReplay | None:
         if claim is None:
-            task.sequence = await self._group.write(queue_params(task))
+            sequence = await self._group.write(queue_params(task))
+            if sequence is None:  # cannot be: INSERT … RETURNING answers for every row
+                raise BackendUnavailable("the PostgreSQL enqueue returned no sequence")
+            task.sequence = sequence
             return None
         async with self.database.begin() as conn:
             claimed = await conn.execute(
@@ -417,6 +475,9 @@ class PostgresStore(Store):
 
     def __init__(self, database: PostgresDatabase) -> None:
         self.database = database
+        self._outcomes: GroupCommit[dict[str, Any], TaskRecord] = GroupCommit(
+            self._finish_attempts, key=lambda row: str(row["task_id"]), name="outcome group commit"
+        )
 
     async def _compare_and_set(
         self,
@@ -431,6 +492,17 @@ class PostgresStore(Store):
         execution: ExecutionRecord | None,
         due_by: int | None,
     ) -> TaskRecord | None:
+        if (
+            execution is not None
+            and lease_token is not None
+            and _is_outcome(
+                expected, changes, require_attempts_left=require_attempts_left, due_by=due_by
+            )
+        ):
+            # The outcome of an attempt: concurrent ones share one statement and one commit.
+            return await self._outcomes.write(
+                _outcome_row(task_id, target, now, changes, lease_token, execution)
+            )
         sql, params = compare_and_set_sql(
             task_id,
             expected=expected,
@@ -447,6 +519,13 @@ class PostgresStore(Store):
         # One statement, atomic by itself: autocommit saves the BEGIN and COMMIT round trips.
         row = await self.database.fetchrow(sql, params)
         return None if row is None else stored_record(row)
+
+    async def _finish_attempts(self, rows: list[dict[str, Any]]) -> dict[str, TaskRecord]:
+        """Apply outcomes (:func:`_outcome_row`) in one statement; return the tasks that moved,
+        by id (a task whose lease was lost meanwhile is not among them)."""
+        columns = {name: [row[name] for row in rows] for name in _OUTCOME_FIELDS}
+        tasks = [stored_record(row) for row in await self.database.fetch(FINISH_ATTEMPTS, columns)]
+        return {task.task_id: task for task in tasks}
 
     async def _compare_and_set_many(
         self,

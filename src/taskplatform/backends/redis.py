@@ -242,8 +242,8 @@ class RedisQueue(Queue):
         )
         self.client = aioredis.Redis.from_pool(pool)  # owns the pool: aclose() closes it
         self._prefix = key_prefix
-        self._group: GroupCommit[TaskRecord] = GroupCommit(
-            self._enqueue_together, key=lambda task: task.task_id
+        self._group: GroupCommit[TaskRecord, int] = GroupCommit(
+            self._enqueue_together, key=lambda task: task.task_id, name="enqueue group commit"
         )
         self._inflight = f"{key_prefix}:inflight"
         self._ids = f"{key_prefix}:ids"
@@ -280,7 +280,10 @@ class RedisQueue(Queue):
     ) -> IdempotentReplay | None:
         if claim is None:
             # Concurrent creates share one MULTI/EXEC round trip (see enqueue_many).
-            task.sequence = await self._group.write(task)
+            sequence = await self._group.write(task)
+            if sequence is None:  # cannot be: the script answers for every task it enqueued
+                raise BackendUnavailable("the Redis enqueue returned no sequence")
+            task.sequence = sequence
             return None
         claim_key = f"{self._idempotency_prefix}{claim.key}"
         claim_value = f"{claim.request_hash} {task.task_id}"

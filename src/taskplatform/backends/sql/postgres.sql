@@ -70,3 +70,45 @@ RETURNING dispatch_tokens;
 -- Return a token taken for a dispatch that found nothing to do.
 UPDATE queues SET dispatch_tokens = LEAST(CAST(:burst AS double precision), dispatch_tokens + 1)
 WHERE name = :name;
+
+-- name: finish_attempts
+-- Record the outcomes of many attempts in one statement (a group commit of concurrent
+-- outcomes). Each element of the arrays is one compare-and-set from Processing, fenced by its
+-- lease token, exactly as the single statement (compare_and_set_sql wrapped by
+-- _logging_attempt) does it, and its attempt's entry in the log is written only if that task's
+-- row changed. A NULL completed_at or dead_letter leaves the column as it is (the single
+-- statement's UNSET). Task ids are unique within one call.
+WITH input AS (
+    SELECT * FROM unnest(
+        CAST(:task_id AS text[]), CAST(:lease_token AS text[]), CAST(:target AS text[]),
+        CAST(:now AS bigint[]), CAST(:result AS text[]), CAST(:error AS text[]),
+        CAST(:completed_at AS bigint[]), CAST(:next_attempt_at AS bigint[]),
+        CAST(:dead_letter AS boolean[]), CAST(:log_attempt AS integer[]),
+        CAST(:log_started_at AS bigint[]), CAST(:log_finished_at AS bigint[]),
+        CAST(:log_duration_ms AS integer[]), CAST(:log_http_status AS integer[]),
+        CAST(:log_result AS text[]), CAST(:log_error AS text[])
+    ) AS i(task_id, lease_token, target, now, result, error, completed_at, next_attempt_at,
+           dead_letter, log_attempt, log_started_at, log_finished_at, log_duration_ms,
+           log_http_status, log_result, log_error)
+), changed AS (
+    UPDATE tasks AS t
+    SET status = i.target, updated_at = i.now, lease_token = NULL, lease_expires_at = NULL,
+        result = i.result, error = i.error, next_attempt_at = i.next_attempt_at,
+        completed_at = COALESCE(i.completed_at, t.completed_at),
+        dead_letter = COALESCE(i.dead_letter, t.dead_letter)
+    FROM input AS i
+    WHERE t.task_id = i.task_id AND t.status = 'Processing' AND t.lease_token = i.lease_token
+    RETURNING t.task_id, t.sequence, t.status, t.priority, t.task_data, t.callback_url,
+              t.max_retries, t.timeout_seconds, t.attempts, t.lease_token, t.lease_expires_at,
+              t.next_attempt_at, t.result, t.error, t.created_at, t.updated_at, t.dequeued_at,
+              t.completed_at, t.queue, t.scheduled_at, t.retry_policy, t.dead_letter,
+              t.dispatched
+), logged AS (
+    INSERT INTO task_executions (task_id, attempt, started_at, finished_at, duration_ms,
+                                 http_status, result, error)
+    SELECT i.task_id, i.log_attempt, i.log_started_at, i.log_finished_at, i.log_duration_ms,
+           i.log_http_status, i.log_result, i.log_error
+    FROM input AS i JOIN changed AS c ON c.task_id = i.task_id
+    ON CONFLICT (task_id, attempt, started_at) DO NOTHING
+)
+SELECT * FROM changed;
