@@ -1,4 +1,5 @@
-"""Integration fixtures: each backend combination, opened directly (no HTTP)."""
+"""Integration fixtures: each backend combination, opened directly (no HTTP), and the service
+on top of one."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ from pathlib import Path
 import pytest
 
 from taskplatform.backends import Backends, open_backends, prepare_schema
+from taskplatform.service import TaskService
 from taskplatform.settings import Settings
 from tests.support.backends import BACKENDS, backend_env, settings_kwargs
+from tests.support.service import opened_service
 
 
 @pytest.fixture(params=BACKENDS)
@@ -20,3 +23,10 @@ async def backends(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
     opened = open_backends(settings)
     yield opened
     await opened.close()
+
+
+@pytest.fixture
+async def sqlite_service(tmp_path: Path) -> AsyncIterator[TaskService]:
+    """A TaskService on a fresh SQLite file."""
+    async with opened_service(Settings(database_url=f"sqlite:///{tmp_path / 'tp.db'}")) as service:
+        yield service

@@ -8,28 +8,20 @@ from pathlib import Path
 
 import pytest
 
-from taskplatform.backends import open_backends, prepare_schema
-from taskplatform.dispatch import sender_from_settings
 from taskplatform.models import Status, now_ms
 from taskplatform.service import TaskService
 from taskplatform.settings import Settings
 from taskplatform.validation import parse_task_create
 from tests.support.backends import BACKENDS, backend_env, settings_kwargs
+from tests.support.service import opened_service
 
 
 @pytest.fixture(params=BACKENDS)
 async def service(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[TaskService]:
-    """A TaskService on a fresh, empty backend combination, as the app's lifespan builds it."""
+    """A TaskService on a fresh, empty backend combination."""
     settings = Settings(**settings_kwargs(backend_env(request.param, tmp_path)))  # type: ignore[arg-type]
-    await prepare_schema(settings)
-    backends = open_backends(settings)
-    sender = sender_from_settings(settings)
-    await sender.start()
-    try:
-        yield TaskService(backends, sender, settings)
-    finally:
-        await sender.close()
-        await backends.close()
+    async with opened_service(settings) as opened:
+        yield opened
 
 
 async def _create(service: TaskService, priority: int, timeout_seconds: int) -> str:

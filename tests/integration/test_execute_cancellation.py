@@ -8,33 +8,19 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
-from taskplatform.backends import open_backends, prepare_schema
-from taskplatform.dispatch import sender_from_settings
 from taskplatform.models import Status
 from taskplatform.service import TaskService
-from taskplatform.settings import Settings
 from taskplatform.validation import parse_task_create
 from tests.support.receiver import Receiver
 
 
 @pytest.fixture
-async def service(tmp_path: Path) -> AsyncIterator[TaskService]:
-    """A TaskService built as the app's lifespan builds it, on a fresh SQLite file."""
-    settings = Settings(database_url=f"sqlite:///{tmp_path / 'tp.db'}")
-    await prepare_schema(settings)
-    backends = open_backends(settings)
-    sender = sender_from_settings(settings)
-    await sender.start()
-    try:
-        yield TaskService(backends, sender, settings)
-    finally:
-        await sender.close()
-        await backends.close()
+def service(sqlite_service: TaskService) -> TaskService:
+    """A TaskService on a fresh SQLite file (see conftest.py)."""
+    return sqlite_service
 
 
 async def test_cancelling_execute_lets_the_callback_finish_and_records_it(

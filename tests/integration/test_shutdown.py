@@ -11,36 +11,22 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 from types import FrameType
 
 import pytest
 
 from taskplatform.api.app import hook_stop_signals
-from taskplatform.backends import open_backends, prepare_schema
-from taskplatform.dispatch import sender_from_settings
 from taskplatform.exceptions import QueueEmpty, ShuttingDown
 from taskplatform.models import Status
 from taskplatform.service import INTERRUPTED, STOPPED_MID_CALLBACK, STOPPING, TaskService
-from taskplatform.settings import Settings
 from taskplatform.validation import parse_task_create
 from tests.support.receiver import Receiver
 
 
 @pytest.fixture
-async def service(tmp_path: Path) -> AsyncIterator[TaskService]:
-    """A TaskService built as the app's lifespan builds it, on a fresh SQLite file."""
-    settings = Settings(database_url=f"sqlite:///{tmp_path / 'tp.db'}")
-    await prepare_schema(settings)
-    backends = open_backends(settings)
-    sender = sender_from_settings(settings)
-    await sender.start()
-    try:
-        yield TaskService(backends, sender, settings)
-    finally:
-        await sender.close()
-        await backends.close()
+def service(sqlite_service: TaskService) -> TaskService:
+    """A TaskService on a fresh SQLite file (see conftest.py)."""
+    return sqlite_service
 
 
 async def _created(service: TaskService, callback_url: str) -> str:
