@@ -489,8 +489,26 @@ class TaskService:
         """
         if self.stopping or queue in await self.paused_queues():
             return []
-        now = now_ms()
         claimed: list[TaskRecord] = []
+        try:
+            await self._claim(queue, most, claimed)
+        except BackendUnavailable:
+            if not claimed:
+                raise
+            # Those already in Processing must still be called back (their attempt is
+            # counted); the dispatcher pauses on the next claim if the backend stays down.
+        except asyncio.CancelledError:
+            # The dispatcher is stopping: what it claimed runs as any callback in flight
+            # does at shutdown (finishes within the grace, or is recorded as interrupted).
+            for task in claimed:
+                self._track(task)
+            raise
+        return claimed
+
+    async def _claim(self, queue: str, most: int, claimed: list[TaskRecord]) -> None:
+        """The steps of :meth:`claim_for_dispatch`, appending each task to ``claimed`` as soon
+        as it is in Processing, so that a step failing later does not lose it."""
+        now = now_ms()
         if time.monotonic() >= self._no_retries_until.get(queue, 0.0):
             due = await self.store.due_retries(queue, now=now, limit=most)
             if not due:
@@ -501,7 +519,7 @@ class TaskService:
                 if task is not None:
                     claimed.append(task)
         if len(claimed) == most:
-            return claimed
+            return
         # The dispatcher executes at once; a short Dequeued lease covers a crash in between.
         lease = self.settings.processing_lease_grace_seconds or 30.0
         taken = await self.queue.transfer_many(
@@ -527,7 +545,6 @@ class TaskService:
                 changes=self._processing_changes(timeout_seconds),
                 require_attempts_left=True,
             )
-        return claimed
 
     async def _start_processing(
         self, task: TaskRecord, source: Collection[Status], *, due_by: int | None = None
@@ -703,31 +720,42 @@ class TaskService:
                 task.task_data[:2000],
                 (outcome.result or b"")[:2000],
             )
-        finished = await self._transition(
-            task.task_id,
-            {Status.PROCESSING},
-            target,
-            changes=TaskChanges(
-                lease_token=None,
-                lease_expires_at=None,
-                result=outcome.result,
-                error=outcome.error,
-                completed_at=outcome.finished_at if outcome.success else msgspec.UNSET,
-                next_attempt_at=next_attempt_at,
-                dead_letter=dead_letter,
-            ),
-            lease_token=task.lease_token,
-            execution=ExecutionRecord(
-                task_id=task.task_id,
-                attempt=attempt,
-                started_at=outcome.started_at,
-                finished_at=outcome.finished_at,
-                duration_ms=outcome.duration_ms,
-                http_status=outcome.http_status,
-                result=outcome.result,
-                error=outcome.error,
-            ),
+        recording = asyncio.ensure_future(
+            self._transition(
+                task.task_id,
+                {Status.PROCESSING},
+                target,
+                changes=TaskChanges(
+                    lease_token=None,
+                    lease_expires_at=None,
+                    result=outcome.result,
+                    error=outcome.error,
+                    completed_at=outcome.finished_at if outcome.success else msgspec.UNSET,
+                    next_attempt_at=next_attempt_at,
+                    dead_letter=dead_letter,
+                ),
+                lease_token=task.lease_token,
+                execution=ExecutionRecord(
+                    task_id=task.task_id,
+                    attempt=attempt,
+                    started_at=outcome.started_at,
+                    finished_at=outcome.finished_at,
+                    duration_ms=outcome.duration_ms,
+                    http_status=outcome.http_status,
+                    result=outcome.result,
+                    error=outcome.error,
+                ),
+            )
         )
+        try:
+            finished = await asyncio.shield(recording)
+        except asyncio.CancelledError:
+            # The callback has answered: its outcome is recorded before we give way (shutdown
+            # would otherwise leave the task in Processing, or count an attempt as interrupted
+            # that in fact finished).
+            with contextlib.suppress(Exception):
+                await recording
+            raise
         status = target
         if finished is None:
             logger.warning(

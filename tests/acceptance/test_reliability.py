@@ -110,7 +110,8 @@ def test_two_servers_reap_each_expired_lease_once(backend: str, tmp_path: Path) 
                 assert http.get("/api/tasks/dequeue").status_code == 200
             _wait_for(lambda: http.get("/api/stats").json()["tasks"]["Queued"] == 20)
             time.sleep(0.5)  # a second reap, had there been one, would show as a duplicate
-            # Counted now: the second round's leases below expire too if stopping is slow.
+            # Counted before the second round: its tasks are leased for 1 s as well, and are
+            # rightly reaped again when stopping the servers takes longer than that.
             reaped = sum(server.log().count("is Queued again") for server in servers)
             with httpx.Client(base_url=servers[1].url) as other:
                 again = [other.get("/api/tasks/dequeue").json()["taskId"] for _ in ids]

@@ -3,16 +3,21 @@ dequeue order, each in Processing with one attempt and a lease from its own time
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from taskplatform.models import Status, now_ms
+from taskplatform.backends import TaskChanges
+from taskplatform.exceptions import BackendUnavailable
+from taskplatform.models import Status, TaskRecord, now_ms
 from taskplatform.service import TaskService
 from taskplatform.settings import Settings
 from taskplatform.validation import parse_task_create
 from tests.support.backends import BACKENDS, backend_env, settings_kwargs
+from tests.support.receiver import Receiver
 from tests.support.service import opened_service
 
 
@@ -24,9 +29,11 @@ async def service(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
         yield opened
 
 
-async def _create(service: TaskService, priority: int, timeout_seconds: int) -> str:
+async def _create(
+    service: TaskService, priority: int, timeout_seconds: int, url: str = "http://127.0.0.1:9/x"
+) -> str:
     body = (
-        f'{{"taskData": {{}}, "callbackUrl": "http://127.0.0.1:9/x", "priority": {priority}, '
+        f'{{"taskData": {{}}, "callbackUrl": "{url}", "priority": {priority}, '
         f'"timeoutSeconds": {timeout_seconds}}}'
     )
     task, _ = await service.create(
@@ -59,3 +66,58 @@ async def test_a_claim_takes_a_batch_each_under_its_own_lease(service: TaskServi
     counts, _ = await service.stats()
     assert counts[Status.PROCESSING] == 6
     assert counts[Status.QUEUED] == 0
+
+
+async def test_a_claim_that_fails_partway_returns_what_it_started(
+    service: TaskService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A due retry is already in Processing when taking new tasks fails: the claim returns it
+    (to be called back), instead of raising and leaving it in Processing with nobody on it."""
+    first = await _create(service, 0, 5)
+    [task] = await service.claim_for_dispatch("default", 1)
+    waiting = await service._transition(
+        first,
+        {Status.PROCESSING},
+        Status.RETRY,
+        changes=TaskChanges(lease_token=None, lease_expires_at=None, next_attempt_at=now_ms() - 1),
+    )
+    assert waiting is not None
+    await _create(service, 0, 5)
+
+    async def unavailable(*args: object, **kwargs: object) -> list[TaskRecord]:
+        raise BackendUnavailable("the queue is down")
+
+    monkeypatch.setattr(service.queue, "transfer_many", unavailable)
+    service._no_retries_until.clear()
+    claimed = await service.claim_for_dispatch("default", 2)
+    assert [(t.task_id, t.status, t.attempts) for t in claimed] == [(first, Status.PROCESSING, 2)]
+    with pytest.raises(BackendUnavailable):  # nothing claimed: the dispatcher pauses
+        await service.claim_for_dispatch("default", 2)
+    assert task.task_id == first
+
+
+async def test_an_outcome_being_recorded_at_the_shutdown_deadline_is_kept(
+    service: TaskService, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The callbacks have answered and their outcomes are being written (slowly) when the
+    shutdown deadline cancels them: the outcomes are still recorded, none is left in
+    Processing, and each attempt is logged once (not also as interrupted)."""
+    ids = [await _create(service, 0, 5, receiver.url("/ok")) for _ in range(3)]
+    claimed = await service.claim_for_dispatch("default", 3)
+    assert len(claimed) == 3
+    compare_and_set = service.store.compare_and_set
+
+    async def slow_write(*args: Any, **kwargs: Any) -> TaskRecord | None:
+        await asyncio.sleep(0.3)  # a slow commit
+        return await compare_and_set(*args, **kwargs)
+
+    monkeypatch.setattr(service.store, "compare_and_set", slow_write)
+    for task in claimed:
+        service.dispatch(task)
+    while len([hit for hit in receiver.hits_on("/ok") if hit.headers.get("X-Task-Id") in ids]) < 3:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)  # every outcome is in its write now
+    await service.shutdown(0)
+    for task_id in ids:
+        assert (await service.get(task_id)).status is Status.COMPLETED
+        assert [e.http_status for e in await service.executions(task_id)] == [200]

@@ -160,18 +160,25 @@ class PostgresDatabase:
         """
         statement, names = positional(sql)
         arguments = [params[name] for name in names]
+        broken = False
         with _translated_errors():
-            async with self._autocommit.connect() as connection:
-                raw = await connection.get_raw_connection()
-                driver: asyncpg.Connection = raw.driver_connection
-                try:
-                    rows: list[asyncpg.Record] = await driver.fetch(statement, *arguments)
-                    return rows
-                except _BROKEN_CONNECTION:
-                    # SQLAlchemy did not see the failure: drop the connection from the pool
-                    # rather than hand it to the next caller.
-                    await connection.invalidate()
-                    raise
+            try:
+                async with self._autocommit.connect() as connection:
+                    raw = await connection.get_raw_connection()
+                    driver: asyncpg.Connection = raw.driver_connection
+                    try:
+                        rows: list[asyncpg.Record] = await driver.fetch(statement, *arguments)
+                        return rows
+                    except _BROKEN_CONNECTION:
+                        broken = True
+                        await connection.invalidate()
+                        raise
+            finally:
+                if broken:
+                    # SQLAlchemy did not see the failure; do what it does on a disconnect:
+                    # after a restart or failover the pool's other connections are dead too,
+                    # so replace them all rather than fail one request on each.
+                    await self.engine.dispose()
 
     async def fetchrow(self, sql: str, params: Mapping[str, Any]) -> asyncpg.Record | None:
         """Like :meth:`fetch`, for a statement of at most one row; None when it has none."""
@@ -523,6 +530,9 @@ class PostgresStore(Store):
     async def _finish_attempts(self, rows: list[dict[str, Any]]) -> dict[str, TaskRecord]:
         """Apply outcomes (:func:`_outcome_row`) in one statement; return the tasks that moved,
         by id (a task whose lease was lost meanwhile is not among them)."""
+        # In task id order, as every multi-row write here locks rows: two processes' writes
+        # that share tasks (a late outcome, a reaper's interrupt) cannot then deadlock.
+        rows = sorted(rows, key=lambda row: str(row["task_id"]))
         columns = {name: [row[name] for row in rows] for name in _OUTCOME_FIELDS}
         tasks = [stored_record(row) for row in await self.database.fetch(FINISH_ATTEMPTS, columns)]
         return {task.task_id: task for task in tasks}

@@ -32,7 +32,8 @@ CLAIMERS_PER_QUEUE = 2
 """Claim loops per queue in one dispatcher (at most its concurrency)."""
 
 CLAIM_MOST = 25
-"""Most tasks one claim takes: the free slots when it starts, up to this many."""
+"""Most tasks one claim takes: the free slots when it starts, up to this many (and up to a fair
+share of the concurrency among the claim loops)."""
 
 
 class Dispatcher:
@@ -68,6 +69,9 @@ class Dispatcher:
         # loop overlaps its round trips with the first's (PostgreSQL SKIP LOCKED and Redis hand
         # each different tasks).
         self.claimers = max(1, min(concurrency, CLAIMERS_PER_QUEUE))
+        # A claim holds its slots for a round trip even when its queue turns out empty: a fair
+        # share of the concurrency per claim loop keeps idle queues from starving busy ones.
+        self.claim_most = max(1, min(CLAIM_MOST, concurrency // (len(queues) * self.claimers)))
 
     @classmethod
     def from_settings(cls, service: TaskService, settings: Settings) -> Dispatcher:
@@ -101,7 +105,7 @@ class Dispatcher:
             await self._slots.acquire()
             slots = 1
             # A rate limit takes a token per task, so a limited queue claims one at a time.
-            while self.rate <= 0 and slots < CLAIM_MOST and not self._slots.locked():
+            while self.rate <= 0 and slots < self.claim_most and not self._slots.locked():
                 await self._slots.acquire()  # free: returns at once
                 slots += 1
             arrived = self.service.arrivals.current()

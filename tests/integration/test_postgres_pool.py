@@ -1,0 +1,42 @@
+"""The PostgreSQL pool after the database drops every connection (a restart, a failover): as on
+SQLAlchemy's own path, one request fails and the next get new connections, rather than one
+failure per pooled connection."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import asyncpg
+
+from taskplatform.backends.postgres import PostgresDatabase
+from taskplatform.exceptions import BackendUnavailable
+from tests.support.backends import POSTGRES_URL, backend_env
+
+
+async def test_after_every_connection_is_dropped_at_most_one_request_fails(
+    tmp_path: Path,
+) -> None:
+    url = backend_env("postgres", tmp_path)["TASKPLATFORM_DATABASE_URL"]
+    database = PostgresDatabase(url, pool_size=5, pool_overflow=0)
+    admin = await asyncpg.connect(POSTGRES_URL)
+    try:
+        # Five pooled connections, all idle in the pool afterwards.
+        await asyncio.gather(*(database.fetch("SELECT pg_sleep(0.2)", {}) for _ in range(5)))
+        name = url.rpartition("/")[2]
+        dropped = await admin.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = $1",
+            name,
+        )
+        assert dropped == 5
+        await asyncio.sleep(0.3)
+        failures = 0
+        for _ in range(6):
+            try:
+                assert await database.fetchrow("SELECT 1", {}) is not None
+            except BackendUnavailable:
+                failures += 1
+        assert failures <= 1
+    finally:
+        await admin.close()
+        await database.close()
