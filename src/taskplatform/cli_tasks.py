@@ -17,6 +17,7 @@ Exit codes:
 4     cannot reach the server: connection refused or reset, or timed out, after retries
 5     ``dequeue`` found the queue empty
 6     ``execute`` made the attempt and the callback failed (status Failed or Retry)
+130   interrupted (Ctrl-C); ``import`` saves what it settled first
 ====  ==================================================================================
 """
 

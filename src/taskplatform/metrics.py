@@ -40,7 +40,7 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
 
 from taskplatform.models import QueueView, Status
@@ -157,6 +157,14 @@ class Metrics:
         scraped = CollectorRegistry()
         scraped.register(_QueueCollector(None if queues is None else list(queues)))
         return generate_latest(counted) + generate_latest(scraped)
+
+
+def process_stopped() -> None:
+    """Drop this process's live gauges (callbacks in flight) from the multiprocess sum, at a
+    clean stop of one of ``serve --workers N``'s processes (prometheus-client's documented
+    ``mark_process_dead``); nothing to do in a single process."""
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
 
 
 class _QueueCollector(Collector):

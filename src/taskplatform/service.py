@@ -182,6 +182,7 @@ class TaskService:
         self._inflight: set[asyncio.Task[ExecuteOutcome]] = set()
         # Set by begin_shutdown: ends the callbacks still running at the one shutdown deadline.
         self._stopper: asyncio.Task[None] | None = None
+        self._deadline = float("inf")  # monotonic; set by begin_shutdown
         self._paused: set[str] = set()
         self._paused_read_at = float("-inf")
         self._no_retries_until: dict[str, float] = {}
@@ -1209,7 +1210,7 @@ class TaskService:
                     await self.reap()
                     if (now := now_ms()) >= self._next_depth_sample:
                         await self.sample_queue_depth(now)
-                        interval = round(self.settings.queue_depth_sample_seconds * 1000)
+                        interval = max(1, round(self.settings.queue_depth_sample_seconds * 1000))
                         self._next_depth_sample = now - now % interval + interval
                 except BackendUnavailable as exc:
                     raise_if_cancelled()
@@ -1256,8 +1257,8 @@ class TaskService:
         """
         if self._stopper is not None:
             return
-        deadline = time.monotonic() + grace_seconds
-        self._stopper = asyncio.create_task(self._stop_callbacks(deadline), name="shutdown")
+        self._deadline = time.monotonic() + grace_seconds
+        self._stopper = asyncio.create_task(self._stop_callbacks(self._deadline), name="shutdown")
         self.arrivals.notify()
 
     async def _stop_callbacks(self, deadline: float) -> None:
@@ -1286,6 +1287,9 @@ class TaskService:
         self.begin_shutdown(grace_seconds)
         assert self._stopper is not None
         await self._stopper
+        # An execute that passed the stopping check just before the signal can start its
+        # callback after the stopper found nothing in flight: it gets the same deadline.
+        await self._stop_callbacks(self._deadline)
 
 
 def _check_edges(source: Collection[Status], target: Status) -> None:

@@ -108,6 +108,23 @@ def test_a_valid_key_gets_in_and_is_never_logged(keyed: Server, receiver: Receiv
         assert secret not in log
 
 
+def test_a_forged_dashboard_session_cookie_leads_to_the_login(keyed: Server) -> None:
+    """Cookies are anyone's to forge: a session with a 5,000-digit expiry, a wrong signature,
+    or garbage, and a flash message nested beyond the parser's stack, each lead to the login
+    form, never to a 500."""
+    for cookie in (
+        f"taskplatform_dashboard={'9' * 5000}.x",
+        f"taskplatform_dashboard={int(time.time()) + 3600}.forged",
+        "taskplatform_dashboard=.",
+        f"taskplatform_flash={base64.urlsafe_b64encode(b'[' * 3000).decode()}",
+    ):
+        response = httpx.get(f"{keyed.url}/dashboard/", headers={"Cookie": cookie})
+        assert response.status_code in (303, 307), (cookie[:40], response.status_code)
+        assert "/dashboard/login" in response.headers["location"]
+        login = httpx.get(f"{keyed.url}/dashboard/login", headers={"Cookie": cookie})
+        assert login.status_code == 200, (cookie[:40], login.status_code)
+
+
 def test_probes_and_docs_stay_open(keyed: Server) -> None:
     for path in ("/healthz", "/readyz", "/openapi.json", "/docs"):
         assert httpx.get(f"{keyed.url}{path}").status_code == 200, path
@@ -158,6 +175,8 @@ def test_a_browser_on_another_site_cannot_change_tasks(
     task_id = create(client, receiver.url("/ok"), priority=2**31 - 1)
     for path in ("/api/tasks/dequeue", f"/api/tasks/{task_id}/cancel"):
         assert_problem(client.post(path, headers=browser), 403, "cross_origin_request")
+    # The seed's dequeue is a GET, which an <img> on any page sends.
+    assert_problem(client.get("/api/tasks/dequeue", headers=browser), 403, "cross_origin_request")
     assert client.get(f"/api/tasks/{task_id}").json()["status"] == "Queued"
     assert not receiver.hits_for(task_id)
     # Reading is harmless (and the response is not readable cross-origin without CORS).

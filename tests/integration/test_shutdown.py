@@ -68,6 +68,26 @@ async def test_an_execute_in_flight_gets_the_grace_once_then_a_shutting_down_err
     assert time.monotonic() - started < 0.5
 
 
+async def test_a_callback_that_starts_after_the_stopper_looked_gets_the_same_deadline(
+    service: TaskService, receiver: Receiver
+) -> None:
+    """An execute past its stopping check when the signal came starts its callback after the
+    stopper found nothing in flight: shutdown still waits for it until the deadline and
+    records it interrupted, instead of closing the backends under it."""
+    task_id = await _dequeued(service, receiver.url("/slow?seconds=5"))
+    task = await service.start_execute(task_id)  # past the check
+    service.begin_shutdown(0.5)
+    await asyncio.sleep(0.05)  # the stopper has looked: nothing was in flight
+    service.dispatch(task)
+    while not receiver.hits_for(task_id):
+        await asyncio.sleep(0.02)
+    started = time.monotonic()
+    await service.shutdown(30)
+    assert time.monotonic() - started < 1.5
+    stopped = await service.get(task_id)
+    assert (stopped.status, stopped.error) == (Status.FAILED, INTERRUPTED)
+
+
 async def test_a_callback_that_ends_within_the_grace_answers_its_outcome(
     service: TaskService, receiver: Receiver
 ) -> None:

@@ -293,6 +293,8 @@ def test_verify_callback_accepts_what_the_platform_signs() -> None:
         ("future", "beyond the tolerance"),
         ("missing", "no webhook-signature header"),
         ("timestamp", "not Unix seconds"),
+        ("superscript", "not Unix seconds"),
+        ("huge", "not Unix seconds"),
         ("id", "no webhook-signature matches"),
     ],
 )
@@ -311,6 +313,10 @@ def test_verify_callback_refuses_forgeries(change: str, message: str) -> None:
         del headers["Webhook-Signature"]
     elif change == "timestamp":
         headers["Webhook-Timestamp"] = "12.5"
+    elif change == "superscript":  # str.isdigit() takes it; int() does not
+        headers["Webhook-Timestamp"] = "17\u00b2"
+    elif change == "huge":  # beyond int()'s digit limit
+        headers["Webhook-Timestamp"] = "9" * 5000
     elif change == "id":
         headers["Webhook-Id"] = "01900000-0000-7000-8000-000000000001"
     with pytest.raises(InvalidSignature, match=message):

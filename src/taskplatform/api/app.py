@@ -21,6 +21,7 @@ from taskplatform.backends import open_backends, prepare_schema
 from taskplatform.dashboard import install as install_dashboard
 from taskplatform.dispatch import sender_from_settings
 from taskplatform.dispatch.dispatcher import Dispatcher
+from taskplatform.metrics import process_stopped
 from taskplatform.service import TaskService
 from taskplatform.settings import Settings, load_settings
 
@@ -109,6 +110,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await service.shutdown(settings.shutdown_grace_seconds)
             await sender.close()
             await backends.close()
+            process_stopped()
 
     app = TaskPlatformAPI(
         title="taskplatform",

@@ -178,7 +178,9 @@ class SecurityMiddleware:
     def _session_key(self, session: bytes) -> int | None:
         """Return the index of the key whose unexpired session ``session`` is, or None."""
         expiry, _, _ = session.partition(b".")
-        if not expiry.isdigit() or int(expiry) <= time.time():
+        # At most 12 digits (epoch seconds until the year 33658): int() of a 5,000-digit
+        # cookie would raise instead of refusing it.
+        if not (0 < len(expiry) <= 12 and expiry.isdigit()) or int(expiry) <= time.time():
             return None
         expected = [_session_value(digest, expiry) for digest in self._digests]
         return _match(session, expected)
@@ -210,7 +212,8 @@ class SecurityMiddleware:
                 [],
             )
             return
-        if not dashboard and scope["method"] not in _SAFE_METHODS and _cross_site(scope):
+        changes_state = scope["method"] not in _SAFE_METHODS or path in _STATEFUL_GETS
+        if not dashboard and changes_state and _cross_site(scope):
             await _problem(
                 send_with_headers,
                 403,
@@ -254,6 +257,8 @@ class SecurityMiddleware:
 
 
 _SAFE_METHODS = frozenset(("GET", "HEAD", "OPTIONS"))
+# GETs that change state: the seed's dequeue is a GET, and an <img> on any page could send it.
+_STATEFUL_GETS = frozenset(("/api/tasks/dequeue",))
 _LOOPBACK_NAMES = frozenset((b"127.0.0.1", b"localhost", b"[::1]", b"::1"))
 
 

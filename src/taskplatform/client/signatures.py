@@ -62,7 +62,8 @@ def verify_callback(
     msg_id = _header(headers, "webhook-id")
     raw_timestamp = _header(headers, "webhook-timestamp")
     offered = _header(headers, "webhook-signature").split()
-    if not raw_timestamp.isdigit():
+    # ASCII digits, at most 12: str.isdigit() also takes "²", and int() refuses 5,000 digits.
+    if not (raw_timestamp.isascii() and raw_timestamp.isdigit() and len(raw_timestamp) <= 12):
         raise InvalidSignature(f"webhook-timestamp is not Unix seconds: {raw_timestamp[:40]!r}")
     timestamp = int(raw_timestamp)
     current = time.time() if now is None else now

@@ -159,7 +159,7 @@ def _read_flash(request: Request) -> dict[str, str] | None:
         return None
     try:
         flash = json.loads(base64.urlsafe_b64decode(raw.encode()))
-    except (ValueError, binascii.Error):
+    except (ValueError, binascii.Error, RecursionError):  # a cookie is anyone's to forge
         return None
     if not isinstance(flash, dict) or not isinstance(flash.get("text"), str):
         return None
