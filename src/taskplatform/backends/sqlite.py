@@ -374,21 +374,47 @@ class SQLiteQueue(Queue):
         lease_expires_at: int | None = None,
         dispatched: bool = False,
     ) -> TaskRecord | None:
+        moved = await self.transfer_many(
+            store,
+            now=now,
+            most=1,
+            queue=queue,
+            lease_token=lease_token,
+            lease_expires_at=lease_expires_at,
+            dispatched=dispatched,
+        )
+        return moved[0] if moved else None
+
+    async def transfer_many(
+        self,
+        store: Store,
+        *,
+        now: int,
+        most: int,
+        queue: str = DEFAULT_QUEUE,
+        lease_token: str | None = None,
+        lease_expires_at: int | None = None,
+        dispatched: bool = False,
+    ) -> list[TaskRecord]:
         self._check_store(store)
         due = {"queue": queue, "now": now}
 
-        def job(conn: sqlite3.Connection) -> TaskRecord | None:
-            row = conn.execute(SQL["dequeue_next"], due).fetchone()
-            if row is None:
-                return None
-            self._faults.hit("after_reserve")  # the savepoint undoes the delete if this raises
-            task = queued_record(row)
-            task.status = Status.DEQUEUED
-            task.dequeued_at = task.updated_at = now
-            task.lease_token, task.lease_expires_at = lease_token, lease_expires_at
-            task.dispatched = dispatched
-            conn.execute(SQL["store_insert"], task_params(task))
-            return task
+        # One writer job for the batch: each hop to the writer thread costs GIL hand-offs.
+        def job(conn: sqlite3.Connection) -> list[TaskRecord]:
+            moved: list[TaskRecord] = []
+            while len(moved) < most:
+                row = conn.execute(SQL["dequeue_next"], due).fetchone()
+                if row is None:
+                    break
+                self._faults.hit("after_reserve")  # the savepoint undoes the job if this raises
+                task = queued_record(row)
+                task.status = Status.DEQUEUED
+                task.dequeued_at = task.updated_at = now
+                task.lease_token, task.lease_expires_at = lease_token, lease_expires_at
+                task.dispatched = dispatched
+                conn.execute(SQL["store_insert"], task_params(task))
+                moved.append(task)
+            return moved
 
         return await self.database.write(job)
 
@@ -467,6 +493,36 @@ class SQLiteStore(Store):
             if execution is not None:
                 conn.execute(SQL["execution_insert"], execution_params(execution))
             return stored_record(row)
+
+        return await self.database.write(job)
+
+    async def _compare_and_set_many(
+        self,
+        task_ids: list[str],
+        *,
+        expected: tuple[Status, ...],
+        target: Status,
+        now: int,
+        changes: TaskChanges,
+        require_attempts_left: bool,
+    ) -> list[TaskRecord]:
+        statements = [
+            compare_and_set_sql(
+                task_id,
+                expected=expected,
+                target=target,
+                now=now,
+                changes=changes,
+                lease_token=None,
+                require_attempts_left=require_attempts_left,
+            )
+            for task_id in task_ids
+        ]
+
+        # One writer job, each row its own compare-and-set, as the one-by-one default does.
+        def job(conn: sqlite3.Connection) -> list[TaskRecord]:
+            rows = [conn.execute(sql, params).fetchone() for sql, params in statements]
+            return [stored_record(row) for row in rows if row is not None]
 
         return await self.database.write(job)
 
