@@ -378,7 +378,6 @@ class PostgresQueue(Queue):
         lease_expires_at: int | None = None,
         dispatched: bool = False,
     ) -> TaskRecord | None:
-        self._check_store(store)
         moved = await self.transfer_many(
             store,
             now=now,
