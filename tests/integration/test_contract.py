@@ -335,11 +335,19 @@ async def test_attempts_left_guard(backends: Backends) -> None:
 
 
 async def test_insert_dequeued_is_idempotent(backends: Backends) -> None:
-    task = _task(_id(7))
-    task.status = Status.DEQUEUED
-    assert await backends.store.insert_dequeued(task) is True
-    assert await backends.store.insert_dequeued(task) is False
-    assert (await backends.store.count_by_status()) == {Status.DEQUEUED: 1}
+    tasks = [_task(_id(n)) for n in range(3)]
+    for task in tasks:
+        task.status = Status.DEQUEUED
+    assert await backends.store.insert_dequeued(tasks[:2]) == {_id(0), _id(1)}
+    # A repeat inserts only what is new, and leaves what is stored as it was.
+    tasks[0].priority = 99
+    assert await backends.store.insert_dequeued(tasks) == {_id(2)}
+    assert await backends.store.insert_dequeued(tasks) == set()
+    assert await backends.store.insert_dequeued([]) == set()
+    assert (await backends.store.count_by_status()) == {Status.DEQUEUED: 3}
+    stored = await backends.store.get(_id(0))
+    assert stored is not None
+    assert stored.priority == 0
 
 
 async def test_list_pages_by_id_descending(backends: Backends) -> None:

@@ -414,14 +414,18 @@ class Store(abc.ABC):
         return moved
 
     @abc.abstractmethod
-    async def insert_dequeued(self, task: TaskRecord) -> bool:
-        """Insert a task that was just taken from the queue; a repeat is a no-op.
+    async def insert_dequeued(self, tasks: list[TaskRecord]) -> set[str]:
+        """Insert tasks that were just taken from the queue, all in one transaction; a repeat of
+        a task already stored is a no-op.
 
         Idempotent (``ON CONFLICT DO NOTHING``) so that a queue that reserves, inserts and acks can
-        retry the insert after a crash without duplicating the task.
+        retry the insert after a crash without duplicating a task. ``tasks`` have distinct ids.
 
         Returns:
-            True if this call inserted the row, False if it was there already.
+            The ids of the tasks this call inserted (the others were there already).
+
+        Raises:
+            BackendUnavailable: nothing was inserted.
         """
 
     @abc.abstractmethod

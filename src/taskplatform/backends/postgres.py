@@ -560,10 +560,14 @@ class PostgresStore(Store):
         # so each moves or stays exactly as its own compare-and-set would.
         return [stored_record(row) for row in await self.database.fetch(sql, params)]
 
-    async def insert_dequeued(self, task: TaskRecord) -> bool:
-        async with self.database.autocommit() as conn:  # one statement: autocommit
-            result = await conn.execute(SQL["store_insert"], task_params(task))
-        return bool(result.rowcount == 1)
+    async def insert_dequeued(self, tasks: list[TaskRecord]) -> set[str]:
+        rows = [task_params(task) for task in tasks]
+        columns = {name: [row[name] for row in rows] for name in rows[0]} if rows else {}
+        # One statement, atomic by itself, so autocommit: all rows or none. Rows are locked in
+        # the order they come, which is the queue's; the only concurrent writer of these fresh
+        # rows is a recovered reservation's own insert, which sees them as conflicts.
+        inserted = await self.database.fetch(QUERIES["store_insert_rows"], columns) if rows else []
+        return {task_id for (task_id,) in inserted}
 
     async def get(self, task_id: str) -> TaskRecord | None:
         row = await self.database.fetchrow(QUERIES["store_get"], {"task_id": task_id})

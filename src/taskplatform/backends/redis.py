@@ -16,9 +16,10 @@ slot so the Lua scripts may touch them together):
 - ``<p>:task:<id>``: hash with everything GET needs, until the task is acked.
 - ``<p>:seq``: the sequence counter.
 
-Dequeue (seed FR-009): a Lua script moves the next member from ``ready`` to ``inflight``; the task
-is inserted into the store idempotently (``ON CONFLICT DO NOTHING``); only after the store commits
-is the member acked (removed with its hash). If the insert fails the member goes straight back; if
+Dequeue (seed FR-009): a Lua script moves the next member (or the next several, for a batch claim)
+from ``ready`` to ``inflight``; the tasks are inserted into the store idempotently (``ON CONFLICT
+DO NOTHING``), in one store call; only after the store commits are the members acked (removed with
+their hashes). If the insert fails the member goes straight back; if
 the process dies in between, the recovery loop of any server finds the expired reservation and
 acks it when the store has the task, or returns it to ``ready`` (same position) when not.
 """
@@ -128,7 +129,8 @@ return 1
 )
 
 # KEYS: ready, scheduled (of one queue), inflight. ARGV: reservation deadline (ms), task hash key
-# prefix, now (ms). Moves members that came due from scheduled to ready, then reserves the first.
+# prefix, now (ms), most. Moves members that came due from scheduled to ready, then reserves the
+# first ``most``: returns {member, hash fields, member, hash fields, ...}, empty when none is ready.
 _RESERVE = """
 local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[3], 'LIMIT', 0, 100)
 for _, m in ipairs(due) do
@@ -136,13 +138,15 @@ for _, m in ipairs(due) do
   local priority = redis.call('HGET', ARGV[2] .. string.sub(m, 18), 'priority')
   if priority then redis.call('ZADD', KEYS[1], -tonumber(priority), m) end
 end
-local next = redis.call('ZRANGE', KEYS[1], 0, 0)
-if #next == 0 then return false end
-local member = next[1]
-redis.call('ZREM', KEYS[1], member)
-redis.call('ZADD', KEYS[3], ARGV[1], member)
-local id = string.sub(member, 18)
-return {member, redis.call('HGETALL', ARGV[2] .. id)}
+local members = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[4]) - 1)
+local reserved = {}
+for _, member in ipairs(members) do
+  redis.call('ZREM', KEYS[1], member)
+  redis.call('ZADD', KEYS[3], ARGV[1], member)
+  reserved[#reserved + 1] = member
+  reserved[#reserved + 1] = redis.call('HGETALL', ARGV[2] .. string.sub(member, 18))
+end
+return reserved
 """
 
 # KEYS: task hash, inflight. ARGV: key prefix, reservation deadline (ms). Reserves one given task
@@ -175,26 +179,37 @@ redis.call('DEL', old)
 return #members / 2
 """
 
-# KEYS: inflight, ids, task hash. ARGV: member, task id, key prefix.
+# KEYS: inflight, ids. ARGV: key prefix, then member and task id of each reservation to ack.
 _ACK = """
-redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('ZREM', KEYS[2], ARGV[2])
-local q = redis.call('HGET', KEYS[3], 'queue')
-if q then redis.call('ZREM', ARGV[3] .. ':qids:' .. q, ARGV[2]) end
-redis.call('DEL', KEYS[3])
+for i = 2, #ARGV, 2 do
+  local member, id = ARGV[i], ARGV[i + 1]
+  local hash = ARGV[1] .. ':task:' .. id
+  redis.call('ZREM', KEYS[1], member)
+  redis.call('ZREM', KEYS[2], id)
+  local q = redis.call('HGET', hash, 'queue')
+  if q then redis.call('ZREM', ARGV[1] .. ':qids:' .. q, id) end
+  redis.call('DEL', hash)
+end
 return 1
 """
 
-# KEYS: inflight, task hash. ARGV: member, key prefix. Returns 1 if the member went back to ready.
+# KEYS: inflight. ARGV: key prefix, then member and task id of each reservation to release.
+# Returns how many members went back to ready (a member no longer reserved stays where it is).
 _RELEASE = """
-if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
-local priority = redis.call('HGET', KEYS[2], 'priority')
-if not priority then return 0 end
-local q = redis.call('HGET', KEYS[2], 'queue') or 'default'
-redis.call('ZADD', ARGV[2] .. ':ready:' .. q, -tonumber(priority), ARGV[1])
-return 1
+local moved = 0
+for i = 2, #ARGV, 2 do
+  local member, hash = ARGV[i], ARGV[1] .. ':task:' .. ARGV[i + 1]
+  if redis.call('ZREM', KEYS[1], member) == 1 then
+    local priority = redis.call('HGET', hash, 'priority')
+    if priority then
+      local q = redis.call('HGET', hash, 'queue') or 'default'
+      redis.call('ZADD', ARGV[1] .. ':ready:' .. q, -tonumber(priority), member)
+      moved = moved + 1
+    end
+  end
+end
+return moved
 """
-
 
 REDIS_POOL_SIZE = 64
 """Connections one process keeps to Redis at most (commands beyond wait for one)."""
@@ -386,7 +401,8 @@ class RedisQueue(Queue):
         member = reserved[0].decode()
         task = _record(task_id, _pairs(reserved[1]))
         task.status, task.updated_at = Status.CANCELLED, now
-        return task if await self._store_reserved(store, member, task) else None
+        inserted = await self._store_reserved(store, {task_id: member}, [task])
+        return task if task_id in inserted else None
 
     async def transfer(
         self,
@@ -398,62 +414,127 @@ class RedisQueue(Queue):
         lease_expires_at: int | None = None,
         dispatched: bool = False,
     ) -> TaskRecord | None:
+        moved = await self.transfer_many(
+            store,
+            now=now,
+            most=1,
+            queue=queue,
+            lease_token=lease_token,
+            lease_expires_at=lease_expires_at,
+            dispatched=dispatched,
+        )
+        return moved[0] if moved else None
+
+    async def transfer_many(
+        self,
+        store: Store,
+        *,
+        now: int,
+        most: int,
+        queue: str = DEFAULT_QUEUE,
+        lease_token: str | None = None,
+        lease_expires_at: int | None = None,
+        dispatched: bool = False,
+    ) -> list[TaskRecord]:
+        """Reserve up to ``most`` in one script, insert them in one store call, ack them in one
+        script: three round trips for the batch, where a loop of :meth:`transfer` takes three
+        per task. See :meth:`Queue.transfer_many` for the contract."""
+        moved: list[TaskRecord] = []
+        while len(moved) < most:
+            try:
+                batch = await self._transfer_batch(
+                    store,
+                    now=now,
+                    most=most - len(moved),
+                    queue=queue,
+                    lease_token=lease_token,
+                    lease_expires_at=lease_expires_at,
+                    dispatched=dispatched,
+                )
+            except BackendUnavailable:
+                if not moved:
+                    raise
+                break
+            if batch is None:
+                break
+            moved.extend(batch)
+        return moved
+
+    async def _transfer_batch(
+        self,
+        store: Store,
+        *,
+        now: int,
+        most: int,
+        queue: str,
+        lease_token: str | None,
+        lease_expires_at: int | None,
+        dispatched: bool,
+    ) -> list[TaskRecord] | None:
+        """Move one reserved batch into ``store``; None when the queue had nothing ready.
+
+        The batch may come back shorter than it was reserved, even empty: a task already in
+        the store was handed out before (a recovered reservation raced its original owner), and
+        is never handed out twice.
+        """
         ready = f"{self._prefix}:ready:{queue}"
         scheduled = f"{self._prefix}:scheduled:{queue}"
-        while True:
-            async with self._guard():
-                reserved = await self._reserve(
-                    keys=[ready, scheduled, self._inflight],
-                    args=[now + self._reservation_ms, self._task_prefix, now],
-                )
-            if reserved is None:
-                return None
-            member = reserved[0].decode()
+        async with self._guard():
+            reply = await self._reserve(
+                keys=[ready, scheduled, self._inflight],
+                args=[now + self._reservation_ms, self._task_prefix, now, most],
+            )
+        if not reply:
+            return None
+        members: dict[str, str] = {}  # task id -> member, of every reservation to settle
+        tasks: list[TaskRecord] = []
+        for raw_member, flat in zip(reply[::2], reply[1::2], strict=True):
+            member = raw_member.decode()
             task_id = member[17:]
-            fields = _pairs(reserved[1])
-            if not fields:  # a hash lost by hand: nothing to deliver
-                await self._ack_member(member, task_id)
+            members[task_id] = member
+            if not flat:  # a hash lost by hand: nothing to deliver, only the member to ack
                 continue
-            task = _record(task_id, fields)
+            task = _record(task_id, _pairs(flat))
             task.status = Status.DEQUEUED
             task.dequeued_at = task.updated_at = now
             task.lease_token, task.lease_expires_at = lease_token, lease_expires_at
             task.dispatched = dispatched
-            if await self._store_reserved(store, member, task):
-                return task
-            # Already in the store: a recovered reservation raced its original owner. The task
-            # was handed out once already; never twice. Take the next one.
+            tasks.append(task)
+        inserted = await self._store_reserved(store, members, tasks)
+        return [task for task in tasks if task.task_id in inserted]
 
-    async def _store_reserved(self, store: Store, member: str, task: TaskRecord) -> bool:
-        """Insert a reserved task into ``store``, then ack its reservation.
+    async def _store_reserved(
+        self, store: Store, members: dict[str, str], tasks: list[TaskRecord]
+    ) -> set[str]:
+        """Insert reserved ``tasks`` into ``store``, then ack every reservation in ``members``
+        (task id -> member).
 
-        If the insert fails the member goes back to its place at once; if even that fails,
-        :meth:`recover` returns it later. Returns whether this call inserted the row.
+        If the insert fails the members go back to their places at once; if even that fails,
+        :meth:`recover` returns them later. Returns the ids of the tasks this call inserted.
         """
         try:
             self._faults.hit("after_reserve")
-            inserted = await store.insert_dequeued(task)
+            inserted = await store.insert_dequeued(tasks) if tasks else set()
         except BaseException:
             with contextlib.suppress(BackendUnavailable):
-                await asyncio.shield(self._release_member(member, task.task_id))
+                await asyncio.shield(self._release_members(members))
             raise
         self._faults.hit("after_insert")
-        await self._ack_member(member, task.task_id)
+        await self._ack_members(members)
         return inserted
 
-    async def _ack_member(self, member: str, task_id: str) -> None:
+    async def _ack_members(self, members: dict[str, str]) -> None:
         async with self._guard():
             await self._ack(
-                keys=[self._inflight, self._ids, self._task_key(task_id)],
-                args=[member, task_id, self._prefix],
+                keys=[self._inflight, self._ids], args=[self._prefix, *_flat_pairs(members)]
             )
 
-    async def _release_member(self, member: str, task_id: str) -> bool:
+    async def _release_members(self, members: dict[str, str]) -> int:
         async with self._guard():
             moved = await self._release(
-                keys=[self._inflight, self._task_key(task_id)], args=[member, self._prefix]
+                keys=[self._inflight], args=[self._prefix, *_flat_pairs(members)]
             )
-        return bool(moved)
+        return int(moved)
 
     async def requeue(
         self, store: Store, task: TaskRecord, *, now: int, note: str, redrive: bool = False
@@ -534,8 +615,8 @@ class RedisQueue(Queue):
             member = _text(raw)
             task_id = member[17:]
             if await store.get(task_id) is not None:
-                await self._ack_member(member, task_id)
-            elif await self._release_member(member, task_id):
+                await self._ack_members({task_id: member})
+            elif await self._release_members({task_id: member}):
                 returned += 1
                 logger.warning("task %s: returned an expired reservation to the queue", task_id)
         return returned
@@ -575,6 +656,11 @@ def _hash_values(task: TaskRecord) -> list[str | int | float]:
         "" if task.scheduled_at is None else task.scheduled_at,
         policy_text(task.retry_policy) or "",
     ]
+
+
+def _flat_pairs(members: dict[str, str]) -> list[str]:
+    """Return ``members`` (task id -> member) as the scripts' ARGV: member, task id, ..."""
+    return [value for task_id, member in members.items() for value in (member, task_id)]
 
 
 def _text(value: object) -> str:

@@ -526,9 +526,13 @@ class SQLiteStore(Store):
 
         return await self.database.write(job)
 
-    async def insert_dequeued(self, task: TaskRecord) -> bool:
-        def job(conn: sqlite3.Connection) -> bool:
-            return conn.execute(SQL["store_insert"], task_params(task)).rowcount == 1
+    async def insert_dequeued(self, tasks: list[TaskRecord]) -> set[str]:
+        def job(conn: sqlite3.Connection) -> set[str]:
+            return {
+                task.task_id
+                for task in tasks
+                if conn.execute(SQL["store_insert"], task_params(task)).rowcount == 1
+            }
 
         return await self.database.write(job)
 

@@ -112,3 +112,30 @@ WITH input AS (
     ON CONFLICT (task_id, attempt, started_at) DO NOTHING
 )
 SELECT * FROM changed;
+
+-- name: store_insert_rows
+-- store_insert for many tasks in one statement (a Redis queue's batch claim). Each parameter is
+-- an array holding one column; the ids of the rows inserted (or revived) come back.
+INSERT INTO tasks (task_id, sequence, status, priority, task_data, callback_url, max_retries,
+                   timeout_seconds, attempts, lease_token, lease_expires_at, next_attempt_at,
+                   result, error, created_at, updated_at, dequeued_at, completed_at, queue,
+                   scheduled_at, retry_policy, dead_letter, dispatched)
+SELECT * FROM unnest(
+    CAST(:task_id AS text[]), CAST(:sequence AS bigint[]), CAST(:status AS text[]),
+    CAST(:priority AS integer[]), CAST(:task_data AS text[]), CAST(:callback_url AS text[]),
+    CAST(:max_retries AS integer[]), CAST(:timeout_seconds AS double precision[]),
+    CAST(:attempts AS integer[]), CAST(:lease_token AS text[]),
+    CAST(:lease_expires_at AS bigint[]), CAST(:next_attempt_at AS bigint[]),
+    CAST(:result AS text[]), CAST(:error AS text[]), CAST(:created_at AS bigint[]),
+    CAST(:updated_at AS bigint[]), CAST(:dequeued_at AS bigint[]),
+    CAST(:completed_at AS bigint[]), CAST(:queue AS text[]), CAST(:scheduled_at AS bigint[]),
+    CAST(:retry_policy AS text[]), CAST(:dead_letter AS boolean[]),
+    CAST(:dispatched AS boolean[]))
+ON CONFLICT (task_id) DO UPDATE
+    SET status = excluded.status, lease_token = excluded.lease_token,
+        lease_expires_at = excluded.lease_expires_at, updated_at = excluded.updated_at,
+        dequeued_at = excluded.dequeued_at, attempts = excluded.attempts,
+        error = excluded.error, dispatched = excluded.dispatched,
+        dead_letter = excluded.dead_letter, next_attempt_at = excluded.next_attempt_at
+    WHERE tasks.status = 'Queued'
+RETURNING task_id;
