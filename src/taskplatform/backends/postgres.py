@@ -21,6 +21,7 @@ from sqlalchemy import text
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.util import greenlet_spawn
 
 from taskplatform.backends.base import (
     DepthSample,
@@ -152,33 +153,33 @@ class PostgresDatabase:
         The hot path: dequeue, every compare-and-set, the group commit of creates and reading
         a task. SQLAlchemy's execution layer (greenlet hop, compiled cache lookup, cursor and
         result wrappers) cost about 110 µs of CPU per statement, a third of what the dispatcher
-        spent per task (bench/README.md); the pool, its settings and every other statement stay
-        SQLAlchemy's. ``sql`` takes ``:named`` parameters, like ``text()``.
+        spent per task, and its ``Connection`` around a checkout as much again
+        (``bench/postgres_statement.py``); so this takes the connection from SQLAlchemy's pool itself, with the
+        pool's settings (size, overflow, timeout, recycle) and its reset on return. Every other
+        statement stays SQLAlchemy's. ``sql`` takes ``:named`` parameters, like ``text()``.
 
         Raises:
             BackendUnavailable: the database cannot be reached or failed the statement.
         """
         statement, names = positional(sql)
         arguments = [params[name] for name in names]
-        broken = False
         with _translated_errors():
+            # engine.dispose() replaces the pool: look it up each time.
+            pooled = await greenlet_spawn(self.engine.sync_engine.pool.connect)
             try:
-                async with self._autocommit.connect() as connection:
-                    raw = await connection.get_raw_connection()
-                    driver: asyncpg.Connection = raw.driver_connection
-                    try:
-                        rows: list[asyncpg.Record] = await driver.fetch(statement, *arguments)
-                        return rows
-                    except _BROKEN_CONNECTION:
-                        broken = True
-                        await connection.invalidate()
-                        raise
+                driver: asyncpg.Connection = pooled.driver_connection
+                rows: list[asyncpg.Record] = await driver.fetch(statement, *arguments)
+                return rows
+            except _BROKEN_CONNECTION:
+                # SQLAlchemy did not see the failure; do what it does on a disconnect: drop
+                # this connection, and since after a restart or failover the pool's others are
+                # dead too, replace them all rather than fail one request on each.
+                await greenlet_spawn(pooled.invalidate)
+                await self.engine.dispose()
+                raise
             finally:
-                if broken:
-                    # SQLAlchemy did not see the failure; do what it does on a disconnect:
-                    # after a restart or failover the pool's other connections are dead too,
-                    # so replace them all rather than fail one request on each.
-                    await self.engine.dispose()
+                if pooled.is_valid:
+                    await greenlet_spawn(pooled.close)  # back to the pool
 
     async def fetchrow(self, sql: str, params: Mapping[str, Any]) -> asyncpg.Record | None:
         """Like :meth:`fetch`, for a statement of at most one row; None when it has none."""
