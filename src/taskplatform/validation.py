@@ -27,8 +27,9 @@ QUEUE_PATTERN = r"^[A-Za-z0-9_.\-]{1,64}$"
 _HIGH = rb"\\u[dD][89abAB][0-9a-fA-F]{2}"
 _LOW = rb"\\u[dD][c-fC-F][0-9a-fA-F]{2}"
 _LONE_SURROGATE = re.compile(_HIGH + rb"(?!" + _LOW + rb")|(?<!" + _HIGH + rb")" + _LOW)
-_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
-_BRACKETS = re.compile(rb"[\[\]{}]")
+# Opening brackets to "(", closing ones to ")"; every other byte is deleted.
+_PAIRS = bytes.maketrans(b"[{]}", b"(())")
+_NOT_BRACKETS = bytes(byte for byte in range(256) if byte not in b"[]{}")
 _CONTROL_OR_SPACE = re.compile(r"[\x00-\x20\x7f\\]")
 _NUMERIC_LABEL = re.compile(r"(0[xX][0-9a-fA-F]*|[0-9]+)")
 _DNS_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
@@ -43,8 +44,12 @@ def _too_deep(max_depth: int) -> ValidationFailed:
 def check_json_depth(body: bytes, max_depth: int) -> None:
     """Reject well-formed JSON text nested deeper than ``max_depth`` arrays/objects.
 
-    ``body`` must already have parsed (so every string in it is closed): then one left-to-right
-    scan that skips strings counts the nesting in linear time. A body with no more brackets than
+    ``body`` must already have parsed (so every string in it is closed and the brackets are
+    balanced). Strings are cut out and every byte but the brackets dropped, with bytes methods
+    only; then each pass removes every innermost pair, so the number of passes to empty the
+    brackets is the nesting depth: at most ``max_depth + 1`` passes over them. A batch of 1,000
+    small tasks takes 0.9 ms, where a regular expression and a bracket-by-bracket loop took
+    9.5 ms, 8 % of the batch's CPU (bench/README). A body with no more brackets than
     ``max_depth`` passes at once.
 
     Raises:
@@ -52,14 +57,17 @@ def check_json_depth(body: bytes, max_depth: int) -> None:
     """
     if body.count(b"[") + body.count(b"{") <= max_depth:
         return
+    # Escapes first, left to right as JSON reads them: each "\\" pair, then each "\"" left;
+    # then every other piece between quotes is outside a string.
+    unescaped = body.replace(b"\\\\", b"").replace(b'\\"', b"")
+    outside = b"".join(unescaped.split(b'"')[::2])
+    brackets = outside.translate(_PAIRS, _NOT_BRACKETS)
     depth = 0
-    for match in _BRACKETS.finditer(_JSON_STRING.sub(b"", body)):
-        if match.group() in (b"[", b"{"):
-            depth += 1
-            if depth > max_depth:
-                raise _too_deep(max_depth)
-        else:
-            depth -= 1
+    while brackets:
+        depth += 1
+        if depth > max_depth:
+            raise _too_deep(max_depth)
+        brackets = brackets.replace(b"()", b"")
 
 
 def _decode_problem(body: bytes, exc: Exception) -> Exception:

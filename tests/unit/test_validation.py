@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from taskplatform.exceptions import MalformedJSON, ValidationFailed
 from taskplatform.validation import (
@@ -27,6 +30,36 @@ def test_depth_up_to_the_limit_passes(depth: int) -> None:
 def test_depth_over_the_limit_fails(depth: int) -> None:
     with pytest.raises(ValidationFailed, match="deeper than 64"):
         check_json_depth(b"{" + b'"a":[' * depth + b"1" + b"]" * depth + b"}", 64)
+
+
+def _nesting(value: object) -> int:
+    if isinstance(value, list):
+        return 1 + max(map(_nesting, value), default=0)
+    if isinstance(value, dict):
+        return 1 + max(map(_nesting, value.values()), default=0)
+    return 0
+
+
+_JSON = st.recursive(
+    st.none() | st.integers() | st.text(alphabet='[]{}\\"a'),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=3), inner, max_size=4)
+    ),
+    max_leaves=40,
+)
+
+
+@given(value=_JSON, limit=st.integers(min_value=0, max_value=12))
+def test_depth_is_the_nesting_of_any_document(value: object, limit: int) -> None:
+    """Siblings, mixed arrays and objects, brackets and escapes in strings: the check passes
+    exactly the documents nested at most ``limit`` deep."""
+    siblings = [value] * 20  # more brackets than the limit: past the count's shortcut
+    body = json.dumps(siblings).encode()
+    if _nesting(siblings) <= limit:
+        check_json_depth(body, limit)
+    else:
+        with pytest.raises(ValidationFailed):
+            check_json_depth(body, limit)
 
 
 def test_brackets_inside_strings_do_not_count() -> None:

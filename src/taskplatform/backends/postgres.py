@@ -154,9 +154,10 @@ class PostgresDatabase:
         a task. SQLAlchemy's execution layer (greenlet hop, compiled cache lookup, cursor and
         result wrappers) cost about 110 µs of CPU per statement, a third of what the dispatcher
         spent per task, and its ``Connection`` around a checkout as much again
-        (``bench/postgres_statement.py``); so this takes the connection from SQLAlchemy's pool itself, with the
-        pool's settings (size, overflow, timeout, recycle) and its reset on return. Every other
-        statement stays SQLAlchemy's. ``sql`` takes ``:named`` parameters, like ``text()``.
+        (``bench/postgres_statement.py``); so this takes the connection from SQLAlchemy's pool
+        itself, with the pool's settings (size, overflow, timeout, recycle) and its reset on
+        return. Every other statement stays SQLAlchemy's. ``sql`` takes ``:named`` parameters,
+        like ``text()``.
 
         Raises:
             BackendUnavailable: the database cannot be reached or failed the statement.
