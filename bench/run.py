@@ -905,6 +905,7 @@ def write_json(rows: list[Row], args: argparse.Namespace, sizes: Sizes, started:
         "started": started,
         "quick": args.quick,
         "backends": args.backends,
+        "server_env": args.server_env,
         "sizes": sizes.__dict__,
         "machine": machine(),
         "versions": versions(
@@ -951,7 +952,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"comma-separated, of {','.join(SCENARIOS)} (default all)",
     )
     parser.add_argument("--no-peers", action="store_true", help="skip aiohttp, Celery and RQ")
+    parser.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting for every taskplatform server of the run, e.g. "
+        "TASKPLATFORM_LOG_LEVEL=warning (repeatable)",
+    )
     args = parser.parse_args(argv)
+    if malformed := [item for item in args.server_env if "=" not in item]:
+        parser.error(f"--server-env takes NAME=VALUE, not {malformed[0]!r}")
     unknown = set(args.scenarios) - set(SCENARIOS)
     if unknown:
         parser.error(f"unknown scenario(s) {', '.join(sorted(unknown))}")
@@ -963,6 +974,7 @@ def main() -> None:
     args = parse_args()
     sizes = QUICK if args.quick else FULL
     scenarios = set(args.scenarios)
+    server_env = dict(item.split("=", 1) for item in args.server_env)
     started = time.strftime("%Y-%m-%d %H:%M %Z")
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner, helpers() as procs:
         bench = Bench(sizes, procs, runner)
@@ -971,26 +983,26 @@ def main() -> None:
         for backend in args.backends:
             print(f"[{backend}] measuring ...", file=sys.stderr)
             if scenarios & {"create", "batch", "dequeue"}:
-                with service(backend, runner) as srv:
+                with service(backend, runner, server_env) as srv:
                     runner.run(bench.create_batch_dequeue(srv, scenarios))
             if "pull" in scenarios:
-                with service(backend, runner) as srv:
+                with service(backend, runner, server_env) as srv:
                     runner.run(bench.pull(srv))
             if "latency" in scenarios:
-                with service(backend, runner) as srv:
+                with service(backend, runner, server_env) as srv:
                     runner.run(bench.latency_create(srv))
             if scenarios & {"dispatch", "latency"}:
                 dispatch_env = {
                     "TASKPLATFORM_DISPATCH": "true",
                     "TASKPLATFORM_DISPATCH_CONCURRENCY": str(DISPATCH_CONCURRENCY),
                 }
-                with service(backend, runner, dispatch_env) as srv:
+                with service(backend, runner, server_env | dispatch_env) as srv:
                     if "dispatch" in scenarios:
                         runner.run(bench.dispatch(srv))
                     if "latency" in scenarios:
                         runner.run(bench.latency_dispatch(srv))
             if "scale" in scenarios:
-                with service(backend, runner) as srv:
+                with service(backend, runner, server_env) as srv:
                     runner.run(bench.scale(srv))
     print(render(bench.rows, sizes, started))
     path = write_json(bench.rows, args, sizes, started)
