@@ -27,6 +27,7 @@ several servers at most one moves a task.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -402,7 +403,8 @@ class TaskService:
             self.arrivals.notify()
             for task in tasks:
                 self._moved(task)
-                self.metrics.task_created(task.queue)
+            for queue, count in collections.Counter(task.queue for task in tasks).items():
+                self.metrics.task_created(queue, count)
         return results
 
     async def dequeue(self, wait_seconds: float = 0, queue: str = DEFAULT_QUEUE) -> TaskRecord:

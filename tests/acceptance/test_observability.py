@@ -109,6 +109,8 @@ def test_batch_and_dispatch_are_counted(
             for n in range(5)
         ]
         items.append({"taskData": {}, "callbackUrl": "not a url", "queue": "auto"})
+        # Counted per queue: a batch may mix them (this one is not dispatched).
+        items += [{"taskData": {}, "callbackUrl": receiver.url("/ok"), "queue": "held"}] * 2
         response = client.post("/api/tasks/batch", json={"tasks": items})
         assert response.status_code == 200, response.text
         deadline = time.monotonic() + 15
@@ -122,6 +124,7 @@ def test_batch_and_dispatch_are_counted(
             time.sleep(0.1)
         assert done == 5
         assert value(samples, "taskplatform_tasks_created_total", queue="auto") == 5
+        assert value(samples, "taskplatform_tasks_created_total", queue="held") == 2
         assert (
             value(samples, "taskplatform_tasks_dequeued_total", queue="auto", mode="dispatch") == 5
         )
