@@ -238,6 +238,7 @@ class TaskService:
         *,
         changes: TaskChanges,
         require_attempts_left: bool = False,
+        due_by: int | None = None,
     ) -> list[TaskRecord]:
         """:meth:`_transition` of several tasks in one store call (a dispatcher's batch claim):
         each moves on its own, atomically, if it allows it.
@@ -257,6 +258,7 @@ class TaskService:
             now=now_ms(),
             changes=changes,
             require_attempts_left=require_attempts_left,
+            due_by=due_by,
         )
         for task in tasks:
             self._moved(task)
@@ -480,8 +482,9 @@ class TaskService:
         Processing under a fresh lease.
 
         Dispatched tasks in Retry whose ``nextAttemptAt`` has come go first (they waited
-        already), then the next due Queued tasks, taken in one batch (on PostgreSQL one
-        statement to take them and one to start them, not two per task). Of several
+        already; one statement starts them all), then the next due Queued tasks, taken in one
+        batch (on PostgreSQL one statement to take them and one to start them, not two per
+        task; each task's lease follows its own timeout). Of several
         dispatchers racing for one task, the compare-and-set lets exactly one through.
 
         Returns:
@@ -516,11 +519,17 @@ class TaskService:
             due = await self.store.due_retries(queue, now=now, limit=most)
             if not due:
                 self._no_retries_until[queue] = time.monotonic() + _RETRY_CHECK_SECONDS
-            for waiting in due:
-                # Still due: another dispatcher may have run it and put it back to wait meanwhile.
-                task = await self._start_processing(waiting, {Status.RETRY}, due_by=now)
-                if task is not None:
-                    claimed.append(task)
+            else:
+                # Still due: another dispatcher may have run one and put it back to wait
+                # meanwhile, with a later time.
+                claimed += await self._transition_many(
+                    [waiting.task_id for waiting in due],
+                    {Status.RETRY},
+                    Status.PROCESSING,
+                    changes=self._processing_changes(),
+                    require_attempts_left=True,
+                    due_by=now,
+                )
         if len(claimed) == most:
             return
         # The dispatcher executes at once; a short Dequeued lease covers a crash in between.
@@ -536,39 +545,34 @@ class TaskService:
         )
         for task in taken:
             self.metrics.task_dequeued(task.queue, "dispatch")
-        # One transition per distinct timeout (usually one): each task's lease is its own.
-        by_timeout: dict[float, list[str]] = {}
-        for task in taken:
-            by_timeout.setdefault(task.timeout_seconds, []).append(task.task_id)
-        for timeout_seconds, task_ids in by_timeout.items():
+        if taken:
+            # One transition for all; each task's lease follows its own timeout.
             claimed += await self._transition_many(
-                task_ids,
+                [task.task_id for task in taken],
                 {Status.DEQUEUED},
                 Status.PROCESSING,
-                changes=self._processing_changes(timeout_seconds),
+                changes=self._processing_changes(),
                 require_attempts_left=True,
             )
 
     async def _start_processing(
-        self, task: TaskRecord, source: Collection[Status], *, due_by: int | None = None
+        self, task_id: str, source: Collection[Status]
     ) -> TaskRecord | None:
         return await self._transition(
-            task.task_id,
+            task_id,
             source,
             Status.PROCESSING,
-            changes=self._processing_changes(task.timeout_seconds),
+            changes=self._processing_changes(),
             require_attempts_left=True,
-            due_by=due_by,
         )
 
-    def _processing_changes(self, timeout_seconds: float) -> TaskChanges:
-        """The columns of a move to Processing: one more attempt, under a lease that covers the
-        callback's ``timeout_seconds`` plus the grace."""
-        lease_seconds = timeout_seconds + self.settings.processing_lease_grace_seconds
+    def _processing_changes(self) -> TaskChanges:
+        """The columns of a move to Processing: one more attempt, under a fresh lease that
+        covers the task's own callback timeout plus the grace (computed by the store)."""
         return TaskChanges(
             increment_attempts=True,
             lease_token=str(uuid_utils.uuid4()),
-            lease_expires_at=now_ms() + round(lease_seconds * 1000),
+            lease_grace_seconds=self.settings.processing_lease_grace_seconds,
             next_attempt_at=None,
         )
 
@@ -668,6 +672,11 @@ class TaskService:
         """
         if self.stopping:
             raise ShuttingDown(STOPPING, task_id=task_id)
+        # The usual case, a Dequeued or Retry task with an attempt left, is one statement; the
+        # others are told apart from the task as it is then.
+        processing = await self._start_processing(task_id, {Status.DEQUEUED, Status.RETRY})
+        if processing is not None:
+            return processing
         task = await self.store.get(task_id)
         if task is None:
             if await self.queue.get(task_id) is not None:
@@ -683,7 +692,7 @@ class TaskService:
                 raise _conflict(await self.store.get(task_id) or task)
         elif task.status not in (Status.DEQUEUED, Status.RETRY):
             raise _conflict(task)
-        processing = await self._start_processing(task, {Status.DEQUEUED, Status.RETRY})
+        processing = await self._start_processing(task_id, {Status.DEQUEUED, Status.RETRY})
         if processing is None:
             raise _conflict(await self.store.get(task_id) or task)
         return processing

@@ -644,3 +644,50 @@ async def test_a_claim_of_a_retry_holds_only_while_it_is_due(backends: Backends)
         _id(1), expected={Status.RETRY}, target=Status.PROCESSING, now=now, due_by=now + 60_000
     )
     assert due is not None
+
+
+async def test_a_lease_from_each_tasks_own_timeout_in_one_statement(backends: Backends) -> None:
+    """``lease_grace_seconds``: each task's lease ends its own timeout plus the grace after
+    the update, in one compare-and-set over tasks of different timeouts; and the batch form
+    holds ``due_by`` as the single one does."""
+    timeouts = {_id(0): 5.0, _id(1): 0.25, _id(2): 3600.0, _id(3): 5.0}
+    for task_id, timeout in timeouts.items():
+        task = _task(task_id)
+        task.timeout_seconds = timeout
+        await backends.queue.enqueue(task)
+    await backends.queue.transfer_many(backends.store, now=now_ms(), most=4)
+    now = now_ms()
+    moved = await backends.store.compare_and_set_many(
+        list(timeouts),
+        expected={Status.DEQUEUED},
+        target=Status.PROCESSING,
+        now=now,
+        changes=TaskChanges(lease_token="claim", lease_grace_seconds=1.5),
+    )
+    assert len(moved) == 4
+    for task in moved:
+        assert task.lease_expires_at == now + round((timeouts[task.task_id] + 1.5) * 1000)
+        stored = await backends.store.get(task.task_id)
+        assert stored is not None
+        assert stored.lease_expires_at == task.lease_expires_at
+    single = await backends.store.compare_and_set(
+        _id(1),
+        expected={Status.PROCESSING},
+        target=Status.RETRY,
+        now=now,
+        changes=TaskChanges(next_attempt_at=now + 60_000, lease_token=None, lease_expires_at=None),
+    )
+    assert single is not None
+    assert single.lease_expires_at is None
+    for due_by, expected_moves in ((now, 0), (now + 60_000, 1)):
+        retried = await backends.store.compare_and_set_many(
+            [_id(1)],
+            expected={Status.RETRY},
+            target=Status.PROCESSING,
+            now=now,
+            changes=TaskChanges(lease_grace_seconds=0),
+            due_by=due_by,
+        )
+        assert len(retried) == expected_moves
+    with pytest.raises(ValueError, match="not both"):
+        TaskChanges(lease_expires_at=1, lease_grace_seconds=1)

@@ -8,10 +8,11 @@ import asyncio
 from pathlib import Path
 
 import asyncpg
+import pytest
 
 from taskplatform.backends.postgres import PostgresDatabase
 from taskplatform.exceptions import BackendUnavailable
-from tests.support.backends import POSTGRES_URL, backend_env
+from tests.support.backends import POSTGRES_URL, backend_env, require
 
 
 async def test_after_every_connection_is_dropped_at_most_one_request_fails(
@@ -39,4 +40,36 @@ async def test_after_every_connection_is_dropped_at_most_one_request_fails(
         assert failures <= 1
     finally:
         await admin.close()
+        await database.close()
+
+
+async def test_a_refused_connection_is_backend_unavailable() -> None:
+    """The server refusing a connection at the pool's checkout (here a database that does not
+    exist; in production "the database system is starting up" or "too many clients") is a 503
+    to the caller, not a 500, and does not end the dispatcher."""
+    require("postgres")
+    base, _, _ = POSTGRES_URL.rpartition("/")
+    database = PostgresDatabase(f"{base}/taskplatform_no_such_db", pool_size=1, pool_overflow=0)
+    try:
+        with pytest.raises(BackendUnavailable):
+            await database.fetch("SELECT 1", {})
+    finally:
+        await database.close()
+
+
+async def test_a_cancelled_or_failed_statement_returns_a_sound_connection(tmp_path: Path) -> None:
+    url = backend_env("postgres", tmp_path)["TASKPLATFORM_DATABASE_URL"]
+    database = PostgresDatabase(url, pool_size=2, pool_overflow=0)
+    try:
+        call = asyncio.create_task(database.fetch("SELECT pg_sleep(5)", {}))
+        await asyncio.sleep(0.2)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        with pytest.raises(BackendUnavailable):
+            await database.fetch("SELECT 1/0", {})
+        for _ in range(20):
+            assert [tuple(row) for row in await database.fetch("SELECT 1", {})] == [(1,)]
+        assert database.engine.sync_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    finally:
         await database.close()

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
 
-from taskplatform.backends import Backends, open_backends, prepare_schema
+from taskplatform.backends import Backends, TaskChanges, open_backends, prepare_schema
 from taskplatform.backends.redis import RedisQueue, _text
 from taskplatform.exceptions import BackendUnavailable
-from taskplatform.models import Status, now_ms
+from taskplatform.models import RetryPolicy, Status, now_ms
 from taskplatform.settings import Settings
 from tests.integration.test_contract import _id, _task
 from tests.support.backends import REDIS_URL, backend_env, settings_kwargs
@@ -31,6 +32,16 @@ async def both_stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIt
     """The Redis queue over each store, for what depends on the store's batch insert."""
     env = backend_env(request.param, tmp_path) | {"TASKPLATFORM_FAULTS": "after_reserve=fail:1"}
     settings = Settings(**settings_kwargs(env))  # type: ignore[arg-type]
+    await prepare_schema(settings)
+    opened = open_backends(settings)
+    yield opened
+    await opened.close()
+
+
+@pytest.fixture(params=["redis+sqlite", "redis+postgres"])
+async def redis_over(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backends]:
+    """The Redis queue over each store, with no fault injected."""
+    settings = Settings(**settings_kwargs(backend_env(request.param, tmp_path)))  # type: ignore[arg-type]
     await prepare_schema(settings)
     opened = open_backends(settings)
     yield opened
@@ -145,3 +156,124 @@ async def test_replies_are_parsed_by_hiredis(redis_queue: RedisQueue) -> None:
         assert type(connection._parser).__name__ == "_AsyncHiredisParser"
     finally:
         await redis_queue.client.connection_pool.release(connection)
+
+
+async def test_an_ack_failure_after_the_insert_loses_no_claimed_task(redis_over: Backends) -> None:
+    """The store has the batch when acking it in Redis fails: the batch is still handed out
+    (Queue.transfer_many: what moved must not be lost from sight), and recovery acks it."""
+    queue, store = redis_over.queue, redis_over.store
+    assert isinstance(queue, RedisQueue)
+    for n in range(10):
+        await queue.enqueue(_task(_id(n)))
+    real_ack = queue._ack_members
+
+    async def failing_ack(members: dict[str, str]) -> None:
+        raise BackendUnavailable("the Redis queue failed: injected")
+
+    queue._ack_members = failing_ack  # type: ignore[method-assign]
+    try:
+        taken = await queue.transfer_many(store, now=now_ms(), most=5, lease_token="L")
+    finally:
+        queue._ack_members = real_ack  # type: ignore[method-assign]
+    stored = await store.list_tasks(status=Status.DEQUEUED, before=None, limit=100)
+    assert sorted(task.task_id for task in taken) == sorted(task.task_id for task in stored)
+    assert len(taken) == 5
+    assert await queue.recover(store, now=now_ms() + 3_600_000) == 0  # acked, not returned
+    assert await queue.depth() == 5
+
+
+async def test_a_member_whose_hash_is_lost_leaves_no_trace(redis_over: Backends) -> None:
+    """A member whose task hash was deleted by hand, in a batch whose insert fails, is not
+    counted in the queue's depth forever."""
+    queue, store = redis_over.queue, redis_over.store
+    assert isinstance(queue, RedisQueue)
+    await queue.enqueue(_task(_id(1), priority=5))
+    await queue.enqueue(_task(_id(2)))
+    await queue.client.delete(queue._task_key(_id(1)))
+
+    async def failing_insert(tasks: object) -> set[str]:
+        raise BackendUnavailable("the store failed: injected")
+
+    real_insert = store.insert_dequeued
+    store.insert_dequeued = failing_insert  # type: ignore[method-assign]
+    try:
+        with pytest.raises(BackendUnavailable):
+            await queue.transfer_many(store, now=now_ms(), most=2)
+    finally:
+        store.insert_dequeued = real_insert  # type: ignore[method-assign]
+    moved = await queue.transfer_many(store, now=now_ms(), most=2)
+    assert [task.task_id for task in moved] == [_id(2)]
+    assert await queue.client.zcard(f"{queue._prefix}:inflight") == 0
+    assert await queue.depth() == 0
+
+
+async def test_cancellation_during_the_insert_puts_the_batch_back_in_order(
+    redis_over: Backends,
+) -> None:
+    queue, store = redis_over.queue, redis_over.store
+    assert isinstance(queue, RedisQueue)
+    for n in range(6):
+        await queue.enqueue(_task(_id(n), priority=n % 2))
+    order = [_id(n) for n in (1, 3, 5, 0, 2, 4)]
+    started = asyncio.Event()
+
+    async def slow_insert(tasks: object) -> set[str]:
+        started.set()
+        await asyncio.sleep(10)
+        return set()
+
+    real_insert = store.insert_dequeued
+    store.insert_dequeued = slow_insert  # type: ignore[method-assign]
+    call = asyncio.create_task(queue.transfer_many(store, now=now_ms(), most=4))
+    await started.wait()
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    store.insert_dequeued = real_insert  # type: ignore[method-assign]
+    assert await queue.client.zcard(f"{queue._prefix}:inflight") == 0
+    ready = await queue.client.zrange(f"{queue._prefix}:ready:default", 0, -1)
+    assert [_text(member)[17:] for member in ready] == order
+    moved = await queue.transfer_many(store, now=now_ms(), most=6)
+    assert [task.task_id for task in moved] == order
+
+
+async def test_a_batch_insert_revives_a_row_a_requeue_marked(redis_over: Backends) -> None:
+    """A row left marked Queued by an interrupted requeue is taken again by the batch insert;
+    the others already stored are left alone."""
+    store = redis_over.store
+    tasks = [_task(_id(n)) for n in range(3)]
+    for task in tasks:
+        task.status = Status.DEQUEUED
+    assert await store.insert_dequeued(tasks[:2]) == {_id(0), _id(1)}
+    marked = await store.compare_and_set(
+        _id(0),
+        expected={Status.DEQUEUED},
+        target=Status.QUEUED,
+        now=now_ms(),
+        changes=TaskChanges(lease_token="marker", lease_expires_at=None, error="back"),
+    )
+    assert marked is not None
+    tasks[0].lease_token = "new-lease"
+    assert await store.insert_dequeued(tasks) == {_id(0), _id(2)}
+    revived = await store.get(_id(0))
+    assert revived is not None
+    assert (revived.status, revived.lease_token) == (Status.DEQUEUED, "new-lease")
+
+
+async def test_a_batch_insert_keeps_nulls_booleans_and_every_number(redis_over: Backends) -> None:
+    store = redis_over.store
+    policy = RetryPolicy(
+        backoff_min_seconds=1, backoff_max_seconds=2.5, backoff_multiplier=2, retry_on=[503]
+    )
+    tasks = [_task(_id(n), priority=[-(2**31), 2**31 - 1, 0][n]) for n in range(3)]
+    tasks[0].timeout_seconds = 5  # an int in a double precision column
+    tasks[0].lease_token, tasks[0].lease_expires_at = "L", 2**53
+    tasks[1].scheduled_at, tasks[1].retry_policy = 123, policy
+    tasks[1].dead_letter, tasks[1].dispatched = True, True
+    tasks[1].error, tasks[1].result, tasks[1].completed_at = "e\u00e9", b'{"r": 1}', 7
+    tasks[2].queue, tasks[2].task_data = "other", b'"\\u0000 \xe2\x82\xac"'
+    for n, task in enumerate(tasks):
+        task.status, task.sequence, task.dequeued_at = Status.DEQUEUED, 10 + n, 99
+    assert await store.insert_dequeued(tasks) == {_id(0), _id(1), _id(2)}
+    for task in tasks:
+        assert await store.get(task.task_id) == task

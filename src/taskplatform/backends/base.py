@@ -23,12 +23,16 @@ class TaskChanges(msgspec.Struct, kw_only=True):
     """Columns a status transition writes besides ``status`` and ``updated_at``.
 
     A field left at ``UNSET`` is not written; ``None`` writes SQL NULL. ``increment_attempts``
-    adds one to ``attempts`` inside the same atomic update.
+    adds one to ``attempts`` inside the same atomic update. ``lease_grace_seconds`` sets
+    ``lease_expires_at`` to the update's time plus the task's own ``timeout_seconds`` plus that
+    many seconds, computed in the same statement (so one statement starts tasks of different
+    timeouts, and a pull execute needs no read first); it excludes ``lease_expires_at``.
     """
 
     increment_attempts: bool = False
     lease_token: str | msgspec.UnsetType | None = msgspec.UNSET
     lease_expires_at: int | msgspec.UnsetType | None = msgspec.UNSET
+    lease_grace_seconds: float | msgspec.UnsetType = msgspec.UNSET
     next_attempt_at: int | msgspec.UnsetType | None = msgspec.UNSET
     result: bytes | msgspec.UnsetType | None = msgspec.UNSET
     error: str | msgspec.UnsetType | None = msgspec.UNSET
@@ -36,8 +40,15 @@ class TaskChanges(msgspec.Struct, kw_only=True):
     dead_letter: bool | msgspec.UnsetType = msgspec.UNSET
     dispatched: bool | msgspec.UnsetType = msgspec.UNSET
 
+    def __post_init__(self) -> None:
+        if self.lease_grace_seconds is not msgspec.UNSET and (
+            self.lease_expires_at is not msgspec.UNSET
+        ):
+            raise ValueError("set lease_expires_at or lease_grace_seconds, not both")
+
     def columns(self) -> dict[str, object]:
-        """Return the set columns as ``{column name: value}``, skipping ``UNSET`` ones."""
+        """Return the set columns as ``{column name: value}``, skipping ``UNSET`` ones (and
+        ``lease_grace_seconds``, which is an expression, not a value)."""
         return {
             name: value
             for name in (
@@ -360,6 +371,7 @@ class Store(abc.ABC):
         now: int,
         changes: TaskChanges | None = None,
         require_attempts_left: bool = False,
+        due_by: int | None = None,
     ) -> list[TaskRecord]:
         """:meth:`compare_and_set` of several tasks with the same arguments: each row moves on its
         own if it matches (atomic per task, as one compare-and-set), the others stay as they are.
@@ -382,6 +394,7 @@ class Store(abc.ABC):
             now=now,
             changes=changes or TaskChanges(),
             require_attempts_left=require_attempts_left,
+            due_by=due_by,
         )
 
     async def _compare_and_set_many(
@@ -393,6 +406,7 @@ class Store(abc.ABC):
         now: int,
         changes: TaskChanges,
         require_attempts_left: bool,
+        due_by: int | None,
     ) -> list[TaskRecord]:
         """One compare-and-set per task; a store that can do many in one statement overrides
         this."""
@@ -407,7 +421,7 @@ class Store(abc.ABC):
                 lease_token=None,
                 require_attempts_left=require_attempts_left,
                 execution=None,
-                due_by=None,
+                due_by=due_by,
             )
             if task is not None:
                 moved.append(task)

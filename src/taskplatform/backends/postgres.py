@@ -18,6 +18,7 @@ from typing import Any
 import asyncpg
 import msgspec
 from sqlalchemy import text
+from sqlalchemy.dialects.postgresql.asyncpg import AsyncAdapt_asyncpg_dbapi
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -70,7 +71,14 @@ def positional(sql: str) -> tuple[str, tuple[str, ...]]:
 
 _DIALECT = asyncpg_dialect()  # type: ignore[no-untyped-call]
 # Errors of the driver itself, met on the hot path that bypasses SQLAlchemy's execution layer.
-_DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)
+_DRIVER_ERRORS = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    # A connection refused at the pool's checkout ("the database system is starting up", "too
+    # many clients") comes as the dialect's DBAPI error: no SQLAlchemy Connection wraps it.
+    AsyncAdapt_asyncpg_dbapi.Error,
+)
 # Those after which the connection cannot be trusted again.
 _BROKEN_CONNECTION = (
     asyncpg.PostgresConnectionError,
@@ -547,6 +555,7 @@ class PostgresStore(Store):
         now: int,
         changes: TaskChanges,
         require_attempts_left: bool,
+        due_by: int | None,
     ) -> list[TaskRecord]:
         sql, params = compare_and_set_sql(
             "",
@@ -556,6 +565,7 @@ class PostgresStore(Store):
             changes=changes,
             lease_token=None,
             require_attempts_left=require_attempts_left,
+            due_by=due_by,
             many=task_ids,
         )
         # One UPDATE for all: READ COMMITTED rechecks each row's condition under its row lock,

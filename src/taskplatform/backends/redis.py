@@ -194,7 +194,8 @@ return 1
 """
 
 # KEYS: inflight. ARGV: key prefix, then member and task id of each reservation to release.
-# Returns how many members went back to ready (a member no longer reserved stays where it is).
+# Returns how many members went back to ready (a member no longer reserved stays where it is; one
+# whose hash is lost is dropped).
 _RELEASE = """
 local moved = 0
 for i = 2, #ARGV, 2 do
@@ -205,6 +206,8 @@ for i = 2, #ARGV, 2 do
       local q = redis.call('HGET', hash, 'queue') or 'default'
       redis.call('ZADD', ARGV[1] .. ':ready:' .. q, -tonumber(priority), member)
       moved = moved + 1
+    else
+      redis.call('ZREM', ARGV[1] .. ':ids', ARGV[i + 1])  -- its hash is lost: nothing to return
     end
   end
 end
@@ -510,7 +513,8 @@ class RedisQueue(Queue):
         (task id -> member).
 
         If the insert fails the members go back to their places at once; if even that fails,
-        :meth:`recover` returns them later. Returns the ids of the tasks this call inserted.
+        :meth:`recover` returns them later. If the ack fails after the insert, :meth:`recover`
+        acks them later. Returns the ids of the tasks this call inserted.
         """
         try:
             self._faults.hit("after_reserve")
@@ -519,8 +523,14 @@ class RedisQueue(Queue):
             with contextlib.suppress(BackendUnavailable):
                 await asyncio.shield(self._release_members(members))
             raise
-        self._faults.hit("after_insert")
-        await self._ack_members(members)
+        try:
+            self._faults.hit("after_insert")
+            await self._ack_members(members)
+        except BackendUnavailable:
+            # The store has committed: the tasks are handed out and must be returned, or they
+            # would sit unseen until their lease ran out. recover() acks the reservations later,
+            # since the store has the tasks.
+            logger.warning("acking %d reservations failed; recovery settles them", len(members))
         return inserted
 
     async def _ack_members(self, members: dict[str, str]) -> None:

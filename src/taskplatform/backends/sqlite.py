@@ -505,6 +505,7 @@ class SQLiteStore(Store):
         now: int,
         changes: TaskChanges,
         require_attempts_left: bool,
+        due_by: int | None,
     ) -> list[TaskRecord]:
         statements = [
             compare_and_set_sql(
@@ -515,6 +516,7 @@ class SQLiteStore(Store):
                 changes=changes,
                 lease_token=None,
                 require_attempts_left=require_attempts_left,
+                due_by=due_by,
             )
             for task_id in task_ids
         ]

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import msgspec
+
 from taskplatform.backends.base import TaskChanges
 from taskplatform.models import (
     QUEUED_FIELDS,
@@ -185,6 +187,13 @@ def compare_and_set_sql(
         params[f"set_{name}"] = value.decode() if isinstance(value, bytes) else value
     if changes.increment_attempts:
         assignments.append("attempts = attempts + 1")
+    if changes.lease_grace_seconds is not msgspec.UNSET:
+        # The task's own timeout, read in the same statement; rounded to the millisecond.
+        assignments.append(
+            "lease_expires_at = :now"
+            " + CAST(ROUND((timeout_seconds + :lease_grace) * 1000) AS BIGINT)"
+        )
+        params["lease_grace"] = float(changes.lease_grace_seconds)
     statuses = []
     for index, status in enumerate(expected):
         statuses.append(f":expected_{index}")
