@@ -1,8 +1,10 @@
-"""Behaviour only the Redis queue has: surviving dropped connections without adding a task twice."""
+"""Behaviour only the Redis queue has: surviving dropped connections without adding a task twice,
+and batch claims in three round trips that lose nothing when a step fails."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -12,40 +14,35 @@ import redis.asyncio as aioredis
 from taskplatform.backends import Backends, TaskChanges, open_backends, prepare_schema
 from taskplatform.backends.redis import RedisQueue, _text
 from taskplatform.exceptions import BackendUnavailable
+from taskplatform.faults import Faults
 from taskplatform.models import RetryPolicy, Status, now_ms
 from taskplatform.settings import Settings
 from tests.integration.test_contract import _id, _task
 from tests.support.backends import REDIS_URL, backend_env, settings_kwargs
 
 
+@contextlib.asynccontextmanager
+async def _opened(name: str, tmp_path: Path) -> AsyncIterator[Backends]:
+    settings = Settings(**settings_kwargs(backend_env(name, tmp_path)))  # type: ignore[arg-type]
+    await prepare_schema(settings)
+    opened = open_backends(settings)
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
 @pytest.fixture
 async def redis_backends(tmp_path: Path) -> AsyncIterator[Backends]:
-    settings = Settings(**settings_kwargs(backend_env("redis+sqlite", tmp_path)))  # type: ignore[arg-type]
-    await prepare_schema(settings)
-    opened = open_backends(settings)
-    yield opened
-    await opened.close()
-
-
-@pytest.fixture(params=["redis+sqlite", "redis+postgres"])
-async def both_stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backends]:
-    """The Redis queue over each store, for what depends on the store's batch insert."""
-    env = backend_env(request.param, tmp_path) | {"TASKPLATFORM_FAULTS": "after_reserve=fail:1"}
-    settings = Settings(**settings_kwargs(env))  # type: ignore[arg-type]
-    await prepare_schema(settings)
-    opened = open_backends(settings)
-    yield opened
-    await opened.close()
+    async with _opened("redis+sqlite", tmp_path) as opened:
+        yield opened
 
 
 @pytest.fixture(params=["redis+sqlite", "redis+postgres"])
 async def redis_over(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backends]:
-    """The Redis queue over each store, with no fault injected."""
-    settings = Settings(**settings_kwargs(backend_env(request.param, tmp_path)))  # type: ignore[arg-type]
-    await prepare_schema(settings)
-    opened = open_backends(settings)
-    yield opened
-    await opened.close()
+    """The Redis queue over each store, for what depends on the store's batch insert."""
+    async with _opened(request.param, tmp_path) as opened:
+        yield opened
 
 
 @pytest.fixture
@@ -107,13 +104,14 @@ async def _scripts_run(client: aioredis.Redis) -> int:
 
 
 async def test_a_batch_claim_takes_three_round_trips_and_never_a_stored_task(
-    both_stores: Backends,
+    redis_over: Backends,
 ) -> None:
     """A batch claim reserves in one script, inserts in one store call and acks in one script;
     a task the store has already (a recovered reservation that raced its owner) is acked, not
     handed out, and the batch is topped up. A failed insert puts the whole batch back in place."""
-    queue, store = both_stores.queue, both_stores.store
+    queue, store = redis_over.queue, redis_over.store
     assert isinstance(queue, RedisQueue)
+    queue._faults = Faults("after_reserve=fail:1")
     for n in range(40):
         await queue.enqueue(_task(_id(n), priority=n % 2))  # odd ids first, then even
     order = [_id(n) for n in range(1, 40, 2)] + [_id(n) for n in range(0, 40, 2)]

@@ -211,8 +211,9 @@ class Queue(abc.ABC):
         :meth:`transfer` does one (the dispatcher claims a batch into its free slots).
 
         Each task moves atomically, as in :meth:`transfer`; they may share ``lease_token``,
-        which fences together with the task id. This default calls :meth:`transfer` up to
-        ``most`` times; a backend that can move many in one statement overrides it.
+        which fences together with the task id. This default takes batches from
+        :meth:`_transfer_batch` until ``most`` moved or the queue ran out; a backend that can
+        move many in one statement overrides that, or this.
 
         Returns:
             The tasks as stored (Dequeued), in dequeue order (priority descending, then FIFO);
@@ -225,9 +226,10 @@ class Queue(abc.ABC):
         moved: list[TaskRecord] = []
         while len(moved) < most:
             try:
-                task = await self.transfer(
+                batch = await self._transfer_batch(
                     store,
                     now=now,
+                    most=most - len(moved),
                     queue=queue,
                     lease_token=lease_token,
                     lease_expires_at=lease_expires_at,
@@ -237,10 +239,34 @@ class Queue(abc.ABC):
                 if not moved:
                     raise
                 break
-            if task is None:
+            if batch is None:
                 break
-            moved.append(task)
+            moved.extend(batch)
         return moved
+
+    async def _transfer_batch(
+        self,
+        store: Store,
+        *,
+        now: int,
+        most: int,
+        queue: str,
+        lease_token: str | None,
+        lease_expires_at: int | None,
+        dispatched: bool,
+    ) -> list[TaskRecord] | None:
+        """Move up to ``most`` due tasks of ``queue`` into ``store``, as one step of
+        :meth:`transfer_many`: None when the queue had none due; a list, possibly shorter than
+        ``most`` or even empty, otherwise. This default moves one with :meth:`transfer`."""
+        task = await self.transfer(
+            store,
+            now=now,
+            queue=queue,
+            lease_token=lease_token,
+            lease_expires_at=lease_expires_at,
+            dispatched=dispatched,
+        )
+        return None if task is None else [task]
 
     @abc.abstractmethod
     async def requeue(

@@ -428,41 +428,6 @@ class RedisQueue(Queue):
         )
         return moved[0] if moved else None
 
-    async def transfer_many(
-        self,
-        store: Store,
-        *,
-        now: int,
-        most: int,
-        queue: str = DEFAULT_QUEUE,
-        lease_token: str | None = None,
-        lease_expires_at: int | None = None,
-        dispatched: bool = False,
-    ) -> list[TaskRecord]:
-        """Reserve up to ``most`` in one script, insert them in one store call, ack them in one
-        script: three round trips for the batch, where a loop of :meth:`transfer` takes three
-        per task. See :meth:`Queue.transfer_many` for the contract."""
-        moved: list[TaskRecord] = []
-        while len(moved) < most:
-            try:
-                batch = await self._transfer_batch(
-                    store,
-                    now=now,
-                    most=most - len(moved),
-                    queue=queue,
-                    lease_token=lease_token,
-                    lease_expires_at=lease_expires_at,
-                    dispatched=dispatched,
-                )
-            except BackendUnavailable:
-                if not moved:
-                    raise
-                break
-            if batch is None:
-                break
-            moved.extend(batch)
-        return moved
-
     async def _transfer_batch(
         self,
         store: Store,
@@ -474,11 +439,13 @@ class RedisQueue(Queue):
         lease_expires_at: int | None,
         dispatched: bool,
     ) -> list[TaskRecord] | None:
-        """Move one reserved batch into ``store``; None when the queue had nothing ready.
+        """Reserve up to ``most`` in one script, insert them in one store call, ack them in one
+        script: three round trips for the batch, where :meth:`transfer` of one task takes three
+        too. None when the queue had nothing ready.
 
         The batch may come back shorter than it was reserved, even empty: a task already in
         the store was handed out before (a recovered reservation raced its original owner), and
-        is never handed out twice.
+        is never handed out twice; :meth:`Queue.transfer_many` then takes another batch.
         """
         ready = f"{self._prefix}:ready:{queue}"
         scheduled = f"{self._prefix}:scheduled:{queue}"
