@@ -2,7 +2,7 @@
 
 At the end every acknowledged create is accounted for exactly once, no acknowledged dequeue was
 handed out twice, nothing is left Processing or Dequeued past its lease, and the receiver saw at
-most one callback per recorded attempt. ``TEST_CHAOS_SECONDS`` (default 25) sets the length of the
+most one callback per recorded attempt. ``TEST_CHAOS_SECONDS`` (default 15) sets the length of the
 run per backend (the test's timeout grows with it); CI runs the default on SQLite and PostgreSQL.
 """
 
@@ -24,7 +24,7 @@ from tests.support.backends import backend_env
 from tests.support.receiver import Receiver
 from tests.support.server import Server
 
-SECONDS = float(os.environ.get("TEST_CHAOS_SECONDS", "25"))
+SECONDS = float(os.environ.get("TEST_CHAOS_SECONDS", "15"))
 DEQUEUE_LEASE = 15
 ENV = {
     "TASKPLATFORM_RECOVERY_INTERVAL_SECONDS": "0.2",

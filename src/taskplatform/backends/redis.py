@@ -19,9 +19,9 @@ slot so the Lua scripts may touch them together):
 Dequeue (seed FR-009): a Lua script moves the next member (or the next several, for a batch claim)
 from ``ready`` to ``inflight``; the tasks are inserted into the store idempotently (``ON CONFLICT
 DO NOTHING``), in one store call; only after the store commits are the members acked (removed with
-their hashes). If the insert fails the member goes straight back; if
-the process dies in between, the recovery loop of any server finds the expired reservation and
-acks it when the store has the task, or returns it to ``ready`` (same position) when not.
+their hashes). If the insert fails the members go straight back; if the process dies in
+between, or the ack fails, the recovery loop of any server finds the expired reservations and acks
+each whose task the store has, or returns it to ``ready`` (same position) when not.
 """
 
 from __future__ import annotations
@@ -440,8 +440,7 @@ class RedisQueue(Queue):
         dispatched: bool,
     ) -> list[TaskRecord] | None:
         """Reserve up to ``most`` in one script, insert them in one store call, ack them in one
-        script: three round trips for the batch, where :meth:`transfer` of one task takes three
-        too. None when the queue had nothing ready.
+        script: three round trips for the whole batch. None when the queue had nothing ready.
 
         The batch may come back shorter than it was reserved, even empty: a task already in
         the store was handed out before (a recovered reservation raced its original owner), and
