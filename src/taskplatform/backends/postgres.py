@@ -12,7 +12,7 @@ import contextlib
 import functools
 import logging
 import re
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import asyncpg
@@ -202,6 +202,12 @@ class PostgresDatabase:
             await self.engine.dispose()
 
 
+def _columns(rows: list[dict[str, Any]], names: Iterable[str]) -> dict[str, list[Any]]:
+    """Return ``rows`` as one array per column ``name``: the parameters of the statements
+    that insert many rows from ``unnest`` arrays."""
+    return {name: [row[name] for row in rows] for name in names}
+
+
 @contextlib.contextmanager
 def _translated_errors() -> Iterator[None]:
     """Turn driver errors into BackendUnavailable, so none reaches the service."""
@@ -338,7 +344,7 @@ class PostgresQueue(Queue):
 
     async def _insert_rows(self, rows: list[dict[str, Any]]) -> dict[str, int]:
         """Insert ``rows`` (``queue_params``) in one transaction; return their seq by task id."""
-        columns = {name: [row[name] for row in rows] for name in QUEUED_FIELDS}
+        columns = _columns(rows, QUEUED_FIELDS)
         # One statement, atomic by itself, so autocommit: all rows or none.
         inserted = await self.database.fetch(QUERIES["enqueue_rows"], columns)
         return {task_id: seq for task_id, seq in inserted}
@@ -542,7 +548,7 @@ class PostgresStore(Store):
         # In task id order, as every multi-row write here locks rows: two processes' writes
         # that share tasks (a late outcome, a reaper's interrupt) cannot then deadlock.
         rows = sorted(rows, key=lambda row: str(row["task_id"]))
-        columns = {name: [row[name] for row in rows] for name in _OUTCOME_FIELDS}
+        columns = _columns(rows, _OUTCOME_FIELDS)
         tasks = [stored_record(row) for row in await self.database.fetch(FINISH_ATTEMPTS, columns)]
         return {task.task_id: task for task in tasks}
 
@@ -573,12 +579,13 @@ class PostgresStore(Store):
         return [stored_record(row) for row in await self.database.fetch(sql, params)]
 
     async def insert_dequeued(self, tasks: list[TaskRecord]) -> set[str]:
+        if not tasks:
+            return set()
         rows = [task_params(task) for task in tasks]
-        columns = {name: [row[name] for row in rows] for name in rows[0]} if rows else {}
         # One statement, atomic by itself, so autocommit: all rows or none. Rows are locked in
         # the order they come, which is the queue's; the only concurrent writer of these fresh
         # rows is a recovered reservation's own insert, which sees them as conflicts.
-        inserted = await self.database.fetch(QUERIES["store_insert_rows"], columns) if rows else []
+        inserted = await self.database.fetch(QUERIES["store_insert_rows"], _columns(rows, rows[0]))
         return {task_id for (task_id,) in inserted}
 
     async def get(self, task_id: str) -> TaskRecord | None:

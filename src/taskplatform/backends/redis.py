@@ -484,7 +484,7 @@ class RedisQueue(Queue):
         """
         try:
             self._faults.hit("after_reserve")
-            inserted = await store.insert_dequeued(tasks) if tasks else set()
+            inserted = await store.insert_dequeued(tasks)
         except BaseException:
             with contextlib.suppress(BackendUnavailable):
                 await asyncio.shield(self._release_members(members))
