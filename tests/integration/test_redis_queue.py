@@ -110,6 +110,33 @@ class _ScriptCalls:
         monkeypatch.setattr(client, "evalsha", counted)
 
 
+async def test_a_lone_create_is_one_round_trip_and_concurrent_ones_share_a_transaction(
+    redis_queue: RedisQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A create on its own runs its script straight away: a pipeline would add redis-py's
+    SCRIPT EXISTS round trip and MULTI/EXEC. Creates that arrive together share one MULTI/EXEC
+    (group commit), and each gets its own sequence."""
+    scripts = _ScriptCalls(redis_queue.client, monkeypatch)
+    pipelines = 0
+    pipeline = redis_queue.client.pipeline
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        nonlocal pipelines
+        pipelines += 1
+        return pipeline(*args, **kwargs)
+
+    monkeypatch.setattr(redis_queue.client, "pipeline", counted)
+    lone = _task(_id(1))
+    await redis_queue.enqueue(lone)
+    assert (scripts.run, pipelines) == (1, 0)
+
+    together = [_task(_id(n)) for n in range(2, 12)]  # all wait before the writer runs
+    await asyncio.gather(*(redis_queue.enqueue(task) for task in together))
+    assert (scripts.run, pipelines) == (1, 1)  # ten scripts in one pipeline
+    assert sorted(task.sequence for task in [lone, *together]) == list(range(1, 12))
+    assert await redis_queue.depth() == 11
+
+
 async def test_a_batch_claim_takes_three_round_trips_and_never_a_stored_task(
     redis_over: Backends, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -133,16 +133,15 @@ async def read_json_body(request: Request, limit: int) -> bytes:
         if coding.strip().lower() not in ("", "identity"):
             # RFC 9110 §15.5.16: 415 for a content coding the server does not take.
             raise UnsupportedMediaType("send the body uncompressed, with no Content-Encoding")
-    too_large = PayloadTooLarge(f"the body is over the limit of {limit} bytes")
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise too_large
+        raise PayloadTooLarge(f"the body is over the limit of {limit} bytes")
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise too_large
+            raise PayloadTooLarge(f"the body is over the limit of {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
 

@@ -335,6 +335,17 @@ class RedisQueue(Queue):
             task.sequence = sequences[task.task_id]
 
     async def _enqueue_together(self, tasks: list[TaskRecord]) -> dict[str, int]:
+        if len(tasks) == 1:
+            # One script is atomic by itself. A pipeline would cost a second round trip: redis-py
+            # checks SCRIPT EXISTS before every pipeline that runs a script, then MULTI/EXEC.
+            # Under light load most group-commit writes hold one create.
+            (task,) = tasks
+            async with self._guard():
+                sequence = await self._enqueue(
+                    keys=[self._seq, self._task_key(task.task_id), f"{self._prefix}:none"],
+                    args=self._enqueue_args(task, "", 0),
+                )
+            return {task.task_id: int(sequence)}
         async with self._guard(), self.client.pipeline(transaction=True) as pipe:
             for task in tasks:
                 await self._enqueue(
