@@ -40,6 +40,7 @@ from taskplatform.backends.sqlrows import (
     queue_list_sql,
     queue_params,
     queued_record,
+    queued_values,
     store_list_sql,
     stored_record,
     task_params,
@@ -296,20 +297,19 @@ class SQLiteQueue(Queue):
         # hands the GIL back and forth with the event loop's thread, and on a busy loop each
         # handoff can wait a switch interval; bench/run.py measured the per-row form at a third
         # of the batch rate.
-        params = [queue_params(task) for task in tasks]
+        rows = [queued_values(task) for task in tasks]
 
         def job(conn: sqlite3.Connection) -> list[int]:
             seqs: list[int] = []
-            for start in range(0, len(params), _ROWS_PER_INSERT):
-                chunk = params[start : start + _ROWS_PER_INSERT]
-                values = [row[column] for row in chunk for column in QUEUED_FIELDS]
-                conn.execute(_insert_rows_sql(len(chunk)), values)
+            for start in range(0, len(rows), _ROWS_PER_INSERT):
+                chunk = rows[start : start + _ROWS_PER_INSERT]
+                conn.execute(_insert_rows_sql(len(chunk)), [v for row in chunk for v in row])
                 last: int = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
                 # One INSERT under the write lock numbers its rows in order and without gaps
                 # (AUTOINCREMENT takes the next value for each); checked, as it costs little.
                 first = last - len(chunk) + 1
                 ends = conn.execute(SQL["queue_ids_at"], {"first": first, "last": last})
-                expected = {first: chunk[0]["task_id"], last: chunk[-1]["task_id"]}
+                expected = {first: chunk[0][0], last: chunk[-1][0]}  # task ids
                 if dict(ends.fetchall()) != expected:
                     raise RuntimeError("a multi-row enqueue was not numbered consecutively")
                 seqs.extend(range(first, last + 1))
