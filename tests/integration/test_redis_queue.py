@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 import redis.asyncio as aioredis
 
 from taskplatform.backends import Backends, TaskChanges, open_backends, prepare_schema
+from taskplatform.backends.base import IdempotencyClaim
 from taskplatform.backends.redis import RedisQueue, _text
 from taskplatform.exceptions import BackendUnavailable
 from taskplatform.faults import Faults
@@ -110,31 +112,49 @@ class _ScriptCalls:
         monkeypatch.setattr(client, "evalsha", counted)
 
 
-async def test_a_lone_create_is_one_round_trip_and_concurrent_ones_share_a_transaction(
-    redis_queue: RedisQueue, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A create on its own runs its script straight away: a pipeline would add redis-py's
-    SCRIPT EXISTS round trip and MULTI/EXEC. Creates that arrive together share one MULTI/EXEC
-    (group commit), and each gets its own sequence."""
-    scripts = _ScriptCalls(redis_queue.client, monkeypatch)
-    pipelines = 0
-    pipeline = redis_queue.client.pipeline
+async def test_creates_that_arrive_together_are_one_script_call(redis_queue: RedisQueue) -> None:
+    """Concurrent creates share one script call (group commit), a create on its own takes one
+    too, and neither opens a pipeline (redis-py checks SCRIPT EXISTS before each one that runs a
+    script). Each task gets its own sequence, and its hash holds the same text, field for field,
+    as the single-task script writes for a create with an idempotency key."""
+    client = redis_queue.client
+    calls: list[str] = []
+    execute: Callable[..., Awaitable[Any]] = client.execute_command
 
-    def counted(*args: Any, **kwargs: Any) -> Any:
-        nonlocal pipelines
-        pipelines += 1
-        return pipeline(*args, **kwargs)
+    async def counted(*args: Any, **options: Any) -> Any:
+        calls.append(str(args[0]))
+        return await execute(*args, **options)
 
-    monkeypatch.setattr(redis_queue.client, "pipeline", counted)
-    lone = _task(_id(1))
-    await redis_queue.enqueue(lone)
-    assert (scripts.run, pipelines) == (1, 0)
-
-    together = [_task(_id(n)) for n in range(2, 12)]  # all wait before the writer runs
-    await asyncio.gather(*(redis_queue.enqueue(task) for task in together))
-    assert (scripts.run, pipelines) == (1, 1)  # ten scripts in one pipeline
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(client, "execute_command", counted)
+        patch.setattr(client, "pipeline", None)  # any pipeline fails the test
+        lone = _task(_id(1))
+        await redis_queue.enqueue(lone)
+        assert calls == ["EVALSHA"]
+        together = [_task(_id(n), priority=n % 3) for n in range(2, 12)]
+        together[0].scheduled_at = now_ms() + 60_000
+        together[1].retry_policy = RetryPolicy(
+            backoff_min_seconds=1.5, backoff_max_seconds=60, backoff_multiplier=2, retry_on=[503]
+        )
+        together[2].error = "a\u0000b é"
+        await asyncio.gather(*(redis_queue.enqueue(task) for task in together))
+        assert calls == ["EVALSHA", "EVALSHA"]  # all ten wait before the writer runs
     assert sorted(task.sequence for task in [lone, *together]) == list(range(1, 12))
     assert await redis_queue.depth() == 11
+
+    # The same tasks through the single-task script (an idempotency key sends them there).
+    for n, task in enumerate(together[:3]):
+        copy = msgspec.structs.replace(task, task_id=_id(100 + n))
+        claim = IdempotencyClaim(f"key-{task.task_id}", "hash", now_ms() + 60_000)
+        assert await redis_queue.enqueue(copy, claim=claim) is None
+        ours = await client.hgetall(redis_queue._task_key(task.task_id))
+        theirs = await client.hgetall(redis_queue._task_key(copy.task_id))
+        for field in (b"member", b"sequence"):
+            ours.pop(field), theirs.pop(field)
+        assert ours == theirs
+        assert await redis_queue.get(task.task_id) == msgspec.structs.replace(
+            task, status=Status.QUEUED
+        )
 
 
 async def test_a_batch_claim_takes_three_round_trips_and_never_a_stored_task(

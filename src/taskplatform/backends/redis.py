@@ -33,6 +33,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, cast
 
+import msgspec
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
@@ -65,11 +66,13 @@ logger = logging.getLogger(__name__)
 # The task hash's fields after ``member`` and ``sequence``, in the order of _hash_values(): the
 # id is the hash's key, not a field.
 _FIELDS = QUEUED_FIELDS[1:]
-_HSET = "redis.call('HSET', KEYS[{key}], 'member', member, 'sequence', seq, {pairs})"
+_HSET = "redis.call('HSET', {key}, 'member', member, 'sequence', seq, {pairs})"
 
 
-def _hset(key: int, first_arg: int) -> str:
-    pairs = ", ".join(f"'{name}', ARGV[{first_arg + n}]" for n, name in enumerate(_FIELDS))
+def _hset(key: str, values: str, first: int) -> str:
+    """Lua that writes a task hash: ``key`` is its key; the values of :data:`_FIELDS` are
+    ``values`` (a Lua table) at indexes ``first``, ``first + 1``, ..."""
+    pairs = ", ".join(f"'{name}', {values}[{first + n}]" for n, name in enumerate(_FIELDS))
     return _HSET.format(key=key, pairs=pairs)
 
 
@@ -105,11 +108,40 @@ end
 local seq = redis.call('INCR', KEYS[1])
 local member = string.format('%016d:%s', seq, ARGV[1])
 """
-    + _hset(2, 2)
+    + _hset("KEYS[2]", "ARGV", 2)
     + """
 place(ARGV[17], ARGV[11], member, ARGV[1], ARGV[2], ARGV[12], ARGV[18])
 redis.call('PUBLISH', ARGV[16], '')
 return seq
+"""
+)
+
+# Enqueue many tasks, each as _ENQUEUE without an idempotency key, and publish once. KEYS: seq.
+# ARGV: key prefix (1), channel (2), the tasks as one MessagePack array of {task id, the 12
+# values of _hash_values() as strings} (3): one argument rather than thirteen a task, as redis-py
+# packs each argument in Python. Returns the tasks' sequences, in order. Idempotent per task id.
+_ENQUEUE_MANY = (
+    _PLACE
+    + """
+local prefix = ARGV[1]
+local sequences = {}
+for i, task in ipairs(cmsgpack.unpack(ARGV[3])) do
+  local key = prefix .. ':task:' .. task[1]
+  local existing = redis.call('HGET', key, 'sequence')
+  if existing then
+    sequences[i] = tonumber(existing)
+  else
+    local seq = redis.call('INCR', KEYS[1])
+    local member = string.format('%016d:%s', seq, task[1])
+    """
+    + _hset("key", "task", 2)
+    + """
+    place(prefix, task[11], member, task[1], task[2], task[12], task[9])
+    sequences[i] = seq
+  end
+end
+redis.call('PUBLISH', ARGV[2], '')
+return sequences
 """
 )
 
@@ -120,7 +152,7 @@ _REQUEUE = (
     + """
 local member, seq = ARGV[1], ARGV[2]
 """
-    + _hset(1, 4)
+    + _hset("KEYS[1]", "ARGV", 4)
     + """
 place(ARGV[17], ARGV[13], member, ARGV[3], ARGV[4], ARGV[14], ARGV[18])
 redis.call('PUBLISH', ARGV[16], '')
@@ -273,6 +305,7 @@ class RedisQueue(Queue):
         self._reservation_ms = round(reservation_seconds * 1000)
         self._faults = faults or Faults()
         self._enqueue = self.client.register_script(_ENQUEUE)
+        self._enqueue_many = self.client.register_script(_ENQUEUE_MANY)
         self._reserve = self.client.register_script(_RESERVE)
         self._ack = self.client.register_script(_ACK)
         self._release = self.client.register_script(_RELEASE)
@@ -297,7 +330,7 @@ class RedisQueue(Queue):
         self, task: TaskRecord, *, claim: IdempotencyClaim | None = None
     ) -> IdempotentReplay | None:
         if claim is None:
-            # Concurrent creates share one MULTI/EXEC round trip (see enqueue_many).
+            # Concurrent creates share one script call (group commit; see _enqueue_together).
             sequence = await self._group.write(task)
             if sequence is None:  # cannot be: the script answers for every task it enqueued
                 raise BackendUnavailable("the Redis enqueue returned no sequence")
@@ -329,31 +362,22 @@ class RedisQueue(Queue):
         ]
 
     async def enqueue_many(self, tasks: list[TaskRecord]) -> None:
-        """Enqueue ``tasks`` in one MULTI/EXEC transaction: Redis runs all or none."""
+        """Enqueue ``tasks`` in one script: Redis runs all or none."""
         sequences = await self._enqueue_together(tasks)
         for task in tasks:
             task.sequence = sequences[task.task_id]
 
     async def _enqueue_together(self, tasks: list[TaskRecord]) -> dict[str, int]:
-        if len(tasks) == 1:
-            # One script is atomic by itself. A pipeline would cost a second round trip: redis-py
-            # checks SCRIPT EXISTS before every pipeline that runs a script, then MULTI/EXEC.
-            # Under light load most group-commit writes hold one create.
-            (task,) = tasks
-            async with self._guard():
-                sequence = await self._enqueue(
-                    keys=[self._seq, self._task_key(task.task_id), f"{self._prefix}:none"],
-                    args=self._enqueue_args(task, "", 0),
-                )
-            return {task.task_id: int(sequence)}
-        async with self._guard(), self.client.pipeline(transaction=True) as pipe:
-            for task in tasks:
-                await self._enqueue(
-                    keys=[self._seq, self._task_key(task.task_id), f"{self._prefix}:none"],
-                    args=self._enqueue_args(task, "", 0),
-                    client=pipe,
-                )
-            sequences = await pipe.execute()
+        # One script call for the lot: one round trip, one PUBLISH, and a single argument for
+        # redis-py to pack. A pipeline of _ENQUEUE calls cost twice the server's CPU per task
+        # (bench/README) and a SCRIPT EXISTS round trip before each MULTI/EXEC.
+        payload = msgspec.msgpack.encode(
+            [[task.task_id, *map(_redis_text, _hash_values(task))] for task in tasks]
+        )
+        async with self._guard():
+            sequences = await self._enqueue_many(
+                keys=[self._seq], args=[self._prefix, self._channel, payload]
+            )
         return {task.task_id: int(seq) for task, seq in zip(tasks, sequences, strict=True)}
 
     async def get(self, task_id: str) -> TaskRecord | None:
@@ -643,6 +667,12 @@ def _hash_values(task: TaskRecord) -> list[str | int | float]:
         "" if task.scheduled_at is None else task.scheduled_at,
         policy_text(task.retry_policy) or "",
     ]
+
+
+def _redis_text(value: str | int | float) -> str:
+    """``value`` as redis-py would send it (``str`` of a number), so a hash field holds the same
+    text whichever script wrote it."""
+    return value if isinstance(value, str) else str(value)
 
 
 def _flat_pairs(members: dict[str, str]) -> list[str]:
