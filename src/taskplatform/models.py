@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime
 import enum
 import time
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 
@@ -137,6 +137,27 @@ class TaskRecord(msgspec.Struct, kw_only=True):
     def attempts_left(self) -> bool:
         """Return whether another attempt is allowed: at most ``max_retries + 1`` attempts."""
         return self.attempts <= self.max_retries
+
+
+def queued_values(task: TaskRecord) -> tuple[Any, ...]:
+    """Return the :data:`QUEUED_FIELDS` of ``task``, in that order: a ``queued_tasks`` row of the
+    SQL queues, and (None as "") a task hash of the Redis queue. Built once per task of a batch
+    create, so a plain tuple."""
+    return (
+        task.task_id,
+        task.priority,
+        task.task_data.decode(),
+        task.callback_url,
+        task.max_retries,
+        task.timeout_seconds,
+        task.attempts,
+        task.error,
+        task.created_at,
+        task.updated_at,
+        task.queue,
+        task.scheduled_at,
+        policy_text(task.retry_policy),
+    )
 
 
 class ExecutionRecord(msgspec.Struct, kw_only=True):

@@ -58,7 +58,7 @@ from taskplatform.models import (
     TaskRecord,
     now_ms,
     policy_of,
-    policy_text,
+    queued_values,
 )
 
 logger = logging.getLogger(__name__)
@@ -652,24 +652,12 @@ async def _await(value: Awaitable[Any] | Any) -> Any:
     return await cast(Awaitable[Any], value)
 
 
-def _hash_values(task: TaskRecord) -> list[str | int | float]:
-    return [
-        task.priority,
-        task.task_data.decode(),
-        task.callback_url,
-        task.max_retries,
-        task.timeout_seconds,
-        task.attempts,
-        task.error or "",
-        task.created_at,
-        task.updated_at,
-        task.queue,
-        "" if task.scheduled_at is None else task.scheduled_at,
-        policy_text(task.retry_policy) or "",
-    ]
+def _hash_values(task: TaskRecord) -> list[Any]:
+    """The task hash's values of :data:`_FIELDS`, in order ("" for none)."""
+    return ["" if value is None else value for value in queued_values(task)[1:]]
 
 
-def _redis_text(value: str | int | float) -> str:
+def _redis_text(value: Any) -> str:
     """``value`` as redis-py would send it (``str`` of a number), so a hash field holds the same
     text whichever script wrote it."""
     return value if isinstance(value, str) else str(value)

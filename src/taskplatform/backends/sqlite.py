@@ -40,14 +40,20 @@ from taskplatform.backends.sqlrows import (
     queue_list_sql,
     queue_params,
     queued_record,
-    queued_values,
     store_list_sql,
     stored_record,
     task_params,
 )
 from taskplatform.exceptions import BackendUnavailable
 from taskplatform.faults import Faults
-from taskplatform.models import DEFAULT_QUEUE, QUEUED_FIELDS, ExecutionRecord, Status, TaskRecord
+from taskplatform.models import (
+    DEFAULT_QUEUE,
+    QUEUED_FIELDS,
+    ExecutionRecord,
+    Status,
+    TaskRecord,
+    queued_values,
+)
 
 logger = logging.getLogger(__name__)
 

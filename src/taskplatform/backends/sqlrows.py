@@ -15,6 +15,7 @@ from taskplatform.models import (
     TaskRecord,
     policy_of,
     policy_text,
+    queued_values,
 )
 
 STORE_COLUMNS = (
@@ -135,26 +136,6 @@ def task_params(task: TaskRecord) -> dict[str, Any]:
         "dead_letter": task.dead_letter,
         "dispatched": task.dispatched,
     }
-
-
-def queued_values(task: TaskRecord) -> tuple[Any, ...]:
-    """Return the column values of ``task``'s ``queued_tasks`` row, in :data:`QUEUED_FIELDS`
-    order (a batch create builds one per task, so this skips the dict of every field)."""
-    return (
-        task.task_id,
-        task.priority,
-        task.task_data.decode(),
-        task.callback_url,
-        task.max_retries,
-        task.timeout_seconds,
-        task.attempts,
-        task.error,
-        task.created_at,
-        task.updated_at,
-        task.queue,
-        task.scheduled_at,
-        policy_text(task.retry_policy),
-    )
 
 
 def queue_params(task: TaskRecord) -> dict[str, Any]:
