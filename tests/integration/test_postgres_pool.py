@@ -73,3 +73,20 @@ async def test_a_cancelled_or_failed_statement_returns_a_sound_connection(tmp_pa
         assert database.engine.sync_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
     finally:
         await database.close()
+
+
+async def test_a_value_the_driver_cannot_encode_keeps_the_pool(tmp_path: Path) -> None:
+    """A value asyncpg cannot encode for its parameter fails that statement only: the same
+    connection serves the next one. (asyncpg raises it as a DataError, not as the InterfaceError
+    family that also means a dead connection and makes the pool start over.)"""
+    url = backend_env("postgres", tmp_path)["TASKPLATFORM_DATABASE_URL"]
+    database = PostgresDatabase(url, pool_size=2, pool_overflow=0)
+    try:
+        backend_pid = "SELECT pg_backend_pid()"
+        before = [tuple(row) for row in await database.fetch(backend_pid, {})]
+        with pytest.raises(BackendUnavailable, match="invalid input for query argument"):
+            await database.fetch("SELECT length(CAST(:n AS text))", {"n": 5})
+        assert [tuple(row) for row in await database.fetch(backend_pid, {})] == before
+        assert database.engine.sync_engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+    finally:
+        await database.close()
