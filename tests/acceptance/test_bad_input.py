@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -161,6 +162,45 @@ def test_unparseable_bodies_store_nothing(
     response = client.post("/api/tasks", content=body, headers={"Content-Type": "application/json"})
     assert_problem(response, status, code)
     assert _total(client) == before
+
+
+def test_a_batch_item_with_a_lone_surrogate_refuses_the_whole_batch(client: httpx.Client) -> None:
+    """The README's exception to "each item is checked alone": the batch body is parsed at once,
+    so one item holding a lone surrogate is a 422 for all, and nothing is created."""
+    good = json.dumps(_body()).encode()
+    body = b'{"tasks": [' + good + b', {"taskData": {"s": "\\ud800"}, "callbackUrl": "http://a/"}]}'
+    before = _total(client)
+    response = client.post(
+        "/api/tasks/batch", content=body, headers={"Content-Type": "application/json"}
+    )
+    assert_problem(response, 422, "validation_error")
+    assert "surrogate" in response.json()["detail"]
+    assert _total(client) == before
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"POST /api/tasks HTTP/1.1\r\nHost: localhost\r\nContent-Length: abc\r\n\r\n{}",
+        b"GARBAGE\r\n\r\n",
+        b"GET /api/tasks/a b HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    ],
+    ids=["content-length not a number", "no request line", "space in the path"],
+)
+def test_a_request_that_is_not_http_gets_the_servers_plain_400(
+    server: Server, client: httpx.Client, request_bytes: bytes
+) -> None:
+    """As the README says: uvicorn answers what is not HTTP itself, with a plain-text 400,
+    before the API sees it; the server goes on serving."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(request_bytes)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head = answer.split(b"\r\n\r\n", 1)[0].lower()
+    assert head.startswith(b"http/1.1 400"), answer[:200]
+    assert b"content-type: text/plain" in head
+    assert client.get("/healthz").status_code == 200
 
 
 @pytest.mark.parametrize("depth", [65, 1000, 100_000])
