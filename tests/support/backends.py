@@ -106,12 +106,19 @@ def drop_created_databases() -> None:
     """Drop every database and delete every Redis key prefix this session created."""
 
     async def drop() -> None:
-        connection = await asyncpg.connect(POSTGRES_URL, timeout=5)
-        try:
-            for name in _created_databases:
-                await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await connection.close()
+        # Each DROP DATABASE waits for a checkpoint (0.14 s here); drops in flight together
+        # share one, so a session's hundred-odd databases go in 2 s rather than 17.
+        slots = asyncio.Semaphore(8)
+
+        async def drop_one(name: str) -> None:
+            async with slots:
+                connection = await asyncpg.connect(POSTGRES_URL, timeout=5)
+                try:
+                    await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                finally:
+                    await connection.close()
+
+        await asyncio.gather(*(drop_one(name) for name in _created_databases))
 
     async def delete_keys() -> None:
         client = aioredis.Redis.from_url(REDIS_URL, socket_connect_timeout=3)
