@@ -49,7 +49,14 @@ from taskplatform.backends.sqlrows import (
     task_params,
 )
 from taskplatform.exceptions import BackendUnavailable, raise_if_cancelled
-from taskplatform.models import DEFAULT_QUEUE, QUEUED_FIELDS, ExecutionRecord, Status, TaskRecord
+from taskplatform.models import (
+    DEFAULT_QUEUE,
+    QUEUED_FIELDS,
+    ExecutionRecord,
+    Status,
+    TaskRecord,
+    queued_values,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -307,15 +314,15 @@ class PostgresQueue(Queue):
 
     def __init__(self, database: PostgresDatabase) -> None:
         self.database = database
-        self._group: GroupCommit[dict[str, Any], int] = GroupCommit(
-            self._insert_rows, key=lambda row: str(row["task_id"]), name="enqueue group commit"
+        self._group: GroupCommit[TaskRecord, int] = GroupCommit(
+            self._insert_tasks, key=lambda task: task.task_id, name="enqueue group commit"
         )
 
     async def enqueue(
         self, task: TaskRecord, *, claim: IdempotencyClaim | None = None
     ) -> IdempotentReplay | None:
         if claim is None:
-            sequence = await self._group.write(queue_params(task))
+            sequence = await self._group.write(task)
             if sequence is None:  # cannot be: INSERT … RETURNING answers for every row
                 raise BackendUnavailable("the PostgreSQL enqueue returned no sequence")
             task.sequence = sequence
@@ -338,13 +345,15 @@ class PostgresQueue(Queue):
         return None
 
     async def enqueue_many(self, tasks: list[TaskRecord]) -> None:
-        sequences = await self._insert_rows([queue_params(task) for task in tasks])
+        sequences = await self._insert_tasks(tasks)
         for task in tasks:
             task.sequence = sequences[task.task_id]
 
-    async def _insert_rows(self, rows: list[dict[str, Any]]) -> dict[str, int]:
-        """Insert ``rows`` (``queue_params``) in one transaction; return their seq by task id."""
-        columns = _columns(rows, QUEUED_FIELDS)
+    async def _insert_tasks(self, tasks: list[TaskRecord]) -> dict[str, int]:
+        """Insert ``tasks`` in one transaction; return their seq by task id."""
+        # unnest arrays, one per column: the rows' values transposed.
+        arrays = zip(*(queued_values(task) for task in tasks), strict=True)
+        columns = {name: list(array) for name, array in zip(QUEUED_FIELDS, arrays, strict=True)}
         # One statement, atomic by itself, so autocommit: all rows or none.
         inserted = await self.database.fetch(QUERIES["enqueue_rows"], columns)
         return {task_id: seq for task_id, seq in inserted}
