@@ -34,16 +34,24 @@ class Proxy:
         writer.close()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # Known from the accept on, so a cut while the upstream connect is pending drops it too.
+        self._writers.add(writer)
+        upstream_writer: asyncio.StreamWriter | None = None
         try:
             upstream_reader, upstream_writer = await asyncio.open_connection(*self.target)
+            self._writers.add(upstream_writer)
+            await asyncio.gather(
+                self._pipe(reader, upstream_writer), self._pipe(upstream_reader, writer)
+            )
         except OSError:
-            writer.close()
-            return
-        self._writers |= {writer, upstream_writer}
-        await asyncio.gather(
-            self._pipe(reader, upstream_writer), self._pipe(upstream_reader, writer)
-        )
-        self._writers -= {writer, upstream_writer}
+            pass
+        finally:
+            # Every socket closed here, whatever ended the connection (a cut, a stop that
+            # cancels this task): one left to the garbage collector warns in a later test.
+            for each in (writer, upstream_writer):
+                if each is not None:
+                    each.close()
+                    self._writers.discard(each)
 
     async def _listen(self) -> None:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
@@ -70,9 +78,17 @@ class Proxy:
         """Listen again on the same port."""
         self._call(self._listen())
 
+    async def _shutdown(self) -> None:
+        await self._close()
+        handlers = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in handlers:
+            task.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)
+        await asyncio.sleep(0)  # a closed transport closes its socket on the next loop pass
+
     def stop(self) -> None:
         """Close everything and end the thread."""
-        self._call(self._close())
+        self._call(self._shutdown())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
         self._loop.close()
