@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import threading
@@ -79,6 +80,24 @@ def hook_stop_signals(on_stop: Callable[[], None]) -> Callable[[], None]:
     return unhook
 
 
+def freeze_startup_heap() -> None:
+    """Collect what starting up left behind, then move every object that survives into the
+    garbage collector's permanent generation (:func:`gc.freeze`), where no collection scans it.
+
+    Why: a full (generation 2) collection scans every tracked object, and most of a server's
+    objects are its imported modules, the app and its models, which live as long as the process.
+    On the benchmark machine such a collection took 40-190 ms, and one during a 20 s run at
+    1,000 creates/s put those milliseconds on 1 % of requests: a p99 of 17-103 ms against a p50
+    of 2 ms. After the freeze a collection scans only what serving has made since. The lifespan
+    undoes it (:func:`gc.unfreeze`) when the app stops, so a process that builds many apps (the
+    tests) does not keep their heaps. Reference counting still frees what the frozen objects
+    stop using; only cycles among them would stay, and startup leaves none behind after the
+    collection here.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the application for ``settings`` (read from the environment when None).
 
@@ -100,9 +119,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.dispatch:
             dispatcher = Dispatcher.from_settings(service, settings)
             jobs.append(asyncio.create_task(dispatcher.run(), name="dispatcher"))
+        freeze_startup_heap()
         try:
             yield
         finally:
+            gc.unfreeze()
             unhook()
             for job in jobs:
                 job.cancel()
