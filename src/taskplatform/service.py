@@ -58,6 +58,7 @@ from taskplatform.exceptions import (
     ValidationFailed,
     raise_if_cancelled,
 )
+from taskplatform.logs import written_together
 from taskplatform.metrics import Metrics
 from taskplatform.models import (
     DEFAULT_QUEUE,
@@ -260,8 +261,9 @@ class TaskService:
             require_attempts_left=require_attempts_left,
             due_by=due_by,
         )
-        for task in tasks:
-            self._moved(task)
+        with written_together():
+            for task in tasks:
+                self._moved(task)
         return tasks
 
     def _moved(self, task: TaskRecord, note: str = "") -> None:
@@ -403,8 +405,9 @@ class TaskService:
         if tasks:
             await self.queue.enqueue_many(tasks)
             self.arrivals.notify()
-            for task in tasks:
-                self._moved(task)
+            with written_together():
+                for task in tasks:
+                    self._moved(task)
             for queue, count in collections.Counter(task.queue for task in tasks).items():
                 self.metrics.task_created(queue, count)
         return results
