@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import io
 import logging
 import signal
 import threading
@@ -80,6 +81,32 @@ def hook_stop_signals(on_stop: Callable[[], None]) -> Callable[[], None]:
     return unhook
 
 
+JOB_STOP_SECONDS = 5.0
+"""How long shutdown waits for a background job (maintenance, dispatcher) to end once cancelled."""
+
+
+async def stop_jobs(jobs: list[asyncio.Task[None]], timeout_seconds: float) -> None:
+    """Cancel ``jobs`` and wait up to ``timeout_seconds`` for them to end.
+
+    Why the limit: a job that swallows its cancellation (a driver that turns it into an error of
+    its own, caught by a retry loop) would otherwise hold the shutdown, and the process, forever.
+    Such a job is logged at WARNING with the stack it is stuck in, so the cause can be fixed, and
+    left behind; the backends close under it.
+    """
+    for job in jobs:
+        job.cancel()
+    _, pending = await asyncio.wait(jobs, timeout=timeout_seconds)
+    for job in pending:
+        stack = io.StringIO()
+        job.print_stack(file=stack)
+        logger.warning(
+            "background job %r did not stop within %g s of its cancel; stopping without it\n%s",
+            job.get_name(),
+            timeout_seconds,
+            stack.getvalue(),
+        )
+
+
 def freeze_startup_heap() -> None:
     """Collect what starting up left behind, then move every object that survives into the
     garbage collector's permanent generation (:func:`gc.freeze`), where no collection scans it.
@@ -125,9 +152,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             gc.unfreeze()
             unhook()
-            for job in jobs:
-                job.cancel()
-            await asyncio.gather(*jobs, return_exceptions=True)
+            await stop_jobs(jobs, JOB_STOP_SECONDS)
             await service.shutdown(settings.shutdown_grace_seconds)
             await sender.close()
             await backends.close()
