@@ -332,6 +332,34 @@ def test_bad_list_parameters_are_422(client: httpx.Client, query: str) -> None:
     assert_problem(client.get(f"/api/tasks?{query}"), 422, "validation_error")
 
 
+@pytest.mark.parametrize(
+    "name", [".", "..", "%2E", "%2E%2E", "%2e%2E", "a/b", "a%2Fb", "q" * 65, "default%0A"]
+)
+def test_every_queue_route_refuses_a_name_create_refuses(client: httpx.Client, name: str) -> None:
+    """A queue name a create cannot use (``.`` and ``..`` among them) is 422 on every route
+    that takes one, so no route makes or reports a queue no task can be in."""
+    routes = [
+        ("GET", f"/api/tasks/dequeue?queue={name}"),
+        ("GET", f"/api/tasks?queue={name}"),
+        ("GET", f"/api/stats?queue={name}"),
+    ]
+    # In a path the client resolves "." and "..", and a slash, even encoded, makes another path.
+    if name not in (".", "..", "a/b", "a%2Fb"):
+        routes += [("POST", f"/api/queues/{name}/pause"), ("POST", f"/api/queues/{name}/resume")]
+    for method, path in routes:
+        assert_problem(client.request(method, path), 422, "validation_error")
+    assert [queue["name"] for queue in client.get("/api/queues").json()["items"]] == ["default"]
+
+
+@pytest.mark.parametrize("name", ["a", "a.", ".a", "..a", "a..", "-", "_", "q" * 64])
+def test_queue_names_create_accepts_are_accepted_by_the_queue_routes(
+    client: httpx.Client, name: str
+) -> None:
+    assert client.get(f"/api/tasks?queue={name}").status_code == 200
+    assert client.post(f"/api/queues/{name}/pause").status_code == 200
+    assert client.post(f"/api/queues/{name}/resume").status_code == 200
+
+
 def test_times_are_utc_whatever_the_server_time_zone(start_server: Callable[..., Server]) -> None:
     """With TZ=America/New_York the timestamps still say UTC, with Z and milliseconds."""
     server = start_server(TZ="America/New_York")
