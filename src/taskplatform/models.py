@@ -196,12 +196,16 @@ TimeoutSeconds = Annotated[
 ]
 
 
+QUEUE_NAME = r"[A-Za-z0-9_\-]|[A-Za-z0-9_.\-][A-Za-z0-9_\-]|[A-Za-z0-9_\-]\.|[A-Za-z0-9_.\-]{3,64}"
+"""A queue name, unanchored: 1 to 64 letters, digits, ``_``, ``.`` or ``-``, but not ``.`` or
+``..``, which a URL path normalises away (``/api/queues/../pause``). Spelled out by length rather
+than with a lookahead, which pydantic's regex engine (the routes' patterns) lacks."""
+
 QueueName = Annotated[
     str,
     msgspec.Meta(
         # \Z, not $: Python's $ also matches before a final newline ("default\n").
-        # Not "." or "..": a URL path normalises those away (/api/queues/../pause).
-        pattern=r"^(?!\.\.?\Z)[A-Za-z0-9_.\-]{1,64}\Z",
+        pattern=rf"^(?:{QUEUE_NAME})\Z",
         description="A named queue: 1 to 64 letters, digits, `_`, `.` or `-`; not `.` or `..`.",
     ),
 ]

@@ -285,20 +285,16 @@ class _Checkpointer:
         )
         self._thread.start()
 
-    def checkpoint(self) -> tuple[int, int, int]:
+    def checkpoint(self) -> None:
         """Run one passive checkpoint now; ask the writer to finish it if the WAL is long.
-
-        Returns:
-            SQLite's ``(busy, log, checkpointed)``: 1 if it could not finish, the WAL's length
-            and how much of it is in the database file now, in pages.
 
         Raises:
             sqlite3.Error: the checkpoint failed.
         """
-        busy, log, checkpointed = self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        # SQLite answers (busy, WAL length, pages copied); only the length matters here.
+        _, log, _ = self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         if log >= self._restart_pages:
             self._writer.checkpoint_soon()
-        return busy, log, checkpointed
 
     def close(self) -> None:
         """Stop the thread and close its connection (a checkpoint under way finishes first)."""
