@@ -4,9 +4,11 @@ WAL still starts over while writes never stop."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 from taskplatform.backends import prepare_schema
 from taskplatform.backends.sqlite import SQLiteDatabase, SQLiteQueue
@@ -34,10 +36,10 @@ def _tasks(first: int, count: int) -> list[TaskRecord]:
     ]
 
 
-async def _database(tmp_path: Path, **kwargs: float) -> tuple[SQLiteDatabase, Path]:
+async def _database(tmp_path: Path, **kwargs: Any) -> tuple[SQLiteDatabase, Path]:
     url = f"sqlite:///{tmp_path / 'tp.db'}"
     await prepare_schema(Settings(database_url=url))
-    return SQLiteDatabase(url, **kwargs), tmp_path / "tp.db-wal"  # type: ignore[arg-type]
+    return SQLiteDatabase(url, **kwargs), tmp_path / "tp.db-wal"
 
 
 async def test_the_writer_leaves_checkpoints_to_the_checkpointer(tmp_path: Path) -> None:
@@ -92,6 +94,6 @@ async def test_the_wal_starts_over_while_writes_never_stop(tmp_path: Path) -> No
     # These 80,000 rows take about 19,000 pages: a WAL that never starts over ends that long
     # (measured with the writer's part turned off). Starting over, it stayed near 1,000 pages.
     assert largest < 6_000 * PAGE_BYTES, largest / PAGE_BYTES
-    with sqlite3.connect(tmp_path / "tp.db") as conn:
+    with contextlib.closing(sqlite3.connect(tmp_path / "tp.db")) as conn:
         assert conn.execute("SELECT count(*) FROM queued_tasks").fetchone()[0] == written
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
