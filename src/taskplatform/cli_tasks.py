@@ -532,11 +532,14 @@ _interrupted = threading.Event()
 
 @contextlib.contextmanager
 def _interrupt_after() -> Iterator[None]:
-    """Hold Ctrl-C (SIGINT) back until the block ends, then stop the import at that point.
+    """Turn Ctrl-C (SIGINT) inside the block into a request to stop: ``_interrupted`` is set,
+    and the import stops at its next saved point.
 
     A batch sent is a batch the server may have created (the batch endpoint takes no
     Idempotency-Key): a Ctrl-C between sending it and saving the state would make the resume
-    create its tasks twice.
+    create its tasks twice. The block spans the whole import rather than each batch, so a
+    Ctrl-C between two batches also ends with the "interrupted after line N" message rather
+    than Typer's silent exit 130.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -621,7 +624,12 @@ def import_command(
         disable=as_json,
     )
     _interrupted.clear()
-    with file.open("rb") as stream, _client(url, api_key, as_json) as client, progress:
+    with (
+        _interrupt_after(),
+        file.open("rb") as stream,
+        _client(url, api_key, as_json) as client,
+        progress,
+    ):
         # The digest runs over every byte read, so at each save it covers exactly the settled
         # lines; resuming re-reads that prefix and must find the same digest.
         digest = hashlib.sha256()
@@ -659,6 +667,9 @@ def import_command(
 
         line_number = first_line - 1
         for raw in stream:
+            if _interrupted.is_set():
+                # Lines read since the last batch are not saved: the resume reads them again.
+                break
             line_number += 1
             digest.update(raw)
             offset += len(raw)
@@ -670,13 +681,9 @@ def import_command(
             else:
                 pending.append((line_number, body))
             if len(pending) >= chunk_size:
-                with _interrupt_after():  # a batch the server may have taken is always saved
-                    flush(line_number)
-            if _interrupted.is_set():
-                break
-        else:
-            with _interrupt_after():
                 flush(line_number)
+        else:
+            flush(line_number)
     if _interrupted.is_set():
         _stderr().print(
             f"interrupted after line {state.next_line - 1}; progress kept in {state_path}: "
