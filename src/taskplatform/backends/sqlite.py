@@ -531,23 +531,25 @@ class SQLiteQueue(Queue):
         dispatched: bool = False,
     ) -> list[TaskRecord]:
         self._check_store(store)
-        due = {"queue": queue, "now": now}
+        due = {"queue": queue, "now": now, "most": most}
 
-        # One writer job for the batch: each hop to the writer thread costs GIL hand-offs.
+        # One writer job for the batch (each hop to the writer thread costs GIL hand-offs), and
+        # two statements for it: one takes the tasks out of the queue, one inserts them.
         def job(conn: sqlite3.Connection) -> list[TaskRecord]:
+            rows = conn.execute(SQL["dequeue_many"], due).fetchall()
+            if not rows:
+                return []
+            self._faults.hit("after_reserve")  # the savepoint undoes the job if this raises
+            rows.sort(key=lambda row: (-row[2], row[1]))  # priority descending, then FIFO
             moved: list[TaskRecord] = []
-            while len(moved) < most:
-                row = conn.execute(SQL["dequeue_next"], due).fetchone()
-                if row is None:
-                    break
-                self._faults.hit("after_reserve")  # the savepoint undoes the job if this raises
+            for row in rows:
                 task = queued_record(row)
                 task.status = Status.DEQUEUED
                 task.dequeued_at = task.updated_at = now
                 task.lease_token, task.lease_expires_at = lease_token, lease_expires_at
                 task.dispatched = dispatched
-                conn.execute(SQL["store_insert"], task_params(task))
                 moved.append(task)
+            conn.executemany(SQL["store_insert"], [task_params(task) for task in moved])
             return moved
 
         return await self.database.write(job)
@@ -641,24 +643,24 @@ class SQLiteStore(Store):
         require_attempts_left: bool,
         due_by: int | None,
     ) -> list[TaskRecord]:
-        statements = [
-            compare_and_set_sql(
-                task_id,
-                expected=expected,
-                target=target,
-                now=now,
-                changes=changes,
-                lease_token=None,
-                require_attempts_left=require_attempts_left,
-                due_by=due_by,
-            )
-            for task_id in task_ids
-        ]
+        sql, params = compare_and_set_sql(
+            "",
+            expected=expected,
+            target=target,
+            now=now,
+            changes=changes,
+            lease_token=None,
+            require_attempts_left=require_attempts_left,
+            due_by=due_by,
+            many=task_ids,
+            dialect="sqlite",
+        )
 
-        # One writer job, each row its own compare-and-set, as the one-by-one default does.
+        # One UPDATE for the batch: SQLite checks each row's condition as it updates it, so
+        # each moves or stays exactly as its own compare-and-set would (the single writer
+        # means nothing changes a row in between).
         def job(conn: sqlite3.Connection) -> list[TaskRecord]:
-            rows = [conn.execute(sql, params).fetchone() for sql, params in statements]
-            return [stored_record(row) for row in rows if row is not None]
+            return [stored_record(row) for row in conn.execute(sql, params)]
 
         return await self.database.write(job)
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -168,19 +169,26 @@ def compare_and_set_sql(
     require_attempts_left: bool,
     due_by: int | None = None,
     many: Sequence[str] | None = None,
+    dialect: Literal["postgresql", "sqlite"] = "postgresql",
 ) -> tuple[str, dict[str, Any]]:
     """Return the one ``UPDATE … RETURNING`` statement of a compare-and-set, and its parameters.
 
     The row changes only if it still has one of ``expected`` (and the lease token, and attempts
     left, when asked): the database applies the check and the write as one atomic statement.
-    With ``many`` (PostgreSQL only: an array parameter), the rows of those task ids instead of
-    ``task_id``'s, each checked on its own.
+    With ``many``, the rows of those task ids instead of ``task_id``'s, each checked on its own;
+    ``dialect`` says how the ids are passed (PostgreSQL: a text array; SQLite: a JSON array
+    read with ``json_each``).
     """
     params: dict[str, Any] = {"target": target.value, "now": now}
     if many is None:
         params["task_id"] = task_id
-    else:
+        chosen = "task_id = :task_id"
+    elif dialect == "postgresql":
         params["task_ids"] = list(many)
+        chosen = "task_id = ANY(CAST(:task_ids AS text[]))"
+    else:
+        params["task_ids"] = json.dumps(list(many))
+        chosen = "task_id IN (SELECT value FROM json_each(:task_ids))"
     assignments = ["status = :target", "updated_at = :now"]
     for name, value in changes.columns().items():  # names come from TaskChanges only
         assignments.append(f"{name} = :set_{name}")
@@ -198,7 +206,6 @@ def compare_and_set_sql(
     for index, status in enumerate(expected):
         statuses.append(f":expected_{index}")
         params[f"expected_{index}"] = status.value
-    chosen = "task_id = :task_id" if many is None else "task_id = ANY(CAST(:task_ids AS text[]))"
     conditions = [chosen, f"status IN ({', '.join(statuses)})"]
     if lease_token is not None:
         conditions.append("lease_token = :lease_token")
