@@ -523,8 +523,17 @@ class ImportState:
 
 
 def _count_lines(path: Path) -> int:
+    """The lines of ``path`` (a last line without a newline counts), for the progress bar; stops
+    early, with a partial count, once Ctrl-C asked the import to stop."""
+    count = 0
+    last = b"\n"
     with path.open("rb") as stream:
-        return sum(1 for _ in stream)
+        while block := stream.read(1 << 20):
+            count += block.count(b"\n")
+            last = block[-1:]
+            if _interrupted.is_set():
+                break
+    return count + (last != b"\n")
 
 
 _interrupted = threading.Event()
@@ -610,7 +619,6 @@ def import_command(
             state = ImportState.load(state_path)
         except (OSError, ValueError, KeyError, TypeError) as exc:
             _usage(f"cannot read the import state {state_path} ({exc}); or pass --restart", as_json)
-    total = _count_lines(file)
     first_line = state.next_line
     failed_before = len(state.failed)
     created_before = state.created
@@ -642,7 +650,7 @@ def import_command(
                 "--state for another state file",
                 as_json,
             )
-        bar = progress.add_task("import", total=total, completed=first_line - 1)
+        bar = progress.add_task("import", total=_count_lines(file), completed=first_line - 1)
         pending: list[tuple[int, dict[str, Any]]] = []
         offset = state.done_bytes
 
@@ -685,10 +693,14 @@ def import_command(
         else:
             flush(line_number)
     if _interrupted.is_set():
-        _stderr().print(
-            f"interrupted after line {state.next_line - 1}; progress kept in {state_path}: "
-            "run the same command to go on"
-        )
+        if state_path.exists():
+            message = (
+                f"interrupted after line {state.next_line - 1}; progress kept in {state_path}: "
+                "run the same command to go on"
+            )
+        else:
+            message = "interrupted before the first batch was sent: nothing was created"
+        _stderr().print(message)
         raise typer.Exit(130)
     new_failures = state.failed[failed_before:]
     summary = {

@@ -411,3 +411,42 @@ def test_ctrl_c_between_two_batches_says_where_the_import_stopped(
     assert finished.returncode == 0, finished.stderr
     assert b"created 5 tasks" in finished.stdout
     assert tp.stats(queue=queue).queue_depth == 10
+
+
+def test_ctrl_c_before_the_first_batch_says_nothing_was_created(
+    server: Server, tp: TaskClient, tmp_path: Path
+) -> None:
+    """A Ctrl-C while the import reads its first lines, before any batch: exit 130, no state
+    file, no task, and a message that says so rather than pointing to a file that is not there."""
+    queue = f"sigint-{uuid.uuid4().hex[:8]}"
+    body = {"taskData": {}, "callbackUrl": "http://127.0.0.1:9/x", "queue": queue}
+    lines = tmp_path / "late.jsonl"
+    lines.write_text("\n" * 10_000_000 + json.dumps(body) + "\n")
+    command = [sys.executable, "-m", "taskplatform", "tasks", "import", str(lines)]
+    env = clean_environ({"TASKPLATFORM_URL": server.url})
+    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE)
+    # The import opens the file inside its Ctrl-C handling: wait for that, not for a delay.
+    fds = Path(f"/proc/{process.pid}/fd")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not any(_points_to(fd, lines) for fd in _listdir(fds)):
+        time.sleep(0.005)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert b"interrupted before the first batch was sent: nothing was created" in stderr
+    assert not lines.with_name(lines.name + ".import-state.json").exists()
+    assert tp.stats(queue=queue).queue_depth == 0
+
+
+def _listdir(path: Path) -> list[Path]:
+    try:
+        return list(path.iterdir())
+    except OSError:  # the process is starting or gone
+        return []
+
+
+def _points_to(link: Path, target: Path) -> bool:
+    try:
+        return link.readlink() == target
+    except OSError:
+        return False

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime
+import functools
 import threading
 import time
 import uuid
@@ -215,6 +216,14 @@ def test_each_problem_code_raises_its_exception(
     expect(TaskNotFound, 404, lambda: tp.execute(MISSING))
     expect(TaskNotFound, 404, lambda: tp.cancel(MISSING))
     expect(TaskNotFound, 404, lambda: tp.executions(MISSING))
+    for odd in (".", "..", "?x=1", "#top"):  # one path segment, never another route
+        expect(TaskNotFound, 404, functools.partial(tp.get, odd))
+    for slashed in ("../../healthz", "a/b"):
+        # Sent as one segment (%2F); the server decodes it before routing, so no route matches.
+        with pytest.raises(NotFound) as caught:
+            tp.get(slashed)
+        assert caught.value.status == 404
+    expect(ValidationError, 422, lambda: tp.pause_queue(".."))
     queued = tp.create({}, receiver.url("/ok"), queue=queue).task_id
     expect(TaskNotDequeued, 409, lambda: tp.execute(queued))
     expect(TaskNotFailed, 409, lambda: tp.retry(queued))

@@ -139,9 +139,16 @@ def _body(response: httpx.Response) -> dict[str, Any]:
     return data
 
 
+def _segment(value: str) -> str:
+    """``value`` as one path segment: quote(safe="") so a "/" or "?" cannot address another
+    route, and "." and ".." percent-encoded, which an HTTP client would otherwise resolve as dot
+    segments (RFC 3986 section 5.2.4: ``/api/tasks/..`` is ``/api``)."""
+    quoted = quote(value, safe="")
+    return quoted.replace(".", "%2E") if quoted in (".", "..") else quoted
+
+
 def _task_path(task_id: str, suffix: str = "") -> str:
-    # quote(safe="") so an id with a "/" or "?" cannot address another route
-    return f"/api/tasks/{quote(task_id, safe='')}{suffix}"
+    return f"/api/tasks/{_segment(task_id)}{suffix}"
 
 
 def error_from_response(response: httpx.Response) -> TaskPlatformError:
@@ -432,7 +439,7 @@ def pause_call(name: str, paused: bool) -> Call[QueueInfo]:
     def parse(response: httpx.Response) -> QueueInfo:
         return QueueInfo.from_json(_body(response))
 
-    return Call("POST", f"/api/queues/{quote(name, safe='')}/{action}", parse, RetryMode.ALWAYS)
+    return Call("POST", f"/api/queues/{_segment(name)}/{action}", parse, RetryMode.ALWAYS)
 
 
 def health_call() -> Call[bool]:
