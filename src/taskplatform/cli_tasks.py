@@ -614,7 +614,8 @@ def import_command(
     """
     state_path = state_file or file.with_name(file.name + ".import-state.json")
     state = ImportState()
-    if state_path.exists() and not restart:
+    resumed = state_path.exists() and not restart
+    if resumed:
         try:
             state = ImportState.load(state_path)
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -693,7 +694,7 @@ def import_command(
         else:
             flush(line_number)
     if _interrupted.is_set():
-        if state_path.exists():
+        if resumed or state.next_line > first_line:  # a state file holds this run's progress
             message = (
                 f"interrupted after line {state.next_line - 1}; progress kept in {state_path}: "
                 "run the same command to go on"
