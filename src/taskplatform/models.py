@@ -201,6 +201,9 @@ QUEUE_NAME = r"[A-Za-z0-9_\-]|[A-Za-z0-9_.\-][A-Za-z0-9_\-]|[A-Za-z0-9_\-]\.|[A-
 ``..``, which a URL path normalises away (``/api/queues/../pause``). Spelled out by length rather
 than with a lookahead, which pydantic's regex engine (the routes' patterns) lacks."""
 
+QUEUE_NAME_RULE = "must be 1 to 64 letters, digits, `_`, `.` or `-`, and not `.` or `..`"
+""":data:`QUEUE_NAME` in words, for error messages (a regex means little to a client)."""
+
 QueueName = Annotated[
     str,
     msgspec.Meta(

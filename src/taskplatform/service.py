@@ -856,6 +856,16 @@ class TaskService:
             if task.status is Status.QUEUED:  # a Redis requeue's mark: on its way back
                 await asyncio.sleep(0.01)
                 continue
+            if task.status is Status.COMPLETED:
+                raise TaskCompleted(
+                    "the task has completed; it can no longer be cancelled", task_id=task_id
+                )
+            if task.status is Status.PROCESSING:
+                raise TaskProcessing(
+                    "the task is executing; a task can be cancelled before or between attempts, "
+                    "not during one",
+                    task_id=task_id,
+                )
             if task.status not in cancellable:
                 raise _conflict(task)
             cancelled = await self._transition(

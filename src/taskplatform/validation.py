@@ -16,6 +16,7 @@ from taskplatform.exceptions import MalformedJSON, ValidationFailed
 from taskplatform.models import (
     MAX_DELAY_SECONDS,
     QUEUE_NAME,
+    QUEUE_NAME_RULE,
     BatchCreate,
     RedriveFilter,
     TaskCreate,
@@ -42,6 +43,16 @@ _NUMERIC_LABEL = re.compile(r"(0[xX][0-9a-fA-F]*|[0-9]+)")
 _DNS_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 TASK_ID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 """A task id (a lowercase UUID), as the pagination cursor must be."""
+IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,255}$"
+"""An ``Idempotency-Key`` header: 1 to 255 printable ASCII characters, no space."""
+
+PATTERN_RULES = {
+    QUEUE_PATTERN: QUEUE_NAME_RULE,
+    TASK_ID_PATTERN: "must be a task id (a lowercase UUID), as `nextCursor` gives it",
+    IDEMPOTENCY_KEY_PATTERN: "must be 1 to 255 printable ASCII characters, without spaces",
+}
+"""What each pattern of a route's parameters means, in words: the message of a value that does
+not match it, instead of the regex itself."""
 
 
 def _too_deep(max_depth: int) -> ValidationFailed:
@@ -183,7 +194,7 @@ def _every_field_error(body: bytes, max_url_length: int) -> list[tuple[str, str]
         try:
             converted = msgspec.convert(value[name], field.type, strict=True)
         except msgspec.ValidationError as exc:
-            errors.append((path, str(exc)))
+            errors.append((path, QUEUE_NAME_RULE if name == "queue" else str(exc)))
             continue
         if name == "callbackUrl":
             try:

@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
+from taskplatform.models import QUEUE_NAME_RULE
 from tests.acceptance.helpers import assert_problem, create, dequeue_until
 from tests.support.receiver import Receiver
 from tests.support.server import Server
@@ -347,8 +348,34 @@ def test_every_queue_route_refuses_a_name_create_refuses(client: httpx.Client, n
     if name not in (".", "..", "a/b", "a%2Fb"):
         routes += [("POST", f"/api/queues/{name}/pause"), ("POST", f"/api/queues/{name}/resume")]
     for method, path in routes:
-        assert_problem(client.request(method, path), 422, "validation_error")
+        problem = assert_problem(client.request(method, path), 422, "validation_error")
+        # The rule in words, as the README states it, not the regex that checks it.
+        assert [error["message"] for error in problem["errors"]] == [QUEUE_NAME_RULE], path
     assert [queue["name"] for queue in client.get("/api/queues").json()["items"]] == ["default"]
+    if name not in ("a/b", "%2E", "%2E%2E", "%2e%2E", "a%2Fb", "default%0A"):  # literal in JSON
+        body = {"taskData": {}, "callbackUrl": GOOD_URL, "queue": name}
+        problem = assert_problem(client.post("/api/tasks", json=body), 422, "validation_error")
+        assert problem["errors"] == [{"field": "$.queue", "message": QUEUE_NAME_RULE}]
+
+
+@pytest.mark.parametrize(
+    ("path", "headers", "rule"),
+    [
+        ("/api/tasks?cursor=nope", {}, "must be a task id"),
+        ("/api/tasks", {"Idempotency-Key": "has space"}, "printable ASCII characters"),
+    ],
+)
+def test_a_value_that_misses_a_pattern_is_told_the_rule_in_words(
+    client: httpx.Client, path: str, headers: dict[str, str], rule: str
+) -> None:
+    method = "POST" if headers else "GET"
+    body = {"taskData": {}, "callbackUrl": GOOD_URL} if headers else None
+    problem = assert_problem(
+        client.request(method, path, json=body, headers=headers), 422, "validation_error"
+    )
+    [error] = problem["errors"]
+    assert rule in error["message"]
+    assert "^" not in error["message"]  # no regex
 
 
 @pytest.mark.parametrize("name", ["a", "a.", ".a", "..a", "a..", "-", "_", "q" * 64])

@@ -758,9 +758,13 @@ def test_cancel_in_each_status(api: httpx.Client, receiver: Receiver) -> None:
 
     processing = create(api, receiver.url("/slow?seconds=1"), queue=TIMED)
     wait_for(lambda: len(hits_of(receiver, [processing])) == 1, 10, "the slow callback")
-    assert_problem(cancel(processing), 409, "task_processing")
+    assert (
+        "not during one" in (assert_problem(cancel(processing), 409, "task_processing")["detail"])
+    )
     wait_for(lambda: get(api, processing)["status"] == "Completed", 10, "the slow task done")
-    assert_problem(cancel(processing), 409, "task_completed")
+    assert assert_problem(cancel(processing), 409, "task_completed")["detail"] == (
+        "the task has completed; it can no longer be cancelled"
+    )
     assert_problem(cancel(MISSING), 404, "task_not_found")
 
     time.sleep(max(0.0, due + 0.5 - time.monotonic()))  # the scheduled one came due long ago

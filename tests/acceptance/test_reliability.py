@@ -176,6 +176,11 @@ def test_long_poll_waits_and_wakes_on_arrival(start_server: Callable[..., Server
             assert_problem(
                 http.get(f"/api/tasks/dequeue?waitSeconds={bad}"), 422, "validation_error"
             )
+        for not_finite in ("nan", "inf", "1e400"):  # named as such, not as "more than 20"
+            problem = assert_problem(
+                http.get(f"/api/tasks/dequeue?waitSeconds={not_finite}"), 422, "validation_error"
+            )
+            assert problem["errors"][0]["message"] == "Input should be a finite number"
 
         created_at: list[float] = []
 

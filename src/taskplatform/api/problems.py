@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from http import HTTPStatus
+from typing import Any
 
 import msgspec
 from fastapi import FastAPI, Request
@@ -16,6 +17,7 @@ from starlette.routing import Match
 
 from taskplatform.exceptions import TaskPlatformError, ValidationFailed
 from taskplatform.models import Problem, ProblemFieldError
+from taskplatform.validation import PATTERN_RULES
 
 logger = logging.getLogger(__name__)
 
@@ -92,10 +94,20 @@ async def _on_platform_error(request: Request, exc: Exception) -> Response:
 async def _on_request_validation(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     errors = [
-        (".".join(str(part) for part in error.get("loc", ())), str(error.get("msg", "invalid")))
+        (".".join(str(part) for part in error.get("loc", ())), _message(error))
         for error in exc.errors()
     ]
     return error_response(ValidationFailed(errors or [("$", "invalid request")]))
+
+
+def _message(error: Mapping[str, Any]) -> str:
+    """Pydantic's message for one error, or for a value that does not match a known pattern,
+    what the pattern means (its regex says little to a client)."""
+    if error.get("type") == "string_pattern_mismatch":
+        rule = PATTERN_RULES.get(str(error.get("ctx", {}).get("pattern")))
+        if rule is not None:
+            return rule
+    return str(error.get("msg", "invalid"))
 
 
 async def _on_http_error(request: Request, exc: Exception) -> Response:

@@ -63,6 +63,7 @@ from taskplatform.models import (
 )
 from taskplatform.service import TaskService
 from taskplatform.validation import (
+    IDEMPOTENCY_KEY_PATTERN,
     QUEUE_PATTERN,
     TASK_ID_PATTERN,
     check_json_depth,
@@ -171,7 +172,7 @@ async def create_task(
         str | None,
         Header(
             alias="Idempotency-Key",
-            pattern=r"^[\x21-\x7e]{1,255}$",
+            pattern=IDEMPOTENCY_KEY_PATTERN,
             description=(
                 "Makes retries safe: a repeat with the same key and body within 24 hours returns "
                 "the first task (200) instead of creating another; another body is 422."
@@ -235,6 +236,7 @@ async def dequeue_task(
             alias="waitSeconds",
             ge=0,
             le=20,
+            allow_inf_nan=False,  # "nan" is "not a finite number", not "not ≤ 20"
             description="Long poll: wait up to this many seconds for a task if the queue is empty.",
         ),
     ] = 0,
