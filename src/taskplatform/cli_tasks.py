@@ -227,7 +227,7 @@ def create_command(
     ] = "{}",
     priority: Annotated[int, typer.Option("--priority", "-p", help="Higher goes first.")] = 0,
     queue: Annotated[
-        str | None, typer.Option(help="Named queue [server default: default].")
+        str | None, typer.Option(help="Named queue \\[server default: default].")
     ] = None,
     delay: Annotated[
         float | None, typer.Option(help="Seconds before it may be dequeued or dispatched.")
@@ -237,14 +237,14 @@ def create_command(
         typer.Option(help="Not before this RFC 3339 time with a zone, e.g. 2027-01-01T09:00Z."),
     ] = None,
     max_retries: Annotated[
-        int | None, typer.Option(help="Retries after the first attempt [server default: 3].")
+        int | None, typer.Option(help="Retries after the first attempt \\[server default: 3].")
     ] = None,
     timeout: Annotated[
-        float | None, typer.Option(help="Seconds for one callback attempt [server default: 30].")
+        float | None, typer.Option(help="Seconds for one callback attempt \\[server default: 30].")
     ] = None,
     idempotency_key: Annotated[
         str | None,
-        typer.Option(help="Makes a repeat return the first task [default: a fresh uuid4]."),
+        typer.Option(help="Makes a repeat return the first task \\[default: a fresh uuid4]."),
     ] = None,
     url: UrlOption = DEFAULT_URL,
     api_key: ApiKeyOption = None,
@@ -357,7 +357,7 @@ def list_command(
 
 @tasks_app.command("dequeue")
 def dequeue_command(
-    queue: Annotated[str | None, typer.Option(help="Named queue [default: default].")] = None,
+    queue: Annotated[str | None, typer.Option(help="Named queue \\[default: default].")] = None,
     wait: Annotated[
         float | None, typer.Option(min=0, max=20, help="Long-poll this many seconds.")
     ] = None,
@@ -593,7 +593,7 @@ def import_command(
     ] = 500,
     state_file: Annotated[
         Path | None,
-        typer.Option("--state", help="Where progress is kept [default: FILE.import-state.json]."),
+        typer.Option("--state", help="Where progress is kept \\[default: FILE.import-state.json]."),
     ] = None,
     restart: Annotated[
         bool, typer.Option("--restart", help="Ignore an earlier run's state: import it all again.")

@@ -450,3 +450,16 @@ def _points_to(link: Path, target: Path) -> bool:
         return link.readlink() == target
     except OSError:
         return False
+
+
+def test_help_shows_the_defaults_in_brackets() -> None:
+    """Rich reads "[default: …]" in a help text as markup and drops it; the defaults must show."""
+    shown = {
+        ("tasks", "import"): "[default: FILE.import-state.json]",
+        ("tasks", "create"): "[server default: 3]",
+        ("tasks", "dequeue"): "[default: default]",
+    }
+    for command, default in shown.items():
+        result = run(None, *command, "--help", env={"COLUMNS": "200"})
+        assert result.exit_code == 0, result.output
+        assert default in result.output, (command, result.output)
