@@ -194,7 +194,10 @@ def _every_field_error(body: bytes, max_url_length: int) -> list[tuple[str, str]
         try:
             converted = msgspec.convert(value[name], field.type, strict=True)
         except msgspec.ValidationError as exc:
-            errors.append((path, QUEUE_NAME_RULE if name == "queue" else str(exc)))
+            message = str(exc)
+            if name == "queue" and "matching regex" in message:  # the rule, not its regex
+                message = QUEUE_NAME_RULE
+            errors.append((path, message))
             continue
         if name == "callbackUrl":
             try:
