@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import msgspec
@@ -11,6 +13,7 @@ import pytest
 
 from taskplatform.backends import Backends, TaskChanges
 from taskplatform.backends.base import IdempotencyClaim, IdempotentReplay
+from taskplatform.backends.postgres import PostgresDatabase, PostgresQueue
 from taskplatform.models import ExecutionRecord, Status, TaskRecord, now_ms
 
 
@@ -691,3 +694,93 @@ async def test_a_lease_from_each_tasks_own_timeout_in_one_statement(backends: Ba
         assert len(retried) == expected_moves
     with pytest.raises(ValueError, match="not both"):
         TaskChanges(lease_expires_at=1, lease_grace_seconds=1)
+
+
+def _start_changes() -> TaskChanges:
+    """The changes of the start of an attempt, as the service makes them (a fresh token)."""
+    return TaskChanges(
+        increment_attempts=True,
+        lease_token=str(uuid.uuid4()),
+        lease_grace_seconds=5.0,
+        next_attempt_at=None,
+    )
+
+
+@contextlib.contextmanager
+def _statements(backends: Backends) -> Iterator[list[str]]:
+    """The statements the PostgreSQL hot path sends while the block runs (empty elsewhere)."""
+    sent: list[str] = []
+    database = getattr(backends.store, "database", None)
+    fetch = getattr(database, "fetch", None)
+    if not isinstance(database, PostgresDatabase) or fetch is None:
+        yield sent
+        return
+
+    async def counted(sql: str, params: Any) -> Any:
+        sent.append(sql)
+        return await fetch(sql, params)
+
+    database.fetch = counted  # type: ignore[method-assign]
+    try:
+        yield sent
+    finally:
+        del database.fetch  # the class's method again
+
+
+async def test_concurrent_dequeues_take_the_first_tasks_each_once(backends: Backends) -> None:
+    """Issue 7: concurrent dequeues (on PostgreSQL, grouped into shared statements) take the
+    first tasks in queue order, each exactly once, whoever waits longest or shortest."""
+    await backends.queue.enqueue_many([_task(_id(n), priority=n % 3) for n in range(60)])
+    with _statements(backends) as sent:
+        taken = await asyncio.gather(
+            *(backends.queue.transfer(backends.store, now=now_ms()) for _ in range(30))
+        )
+    ids = [task.task_id for task in taken if task is not None]
+    assert len(ids) == 30
+    assert len(set(ids)) == 30
+    first = sorted(range(60), key=lambda n: (-(n % 3), n))[:30]
+    assert set(ids) == {_id(n) for n in first}
+    for task in taken:
+        assert task is not None
+        assert task.status is Status.DEQUEUED
+        assert (await backends.store.get(task.task_id)) is not None
+    if isinstance(backends.queue, PostgresQueue):
+        assert 0 < len(sent) < 30  # shared statements, not one each
+    empty = await asyncio.gather(
+        *(backends.queue.transfer(backends.store, now=now_ms()) for _ in range(40))
+    )
+    assert len([task for task in empty if task is not None]) == 30  # the rest, then nothing
+
+
+async def test_concurrent_starts_move_each_task_once(backends: Backends) -> None:
+    """Issue 7: two concurrent starts of each of 20 tasks: exactly one of each pair moves it
+    to Processing (on PostgreSQL, starts share statements, but never two of one task)."""
+    await backends.queue.enqueue_many([_task(_id(n)) for n in range(20)])
+    for _ in range(20):
+        assert await backends.queue.transfer(backends.store, now=now_ms()) is not None
+    with _statements(backends) as sent:
+        started = await asyncio.gather(
+            *(
+                backends.store.compare_and_set(
+                    _id(n % 20),
+                    expected={Status.DEQUEUED, Status.RETRY},
+                    target=Status.PROCESSING,
+                    now=now_ms(),
+                    changes=_start_changes(),
+                    require_attempts_left=True,
+                )
+                for n in range(40)
+            )
+        )
+    moved = [task for task in started if task is not None]
+    assert sorted(task.task_id for task in moved) == sorted(_id(n) for n in range(20))
+    for task in moved:
+        stored = await backends.store.get(task.task_id)
+        assert stored is not None
+        assert stored.status is Status.PROCESSING
+        assert stored.attempts == 1
+        assert stored.lease_token == task.lease_token  # the token that fences its outcome
+        assert stored.lease_expires_at is not None
+        assert stored.lease_expires_at >= now_ms() + 9_000  # 5 s timeout + 5 s grace
+    if isinstance(getattr(backends.store, "database", None), PostgresDatabase):
+        assert 0 < len(sent) < 40

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import logging
 import re
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
@@ -259,6 +260,19 @@ FINISH_ATTEMPTS = QUERIES["finish_attempts"]
 _OUTCOME_FIELDS = positional(FINISH_ATTEMPTS)[1]
 
 
+def _is_start(changes: TaskChanges) -> bool:
+    """Whether ``changes`` are those of the start of an attempt (the service's move to
+    Processing: one more attempt, a fresh lease token, a lease from the task's own timeout),
+    which concurrent callers can share: only the lease token differs between them."""
+    return isinstance(changes.lease_grace_seconds, float) and msgspec.structs.replace(
+        changes, lease_token=msgspec.UNSET
+    ) == TaskChanges(
+        increment_attempts=True,
+        lease_grace_seconds=changes.lease_grace_seconds,
+        next_attempt_at=None,
+    )
+
+
 def _is_outcome(
     expected: tuple[Status, ...],
     changes: TaskChanges,
@@ -309,6 +323,12 @@ def _outcome_row(
     }
 
 
+_DequeueRequest = tuple[str, int, str | None, int | None]
+"""A pull dequeue waiting for its group: (request id, time, lease token, lease expiry)."""
+_StartRow = tuple[str, int, TaskChanges]
+"""A start of an attempt waiting for its group: (task id, time, changes)."""
+
+
 class PostgresQueue(Queue):
     """The queue as the ``queued_tasks`` table of a :class:`PostgresDatabase`."""
 
@@ -317,6 +337,8 @@ class PostgresQueue(Queue):
         self._group: GroupCommit[TaskRecord, int] = GroupCommit(
             self._insert_tasks, key=lambda task: task.task_id, name="enqueue group commit"
         )
+        self._dequeue_groups: dict[str, GroupCommit[_DequeueRequest, TaskRecord]] = {}
+        self._dequeue_ids = itertools.count()
 
     async def enqueue(
         self, task: TaskRecord, *, claim: IdempotencyClaim | None = None
@@ -403,16 +425,29 @@ class PostgresQueue(Queue):
         lease_expires_at: int | None = None,
         dispatched: bool = False,
     ) -> TaskRecord | None:
-        moved = await self.transfer_many(
-            store,
-            now=now,
-            most=1,
-            queue=queue,
-            lease_token=lease_token,
-            lease_expires_at=lease_expires_at,
-            dispatched=dispatched,
-        )
-        return moved[0] if moved else None
+        if dispatched:
+            moved = await self.transfer_many(
+                store,
+                now=now,
+                most=1,
+                queue=queue,
+                lease_token=lease_token,
+                lease_expires_at=lease_expires_at,
+                dispatched=dispatched,
+            )
+            return moved[0] if moved else None
+        self._check_store(store)
+        # Concurrent dequeues of a queue share one statement (group commit): under load one
+        # round trip and one commit move many tasks, and each caller gets one of them.
+        group = self._dequeue_groups.get(queue)
+        if group is None:
+            group = self._dequeue_groups[queue] = GroupCommit(
+                functools.partial(self._dequeue_group, queue),
+                key=lambda request: request[0],
+                name=f"dequeue group commit {queue}",
+            )
+        request = (str(next(self._dequeue_ids)), now, lease_token, lease_expires_at)
+        return await group.write(request)
 
     async def transfer_many(
         self,
@@ -440,6 +475,28 @@ class PostgresQueue(Queue):
         tasks = [stored_record(row) for row in rows]
         tasks.sort(key=lambda task: (-task.priority, task.sequence))  # RETURNING has no order
         return tasks
+
+    async def _dequeue_group(
+        self, queue: str, requests: list[_DequeueRequest]
+    ) -> dict[str, TaskRecord]:
+        """Move up to one task per request out of ``queue`` in one statement; returns the
+        tasks by request id, the first request getting the first task in queue order (the
+        requests that find none get nothing). The tasks share the first request's lease
+        token (a compare-and-set is fenced by task id and token together) and the latest
+        lease expiry and time of the group, all within a round trip of each other."""
+        expiries = [expiry for _, _, _, expiry in requests if expiry is not None]
+        params = {
+            "now": max(now for _, now, _, _ in requests),
+            "most": len(requests),
+            "queue": queue,
+            "lease_token": requests[0][2],
+            "lease_expires_at": max(expiries) if expiries else None,
+            "dispatched": False,
+        }
+        rows = await self.database.fetch(QUERIES["dequeue_next"], params)
+        tasks = [stored_record(row) for row in rows]
+        tasks.sort(key=lambda task: (-task.priority, task.sequence))
+        return {request[0]: task for request, task in zip(requests, tasks, strict=False)}
 
     async def requeue(
         self, store: Store, task: TaskRecord, *, now: int, note: str, redrive: bool = False
@@ -509,6 +566,8 @@ class PostgresStore(Store):
         self._outcomes: GroupCommit[dict[str, Any], TaskRecord] = GroupCommit(
             self._finish_attempts, key=lambda row: str(row["task_id"]), name="outcome group commit"
         )
+        # By shape (expected statuses, attempts check, lease grace): only like starts share.
+        self._starts: dict[tuple[Any, ...], GroupCommit[_StartRow, TaskRecord]] = {}
 
     async def _compare_and_set(
         self,
@@ -534,6 +593,23 @@ class PostgresStore(Store):
             return await self._outcomes.write(
                 _outcome_row(task_id, target, now, changes, lease_token, execution)
             )
+        if (
+            execution is None
+            and lease_token is None
+            and due_by is None
+            and target is Status.PROCESSING
+            and _is_start(changes)
+        ):
+            # The start of an attempt (a pull execute): concurrent ones share one statement.
+            shape = (expected, require_attempts_left, changes.lease_grace_seconds)
+            group = self._starts.get(shape)
+            if group is None:
+                group = self._starts[shape] = GroupCommit(
+                    functools.partial(self._start_group, expected, require_attempts_left),
+                    key=lambda row: row[0],
+                    name="start group commit",
+                )
+            return await group.write((task_id, now, changes))
         sql, params = compare_and_set_sql(
             task_id,
             expected=expected,
@@ -560,6 +636,26 @@ class PostgresStore(Store):
         columns = _columns(rows, _OUTCOME_FIELDS)
         tasks = [stored_record(row) for row in await self.database.fetch(FINISH_ATTEMPTS, columns)]
         return {task.task_id: task for task in tasks}
+
+    async def _start_group(
+        self,
+        expected: tuple[Status, ...],
+        require_attempts_left: bool,
+        rows: list[_StartRow],
+    ) -> dict[str, TaskRecord]:
+        """Move the tasks of ``rows`` (task id, time, changes of a start) to Processing in one
+        statement, each checked on its own; returns the tasks that moved, by id. They share
+        the first row's lease token; each lease still follows its own task's timeout."""
+        moved = await self._compare_and_set_many(
+            [task_id for task_id, _, _ in rows],
+            expected=expected,
+            target=Status.PROCESSING,
+            now=max(now for _, now, _ in rows),
+            changes=rows[0][2],
+            require_attempts_left=require_attempts_left,
+            due_by=None,
+        )
+        return {task.task_id: task for task in moved}
 
     async def _compare_and_set_many(
         self,
