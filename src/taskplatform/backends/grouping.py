@@ -1,7 +1,8 @@
 """Group commit: single writes from concurrent requests, made together.
 
-Used by the PostgreSQL and Redis queues for creates without an idempotency key, and by the
-PostgreSQL store for the outcomes of attempts (SQLite's writer thread batches its jobs by itself).
+Used by the PostgreSQL and Redis queues for creates without an idempotency key, by the
+PostgreSQL queue for pull dequeues, and by the PostgreSQL store for the starts and the outcomes
+of attempts (SQLite's writer thread batches its jobs by itself).
 """
 
 from __future__ import annotations
