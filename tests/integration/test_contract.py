@@ -14,6 +14,7 @@ import pytest
 from taskplatform.backends import Backends, TaskChanges
 from taskplatform.backends.base import IdempotencyClaim, IdempotentReplay
 from taskplatform.backends.postgres import PostgresDatabase, PostgresQueue
+from taskplatform.backends.redis import RedisQueue
 from taskplatform.models import ExecutionRecord, Status, TaskRecord, now_ms
 
 
@@ -728,13 +729,24 @@ def _statements(backends: Backends) -> Iterator[list[str]]:
 
 
 async def test_concurrent_dequeues_take_the_first_tasks_each_once(backends: Backends) -> None:
-    """Issue 7: concurrent dequeues (on PostgreSQL, grouped into shared statements) take the
-    first tasks in queue order, each exactly once, whoever waits longest or shortest."""
+    """Issue 7: concurrent dequeues (on PostgreSQL and Redis, grouped into shared statements
+    and scripts) take the first tasks in queue order, each exactly once."""
     await backends.queue.enqueue_many([_task(_id(n), priority=n % 3) for n in range(60)])
+    reserves: list[object] = []
+    if isinstance(backends.queue, RedisQueue):
+        reserve = backends.queue._reserve
+
+        async def counted(**arguments: Any) -> Any:
+            reserves.append(arguments)
+            return await reserve(**arguments)
+
+        backends.queue._reserve = counted  # type: ignore[assignment]
     with _statements(backends) as sent:
         taken = await asyncio.gather(
             *(backends.queue.transfer(backends.store, now=now_ms()) for _ in range(30))
         )
+    if isinstance(backends.queue, RedisQueue):
+        assert 0 < len(reserves) < 30  # shared reserve scripts, not one each
     ids = [task.task_id for task in taken if task is not None]
     assert len(ids) == 30
     assert len(set(ids)) == 30

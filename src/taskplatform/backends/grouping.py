@@ -8,6 +8,8 @@ of attempts (SQLite's writer thread batches its jobs by itself).
 from __future__ import annotations
 
 import asyncio
+import functools
+import itertools
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
@@ -98,3 +100,65 @@ class GroupCommit(Generic[Row, Result]):
             raise
         finally:
             self._writer = None
+
+
+Task = TypeVar("Task")
+Store = TypeVar("Store")
+_Request = tuple[str, Store, int, "str | None", "int | None"]
+
+
+class DequeueGroups(Generic[Store, Task]):
+    """Pull dequeues grouped per queue: concurrent ones become one batch transfer, and each
+    caller gets one of its tasks (the first caller the first task, in queue order).
+
+    Under load one round trip moves many tasks instead of one each (bench/README: PostgreSQL
+    pull 716-863 → 1,055-1,070 tasks/s). The tasks of a group share the first caller's lease
+    token (the store fences a compare-and-set by task id and token together), the latest
+    lease expiry and the latest time of the group, all within a round trip of each other.
+
+    Args:
+        take_many: The queue's ``transfer_many`` (store, then keywords ``now``, ``most``,
+            ``queue``, ``lease_token``, ``lease_expires_at``): up to ``most`` tasks in queue
+            order.
+    """
+
+    def __init__(self, take_many: Callable[..., Awaitable[list[Task]]]) -> None:
+        self._take_many = take_many
+        self._groups: dict[str, GroupCommit[_Request[Store], Task]] = {}
+        self._ids = itertools.count()
+
+    async def transfer(
+        self,
+        store: Store,
+        *,
+        now: int,
+        queue: str,
+        lease_token: str | None,
+        lease_expires_at: int | None,
+    ) -> Task | None:
+        """Take the next due task of ``queue`` into ``store`` with the others waiting now;
+        None when the queue had none left for this caller.
+
+        Raises:
+            BackendUnavailable: the transfer holding this request failed.
+        """
+        group = self._groups.get(queue)
+        if group is None:
+            group = self._groups[queue] = GroupCommit(
+                functools.partial(self._take, queue),
+                key=lambda request: request[0],
+                name=f"dequeue group commit {queue}",
+            )
+        return await group.write((str(next(self._ids)), store, now, lease_token, lease_expires_at))
+
+    async def _take(self, queue: str, requests: list[_Request[Store]]) -> dict[str, Task]:
+        expiries = [expiry for *_, expiry in requests if expiry is not None]
+        tasks = await self._take_many(
+            requests[0][1],
+            now=max(request[2] for request in requests),
+            most=len(requests),
+            queue=queue,
+            lease_token=requests[0][3],
+            lease_expires_at=max(expiries) if expiries else None,
+        )
+        return {request[0]: task for request, task in zip(requests, tasks, strict=False)}

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import itertools
 import logging
 import re
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
@@ -35,7 +34,7 @@ from taskplatform.backends.base import (
     Store,
     TaskChanges,
 )
-from taskplatform.backends.grouping import GroupCommit
+from taskplatform.backends.grouping import DequeueGroups, GroupCommit
 from taskplatform.backends.sqlfile import load_queries
 from taskplatform.backends.sqlrows import (
     NO_CURSOR,
@@ -323,8 +322,6 @@ def _outcome_row(
     }
 
 
-_DequeueRequest = tuple[str, int, str | None, int | None]
-"""A pull dequeue waiting for its group: (request id, time, lease token, lease expiry)."""
 _StartRow = tuple[str, int, TaskChanges]
 """A start of an attempt waiting for its group: (task id, time, changes)."""
 
@@ -337,8 +334,7 @@ class PostgresQueue(Queue):
         self._group: GroupCommit[TaskRecord, int] = GroupCommit(
             self._insert_tasks, key=lambda task: task.task_id, name="enqueue group commit"
         )
-        self._dequeue_groups: dict[str, GroupCommit[_DequeueRequest, TaskRecord]] = {}
-        self._dequeue_ids = itertools.count()
+        self._dequeues: DequeueGroups[Store, TaskRecord] = DequeueGroups(self.transfer_many)
 
     async def enqueue(
         self, task: TaskRecord, *, claim: IdempotencyClaim | None = None
@@ -437,17 +433,14 @@ class PostgresQueue(Queue):
             )
             return moved[0] if moved else None
         self._check_store(store)
-        # Concurrent dequeues of a queue share one statement (group commit): under load one
-        # round trip and one commit move many tasks, and each caller gets one of them.
-        group = self._dequeue_groups.get(queue)
-        if group is None:
-            group = self._dequeue_groups[queue] = GroupCommit(
-                functools.partial(self._dequeue_group, queue),
-                key=lambda request: request[0],
-                name=f"dequeue group commit {queue}",
-            )
-        request = (str(next(self._dequeue_ids)), now, lease_token, lease_expires_at)
-        return await group.write(request)
+        # Concurrent dequeues of a queue share one statement (group commit).
+        return await self._dequeues.transfer(
+            store,
+            now=now,
+            queue=queue,
+            lease_token=lease_token,
+            lease_expires_at=lease_expires_at,
+        )
 
     async def transfer_many(
         self,
@@ -475,28 +468,6 @@ class PostgresQueue(Queue):
         tasks = [stored_record(row) for row in rows]
         tasks.sort(key=lambda task: (-task.priority, task.sequence))  # RETURNING has no order
         return tasks
-
-    async def _dequeue_group(
-        self, queue: str, requests: list[_DequeueRequest]
-    ) -> dict[str, TaskRecord]:
-        """Move up to one task per request out of ``queue`` in one statement; returns the
-        tasks by request id, the first request getting the first task in queue order (the
-        requests that find none get nothing). The tasks share the first request's lease
-        token (a compare-and-set is fenced by task id and token together) and the latest
-        lease expiry and time of the group, all within a round trip of each other."""
-        expiries = [expiry for _, _, _, expiry in requests if expiry is not None]
-        params = {
-            "now": max(now for _, now, _, _ in requests),
-            "most": len(requests),
-            "queue": queue,
-            "lease_token": requests[0][2],
-            "lease_expires_at": max(expiries) if expiries else None,
-            "dispatched": False,
-        }
-        rows = await self.database.fetch(QUERIES["dequeue_next"], params)
-        tasks = [stored_record(row) for row in rows]
-        tasks.sort(key=lambda task: (-task.priority, task.sequence))
-        return {request[0]: task for request, task in zip(requests, tasks, strict=False)}
 
     async def requeue(
         self, store: Store, task: TaskRecord, *, now: int, note: str, redrive: bool = False

@@ -48,7 +48,7 @@ from taskplatform.backends.base import (
     Store,
     TaskChanges,
 )
-from taskplatform.backends.grouping import GroupCommit
+from taskplatform.backends.grouping import DequeueGroups, GroupCommit
 from taskplatform.exceptions import BackendUnavailable, raise_if_cancelled
 from taskplatform.faults import Faults
 from taskplatform.models import (
@@ -295,6 +295,7 @@ class RedisQueue(Queue):
         self._group: GroupCommit[TaskRecord, int] = GroupCommit(
             self._enqueue_together, key=lambda task: task.task_id, name="enqueue group commit"
         )
+        self._dequeues: DequeueGroups[Store, TaskRecord] = DequeueGroups(self.transfer_many)
         self._inflight = f"{key_prefix}:inflight"
         self._ids = f"{key_prefix}:ids"
         self._seq = f"{key_prefix}:seq"
@@ -452,16 +453,25 @@ class RedisQueue(Queue):
         lease_expires_at: int | None = None,
         dispatched: bool = False,
     ) -> TaskRecord | None:
-        moved = await self.transfer_many(
+        if dispatched:
+            moved = await self.transfer_many(
+                store,
+                now=now,
+                most=1,
+                queue=queue,
+                lease_token=lease_token,
+                lease_expires_at=lease_expires_at,
+                dispatched=dispatched,
+            )
+            return moved[0] if moved else None
+        # Concurrent dequeues of a queue share one reserve, one insert and one ack.
+        return await self._dequeues.transfer(
             store,
             now=now,
-            most=1,
             queue=queue,
             lease_token=lease_token,
             lease_expires_at=lease_expires_at,
-            dispatched=dispatched,
         )
-        return moved[0] if moved else None
 
     async def _transfer_batch(
         self,
