@@ -1,8 +1,8 @@
 """Group commit: single writes from concurrent requests, made together.
 
-Used by the PostgreSQL and Redis queues for creates without an idempotency key, by the
-PostgreSQL queue for pull dequeues, and by the PostgreSQL store for the starts and the outcomes
-of attempts (SQLite's writer thread batches its jobs by itself).
+Used by the PostgreSQL and Redis queues for creates without an idempotency key and (through
+:class:`DequeueGroups`) for pull dequeues, and by the PostgreSQL store for the starts and the
+outcomes of attempts (SQLite's writer thread batches its jobs by itself).
 """
 
 from __future__ import annotations
@@ -104,17 +104,19 @@ class GroupCommit(Generic[Row, Result]):
 
 Task = TypeVar("Task")
 Store = TypeVar("Store")
-_Request = tuple[str, Store, int, "str | None", "int | None"]
+_Request = tuple[str, Store, int, str | None, int | None]
+"""A pull dequeue waiting for its group: (request id, store, time, lease token, lease expiry)."""
 
 
 class DequeueGroups(Generic[Store, Task]):
     """Pull dequeues grouped per queue: concurrent ones become one batch transfer, and each
     caller gets one of its tasks (the first caller the first task, in queue order).
 
-    Under load one round trip moves many tasks instead of one each (bench/README: PostgreSQL
-    pull 716-863 → 1,055-1,070 tasks/s). The tasks of a group share the first caller's lease
-    token (the store fences a compare-and-set by task id and token together), the latest
-    lease expiry and the latest time of the group, all within a round trip of each other.
+    Under load one round trip moves many tasks instead of one each (bench/README, pull end to
+    end: PostgreSQL 716-863 → 1,055-1,070 tasks/s, redis+postgres 778-819 → 1,027-1,065). The
+    tasks of a group share the first caller's lease token (the store fences a compare-and-set
+    by task id and token together), the latest lease expiry and the latest time of the group,
+    all within a round trip of each other.
 
     Args:
         take_many: The queue's ``transfer_many`` (store, then keywords ``now``, ``most``,
