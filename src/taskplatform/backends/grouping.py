@@ -120,13 +120,13 @@ class DequeueGroups(Generic[Store, Task]):
 
     Args:
         take_many: The queue's ``transfer_many`` (store, then keywords ``now``, ``most``,
-            ``queue``, ``lease_token``, ``lease_expires_at``): up to ``most`` tasks in queue
-            order.
+            ``queue``, ``lease_token``, ``lease_expires_at``, ``dispatched``): up to ``most``
+            tasks in queue order.
     """
 
     def __init__(self, take_many: Callable[..., Awaitable[list[Task]]]) -> None:
         self._take_many = take_many
-        self._groups: dict[str, GroupCommit[_Request[Store], Task]] = {}
+        self._groups: dict[tuple[str, bool], GroupCommit[_Request[Store], Task]] = {}
         self._ids = itertools.count()
 
     async def transfer(
@@ -137,23 +137,27 @@ class DequeueGroups(Generic[Store, Task]):
         queue: str,
         lease_token: str | None,
         lease_expires_at: int | None,
+        dispatched: bool,
     ) -> Task | None:
-        """Take the next due task of ``queue`` into ``store`` with the others waiting now;
-        None when the queue had none left for this caller.
+        """A queue's ``transfer``: take the next due task of ``queue`` into ``store`` with the
+        others waiting now (of the same ``dispatched``); None when the queue had none left for
+        this caller.
 
         Raises:
             BackendUnavailable: the transfer holding this request failed.
         """
-        group = self._groups.get(queue)
+        group = self._groups.get((queue, dispatched))
         if group is None:
-            group = self._groups[queue] = GroupCommit(
-                functools.partial(self._take, queue),
+            group = self._groups[queue, dispatched] = GroupCommit(
+                functools.partial(self._take, queue, dispatched),
                 key=lambda request: request[0],
                 name=f"dequeue group commit {queue}",
             )
         return await group.write((str(next(self._ids)), store, now, lease_token, lease_expires_at))
 
-    async def _take(self, queue: str, requests: list[_Request[Store]]) -> dict[str, Task]:
+    async def _take(
+        self, queue: str, dispatched: bool, requests: list[_Request[Store]]
+    ) -> dict[str, Task]:
         expiries = [expiry for *_, expiry in requests if expiry is not None]
         tasks = await self._take_many(
             requests[0][1],
@@ -162,5 +166,6 @@ class DequeueGroups(Generic[Store, Task]):
             queue=queue,
             lease_token=requests[0][3],
             lease_expires_at=max(expiries) if expiries else None,
+            dispatched=dispatched,
         )
         return {request[0]: task for request, task in zip(requests, tasks, strict=False)}

@@ -421,17 +421,6 @@ class PostgresQueue(Queue):
         lease_expires_at: int | None = None,
         dispatched: bool = False,
     ) -> TaskRecord | None:
-        if dispatched:
-            moved = await self.transfer_many(
-                store,
-                now=now,
-                most=1,
-                queue=queue,
-                lease_token=lease_token,
-                lease_expires_at=lease_expires_at,
-                dispatched=dispatched,
-            )
-            return moved[0] if moved else None
         self._check_store(store)
         # Concurrent dequeues of a queue share one statement (group commit).
         return await self._dequeues.transfer(
@@ -440,6 +429,7 @@ class PostgresQueue(Queue):
             queue=queue,
             lease_token=lease_token,
             lease_expires_at=lease_expires_at,
+            dispatched=dispatched,
         )
 
     async def transfer_many(

@@ -453,24 +453,14 @@ class RedisQueue(Queue):
         lease_expires_at: int | None = None,
         dispatched: bool = False,
     ) -> TaskRecord | None:
-        if dispatched:
-            moved = await self.transfer_many(
-                store,
-                now=now,
-                most=1,
-                queue=queue,
-                lease_token=lease_token,
-                lease_expires_at=lease_expires_at,
-                dispatched=dispatched,
-            )
-            return moved[0] if moved else None
-        # Concurrent dequeues of a queue share one reserve, one insert and one ack.
+        # Concurrent dequeues of a queue share one reserve, insert and ack (group commit).
         return await self._dequeues.transfer(
             store,
             now=now,
             queue=queue,
             lease_token=lease_token,
             lease_expires_at=lease_expires_at,
+            dispatched=dispatched,
         )
 
     async def _transfer_batch(
