@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator
-from typing import Final
+from typing import Final, TypeVar
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -40,6 +40,7 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
 
@@ -71,6 +72,8 @@ CALLBACK_BUCKETS: Final = (
     900.0,
     3600.0,
 )
+
+_M = TypeVar("_M", bound=MetricWrapperBase)
 
 _OUTCOMES: Final = {
     Status.COMPLETED: "completed",
@@ -120,25 +123,36 @@ class Metrics:
             registry=self.registry,
             multiprocess_mode="livesum",
         )
+        # Each labelled child, kept here: ``labels()`` checks and locks on every call (2.4 us
+        # against 0.7 us for a dict hit), and a pulled task counts five times. A child lives
+        # as long as its metric anyway (nothing here removes one).
+        self._children: dict[tuple[object, ...], MetricWrapperBase] = {}
+
+    def _child(self, metric: _M, *values: str) -> _M:
+        key = (metric, *values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child  # type: ignore[return-value]
 
     def task_created(self, queue: str, count: int = 1) -> None:
         """Count ``count`` tasks created in ``queue``."""
-        self.created.labels(queue).inc(count)
+        self._child(self.created, queue).inc(count)
 
     def task_dequeued(self, queue: str, mode: str) -> None:
         """Count one task taken out of ``queue``; ``mode`` is ``"pull"`` or ``"dispatch"``."""
-        self.dequeued.labels(queue, mode).inc()
+        self._child(self.dequeued, queue, mode).inc()
 
     def task_moved(self, queue: str, status: Status) -> None:
         """Count a step into ``status`` if it ends an attempt or the task (see module doc)."""
         outcome = _OUTCOMES.get(status)
         if outcome is not None:
-            self.finished.labels(queue, outcome).inc()
+            self._child(self.finished, queue, outcome).inc()
 
     def callback_finished(self, queue: str, success: bool, duration_ms: float) -> None:
         """Observe one callback's duration (``duration_ms``, milliseconds)."""
         result = "success" if success else "failure"
-        self.callback_duration.labels(queue, result).observe(duration_ms / 1000)
+        self._child(self.callback_duration, queue, result).observe(duration_ms / 1000)
 
     def exposition(self, queues: Iterable[QueueView] | None) -> bytes:
         """Return the text exposition format of every metric, with ``queues`` read just now.

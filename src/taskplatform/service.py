@@ -187,6 +187,10 @@ class TaskService:
         self._deadline = float("inf")  # monotonic; set by begin_shutdown
         self._paused: set[str] = set()
         self._paused_read_at = float("-inf")
+        # The store read of the paused queues in flight, shared by every caller that finds the
+        # cached set stale, so an expiry under load costs one read, not one per request.
+        self._paused_read: asyncio.Future[set[str]] | None = None
+        self._paused_generation = 0  # bumped by set_paused, so an older read does not cache
         self._no_retries_until: dict[str, float] = {}
         self.metrics = Metrics()
         self._next_depth_sample = 0  # epoch ms; the first maintenance round samples at once
@@ -472,13 +476,34 @@ class TaskService:
         """Return the paused queues, as read at most ``_PAUSE_CACHE_SECONDS`` ago.
 
         Cached per process so that dequeue and dispatch do not read the store every time; a
-        pause therefore takes effect everywhere within that time.
+        pause therefore takes effect everywhere within that time. Callers that find the cache
+        stale at the same moment share one store read.
+
+        Raises:
+            BackendUnavailable: the store cannot be reached (every caller sharing that read
+                gets it; the next call reads again).
         """
-        now = time.monotonic()
-        if now - self._paused_read_at > _PAUSE_CACHE_SECONDS:
-            self._paused = await self.store.paused_queues()
-            self._paused_read_at = now
-        return self._paused
+        if time.monotonic() - self._paused_read_at <= _PAUSE_CACHE_SECONDS:
+            return self._paused
+        read = self._paused_read
+        if read is None:
+            read = self._paused_read = asyncio.ensure_future(self._read_paused())
+            read.add_done_callback(self._paused_read_done)
+        # Shielded: a caller that gives up (its client left) must not cancel the others' read.
+        return await asyncio.shield(read)
+
+    async def _read_paused(self) -> set[str]:
+        read_at, generation = time.monotonic(), self._paused_generation
+        paused = await self.store.paused_queues()
+        if generation == self._paused_generation:
+            self._paused, self._paused_read_at = paused, read_at
+        return paused
+
+    def _paused_read_done(self, read: asyncio.Future[set[str]]) -> None:
+        if self._paused_read is read:
+            self._paused_read = None
+        if not read.cancelled():
+            read.exception()  # retrieved here too, in case every caller was cancelled
 
     async def claim_for_dispatch(self, queue: str, most: int = 1) -> list[TaskRecord]:
         """Take up to ``most`` tasks of ``queue`` due for an automatic attempt, each moved on to
@@ -954,7 +979,10 @@ class TaskService:
     async def set_paused(self, queue: str, paused: bool) -> None:
         """Pause or resume ``queue``; this process sees it at once, others within a second."""
         await self.store.set_paused(queue, paused, now=now_ms())
+        # A read already in flight may have missed this change: later callers start their own.
         self._paused_read_at = float("-inf")
+        self._paused_read = None
+        self._paused_generation += 1
         if not paused:
             self.arrivals.notify()
 
