@@ -94,6 +94,9 @@ def _decode_problem(body: bytes, exc: Exception) -> Exception:
         return ValidationFailed(
             [("$", "a string holds a lone UTF-16 surrogate (\\ud800-\\udfff), not valid Unicode")]
         )
+    if not body.strip():
+        # msgspec says "Input data was truncated", true but no help to someone who sent nothing.
+        return MalformedJSON("the body is empty: send a JSON object")
     return MalformedJSON(f"the body is not valid JSON: {exc}")
 
 
@@ -175,7 +178,8 @@ def _every_field_error(body: bytes, max_url_length: int) -> list[tuple[str, str]
         # a string that is not UTF-8. The first error msgspec reported stands.
         return []
     if not isinstance(value, dict):
-        return [("$", f"the body must be a JSON object, not {_json_type(value)}")]
+        # "$" is the whole body, or a batch item on its own: the wording fits both.
+        return [("$", f"must be a JSON object, not {_json_type(value)}")]
     errors: list[tuple[str, str]] = []
     fields = {field.encode_name: field for field in msgspec.structs.fields(TaskCreate)}
     for name in value:

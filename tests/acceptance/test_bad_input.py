@@ -428,6 +428,27 @@ def test_batch_items_fail_alone_with_the_limits_of_a_single_create(client: httpx
     assert_problem(refused, 422, "validation_error")
 
 
+@pytest.mark.parametrize("path", ["/api/tasks", "/api/tasks/batch"])
+@pytest.mark.parametrize("body", [b"", b" \r\n\t"], ids=["nothing", "whitespace"])
+def test_an_empty_body_is_called_empty(client: httpx.Client, path: str, body: bytes) -> None:
+    """Not the JSON decoder's "Input data was truncated": the client sent nothing to decode."""
+    response = client.post(path, content=body, headers={"Content-Type": "application/json"})
+    problem = assert_problem(response, 400, "malformed_json")
+    assert problem["detail"] == "the body is empty: send a JSON object"
+
+
+def test_a_batch_item_that_is_not_an_object_is_told_so_as_an_item(client: httpx.Client) -> None:
+    """The item's own problem, worded for an item as well as for a body ("$" is the item)."""
+    response = client.post("/api/tasks/batch", json={"tasks": [1, "x", None, [], _body()]})
+    assert response.status_code == 200, response.text
+    items = response.json()["items"]
+    assert [item["error"]["errors"] for item in items[:4]] == [
+        [{"field": "$", "message": f"must be a JSON object, not {kind}"}]
+        for kind in ("a number", "a string", "null", "an array")
+    ]
+    assert items[4]["status"] == "Queued"
+
+
 def test_bulk_retry_needs_no_body(client: httpx.Client) -> None:
     """``POST /api/tasks/retry`` with no body (so no Content-Type) re-drives with defaults."""
     response = client.post("/api/tasks/retry")
