@@ -316,6 +316,20 @@ def test_unknown_routes_and_methods_are_problems(client: httpx.Client) -> None:
     assert tasks.headers["allow"] == "GET, POST"
 
 
+@pytest.mark.parametrize("method", ["GET", "DELETE"])
+@pytest.mark.parametrize("path", ["/api/tasks/batch", "/api/tasks/retry"])
+def test_a_post_only_route_read_by_another_method_is_405_not_a_task(
+    client: httpx.Client, method: str, path: str
+) -> None:
+    """``GET /api/tasks/batch`` also fits ``GET /api/tasks/{taskId}``; it is a wrong method
+    for the batch route, not a look-up of a task called "batch"."""
+    response = client.request(method, path)
+    problem = assert_problem(response, 405, "method_not_allowed")
+    assert response.headers["allow"] == "POST"
+    assert problem["detail"] == f"{method} is not allowed here; use POST"
+    assert_problem(client.get("/api/tasks/batches"), 404, "task_not_found")
+
+
 @pytest.mark.parametrize(
     "query",
     [

@@ -18,7 +18,7 @@ from taskplatform import __version__
 from taskplatform.api import health, tasks
 from taskplatform.api.hotpath import TaskPlatformAPI
 from taskplatform.api.openapi import install_openapi
-from taskplatform.api.problems import install_problem_handlers
+from taskplatform.api.problems import install_problem_handlers, static_path_methods
 from taskplatform.backends import open_backends, prepare_schema
 from taskplatform.dashboard import install as install_dashboard
 from taskplatform.dispatch import sender_from_settings
@@ -167,10 +167,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # request named; a 404 problem says what is wrong instead.
         redirect_slashes=False,
     )
-    app.include_router(tasks.router)
-    app.include_router(tasks.stats_router)
-    app.include_router(tasks.queues_router)
-    app.include_router(health.router)
+    routers = [tasks.router, tasks.stats_router, tasks.queues_router, health.router]
+    for router in routers:
+        app.include_router(router)
+    app.state.static_path_methods = static_path_methods(routers)
     install_dashboard(app)
     install_problem_handlers(app)
     install_openapi(app)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from http import HTTPStatus
 from typing import Any
 
 import msgspec
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
@@ -134,12 +135,33 @@ async def _on_http_error(request: Request, exc: Exception) -> Response:
 
 
 def _allowed_methods(request: Request) -> list[str]:
+    scope = request.scope
+    path = scope["path"].removeprefix(scope.get("root_path", ""))
+    static: dict[str, list[str]] = getattr(request.app.state, "static_path_methods", {})
+    if path in static:
+        # Its own routes' methods, not those of a parameter route that fits it too:
+        # ``/api/tasks/batch`` is POST only, whatever ``GET /api/tasks/{taskId}`` would take.
+        return static[path]
     allowed = []
     for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"):
-        scope = {**request.scope, "method": method}
-        if any(route.matches(scope)[0] is Match.FULL for route in request.app.router.routes):
+        method_scope = {**scope, "method": method}
+        if any(route.matches(method_scope)[0] is Match.FULL for route in request.app.router.routes):
             allowed.append(method)
     return allowed
+
+
+def static_path_methods(routers: Iterable[APIRouter]) -> dict[str, list[str]]:
+    """Map each path without parameters of ``routers`` to its routes' methods, sorted.
+
+    The app keeps it as ``app.state.static_path_methods``, for the 405's ``Allow`` and for a
+    parameter route to tell a request meant for another route (see ``tasks.get_task``).
+    """
+    methods: dict[str, set[str]] = {}
+    for router in routers:
+        for route in router.routes:
+            if isinstance(route, APIRoute) and "{" not in route.path:
+                methods.setdefault(route.path, set()).update(route.methods or ())
+    return {path: sorted(names) for path, names in methods.items()}
 
 
 async def _on_client_disconnect(request: Request, exc: Exception) -> Response:

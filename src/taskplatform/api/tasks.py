@@ -13,6 +13,7 @@ from typing import Annotated
 
 import msgspec
 from fastapi import APIRouter, Header, Path, Query, Request
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from taskplatform.api.openapi import (
@@ -373,6 +374,10 @@ async def redrive_dead_letters(request: Request) -> Response:
 )
 async def get_task(request: Request, task_id: TaskId) -> Response:
     """Tell where a task stands, in any status, Queued included (FR-010)."""
+    if f"{router.prefix}/{task_id}" in request.app.state.static_path_methods:
+        # GET /api/tasks/batch is a wrong method for the batch route (RFC 9110, section
+        # 15.5.6), not a look-up of a task whose id is "batch"; the handler names the methods.
+        raise StarletteHTTPException(405)
     _check_task_id(task_id)
     return _json(TaskView.of(await _service(request).get(task_id)))
 
