@@ -120,7 +120,12 @@ class _Connection:
         name: str,
         autocheckpoint: bool = True,
     ) -> None:
-        self._jobs: queue.SimpleQueue[tuple[Job, asyncio.Future[Any]] | None] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[list[tuple[Job, asyncio.Future[Any]]] | None] = (
+            queue.SimpleQueue()
+        )
+        # Jobs submitted during this turn of the event loop, handed to the thread together at
+        # its end (see submit).
+        self._pending: list[tuple[Job, asyncio.Future[Any]]] = []
         self._transactional = transactional
         self._conn = sqlite3.connect(
             path, isolation_level=None, check_same_thread=False, cached_statements=256
@@ -136,10 +141,24 @@ class _Connection:
         self._thread.start()
 
     def submit(self, job: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
-        """Queue ``job`` to run on the connection's thread; the future resolves after commit."""
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._jobs.put((job, future))
+        """Queue ``job`` to run on the connection's thread; the future resolves after commit.
+
+        Must be called on the event loop. The jobs of one turn of the loop go to the thread as
+        one hand-over at the turn's end: waking a waiting thread is a futex call that costs
+        more than most jobs here (8 % of the loop's samples in a dispatcher profile, one per
+        outcome), and the thread then runs them as one transaction.
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._pending.append((job, future))
+        if len(self._pending) == 1:
+            loop.call_soon(self._hand_over)
         return future
+
+    def _hand_over(self) -> None:
+        if self._pending:
+            batch, self._pending = self._pending, []
+            self._jobs.put(batch)
 
     def checkpoint_soon(self) -> None:
         """Have the thread run a passive checkpoint after its current batch has committed and
@@ -148,6 +167,7 @@ class _Connection:
 
     def close(self) -> None:
         """Finish the queued jobs, stop the thread and close the connection."""
+        self._hand_over()
         self._jobs.put(None)
         self._thread.join()
         self._conn.close()
@@ -157,7 +177,7 @@ class _Connection:
             first = self._jobs.get()
             if first is None:
                 return
-            batch = [first]
+            batch = first
             stop = False
             while True:
                 try:
@@ -167,7 +187,7 @@ class _Connection:
                 if item is None:
                     stop = True
                     break
-                batch.append(item)
+                batch.extend(item)
             outcomes = self._run_batch(batch) if self._transactional else self._run_each(batch)
             loop = batch[0][1].get_loop()
             # RuntimeError: the event loop closed while the jobs ran, so nobody is waiting.
