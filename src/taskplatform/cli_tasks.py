@@ -188,11 +188,26 @@ def _not_json(constant: str) -> float:
     raise ValueError(f"{constant} is not a JSON number")
 
 
+class _LoneSurrogate(ValueError):
+    """JSON text that decodes to a string UTF-8 cannot encode (an escaped lone surrogate)."""
+
+
 def _strict_loads(text: str | bytes) -> Any:
-    """``json.loads`` that refuses what the API refuses: NaN, Infinity and numbers too large for
-    a double (Python reads them all, then cannot send them)."""
+    """``json.loads`` that refuses what the API refuses: NaN, Infinity, numbers too large for
+    a double and lone UTF-16 surrogates (Python reads them all, then cannot send them).
+
+    Raises:
+        ValueError: ``text`` is not JSON, or holds one of those.
+    """
     value = json.loads(text, parse_constant=_not_json)
-    json.dumps(value, allow_nan=False)  # 1e999 reads as inf: refuse it here, with the line
+    # 1e999 reads as inf, and "\ud800" as a str that UTF-8 cannot encode: refuse them here.
+    encoded = json.dumps(value, allow_nan=False, ensure_ascii=False)
+    try:
+        encoded.encode()
+    except UnicodeEncodeError as exc:
+        raise _LoneSurrogate(
+            "a string holds a lone UTF-16 surrogate (\\ud800-\\udfff), not valid Unicode"
+        ) from exc
     return value
 
 
@@ -207,6 +222,8 @@ def _read_data(text: str, as_json: bool) -> dict[str, Any]:
             _usage(f"cannot read --data file {text[1:]}: {exc}", as_json)
     try:
         data = _strict_loads(text)
+    except _LoneSurrogate as exc:
+        _usage(f"--data: {exc}", as_json)
     except ValueError as exc:
         _usage(f"--data is not JSON: {exc}", as_json)
     if not isinstance(data, dict):
@@ -573,6 +590,8 @@ def _parse_line(line_number: int, raw: bytes) -> tuple[dict[str, Any] | None, di
         return None, _failure(line_number, "malformed_json", detail)
     except UnicodeDecodeError as exc:
         return None, _failure(line_number, "malformed_json", f"not UTF-8: {exc.reason}")
+    except _LoneSurrogate as exc:  # well-formed JSON the API refuses, as it would (422)
+        return None, _failure(line_number, "validation_error", str(exc))
     except ValueError as exc:  # NaN, Infinity, 1e999
         return None, _failure(line_number, "malformed_json", f"not JSON: {exc}")
     if not isinstance(body, dict):

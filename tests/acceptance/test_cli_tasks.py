@@ -351,6 +351,26 @@ def test_input_the_api_cannot_take_is_a_usage_error_not_a_traceback(
     assert "created 1 task" in result.output
 
 
+def test_a_lone_surrogate_is_a_usage_error_as_the_api_refuses_it(
+    server: Server, tmp_path: Path
+) -> None:
+    """JSON may escape a lone surrogate; the API refuses it (422) and UTF-8 cannot carry it, so
+    the CLI says so (exit 2, an import names the line) instead of a UnicodeEncodeError."""
+    surrogate = "a string holds a lone UTF-16 surrogate (\\ud800-\\udfff), not valid Unicode"
+    for data in ('{"s": "\\ud800"}', '{"s": ["x\\udfffy"]}'):
+        result = run(server, "tasks", "create", "-c", "http://127.0.0.1:9/x", "-d", data)
+        assert result.exit_code == 2, result.output
+        assert "Traceback" not in result.output
+        assert surrogate in " ".join(result.output.split()), result.output
+    lines = tmp_path / "surrogate.jsonl"
+    good = '{"taskData": {"n": 1}, "callbackUrl": "http://127.0.0.1:9/x"}'
+    lines.write_text(f'{{"taskData": {{"s": "\\ud800"}}, "callbackUrl": "http://a/"}}\n{good}\n')
+    result = run(server, "tasks", "import", str(lines))
+    assert result.exit_code == 1, result.output
+    assert "line 1: validation_error" in result.output
+    assert "created 1 task" in result.output
+
+
 def test_ctrl_c_during_an_import_never_creates_a_task_twice(
     server: Server, tp: TaskClient, tmp_path: Path
 ) -> None:
