@@ -48,9 +48,21 @@ LogFormatOption = Annotated[
 
 
 def _settings_or_exit(**overrides: object) -> Settings:
+    from pydantic import ValidationError
+
     try:
         return load_settings(**{k: v for k, v in overrides.items() if v is not None})
-    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+    except ValidationError as exc:
+        typer.echo("error: invalid configuration:", err=True)
+        for error in exc.errors():
+            name = ".".join(str(part) for part in error["loc"])
+            # Numbers and booleans only: a string may be a key, or a URL with a password.
+            given = error.get("input")
+            shown = f" (given {given!r})" if isinstance(given, int | float) else ""
+            variable = f"TASKPLATFORM_{name.upper()}" if name else "the settings"
+            typer.echo(f"  {variable}: {error['msg']}{shown}", err=True)
+        raise typer.Exit(2) from exc
+    except ValueError as exc:
         typer.echo(f"error: invalid configuration:\n{exc}", err=True)
         raise typer.Exit(2) from exc
 
@@ -258,7 +270,9 @@ def worker(
 @app.command()
 def receiver(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 9000,
+    port: Annotated[
+        int, typer.Option(min=0, max=65535, help="Port to listen on (0: any free one).")
+    ] = 9000,
 ) -> None:
     """Run a demo callback receiver that logs each callback and answers 200 with JSON."""
     import uvicorn
