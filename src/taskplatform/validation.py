@@ -198,10 +198,7 @@ def _every_field_error(body: bytes, max_url_length: int) -> list[tuple[str, str]
         try:
             converted = msgspec.convert(value[name], field.type, strict=True)
         except msgspec.ValidationError as exc:
-            message = str(exc)
-            if name == "queue" and "matching regex" in message:  # the rule, not its regex
-                message = QUEUE_NAME_RULE
-            errors.append((path, message))
+            errors.append((path, _in_words(path, str(exc))))
             continue
         if name == "callbackUrl":
             try:
@@ -226,11 +223,21 @@ def _field_error(message: str) -> tuple[str, str]:
     # field `callbackUrl`"; turn either into (path, message).
     text, sep, where = message.rpartition(" - at `")
     if sep:
-        return where.rstrip("`"), text
+        path = where.rstrip("`")
+        return path, _in_words(path, text)
     missing = re.search(r"(?:missing required|unknown) field `([^`]+)`", message)
     if missing:
-        return f"$.{missing.group(1)}", message
+        path = f"$.{missing.group(1)}"
+        return path, _in_words(path, message)
     return "$", message
+
+
+def _in_words(path: str, message: str) -> str:
+    """msgspec's ``message`` for the field at ``path``, as every route words it: a queue name's
+    rule rather than its regex, and "unknown field `x`" as the create route says it."""
+    if path.rsplit(".", 1)[-1] == "queue" and "matching regex" in message:
+        return QUEUE_NAME_RULE
+    return message.replace("Object contains unknown field", "unknown field")
 
 
 def check_callback_url(url: str, max_length: int) -> None:
