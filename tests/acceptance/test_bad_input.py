@@ -305,6 +305,26 @@ def test_every_valid_character_round_trips(client: httpx.Client, receiver: Recei
     assert json.loads(hit.body)["nul"] == "\x00"
 
 
+def test_head_is_get_without_the_body_except_on_dequeue(client: httpx.Client) -> None:
+    """RFC 9110: HEAD wherever GET is safe (uptime probes use it), with GET's status and
+    headers, Content-Length included, and no body. A dequeue's GET takes a task, so its HEAD is
+    refused and takes nothing."""
+    task_id = create(client, GOOD_URL)
+    for path in (f"/api/tasks/{task_id}", "/healthz", f"/api/tasks/{'0' * 36}"):
+        got, head = client.get(path), client.head(path)
+        assert head.status_code == got.status_code, path
+        assert head.content == b""
+        assert head.headers["content-type"] == got.headers["content-type"]
+        assert head.headers["content-length"] == str(len(got.content)), path
+    for path in ("/api/tasks", "/api/stats", "/api/queues", "/metrics"):
+        assert client.head(path).status_code == 200, path
+    depth = client.get("/api/stats").json()["queueDepth"]
+    refused = client.head("/api/tasks/dequeue")
+    assert refused.status_code == 405
+    assert refused.headers["allow"] == "GET, POST"
+    assert client.get("/api/stats").json()["queueDepth"] == depth
+
+
 def test_unknown_routes_and_methods_are_problems(client: httpx.Client) -> None:
     """Routing errors are problem+json too; a 405 names every method of the path."""
     assert_problem(client.get("/api/nothing"), 404, "not_found")
@@ -313,7 +333,7 @@ def test_unknown_routes_and_methods_are_problems(client: httpx.Client) -> None:
     assert dequeue.headers["allow"] == "GET, POST"
     tasks = client.put("/api/tasks")
     assert_problem(tasks, 405, "method_not_allowed")
-    assert tasks.headers["allow"] == "GET, POST"
+    assert tasks.headers["allow"] == "GET, HEAD, POST"
 
 
 @pytest.mark.parametrize("method", ["GET", "DELETE"])

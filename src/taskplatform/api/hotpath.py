@@ -23,7 +23,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from taskplatform.api import tasks
-from taskplatform.api.problems import exception_response
+from taskplatform.api.problems import NO_HEAD_PATHS, exception_response
 from taskplatform.api.security import SecurityMiddleware
 from taskplatform.models import DEFAULT_QUEUE
 from taskplatform.settings import Settings
@@ -101,6 +101,15 @@ class TaskPlatformAPI(FastAPI):
         await response(scope, receive, send)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] == "http"
+            and scope["method"] == "HEAD"
+            and scope["path"] not in NO_HEAD_PATHS
+        ):
+            # HEAD is GET without the body (RFC 9110, section 9.3.2), which uptime probes use.
+            # The routes see a GET in a copy of the scope; uvicorn keeps its own, sees HEAD
+            # there and sends the headers only, Content-Length included.
+            scope = {**scope, "method": "GET"}
         if self._fast is not None and scope["type"] == "http":
             endpoint = match(scope)
             if endpoint is not None:

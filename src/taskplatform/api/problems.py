@@ -27,6 +27,11 @@ _encode = msgspec.json.Encoder().encode
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
 
+NO_HEAD_PATHS = frozenset({"/api/tasks/dequeue"})
+"""Paths whose GET is not safe (a dequeue takes a task, FR-002), so HEAD, which RFC 9110
+(section 9.3.2) makes a GET without the body, is refused there: it would take a task and drop
+it. Every other GET route also answers HEAD (see ``hotpath.TaskPlatformAPI``)."""
+
 
 def problem_type(code: str) -> str:
     """Return the problem ``type`` URI for ``code``, stable across releases."""
@@ -141,12 +146,16 @@ def _allowed_methods(request: Request) -> list[str]:
     if path in static:
         # Its own routes' methods, not those of a parameter route that fits it too:
         # ``/api/tasks/batch`` is POST only, whatever ``GET /api/tasks/{taskId}`` would take.
-        return static[path]
-    allowed = []
-    for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"):
-        method_scope = {**scope, "method": method}
-        if any(route.matches(method_scope)[0] is Match.FULL for route in request.app.router.routes):
-            allowed.append(method)
+        allowed = list(static[path])
+    else:
+        allowed = []
+        for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"):
+            method_scope = {**scope, "method": method}
+            routes = request.app.router.routes
+            if any(route.matches(method_scope)[0] is Match.FULL for route in routes):
+                allowed.append(method)
+    if "GET" in allowed and "HEAD" not in allowed and path not in NO_HEAD_PATHS:
+        allowed.insert(allowed.index("GET") + 1, "HEAD")
     return allowed
 
 
