@@ -456,7 +456,7 @@ class TaskService:
                 # that will not execute it.
                 break
         if task is None:
-            raise QueueEmpty()
+            raise QueueEmpty(f"no task is due in the queue {queue!r}")
         self._moved(task)
         self.metrics.task_dequeued(task.queue, "pull")
         return task

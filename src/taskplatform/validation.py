@@ -259,12 +259,17 @@ def _callback_url_problem(url: str, max_length: int) -> str | None:
     if len(url) > max_length:
         return f"longer than {max_length} characters"
     if _CONTROL_OR_SPACE.search(url):
-        return "contains spaces or control characters"
+        return "contains spaces, control characters or backslashes"
     try:
         parts = urlsplit(url)
-        port = parts.port
     except ValueError as exc:
         return f"not a valid URL: {exc}"
+    try:
+        port = parts.port
+    except ValueError:
+        if parts.netloc.count(":") > 1 and "[" not in parts.netloc:
+            return "an IPv6 address must be in brackets, as in http://[::1]:8080/"
+        return "the port must be a number from 1 to 65535"
     if parts.scheme.lower() not in ("http", "https"):
         return "the scheme must be http or https"
     if not parts.hostname:

@@ -325,6 +325,15 @@ def test_head_is_get_without_the_body_except_on_dequeue(client: httpx.Client) ->
     assert client.get("/api/stats").json()["queueDepth"] == depth
 
 
+def test_an_empty_queue_is_named(client: httpx.Client) -> None:
+    """The fast path (default queue) and the routed one (``?queue=``) both say which queue."""
+    while client.get("/api/tasks/dequeue").status_code == 200:
+        pass
+    for path, queue in (("/api/tasks/dequeue", "default"), ("/api/tasks/dequeue?queue=lp", "lp")):
+        problem = assert_problem(client.get(path), 404, "queue_empty")
+        assert problem["detail"] == f"no task is due in the queue {queue!r}"
+
+
 def test_unknown_routes_and_methods_are_problems(client: httpx.Client) -> None:
     """Routing errors are problem+json too; a 405 names every method of the path."""
     assert_problem(client.get("/api/nothing"), 404, "not_found")

@@ -137,6 +137,24 @@ def test_bad_callback_urls(url: str) -> None:
     assert caught.value.errors[0][0] == "$.callbackUrl"
 
 
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("http://::1:9100/cb", "an IPv6 address must be in brackets, as in http://[::1]:8080/"),
+        ("http://::1/x", "an IPv6 address must be in brackets, as in http://[::1]:8080/"),
+        ("http://h:70000/", "the port must be a number from 1 to 65535"),
+        ("http://h:port/", "the port must be a number from 1 to 65535"),
+        ("http:\\\\127.0.0.1\\cb", "contains spaces, control characters or backslashes"),
+        ("http://[::1/", "not a valid URL: Invalid IPv6 URL"),
+    ],
+)
+def test_a_bad_callback_url_is_told_what_is_wrong(url: str, message: str) -> None:
+    """In the caller's terms, not urllib's ("Port could not be cast to integer value")."""
+    with pytest.raises(ValidationFailed) as caught:
+        check_callback_url(url, 2048)
+    assert caught.value.errors == [("$.callbackUrl", message)]
+
+
 def test_url_length_limit_is_inclusive() -> None:
     url = "http://h/" + "a" * 91
     check_callback_url(url, 100)
