@@ -252,7 +252,11 @@ def test_non_json_content_type_is_415(client: httpx.Client, content_type: str | 
 
 def test_json_with_charset_and_plus_json_are_accepted(client: httpx.Client) -> None:
     """``application/json; charset=utf-8`` and ``application/*+json`` are JSON."""
-    for content_type in ("application/json; charset=utf-8", "application/vnd.task+json"):
+    for content_type in (
+        "application/json; charset=utf-8",
+        "application/vnd.task+json",
+        "application/json; ;;=;charset",  # malformed parameters carry no charset
+    ):
         response = client.post(
             "/api/tasks",
             content=json.dumps(_body(priority=-7)).encode(),

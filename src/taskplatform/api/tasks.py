@@ -106,6 +106,9 @@ def _json(
     return Response(_encode(body), status, headers=headers, media_type=_JSON)
 
 
+_UTF8 = ("utf-8", "utf8")
+
+
 def _check_json_media_type(request: Request) -> None:
     content_types = request.headers.getlist("content-type")
     if len(content_types) != 1:
@@ -117,8 +120,10 @@ def _check_json_media_type(request: Request) -> None:
     if not is_json:
         raise UnsupportedMediaType("send the body as JSON with Content-Type: application/json")
     for parameter in parameters:
-        name, _, value = parameter.partition("=")
-        if name.strip() == "charset" and value.strip().strip('"') not in ("utf-8", "utf8"):
+        name, equals, value = parameter.partition("=")
+        # Only a charset that is given and is not UTF-8 is refused; a parameter that is not
+        # name=value ("; charset", ";;") carries nothing to act on (RFC 9110, section 5.6.6).
+        if name.strip() == "charset" and equals and value.strip().strip('"') not in _UTF8:
             raise UnsupportedMediaType("JSON bodies must be UTF-8 (RFC 8259)")
 
 
