@@ -165,6 +165,44 @@ def test_unparseable_bodies_store_nothing(
     assert _total(client) == before
 
 
+def _raw_exchange(server: Server, request_bytes: bytes) -> tuple[bytes, bytes]:
+    """Send ``request_bytes`` on a new connection; return the answer's (head, body)."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(request_bytes)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return head.lower(), body
+
+
+@pytest.mark.parametrize(
+    "hosts",
+    [
+        b"",
+        b"Host: 127.0.0.1\r\nHost: evil.example\r\n",
+        b"Host: evil.example\r\nHost: 127.0.0.1\r\n",
+    ],
+    ids=["none", "loopback first", "loopback second"],
+)
+def test_an_http_1_1_request_needs_exactly_one_host(server: Server, hosts: bytes) -> None:
+    """RFC 9112, section 3.2: 400 for none or several, before anything is stored; otherwise
+    the loopback check and a proxy in front could each read another Host."""
+    body = json.dumps(_body()).encode()
+    request = (
+        b"POST /api/tasks HTTP/1.1\r\n" + hosts + b"Content-Type: application/json\r\n"
+        b"Connection: close\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )
+    head, answer = _raw_exchange(server, request)
+    assert head.startswith(b"http/1.1 400"), head
+    problem = json.loads(answer)
+    assert problem["code"] == "bad_request"
+    assert "exactly one Host header" in problem["detail"]
+    # HTTP/1.0 has no Host to require.
+    head, _ = _raw_exchange(server, b"GET /healthz HTTP/1.0\r\n\r\n")
+    assert head.startswith(b"http/1.1 200"), head
+
+
 def test_a_batch_item_with_a_lone_surrogate_refuses_the_whole_batch(client: httpx.Client) -> None:
     """The README's exception to "each item is checked alone": the batch body is parsed at once,
     so one item holding a lone surrogate is a 422 for all, and nothing is created."""

@@ -201,7 +201,20 @@ class SecurityMiddleware:
                 message["headers"] = headers
             await send(message)
 
-        if self._loopback_hosts_only and not _loopback_host_header(scope):
+        hosts = [value for name, value in scope["headers"] if name == b"host"]
+        if len(hosts) > 1 or (not hosts and scope.get("http_version") == "1.1"):
+            # RFC 9112, section 3.2: a 400 for an HTTP/1.1 request with no Host or several;
+            # with two, the loopback check below and a proxy could each read another.
+            await _problem(
+                send_with_headers,
+                400,
+                "bad_request",
+                "Bad request",
+                f"send exactly one Host header, not {len(hosts)} (RFC 9112, section 3.2)",
+                [],
+            )
+            return
+        if self._loopback_hosts_only and hosts and not _loopback_host(hosts[0]):
             await _problem(
                 send_with_headers,
                 403,
@@ -270,16 +283,12 @@ def _is_loopback_host(host: str) -> bool:
         return host == "localhost"
 
 
-def _loopback_host_header(scope: Scope) -> bool:
-    """Whether the request's ``Host`` names this machine's loopback (any port), or is absent
-    (HTTP/1.0 clients)."""
-    for name, value in scope["headers"]:
-        if name == b"host":
-            host = value.lower()
-            bracketed = host.startswith(b"[")  # [::1]:8000
-            name = host[: host.find(b"]") + 1] if bracketed else host.partition(b":")[0]
-            return name in _LOOPBACK_NAMES or name.endswith(b".localhost")
-    return True
+def _loopback_host(value: bytes) -> bool:
+    """Whether a ``Host`` header ``value`` names this machine's loopback (any port)."""
+    host = value.lower()
+    bracketed = host.startswith(b"[")  # [::1]:8000
+    name = host[: host.find(b"]") + 1] if bracketed else host.partition(b":")[0]
+    return name in _LOOPBACK_NAMES or name.endswith(b".localhost")
 
 
 def _cross_site(scope: Scope) -> bool:
