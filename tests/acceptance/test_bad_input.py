@@ -367,6 +367,18 @@ def test_head_is_get_without_the_body_except_on_dequeue(client: httpx.Client) ->
     assert client.get("/api/stats").json()["queueDepth"] == depth
 
 
+def test_a_task_id_in_upper_case_is_the_same_task(client: httpx.Client) -> None:
+    """UUIDs are case-insensitive on input (RFC 9562); answers give the id as create did."""
+    task_id = create(client, GOOD_URL)
+    upper = task_id.upper()
+    assert client.get(f"/api/tasks/{upper}").json()["taskId"] == task_id
+    assert client.get(f"/api/tasks/{upper}/executions").json()["taskId"] == task_id
+    cancelled = client.post(f"/api/tasks/{upper}/cancel")
+    assert cancelled.status_code == 200, cancelled.text
+    assert cancelled.json()["taskId"] == task_id
+    assert client.get(f"/api/tasks/{task_id}").json()["status"] == "Cancelled"
+
+
 def test_an_empty_queue_is_named(client: httpx.Client) -> None:
     """The fast path (default queue) and the routed one (``?queue=``) both say which queue."""
     while client.get("/api/tasks/dequeue").status_code == 200:

@@ -89,15 +89,18 @@ def _service(request: Request) -> TaskService:
     return service
 
 
-def _check_task_id(task_id: str) -> None:
-    """Answer 404 for an id that cannot be one create issued (a canonical lowercase UUID),
-    before any backend sees it: PostgreSQL refuses a NUL in text with an error, not a miss.
+def _check_task_id(task_id: str) -> str:
+    """Return ``task_id`` as create issued it, a lowercase UUID; answer 404 for an id that
+    cannot be one, before any backend sees it (PostgreSQL refuses a NUL in text with an error,
+    not a miss). Hex digits in upper case are the same UUID (RFC 9562, section 4).
 
     Raises:
-        TaskNotFoundError: ``task_id`` is not a canonical UUID.
+        TaskNotFoundError: ``task_id`` is not a UUID.
     """
-    if _TASK_ID.match(task_id) is None:
+    canonical = task_id.lower()
+    if _TASK_ID.match(canonical) is None:
         raise TaskNotFoundError(f"no task has the id {task_id[:80]!r}")
+    return canonical
 
 
 def _json(
@@ -383,7 +386,7 @@ async def get_task(request: Request, task_id: TaskId) -> Response:
         # GET /api/tasks/batch is a wrong method for the batch route (RFC 9110, section
         # 15.5.6), not a look-up of a task whose id is "batch"; the handler names the methods.
         raise StarletteHTTPException(405)
-    _check_task_id(task_id)
+    task_id = _check_task_id(task_id)
     return _json(TaskView.of(await _service(request).get(task_id)))
 
 
@@ -408,7 +411,7 @@ def _prefers_async(request: Request) -> bool:
 )
 async def execute_task(request: Request, task_id: TaskId) -> Response:
     """Call the task's callbackUrl and record the attempt (FR-003, FR-006, FR-007)."""
-    _check_task_id(task_id)
+    task_id = _check_task_id(task_id)
     service = _service(request)
     if _prefers_async(request):
         task = await service.execute_in_background(task_id)
@@ -444,7 +447,7 @@ async def execute_task(request: Request, task_id: TaskId) -> Response:
 )
 async def cancel_task(request: Request, task_id: TaskId) -> Response:
     """Cancel a Queued, Dequeued, Retry or Failed task: it is never called back."""
-    _check_task_id(task_id)
+    task_id = _check_task_id(task_id)
     return _json(TaskView.of(await _service(request).cancel(task_id)))
 
 
@@ -468,7 +471,7 @@ async def cancel_task(request: Request, task_id: TaskId) -> Response:
 )
 async def redrive_task(request: Request, task_id: TaskId) -> Response:
     """Send a Failed task (a dead letter, or one a caller gave up on) back to its queue."""
-    _check_task_id(task_id)
+    task_id = _check_task_id(task_id)
     return _json(TaskView.of(await _service(request).redrive(task_id)))
 
 
@@ -480,7 +483,7 @@ async def redrive_task(request: Request, task_id: TaskId) -> Response:
 )
 async def list_executions(request: Request, task_id: TaskId) -> Response:
     """Return every callback attempt of the task (the seed's TaskExecution entity)."""
-    _check_task_id(task_id)
+    task_id = _check_task_id(task_id)
     log = await _service(request).executions(task_id)
     return _json(ExecutionList(task_id, [ExecutionView.of(execution) for execution in log]))
 
