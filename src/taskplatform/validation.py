@@ -133,7 +133,11 @@ def parse_task_create(body: bytes, *, max_depth: int, max_url_length: int) -> Ta
         # msgspec passes a Raw value's bytes through without checking their encoding.
         task_data.decode()
     except UnicodeDecodeError as exc:
-        raise MalformedJSON(f"taskData is not valid UTF-8: {exc}") from exc
+        # Counted from the body's start, as a client looking at what it sent would count.
+        at = body.find(task_data) + exc.start
+        raise MalformedJSON(
+            f"taskData is not valid UTF-8 at byte {at} of the body ({exc.reason})"
+        ) from exc
     check_callback_url(request.callback_url, max_url_length)
     return request
 

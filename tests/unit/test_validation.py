@@ -95,8 +95,14 @@ def test_lone_surrogate_is_a_validation_error_and_a_pair_is_fine() -> None:
 
 
 def test_invalid_utf8_is_malformed() -> None:
-    with pytest.raises(MalformedJSON):
-        _parse(b'{"taskData": {"s": "\xc3\x28"}, "callbackUrl": "http://h/"}')
+    body = b'{"taskData": {"s": "\xc3\x28"}, "callbackUrl": "http://h/"}'
+    with pytest.raises(MalformedJSON) as caught:
+        _parse(body)
+    # Where in the body, not where in taskData.
+    at = body.index(b"\xc3")
+    assert str(caught.value) == (
+        f"taskData is not valid UTF-8 at byte {at} of the body (invalid continuation byte)"
+    )
 
 
 @pytest.mark.parametrize(
