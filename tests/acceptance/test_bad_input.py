@@ -379,6 +379,22 @@ def test_a_task_id_in_upper_case_is_the_same_task(client: httpx.Client) -> None:
     assert client.get(f"/api/tasks/{task_id}").json()["status"] == "Cancelled"
 
 
+def test_a_repeated_key_or_query_parameter_counts_once_the_last(client: httpx.Client) -> None:
+    """As the README says: the last occurrence wins, and every occurrence is type-checked."""
+    body = b'{"taskData": {}, "callbackUrl": "http://a/", "priority": 1, "priority": 7}'
+    headers = {"Content-Type": "application/json"}
+    created = client.post("/api/tasks", content=body, headers=headers)
+    assert created.status_code == 201, created.text
+    task_id = created.json()["taskId"]
+    assert client.get(f"/api/tasks/{task_id}").json()["priority"] == 7
+    wrong_first = body.replace(b'"priority": 1', b'"priority": "high"')
+    assert_problem(
+        client.post("/api/tasks", content=wrong_first, headers=headers), 422, "validation_error"
+    )
+    listed = client.get("/api/tasks", params=[("status", "Failed"), ("status", "Queued")])
+    assert task_id in [task["taskId"] for task in listed.json()["items"]]
+
+
 def test_an_empty_queue_is_named(client: httpx.Client) -> None:
     """The fast path (default queue) and the routed one (``?queue=``) both say which queue."""
     while client.get("/api/tasks/dequeue").status_code == 200:
