@@ -5,10 +5,10 @@
 
 Starts, on 127.0.0.1, a counting callback receiver (``receiver.py``), the bare ASGI baseline
 (``baseline_asgi.py``) and the bare Starlette + SQLite baseline (``baseline_starlette.py``); runs
-the peers once (``baseline_aiohttp.py``, ``baseline_celery.py``, ``baseline_rq.py``: the same
-callbacks to the same receiver); then for each backend (fresh storage, see ``harness.py``) starts
-``taskplatform serve`` (one process, its defaults; ``TASKPLATFORM_DISPATCH=true`` where noted) and
-measures, with an aiohttp load generator in this process:
+RQ's baseline once (``baseline_rq.py``); then for each backend (fresh storage, see
+``harness.py``) starts ``taskplatform serve`` (one process, its defaults;
+``TASKPLATFORM_DISPATCH=true`` where noted) and measures, with an aiohttp load generator in this
+process:
 
 a. ``create``: ``POST /api/tasks``, one task per request, ``clients`` concurrent clients, in
    alternating slices with the bare ASGI handler (and on SQLite the Starlette + SQLite handler)
@@ -18,7 +18,9 @@ c. ``dequeue``: ``GET /api/tasks/dequeue``, one per request, on the queue a and 
 d. ``pull``: a fresh server; each client loops create, dequeue, execute (the callback to the
    receiver): tasks through per second of one API process;
 e. ``dispatch``: a fresh server with the dispatcher (concurrency 50); after a warm-up the clock
-   runs from the first batch create of ``n`` tasks until ``/api/stats`` counts them Completed;
+   runs from the first batch create of ``n`` tasks until ``/api/stats`` counts them Completed.
+   Just before it the peers with targets run (``baseline_aiohttp.py``, ``baseline_celery.py``:
+   the same callbacks to the same receiver), so each ratio compares neighbouring minutes;
 f. ``latency``: open-loop load at half the rate a (create) and e (dispatch) measured: each
    request leaves at its scheduled time whether or not earlier ones have answered, and its
    latency counts from that time (no coordinated omission). Create: until the 201; enqueue to
@@ -775,14 +777,18 @@ class Bench:
         )
 
     # peers
-    def peers(self, n: int) -> None:
-        """Run the aiohttp loop, Celery and RQ baselines once; keep their tasks per second."""
+    def peers(self, n: int, names: tuple[str, ...], backend: str = "-") -> None:
+        """Run the ``names`` baselines (of aiohttp loop, Celery+Redis, RQ) now; keep their tasks
+        per second for the next dispatcher rows. ``backend``: the dispatcher run they stand
+        beside, for the table."""
         runs = [
             ("aiohttp loop", "baseline_aiohttp.py", [str(n), str(DISPATCH_CONCURRENCY)]),
             ("Celery+Redis", "baseline_celery.py", [str(n)]),
             ("RQ", "baseline_rq.py", [str(min(n, RQ_MAX_TASKS))]),
         ]
         for name, script, args in runs:
+            if name not in names:
+                continue
             print(f"[peers] {name} ...", file=sys.stderr)
             meter = self.meter(None)
             meter.start()
@@ -799,7 +805,7 @@ class Bench:
             self.peer_rates[name] = rate
             self.rows.append(
                 Row(
-                    "-",
+                    backend,
                     "e peers",
                     f"{name}: {result['n']} callbacks to the receiver",
                     rate,
@@ -991,7 +997,8 @@ def main() -> None:
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner, helpers() as procs:
         bench = Bench(sizes, procs, runner)
         if "dispatch" in scenarios and not args.no_peers:
-            bench.peers(sizes.dispatch)
+            # RQ (no target, 100 s) once; the two with targets beside each dispatcher run below.
+            bench.peers(sizes.dispatch, ("RQ",))
         for backend in args.backends:
             print(f"[{backend}] measuring ...", file=sys.stderr)
             if scenarios & {"create", "batch", "dequeue"}:
@@ -1008,6 +1015,10 @@ def main() -> None:
                     "TASKPLATFORM_DISPATCH": "true",
                     "TASKPLATFORM_DISPATCH_CONCURRENCY": str(DISPATCH_CONCURRENCY),
                 }
+                if "dispatch" in scenarios and not args.no_peers:
+                    # Measured next to the dispatcher, not once at the start: this machine's
+                    # speed moves within a run, and a ratio should compare one minute's work.
+                    bench.peers(sizes.dispatch, ("aiohttp loop", "Celery+Redis"), backend)
                 with service(backend, runner, server_env | dispatch_env) as srv:
                     if "dispatch" in scenarios:
                         runner.run(bench.dispatch(srv))
