@@ -38,31 +38,65 @@ class Server:
     """
 
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.env = clean_environ({**env, "TASKPLATFORM_PORT": str(self.port)})
+        self.env = clean_environ(env)
+        self.use_port(free_port())
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 30.0) -> Server:
-        """Start the process and wait until ``/healthz`` answers; returns self."""
-        with self.log_path.open("ab") as log:  # the child keeps its own copy of the fd
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "taskplatform", "serve"],
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+        """Start the process and wait until it listens and ``/healthz`` answers; returns self.
+
+        The port :func:`free_port` found free can be taken before the process binds it, by
+        another test or another test run on the machine (a test that starts its server late
+        on a known port holds one for a second). Until this process's own log says it listens,
+        an answer on the port is another server's and does not count; if the bind fails, the
+        process starts again on a new port, twice at most.
+        """
+        for attempt in range(3):
+            offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+            with self.log_path.open("ab") as log:  # the child keeps its own copy of the fd
+                self.process = subprocess.Popen(
+                    [sys.executable, "-m", "taskplatform", "serve"],
+                    env=self.env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            if self._wait_healthy(offset, timeout):
+                return self
+            if attempt < 2:
+                self.use_port(free_port())
+        raise RuntimeError(f"server could not bind a free port three times:\n{self.log()}")
+
+    def use_port(self, port: int) -> None:
+        """Listen on ``port`` from the next :meth:`start` on."""
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.env["TASKPLATFORM_PORT"] = str(port)
+
+    def _wait_healthy(self, offset: int, timeout: float) -> bool:
+        """True once the process listens on its port and answers ``/healthz``; False when it
+        exited because the port was taken. Raises for any other exit, or after ``timeout``."""
+        assert self.process is not None
+        listening = f"Uvicorn running on {self.url} "
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
+                if "address already in use" in self._log_since(offset):
+                    return False
                 raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                time.sleep(0.05)
+            if listening in self._log_since(offset):
+                try:
+                    if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                        return True
+                except httpx.HTTPError:
+                    pass
+            time.sleep(0.05)
         raise RuntimeError(f"server did not become healthy:\n{self.log()}")
+
+    def _log_since(self, offset: int) -> str:
+        with self.log_path.open("rb") as log:
+            log.seek(offset)
+            return log.read().decode(errors="replace")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
         """Send ``sig`` and wait for the process to exit; returns its exit code."""
