@@ -77,7 +77,8 @@ class Server:
         """True once the process listens on its port and answers ``/healthz``; False when it
         exited because the port was taken. Raises for any other exit, or after ``timeout``."""
         assert self.process is not None
-        listening = f"Uvicorn running on {self.url} "
+        # The address in the line is the one it binds (127.0.0.1, 0.0.0.0, [::]); the port is ours.
+        listening = f":{self.port} (Press CTRL+C to quit)"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
