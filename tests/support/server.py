@@ -92,6 +92,8 @@ class Server:
                 except httpx.HTTPError:
                     pass
             time.sleep(0.05)
+        self.process.kill()  # not left running, unanswered, after the test that wanted it
+        self.process.wait(5)
         raise RuntimeError(f"server did not become healthy:\n{self.log()}")
 
     def _log_since(self, offset: int) -> str:
