@@ -781,7 +781,10 @@ def test_cancels_racing_the_dispatcher_never_let_a_callback_through(
     """200 tasks being dispatched while 8 clients cancel them in random order: a task whose
     cancel answered 200 ends Cancelled and was never called back; one whose cancel answered 409
     (task_processing, task_completed) ends Completed after exactly one callback."""
-    url = receiver.url("/slow?seconds=0.05")
+    # 0.2 s callbacks, 50 at a time: the 200 take about 0.8 s, so the cancels (sent once the
+    # first callback lands) still find some tasks Queued on a loaded machine. With 0.05 s (0.2 s
+    # in all) a slow start of the cancel threads once let every task be claimed first.
+    url = receiver.url("/slow?seconds=0.2")
     ids = create_batch(api, [body(url, queue=RACE, task_data={"i": i}) for i in range(200)])
     order = ids[:]
     random.Random(7).shuffle(order)
