@@ -208,3 +208,22 @@ def test_non_utf8_status_lines_and_headers_are_recorded_as_failures(
     assert client.get(f"/api/tasks/{task_id}").json()["status"] == "Failed"
     log = client.get(f"/api/tasks/{task_id}/executions").json()["items"]
     assert log[0]["error"] == expected
+
+
+@pytest.mark.parametrize(
+    "retry_after", [b"\xc2\xb2", b"\xd9\xa3", b"soon", b"Wed, 21 Oct 99999999999 07:28:00 GMT"]
+)
+def test_a_success_with_a_retry_after_that_does_not_parse_is_a_success(
+    client: httpx.Client, raw_peer: Callable[[bytes], str], retry_after: bytes
+) -> None:
+    """A 2xx is a success whatever its ``Retry-After`` says: ``²`` passes ``str.isdigit`` but
+    not ``float``, and once turned the answer into a failed attempt, so the task was called
+    again though the receiver had said 200 each time."""
+    response = (
+        b"HTTP/1.1 200 OK\r\nRetry-After: " + retry_after + b"\r\nContent-Length: 2\r\n\r\n{}"
+    )
+    task_id = ready_task(client, raw_peer(response))
+    outcome, _ = _execute(client, task_id)
+    assert (outcome["status"], outcome["error"]) == ("Completed", None)
+    log = client.get(f"/api/tasks/{task_id}/executions").json()["items"]
+    assert [(entry["httpStatus"], entry["error"]) for entry in log] == [(200, None)]

@@ -72,5 +72,7 @@ def test_retry_after_parses_seconds_and_http_dates() -> None:
     assert parse_retry_after(" 120 ") == 120
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == 10
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412490.0) == 0
-    for bad in (None, "", "-1", "soon", "1.5"):
+    for bad in (None, "", "-1", "soon", "1.5", "\u00b2", "\u0663", "\uff11"):
         assert parse_retry_after(bad) is None
+    # Out of range dates are ignored, not raised.
+    assert parse_retry_after("Wed, 21 Oct 99999999999 07:28:00 GMT") is None

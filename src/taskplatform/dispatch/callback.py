@@ -171,10 +171,12 @@ class CallbackSender:
                     task.callback_url, data=task.task_data, headers=headers, allow_redirects=False
                 ) as response:
                     status = response.status
-                    retry_after = parse_retry_after(response.headers.get("Retry-After"))
                     body, error = await self._read_body(response)
                     if error is None and not 200 <= status < 300:
                         error = _describe_status(response)
+                    if not 200 <= status < 300:
+                        # A success has no next attempt, so its Retry-After means nothing.
+                        retry_after = parse_retry_after(response.headers.get("Retry-After"))
         except TimeoutError:
             error = f"timeout after {task.timeout_seconds:g} s"
         except aiohttp.ClientConnectorError as exc:
@@ -206,22 +208,24 @@ class CallbackSender:
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
     """Return a ``Retry-After`` header value in seconds from now, or None if absent or invalid.
 
-    RFC 9110 section 10.2.3 allows delay-seconds or an HTTP date; a date in the past is 0.
-    ``now`` is Unix seconds (default: the current time).
+    RFC 9110 section 10.2.3 allows delay-seconds (ASCII digits only: ``str.isdigit`` also takes
+    ``²`` and other digits that ``float`` refuses) or an HTTP date; a date in the past is 0.
+    ``now`` is Unix seconds (default: the current time). Never raises: the header is the
+    receiver's to get wrong, and a wrong one is ignored.
     """
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+        if when.tzinfo is None:
+            return None
+        current = time.time() if now is None else now
+        return max(0.0, when.timestamp() - current)
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    if when.tzinfo is None:
-        return None
-    current = time.time() if now is None else now
-    return max(0.0, when.timestamp() - current)
 
 
 def _describe_status(response: aiohttp.ClientResponse) -> str:
