@@ -709,12 +709,21 @@ class TaskService:
         if task is None:
             if await self.queue.get(task_id) is not None:
                 raise TaskNotDequeued(task_id=task_id)
-            raise TaskNotFound(f"no task has the id {task_id!r}", task_id=task_id)
+            # As in get(): a re-drive (store to queue) and then a dequeue or a claim (queue to
+            # store) between the two reads hide the task from both; the store has it again.
+            task = await self.store.get(task_id)
+            if task is None:
+                raise TaskNotFound(f"no task has the id {task_id!r}", task_id=task_id)
         if task.status is Status.FAILED:
             if not task.attempts_left():
                 raise _conflict(task)
+            # Tried again, a dead letter is one no more; this attempt's outcome decides anew.
             retried = await self._transition(
-                task_id, {Status.FAILED}, Status.RETRY, require_attempts_left=True
+                task_id,
+                {Status.FAILED},
+                Status.RETRY,
+                changes=TaskChanges(dead_letter=False),
+                require_attempts_left=True,
             )
             if retried is None:
                 raise _conflict(await self.store.get(task_id) or task)

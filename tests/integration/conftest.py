@@ -30,3 +30,11 @@ async def sqlite_service(tmp_path: Path) -> AsyncIterator[TaskService]:
     """A TaskService on a fresh SQLite file."""
     async with opened_service(Settings(database_url=f"sqlite:///{tmp_path / 'tp.db'}")) as service:
         yield service
+
+
+@pytest.fixture(params=BACKENDS)
+async def service(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[TaskService]:
+    """A TaskService on a fresh, empty backend combination."""
+    settings = Settings(**settings_kwargs(backend_env(request.param, tmp_path)))  # type: ignore[arg-type]
+    async with opened_service(settings) as opened:
+        yield opened

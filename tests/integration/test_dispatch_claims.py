@@ -4,8 +4,6 @@ dequeue order, each in Processing with one attempt and a lease from its own time
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,19 +12,8 @@ from taskplatform.backends import TaskChanges
 from taskplatform.exceptions import BackendUnavailable
 from taskplatform.models import Status, TaskRecord, now_ms
 from taskplatform.service import TaskService
-from taskplatform.settings import Settings
 from taskplatform.validation import parse_task_create
-from tests.support.backends import BACKENDS, backend_env, settings_kwargs
 from tests.support.receiver import Receiver
-from tests.support.service import opened_service
-
-
-@pytest.fixture(params=BACKENDS)
-async def service(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[TaskService]:
-    """A TaskService on a fresh, empty backend combination."""
-    settings = Settings(**settings_kwargs(backend_env(request.param, tmp_path)))  # type: ignore[arg-type]
-    async with opened_service(settings) as opened:
-        yield opened
 
 
 async def _create(

@@ -5,23 +5,10 @@ arrives while an older read is still in flight."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
 from taskplatform.service import TaskService
-from taskplatform.settings import Settings
-from tests.support.backends import BACKENDS, backend_env, settings_kwargs
-from tests.support.service import opened_service
-
-
-@pytest.fixture(params=BACKENDS)
-async def service(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[TaskService]:
-    """A TaskService on a fresh, empty backend combination."""
-    settings = Settings(**settings_kwargs(backend_env(request.param, tmp_path)))  # type: ignore[arg-type]
-    async with opened_service(settings) as opened:
-        yield opened
 
 
 def _count_reads(service: TaskService, monkeypatch: pytest.MonkeyPatch) -> list[int]:

@@ -1,0 +1,85 @@
+"""``TaskService.start_execute`` on every backend: a task that moves between the store and the
+queue while execute looks for it is still found, and a dead letter tried again is one no more.
+
+The moves are real operations on the real backends, run inside the window between execute's
+reads (the store's and the queue's ``get`` are wrapped to run them first): over HTTP the window
+is a few hundred microseconds and a test could only hope to hit it."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from taskplatform.models import Status, TaskRecord
+from taskplatform.service import TaskService
+from taskplatform.validation import parse_task_create
+from tests.support.receiver import Receiver
+
+
+async def _create(service: TaskService, url: str, **options: object) -> str:
+    extra = "".join(f', "{name}": {value}' for name, value in options.items())
+    body = f'{{"taskData": {{}}, "callbackUrl": "{url}"{extra}}}'
+    task, _ = await service.create(
+        parse_task_create(body.encode(), max_depth=64, max_url_length=2048)
+    )
+    return task.task_id
+
+
+def _before_first_call(
+    monkeypatch: pytest.MonkeyPatch,
+    backend: object,
+    move: Callable[[], Awaitable[object]],
+) -> None:
+    """Make ``backend.get`` run ``move`` once, before its first read."""
+    real = backend.get  # type: ignore[attr-defined]
+    pending = [move]
+
+    async def get(task_id: str) -> TaskRecord | None:
+        if pending:
+            await pending.pop()()
+        return await real(task_id)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(backend, "get", get)
+
+
+async def test_execute_finds_a_task_that_moved_between_its_reads(
+    service: TaskService, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Failed task is re-driven just before execute reads the store (so the store has it not)
+    and dequeued just before execute reads the queue (so the queue has it not): execute must
+    find it in the store again and start it, not answer that no such task exists (it did: a
+    client may take a 404 to mean the task is gone)."""
+    task_id = await _create(service, receiver.url("/status/500"), maxRetries=3)
+    assert (await service.dequeue()).task_id == task_id
+    assert (await service.execute(task_id)).status is Status.FAILED
+
+    async def dequeue() -> None:
+        assert (await service.dequeue()).task_id == task_id
+
+    _before_first_call(monkeypatch, service.store, lambda: service.redrive(task_id))
+    _before_first_call(monkeypatch, service.queue, dequeue)
+    started = await service.start_execute(task_id)
+    assert (started.status, started.attempts) == (Status.PROCESSING, 1)  # re-driven: attempt 1
+    assert (await service.finish_execute(started)).status is Status.FAILED
+    assert len(receiver.hits_for(task_id)) == 2
+
+
+async def test_a_dead_letter_that_succeeds_when_tried_again_is_no_dead_letter(
+    service: TaskService, receiver: Receiver
+) -> None:
+    """A dispatched task whose first answer is permanent (``permanentOn: [500]``) is a Failed
+    dead letter with attempts left; executed by hand, it succeeds: Completed, and no longer in
+    the dead letters (it stayed flagged before)."""
+    task_id = await _create(service, receiver.url("/fail-first/1"), permanentOn=[500])
+    (claimed,) = await service.claim_for_dispatch("default", 1)
+    failed = await service.dispatch(claimed)
+    assert failed.status is Status.FAILED
+    task = await service.get(task_id)
+    assert (task.status, task.dead_letter, task.attempts_left()) == (Status.FAILED, True, True)
+
+    assert (await service.execute(task_id)).status is Status.COMPLETED
+    task = await service.get(task_id)
+    assert (task.status, task.dead_letter) == (Status.COMPLETED, False)
+    dead = await service.list_tasks(status=None, cursor=None, limit=10, dead_letter=True)
+    assert task_id not in {listed.task_id for listed in dead[0]}
