@@ -135,8 +135,11 @@ class Arrivals:
         self._event = asyncio.Event()
 
 
-async def wait_for_event(event: asyncio.Event, seconds: float) -> bool:
-    """Wait up to ``seconds`` for ``event``; return whether it is set.
+async def wait_for_event(
+    event: asyncio.Event, seconds: float, other: asyncio.Event | None = None
+) -> bool:
+    """Wait up to ``seconds`` for ``event`` (or ``other``, when given); return whether
+    ``event`` is set.
 
     Not ``asyncio.wait_for`` or ``asyncio.timeout``: on Python 3.11 both can lose a cancellation
     that arrives just as the event is set or the timer fires (measured here: a dispatcher that
@@ -144,11 +147,14 @@ async def wait_for_event(event: asyncio.Event, seconds: float) -> bool:
     ``asyncio.wait`` does not cancel anything on timeout, so an outer cancellation always
     propagates.
     """
-    waiter = asyncio.ensure_future(event.wait())
+    waiters = {asyncio.ensure_future(event.wait())}
+    if other is not None:
+        waiters.add(asyncio.ensure_future(other.wait()))
     try:
-        await asyncio.wait({waiter}, timeout=seconds)
+        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        waiter.cancel()
+        for waiter in waiters:
+            waiter.cancel()
     return event.is_set()
 
 
@@ -416,7 +422,13 @@ class TaskService:
                 self.metrics.task_created(queue, count)
         return results
 
-    async def dequeue(self, wait_seconds: float = 0, queue: str = DEFAULT_QUEUE) -> TaskRecord:
+    async def dequeue(
+        self,
+        wait_seconds: float = 0,
+        queue: str = DEFAULT_QUEUE,
+        *,
+        client_gone: asyncio.Event | None = None,
+    ) -> TaskRecord:
         """Take the next task out of the queue into the store (seed FR-002, FR-009).
 
         Args:
@@ -424,6 +436,11 @@ class TaskService:
                 at most ``long_poll_max_seconds``.
                 The wait wakes as soon as any process enqueues (a local signal, PostgreSQL
                 LISTEN/NOTIFY or Redis pub/sub), with a periodic check as the fallback.
+                A pause of ``queue`` ends the wait too (seen within the pause cache's time).
+            queue: The named queue to take from.
+            client_gone: Set when the client that asked has gone (its connection closed). The
+                wait ends then, and a task taken just as it left goes back to the queue at its
+                place: nobody would get it, and it would sit Dequeued until its lease ran out.
 
         Returns:
             The task, now Dequeued under a lease: the highest priority first, FIFO within a
@@ -431,14 +448,14 @@ class TaskService:
             time).
 
         Raises:
-            QueueEmpty: no task is queued (after waiting).
-            QueuePaused: ``queue`` is paused.
+            QueueEmpty: no task is queued (after waiting), or the client has gone.
+            QueuePaused: ``queue`` is paused, or was paused during the wait.
             BackendUnavailable: a backend cannot be reached; the task stays queued.
         """
-        if queue in await self.paused_queues():
-            raise QueuePaused(f"the queue {queue!r} is paused; resume it to dequeue")
         deadline = time.monotonic() + min(wait_seconds, self.settings.long_poll_max_seconds)
         while True:
+            if queue in await self.paused_queues():
+                raise QueuePaused(f"the queue {queue!r} is paused; resume it to dequeue")
             arrived = self.arrivals.current()
             task = await self._transfer(queue)
             remaining = deadline - time.monotonic()
@@ -447,19 +464,39 @@ class TaskService:
             self.arrivals.waiters += 1
             try:
                 poll = min(remaining, self.settings.long_poll_fallback_seconds)
-                await wait_for_event(arrived, poll)
+                await wait_for_event(arrived, poll, client_gone)
             finally:
                 self.arrivals.waiters -= 1
-            if self.stopping:
+            if self.stopping or (client_gone is not None and client_gone.is_set()):
                 # Answer now instead of holding up the server's drain for up to 20 s; the task
                 # a look now might find is better left queued than handed out by a server
-                # that will not execute it.
+                # that will not execute it, or to a client that is no longer there.
                 break
         if task is None:
             raise QueueEmpty(f"no task is due in the queue {queue!r}")
+        if client_gone is not None and client_gone.is_set():
+            await self._give_back(task)
+            raise QueueEmpty(f"the client left before a task of the queue {queue!r} came")
         self._moved(task)
         self.metrics.task_dequeued(task.queue, "pull")
         return task
+
+    async def _give_back(self, task: TaskRecord) -> None:
+        """Return a task just dequeued for a client that has gone to the queue, at its place."""
+        if task.lease_token is None:
+            return  # no lease to fence the move with (leases are off): it stays Dequeued
+        note = "returned to the queue: the client that dequeued it had gone"
+        if await self.queue.requeue(self.store, task, now=now_ms(), note=note):
+            logger.info(
+                "task %s is Queued again (the client that dequeued it had gone)",
+                task.task_id,
+                extra={
+                    "task_id": task.task_id,
+                    "status": Status.QUEUED.value,
+                    "attempt": task.attempts,
+                    "queue": task.queue,
+                },
+            )
 
     async def _transfer(self, queue: str) -> TaskRecord | None:
         now = now_ms()

@@ -371,3 +371,40 @@ def test_a_client_that_hangs_up_does_not_cancel_the_callback(
         ]
         == "Completed"
     )
+
+
+def test_a_long_poll_whose_client_left_takes_no_task(server: Server) -> None:
+    """A client gives up on a 10 s long poll after 1 s (a proxy's timeout, say); a task created
+    after that stays Queued for the next client. Before, the abandoned poll woke, took it, and it
+    sat Dequeued for nobody until its lease ran out (300 s by default)."""
+    queue = f"gone-{time.time_ns()}"
+    with (
+        httpx.Client(base_url=server.url, timeout=1.0) as leaving,
+        pytest.raises(httpx.ReadTimeout),
+    ):
+        leaving.get(f"/api/tasks/dequeue?queue={queue}&waitSeconds=10")
+    time.sleep(0.3)  # the server sees the connection close
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        task_id = create(http, "http://127.0.0.1:9/x", queue=queue)
+        time.sleep(0.5)  # an abandoned poll would have woken and taken it by now
+        assert http.get(f"/api/tasks/{task_id}").json()["status"] == "Queued"
+        taken = http.get(f"/api/tasks/dequeue?queue={queue}")
+        assert (taken.status_code, taken.json()["taskId"]) == (200, task_id)
+
+
+def test_a_long_poll_ends_when_its_queue_is_paused(server: Server) -> None:
+    """A pause made while a long poll waits ends the poll with 409 queue_paused, and a task
+    created in the paused queue stays Queued (the poll handed it out before)."""
+    queue = f"paused-{time.time_ns()}"
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        with ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(http.get, f"/api/tasks/dequeue?queue={queue}&waitSeconds=10")
+            time.sleep(0.5)
+            with httpx.Client(base_url=server.url, timeout=30) as other:
+                assert other.post(f"/api/queues/{queue}/pause").status_code == 200
+                task_id = create(other, "http://127.0.0.1:9/x", queue=queue)
+            started = time.monotonic()
+            response = waiting.result()
+        assert time.monotonic() - started < 2.0
+        assert_problem(response, 409, "queue_paused")
+        assert http.get(f"/api/tasks/{task_id}").json()["status"] == "Queued"

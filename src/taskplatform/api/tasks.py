@@ -7,6 +7,7 @@ declared by hand from the same wire types (``api.openapi``).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 from typing import Annotated
@@ -252,8 +253,27 @@ async def dequeue_task(
     queue: QueueQuery = DEFAULT_QUEUE,
 ) -> Response:
     """Take the highest-priority task (FIFO within a priority) into the database (FR-002)."""
-    task = await _service(request).dequeue(wait_seconds, queue)
+    service = _service(request)
+    if wait_seconds <= 0:
+        task = await service.dequeue(0, queue)
+    else:
+        # A long poll outlives many clients' and proxies' timeouts: when the client hangs up,
+        # stop waiting, or a task arriving later would be taken for nobody and sit Dequeued
+        # until its lease ran out.
+        gone = asyncio.Event()
+        watcher = asyncio.ensure_future(_watch_for_disconnect(request, gone))
+        try:
+            task = await service.dequeue(wait_seconds, queue, client_gone=gone)
+        finally:
+            watcher.cancel()
     return _json(TaskView.of(task))
+
+
+async def _watch_for_disconnect(request: Request, gone: asyncio.Event) -> None:
+    """Set ``gone`` once the ASGI server reports the client's connection closed."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass  # the request's body, which a dequeue does not read
+    gone.set()
 
 
 @router.get(
