@@ -177,8 +177,13 @@ def test_exit_codes(server: Server, receiver: Receiver, queue: str, tp: TaskClie
     missing_json = run(server, "tasks", "get", MISSING, "--json")
     assert missing_json.exit_code == 3
     assert as_json(missing_json)["error"]["code"] == "task_not_found"
-
+    # "dequeue" is no task id, though /api/tasks/dequeue is a route (a GET there takes a task).
     queued = tp.create({}, receiver.url("/ok"), queue=queue).task_id
+    not_an_id = run(server, "tasks", "get", "dequeue", "--json")
+    assert not_an_id.exit_code == 3
+    assert as_json(not_an_id)["error"]["code"] == "task_not_found"
+    assert tp.get(queued).status == "Queued"
+
     refused = run(server, "tasks", "execute", queued, "--json")
     assert refused.exit_code == 1
     assert as_json(refused)["error"]["code"] == "task_not_dequeued"

@@ -13,6 +13,7 @@ import datetime
 import enum
 import json
 import random
+import re
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from taskplatform.client.errors import (
     ConnectionFailed,
     QueueEmpty,
     RateLimited,
+    TaskNotFound,
     TaskPlatformError,
     UnexpectedResponse,
     error_from_problem,
@@ -147,7 +149,23 @@ def _segment(value: str) -> str:
     return quoted.replace(".", "%2E") if quoted in (".", "..") else quoted
 
 
+# A task id as create issues it (a UUID; the server takes hex digits in either case).
+_TASK_ID = re.compile(r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}\Z")
+
+
 def _task_path(task_id: str, suffix: str = "") -> str:
+    """The path of one task's resource.
+
+    Raises:
+        TaskNotFound: ``task_id`` is not a UUID, so no task has it; raised without a request, as
+            such an id could name another route (``dequeue``: a GET there takes a task).
+    """
+    if not isinstance(task_id, str) or _TASK_ID.match(task_id) is None:
+        detail = f"no task has the id {str(task_id)[:80]!r}"
+        problem = {"status": 404, "code": "task_not_found", "title": "Task not found"}
+        raise TaskNotFound(
+            404, "task_not_found", "Task not found", detail, problem | {"detail": detail}
+        )
     return f"/api/tasks/{_segment(task_id)}{suffix}"
 
 
