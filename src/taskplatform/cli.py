@@ -60,7 +60,8 @@ def _settings_or_exit(**overrides: object) -> Settings:
             given = error.get("input")
             shown = f" (given {given!r})" if isinstance(given, int | float) else ""
             variable = f"TASKPLATFORM_{name.upper()}" if name else "the settings"
-            typer.echo(f"  {variable}: {error['msg']}{shown}", err=True)
+            message = error["msg"].removeprefix("Value error, ")  # our validators' own words
+            typer.echo(f"  {variable}: {message}{shown}", err=True)
         raise typer.Exit(2) from exc
     except ValueError as exc:
         typer.echo(f"error: invalid configuration:\n{exc}", err=True)
@@ -75,6 +76,9 @@ def _prepare_or_exit(settings: Settings) -> None:
         asyncio.run(prepare_schema(settings))
     except (ConfigurationError, TaskPlatformError) as exc:
         typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    except OSError as exc:  # a SQLite path that cannot be made, say
+        typer.echo(f"error: TASKPLATFORM_DATABASE_URL: {exc}", err=True)
         raise typer.Exit(2) from exc
 
 

@@ -28,7 +28,9 @@ import datetime
 import enum
 import hashlib
 import json
+import math
 import os
+import re
 import signal
 import sys
 import threading
@@ -231,6 +233,9 @@ def _read_data(text: str, as_json: bool) -> dict[str, Any]:
     return data
 
 
+_VISIBLE_ASCII = re.compile(r"[\x21-\x7e]+")
+
+
 @tasks_app.command("create")
 def create_command(
     callback_url: Annotated[
@@ -269,6 +274,15 @@ def create_command(
 ) -> None:
     """Create (enqueue) a task. Prints its id; --json: {"taskId", "status", "replayed"}."""
     task_data = _read_data(data, as_json)
+    for option, seconds in (("--delay", delay), ("--timeout", timeout)):
+        if seconds is not None and not math.isfinite(seconds):
+            _usage(f"{option} must be a finite number of seconds, not {seconds}", as_json)
+    if idempotency_key is not None and not _VISIBLE_ASCII.fullmatch(idempotency_key):
+        _usage(
+            "--idempotency-key must be visible ASCII characters, no spaces "
+            "(it travels in an HTTP header)",
+            as_json,
+        )
     when: datetime.datetime | None = None
     if scheduled_at is not None:
         try:

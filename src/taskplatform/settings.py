@@ -6,10 +6,24 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import AfterValidator, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MIB = 1024 * 1024
+
+
+_LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
+
+def _log_level(name: str) -> str:
+    """``name`` lowercased, if Python's logging knows it (uvicorn takes these names lowercased).
+
+    Raises:
+        ValueError: it does not; the message lists the names.
+    """
+    if name.lower() not in _LOG_LEVELS:
+        raise ValueError(f"use one of {', '.join(_LOG_LEVELS)}")
+    return name.lower()
 
 
 class Settings(BaseSettings):
@@ -43,7 +57,11 @@ class Settings(BaseSettings):
     host: Annotated[str, Field(description="Address `serve` listens on.")] = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535, description="Port `serve` listens on.")] = 8000
     workers: Annotated[int, Field(ge=1, description="Number of API processes `serve` runs.")] = 1
-    log_level: Annotated[str, Field(description="Python logging level name.")] = "info"
+    log_level: Annotated[
+        str,
+        AfterValidator(_log_level),
+        Field(description="Python logging level name: critical, error, warning, info or debug."),
+    ] = "info"
     log_format: Annotated[
         Literal["text", "json"],
         Field(

@@ -337,6 +337,16 @@ def test_input_the_api_cannot_take_is_a_usage_error_not_a_traceback(
         result = run(server, "tasks", "create", "-c", "http://127.0.0.1:9/x", "-d", data)
         assert result.exit_code == 2, result.output
         assert "not JSON" in result.output
+    for option, value, words in [
+        ("--timeout", "nan", "--timeout must be a finite number of seconds"),
+        ("--timeout", "inf", "--timeout must be a finite number of seconds"),
+        ("--delay", "nan", "--delay must be a finite number of seconds"),
+        ("--idempotency-key", "é", "--idempotency-key must be visible ASCII"),
+    ]:
+        result = run(server, "tasks", "create", "-c", "http://127.0.0.1:9/x", option, value)
+        assert result.exit_code == 2, result.output
+        assert "Traceback" not in result.output
+        assert words in " ".join(result.output.split()), result.output
     latin = tmp_path / "latin.json"
     latin.write_bytes(b'{"a": "\xe9"}')
     result = run(server, "tasks", "create", "-c", "http://127.0.0.1:9/x", "-d", f"@{latin}")

@@ -97,6 +97,14 @@ def _taskplatform(*args: str, env: dict[str, str]) -> subprocess.CompletedProces
             "does not support as a queue",
         ),
         ({"TASKPLATFORM_PORT": "eighty"}, "invalid configuration"),
+        (
+            {"TASKPLATFORM_LOG_LEVEL": "bogus"},
+            "TASKPLATFORM_LOG_LEVEL: use one of critical, error, warning, info, debug",
+        ),
+        (
+            {"TASKPLATFORM_DATABASE_URL": "sqlite:////proc/no/such/dir/x.db"},
+            "cannot create the SQLite database's folder",
+        ),
     ],
 )
 def test_serve_refuses_bad_configuration_and_says_why(

@@ -58,7 +58,14 @@ def _upgrade_on(connection: Connection) -> None:
 def _upgrade_sync(sqlalchemy_url: str) -> None:
     path = sqlalchemy_url.removeprefix("sqlite:///")
     if path and path != ":memory:":
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OSError(
+                exc.errno,
+                f"cannot create the SQLite database's folder: {exc.strerror}",
+                exc.filename,
+            ) from exc
     engine = create_engine(sqlalchemy_url, poolclass=NullPool)
     try:
         with engine.begin() as connection:
