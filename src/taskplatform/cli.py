@@ -212,6 +212,14 @@ def worker(
             help="Callbacks in flight at once. \\[env: TASKPLATFORM_DISPATCH_CONCURRENCY]"
         ),
     ] = None,
+    queue_concurrency: Annotated[
+        int | None,
+        typer.Option(
+            help="Callbacks of one queue in flight at once \\[default: all of --concurrency "
+            "with one queue, three quarters with several]. "
+            "\\[env: TASKPLATFORM_DISPATCH_QUEUE_CONCURRENCY]"
+        ),
+    ] = None,
     rate: Annotated[
         float | None,
         typer.Option(
@@ -237,6 +245,7 @@ def worker(
     settings = _settings_or_exit(
         dispatch_queues=",".join(queue) if queue else None,
         dispatch_concurrency=concurrency,
+        dispatch_queue_concurrency=queue_concurrency,
         dispatch_rate=rate,
         database_url=database_url,
         worker_metrics_port=metrics_port,

@@ -345,6 +345,18 @@ class Settings(BaseSettings):
     dispatch_concurrency: Annotated[
         int, Field(gt=0, le=10000, description="Callbacks a dispatcher keeps in flight at once.")
     ] = 10
+    dispatch_queue_concurrency: Annotated[
+        int | None,
+        Field(
+            gt=0,
+            le=10000,
+            description=(
+                "Most callbacks of one queue a dispatcher keeps in flight, so that one queue "
+                "with slow or hanging callbacks cannot take every slot from the others; unset: "
+                "all of the concurrency with one queue, three quarters of it with several."
+            ),
+        ),
+    ] = None
     worker_metrics_port: Annotated[
         int | None,
         Field(

@@ -946,3 +946,33 @@ def test_workers_keep_to_their_queue_and_share_its_rate(
     assert span >= 1.6
     assert hit_counts(receiver, [other])[other] == 0
     assert all(worker.alive() for worker in workers)
+
+
+def test_a_queue_whose_callbacks_hang_leaves_slots_to_the_others(
+    dispatching: Server, start_worker: Callable[..., Worker], receiver: Receiver
+) -> None:
+    """A worker of concurrency 8 over two queues: 12 callbacks of one hang, yet a task of the
+    other is called back at once. The hanging queue holds at most 6 slots (three quarters);
+    before, it took all 8 and the other queue waited for the hanging callbacks' timeout."""
+    hang, other = f"fair.hang.{time.time_ns()}", f"fair.other.{time.time_ns()}"
+    start_worker(
+        {**store_env(dispatching), "TASKPLATFORM_SHUTDOWN_GRACE_SECONDS": "0.5"},
+        "--concurrency",
+        "8",
+        "--queue",
+        hang,
+        "--queue",
+        other,
+    )
+    with httpx.Client(base_url=dispatching.url, timeout=60) as http:
+        slow = receiver.url("/slow?seconds=20")
+        hanging = create_batch(
+            http, [body(slow, queue=hang, task_data={"i": i}, timeoutSeconds=30) for i in range(12)]
+        )
+        wait_for(lambda: len(hits_of(receiver, hanging)) >= 6, 15, "the hanging callbacks")
+        time.sleep(0.5)  # a claim beyond the cap would have called back by now
+        assert len(hits_of(receiver, hanging)) == 6
+        quick = create(http, receiver.url("/ok"), queue=other)
+        started = time.monotonic()
+        wait_for(lambda: get(http, quick)["status"] == "Completed", 10, "the other queue's task")
+        print(f"the other queue's task completed {time.monotonic() - started:.2f} s after create")

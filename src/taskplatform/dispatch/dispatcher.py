@@ -15,6 +15,7 @@ Run it with ``taskplatform worker`` (no HTTP) or inside every API process with
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 
@@ -43,6 +44,8 @@ class Dispatcher:
         service: The task service (backends and callback sender already open).
         queues: Names of the queues served, each by its own claim loop.
         concurrency: Most callbacks in flight at once, over all queues.
+        queue_concurrency: Most callbacks of one queue in flight at once; None is all of
+            ``concurrency`` for one queue and :func:`default_queue_concurrency` for several.
         rate: Dispatches per second per queue over every dispatcher (a token bucket kept in
             the store, holding one second's worth); 0 is unlimited.
         poll_seconds: How often an idle loop looks for tasks that came due (scheduled tasks,
@@ -55,6 +58,7 @@ class Dispatcher:
         *,
         queues: list[str],
         concurrency: int,
+        queue_concurrency: int | None = None,
         rate: float = 0.0,
         poll_seconds: float = 0.5,
     ) -> None:
@@ -63,6 +67,11 @@ class Dispatcher:
         self.rate = rate
         self.poll_seconds = poll_seconds
         self._slots = asyncio.Semaphore(concurrency)
+        if queue_concurrency is None:
+            queue_concurrency = default_queue_concurrency(concurrency, len(queues))
+        self.queue_concurrency = min(concurrency, queue_concurrency)
+        # Taken before a slot of the whole: a queue at its cap waits without holding any.
+        self._queue_slots = {queue: asyncio.Semaphore(self.queue_concurrency) for queue in queues}
         # A claim takes as many tasks as there are free slots (up to CLAIM_MOST), so while one
         # claim is in flight the slots that free up make the next claim bigger: fewer
         # statements and commits per task under load, one task at once when idle. A second
@@ -72,6 +81,7 @@ class Dispatcher:
         # A claim holds its slots for a round trip even when its queue turns out empty: a fair
         # share of the concurrency per claim loop keeps idle queues from starving busy ones.
         self.claim_most = max(1, min(CLAIM_MOST, concurrency // (len(queues) * self.claimers)))
+        self.claim_most = min(self.claim_most, self.queue_concurrency)
 
     @classmethod
     def from_settings(cls, service: TaskService, settings: Settings) -> Dispatcher:
@@ -80,6 +90,7 @@ class Dispatcher:
             service,
             queues=settings.dispatch_queue_list(),
             concurrency=settings.dispatch_concurrency,
+            queue_concurrency=settings.dispatch_queue_concurrency,
             rate=settings.dispatch_rate,
             poll_seconds=settings.dispatch_poll_seconds,
         )
@@ -88,7 +99,10 @@ class Dispatcher:
         """Serve every queue until cancelled; callbacks in flight are left to the service's
         shutdown (which lets them finish within the grace period)."""
         logger.info(
-            "dispatching queues %s with concurrency %d", ",".join(self.queues), self._slots._value
+            "dispatching queues %s with concurrency %d (at most %d per queue)",
+            ",".join(self.queues),
+            self._slots._value,
+            self.queue_concurrency,
         )
         async with asyncio.TaskGroup() as group:
             for queue in self.queues:
@@ -102,38 +116,65 @@ class Dispatcher:
                 # A library below swallowed our cancellation; honour it anyway, or shutdown
                 # would wait for this loop forever.
                 raise asyncio.CancelledError
-            await self._slots.acquire()
+            queue_slots = self._queue_slots[queue]
+            await queue_slots.acquire()
+            try:
+                await self._slots.acquire()
+            except BaseException:
+                queue_slots.release()
+                raise
             slots = 1
             # A rate limit takes a token per task, so a limited queue claims one at a time.
-            while self.rate <= 0 and slots < self.claim_most and not self._slots.locked():
-                await self._slots.acquire()  # free: returns at once
+            while (
+                self.rate <= 0
+                and slots < self.claim_most
+                and not self._slots.locked()
+                and not queue_slots.locked()
+            ):
+                await queue_slots.acquire()  # both free: each returns at once
+                await self._slots.acquire()
                 slots += 1
             arrived = self.service.arrivals.current()
             try:
                 if self.rate > 0 and not await self.service.take_dispatch_token(queue, self.rate):
-                    self._release(slots)
+                    self._release(queue_slots, slots)
                     await asyncio.sleep(min(self.poll_seconds, 1 / self.rate))
                     continue
                 tasks = await self.service.claim_for_dispatch(queue, slots)
                 if not tasks and self.rate > 0:
                     await self.service.give_back_dispatch_token(queue, self.rate)
             except BackendUnavailable as exc:
-                self._release(slots)
+                self._release(queue_slots, slots)
                 raise_if_cancelled()
                 logger.warning("dispatch of queue %s paused 1 s: %s", queue, exc.detail)
                 await asyncio.sleep(1)
                 continue
-            self._release(slots - len(tasks))
+            self._release(queue_slots, slots - len(tasks))
             if not tasks:
                 await wait_for_event(arrived, self.poll_seconds)
                 continue
+            done = functools.partial(self._done, queue_slots)
             for task in tasks:
-                call = self.service.dispatch(task)
-                call.add_done_callback(lambda _: self._slots.release())
+                self.service.dispatch(task).add_done_callback(done)
 
-    def _release(self, slots: int) -> None:
+    def _done(self, queue_slots: asyncio.Semaphore, _call: asyncio.Future[object]) -> None:
+        self._release(queue_slots, 1)
+
+    def _release(self, queue_slots: asyncio.Semaphore, slots: int) -> None:
         for _ in range(slots):
+            queue_slots.release()
             self._slots.release()
+
+
+def default_queue_concurrency(concurrency: int, queues: int) -> int:
+    """The callbacks of one queue a dispatcher of ``concurrency`` over ``queues`` queues keeps in
+    flight at most, unless configured: all with one queue; with several, three quarters (at
+    least one), so that a queue whose callbacks hang leaves a quarter of the slots to the
+    others, as Cloud Tasks' and QStash's per-queue limits do, while a queue alone in being busy
+    still gets most of them."""
+    if queues <= 1:
+        return concurrency
+    return max(1, concurrency - max(1, concurrency // 4))
 
 
 async def run_worker(settings: Settings) -> None:
