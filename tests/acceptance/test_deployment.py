@@ -226,3 +226,30 @@ def test_demo_receiver_says_where_it_listens_and_logs_each_callback(tmp_path: Pa
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_switching_the_queue_to_redis_warns_of_tasks_left_in_the_database(
+    tmp_path: Path,
+) -> None:
+    """Tasks Queued in SQLite's own queue are read by nothing once TASKPLATFORM_QUEUE_URL points
+    at Redis: the server says how many at startup, and what to do, instead of nothing."""
+    first = backend_env("sqlite", tmp_path / "a")
+    server = Server(first, tmp_path / "first.log").start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            for _ in range(2):
+                body = {"taskData": {}, "callbackUrl": "http://127.0.0.1:9/x"}
+                assert http.post("/api/tasks", json=body).status_code == 201
+    finally:
+        server.stop()
+    switched = {
+        **backend_env("redis+sqlite", tmp_path / "b"),
+        "TASKPLATFORM_DATABASE_URL": first["TASKPLATFORM_DATABASE_URL"],
+    }
+    server = Server(switched, tmp_path / "switched.log").start()
+    try:
+        log = server.log()
+    finally:
+        server.stop()
+    assert "2 tasks are Queued in the database's own queue" in log
+    assert "Run with TASKPLATFORM_QUEUE_URL unset until that queue is empty" in log

@@ -16,6 +16,7 @@ who choose its backend, and the error names the extra that installs it.
 from __future__ import annotations
 
 import importlib
+import logging
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -24,6 +25,8 @@ from taskplatform.faults import Faults
 from taskplatform.settings import Settings
 
 __all__ = ["Backends", "ConfigurationError", "Queue", "Store", "TaskChanges", "open_backends"]
+
+logger = logging.getLogger(__name__)
 
 _EXTRAS = {"asyncpg": "postgres", "redis": "redis"}
 
@@ -112,18 +115,28 @@ async def prepare_schema(settings: Settings) -> None:
     # message naming the extra rather than a traceback from the server's startup.
     _require_drivers(store, queue)
     if store == "sqlite":
-        await migrate.upgrade(settings.database_url)
-        return
-    from taskplatform.backends.postgres import asyncpg_url
+        url = settings.database_url
+        await migrate.upgrade(url)
+    else:
+        from taskplatform.backends.postgres import asyncpg_url
 
-    try:
-        await migrate.upgrade(asyncpg_url(settings.database_url))
-    except (OSError, TimeoutError) as exc:
-        raise BackendUnavailable(f"cannot reach the PostgreSQL database: {exc}") from exc
-    except Exception as exc:
-        if type(exc).__module__.startswith(("sqlalchemy", "asyncpg")):
-            raise BackendUnavailable(f"cannot migrate the PostgreSQL database: {exc}") from exc
-        raise
+        url = asyncpg_url(settings.database_url)
+        try:
+            await migrate.upgrade(url)
+        except (OSError, TimeoutError) as exc:
+            raise BackendUnavailable(f"cannot reach the PostgreSQL database: {exc}") from exc
+        except Exception as exc:
+            if type(exc).__module__.startswith(("sqlalchemy", "asyncpg")):
+                raise BackendUnavailable(f"cannot migrate the PostgreSQL database: {exc}") from exc
+            raise
+    if queue == "redis" and (stranded := await migrate.count_queued(url)):
+        # A switch of the queue to Redis leaves these behind: nothing reads that table then.
+        logger.warning(
+            "%d tasks are Queued in the database's own queue, which a Redis queue "
+            "(TASKPLATFORM_QUEUE_URL) does not read: no dequeue, dispatcher or GET finds them. "
+            "Run with TASKPLATFORM_QUEUE_URL unset until that queue is empty, then switch",
+            stranded,
+        )
 
 
 def open_backends(settings: Settings) -> Backends:

@@ -74,6 +74,35 @@ def _upgrade_sync(sqlalchemy_url: str) -> None:
         engine.dispose()
 
 
+def _count_queued_on(connection: Connection) -> int:
+    return int(connection.execute(text("SELECT count(*) FROM queued_tasks")).scalar_one())
+
+
+def _count_queued_sync(sqlalchemy_url: str) -> int:
+    engine = create_engine(sqlalchemy_url, poolclass=NullPool)
+    try:
+        with engine.connect() as connection:
+            return _count_queued_on(connection)
+    finally:
+        engine.dispose()
+
+
+async def count_queued(sqlalchemy_url: str) -> int:
+    """Return how many tasks wait in the database's own queue table (``queued_tasks``).
+
+    Only a concern when the queue is elsewhere (Redis): those tasks are then read by nothing.
+    The schema must be current (:func:`upgrade`).
+    """
+    if sqlalchemy_url.startswith("sqlite"):
+        return await asyncio.to_thread(_count_queued_sync, sqlalchemy_url)
+    engine = create_async_engine(sqlalchemy_url, poolclass=NullPool)
+    try:
+        async with engine.connect() as connection:
+            return await connection.run_sync(_count_queued_on)
+    finally:
+        await engine.dispose()
+
+
 async def upgrade(sqlalchemy_url: str) -> str:
     """Bring the database at ``sqlalchemy_url`` to the newest revision; return that revision.
 
