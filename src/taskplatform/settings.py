@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from taskplatform.models import QUEUE_NAME, QUEUE_NAME_RULE
 
 MIB = 1024 * 1024
 
@@ -24,6 +27,19 @@ def _log_level(name: str) -> str:
     if name.lower() not in _LOG_LEVELS:
         raise ValueError(f"use one of {', '.join(_LOG_LEVELS)}")
     return name.lower()
+
+
+def _queue_names(names: str) -> str:
+    """``names`` if each of its comma-separated names is a queue name the API takes.
+
+    Raises:
+        ValueError: one is not (``.`` and ``..`` included: a dispatcher of such a queue would
+            serve one that no create can name).
+    """
+    for name in names.split(","):
+        if re.fullmatch(QUEUE_NAME, name) is None:
+            raise ValueError(f"each comma-separated queue name {QUEUE_NAME_RULE}")
+    return names
 
 
 class Settings(BaseSettings):
@@ -337,10 +353,8 @@ class Settings(BaseSettings):
     ] = False
     dispatch_queues: Annotated[
         str,
-        Field(
-            pattern=r"^[A-Za-z0-9_.\-]{1,64}(,[A-Za-z0-9_.\-]{1,64})*$",
-            description="Comma-separated queues a dispatcher serves.",
-        ),
+        AfterValidator(_queue_names),
+        Field(description="Comma-separated queues a dispatcher serves."),
     ] = "default"
     dispatch_concurrency: Annotated[
         int, Field(gt=0, le=10000, description="Callbacks a dispatcher keeps in flight at once.")

@@ -227,3 +227,28 @@ def test_a_success_with_a_retry_after_that_does_not_parse_is_a_success(
     assert (outcome["status"], outcome["error"]) == ("Completed", None)
     log = client.get(f"/api/tasks/{task_id}/executions").json()["items"]
     assert [(entry["httpStatus"], entry["error"]) for entry in log] == [(200, None)]
+
+
+@pytest.mark.parametrize(
+    ("response", "expected"),
+    [
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Le",
+            "callback failed: the receiver closed the connection before a whole answer",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n{",
+            "callback failed: the answer's body was cut short: Not enough data to satisfy "
+            "content length header (received 1 of 10 bytes).",
+        ),
+    ],
+    ids=["headers cut off", "body cut off"],
+)
+def test_an_answer_cut_off_is_a_failure_in_plain_words(
+    client: httpx.Client, raw_peer: Callable[[bytes], str], response: bytes, expected: str
+) -> None:
+    """A receiver that closes mid-answer fails the attempt with words, not aiohttp's repr of
+    the half-parsed response (``<RawResponseMessage(version=HttpVersion(...`` before)."""
+    task_id = ready_task(client, raw_peer(response))
+    outcome, _ = _execute(client, task_id)
+    assert (outcome["status"], outcome["error"]) == ("Failed", expected)

@@ -102,6 +102,10 @@ def _taskplatform(*args: str, env: dict[str, str]) -> subprocess.CompletedProces
             "TASKPLATFORM_LOG_LEVEL: use one of critical, error, warning, info, debug",
         ),
         (
+            {"TASKPLATFORM_DISPATCH_QUEUES": "default,.."},
+            "TASKPLATFORM_DISPATCH_QUEUES: each comma-separated queue name must be 1 to 64",
+        ),
+        (
             {"TASKPLATFORM_DATABASE_URL": "sqlite:////proc/no/such/dir/x.db"},
             "cannot create the SQLite database's folder",
         ),

@@ -11,6 +11,7 @@ import asyncio
 import email.utils
 import errno
 import logging
+import re
 import time
 from collections.abc import Sequence
 
@@ -181,6 +182,11 @@ class CallbackSender:
             error = f"timeout after {task.timeout_seconds:g} s"
         except aiohttp.ClientConnectorError as exc:
             error = _describe_connect_error(exc)
+        except aiohttp.ServerDisconnectedError:
+            # Its text is the repr of the half-parsed response when the headers were cut off.
+            error = "callback failed: the receiver closed the connection before a whole answer"
+        except aiohttp.ClientPayloadError as exc:
+            error = f"callback failed: the answer's body was cut short{_payload_detail(exc)}"
         except aiohttp.ClientError as exc:
             error = f"callback failed: {type(exc).__name__}: {exc}"
         except Exception as exc:  # an outcome, whatever the URL or the peer did
@@ -226,6 +232,12 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
         return max(0.0, when.timestamp() - current)
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
+
+
+def _payload_detail(exc: aiohttp.ClientPayloadError) -> str:
+    """The parser's own words inside aiohttp's message, such as "(received 1 of 10 bytes)"."""
+    found = re.search(r"message='(.*?)'", str(exc))
+    return f": {found[1]}" if found else ""
 
 
 def _describe_status(response: aiohttp.ClientResponse) -> str:
