@@ -27,6 +27,7 @@ lands on any process sees the whole server.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Iterator
 from typing import Final, TypeVar
 
@@ -166,6 +167,7 @@ class Metrics:
         """
         counted = self.registry
         if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+            _forget_dead_processes(os.environ["PROMETHEUS_MULTIPROC_DIR"])
             counted = CollectorRegistry()
             MultiProcessCollector(counted)  # type: ignore[no-untyped-call]
         scraped = CollectorRegistry()
@@ -179,6 +181,30 @@ def process_stopped() -> None:
     ``mark_process_dead``); nothing to do in a single process."""
     if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
         mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
+
+
+_LIVE_GAUGE_FILE = re.compile(r"gauge_live[a-z]+_(\d+)\.db")
+
+
+def _forget_dead_processes(directory: str) -> None:
+    """Drop the live gauges of processes that died without :func:`process_stopped` (SIGKILL,
+    the OOM killer; uvicorn starts a new worker in their place but does not clean up after
+    them), so that callbacks in flight count only the living. A pid reused since is taken for
+    alive, the same as prometheus-client would."""
+    dead: set[int] = set()
+    for name in os.listdir(directory):
+        found = _LIVE_GAUGE_FILE.fullmatch(name)
+        if found is None:
+            continue
+        pid = int(found[1])
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            dead.add(pid)
+        except PermissionError:
+            pass  # alive, another user's
+    for pid in dead:
+        mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
 
 
 class _QueueCollector(Collector):

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -172,6 +176,47 @@ def test_several_workers_report_the_sum_of_all(
     with httpx.Client(base_url=server.url) as fresh:
         samples = scrape(fresh)
     assert value(samples, "taskplatform_tasks_dequeued_total", queue="default", mode="pull") == 20
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_callbacks_in_flight_forget_a_worker_that_was_killed(
+    start_server: Callable[..., Server], receiver: Receiver
+) -> None:
+    """``serve --workers 2`` with 6 callbacks in flight: both workers are SIGKILLed (uvicorn
+    starts new ones), and the in-flight gauge drops to the living workers' 0. Before, the dead
+    workers' counts stayed in the sum for as long as the server ran."""
+    server = start_server(TASKPLATFORM_WORKERS="2")
+    assert server.process is not None
+    for n in range(6):
+        with httpx.Client(base_url=server.url, timeout=30) as fresh:
+            task_id = create(fresh, receiver.url("/slow?seconds=60"), task_data={"n": n})
+            dequeue_until(fresh, task_id)
+            started = fresh.post(
+                f"/api/tasks/{task_id}/execute", headers={"Prefer": "respond-async"}
+            )
+            assert started.status_code == 202, started.text
+
+    def in_flight() -> float:
+        with httpx.Client(base_url=server.url, timeout=30) as fresh:
+            return value(scrape(fresh), "taskplatform_callbacks_in_flight")
+
+    assert in_flight() == 6
+    parent = server.process.pid
+    children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+    # uvicorn's workers, not multiprocessing's resource tracker
+    workers = [
+        pid for pid in children if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    ]
+    assert len(workers) == 2, children
+    for pid in workers:
+        os.kill(int(pid), signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while True:
+        with contextlib.suppress(httpx.HTTPError, AssertionError):
+            if in_flight() == 0:
+                break
+        assert time.monotonic() < deadline, "the killed workers' callbacks are still counted"
+        time.sleep(0.5)
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "redis+postgres"], indirect=True)
