@@ -215,8 +215,8 @@ def worker(
     queue_concurrency: Annotated[
         int | None,
         typer.Option(
-            help="Callbacks of one queue in flight at once \\[default: all of --concurrency "
-            "with one queue, three quarters with several]. "
+            help="Callbacks of one queue in flight at once \\[default: --concurrency less "
+            "one for each other queue, at most half]. "
             "\\[env: TASKPLATFORM_DISPATCH_QUEUE_CONCURRENCY]"
         ),
     ] = None,

@@ -367,7 +367,8 @@ class Settings(BaseSettings):
             description=(
                 "Most callbacks of one queue a dispatcher keeps in flight, so that one queue "
                 "with slow or hanging callbacks cannot take every slot from the others; unset: "
-                "all of the concurrency with one queue, three quarters of it with several."
+                "all of the concurrency but one slot for each other queue served (at most "
+                "half of it kept back)."
             ),
         ),
     ] = None

@@ -951,9 +951,10 @@ def test_workers_keep_to_their_queue_and_share_its_rate(
 def test_a_queue_whose_callbacks_hang_leaves_slots_to_the_others(
     dispatching: Server, start_worker: Callable[..., Worker], receiver: Receiver
 ) -> None:
-    """A worker of concurrency 8 over two queues: 12 callbacks of one hang, yet a task of the
-    other is called back at once. The hanging queue holds at most 6 slots (three quarters);
-    before, it took all 8 and the other queue waited for the hanging callbacks' timeout."""
+    """A worker of concurrency 8 over three queues: 12 callbacks of one hang, yet a task of
+    another is called back at once. The hanging queue holds at most 6 slots (one kept back for
+    each other queue); before, it took all 8 and the others waited for the hanging callbacks'
+    timeout."""
     hang, other = f"fair.hang.{time.time_ns()}", f"fair.other.{time.time_ns()}"
     start_worker(
         {**store_env(dispatching), "TASKPLATFORM_SHUTDOWN_GRACE_SECONDS": "0.5"},
@@ -963,6 +964,8 @@ def test_a_queue_whose_callbacks_hang_leaves_slots_to_the_others(
         hang,
         "--queue",
         other,
+        "--queue",
+        f"fair.idle.{time.time_ns()}",
     )
     with httpx.Client(base_url=dispatching.url, timeout=60) as http:
         slow = receiver.url("/slow?seconds=20")

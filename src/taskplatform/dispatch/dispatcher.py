@@ -168,13 +168,11 @@ class Dispatcher:
 
 def default_queue_concurrency(concurrency: int, queues: int) -> int:
     """The callbacks of one queue a dispatcher of ``concurrency`` over ``queues`` queues keeps in
-    flight at most, unless configured: all with one queue; with several, three quarters (at
-    least one), so that a queue whose callbacks hang leaves a quarter of the slots to the
-    others, as Cloud Tasks' and QStash's per-queue limits do, while a queue alone in being busy
-    still gets most of them."""
-    if queues <= 1:
-        return concurrency
-    return max(1, concurrency - max(1, concurrency // 4))
+    flight at most, unless configured: all with one queue; with several, all but one slot for
+    each other queue (at most half of them kept back), so a queue whose callbacks hang always
+    leaves the others a slot each, as Cloud Tasks' and QStash's per-queue limits would, while a
+    queue alone in being busy still gets nearly all of them."""
+    return max(1, concurrency - min(queues - 1, concurrency // 2))
 
 
 async def run_worker(settings: Settings) -> None:
