@@ -474,17 +474,18 @@ class TaskService:
                 break
         if task is None:
             raise QueueEmpty(f"no task is due in the queue {queue!r}")
+        self._moved(task)
+        self.metrics.task_dequeued(task.queue, "pull")
         if client_gone is not None and client_gone.is_set():
             await self._give_back(task)
             raise QueueEmpty(f"the client left before a task of the queue {queue!r} came")
-        self._moved(task)
-        self.metrics.task_dequeued(task.queue, "pull")
         return task
 
     async def _give_back(self, task: TaskRecord) -> None:
         """Return a task just dequeued for a client that has gone to the queue, at its place."""
         if task.lease_token is None:
             return  # no lease to fence the move with (leases are off): it stays Dequeued
+        assert Status.QUEUED in TRANSITIONS[Status.DEQUEUED]
         note = "returned to the queue: the client that dequeued it had gone"
         if await self.queue.requeue(self.store, task, now=now_ms(), note=note):
             logger.info(
