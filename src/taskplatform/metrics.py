@@ -22,6 +22,12 @@ Read from the backends at each scrape (so every process reports the same, global
 With several API processes (``serve --workers N``), ``PROMETHEUS_MULTIPROC_DIR`` is set and the
 counters are summed over the processes by prometheus-client's multiprocess mode, so a scrape that
 lands on any process sees the whole server.
+
+Queue names are the clients' choice, so the ``queue`` label is bounded (``metrics_max_queues``):
+a process gives the first queues it counts series of their own and sums the rest under
+:data:`OTHER_QUEUES`; a scrape gives the deepest queues their own gauges and sums the rest.
+(Each process picks its own first queues, so past the bound one queue's counts can be split
+between its name and :data:`OTHER_QUEUES` across ``--workers`` processes.)
 """
 
 from __future__ import annotations
@@ -76,6 +82,9 @@ CALLBACK_BUCKETS: Final = (
 
 _M = TypeVar("_M", bound=MetricWrapperBase)
 
+OTHER_QUEUES: Final = "(other)"
+"""The ``queue`` label of the queues past ``metrics_max_queues``: no queue name has brackets."""
+
 _OUTCOMES: Final = {
     Status.COMPLETED: "completed",
     Status.FAILED: "failed",
@@ -89,9 +98,14 @@ class Metrics:
 
     A registry per instance rather than prometheus-client's global one, so that several
     applications in one process (tests) do not collide.
+
+    Args:
+        max_queues: Most queue names with series of their own (see the module docstring).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_queues: int = 1000) -> None:
+        self.max_queues = max_queues
+        self._labelled: set[str] = set()
         self.registry = CollectorRegistry(auto_describe=True)
         self.created = Counter(
             "taskplatform_tasks_created",
@@ -129,6 +143,15 @@ class Metrics:
         # as long as its metric anyway (nothing here removes one).
         self._children: dict[tuple[object, ...], MetricWrapperBase] = {}
 
+    def _queue(self, queue: str) -> str:
+        """The ``queue`` label of ``queue``: its name while within ``max_queues``."""
+        if queue in self._labelled:
+            return queue
+        if len(self._labelled) < self.max_queues:
+            self._labelled.add(queue)
+            return queue
+        return OTHER_QUEUES
+
     def _child(self, metric: _M, *values: str) -> _M:
         key = (metric, *values)
         child = self._children.get(key)
@@ -138,22 +161,22 @@ class Metrics:
 
     def task_created(self, queue: str, count: int = 1) -> None:
         """Count ``count`` tasks created in ``queue``."""
-        self._child(self.created, queue).inc(count)
+        self._child(self.created, self._queue(queue)).inc(count)
 
     def task_dequeued(self, queue: str, mode: str) -> None:
         """Count one task taken out of ``queue``; ``mode`` is ``"pull"`` or ``"dispatch"``."""
-        self._child(self.dequeued, queue, mode).inc()
+        self._child(self.dequeued, self._queue(queue), mode).inc()
 
     def task_moved(self, queue: str, status: Status) -> None:
         """Count a step into ``status`` if it ends an attempt or the task (see module doc)."""
         outcome = _OUTCOMES.get(status)
         if outcome is not None:
-            self._child(self.finished, queue, outcome).inc()
+            self._child(self.finished, self._queue(queue), outcome).inc()
 
     def callback_finished(self, queue: str, success: bool, duration_ms: float) -> None:
         """Observe one callback's duration (``duration_ms``, milliseconds)."""
         result = "success" if success else "failure"
-        self._child(self.callback_duration, queue, result).observe(duration_ms / 1000)
+        self._child(self.callback_duration, self._queue(queue), result).observe(duration_ms / 1000)
 
     def exposition(self, queues: Iterable[QueueView] | None) -> bytes:
         """Return the text exposition format of every metric, with ``queues`` read just now.
@@ -171,7 +194,8 @@ class Metrics:
             counted = CollectorRegistry()
             MultiProcessCollector(counted)  # type: ignore[no-untyped-call]
         scraped = CollectorRegistry()
-        scraped.register(_QueueCollector(None if queues is None else list(queues)))
+        views = None if queues is None else _bounded(list(queues), self.max_queues)
+        scraped.register(_QueueCollector(views))
         return generate_latest(counted) + generate_latest(scraped)
 
 
@@ -205,6 +229,25 @@ def _forget_dead_processes(directory: str) -> None:
             pass  # alive, another user's
     for pid in dead:
         mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
+
+
+def _bounded(views: list[QueueView], most: int) -> list[QueueView]:
+    """``views`` if at most ``most``; else the deepest ``most`` of them (then the busiest),
+    and one :data:`OTHER_QUEUES` view summing the rest (its age: the oldest of theirs)."""
+    if len(views) <= most:
+        return views
+    ranked = sorted(views, key=lambda view: (view.depth, view.in_flight), reverse=True)
+    kept, rest = ranked[:most], ranked[most:]
+    ages = [view.oldest_queued_age_seconds for view in rest if view.oldest_queued_age_seconds]
+    other = QueueView(
+        name=OTHER_QUEUES,
+        paused=False,
+        depth=sum(view.depth for view in rest),
+        in_flight=sum(view.in_flight for view in rest),
+        oldest_queued_age_seconds=max(ages) if ages else None,
+        dispatch_rate_per_second=sum(view.dispatch_rate_per_second for view in rest),
+    )
+    return [*kept, other]
 
 
 class _QueueCollector(Collector):

@@ -198,7 +198,7 @@ class TaskService:
         self._paused_read: asyncio.Future[set[str]] | None = None
         self._paused_generation = 0  # bumped by set_paused, so an older read does not cache
         self._no_retries_until: dict[str, float] = {}
-        self.metrics = Metrics()
+        self.metrics = Metrics(max_queues=settings.metrics_max_queues)
         self._next_depth_sample = 0  # epoch ms; the first maintenance round samples at once
 
     # -- the one place a status changes ---------------------------------------------------------

@@ -226,6 +226,18 @@ class Settings(BaseSettings):
             )
         ),
     ] = False
+    metrics_max_queues: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=100_000,
+            description=(
+                "Most queues /metrics gives series of their own; the rest are summed under "
+                '`queue="(other)"`, a name no queue can have. Queue names are the clients\' '
+                "choice, and a series per name would let them grow the scrape without bound."
+            ),
+        ),
+    ] = 1000
     insecure: Annotated[
         bool,
         Field(

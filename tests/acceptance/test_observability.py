@@ -312,3 +312,34 @@ def test_a_worker_will_not_serve_open_metrics_beyond_loopback(
     assert worker.process is not None
     assert worker.process.wait(30) == 2
     assert "TASKPLATFORM_METRICS_PUBLIC=true" in worker.log()
+
+
+def test_queue_labels_are_bounded(start_server: Callable[..., Server]) -> None:
+    """Queue names are the clients' to choose: with TASKPLATFORM_METRICS_MAX_QUEUES=3, tasks in
+    6 queues give 3 queues series of their own and sum the rest under queue="(other)", in the
+    counters (the first 3 queues counted) and in the scrape's gauges (the 3 deepest)."""
+    server = start_server(TASKPLATFORM_METRICS_MAX_QUEUES="3")
+    sizes = {f"q{n}": n for n in range(1, 7)}  # q1 holds 1 task ... q6 holds 6
+    tasks = [
+        {"taskData": {}, "callbackUrl": "http://127.0.0.1:9/x", "queue": name}
+        for name, size in sizes.items()
+        for _ in range(size)
+    ]
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        assert http.post("/api/tasks/batch", json={"tasks": tasks}).status_code == 200
+        samples = scrape(http)
+
+    def series(name: str) -> dict[str, float]:
+        return {
+            dict(labels)["queue"]: sample
+            for (metric, labels), sample in samples.items()
+            if metric == name
+        }
+
+    assert series("taskplatform_tasks_created_total") == {
+        "q1": 1,
+        "q2": 2,
+        "q3": 3,
+        "(other)": 4 + 5 + 6,
+    }
+    assert series("taskplatform_queue_depth") == {"q6": 6, "q5": 5, "q4": 4, "(other)": 1 + 2 + 3}
