@@ -743,6 +743,7 @@ def import_command(
         "createdTotal": state.created,
         "linesAlreadyDone": first_line - 1,
         "failed": new_failures,
+        "failedEarlier": state.failed[:failed_before],
         "state": str(state_path),
     }
     if as_json:
@@ -757,6 +758,13 @@ def import_command(
                 text = f"{item.get('field')}: {item.get('message')}"
                 if text not in failure["detail"]:
                     typer.echo(f"  {text}")
+        if failed_before:
+            # Settled lines are not read again, so these stay failed: say so on every run.
+            lines = ", ".join(str(failure["line"]) for failure in state.failed[:failed_before])
+            typer.echo(
+                f"{failed_before} line{'' if failed_before == 1 else 's'} failed in an earlier run "
+                f"and stay failed (line {lines}): put them in a new file, or pass --restart"
+            )
         typer.echo(f"progress kept in {state_path} (delete it or pass --restart to import again)")
     if new_failures:
         raise typer.Exit(int(ExitCode.REFUSED))

@@ -272,8 +272,13 @@ def test_import_reports_bad_lines_and_a_rerun_creates_nothing_twice(
     assert again.exit_code == 0, again.output
     summary = as_json(again)
     assert (summary["created"], summary["createdTotal"], summary["failed"]) == (0, 3, [])
+    assert [failure["line"] for failure in summary["failedEarlier"]] == [3, 4]
     assert summary["linesAlreadyDone"] == 6
     assert queued_numbers(tp, queue) == [1, 2, 6]
+    # A re-run in words still names the lines that failed before (it said nothing of them).
+    words = run(server, "tasks", "import", str(source))
+    assert words.exit_code == 0, words.output
+    assert "2 lines failed in an earlier run and stay failed (line 3, 4)" in words.stdout
 
     with source.open("a") as appending:  # lines appended later: only they are imported
         appending.write(task_line(receiver, queue, 7) + "\n")
