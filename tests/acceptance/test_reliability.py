@@ -383,7 +383,7 @@ def test_a_long_poll_whose_client_left_takes_no_task(server: Server) -> None:
         pytest.raises(httpx.ReadTimeout),
     ):
         leaving.get(f"/api/tasks/dequeue?queue={queue}&waitSeconds=10")
-    time.sleep(0.3)  # the server sees the connection close
+    time.sleep(0.5)  # the server sees the connection close
     with httpx.Client(base_url=server.url, timeout=30) as http:
         task_id = create(http, "http://127.0.0.1:9/x", queue=queue)
         time.sleep(0.5)  # an abandoned poll would have woken and taken it by now
