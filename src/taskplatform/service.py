@@ -488,16 +488,8 @@ class TaskService:
         assert Status.QUEUED in TRANSITIONS[Status.DEQUEUED]
         note = "returned to the queue: the client that dequeued it had gone"
         if await self.queue.requeue(self.store, task, now=now_ms(), note=note):
-            logger.info(
-                "task %s is Queued again (the client that dequeued it had gone)",
-                task.task_id,
-                extra={
-                    "task_id": task.task_id,
-                    "status": Status.QUEUED.value,
-                    "attempt": task.attempts,
-                    "queue": task.queue,
-                },
-            )
+            queued = msgspec.structs.replace(task, status=Status.QUEUED)
+            self._moved(queued, " again (the client that dequeued it had gone)")
 
     async def _transfer(self, queue: str) -> TaskRecord | None:
         now = now_ms()

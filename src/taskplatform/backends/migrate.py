@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -14,6 +16,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
 from taskplatform.exceptions import TaskPlatformError
+
+T = TypeVar("T")
 
 # pg_advisory_xact_lock key: serialises servers that start at once on an empty database.
 _MIGRATION_LOCK = 7_461_203_981
@@ -55,7 +59,7 @@ def _upgrade_on(connection: Connection) -> None:
     command.upgrade(config, "head")
 
 
-def _upgrade_sync(sqlalchemy_url: str) -> None:
+def _make_sqlite_folder(sqlalchemy_url: str) -> None:
     path = sqlalchemy_url.removeprefix("sqlite:///")
     if path and path != ":memory:":
         try:
@@ -66,25 +70,32 @@ def _upgrade_sync(sqlalchemy_url: str) -> None:
                 f"cannot create the SQLite database's folder: {exc.strerror}",
                 exc.filename,
             ) from exc
+
+
+def _in_transaction_sync(sqlalchemy_url: str, work: Callable[[Connection], T]) -> T:
     engine = create_engine(sqlalchemy_url, poolclass=NullPool)
     try:
         with engine.begin() as connection:
-            _upgrade_on(connection)
+            return work(connection)
     finally:
         engine.dispose()
+
+
+async def _in_transaction(sqlalchemy_url: str, work: Callable[[Connection], T]) -> T:
+    """Run ``work`` in one transaction on a connection of its own: ``sqlite://`` URLs on a worker
+    thread, async URLs (``postgresql+asyncpg://``) on their own driver."""
+    if sqlalchemy_url.startswith("sqlite"):
+        return await asyncio.to_thread(_in_transaction_sync, sqlalchemy_url, work)
+    engine = create_async_engine(sqlalchemy_url, poolclass=NullPool)
+    try:
+        async with engine.begin() as connection:
+            return await connection.run_sync(work)
+    finally:
+        await engine.dispose()
 
 
 def _count_queued_on(connection: Connection) -> int:
     return int(connection.execute(text("SELECT count(*) FROM queued_tasks")).scalar_one())
-
-
-def _count_queued_sync(sqlalchemy_url: str) -> int:
-    engine = create_engine(sqlalchemy_url, poolclass=NullPool)
-    try:
-        with engine.connect() as connection:
-            return _count_queued_on(connection)
-    finally:
-        engine.dispose()
 
 
 async def count_queued(sqlalchemy_url: str) -> int:
@@ -93,14 +104,7 @@ async def count_queued(sqlalchemy_url: str) -> int:
     Only a concern when the queue is elsewhere (Redis): those tasks are then read by nothing.
     The schema must be current (:func:`upgrade`).
     """
-    if sqlalchemy_url.startswith("sqlite"):
-        return await asyncio.to_thread(_count_queued_sync, sqlalchemy_url)
-    engine = create_async_engine(sqlalchemy_url, poolclass=NullPool)
-    try:
-        async with engine.connect() as connection:
-            return await connection.run_sync(_count_queued_on)
-    finally:
-        await engine.dispose()
+    return await _in_transaction(sqlalchemy_url, _count_queued_on)
 
 
 async def upgrade(sqlalchemy_url: str) -> str:
@@ -112,14 +116,9 @@ async def upgrade(sqlalchemy_url: str) -> str:
     Raises:
         SchemaError: the database is at a revision this code does not know (written by a newer
             taskplatform); nothing is changed.
+        OSError: the folder of a SQLite file cannot be made.
     """
     if sqlalchemy_url.startswith("sqlite"):
-        await asyncio.to_thread(_upgrade_sync, sqlalchemy_url)
-    else:
-        engine = create_async_engine(sqlalchemy_url, poolclass=NullPool)
-        try:
-            async with engine.begin() as connection:
-                await connection.run_sync(_upgrade_on)
-        finally:
-            await engine.dispose()
+        _make_sqlite_folder(sqlalchemy_url)
+    await _in_transaction(sqlalchemy_url, _upgrade_on)
     return head_revision()

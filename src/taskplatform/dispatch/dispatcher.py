@@ -80,8 +80,8 @@ class Dispatcher:
         self.claimers = max(1, min(concurrency, CLAIMERS_PER_QUEUE))
         # A claim holds its slots for a round trip even when its queue turns out empty: a fair
         # share of the concurrency per claim loop keeps idle queues from starving busy ones.
-        self.claim_most = max(1, min(CLAIM_MOST, concurrency // (len(queues) * self.claimers)))
-        self.claim_most = min(self.claim_most, self.queue_concurrency)
+        fair_share = concurrency // (len(queues) * self.claimers)
+        self.claim_most = max(1, min(CLAIM_MOST, fair_share, self.queue_concurrency))
 
     @classmethod
     def from_settings(cls, service: TaskService, settings: Settings) -> Dispatcher:
