@@ -34,6 +34,7 @@ import re
 import signal
 import sys
 import threading
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -508,8 +509,13 @@ class ImportState:
     created in a batch the server acknowledged or recorded in ``failed``. Those lines are the
     file's first ``done_bytes`` bytes, whose SHA-256 is ``done_sha256``: a re-run resumes only
     if they are unchanged (lines appended since are imported; an edit above is refused).
+
+    ``run_id`` names this import in the idempotency key of each line it sends
+    (``import-<run_id>-<line>``), so a batch resent after its answer was lost gives its tasks
+    back instead of creating them twice; ``--restart`` starts a new run, with new keys.
     """
 
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     next_line: int = 1
     done_bytes: int = 0
     done_sha256: str = hashlib.sha256().hexdigest()
@@ -523,6 +529,7 @@ class ImportState:
             json.dumps(
                 {
                     "version": 1,
+                    "runId": self.run_id,
                     "nextLine": self.next_line,
                     "doneBytes": self.done_bytes,
                     "doneSha256": self.done_sha256,
@@ -545,6 +552,8 @@ class ImportState:
         if not isinstance(data, dict) or data.get("version") != 1:
             raise ValueError("not an import state of this version")
         return cls(
+            # A state written before run ids has none: its lines are sent under a new one.
+            run_id=str(data.get("runId") or uuid.uuid4().hex),
             next_line=int(data["nextLine"]),
             done_bytes=int(data["doneBytes"]),
             done_sha256=str(data["doneSha256"]),
@@ -575,11 +584,11 @@ def _interrupt_after() -> Iterator[None]:
     """Turn Ctrl-C (SIGINT) inside the block into a request to stop: ``_interrupted`` is set,
     and the import stops at its next saved point.
 
-    A batch sent is a batch the server may have created (the batch endpoint takes no
-    Idempotency-Key): a Ctrl-C between sending it and saving the state would make the resume
-    create its tasks twice. The block spans the whole import rather than each batch, so a
-    Ctrl-C between two batches also ends with the "interrupted after line N" message rather
-    than Typer's silent exit 130.
+    A batch sent is a batch the server may have created: a Ctrl-C between sending it and saving
+    the state would make the resume send it again (its lines' idempotency keys give the tasks
+    back, but the count of created tasks would be the resume's). The block spans the whole
+    import rather than each batch, so a Ctrl-C between two batches also ends with the
+    "interrupted after line N" message rather than Typer's silent exit 130.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -641,9 +650,10 @@ def import_command(
     ({"taskData": {...}, "callbackUrl": "...", "priority": 5, ...}). Progress is saved after
     every batch the server acknowledged, so running the same command again (after a crash, a
     lost connection, a finished import, or with lines appended) sends only the lines not
-    settled yet: nothing is created twice. Only a batch whose answer was lost in transit may be
-    sent again, as the batch endpoint takes no Idempotency-Key. Lines that fail (not JSON, or
-    refused by the server) are reported by line number, and the exit code is then 1.
+    settled yet. Each line goes with an idempotency key of this import and its line number (a
+    line's own ``idempotencyKey`` is kept), so a batch sent again after its answer was lost
+    gives its tasks back: nothing is created twice. Lines that fail (not JSON, or refused by
+    the server) are reported by line number, and the exit code is then 1.
     """
     state_path = state_file or file.with_name(file.name + ".import-state.json")
     state = ImportState()
@@ -688,8 +698,18 @@ def import_command(
         pending: list[tuple[int, dict[str, Any]]] = []
         offset = state.done_bytes
 
+        run_saved = resumed
+
         def flush(last_line: int) -> None:
+            nonlocal run_saved
             if pending:
+                if not run_saved:
+                    # The run id must be on disk before its first batch is: a crash with that
+                    # batch's answer lost resumes under the same keys.
+                    state.save(state_path)
+                    run_saved = True
+                for line, body in pending:
+                    body.setdefault("idempotencyKey", f"import-{state.run_id}-{line}")
                 results = client.create_batch([body for _, body in pending])
                 for (line, _), result in zip(pending, results, strict=True):
                     if result.error is None:

@@ -279,6 +279,36 @@ class TaskCreate(msgspec.Struct, forbid_unknown_fields=True, rename="camel", kw_
     ) = None
 
 
+IDEMPOTENCY_KEY = r"[\x21-\x7e]{1,255}"
+"""An idempotency key, unanchored: 1 to 255 printable ASCII characters, no space (what an HTTP
+header carries without quoting, so the ``Idempotency-Key`` header and a batch item's
+``idempotencyKey`` take the same keys)."""
+
+
+class BatchTaskCreate(TaskCreate, kw_only=True):
+    """One item of ``POST /api/tasks/batch``: a create body, with an idempotency key of its own.
+
+    The key does for the item what the ``Idempotency-Key`` header does for a single create: a
+    repeat with the same key and the same item bytes within the key's lifetime gives back the
+    first task instead of creating another. Batches have no header per item, so the key rides
+    in the item.
+    """
+
+    idempotency_key: (
+        Annotated[
+            str,
+            msgspec.Meta(
+                pattern=rf"^(?:{IDEMPOTENCY_KEY})\Z",
+                description=(
+                    "Makes a resent item safe: a repeat with the same key and the same item "
+                    "within 24 hours gives back the first task; another item is an error."
+                ),
+            ),
+        ]
+        | None
+    ) = None
+
+
 class TaskCreated(msgspec.Struct, rename="camel"):
     """Body of a 201 from ``POST /api/tasks``."""
 
@@ -421,7 +451,7 @@ class BatchCreate(msgspec.Struct, forbid_unknown_fields=True):
         msgspec.Meta(
             min_length=1,
             max_length=1000,
-            extra_json_schema={"items": {"$ref": "#/components/schemas/TaskCreate"}},
+            extra_json_schema={"items": {"$ref": "#/components/schemas/BatchTaskCreate"}},
         ),
     ]
 
@@ -432,6 +462,13 @@ class BatchItem(msgspec.Struct, rename="camel", omit_defaults=True):
     index: int
     task_id: str | None = None
     status: Status | None = None
+    replayed: Annotated[
+        bool,
+        msgspec.Meta(
+            description="True when the item's idempotencyKey gave back an earlier task, "
+            "as the header `Idempotent-Replayed: true` does for a single create."
+        ),
+    ] = False
     error: Problem | None = None
 
 

@@ -171,6 +171,11 @@ class ExecuteOutcome(msgspec.Struct, kw_only=True):
     attempt: int
 
 
+KEYED_BATCH_CONCURRENCY = 16
+"""How many keyed items of batch creates a process writes at once, over all batches (see
+``create_many``)."""
+
+
 class TaskService:
     """Every operation on tasks, over a queue, a store and a callback sender.
 
@@ -199,6 +204,10 @@ class TaskService:
         self._paused_generation = 0  # bumped by set_paused, so an older read does not cache
         self._no_retries_until: dict[str, float] = {}
         self.metrics = Metrics(max_queues=settings.metrics_max_queues)
+        # Shared by every batch in flight: keyed items each take a connection for a moment, and
+        # batches side by side must not take the whole pool (PostgreSQL opened and closed
+        # overflow connections for each when four batches ran 16 each).
+        self._keyed_slots = asyncio.Semaphore(KEYED_BATCH_CONCURRENCY)
         self._next_depth_sample = 0  # epoch ms; the first maintenance round samples at once
 
     # -- the one place a status changes ---------------------------------------------------------
@@ -388,39 +397,76 @@ class TaskService:
         )
 
     async def create_many(
-        self, requests: list[TaskCreate | RequestError]
-    ) -> list[TaskRecord | RequestError]:
-        """Put the valid ones of several create requests into the queue in one atomic step.
+        self, requests: Sequence[TaskCreate | RequestError], item_hashes: Sequence[str | None]
+    ) -> list[tuple[TaskRecord, bool] | RequestError]:
+        """Put the valid ones of several create requests into the queue (a batch create).
+
+        Items with an idempotency key (a :class:`~taskplatform.models.BatchTaskCreate` with
+        ``idempotency_key``) go first, each as a single keyed create does: atomic with its key,
+        given back on a repeat. The items without one go last, all in one atomic step. So when
+        the queue fails part way (503), a client that resends the whole batch gets its keyed
+        items back rather than twice, and the unkeyed ones were not created yet.
 
         Args:
             requests: Validated requests, or the error of an item that failed its checks.
+            item_hashes: Per request, SHA-256 (hex) of the item's bytes, for the items with a
+                key (compared across repeats of the key, as a single create's body is); None
+                for the others.
 
         Returns:
-            Per item, in order: the new task, or why it was not created (its own error, or the
-            callback URL policy's refusal).
+            Per item, in order: ``(task, replayed)`` (a new task and False; for a repeated key,
+            the first task as it is now and True), or why it was not created (its own error,
+            the callback URL policy's refusal, or ``IdempotencyKeyReused``).
 
         Raises:
-            BackendUnavailable: the queue cannot be written; nothing was created.
+            BackendUnavailable: the queue cannot be written. No unkeyed item was created; keyed
+                items may have been, and a resend gives them back.
         """
-        results: list[TaskRecord | RequestError] = []
-        for request in requests:
+        results: list[tuple[TaskRecord, bool] | RequestError | None] = []
+        keyed: list[tuple[int, TaskCreate, str, str]] = []
+        unkeyed: list[TaskRecord] = []
+        for index, (request, item_hash) in enumerate(zip(requests, item_hashes, strict=True)):
+            key = getattr(request, "idempotency_key", None)
             if isinstance(request, RequestError):
                 results.append(request)
-                continue
+            elif key is not None and item_hash is not None:
+                keyed.append((index, request, key, item_hash))
+                results.append(None)  # filled in below
+            else:
+                try:
+                    task = self._new_task(request)
+                except ValidationFailed as exc:
+                    results.append(exc)
+                    continue
+                unkeyed.append(task)
+                results.append((task, False))
+        if keyed:
+
+            async def create_keyed(index: int, request: TaskCreate, key: str, hashed: str) -> None:
+                async with self._keyed_slots:
+                    try:
+                        results[index] = await self.create(
+                            request, idempotency_key=key, request_hash=hashed
+                        )
+                    except RequestError as exc:  # this item's own problem, not the batch's
+                        results[index] = exc
+
             try:
-                results.append(self._new_task(request))
-            except ValidationFailed as exc:
-                results.append(exc)
-        tasks = [result for result in results if isinstance(result, TaskRecord)]
-        if tasks:
-            await self.queue.enqueue_many(tasks)
+                async with asyncio.TaskGroup() as group:
+                    for item in keyed:
+                        group.create_task(create_keyed(*item))
+            except ExceptionGroup as failed:  # BackendUnavailable: the whole request is a 503
+                raise failed.exceptions[0] from None
+        if unkeyed:
+            await self.queue.enqueue_many(unkeyed)
             self.arrivals.notify()
             with written_together():
-                for task in tasks:
+                for task in unkeyed:
                     self._moved(task)
-            for queue, count in collections.Counter(task.queue for task in tasks).items():
+            for queue, count in collections.Counter(task.queue for task in unkeyed).items():
                 self.metrics.task_created(queue, count)
-        return results
+        # Every keyed item's place was filled above, or the task group raised.
+        return [result for result in results if result is not None]
 
     async def dequeue(
         self,

@@ -7,17 +7,19 @@ import ipaddress
 import re
 import time
 import unicodedata
-from typing import TypeVar
+from typing import Literal, TypeVar, overload
 from urllib.parse import urlsplit
 
 import msgspec
 
 from taskplatform.exceptions import MalformedJSON, ValidationFailed
 from taskplatform.models import (
+    IDEMPOTENCY_KEY,
     MAX_DELAY_SECONDS,
     QUEUE_NAME,
     QUEUE_NAME_RULE,
     BatchCreate,
+    BatchTaskCreate,
     RedriveFilter,
     TaskCreate,
 )
@@ -25,6 +27,7 @@ from taskplatform.models import (
 T = TypeVar("T")
 _EPOCH = 0.0
 _CREATE_DECODER = msgspec.json.Decoder(TaskCreate)
+_BATCH_ITEM_DECODER = msgspec.json.Decoder(BatchTaskCreate)
 _BATCH_DECODER = msgspec.json.Decoder(BatchCreate)
 _REDRIVE_DECODER = msgspec.json.Decoder(RedriveFilter)
 # $, not \Z: these patterns run on pydantic's regex engine, where $ is the end of the text.
@@ -43,8 +46,8 @@ _NUMERIC_LABEL = re.compile(r"(0[xX][0-9a-fA-F]*|[0-9]+)")
 _DNS_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 TASK_ID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 """A task id (a lowercase UUID), as the pagination cursor must be."""
-IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,255}$"
-"""An ``Idempotency-Key`` header: 1 to 255 printable ASCII characters, no space."""
+IDEMPOTENCY_KEY_PATTERN = rf"^{IDEMPOTENCY_KEY}$"
+"""An ``Idempotency-Key`` header (:data:`~taskplatform.models.IDEMPOTENCY_KEY`)."""
 
 PATTERN_RULES = {
     QUEUE_PATTERN: QUEUE_NAME_RULE,
@@ -100,13 +103,29 @@ def _decode_problem(body: bytes, exc: Exception) -> Exception:
     return MalformedJSON(f"the body is not valid JSON: {exc}")
 
 
-def parse_task_create(body: bytes, *, max_depth: int, max_url_length: int) -> TaskCreate:
-    """Decode and validate a ``POST /api/tasks`` body.
+@overload
+def parse_task_create(
+    body: bytes, *, max_depth: int, max_url_length: int, batch_item: Literal[True]
+) -> BatchTaskCreate: ...
+
+
+@overload
+def parse_task_create(
+    body: bytes, *, max_depth: int, max_url_length: int, batch_item: bool = False
+) -> TaskCreate: ...
+
+
+def parse_task_create(
+    body: bytes, *, max_depth: int, max_url_length: int, batch_item: bool = False
+) -> TaskCreate:
+    """Decode and validate a ``POST /api/tasks`` body, or one item of a batch.
 
     Args:
-        body: The raw request body (UTF-8 JSON).
+        body: The raw request body (UTF-8 JSON), or the exact bytes of a batch item.
         max_depth: Deepest nesting accepted.
         max_url_length: Longest callbackUrl accepted, in characters.
+        batch_item: Decode a batch item (:class:`~taskplatform.models.BatchTaskCreate`), which
+            may also carry an ``idempotencyKey``.
 
     Returns:
         The request; ``task_data`` keeps the exact JSON text of the payload.
@@ -115,13 +134,14 @@ def parse_task_create(body: bytes, *, max_depth: int, max_url_length: int) -> Ta
         MalformedJSON: not JSON, or not UTF-8.
         ValidationFailed: a field is missing, unknown, of the wrong type or out of range.
     """
+    wire_type = BatchTaskCreate if batch_item else TaskCreate
     try:
-        request = _CREATE_DECODER.decode(body)
+        request = (_BATCH_ITEM_DECODER if batch_item else _CREATE_DECODER).decode(body)
     except RecursionError as exc:  # deeper than the decoder goes (about 1,000 levels)
         raise _too_deep(max_depth) from exc
     except msgspec.ValidationError as exc:
         # msgspec stops at the first bad field; look again, slowly, to name every one.
-        errors = _every_field_error(body, max_url_length) or [_field_error(str(exc))]
+        errors = _every_field_error(body, max_url_length, wire_type) or [_field_error(str(exc))]
         raise ValidationFailed(errors) from exc
     except msgspec.DecodeError as exc:
         raise _decode_problem(body, exc) from exc
@@ -173,8 +193,11 @@ def parse_redrive_filter(body: bytes) -> RedriveFilter:
     return _decode_whole(_REDRIVE_DECODER, body)
 
 
-def _every_field_error(body: bytes, max_url_length: int) -> list[tuple[str, str]]:
-    """Return ``(field, message)`` for each invalid field of a create body (the slow path)."""
+def _every_field_error(
+    body: bytes, max_url_length: int, wire_type: type[TaskCreate]
+) -> list[tuple[str, str]]:
+    """Return ``(field, message)`` for each invalid field of a create body or batch item,
+    decoded as ``wire_type`` (the slow path)."""
     try:
         value = msgspec.json.decode(body)
     except (msgspec.MsgspecError, RecursionError):
@@ -185,7 +208,7 @@ def _every_field_error(body: bytes, max_url_length: int) -> list[tuple[str, str]
         # "$" is the whole body, or a batch item on its own: the wording fits both.
         return [("$", f"must be a JSON object, not {_json_type(value)}")]
     errors: list[tuple[str, str]] = []
-    fields = {field.encode_name: field for field in msgspec.structs.fields(TaskCreate)}
+    fields = {field.encode_name: field for field in msgspec.structs.fields(wire_type)}
     for name in value:
         if name not in fields:
             errors.append((f"$.{name}", f"unknown field `{name}`"))
@@ -239,8 +262,11 @@ def _field_error(message: str) -> tuple[str, str]:
 def _in_words(path: str, message: str) -> str:
     """msgspec's ``message`` for the field at ``path``, as every route words it: a queue name's
     rule rather than its regex, and "unknown field `x`" as the create route says it."""
-    if path.rsplit(".", 1)[-1] == "queue" and "matching regex" in message:
+    field = path.rsplit(".", 1)[-1]
+    if field == "queue" and "matching regex" in message:
         return QUEUE_NAME_RULE
+    if field == "idempotencyKey" and "matching regex" in message:
+        return PATTERN_RULES[IDEMPOTENCY_KEY_PATTERN]
     return message.replace("Object contains unknown field", "unknown field")
 
 

@@ -333,6 +333,47 @@ def test_an_interrupted_import_resumes_where_it_stopped(
     assert len(queued_numbers(tp, queue)) == 14
 
 
+def test_a_batch_whose_answer_was_lost_is_not_created_twice_by_the_resume(
+    server: Server,
+    receiver: Receiver,
+    queue: str,
+    tp: TaskClient,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The server creates the second batch but its answer never arrives: the import stops
+    before saving that batch, and the re-run sends it again under the same idempotency keys,
+    so the server gives those tasks back rather than creating them twice. A line's own
+    idempotencyKey is kept."""
+    lines = [task_line(receiver, queue, i) for i in range(6)]
+    own = json.loads(lines[5]) | {"idempotencyKey": f"own-{queue}"}
+    lines[5] = json.dumps(own)
+    source = write_lines(tmp_path / "lost.jsonl", lines)
+    real_create_batch = TaskClient.create_batch
+    sent: list[list[dict[str, Any]]] = []
+
+    def lose_the_second_answer(self: TaskClient, items: Any) -> Any:
+        items = [dict(item) for item in items]
+        sent.append(items)
+        results = real_create_batch(self, items)
+        if len(sent) == 2:
+            raise ConnectionFailed("the answer was lost (test)", attempts=1)
+        return results
+
+    monkeypatch.setattr(TaskClient, "create_batch", lose_the_second_answer)
+    cut = run(server, "tasks", "import", str(source), "--chunk-size", "3", "--json")
+    assert cut.exit_code == ExitCode.UNREACHABLE, cut.output
+    assert queued_numbers(tp, queue) == list(range(6))  # the server did create batch 2
+    resumed = run(server, "tasks", "import", str(source), "--chunk-size", "3", "--json")
+    assert resumed.exit_code == 0, resumed.output
+    assert (as_json(resumed)["createdTotal"], as_json(resumed)["linesAlreadyDone"]) == (6, 3)
+    assert queued_numbers(tp, queue) == list(range(6))
+    assert sent[1] == sent[2]  # the same items, keys and all
+    keys = [item["idempotencyKey"] for batch in sent for item in batch]
+    assert keys[5] == f"own-{queue}"
+    assert len(set(keys[:6])) == 6
+
+
 def test_input_the_api_cannot_take_is_a_usage_error_not_a_traceback(
     server: Server, tmp_path: Path
 ) -> None:

@@ -28,6 +28,7 @@ from taskplatform.client import (
     AsyncTaskClient,
     ConnectionFailed,
     IdempotencyKeyReused,
+    NewTask,
     NotFound,
     PayloadTooLarge,
     QueuePaused,
@@ -282,6 +283,30 @@ def test_a_create_whose_answer_was_lost_is_retried_into_one_task(
             {"once": True}, receiver.url("/ok"), queue=queue, idempotency_key=keys.pop()
         )
         assert (again.task_id, again.replayed) == (created.task_id, True)
+
+
+def test_a_keyed_batch_whose_answer_was_lost_is_resent_into_one_task_each(
+    server: Server, receiver: Receiver, queue: str
+) -> None:
+    """Every item has an idempotency key, so the client resends the batch after a lost answer
+    and the server gives the tasks back; a batch with an unkeyed item is not resent."""
+    transport = LoseAnswers(lambda request: request.url.path == "/api/tasks/batch")
+    run = uuid.uuid4().hex
+    items = [
+        NewTask({"n": n}, receiver.url("/ok"), queue=queue, idempotency_key=f"{run}-{n}")
+        for n in range(3)
+    ]
+    with TaskClient(server.url, transport=transport, backoff_seconds=0.01) as client:
+        results = client.create_batch(items)
+        assert len(transport.sent) == 2
+        assert [(result.ok, result.replayed) for result in results] == [(True, True)] * 3
+        assert len(client.list(queue=queue).items) == 3
+        transport.left = 1
+        with pytest.raises(ConnectionFailed):
+            client.create_batch([*items, NewTask({"n": 3}, receiver.url("/ok"), queue=queue)])
+        batches = [r for r in transport.sent if r.url.path == "/api/tasks/batch"]
+        assert len(batches) == 3
+        assert len(client.list(queue=queue).items) == 4
 
 
 def test_execute_is_never_resent_when_its_answer_is_lost(

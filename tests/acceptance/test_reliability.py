@@ -145,6 +145,48 @@ def test_idempotency_key_returns_the_first_task(client: httpx.Client) -> None:
     )
 
 
+def test_batch_items_with_idempotency_keys_come_back_on_a_resend(client: httpx.Client) -> None:
+    """Over HTTP: a resent batch gives its keyed items back (``replayed``), another item under
+    a used key is that item's 422, a malformed key is that item's problem in words, and the
+    batch's Idempotency-Key header is refused with a pointer to the items' keys."""
+    run = time.time_ns()
+    items = [
+        {
+            "taskData": {"n": n},
+            "callbackUrl": "http://127.0.0.1:9/x",
+            "idempotencyKey": f"{run}-{n}",
+        }
+        for n in range(3)
+    ]
+    first = client.post("/api/tasks/batch", json={"tasks": items})
+    assert first.status_code == 200, first.text
+    assert [item.get("replayed", False) for item in first.json()["items"]] == [False] * 3
+    again = client.post("/api/tasks/batch", json={"tasks": items})
+    assert [item["taskId"] for item in again.json()["items"]] == [
+        item["taskId"] for item in first.json()["items"]
+    ]
+    assert [item["replayed"] for item in again.json()["items"]] == [True] * 3
+    other = {**items[0], "taskData": {"n": 99}}
+    mixed = client.post(
+        "/api/tasks/batch",
+        json={"tasks": [other, {**items[1], "idempotencyKey": "has space"}]},
+    ).json()["items"]
+    assert mixed[0]["error"]["code"] == "idempotency_key_reused"
+    assert mixed[0]["error"]["taskId"] == first.json()["items"][0]["taskId"]
+    assert mixed[1]["error"]["code"] == "validation_error"
+    assert mixed[1]["error"]["errors"] == [
+        {
+            "field": "$.idempotencyKey",
+            "message": "must be 1 to 255 printable ASCII characters, without spaces",
+        }
+    ]
+    refused = client.post(
+        "/api/tasks/batch", json={"tasks": items}, headers={"Idempotency-Key": f"{run}"}
+    )
+    problem = assert_problem(refused, 422, "validation_error")
+    assert "idempotencyKey" in problem["errors"][0]["message"]
+
+
 def test_ten_identical_requests_at_once_create_one_task(server: Server) -> None:
     key = f"burst-{time.time_ns()}"
     body = {"taskData": {"burst": True}, "callbackUrl": "http://127.0.0.1:9/x", "priority": -9}

@@ -44,6 +44,7 @@ WIRE_TYPES: tuple[type[msgspec.Struct], ...] = (
     models.Stats,
     models.Problem,
     models.BatchCreate,
+    models.BatchTaskCreate,
     models.BatchResult,
     models.RedriveFilter,
     models.RedriveResult,

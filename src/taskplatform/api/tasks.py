@@ -60,7 +60,6 @@ from taskplatform.models import (
     TaskCreate,
     TaskCreated,
     TaskList,
-    TaskRecord,
     TaskView,
 )
 from taskplatform.service import TaskService
@@ -323,14 +322,21 @@ async def list_tasks(
     },
 )
 async def create_batch(request: Request) -> Response:
-    """Create many tasks: each item is checked on its own, with the limits of a single create;
-    the valid ones are enqueued in one transaction (all or none of them), and each item's result
-    says which. ``Idempotency-Key`` is refused here rather than ignored."""
+    """Create many tasks: each item is checked on its own, with the limits of a single create,
+    and each item's result says what became of it. An item may carry its own
+    ``idempotencyKey`` (a resend gives its task back); the valid items without one are enqueued
+    in one transaction, after the keyed ones (see ``TaskService.create_many``). The
+    ``Idempotency-Key`` header is refused here rather than ignored."""
     service = _service(request)
     settings = service.settings
     if "idempotency-key" in request.headers:
         raise ValidationFailedError(
-            [("Idempotency-Key", "not supported on a batch; send creates one by one to use it")]
+            [
+                (
+                    "Idempotency-Key",
+                    "not supported on a batch; give each item its own idempotencyKey instead",
+                )
+            ]
         )
     body = await read_json_body(request, settings.max_batch_body_bytes)
     try:
@@ -341,6 +347,7 @@ async def create_batch(request: Request) -> Response:
         ) from exc
     batch = parse_batch(body)
     parsed: list[TaskCreate | RequestError] = []
+    hashes: list[str | None] = []
     for raw in batch.tasks:
         item = bytes(raw)
         try:
@@ -352,6 +359,7 @@ async def create_batch(request: Request) -> Response:
                 item,
                 max_depth=settings.max_json_depth,
                 max_url_length=settings.max_callback_url_length,
+                batch_item=True,
             )
             check_task_limits(
                 create,
@@ -360,13 +368,18 @@ async def create_batch(request: Request) -> Response:
             )
         except RequestError as exc:
             parsed.append(exc)
+            hashes.append(None)
             continue
         parsed.append(create)
-    results = await service.create_many(parsed)
+        # The item's exact bytes, as a single create hashes its body: a resend must be the same.
+        hashes.append(None if create.idempotency_key is None else hashlib.sha256(item).hexdigest())
+    results = await service.create_many(parsed, hashes)
     items = [
-        BatchItem(index=index, task_id=result.task_id, status=result.status)
-        if isinstance(result, TaskRecord)
-        else BatchItem(index=index, error=problem_of(result))
+        BatchItem(index=index, error=problem_of(result))
+        if isinstance(result, RequestError)
+        else BatchItem(
+            index=index, task_id=result[0].task_id, status=result[0].status, replayed=result[1]
+        )
         for index, result in enumerate(results)
     ]
     return _json(BatchResult(items))

@@ -262,8 +262,10 @@ def create_call(task: NewTask, idempotency_key: str | None) -> Call[CreatedTask]
 
 
 def batch_call(items: Iterable[NewTask | Mapping[str, Any]]) -> Call[list[BatchItemResult]]:
-    """``POST /api/tasks/batch``; retried only when it surely never arrived (no idempotency)."""
+    """``POST /api/tasks/batch``; retried after any transport failure when every item has an
+    idempotency key (a resend gives those tasks back), else only when it surely never arrived."""
     bodies = [item.to_json() if isinstance(item, NewTask) else dict(item) for item in items]
+    every_item_keyed = all(body.get("idempotencyKey") is not None for body in bodies)
 
     def parse(response: httpx.Response) -> list[BatchItemResult]:
         results = []
@@ -280,6 +282,7 @@ def batch_call(items: Iterable[NewTask | Mapping[str, Any]]) -> Call[list[BatchI
                     task_id=item.get("taskId"),
                     status=Status(item["status"]) if item.get("status") else None,
                     error=error,
+                    replayed=item.get("replayed") is True,
                 )
             )
         return results
@@ -288,7 +291,7 @@ def batch_call(items: Iterable[NewTask | Mapping[str, Any]]) -> Call[list[BatchI
         "POST",
         "/api/tasks/batch",
         parse,
-        RetryMode.CONNECT,
+        RetryMode.ALWAYS if every_item_keyed else RetryMode.CONNECT,
         content=encode_json({"tasks": bodies}),
         headers=_json_headers(),
     )

@@ -77,8 +77,9 @@ class TaskClient(_Config):
     Transport failures (refused or reset connections, timeouts) are retried with exponential
     backoff and jitter, only where a repeat cannot do anything twice: reads, ``create`` (it
     always sends an ``Idempotency-Key``, so the server answers a repeat with the first task),
-    ``cancel`` and queue pause/resume. ``dequeue``, ``create_batch`` and ``retry`` are resent
-    only when the connection was never made. ``execute`` is never resent. After the last try
+    ``cancel``, queue pause/resume, and ``create_batch`` when every item has an idempotency key.
+    ``dequeue``, ``retry`` and other batches are resent only when the connection was never
+    made. ``execute`` is never resent. After the last try
     :class:`~taskplatform.client.ConnectionFailed` is raised.
 
     Args:
@@ -226,7 +227,10 @@ class TaskClient(_Config):
 
         Args:
             items: :class:`NewTask` objects, or create bodies as the API takes them
-                (camelCase: ``{"taskData": ..., "callbackUrl": ...}``).
+                (camelCase: ``{"taskData": ..., "callbackUrl": ...}``). An item with an
+                idempotency key (``NewTask.idempotency_key``, ``"idempotencyKey"``) is given back
+                on a resend instead of created again; a batch whose items all have one is
+                resent after any transport failure.
 
         Returns:
             One result per item, in order: the task's id, or the error with that item (an

@@ -157,6 +157,9 @@ class NewTask:
     backoff_multiplier: float | None = None
     retry_on: list[int] | None = None
     permanent_on: list[int] | None = None
+    idempotency_key: str | None = None
+    """Batch only: a resend of the item with the same key within 24 hours gives back the first
+    task (``BatchItemResult.replayed``) instead of creating another."""
 
     def to_json(self) -> dict[str, Any]:
         """Return the create body (camelCase), leaving out the fields that are None.
@@ -179,6 +182,7 @@ class NewTask:
             "backoffMultiplier": self.backoff_multiplier,
             "retryOn": self.retry_on,
             "permanentOn": self.permanent_on,
+            "idempotencyKey": self.idempotency_key,
         }
         if self.scheduled_at is not None:
             if self.scheduled_at.tzinfo is None:
@@ -192,13 +196,16 @@ class NewTask:
 class BatchItemResult:
     """One item of a batch create, in the order sent: the new task's id, or the error.
 
-    Exactly one of ``task_id`` (with ``status``) and ``error`` is set.
+    Exactly one of ``task_id`` (with ``status``) and ``error`` is set. ``replayed`` is True
+    when the item's idempotency key had been used before with the same item: the task is the
+    one the first request created.
     """
 
     index: int
     task_id: str | None
     status: Status | None
     error: Exception | None
+    replayed: bool = False
 
     @property
     def ok(self) -> bool:
