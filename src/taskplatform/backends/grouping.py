@@ -1,8 +1,9 @@
 """Group commit: single writes from concurrent requests, made together.
 
 Used by the PostgreSQL and Redis queues for creates without an idempotency key and (through
-:class:`DequeueGroups`) for pull dequeues, and by the PostgreSQL store for the starts and the
-outcomes of attempts (SQLite's writer thread batches its jobs by itself).
+:class:`DequeueGroups`) for pull dequeues, by the PostgreSQL queue for creates with a key, and
+by the PostgreSQL store for the starts and the outcomes of attempts (SQLite's writer thread
+batches its jobs by itself).
 """
 
 from __future__ import annotations

@@ -334,6 +334,11 @@ class PostgresQueue(Queue):
         self._group: GroupCommit[TaskRecord, int] = GroupCommit(
             self._insert_tasks, key=lambda task: task.task_id, name="enqueue group commit"
         )
+        self._keyed_group: GroupCommit[
+            tuple[TaskRecord, IdempotencyClaim], int | IdempotentReplay
+        ] = GroupCommit(
+            self._claim_and_insert, key=lambda row: row[1].key, name="keyed enqueue group commit"
+        )
         self._dequeues: DequeueGroups[Store, TaskRecord] = DequeueGroups(self.transfer_many)
 
     async def enqueue(
@@ -345,22 +350,37 @@ class PostgresQueue(Queue):
                 raise BackendUnavailable("the PostgreSQL enqueue returned no sequence")
             task.sequence = sequence
             return None
-        async with self.database.begin() as conn:
-            claimed = await conn.execute(
-                SQL["idempotency_claim"],
-                {
-                    "key": claim.key,
-                    "request_hash": claim.request_hash,
-                    "task_id": task.task_id,
-                    "expires_at": claim.expires_at,
-                    "now": task.created_at,
-                },
-            )
-            if claimed.first() is None:
-                row = (await conn.execute(SQL["idempotency_get"], {"key": claim.key})).one()
-                return IdempotentReplay(task_id=row[1], request_hash=row[0])
-            task.sequence = (await conn.execute(SQL["enqueue"], queue_params(task))).scalar_one()
+        outcome = await self._keyed_group.write((task, claim))
+        if isinstance(outcome, IdempotentReplay):
+            return outcome
+        if outcome is None:
+            # Another statement claimed the key after this one began (see enqueue_claimed_rows).
+            row = await self.database.fetchrow(QUERIES["idempotency_get"], {"key": claim.key})
+            if row is None:  # cannot be: a claim outlives its task's enqueue by the key's TTL
+                raise BackendUnavailable("the PostgreSQL idempotency claim vanished")
+            return IdempotentReplay(task_id=row[1], request_hash=row[0])
+        task.sequence = outcome
         return None
+
+    async def _claim_and_insert(
+        self, rows: list[tuple[TaskRecord, IdempotencyClaim]]
+    ) -> dict[str, int | IdempotentReplay]:
+        """Claim the keys of ``rows`` and enqueue the tasks of the claims won, in one statement
+        (its keys are distinct, as :class:`GroupCommit` keeps them); by key, the new task's
+        seq or the claim that held the key."""
+        arrays = zip(*(queued_values(task) for task, _ in rows), strict=True)
+        params: dict[str, Any] = {
+            name: list(array) for name, array in zip(QUEUED_FIELDS, arrays, strict=True)
+        }
+        params["key"] = [claim.key for _, claim in rows]
+        params["request_hash"] = [claim.request_hash for _, claim in rows]
+        params["expires_at"] = [claim.expires_at for _, claim in rows]
+        params["now"] = max(task.created_at for task, _ in rows)
+        answered = await self.database.fetch(QUERIES["enqueue_claimed_rows"], params)
+        return {
+            key: seq if seq is not None else IdempotentReplay(task_id=held, request_hash=hashed)
+            for key, seq, hashed, held in answered
+        }
 
     async def enqueue_many(self, tasks: list[TaskRecord]) -> None:
         sequences = await self._insert_tasks(tasks)

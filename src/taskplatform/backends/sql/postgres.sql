@@ -49,6 +49,51 @@ FROM unnest(CAST(:task_id AS text[]), CAST(:priority AS integer[]), CAST(:task_d
 ORDER BY n
 RETURNING task_id, seq;
 
+-- name: enqueue_claimed_rows
+-- Keyed creates, many in one statement (a group commit): claim each idempotency key (or take
+-- over an expired claim, as idempotency_claim does) and add the task of every claim won. Gives
+-- back, per key, the new task's seq, or the live claim that held the key (seq NULL). The keys
+-- of one statement are distinct. A claim committed by another statement after this one began
+-- is held yet not in this statement's snapshot: such a key gives back no row, and the caller
+-- reads its claim afterwards.
+WITH input AS (
+    SELECT *
+    FROM unnest(CAST(:key AS text[]), CAST(:request_hash AS text[]),
+                CAST(:expires_at AS bigint[]), CAST(:task_id AS text[]),
+                CAST(:priority AS integer[]), CAST(:task_data AS text[]),
+                CAST(:callback_url AS text[]), CAST(:max_retries AS integer[]),
+                CAST(:timeout_seconds AS double precision[]), CAST(:attempts AS integer[]),
+                CAST(:error AS text[]), CAST(:created_at AS bigint[]),
+                CAST(:updated_at AS bigint[]), CAST(:queue AS text[]),
+                CAST(:scheduled_at AS bigint[]), CAST(:retry_policy AS text[]))
+         WITH ORDINALITY AS r (key, request_hash, expires_at, task_id, priority, task_data,
+                               callback_url, max_retries, timeout_seconds, attempts, error,
+                               created_at, updated_at, queue, scheduled_at, retry_policy, n)
+), claimed AS (
+    INSERT INTO idempotency_keys (key, request_hash, task_id, expires_at)
+    SELECT key, request_hash, task_id, expires_at FROM input ORDER BY n
+    ON CONFLICT (key) DO UPDATE
+        SET request_hash = excluded.request_hash, task_id = excluded.task_id,
+            expires_at = excluded.expires_at
+        WHERE idempotency_keys.expires_at <= :now
+    RETURNING task_id
+), inserted AS (
+    INSERT INTO queued_tasks (task_id, priority, task_data, callback_url, max_retries,
+                              timeout_seconds, attempts, error, created_at, updated_at, queue,
+                              scheduled_at, retry_policy)
+    SELECT task_id, priority, task_data, callback_url, max_retries, timeout_seconds, attempts,
+           error, created_at, updated_at, queue, scheduled_at, retry_policy
+    FROM input WHERE task_id IN (SELECT task_id FROM claimed)
+    ORDER BY n
+    RETURNING task_id, seq
+)
+SELECT input.key, inserted.seq, NULL, NULL
+FROM input JOIN inserted USING (task_id)
+UNION ALL
+SELECT input.key, NULL, held.request_hash, held.task_id
+FROM input JOIN idempotency_keys AS held USING (key)
+WHERE input.task_id NOT IN (SELECT task_id FROM claimed);
+
 -- name: take_dispatch_token
 -- Take one token from a queue's dispatch bucket (refilled at :rate per second, holding at most
 -- :burst); no row back means none is left. The row lock orders concurrent dispatchers.
