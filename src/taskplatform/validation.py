@@ -210,7 +210,12 @@ def _every_field_error(
     errors: list[tuple[str, str]] = []
     fields = {field.encode_name: field for field in msgspec.structs.fields(wire_type)}
     for name in value:
-        if name not in fields:
+        if name == "idempotencyKey" and name not in fields:
+            # A batch item takes one; a single create takes its key in a header.
+            errors.append(
+                (f"$.{name}", "unknown field: send the key as the Idempotency-Key header")
+            )
+        elif name not in fields:
             errors.append((f"$.{name}", f"unknown field `{name}`"))
     for name, field in fields.items():
         path = f"$.{name}"

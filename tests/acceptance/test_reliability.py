@@ -185,6 +185,13 @@ def test_batch_items_with_idempotency_keys_come_back_on_a_resend(client: httpx.C
     )
     problem = assert_problem(refused, 422, "validation_error")
     assert "idempotencyKey" in problem["errors"][0]["message"]
+    single = assert_problem(client.post("/api/tasks", json=items[0]), 422, "validation_error")
+    assert single["errors"] == [
+        {
+            "field": "$.idempotencyKey",
+            "message": "unknown field: send the key as the Idempotency-Key header",
+        }
+    ]
 
 
 def test_ten_identical_requests_at_once_create_one_task(server: Server) -> None:
