@@ -90,46 +90,33 @@ local function place(prefix, q, member, id, priority, scheduled_at, now)
 end
 """
 
-# KEYS: seq, task hash, idempotency key. ARGV: task id, the 12 values of _hash_values() (2..13),
-# the idempotency claim ("<hash> <task id>", or "" for none) (14), its TTL in ms (15), the channel
-# (16), the key prefix (17), now in ms (18). Returns the sequence, or the live claim's value when
-# the key is taken. Running it twice for one task id (a retry after a dropped connection) adds
-# nothing the second time.
-_ENQUEUE = (
-    _PLACE
-    + """
-local existing = redis.call('HGET', KEYS[2], 'sequence')
-if existing then return tonumber(existing) end
-if ARGV[14] ~= '' then
-  local claimed = redis.call('GET', KEYS[3])
-  if claimed then return claimed end
-  redis.call('SET', KEYS[3], ARGV[14], 'PX', ARGV[15])
-end
-local seq = redis.call('INCR', KEYS[1])
-local member = string.format('%016d:%s', seq, ARGV[1])
-"""
-    + _hset("KEYS[2]", "ARGV", 2)
-    + """
-place(ARGV[17], ARGV[11], member, ARGV[1], ARGV[2], ARGV[12], ARGV[18])
-redis.call('PUBLISH', ARGV[16], '')
-return seq
-"""
-)
-
-# Enqueue many tasks, each as _ENQUEUE without an idempotency key, and publish once. KEYS: seq.
-# ARGV: key prefix (1), channel (2), the tasks as one MessagePack array of {task id, the 12
-# values of _hash_values() as strings} (3): one argument rather than thirteen a task, as redis-py
-# packs each argument in Python. Returns the tasks' sequences, in order. Idempotent per task id.
+# Enqueue many tasks and publish once. KEYS: seq. ARGV: key prefix (1), channel (2), the tasks
+# as one MessagePack array (3) of {task id, the 12 values of _hash_values() as strings} and, for
+# a keyed create, three more: the idempotency key, its claim ("<hash> <task id>") and the claim's
+# TTL in ms. One argument rather than thirteen a task, as redis-py packs each argument in Python.
+# Returns per task, in order, its sequence, or the live claim's value when its key was taken.
+# Running it twice for one task id (a retry after a dropped connection) adds nothing the second
+# time. The keys of one call are distinct (the group commit keeps them so).
 _ENQUEUE_MANY = (
     _PLACE
     + """
 local prefix = ARGV[1]
-local sequences = {}
+local answers = {}
 for i, task in ipairs(cmsgpack.unpack(ARGV[3])) do
   local key = prefix .. ':task:' .. task[1]
   local existing = redis.call('HGET', key, 'sequence')
+  local claimed = false
+  if not existing and task[14] then
+    local claim = prefix .. ':idempotency:' .. task[14]
+    claimed = redis.call('GET', claim)
+    if not claimed then
+      redis.call('SET', claim, task[15], 'PX', task[16])
+    end
+  end
   if existing then
-    sequences[i] = tonumber(existing)
+    answers[i] = tonumber(existing)
+  elseif claimed then
+    answers[i] = claimed
   else
     local seq = redis.call('INCR', KEYS[1])
     local member = string.format('%016d:%s', seq, task[1])
@@ -137,11 +124,11 @@ for i, task in ipairs(cmsgpack.unpack(ARGV[3])) do
     + _hset("key", "task", 2)
     + """
     place(prefix, task[11], member, task[1], task[2], task[12], task[9])
-    sequences[i] = seq
+    answers[i] = seq
   end
 end
 redis.call('PUBLISH', ARGV[2], '')
-return sequences
+return answers
 """
 )
 
@@ -295,17 +282,22 @@ class RedisQueue(Queue):
         self._group: GroupCommit[TaskRecord, int] = GroupCommit(
             self._enqueue_together, key=lambda task: task.task_id, name="enqueue group commit"
         )
+        self._keyed_group: GroupCommit[
+            tuple[TaskRecord, IdempotencyClaim], int | IdempotentReplay
+        ] = GroupCommit(
+            self._enqueue_claimed_together,
+            key=lambda row: row[1].key,
+            name="keyed enqueue group commit",
+        )
         self._dequeues: DequeueGroups[Store, TaskRecord] = DequeueGroups(self.transfer_many)
         self._inflight = f"{key_prefix}:inflight"
         self._ids = f"{key_prefix}:ids"
         self._seq = f"{key_prefix}:seq"
         self._task_prefix = f"{key_prefix}:task:"
-        self._idempotency_prefix = f"{key_prefix}:idempotency:"
         self._channel = f"{key_prefix}:enqueued"
         self._queues = f"{key_prefix}:queues"
         self._reservation_ms = round(reservation_seconds * 1000)
         self._faults = faults or Faults()
-        self._enqueue = self.client.register_script(_ENQUEUE)
         self._enqueue_many = self.client.register_script(_ENQUEUE_MANY)
         self._reserve = self.client.register_script(_RESERVE)
         self._ack = self.client.register_script(_ACK)
@@ -337,30 +329,44 @@ class RedisQueue(Queue):
                 raise BackendUnavailable("the Redis enqueue returned no sequence")
             task.sequence = sequence
             return None
-        claim_key = f"{self._idempotency_prefix}{claim.key}"
-        claim_value = f"{claim.request_hash} {task.task_id}"
-        ttl = max(1, claim.expires_at - task.created_at)
-        async with self._guard():
-            outcome = await self._enqueue(
-                keys=[self._seq, self._task_key(task.task_id), claim_key],
-                args=self._enqueue_args(task, claim_value, ttl),
-            )
-        if isinstance(outcome, bytes):
-            request_hash, _, task_id = outcome.decode().partition(" ")
-            return IdempotentReplay(task_id=task_id, request_hash=request_hash)
-        task.sequence = int(outcome)
+        # Concurrent keyed creates share one script call too, keyed by their idempotency keys.
+        outcome = await self._keyed_group.write((task, claim))
+        if isinstance(outcome, IdempotentReplay):
+            return outcome
+        if outcome is None:  # cannot be: the script answers for every task
+            raise BackendUnavailable("the Redis enqueue returned no sequence")
+        task.sequence = outcome
         return None
 
-    def _enqueue_args(self, task: TaskRecord, claim_value: str, ttl: int) -> list[Any]:
-        return [
-            task.task_id,
-            *_hash_values(task),
-            claim_value,
-            ttl,
-            self._channel,
-            self._prefix,
-            task.created_at,
-        ]
+    async def _enqueue_claimed_together(
+        self, rows: list[tuple[TaskRecord, IdempotencyClaim]]
+    ) -> dict[str, int | IdempotentReplay]:
+        """Claim the keys of ``rows`` and enqueue the tasks of the claims won, in one script;
+        by key, the new task's sequence or the claim that held the key."""
+        payload = msgspec.msgpack.encode(
+            [
+                [
+                    task.task_id,
+                    *map(_redis_text, _hash_values(task)),
+                    claim.key,
+                    f"{claim.request_hash} {task.task_id}",
+                    max(1, claim.expires_at - task.created_at),
+                ]
+                for task, claim in rows
+            ]
+        )
+        async with self._guard():
+            answers = await self._enqueue_many(
+                keys=[self._seq], args=[self._prefix, self._channel, payload]
+            )
+        outcomes: dict[str, int | IdempotentReplay] = {}
+        for (_, claim), answer in zip(rows, answers, strict=True):
+            if isinstance(answer, bytes):
+                request_hash, _, task_id = answer.decode().partition(" ")
+                outcomes[claim.key] = IdempotentReplay(task_id=task_id, request_hash=request_hash)
+            else:
+                outcomes[claim.key] = int(answer)
+        return outcomes
 
     async def enqueue_many(self, tasks: list[TaskRecord]) -> None:
         """Enqueue ``tasks`` in one script: Redis runs all or none."""
@@ -370,7 +376,7 @@ class RedisQueue(Queue):
 
     async def _enqueue_together(self, tasks: list[TaskRecord]) -> dict[str, int]:
         # One script call for the lot: one round trip, one PUBLISH, and a single argument for
-        # redis-py to pack. A pipeline of _ENQUEUE calls cost twice the server's CPU per task
+        # redis-py to pack. A pipeline of single-task scripts cost twice the server's CPU per task
         # (bench/README) and a SCRIPT EXISTS round trip before each MULTI/EXEC.
         payload = msgspec.msgpack.encode(
             [[task.task_id, *map(_redis_text, _hash_values(task))] for task in tasks]
