@@ -709,7 +709,8 @@ def import_command(
                     state.save(state_path)
                     run_saved = True
                 for line, body in pending:
-                    body.setdefault("idempotencyKey", f"import-{state.run_id}-{line}")
+                    if body.get("idempotencyKey") is None:  # absent or null: no key of its own
+                        body["idempotencyKey"] = f"import-{state.run_id}-{line}"
                 results = client.create_batch([body for _, body in pending])
                 for (line, _), result in zip(pending, results, strict=True):
                     if result.error is None:

@@ -301,7 +301,8 @@ class BatchTaskCreate(TaskCreate, kw_only=True):
                 pattern=rf"^(?:{IDEMPOTENCY_KEY})\Z",
                 description=(
                     "Makes a resent item safe: a repeat with the same key and the same item "
-                    "within 24 hours gives back the first task; another item is an error."
+                    "bytes within the key's lifetime (TASKPLATFORM_IDEMPOTENCY_KEY_TTL_SECONDS, "
+                    "24 hours by default) gives back the first task; another item is an error."
                 ),
             ),
         ]

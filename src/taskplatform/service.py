@@ -448,6 +448,12 @@ class TaskService:
                         results[index] = await self.create(
                             request, idempotency_key=key, request_hash=hashed
                         )
+                    except IdempotencyKeyReused as exc:
+                        results[index] = IdempotencyKeyReused(
+                            "this idempotencyKey was used for another item (or create); use a "
+                            "new key for a new task",
+                            task_id=exc.task_id,
+                        )
                     except RequestError as exc:  # this item's own problem, not the batch's
                         results[index] = exc
 

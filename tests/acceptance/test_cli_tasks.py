@@ -344,10 +344,10 @@ def test_a_batch_whose_answer_was_lost_is_not_created_twice_by_the_resume(
     """The server creates the second batch but its answer never arrives: the import stops
     before saving that batch, and the re-run sends it again under the same idempotency keys,
     so the server gives those tasks back rather than creating them twice. A line's own
-    idempotencyKey is kept."""
+    idempotencyKey is kept; a null one is replaced."""
     lines = [task_line(receiver, queue, i) for i in range(6)]
-    own = json.loads(lines[5]) | {"idempotencyKey": f"own-{queue}"}
-    lines[5] = json.dumps(own)
+    lines[4] = json.dumps(json.loads(lines[4]) | {"idempotencyKey": None})  # null: no key
+    lines[5] = json.dumps(json.loads(lines[5]) | {"idempotencyKey": f"own-{queue}"})
     source = write_lines(tmp_path / "lost.jsonl", lines)
     real_create_batch = TaskClient.create_batch
     sent: list[list[dict[str, Any]]] = []
@@ -371,6 +371,7 @@ def test_a_batch_whose_answer_was_lost_is_not_created_twice_by_the_resume(
     assert sent[1] == sent[2]  # the same items, keys and all
     keys = [item["idempotencyKey"] for batch in sent for item in batch]
     assert keys[5] == f"own-{queue}"
+    assert keys[4] is not None
     assert len(set(keys[:6])) == 6
 
 

@@ -172,6 +172,7 @@ def test_batch_items_with_idempotency_keys_come_back_on_a_resend(client: httpx.C
         json={"tasks": [other, {**items[1], "idempotencyKey": "has space"}]},
     ).json()["items"]
     assert mixed[0]["error"]["code"] == "idempotency_key_reused"
+    assert "this idempotencyKey was used for another item" in mixed[0]["error"]["detail"]
     assert mixed[0]["error"]["taskId"] == first.json()["items"][0]["taskId"]
     assert mixed[1]["error"]["code"] == "validation_error"
     assert mixed[1]["error"]["errors"] == [

@@ -123,24 +123,33 @@ async def test_a_queue_failure_part_way_then_a_resend_makes_each_task_once(
     assert await _queued_numbers(service) == [1, 2, 3, 4, 5]
 
 
+@pytest.mark.parametrize("earlier", ["none", "expired"])
 async def test_a_key_claimed_by_another_statement_while_a_group_waits_is_given_back(
-    tmp_path: Path,
+    tmp_path: Path, earlier: str
 ) -> None:
     """PostgreSQL groups keyed creates into one statement, which reads the claims that held
     their keys from its own snapshot. A claim that another connection commits after the
-    statement began, on a key the statement is waiting to insert, is not in that snapshot: the
-    create must still answer with that claim (a replay), not fail and not enqueue a task."""
+    statement began, on a key the statement is waiting to insert (a new key, or the takeover of
+    an expired claim), is not in that snapshot: the create must still answer with that claim,
+    not with nothing, not with the expired claim, and must enqueue no task."""
     require("postgres")
     settings = Settings(**settings_kwargs(backend_env("postgres", tmp_path)))  # type: ignore[arg-type]
     async with opened_service(settings) as service:
         url = settings.database_url.replace("+asyncpg", "")
         other = await asyncpg.connect(url)
         try:
+            if earlier == "expired":
+                await other.execute(
+                    "INSERT INTO idempotency_keys (key, request_hash, task_id, expires_at)"
+                    " VALUES ('raced', 'old-hash', 'old-task', 1)"
+                )
             transaction = other.transaction()
             await transaction.start()
             await other.execute(
                 "INSERT INTO idempotency_keys (key, request_hash, task_id, expires_at)"
-                " VALUES ('raced', 'other-hash', 'other-task', $1)",
+                " VALUES ('raced', 'other-hash', 'other-task', $1) ON CONFLICT (key) DO UPDATE"
+                " SET request_hash = excluded.request_hash, task_id = excluded.task_id,"
+                " expires_at = excluded.expires_at",
                 2**62,
             )
             create = asyncio.create_task(_batch(service, [_item(1, "raced")]))
@@ -150,7 +159,7 @@ async def test_a_key_claimed_by_another_statement_while_a_group_waits_is_given_b
             [result] = await asyncio.wait_for(create, 10)
         finally:
             await other.close()
-        # Another body's claim: the item is refused, naming the task that holds the key.
+        # Another body's claim: the item is refused, naming the task that holds the key now.
         assert isinstance(result, IdempotencyKeyReused)
         assert result.task_id == "other-task"
         assert await _queued_numbers(service) == []

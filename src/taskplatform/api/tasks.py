@@ -324,9 +324,10 @@ async def list_tasks(
 async def create_batch(request: Request) -> Response:
     """Create many tasks: each item is checked on its own, with the limits of a single create,
     and each item's result says what became of it. An item may carry its own
-    ``idempotencyKey`` (a resend gives its task back); the valid items without one are enqueued
-    in one transaction, after the keyed ones (see ``TaskService.create_many``). The
-    ``Idempotency-Key`` header is refused here rather than ignored."""
+    ``idempotencyKey`` (a resend gives its task back, ``replayed``); the keyed items are written
+    first, each with its key, then the valid items without one in one transaction, so a batch
+    resent after a 503 makes each keyed task once. The ``Idempotency-Key`` header is refused
+    here rather than ignored."""
     service = _service(request)
     settings = service.settings
     if "idempotency-key" in request.headers:

@@ -354,7 +354,8 @@ class PostgresQueue(Queue):
         if isinstance(outcome, IdempotentReplay):
             return outcome
         if outcome is None:
-            # Another statement claimed the key after this one began (see enqueue_claimed_rows).
+            # Another statement claimed the key, or took over its expired claim, after this one
+            # began (see enqueue_claimed_rows): read the claim now.
             row = await self.database.fetchrow(QUERIES["idempotency_get"], {"key": claim.key})
             if row is None:  # cannot be: a claim outlives its task's enqueue by the key's TTL
                 raise BackendUnavailable("the PostgreSQL idempotency claim vanished")

@@ -158,8 +158,9 @@ class NewTask:
     retry_on: list[int] | None = None
     permanent_on: list[int] | None = None
     idempotency_key: str | None = None
-    """Batch only: a resend of the item with the same key within 24 hours gives back the first
-    task (``BatchItemResult.replayed``) instead of creating another."""
+    """Batch only: a resend of the item with the same key within the key's lifetime (24 hours
+    by default) gives back the first task (``BatchItemResult.replayed``) instead of creating
+    another."""
 
     def to_json(self) -> dict[str, Any]:
         """Return the create body (camelCase), leaving out the fields that are None.

@@ -54,8 +54,9 @@ RETURNING task_id, seq;
 -- over an expired claim, as idempotency_claim does) and add the task of every claim won. Gives
 -- back, per key, the new task's seq, or the live claim that held the key (seq NULL). The keys
 -- of one statement are distinct. A claim committed by another statement after this one began
--- is held yet not in this statement's snapshot: such a key gives back no row, and the caller
--- reads its claim afterwards.
+-- (a new key, or the takeover of an expired claim) is held yet not in this statement's
+-- snapshot, where the key has no row or an expired one: such a key gives back no row, and the
+-- caller reads its claim afterwards.
 WITH input AS (
     SELECT *
     FROM unnest(CAST(:key AS text[]), CAST(:request_hash AS text[]),
@@ -92,7 +93,7 @@ FROM input JOIN inserted USING (task_id)
 UNION ALL
 SELECT input.key, NULL, held.request_hash, held.task_id
 FROM input JOIN idempotency_keys AS held USING (key)
-WHERE input.task_id NOT IN (SELECT task_id FROM claimed);
+WHERE input.task_id NOT IN (SELECT task_id FROM claimed) AND held.expires_at > :now;
 
 -- name: take_dispatch_token
 -- Take one token from a queue's dispatch bucket (refilled at :rate per second, holding at most
