@@ -62,6 +62,7 @@ from taskplatform.logs import written_together
 from taskplatform.metrics import Metrics
 from taskplatform.models import (
     DEFAULT_QUEUE,
+    BatchTaskCreate,
     ExecutionRecord,
     QueueView,
     RetryPolicy,
@@ -397,15 +398,14 @@ class TaskService:
         )
 
     async def create_many(
-        self, requests: Sequence[TaskCreate | RequestError], item_hashes: Sequence[str | None]
+        self, requests: Sequence[BatchTaskCreate | RequestError], item_hashes: Sequence[str | None]
     ) -> list[tuple[TaskRecord, bool] | RequestError]:
         """Put the valid ones of several create requests into the queue (a batch create).
 
-        Items with an idempotency key (a :class:`~taskplatform.models.BatchTaskCreate` with
-        ``idempotency_key``) go first, each as a single keyed create does: atomic with its key,
-        given back on a repeat. The items without one go last, all in one atomic step. So when
-        the queue fails part way (503), a client that resends the whole batch gets its keyed
-        items back rather than twice, and the unkeyed ones were not created yet.
+        Items with an ``idempotency_key`` go first, each as a single keyed create does: atomic
+        with its key, given back on a repeat. The items without one go last, all in one atomic
+        step. So when the queue fails part way (503), a client that resends the whole batch gets
+        its keyed items back rather than twice, and the unkeyed ones were not created yet.
 
         Args:
             requests: Validated requests, or the error of an item that failed its checks.
@@ -426,11 +426,10 @@ class TaskService:
         keyed: list[tuple[int, TaskCreate, str, str]] = []
         unkeyed: list[TaskRecord] = []
         for index, (request, item_hash) in enumerate(zip(requests, item_hashes, strict=True)):
-            key = getattr(request, "idempotency_key", None)
             if isinstance(request, RequestError):
                 results.append(request)
-            elif key is not None and item_hash is not None:
-                keyed.append((index, request, key, item_hash))
+            elif request.idempotency_key is not None and item_hash is not None:
+                keyed.append((index, request, request.idempotency_key, item_hash))
                 results.append(None)  # filled in below
             else:
                 try:

@@ -47,6 +47,7 @@ from taskplatform.models import (
     BatchCreate,
     BatchItem,
     BatchResult,
+    BatchTaskCreate,
     ExecuteAccepted,
     ExecuteResult,
     ExecutionList,
@@ -347,7 +348,7 @@ async def create_batch(request: Request) -> Response:
             [("$.tasks", f"an item is nested deeper than {settings.max_json_depth} levels")]
         ) from exc
     batch = parse_batch(body)
-    parsed: list[TaskCreate | RequestError] = []
+    parsed: list[BatchTaskCreate | RequestError] = []
     hashes: list[str | None] = []
     for raw in batch.tasks:
         item = bytes(raw)

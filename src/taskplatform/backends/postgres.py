@@ -326,6 +326,13 @@ _StartRow = tuple[str, int, TaskChanges]
 """A start of an attempt waiting for its group: (task id, time, changes)."""
 
 
+def _queued_columns(tasks: list[TaskRecord]) -> dict[str, Any]:
+    """The ``queued_tasks`` columns of ``tasks`` as arrays, one per column (the rows' values
+    transposed), for a statement that ``unnest``-s them."""
+    arrays = zip(*(queued_values(task) for task in tasks), strict=True)
+    return {name: list(array) for name, array in zip(QUEUED_FIELDS, arrays, strict=True)}
+
+
 class PostgresQueue(Queue):
     """The queue as the ``queued_tasks`` table of a :class:`PostgresDatabase`."""
 
@@ -369,10 +376,7 @@ class PostgresQueue(Queue):
         """Claim the keys of ``rows`` and enqueue the tasks of the claims won, in one statement
         (its keys are distinct, as :class:`GroupCommit` keeps them); by key, the new task's
         seq or the claim that held the key."""
-        arrays = zip(*(queued_values(task) for task, _ in rows), strict=True)
-        params: dict[str, Any] = {
-            name: list(array) for name, array in zip(QUEUED_FIELDS, arrays, strict=True)
-        }
+        params = _queued_columns([task for task, _ in rows])
         params["key"] = [claim.key for _, claim in rows]
         params["request_hash"] = [claim.request_hash for _, claim in rows]
         params["expires_at"] = [claim.expires_at for _, claim in rows]
@@ -390,9 +394,7 @@ class PostgresQueue(Queue):
 
     async def _insert_tasks(self, tasks: list[TaskRecord]) -> dict[str, int]:
         """Insert ``tasks`` in one transaction; return their seq by task id."""
-        # unnest arrays, one per column: the rows' values transposed.
-        arrays = zip(*(queued_values(task) for task in tasks), strict=True)
-        columns = {name: list(array) for name, array in zip(QUEUED_FIELDS, arrays, strict=True)}
+        columns = _queued_columns(tasks)
         # One statement, atomic by itself, so autocommit: all rows or none.
         inserted = await self.database.fetch(QUERIES["enqueue_rows"], columns)
         return {task_id: seq for task_id, seq in inserted}

@@ -343,11 +343,10 @@ class RedisQueue(Queue):
     ) -> dict[str, int | IdempotentReplay]:
         """Claim the keys of ``rows`` and enqueue the tasks of the claims won, in one script;
         by key, the new task's sequence or the claim that held the key."""
-        payload = msgspec.msgpack.encode(
+        answers = await self._run_enqueue_many(
             [
                 [
-                    task.task_id,
-                    *map(_redis_text, _hash_values(task)),
+                    *_enqueue_entry(task),
                     claim.key,
                     f"{claim.request_hash} {task.task_id}",
                     max(1, claim.expires_at - task.created_at),
@@ -355,10 +354,6 @@ class RedisQueue(Queue):
                 for task, claim in rows
             ]
         )
-        async with self._guard():
-            answers = await self._enqueue_many(
-                keys=[self._seq], args=[self._prefix, self._channel, payload]
-            )
         outcomes: dict[str, int | IdempotentReplay] = {}
         for (_, claim), answer in zip(rows, answers, strict=True):
             if isinstance(answer, bytes):
@@ -378,14 +373,17 @@ class RedisQueue(Queue):
         # One script call for the lot: one round trip, one PUBLISH, and a single argument for
         # redis-py to pack. A pipeline of single-task scripts cost twice the server's CPU per task
         # (bench/README) and a SCRIPT EXISTS round trip before each MULTI/EXEC.
-        payload = msgspec.msgpack.encode(
-            [[task.task_id, *map(_redis_text, _hash_values(task))] for task in tasks]
-        )
+        sequences = await self._run_enqueue_many([_enqueue_entry(task) for task in tasks])
+        return {task.task_id: int(seq) for task, seq in zip(tasks, sequences, strict=True)}
+
+    async def _run_enqueue_many(self, entries: list[list[Any]]) -> list[Any]:
+        """Run :data:`_ENQUEUE_MANY` over ``entries`` (see it for their shape); its answers."""
+        payload = msgspec.msgpack.encode(entries)
         async with self._guard():
-            sequences = await self._enqueue_many(
+            answers: list[Any] = await self._enqueue_many(
                 keys=[self._seq], args=[self._prefix, self._channel, payload]
             )
-        return {task.task_id: int(seq) for task, seq in zip(tasks, sequences, strict=True)}
+        return answers
 
     async def get(self, task_id: str) -> TaskRecord | None:
         async with self._guard():
@@ -656,6 +654,11 @@ class RedisQueue(Queue):
 async def _await(value: Awaitable[Any] | Any) -> Any:
     # redis-py types some commands as "Awaitable[T] | T" for its sync/async union.
     return await cast(Awaitable[Any], value)
+
+
+def _enqueue_entry(task: TaskRecord) -> list[Any]:
+    """A task as :data:`_ENQUEUE_MANY` takes it: its id, then its hash values as strings."""
+    return [task.task_id, *map(_redis_text, _hash_values(task))]
 
 
 def _hash_values(task: TaskRecord) -> list[Any]:
