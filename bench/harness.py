@@ -36,7 +36,6 @@ HOST = "127.0.0.1"
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
 TASKPLATFORM = BENCH_DIR.parent / ".venv" / "bin" / "taskplatform"
-JSON_HEADERS = {"Content-Type": "application/json"}
 POSTGRES_ADMIN_URL = f"postgresql://postgres@{HOST}:5432/postgres"
 REDIS_URL = f"redis://{HOST}:6379/14"
 BACKENDS = ("sqlite", "postgres", "redis+postgres", "redis+sqlite")

@@ -7,8 +7,8 @@ Starts, on 127.0.0.1, a counting callback receiver (``receiver.py``), the bare A
 (``baseline_asgi.py``) and the bare Starlette + SQLite baseline (``baseline_starlette.py``); runs
 RQ's baseline once (``baseline_rq.py``); then for each backend (fresh storage, see
 ``harness.py``) starts ``taskplatform serve`` (one process, its defaults;
-``TASKPLATFORM_DISPATCH=true`` where noted) and measures, with an aiohttp load generator in this
-process:
+``TASKPLATFORM_DISPATCH=true`` where noted) and measures, with a load generator in this process
+(``loadgen.py``: keep-alive HTTP/1.1 parsed by httptools, several times lighter than aiohttp):
 
 a. ``create``: ``POST /api/tasks``, one task per request, ``clients`` concurrent clients, in
    alternating slices with the bare ASGI handler (and on SQLite the Starlette + SQLite handler)
@@ -53,13 +53,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import (
     HOST,
-    JSON_HEADERS,
     RESULTS_DIR,
     TASKPLATFORM,
     backend_env,
@@ -78,6 +76,7 @@ from harness import (
     stop,
     versions,
 )
+from loadgen import Client
 
 SCENARIOS = ("create", "batch", "dequeue", "pull", "dispatch", "latency", "scale")
 BATCH_SIZE = 1000
@@ -266,13 +265,13 @@ class CpuMeter:
 # --- load generation
 
 
-Send = Callable[[aiohttp.ClientSession, int], Awaitable[None]]
+Send = Callable[[Client, int], Awaitable[None]]
 
 
 async def closed_loop(
-    session: aiohttp.ClientSession, indices: range, clients: int, send: Send
+    client: Client, indices: range, clients: int, send: Send
 ) -> tuple[float, list[float]]:
-    """Run ``send(session, i)`` for every i in ``indices`` over ``clients`` workers.
+    """Run ``send(client, i)`` for every i in ``indices`` over ``clients`` workers.
 
     Returns (wall seconds, latencies in ms). ``send`` raises on any failure; so does this.
     """
@@ -282,7 +281,7 @@ async def closed_loop(
     async def worker() -> None:
         for i in todo:
             t0 = time.perf_counter()
-            await send(session, i)
+            await send(client, i)
             latencies.append((time.perf_counter() - t0) * 1000)
 
     t0 = time.perf_counter()
@@ -351,51 +350,39 @@ def batch_body(start: int, count: int, callback: str) -> bytes:
     return b'{"tasks":[' + items + b"]}"
 
 
-async def expect(response: aiohttp.ClientResponse, *statuses: int) -> bytes:
-    """The response body; raise when the status is not one of ``statuses``."""
-    body = await response.read()
-    if response.status not in statuses:
-        raise RuntimeError(f"{response.method} {response.url}: {response.status} {body[:300]!r}")
-    return body
-
-
-async def stats(session: aiohttp.ClientSession, api: str) -> dict[str, int]:
+async def stats(client: Client) -> dict[str, int]:
     """``/api/stats`` task counts by status."""
-    async with session.get(f"{api}/api/stats") as response:
-        return dict(json.loads(await expect(response, 200))["tasks"])
+    return dict(json.loads(await client.request("GET", "/api/stats", None, 200))["tasks"])
 
 
-async def wait_completed(
-    session: aiohttp.ClientSession, api: str, count: int, timeout: float = 1200
-) -> float:
+async def wait_completed(client: Client, count: int, timeout: float = 1200) -> float:
     """Poll ``/api/stats`` every 20 ms until ``count`` tasks are Completed; the time it was."""
     deadline = time.monotonic() + timeout
-    while (done := (await stats(session, api)).get("Completed", 0)) < count:
+    while (done := (await stats(client)).get("Completed", 0)) < count:
         if time.monotonic() > deadline:
             raise TimeoutError(f"{done} of {count} tasks Completed after {timeout} s")
         await asyncio.sleep(0.02)
     return time.perf_counter()
 
 
-async def create_batches(
-    session: aiohttp.ClientSession, api: str, bodies: list[bytes], clients: int
-) -> float:
+async def create_batches(client: Client, bodies: list[bytes], clients: int) -> float:
     """POST every batch body with ``clients`` concurrent clients; the seconds taken."""
 
-    async def send(session: aiohttp.ClientSession, i: int) -> None:
-        url = f"{api}/api/tasks/batch"
-        async with session.post(url, data=bodies[i], headers=JSON_HEADERS) as response:
-            await expect(response, 200)
+    async def send(client: Client, i: int) -> None:
+        await client.request("POST", "/api/tasks/batch", bodies[i], 200)
 
-    seconds, _ = await closed_loop(session, range(len(bodies)), clients, send)
+    seconds, _ = await closed_loop(client, range(len(bodies)), clients, send)
     return seconds
 
 
-def session(limit: int = 256) -> aiohttp.ClientSession:
-    """A load generator session with ``limit`` keep-alive connections."""
-    return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=limit), timeout=aiohttp.ClientTimeout(total=300)
-    )
+@contextlib.contextmanager
+def connected(base_url: str) -> Iterator[Client]:
+    """A load generator :class:`Client` of ``base_url``, its connections closed after."""
+    client = Client(base_url)
+    try:
+        yield client
+    finally:
+        client.close()
 
 
 # --- scenarios
@@ -426,28 +413,24 @@ class Bench:
         """Scenarios a (create vs the baselines), b (batch create), c (dequeue), in that order
         on one server (c dequeues what a and b queued)."""
         sizes, backend = self.sizes, srv.backend
-        targets = {"taskplatform": f"{srv.url}/api/tasks", "bare ASGI": ""}
-        targets["bare ASGI"] = f"{self.helpers.bare_url}/api/tasks"
+        targets = {"taskplatform": srv.url, "bare ASGI": self.helpers.bare_url}
         if backend == "sqlite":
-            targets["bare Starlette+SQLite"] = f"{self.helpers.starlette_url}/api/tasks"
+            targets["bare Starlette+SQLite"] = self.helpers.starlette_url
         pids = {
             "taskplatform": srv.proc.pid,
             "bare ASGI": self.helpers.bare.pid,
             "bare Starlette+SQLite": self.helpers.starlette.pid,
         }
-        async with session() as http:
+        with contextlib.ExitStack() as stack:
+            clients = {name: stack.enter_context(connected(url)) for name, url in targets.items()}
+            http = clients["taskplatform"]
 
-            def creator(url: str) -> Send:
-                async def send(http: aiohttp.ClientSession, i: int) -> None:
-                    body = create_body(i, self.callback)
-                    async with http.post(url, data=body, headers=JSON_HEADERS) as response:
-                        await expect(response, 201)
-
-                return send
+            async def create(client: Client, i: int) -> None:
+                await client.request("POST", "/api/tasks", create_body(i, self.callback), 201)
 
             if "create" in scenarios:
-                for url in targets.values():  # warm-up, unmeasured
-                    await closed_loop(http, range(200), sizes.clients, creator(url))
+                for client in clients.values():  # warm-up, unmeasured
+                    await closed_loop(client, range(200), sizes.clients, create)
                 rates: dict[str, list[float]] = {name: [] for name in targets}
                 latencies: dict[str, list[float]] = {name: [] for name in targets}
                 cpu: dict[str, list[float]] = {name: [] for name in targets}
@@ -455,10 +438,10 @@ class Bench:
                     part = range(
                         sizes.create * k // sizes.slices, sizes.create * (k + 1) // sizes.slices
                     )
-                    for name, url in targets.items():
+                    for name, client in clients.items():
                         meter = CpuMeter({"server": pids[name]})
                         meter.start()
-                        wall, lat = await closed_loop(http, part, sizes.clients, creator(url))
+                        wall, lat = await closed_loop(client, part, sizes.clients, create)
                         cpu[name].append(meter.stop()["server"])
                         rates[name].append(len(part) / wall)
                         latencies[name] += lat
@@ -500,10 +483,10 @@ class Bench:
                     batch_body(start, BATCH_SIZE, self.callback)
                     for start in range(0, sizes.batch, BATCH_SIZE)
                 ]
-                await create_batches(http, srv.url, bodies[:2], 2)  # warm-up
+                await create_batches(http, bodies[:2], 2)  # warm-up
                 meter = self.meter(srv)
                 meter.start()
-                seconds = await create_batches(http, srv.url, bodies, BATCH_CLIENTS)
+                seconds = await create_batches(http, bodies, BATCH_CLIENTS)
                 rate = len(bodies) * BATCH_SIZE / seconds
                 ok = rate >= 50_000 if backend == "sqlite" else None
                 self.rows.append(
@@ -520,11 +503,10 @@ class Bench:
                 )
 
             if "dequeue" in scenarios:
-                depth = (await stats(http, srv.url)).get("Queued", 0)
+                depth = (await stats(http)).get("Queued", 0)
                 if depth < sizes.dequeue + 200:
                     await create_batches(
                         http,
-                        srv.url,
                         [
                             batch_body(i, BATCH_SIZE, self.callback)
                             for i in range(0, sizes.dequeue + 200, BATCH_SIZE)
@@ -532,9 +514,8 @@ class Bench:
                         BATCH_CLIENTS,
                     )
 
-                async def dequeue(http: aiohttp.ClientSession, i: int) -> None:
-                    async with http.get(f"{srv.url}/api/tasks/dequeue") as response:
-                        await expect(response, 200)
+                async def dequeue(client: Client, i: int) -> None:
+                    await client.request("GET", "/api/tasks/dequeue", None, 200)
 
                 await closed_loop(http, range(200), sizes.clients, dequeue)  # warm-up
                 meter = self.meter(srv)
@@ -561,23 +542,22 @@ class Bench:
         """Scenario d: each client loops create, dequeue, execute until ``pull`` tasks are done."""
         sizes = self.sizes
 
-        async def one(http: aiohttp.ClientSession, i: int) -> None:
-            body = create_body(i, self.callback)
-            async with http.post(f"{srv.url}/api/tasks", data=body, headers=JSON_HEADERS) as r:
-                await expect(r, 201)
-            async with http.get(f"{srv.url}/api/tasks/dequeue") as r:
-                task_id = json.loads(await expect(r, 200))["taskId"]
-            async with http.post(f"{srv.url}/api/tasks/{task_id}/execute") as r:
-                if json.loads(await expect(r, 200))["status"] != "Completed":
-                    raise RuntimeError(f"task {task_id} did not complete")
+        async def one(client: Client, i: int) -> None:
+            await client.request("POST", "/api/tasks", create_body(i, self.callback), 201)
+            task_id = json.loads(await client.request("GET", "/api/tasks/dequeue", None, 200))[
+                "taskId"
+            ]
+            answer = await client.request("POST", f"/api/tasks/{task_id}/execute", None, 200)
+            if json.loads(answer)["status"] != "Completed":
+                raise RuntimeError(f"task {task_id} did not complete")
 
-        async with session() as http:
+        with connected(srv.url) as http:
             await closed_loop(http, range(200), sizes.clients, one)  # warm-up
             meter = self.meter(srv)
             meter.start()
             wall, lat = await closed_loop(http, range(sizes.pull), sizes.clients, one)
             cpu = meter.stop()
-            done = (await stats(http, srv.url)).get("Completed", 0)
+            done = (await stats(http)).get("Completed", 0)
         rate = sizes.pull / wall
         self.rows.append(
             Row(
@@ -597,10 +577,10 @@ class Bench:
     async def dispatch(self, srv: Service) -> None:
         """Scenario e: ``dispatch`` tasks from the first batch create to all Completed."""
         n = self.sizes.dispatch
-        async with session() as http:
+        with connected(srv.url) as http:
             warm = 200
-            await create_batches(http, srv.url, [batch_body(0, warm, self.callback)], 1)
-            await wait_completed(http, srv.url, warm)
+            await create_batches(http, [batch_body(0, warm, self.callback)], 1)
+            await wait_completed(http, warm)
             bodies = [
                 batch_body(start, min(BATCH_SIZE, n - start), self.callback)
                 for start in range(0, n, BATCH_SIZE)
@@ -608,8 +588,8 @@ class Bench:
             meter = self.meter(srv)
             meter.start()
             began = time.perf_counter()
-            created = asyncio.create_task(create_batches(http, srv.url, bodies, BATCH_CLIENTS))
-            ended = await wait_completed(http, srv.url, warm + n)
+            created = asyncio.create_task(create_batches(http, bodies, BATCH_CLIENTS))
+            ended = await wait_completed(http, warm + n)
             create_seconds = await created
             cpu = meter.stop()
         rate = n / (ended - began)
@@ -642,14 +622,10 @@ class Bench:
     async def latency_create(self, srv: Service) -> None:
         """Scenario f, create: open loop at half the create rate of scenario a."""
         rate = 0.5 * self.create_rate.get(srv.backend, 1000.0)
-        url = f"{srv.url}/api/tasks"
-        async with session(OPEN_LOOP_CONNECTIONS) as http:
+        with connected(srv.url) as http:
 
             async def send(i: int, scheduled: float) -> float:
-                async with http.post(
-                    url, data=create_body(i, self.callback), headers=JSON_HEADERS
-                ) as r:
-                    await expect(r, 201)
+                await http.request("POST", "/api/tasks", create_body(i, self.callback), 201)
                 return (time.monotonic() - scheduled) * 1000
 
             await open_loop(rate, 1.0, send)  # warm-up
@@ -675,25 +651,23 @@ class Bench:
     async def latency_dispatch(self, srv: Service) -> None:
         """Scenario f, enqueue to callback: open loop at half the dispatch rate of scenario e."""
         rate = 0.5 * self.dispatch_rate.get(srv.backend, 200.0)
-        url = f"{srv.url}/api/tasks"
         scheduled_at: dict[str, float] = {}
-        async with session(OPEN_LOOP_CONNECTIONS) as http:
+        with connected(srv.url) as http, connected(self.helpers.receiver_url) as receiver:
 
             async def send(i: int, scheduled: float) -> float:
-                async with http.post(
-                    url, data=create_body(i, self.callback), headers=JSON_HEADERS
-                ) as r:
-                    scheduled_at[json.loads(await expect(r, 201))["taskId"]] = scheduled
+                body = create_body(i, self.callback)
+                answer = await http.request("POST", "/api/tasks", body, 201)
+                scheduled_at[json.loads(answer)["taskId"]] = scheduled
                 return 0.0
 
-            before = (await stats(http, srv.url)).get("Completed", 0)
-            await arrivals(http, self.helpers.receiver_url)  # forget earlier ones
+            before = (await stats(http)).get("Completed", 0)
+            await arrivals(receiver)  # forget earlier ones
             meter = self.meter(srv)
             meter.start()
             _, achieved = await open_loop(rate, self.sizes.latency_seconds, send)
-            await wait_completed(http, srv.url, before + len(scheduled_at))
+            await wait_completed(http, before + len(scheduled_at))
             cpu = meter.stop()
-            arrived = await arrivals(http, self.helpers.receiver_url)
+            arrived = await arrivals(receiver)
         lat = [(arrived[t] - s) * 1000 for t, s in scheduled_at.items() if t in arrived]
         if len(lat) != len(scheduled_at):
             raise RuntimeError(f"{len(scheduled_at) - len(lat)} callbacks never arrived")
@@ -713,21 +687,20 @@ class Bench:
     async def scale(self, srv: Service) -> None:
         """Scenario g: dequeue latency at depth 1,000 and after filling to ``scale`` tasks."""
         depth = self.sizes.scale
-        async with session() as http:
+        with connected(srv.url) as http:
 
             async def probe() -> float:
                 samples = []
                 for _ in range(SCALE_PROBES):
                     t0 = time.perf_counter()
-                    async with http.get(f"{srv.url}/api/tasks/dequeue") as response:
-                        await expect(response, 200)
+                    await http.request("GET", "/api/tasks/dequeue", None, 200)
                     samples.append((time.perf_counter() - t0) * 1000)
                 return statistics.median(samples)
 
             small = [batch_body(i, BATCH_SIZE, self.callback) for i in (0, 1)]
-            await create_batches(http, srv.url, small, 1)
+            await create_batches(http, small, 1)
             await probe()  # warm-up
-            await create_batches(http, srv.url, small[:1], 1)
+            await create_batches(http, small[:1], 1)
             at_small = await probe()  # about 1,000 queued
             redis_before = await redis_used_bytes() if "redis" in srv.backend else 0
             bodies = (batch_body(i, BATCH_SIZE, self.callback) for i in range(0, depth, BATCH_SIZE))
@@ -736,12 +709,12 @@ class Bench:
             for body in bodies:  # build bodies a few at a time: 1M at once would be 100 MB here
                 chunk.append(body)
                 if len(chunk) == 40:
-                    await create_batches(http, srv.url, chunk, BATCH_CLIENTS)
+                    await create_batches(http, chunk, BATCH_CLIENTS)
                     chunk.clear()
             if chunk:
-                await create_batches(http, srv.url, chunk, BATCH_CLIENTS)
+                await create_batches(http, chunk, BATCH_CLIENTS)
             fill_seconds = time.perf_counter() - began
-            queued = (await stats(http, srv.url)).get("Queued", 0)
+            queued = (await stats(http)).get("Queued", 0)
             rss_full = rss_bytes(srv.proc.pid)
             at_depth = await probe()
             rss_peak = rss_bytes(srv.proc.pid, peak=True)
@@ -828,10 +801,9 @@ def latency_extra(lat: list[float], achieved: float) -> dict[str, Any]:
     }
 
 
-async def arrivals(http: aiohttp.ClientSession, receiver: str) -> dict[str, float]:
+async def arrivals(receiver: Client) -> dict[str, float]:
     """The receiver's arrival times by task id since the last call (it forgets them)."""
-    async with http.get(f"{receiver}/arrivals") as response:
-        return dict(json.loads(await expect(response, 200)))
+    return dict(json.loads(await receiver.request("GET", "/arrivals", None, 200)))
 
 
 async def storage_bytes(srv: Service) -> dict[str, int]:
