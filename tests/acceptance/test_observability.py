@@ -343,3 +343,31 @@ def test_queue_labels_are_bounded(start_server: Callable[..., Server]) -> None:
         "(other)": 4 + 5 + 6,
     }
     assert series("taskplatform_queue_depth") == {"q6": 6, "q5": 5, "q4": 4, "(other)": 1 + 2 + 3}
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_workers_write_their_last_lines_when_stopped(
+    start_server: Callable[..., Server], receiver: Receiver
+) -> None:
+    """While serving, a worker holds the lines of a loop turn until the turn ends
+    (``logs.lines_written_per_turn``). uvicorn logs its last lines after the lifespan, and a
+    worker of ``serve --workers 2`` then ends by re-raising SIGTERM, before its loop turns again:
+    those lines, and every lifecycle line, must still reach the log."""
+    server = start_server(TASKPLATFORM_WORKERS="2")
+    created = []
+    for n in range(6):  # new connections, so both workers serve some
+        with httpx.Client(base_url=server.url) as fresh:
+            created.append(create(fresh, receiver.url("/ok"), task_data={"n": n}))
+    assert server.process is not None
+    parent = server.process.pid
+    children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+    workers = [
+        pid for pid in children if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    ]
+    assert len(workers) == 2, children
+    server.stop()
+    log = server.log()
+    for task_id in created:
+        assert f"task {task_id} is Queued" in log
+    for pid in workers:
+        assert f"Finished server process [{pid}]" in log, log[-3000:]

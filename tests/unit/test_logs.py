@@ -1,5 +1,5 @@
 """The log formatters (the same text as the standard library's, made faster) and the handler that
-writes a batch's lines together."""
+writes a batch's lines, and a loop turn's, together."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from taskplatform.logs import (
     GroupingStreamHandler,
     JsonFormatter,
     TextFormatter,
+    lines_written_per_turn,
     written_together,
 )
 
@@ -151,3 +152,57 @@ def test_writes_are_whole_lines_of_at_most_pipe_buf_bytes() -> None:
         assert call.endswith("\n")
         assert len(call.encode()) <= select.PIPE_BUF or call.count("\n") == 1
     assert f"INFO {'y' * (2 * select.PIPE_BUF)}\n" in stream.calls
+
+
+async def test_lines_of_one_loop_turn_are_one_write_at_its_end() -> None:
+    _, stream, logger = _handler()
+    with lines_written_per_turn():
+        for n in range(3):
+            logger.info("task %d is Queued", n)
+        assert stream.calls == []  # held until the loop turns
+        await asyncio.sleep(0)
+        assert stream.calls == [
+            "INFO task 0 is Queued\nINFO task 1 is Queued\nINFO task 2 is Queued\n"
+        ]
+        logger.info("task 3 is Queued")
+        await asyncio.sleep(0)
+        assert stream.calls[-1] == "INFO task 3 is Queued\n"
+
+
+async def test_a_warning_of_the_turn_is_written_at_once_after_what_was_held() -> None:
+    _, stream, logger = _handler()
+    with lines_written_per_turn():
+        logger.info("task 0 is Queued")
+        logger.warning("sqlite error")
+        assert stream.getvalue() == "INFO task 0 is Queued\nWARNING sqlite error\n"
+
+
+async def test_other_threads_are_not_held_by_the_loop() -> None:
+    _, stream, logger = _handler()
+    with lines_written_per_turn():
+        logger.info("task 0 is Queued")
+        thread = threading.Thread(target=logger.info, args=("from the SQLite writer",))
+        thread.start()
+        thread.join()
+        assert stream.calls == ["INFO from the SQLite writer\n"]
+        await asyncio.sleep(0)
+        assert stream.calls[-1] == "INFO task 0 is Queued\n"
+
+
+async def test_the_block_writes_what_it_held_when_it_ends() -> None:
+    # uvicorn's last lines come after the lifespan, and a worker of serve --workers N then ends
+    # by its re-raised stop signal before the loop turns again.
+    _, stream, logger = _handler()
+    with lines_written_per_turn():
+        logger.info("task 0 is Queued")
+    assert stream.calls == ["INFO task 0 is Queued\n"]
+    logger.info("Finished server process")
+    assert stream.calls[-1] == "INFO Finished server process\n"  # no longer held
+
+
+async def test_close_writes_what_is_held() -> None:
+    handler, stream, logger = _handler()
+    with lines_written_per_turn():
+        logger.info("task 0 is Queued")
+        handler.close()  # logging.shutdown, at exit
+        assert stream.calls == ["INFO task 0 is Queued\n"]

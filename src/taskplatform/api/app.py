@@ -23,6 +23,7 @@ from taskplatform.backends import open_backends, prepare_schema
 from taskplatform.dashboard import install as install_dashboard
 from taskplatform.dispatch import sender_from_settings
 from taskplatform.dispatch.dispatcher import Dispatcher
+from taskplatform.logs import lines_written_per_turn
 from taskplatform.metrics import process_stopped
 from taskplatform.service import TaskService
 from taskplatform.settings import Settings, load_settings
@@ -148,7 +149,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             jobs.append(asyncio.create_task(dispatcher.run(), name="dispatcher"))
         freeze_startup_heap()
         try:
-            yield
+            with lines_written_per_turn():
+                yield
         finally:
             gc.unfreeze()
             unhook()
