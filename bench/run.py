@@ -487,14 +487,14 @@ class Bench:
                 meter = self.meter(srv)
                 meter.start()
                 seconds = await create_batches(http, bodies, BATCH_CLIENTS)
-                rate = len(bodies) * BATCH_SIZE / seconds
-                ok = rate >= 50_000 if backend == "sqlite" else None
+                batch_rate = len(bodies) * BATCH_SIZE / seconds
+                ok = batch_rate >= 50_000 if backend == "sqlite" else None
                 self.rows.append(
                     Row(
                         backend,
                         "b batch",
                         f"batch create, {BATCH_SIZE} tasks/request, {BATCH_CLIENTS} clients",
-                        rate,
+                        batch_rate,
                         "tasks/s",
                         target="≥ 50,000 tasks/s" if backend == "sqlite" else "",
                         met=ok,
@@ -594,7 +594,7 @@ class Bench:
             cpu = meter.stop()
         rate = n / (ended - began)
         self.dispatch_rate[srv.backend] = rate
-        common = {"cpu": cpu, "extra": {"create_seconds": round(create_seconds, 2)}}
+        extra = {"create_seconds": round(create_seconds, 2)}
         what = f"dispatcher end to end, {n} tasks, concurrency {DISPATCH_CONCURRENCY}"
         for peer, factor in (("Celery+Redis", 2.0), ("aiohttp loop", 0.6), ("RQ", None)):
             if peer not in self.peer_rates:
@@ -612,11 +612,14 @@ class Bench:
                     self.peer_rates[peer],
                     target,
                     None if factor is None else ratio >= factor,
-                    **common,  # type: ignore[arg-type]
+                    cpu=cpu,
+                    extra=extra,
                 )
             )
         if not any(peer in self.peer_rates for peer in ("Celery+Redis", "aiohttp loop", "RQ")):
-            self.rows.append(Row(srv.backend, "e dispatch", what, rate, "tasks/s", **common))  # type: ignore[arg-type]
+            self.rows.append(
+                Row(srv.backend, "e dispatch", what, rate, "tasks/s", cpu=cpu, extra=extra)
+            )
 
     # f
     async def latency_create(self, srv: Service) -> None:
