@@ -134,9 +134,11 @@ def lines_written_per_turn() -> Iterator[None]:
     loop's own). When the block ends, the held lines are written, before anything logged after:
     uvicorn logs its last lines after the lifespan and a worker of ``serve --workers N`` then
     re-raises the stop signal, which ends the process before the loop turns again. A process
-    killed outright (SIGKILL) loses at most one turn's lines.
+    killed outright (SIGKILL) loses at most one turn's lines. A line keeps the time it was logged;
+    a turn that one request holds long (a large batch) holds the lines as long.
 
-    Must be entered on the event loop's thread, with the loop running.
+    Must be entered on the event loop's thread, with the loop running. See also
+    :func:`stop_holding_lines`.
     """
     global _turn
     previous, _turn = _turn, (asyncio.get_running_loop(), threading.get_ident())
@@ -144,8 +146,25 @@ def lines_written_per_turn() -> Iterator[None]:
         yield
     finally:
         _turn = previous
-        for handler in list(_handlers):
-            handler.write_held()
+        _write_all_held()
+
+
+def stop_holding_lines() -> None:
+    """End :func:`lines_written_per_turn` early: write what is held, and every line at once
+    from now on.
+
+    For a stop signal: a second SIGINT or SIGTERM makes uvicorn skip the lifespan's shutdown
+    (where the block would end) and then re-raise the signal in the same turn, which ends the
+    process with its last lines still held. Call it on the event loop's thread.
+    """
+    global _turn
+    _turn = None
+    _write_all_held()
+
+
+def _write_all_held() -> None:
+    for handler in list(_handlers):
+        handler.write_held()
 
 
 class GroupingStreamHandler(logging.StreamHandler[TextIO]):
@@ -179,6 +198,8 @@ class GroupingStreamHandler(logging.StreamHandler[TextIO]):
         turn = _turn
         on_loop = turn is not None and threading.get_ident() == turn[1]
         if holders is None and not on_loop:
+            if record.levelno >= logging.WARNING and self._held:
+                self._write_held()  # a warning keeps its place after what was logged before it
             super().emit(record)
             return
         try:

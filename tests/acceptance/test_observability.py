@@ -371,3 +371,22 @@ def test_workers_write_their_last_lines_when_stopped(
         assert f"task {task_id} is Queued" in log
     for pid in workers:
         assert f"Finished server process [{pid}]" in log, log[-3000:]
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_a_forced_stop_still_writes_the_last_lines(
+    start_server: Callable[..., Server], receiver: Receiver
+) -> None:
+    """A second stop signal while uvicorn drains makes it skip the lifespan's shutdown and end
+    the process by the re-raised signal: the lines of the last turns must not stay held. The
+    first signal ends the holding (``logs.stop_holding_lines``)."""
+    server = start_server()
+    with httpx.Client(base_url=server.url) as client:
+        task_id = create(client, receiver.url("/ok"))
+    assert server.process is not None
+    server.process.send_signal(signal.SIGTERM)
+    time.sleep(0.01)
+    server.stop(signal.SIGINT)
+    log = server.log()
+    assert f"task {task_id} is Queued" in log
+    assert f"Finished server process [{server.process.pid}]" in log, log[-3000:]

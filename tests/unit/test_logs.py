@@ -20,6 +20,7 @@ from taskplatform.logs import (
     JsonFormatter,
     TextFormatter,
     lines_written_per_turn,
+    stop_holding_lines,
     written_together,
 )
 
@@ -206,3 +207,23 @@ async def test_close_writes_what_is_held() -> None:
         logger.info("task 0 is Queued")
         handler.close()  # logging.shutdown, at exit
         assert stream.calls == ["INFO task 0 is Queued\n"]
+
+
+async def test_a_warning_of_another_thread_comes_after_what_the_loop_held() -> None:
+    _, stream, logger = _handler()
+    with lines_written_per_turn():
+        logger.info("task 0 is Queued")
+        thread = threading.Thread(target=logger.warning, args=("sqlite error",))
+        thread.start()
+        thread.join()
+        assert stream.getvalue() == "INFO task 0 is Queued\nWARNING sqlite error\n"
+
+
+async def test_stop_holding_lines_writes_what_is_held_and_then_each_line() -> None:
+    _, stream, logger = _handler()
+    with lines_written_per_turn():
+        logger.info("task 0 is Queued")
+        stop_holding_lines()  # a stop signal
+        assert stream.calls == ["INFO task 0 is Queued\n"]
+        logger.info("Shutting down")
+        assert stream.calls[-1] == "INFO Shutting down\n"

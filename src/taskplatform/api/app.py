@@ -23,7 +23,7 @@ from taskplatform.backends import open_backends, prepare_schema
 from taskplatform.dashboard import install as install_dashboard
 from taskplatform.dispatch import sender_from_settings
 from taskplatform.dispatch.dispatcher import Dispatcher
-from taskplatform.logs import lines_written_per_turn
+from taskplatform.logs import lines_written_per_turn, stop_holding_lines
 from taskplatform.metrics import process_stopped
 from taskplatform.service import TaskService
 from taskplatform.settings import Settings, load_settings
@@ -141,7 +141,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await sender.start()
         service = TaskService(backends, sender, settings)
         app.state.service = service
-        unhook = hook_stop_signals(lambda: service.begin_shutdown(settings.shutdown_grace_seconds))
+
+        def on_stop() -> None:
+            # From the first stop signal on, every line is written at once: after a second one,
+            # uvicorn skips the lifespan's shutdown and the process ends by the re-raised signal.
+            stop_holding_lines()
+            service.begin_shutdown(settings.shutdown_grace_seconds)
+
+        unhook = hook_stop_signals(on_stop)
         maintenance = asyncio.create_task(service.run_maintenance(), name="maintenance")
         jobs = [maintenance]
         if settings.dispatch:
