@@ -7,11 +7,14 @@ true as the code changes. The peers (Celery, RQ) are bench-only dependencies, no
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import re
 import subprocess
 import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -52,13 +55,22 @@ sys.path.insert(0, str(ROOT / "bench"))
 from loadgen import Client, ResponseError  # noqa: E402
 
 
-async def _serve(answers: list[bytes]) -> tuple[asyncio.Server, list[bytes], str]:
+@contextlib.asynccontextmanager
+async def _scripted(answers: list[bytes], timeout: float = 300.0) -> AsyncIterator[_Scripted]:
     """A server that answers the n-th request of each connection with ``answers[n]`` (the last
-    one over again) and then closes the connection if the answer is empty; returns the
-    server, the requests' first lines and its URL."""
+    one over again), or closes the connection where the answer is empty; and a client of it.
+    A request for ``/slow`` is answered after 0.3 s.
+    Every connection and handler is closed and awaited on exit: one left to the garbage
+    collector would fail a later test with its ResourceWarning."""
     seen: list[bytes] = []
+    handlers: set[asyncio.Task[None]] = set()
+    writers: list[asyncio.StreamWriter] = []
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        handlers.add(task)
+        writers.append(writer)
         try:
             for n in itertools.count():
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -67,6 +79,8 @@ async def _serve(answers: list[bytes]) -> tuple[asyncio.Server, list[bytes], str
                 if length:
                     await reader.readexactly(int(length.group(1)))
                 answer = answers[min(n, len(answers) - 1)]
+                if b" /slow " in head.split(b"\r\n", 1)[0]:
+                    await asyncio.sleep(0.3)
                 if not answer:
                     return
                 writer.write(answer)
@@ -78,7 +92,22 @@ async def _serve(answers: list[bytes]) -> tuple[asyncio.Server, list[bytes], str
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    return server, seen, f"http://127.0.0.1:{port}"
+    client = Client(f"http://127.0.0.1:{port}", timeout=timeout)
+    try:
+        yield _Scripted(client, seen)
+    finally:
+        client.close()
+        server.close()
+        for writer in writers:
+            writer.close()
+        await asyncio.gather(*handlers, return_exceptions=True)
+        await server.wait_closed()
+
+
+@dataclass
+class _Scripted:
+    client: Client
+    seen: list[bytes]
 
 
 def _answer(status: int, body: bytes, extra: bytes = b"") -> bytes:
@@ -86,58 +115,40 @@ def _answer(status: int, body: bytes, extra: bytes = b"") -> bytes:
 
 
 async def test_loadgen_reuses_a_connection_and_returns_the_body() -> None:
-    server, seen, url = await _serve([_answer(201, b'{"a":1}'), _answer(200, b"two")])
-    client = Client(url)
-    try:
-        assert await client.request("POST", "/api/tasks", b"{}", 201) == b'{"a":1}'
-        assert await client.request("GET", "/x", None, 200) == b"two"
-        assert seen == [b"POST /api/tasks HTTP/1.1", b"GET /x HTTP/1.1"]  # one connection
-    finally:
-        client.close()
-        server.close()
-        await server.wait_closed()
+    async with _scripted([_answer(201, b'{"a":1}'), _answer(200, b"two")]) as server:
+        assert await server.client.request("POST", "/api/tasks", b"{}", 201) == b'{"a":1}'
+        assert await server.client.request("GET", "/x", None, 200) == b"two"
+        assert server.seen == [b"POST /api/tasks HTTP/1.1", b"GET /x HTTP/1.1"]  # one connection
 
 
 async def test_loadgen_raises_on_an_unexpected_status_and_a_cut_answer() -> None:
-    server, _, url = await _serve([_answer(500, b"boom")])
-    client = Client(url)
-    try:
+    async with _scripted([_answer(500, b"boom")]) as server:
         with pytest.raises(ResponseError, match=re.escape("POST /api/tasks: 500 b'boom'")):
-            await client.request("POST", "/api/tasks", b"{}", 201)
-    finally:
-        client.close()
-        server.close()
-        await server.wait_closed()
-    server, _, url = await _serve([b"HTTP/1.1 200 X\r\nContent-Length: 10\r\n\r\nabc", b""])
-    client = Client(url, timeout=0.5)
-    try:
+            await server.client.request("POST", "/api/tasks", b"{}", 201)
+    cut = b"HTTP/1.1 200 X\r\nContent-Length: 10\r\n\r\nabc"
+    async with _scripted([cut, b""], timeout=0.5) as server:
         with pytest.raises(ResponseError, match=re.escape("no whole answer in 0.5 s")):
-            await client.request("GET", "/", None, 200)
-    finally:
-        client.close()
-        server.close()
-        await server.wait_closed()
-    server, _, url = await _serve([b""])
-    client = Client(url)
-    try:
+            await server.client.request("GET", "/", None, 200)
+    async with _scripted([b""]) as server:
         with pytest.raises(ResponseError, match="closed the connection"):
-            await client.request("GET", "/", None, 200)
-    finally:
-        client.close()
-        server.close()
-        await server.wait_closed()
+            await server.client.request("GET", "/", None, 200)
 
 
 async def test_loadgen_opens_a_new_connection_after_connection_close() -> None:
-    server, seen, url = await _serve([_answer(200, b"1", b"Connection: close\r\n"), b""])
-    client = Client(url)
-    try:
+    async with _scripted([_answer(200, b"1", b"Connection: close\r\n"), b""]) as server:
         # The server closes each connection after its first answer: the second request must
         # not be written into the closed one.
-        assert await client.request("GET", "/a", None, 200) == b"1"
-        assert await client.request("GET", "/b", None, 200) == b"1"
-        assert seen == [b"GET /a HTTP/1.1", b"GET /b HTTP/1.1"]
-    finally:
-        client.close()
-        server.close()
-        await server.wait_closed()
+        assert await server.client.request("GET", "/a", None, 200) == b"1"
+        assert await server.client.request("GET", "/b", None, 200) == b"1"
+        assert server.seen == [b"GET /a HTTP/1.1", b"GET /b HTTP/1.1"]
+
+
+async def test_loadgen_never_reads_a_cancelled_request_s_answer_as_the_next_one_s() -> None:
+    async with _scripted([_answer(200, b"first"), _answer(200, b"second")]) as server:
+        # The caller gives up before the answer; it still arrives on that connection later.
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(server.client.request("GET", "/slow", None, 200), 0.05)
+        await asyncio.sleep(0.4)
+        # A new connection: its first answer is this request's, not the slow one's.
+        assert await server.client.request("GET", "/next", None, 200) == b"first"
+        assert server.seen == [b"GET /slow HTTP/1.1", b"GET /next HTTP/1.1"]
