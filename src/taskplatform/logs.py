@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from contextvars import ContextVar
 from typing import Any, Literal, TextIO
 
+from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.msgspec import MsgspecFormatter
 
 LogFormat = Literal["text", "json"]
@@ -51,6 +52,9 @@ def logging_config(level: str, log_format: LogFormat) -> dict[str, Any]:
             "()": "taskplatform.logs.JsonFormatter",
             "fmt": JSON_FIELDS,
             "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
+            # uvicorn passes its messages again with terminal colours (extra "color_message",
+            # its arguments not yet filled in); a log pipeline wants the plain message only.
+            "reserved_attrs": [*RESERVED_ATTRS, "color_message"],
         }
     else:
         formatter = {"()": "taskplatform.logs.TextFormatter", "fmt": TEXT_FORMAT}

@@ -258,6 +258,8 @@ def test_json_logs_carry_every_lifecycle_event(
         record["queue"] == "default" for record in records if record.get("task_id") == task_id
     )
     assert any("Uvicorn running on" in record["message"] for record in records)
+    # uvicorn's coloured copy of its messages stays out of the JSON (ANSI escapes, a bare %d)
+    assert not [record for record in records if "color_message" in record]
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"], indirect=True)
