@@ -135,9 +135,9 @@ def lines_written_per_turn() -> Iterator[None]:
     under load many requests share a turn, and so one write. A line waits at most for the loop's
     next turn: the callbacks that were ready when it was logged. A record at WARNING or above is
     written at once, after the lines held before it; a lower one of another thread is written at
-    once, ahead of them. When the block ends, the held lines are written, before anything logged after:
-    uvicorn logs its last lines after the lifespan and a worker of ``serve --workers N`` then
-    re-raises the stop signal, which ends the process before the loop turns again. A process
+    once, ahead of them. When the block ends, the held lines are written, before anything logged
+    after: uvicorn logs its last lines after the lifespan and a worker of ``serve --workers N``
+    then re-raises the stop signal, which ends the process before the loop turns again. A process
     killed outright (SIGKILL) loses at most one turn's lines. A line keeps the time it was logged;
     a turn that one request holds long (a large batch) holds the lines as long.
 
