@@ -13,6 +13,10 @@ from pathlib import Path
 
 import httpx
 
+LOGS: list[Path] = []
+"""The log file of every server and worker this test process has started, oldest first; a failing
+test's report shows what each wrote during the test (``tests/conftest.py``)."""
+
 
 def free_port() -> int:
     """Return a TCP port on 127.0.0.1 that is free right now."""
@@ -42,6 +46,7 @@ class Server:
         self.use_port(free_port())
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
+        LOGS.append(log_path)
 
     def start(self, timeout: float = 30.0) -> Server:
         """Start the process and wait until it listens and ``/healthz`` answers; returns self.
@@ -131,6 +136,7 @@ class Worker:
         self.log_path = log_path
         self.args = args
         self.process: subprocess.Popen[bytes] | None = None
+        LOGS.append(log_path)
 
     def start(self) -> Worker:
         """Start the process; returns self."""
