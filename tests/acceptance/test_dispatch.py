@@ -565,8 +565,10 @@ def test_scheduled_tasks_are_neither_dispatched_nor_dequeued_early(
     api: httpx.Client, receiver: Receiver
 ) -> None:
     """``delaySeconds: 1.5`` and a ``scheduledAt`` 2 s ahead (given with a -05:00 offset): the
-    callback comes no sooner than the scheduled time (and not much later). In pull mode a task
-    delayed 1 s is 404 queue_empty until its time, then dequeued."""
+    callback comes no sooner than the scheduled time, and not much later than that of a task
+    created at that time with no delay (so that a machine too busy to call anything back on time
+    does not count against scheduling). In pull mode a task delayed 1 s is 404 queue_empty until
+    its time, then dequeued."""
     t0 = time.monotonic()
     url = receiver.url("/ok")
     delayed = create(api, url, queue=TIMED, delaySeconds=1.5)
@@ -594,6 +596,12 @@ def test_scheduled_tasks_are_neither_dispatched_nor_dequeued_early(
     assert response.json()["taskId"] == pulled
     assert time.time() >= pulled_at
 
+    # A task with no delay, created at each scheduled time: how long a callback takes right now.
+    controls: list[tuple[str, float]] = []
+    for due in (delayed_at, at.timestamp()):
+        time.sleep(max(0.0, due - time.time()))
+        created = time.monotonic()
+        controls.append((create(api, url, queue=TIMED), created))
     wait_for(
         lambda: {get(api, i)["status"] for i in (delayed, timed)} == {"Completed"},
         10,
@@ -601,13 +609,19 @@ def test_scheduled_tasks_are_neither_dispatched_nor_dequeued_early(
     )
     (delayed_hit,) = hits_of(receiver, [delayed])
     (timed_hit,) = hits_of(receiver, [timed])
+    wait_for(lambda: len(hits_of(receiver, [c for c, _ in controls])) == 2, 10, "the controls")
+    control_seconds = [hits_of(receiver, [c])[0].at - created for c, created in controls]
     lateness = (wall(delayed_hit) - delayed_at, wall(timed_hit) - at.timestamp())
-    print(f"callbacks late by {lateness[0]:.3f} s and {lateness[1]:.3f} s")
+    print(
+        f"callbacks late by {lateness[0]:.3f} s and {lateness[1]:.3f} s; "
+        f"tasks with no delay called back after {control_seconds[0]:.3f} s and "
+        f"{control_seconds[1]:.3f} s"
+    )
     assert delayed_hit.at - t0 >= 1.5
     assert wall(delayed_hit) >= delayed_at - 0.01
     assert wall(timed_hit) >= at.timestamp() - 0.01
-    assert wall(delayed_hit) - delayed_at <= SLACK + 0.5
-    assert wall(timed_hit) - at.timestamp() <= SLACK + 0.5
+    assert lateness[0] <= control_seconds[0] + SLACK + 0.5
+    assert lateness[1] <= control_seconds[1] + SLACK + 0.5
 
 
 def test_create_validates_the_new_fields_and_shows_them(api: httpx.Client) -> None:
@@ -701,7 +715,9 @@ def test_pause_stops_dispatch_within_a_second_and_resume_restarts_it(
     resume(api, PAUSED)
     listed = {item["name"]: item for item in api.get("/api/queues").json()["items"]}
     assert listed[PAUSED]["paused"] is False
-    wait_for(lambda: count_in(api, PAUSED, "Completed") == 40, 10, "all 40 after resume")
+    # Generous: once in CI (two test workers and their servers on a loaded 2-core machine) some
+    # were not Completed 10 s after the resume; a failure now shows the server's log.
+    wait_for(lambda: count_in(api, PAUSED, "Completed") == 40, 30, "all 40 after resume")
     assert set(hit_counts(receiver, ids).values()) == {1}
 
 
