@@ -46,6 +46,13 @@ def test_quick_run_prints_every_scenario_and_writes_json() -> None:
         "a create", "b batch", "c dequeue", "d pull", "e dispatch", "f latency", "g scale"
     }  # fmt: skip
     assert all(row["value"] > 0 for row in doc["rows"])
+    # Create latency is measured next to the bare handlers at the same rate, on the same run.
+    latency = {
+        row["baseline_name"]: row for row in doc["rows"] if row["what"].startswith("create p99")
+    }
+    assert set(latency) == {"bare ASGI", "bare Starlette+SQLite"}
+    assert all(row["baseline"] > 0 for row in latency.values())
+    assert latency["bare ASGI"]["target"] == "≤ 5 ms"
 
 
 # The load generator's client (bench/loadgen.py) against a server on loopback whose every byte
