@@ -32,6 +32,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Collection, Sequence
+from typing import Any
 
 import msgspec
 import uuid_utils
@@ -109,6 +110,15 @@ _RETRY_CHECK_SECONDS = 0.05
 """After a look for due retries of a queue finds none, a dispatcher's claims skip the look for
 this long: a claim then costs one round trip less (bench/run.py: about a sixth of a PostgreSQL
 claim), and a retry, which waits its backoff anyway, starts at most this much later."""
+_CLAIM_FINISH_SECONDS = 5.0
+"""How long a dispatcher's claim in flight when it is stopped gets to finish, so that the tasks
+it moved are known and called back (a backend down would otherwise hold up the stop)."""
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark the outcome of a future nobody awaits any more as seen (no "never retrieved" log)."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _requeue_note(lease_seconds: float) -> str:
@@ -605,18 +615,27 @@ class TaskService:
         if self.stopping or queue in await self.paused_queues():
             return []
         claimed: list[TaskRecord] = []
+        claim = asyncio.ensure_future(self._claim(queue, most, claimed))
         try:
-            await self._claim(queue, most, claimed)
+            await asyncio.shield(claim)
         except BackendUnavailable:
             if not claimed:
                 raise
             # Those already in Processing must still be called back (their attempt is
             # counted); the dispatcher pauses on the next claim if the backend stays down.
         except asyncio.CancelledError:
-            # The dispatcher is stopping: what it claimed runs as any callback in flight
-            # does at shutdown (finishes within the grace, or is recorded as interrupted).
-            for task in claimed:
-                self._track(task)
+            # The dispatcher is stopping. A cancelled wait does not undo a statement that has
+            # committed, so a claim cut short could leave tasks in Processing that nobody
+            # calls back until their lease runs out: let it finish (briefly), then what it
+            # claimed runs as any callback in flight does at shutdown (finishes within the
+            # grace, or is recorded as interrupted).
+            claim.add_done_callback(_retrieve)
+            try:
+                await asyncio.wait({claim}, timeout=_CLAIM_FINISH_SECONDS)
+            finally:
+                claim.cancel()
+                for task in claimed:
+                    self._track(task)
             raise
         return claimed
 

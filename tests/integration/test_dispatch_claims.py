@@ -108,3 +108,36 @@ async def test_an_outcome_being_recorded_at_the_shutdown_deadline_is_kept(
     for task_id in ids:
         assert (await service.get(task_id)).status is Status.COMPLETED
         assert [e.http_status for e in await service.executions(task_id)] == [200]
+
+
+async def test_a_claim_stopped_after_its_commit_still_calls_its_tasks_back(
+    service: TaskService, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The dispatcher is stopped while its claim waits for the answer of the statement that
+    moved its tasks on to Processing, which has committed: the claim still ends with the tasks
+    known, so the shutdown calls them back, instead of leaving them in Processing with nobody on
+    them until their lease runs out."""
+    ids = [await _create(service, 0, 5, receiver.url("/ok")) for _ in range(3)]
+    compare_and_set_many = service.store.compare_and_set_many
+    committed = asyncio.Event()
+
+    async def slow_answer(*args: Any, **kwargs: Any) -> list[TaskRecord]:
+        moved = await compare_and_set_many(*args, **kwargs)
+        committed.set()
+        await asyncio.sleep(0.3)  # the answer on its way back
+        return moved
+
+    monkeypatch.setattr(service.store, "compare_and_set_many", slow_answer)
+    claim = asyncio.ensure_future(service.claim_for_dispatch("default", 3))
+    await committed.wait()
+    for task_id in ids:
+        assert (await service.get(task_id)).status is Status.PROCESSING
+    claim.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await claim
+    await service.shutdown(10)
+    for task_id in ids:
+        assert (await service.get(task_id)).status is Status.COMPLETED
+        assert [e.http_status for e in await service.executions(task_id)] == [200]
+    hits = [hit.headers.get("X-Task-Id") for hit in receiver.hits_on("/ok")]
+    assert sorted(task_id for task_id in hits if task_id in ids) == sorted(ids)
