@@ -606,6 +606,10 @@ class TaskService:
         task; each task's lease follows its own timeout). Of several
         dispatchers racing for one task, the compare-and-set lets exactly one through.
 
+        Cancelled (the dispatcher stopping), the claim's statements still finish, for up to
+        ``_CLAIM_FINISH_SECONDS``, and the tasks it moved are called back like every callback
+        in flight at shutdown, before the cancellation goes on.
+
         Returns:
             The tasks in Processing; empty when nothing is due.
 
