@@ -206,7 +206,8 @@ class TaskService:
         self._inflight: set[asyncio.Task[ExecuteOutcome]] = set()
         # Set by begin_shutdown: ends the callbacks still running at the one shutdown deadline.
         self._stopper: asyncio.Task[None] | None = None
-        self._deadline = float("inf")  # monotonic; set by begin_shutdown
+        self._deadline = float("inf")  # monotonic; set by begin_shutdown, cut by stop_now
+        self._deadline_cut = asyncio.Event()
         self._paused: set[str] = set()
         self._paused_read_at = float("-inf")
         # The store read of the paused queues in flight, shared by every caller that finds the
@@ -1418,28 +1419,56 @@ class TaskService:
         claims nothing) and long polls answer at once; at the deadline the callbacks still
         running are cancelled and recorded as interrupted, which ends a synchronous execute
         waiting on one with 503 ``shutting_down`` before the server gives up on its request.
-        A second call changes nothing: the first deadline holds.
+        A second call changes nothing: the first deadline holds (:meth:`stop_now` cuts it).
         """
         if self._stopper is not None:
             return
         self._deadline = time.monotonic() + grace_seconds
-        self._stopper = asyncio.create_task(self._stop_callbacks(self._deadline), name="shutdown")
+        self._stopper = asyncio.create_task(self._stop_callbacks(), name="shutdown")
         self.arrivals.notify()
 
-    async def _stop_callbacks(self, deadline: float) -> None:
-        """Wait for the callbacks in flight until ``deadline`` (monotonic), then interrupt the
+    def stop_now(self) -> int:
+        """Stop without waiting out the grace: the callbacks in flight are cancelled and recorded
+        as interrupted now, as at the deadline (for a second stop signal: whoever sends it wants
+        the process gone, and uvicorn then skips the lifespan's shutdown).
+
+        Returns:
+            How many callbacks were in flight.
+        """
+        self.begin_shutdown(0)
+        self._deadline = min(self._deadline, time.monotonic())
+        self._deadline_cut.set()
+        return len(self._inflight)
+
+    async def wait_for_callbacks(self, seconds: float) -> None:
+        """Wait up to ``seconds`` for the callbacks in flight now to end: answered and recorded,
+        or interrupted and recorded as such (after :meth:`stop_now`)."""
+        if self._inflight:
+            await asyncio.wait(set(self._inflight), timeout=seconds)
+
+    async def _stop_callbacks(self) -> None:
+        """Wait for the callbacks in flight until the deadline (monotonic), then interrupt the
         rest; looks again until none is left, in case one started while stopping began."""
+        said = 0
         while self._inflight:
             pending = set(self._inflight)
-            remaining = deadline - time.monotonic()
+            remaining = self._deadline - time.monotonic()
             if remaining > 0:
-                logger.info("waiting up to %.3g s for %d callbacks", remaining, len(pending))
-                await asyncio.wait(pending, timeout=remaining)
+                if len(pending) > said:  # once, unless more started meanwhile
+                    logger.info("waiting up to %.3g s for %d callbacks", remaining, len(pending))
+                said = len(pending)
+                # Woken by each callback that ends, and by stop_now cutting the deadline.
+                cut = asyncio.ensure_future(self._deadline_cut.wait())
+                try:
+                    await asyncio.wait(
+                        {*pending, cut}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+                    )
+                finally:
+                    cut.cancel()
                 continue
             for call in pending:
                 call.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-            logger.warning("interrupted %d callbacks at shutdown", len(pending))
 
     async def shutdown(self, grace_seconds: float) -> None:
         """Let callbacks in flight finish until the shutdown deadline, then interrupt the rest.
@@ -1454,7 +1483,7 @@ class TaskService:
         await self._stopper
         # An execute that passed the stopping check just before the signal can start its
         # callback after the stopper found nothing in flight: it gets the same deadline.
-        await self._stop_callbacks(self._deadline)
+        await self._stop_callbacks()
 
 
 def _check_edges(source: Collection[Status], target: Status) -> None:

@@ -17,7 +17,7 @@ import pytest
 from tests.acceptance.helpers import assert_problem, create, ready_task
 from tests.support.backends import backend_env
 from tests.support.receiver import Receiver
-from tests.support.server import Server
+from tests.support.server import Server, Worker
 
 FAST = {
     "TASKPLATFORM_RECOVERY_INTERVAL_SECONDS": "0.2",
@@ -396,6 +396,81 @@ def test_sigterm_answers_a_synchronous_execute_in_flight_without_a_500(
         assert again.status_code == 200, again.text
         assert (again.json()["status"], again.json()["attempt"]) == ("Completed", 2)
     assert len(receiver.hits_for(stuck)) == 2
+
+
+def test_a_second_stop_signal_interrupts_the_callbacks_at_once(
+    start_server: Callable[..., Server], receiver: Receiver
+) -> None:
+    """Ctrl-C twice while a synchronous execute waits on a callback of 10 s, with a grace of
+    30 s: the server is gone within seconds, not the grace; the execute answers 503
+    ``shutting_down``, not uvicorn's 500 of a dropped request; the attempt is recorded as
+    interrupted, so after a restart the task is Failed with one attempt, nothing Processing."""
+    server = start_server(TASKPLATFORM_SHUTDOWN_GRACE_SECONDS="30", **FAST)
+    assert server.process is not None
+    answers: list[httpx.Response] = []
+    with httpx.Client(base_url=server.url, timeout=60) as http:
+        stuck = ready_task(http, receiver.url("/slow?seconds=10"), timeoutSeconds=60)
+
+    def execute() -> None:
+        with httpx.Client(base_url=server.url, timeout=60) as own:
+            answers.append(own.post(f"/api/tasks/{stuck}/execute"))
+
+    caller = threading.Thread(target=execute)
+    caller.start()
+    _wait_for(lambda: bool(receiver.hits_for(stuck)))
+    started = time.monotonic()
+    server.process.send_signal(signal.SIGINT)
+    _wait_for(lambda: "waiting up to" in server.log(), seconds=5)
+    server.process.send_signal(signal.SIGINT)
+    server.process.wait(15)
+    stopped_after = time.monotonic() - started
+    caller.join(10)
+    print(f"stopped {stopped_after:.2f} s after the first SIGINT (grace 30 s)")
+    assert stopped_after < 5
+    problem = assert_problem(answers[0], 503, "shutting_down")
+    assert problem["taskId"] == stuck
+    log = server.log()
+    assert "second stop signal: interrupting 1 callbacks now" in log
+    assert "Exception in ASGI application" not in log, log
+
+    server.start()
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        interrupted = http.get(f"/api/tasks/{stuck}").json()
+        assert (interrupted["status"], interrupted["attempts"]) == ("Failed", 1)
+        assert interrupted["error"] == "interrupted: the server stopped during the callback"
+        assert http.get("/api/stats").json()["tasks"]["Processing"] == 0
+
+
+def test_a_second_stop_signal_stops_a_worker_at_once(
+    server: Server, receiver: Receiver, start_worker: Callable[..., Worker]
+) -> None:
+    """``taskplatform worker`` with a grace of 30 s, its callback taking 10 s: one SIGTERM waits
+    (the callback may finish within the grace), a second one interrupts it at once, records the
+    attempt as interrupted and the worker exits within seconds."""
+    queue = f"stop-twice-{time.time_ns()}"
+    store = {
+        key: value
+        for key, value in server.env.items()
+        if key.startswith("TASKPLATFORM_") and key != "TASKPLATFORM_PORT"
+    }
+    worker = start_worker({**store, "TASKPLATFORM_SHUTDOWN_GRACE_SECONDS": "30"}, "--queue", queue)
+    assert worker.process is not None
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        stuck = create(http, receiver.url("/slow?seconds=10"), queue=queue, timeoutSeconds=60)
+        _wait_for(lambda: bool(receiver.hits_for(stuck)), seconds=15)
+        worker.process.send_signal(signal.SIGTERM)
+        _wait_for(lambda: "waiting up to" in worker.log(), seconds=5)
+        time.sleep(0.5)
+        assert worker.alive(), "the first signal waits for the callback"
+        started = time.monotonic()
+        worker.process.send_signal(signal.SIGTERM)
+        worker.process.wait(15)
+        print(f"stopped {time.monotonic() - started:.2f} s after the second SIGTERM")
+        assert time.monotonic() - started < 5
+        assert "second stop signal: interrupting 1 callbacks now" in worker.log()
+        interrupted = http.get(f"/api/tasks/{stuck}").json()
+        assert (interrupted["status"], interrupted["attempts"]) == ("Retry", 1), interrupted
+        assert interrupted["error"] == "interrupted: the server stopped during the callback"
 
 
 def test_a_client_that_hangs_up_does_not_cancel_the_callback(

@@ -139,9 +139,12 @@ async def test_the_signal_hook_starts_stopping_then_runs_the_servers_handler() -
     def servers_handler(number: int, frame: FrameType | None) -> None:
         reached.append(number)
 
+    async def stop() -> None:
+        stops.append("stop")
+
     try:
         signal.signal(signal.SIGTERM, servers_handler)
-        unhook = hook_stop_signals(lambda: stops.append("stop"))
+        unhook = hook_stop_signals(stop)
         signal.raise_signal(signal.SIGTERM)
         await asyncio.sleep(0.05)
         assert (stops, reached) == (["stop"], [signal.SIGTERM])
@@ -149,7 +152,7 @@ async def test_the_signal_hook_starts_stopping_then_runs_the_servers_handler() -
         assert signal.getsignal(signal.SIGTERM) is servers_handler
 
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        unhook = hook_stop_signals(lambda: stops.append("stop"))
+        unhook = hook_stop_signals(stop)
         assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
         unhook()
     finally:

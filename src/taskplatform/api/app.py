@@ -8,9 +8,10 @@ import io
 import logging
 import signal
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from types import FrameType
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -38,9 +39,9 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 SignalHandler = Callable[[int, FrameType | None], object]
 
 
-def hook_stop_signals(on_stop: Callable[[], None]) -> Callable[[], None]:
-    """Run ``on_stop`` on this event loop when SIGTERM or SIGINT arrives, then the server's own
-    handler; return a function that removes the hook.
+def hook_stop_signals(on_stop: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], None]:
+    """Run ``on_stop`` on this event loop when SIGTERM or SIGINT arrives, then, once it has
+    returned, the server's own handler; return a function that removes the hook.
 
     Why: uvicorn tells the application nothing when a signal arrives. It stops accepting
     connections, waits for the requests in flight (up to ``timeout_graceful_shutdown``) and only
@@ -48,13 +49,27 @@ def hook_stop_signals(on_stop: Callable[[], None]) -> Callable[[], None]:
     and a synchronous execute still waiting on its callback when the drain gives up is cancelled
     into a 500. Chaining onto the handler uvicorn installed (it uses ``signal.signal``, and
     restores its predecessors itself on exit) lets the service start its one deadline at the
-    signal. Only the main thread can set handlers, and a handler that is not a function (the
-    default action, ignore) belongs to no server that drains: nothing is hooked then.
+    signal. uvicorn's handler runs after ``on_stop``: at a second SIGINT it drops every
+    connection within a tenth of a second, and ``on_stop`` first ends what it can end properly.
+    Only the main thread can set handlers, and a handler that is not a function (the default
+    action, ignore) belongs to no server that drains: nothing is hooked then.
     """
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
     loop = asyncio.get_running_loop()
     hooked: dict[int, tuple[SignalHandler, SignalHandler]] = {}
+    stopping: set[asyncio.Task[None]] = set()  # referenced until done
+
+    def stop_then_pass_on(number: int, frame: FrameType | None, previous: SignalHandler) -> None:
+        task = loop.create_task(on_stop(), name="stop signal")
+        stopping.add(task)
+
+        def pass_on(_: asyncio.Task[None]) -> None:
+            stopping.discard(task)
+            previous(number, frame)
+
+        task.add_done_callback(pass_on)
+
     for signum in STOP_SIGNALS:
         previous = signal.getsignal(signum)
         if not callable(previous):
@@ -67,9 +82,10 @@ def hook_stop_signals(on_stop: Callable[[], None]) -> Callable[[], None]:
         ) -> None:
             # A signal handler runs between two bytecodes of whatever the loop is doing:
             # call_soon_threadsafe is the one safe way in (and a closed loop has nothing to stop).
-            if not loop.is_closed():
-                loop.call_soon_threadsafe(on_stop)
-            previous(number, frame)
+            if loop.is_closed():
+                previous(number, frame)
+            else:
+                loop.call_soon_threadsafe(stop_then_pass_on, number, frame, previous)
 
         signal.signal(signum, chained)
         hooked[signum] = (previous, chained)
@@ -81,6 +97,10 @@ def hook_stop_signals(on_stop: Callable[[], None]) -> Callable[[], None]:
 
     return unhook
 
+
+STOP_NOW_SECONDS = 2.0
+"""How long a second stop signal waits for the interrupted callbacks to be recorded before the
+server drops its connections."""
 
 JOB_STOP_SECONDS = 5.0
 """How long shutdown waits for a background job (maintenance, dispatcher) to end once cancelled."""
@@ -142,11 +162,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         service = TaskService(backends, sender, settings)
         app.state.service = service
 
-        def on_stop() -> None:
+        async def on_stop() -> None:
             # From the first stop signal on, every line is written at once: after a second one,
             # uvicorn skips the lifespan's shutdown and the process ends by the re-raised signal.
             stop_holding_lines()
-            service.begin_shutdown(settings.shutdown_grace_seconds)
+            if not service.stopping:
+                service.begin_shutdown(settings.shutdown_grace_seconds)
+            elif in_flight := service.stop_now():
+                # uvicorn drops every connection next: end the callbacks first, so that each is
+                # recorded as interrupted and a synchronous execute answers 503, not a 500.
+                logger.warning("second stop signal: interrupting %d callbacks now", in_flight)
+                await service.wait_for_callbacks(STOP_NOW_SECONDS)
 
         unhook = hook_stop_signals(on_stop)
         maintenance = asyncio.create_task(service.run_maintenance(), name="maintenance")

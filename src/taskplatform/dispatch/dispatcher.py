@@ -180,7 +180,7 @@ async def run_worker(settings: Settings) -> None:
 
     Also runs the maintenance loop (reaping expired leases, the enqueue listener), then stops
     gracefully: callbacks in flight get ``shutdown_grace_seconds`` to finish; the rest are
-    recorded as interrupted and retried later.
+    recorded as interrupted and retried later. A second signal interrupts them at once.
     """
     from taskplatform.backends import open_backends, prepare_schema
     from taskplatform.dispatch import sender_from_settings
@@ -191,9 +191,15 @@ async def run_worker(settings: Settings) -> None:
     await sender.start()
     service = TaskService(backends, sender, settings)
     stop = asyncio.Event()
+
+    def on_signal() -> None:
+        if stop.is_set() and (in_flight := service.stop_now()):
+            logger.warning("second stop signal: interrupting %d callbacks now", in_flight)
+        stop.set()
+
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, on_signal)
     metrics = None
     if settings.worker_metrics_port is not None:
         metrics = await _serve_metrics(
