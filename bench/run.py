@@ -409,19 +409,22 @@ class Bench:
             pids["server"] = srv.proc.pid
         return CpuMeter(pids)
 
+    def create_targets(self, srv: Service) -> tuple[dict[str, str], dict[str, int]]:
+        """The servers single creates go to, by name (the service first, then the bare ASGI
+        handler and, on SQLite, the bare Starlette + SQLite handler): their URLs and pids."""
+        targets = {"taskplatform": srv.url, "bare ASGI": self.helpers.bare_url}
+        pids = {"taskplatform": srv.proc.pid, "bare ASGI": self.helpers.bare.pid}
+        if srv.backend == "sqlite":
+            targets["bare Starlette+SQLite"] = self.helpers.starlette_url
+            pids["bare Starlette+SQLite"] = self.helpers.starlette.pid
+        return targets, pids
+
     # a, b, c
     async def create_batch_dequeue(self, srv: Service, scenarios: set[str]) -> None:
         """Scenarios a (create vs the baselines), b (batch create), c (dequeue), in that order
         on one server (c dequeues what a and b queued)."""
         sizes, backend = self.sizes, srv.backend
-        targets = {"taskplatform": srv.url, "bare ASGI": self.helpers.bare_url}
-        if backend == "sqlite":
-            targets["bare Starlette+SQLite"] = self.helpers.starlette_url
-        pids = {
-            "taskplatform": srv.proc.pid,
-            "bare ASGI": self.helpers.bare.pid,
-            "bare Starlette+SQLite": self.helpers.starlette.pid,
-        }
+        targets, pids = self.create_targets(srv)
         with contextlib.ExitStack() as stack:
             clients = {name: stack.enter_context(connected(url)) for name, url in targets.items()}
             http = clients["taskplatform"]
@@ -628,14 +631,7 @@ class Bench:
         slices with the bare ASGI handler at the same rate (on SQLite also the Starlette +
         SQLite handler): on a noisy machine their p99 is the floor this one stands on."""
         rate = 0.5 * self.create_rate.get(srv.backend, 1000.0)
-        targets = {"taskplatform": srv.url, "bare ASGI": self.helpers.bare_url}
-        if srv.backend == "sqlite":
-            targets["bare Starlette+SQLite"] = self.helpers.starlette_url
-        pids = {
-            "taskplatform": srv.proc.pid,
-            "bare ASGI": self.helpers.bare.pid,
-            "bare Starlette+SQLite": self.helpers.starlette.pid,
-        }
+        targets, pids = self.create_targets(srv)
         slices = self.sizes.slices
         lat: dict[str, list[float]] = {name: [] for name in targets}
         achieved: dict[str, list[float]] = {name: [] for name in targets}

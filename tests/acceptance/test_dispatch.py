@@ -28,7 +28,7 @@ import pytest
 from tests.acceptance.helpers import TIMESTAMP, assert_problem, create
 from tests.support.backends import backend_env
 from tests.support.receiver import Hit, Receiver
-from tests.support.server import Server, Worker
+from tests.support.server import Server, Worker, store_env
 
 # Queues the shared server's dispatcher serves. TIMED is shared by the tests that only look at
 # their own tasks (retries, scheduling, cancel); the others have a queue each. "default" is left
@@ -83,17 +83,6 @@ _WALL_OFFSET = time.time() - time.monotonic()
 
 # ---------------------------------------------------------------------------------------------
 # Helpers
-
-
-def store_env(server: Server) -> dict[str, str]:
-    """The store and queue settings of ``server``, for a worker on the same data."""
-    return {
-        key: value
-        for key, value in server.env.items()
-        if key.startswith("TASKPLATFORM_")
-        and not key.startswith("TASKPLATFORM_DISPATCH")
-        and key != "TASKPLATFORM_PORT"
-    }
 
 
 def wait_for(

@@ -17,7 +17,7 @@ import pytest
 from tests.acceptance.helpers import assert_problem, create, ready_task
 from tests.support.backends import backend_env
 from tests.support.receiver import Receiver
-from tests.support.server import Server, Worker
+from tests.support.server import Server, Worker, store_env
 
 FAST = {
     "TASKPLATFORM_RECOVERY_INTERVAL_SECONDS": "0.2",
@@ -448,12 +448,9 @@ def test_a_second_stop_signal_stops_a_worker_at_once(
     (the callback may finish within the grace), a second one interrupts it at once, records the
     attempt as interrupted and the worker exits within seconds."""
     queue = f"stop-twice-{time.time_ns()}"
-    store = {
-        key: value
-        for key, value in server.env.items()
-        if key.startswith("TASKPLATFORM_") and key != "TASKPLATFORM_PORT"
-    }
-    worker = start_worker({**store, "TASKPLATFORM_SHUTDOWN_GRACE_SECONDS": "30"}, "--queue", queue)
+    worker = start_worker(
+        {**store_env(server), "TASKPLATFORM_SHUTDOWN_GRACE_SECONDS": "30"}, "--queue", queue
+    )
     assert worker.process is not None
     with httpx.Client(base_url=server.url, timeout=30) as http:
         stuck = create(http, receiver.url("/slow?seconds=10"), queue=queue, timeoutSeconds=60)

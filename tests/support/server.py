@@ -33,6 +33,17 @@ def clean_environ(extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
+def store_env(server: Server) -> dict[str, str]:
+    """The store and queue settings of ``server``, for a worker on the same data."""
+    return {
+        key: value
+        for key, value in server.env.items()
+        if key.startswith("TASKPLATFORM_")
+        and not key.startswith("TASKPLATFORM_DISPATCH")
+        and key != "TASKPLATFORM_PORT"
+    }
+
+
 class Server:
     """One ``taskplatform serve`` process on a free loopback port.
 
