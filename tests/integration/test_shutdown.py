@@ -11,14 +11,18 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from collections.abc import MutableMapping
+from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import pytest
 
-from taskplatform.api.app import hook_stop_signals
+from taskplatform.api.app import create_app, hook_stop_signals
 from taskplatform.exceptions import QueueEmpty, ShuttingDown
 from taskplatform.models import Status
 from taskplatform.service import INTERRUPTED, STOPPED_MID_CALLBACK, STOPPING, TaskService
+from taskplatform.settings import Settings
 from taskplatform.validation import parse_task_create
 from tests.support.receiver import Receiver
 
@@ -157,3 +161,30 @@ async def test_the_signal_hook_starts_stopping_then_runs_the_servers_handler() -
         unhook()
     finally:
         signal.signal(signal.SIGTERM, original)
+
+
+async def test_a_lifespan_torn_down_without_its_shutdown_reports_no_failure(
+    tmp_path: Path,
+) -> None:
+    """A second SIGINT makes uvicorn skip the lifespan's shutdown, and the loop's teardown then
+    cancels the lifespan where it waits: the app runs its cleanup and ends quietly, instead of
+    sending ``lifespan.shutdown.failed`` with a traceback (which uvicorn logs as an ERROR)."""
+    app = create_app(Settings(database_url=f"sqlite:///{tmp_path / 'tp.db'}"))
+    inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    sent: list[MutableMapping[str, Any]] = []
+    started = asyncio.Event()
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(message)
+        if message["type"] == "lifespan.startup.complete":
+            started.set()
+
+    await inbox.put({"type": "lifespan.startup"})
+    lifespan = asyncio.ensure_future(app({"type": "lifespan"}, inbox.get, send))
+    await started.wait()
+    lifespan.cancel()  # what asyncio.run does to the tasks left at the end
+    await asyncio.wait({lifespan})
+    assert not lifespan.cancelled()
+    assert lifespan.exception() is None
+    assert [message["type"] for message in sent] == ["lifespan.startup.complete"]
+    assert app.state.service.stopping  # the lifespan's cleanup ran

@@ -14,13 +14,14 @@ no to anything FastAPI would have said yes to, and never answers differently.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from taskplatform.api import tasks
 from taskplatform.api.problems import NO_HEAD_PATHS, exception_response
@@ -100,6 +101,31 @@ class TaskPlatformAPI(FastAPI):
             response = await exception_response(request, exc)
         await response(scope, receive, send)
 
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """FastAPI's lifespan, quiet when the process ends without a shutdown.
+
+        After a second SIGINT uvicorn skips the lifespan's shutdown, and the event loop's
+        teardown cancels the lifespan where it waits. The lifespan's own cleanup still runs
+        (``api.app``); but Starlette reports the cancellation as ``lifespan.shutdown.failed``
+        with its traceback, which uvicorn logs as an ERROR although nothing failed. That one
+        report, and the cancellation after it, end here.
+        """
+        torn_down = False
+
+        async def send_unless_torn_down(message: Message) -> None:
+            nonlocal torn_down
+            task = asyncio.current_task()
+            if message["type"] == "lifespan.shutdown.failed" and task and task.cancelling():
+                torn_down = True
+                return
+            await send(message)
+
+        try:
+            await super().__call__(scope, receive, send_unless_torn_down)
+        except asyncio.CancelledError:
+            if not torn_down:
+                raise
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
             scope["type"] == "http"
@@ -110,6 +136,9 @@ class TaskPlatformAPI(FastAPI):
             # The routes see a GET in a copy of the scope; uvicorn keeps its own, sees HEAD
             # there and sends the headers only, Content-Length included.
             scope = {**scope, "method": "GET"}
+        if scope["type"] == "lifespan":
+            await self._lifespan(scope, receive, send)
+            return
         if self._fast is not None and scope["type"] == "http":
             endpoint = match(scope)
             if endpoint is not None:
