@@ -4,10 +4,10 @@ Lifecycle events (a task created, dequeued, moved to a new status, re-driven, ca
 logged at INFO by :mod:`taskplatform.service` with ``extra={"task_id", "attempt", "status",
 "queue"}``; the JSON format carries those as top-level fields, so a log pipeline can follow one
 task without parsing messages. The same dictionary configures uvicorn, whose worker processes
-apply it again after they start (``serve --workers N``), so every process logs alike. The lines of
-a batch (a batch create, a dispatcher's claim) go out in a few writes (:func:`written_together`),
-and while the server runs, the lines its event loop logs in one turn go out together at the turn's
-end (:func:`lines_written_per_turn`).
+apply it again after they start (``serve --workers N``), so every process logs alike. The events of
+a batch (a batch create, a dispatcher's claim) are one record of :class:`EventLines` that the
+formatters here write as a line per event, and while the server runs, the lines its event loop logs
+in one turn go out together at the turn's end (:func:`lines_written_per_turn`).
 """
 
 from __future__ import annotations
@@ -15,12 +15,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import select
 import threading
 import time
 import weakref
-from collections.abc import Iterator
-from contextvars import ContextVar
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal, TextIO
 
 from pythonjsonlogger.core import RESERVED_ATTRS
@@ -96,33 +97,59 @@ def stream_handler(stream: TextIO) -> GroupingStreamHandler:
     return GroupingStreamHandler(stream)
 
 
-# The handlers holding this context's lines, inside written_together(); None outside.
-_holders: ContextVar[list[GroupingStreamHandler] | None] = ContextVar("holders", default=None)
+@dataclass(frozen=True, slots=True)
+class EventLines:
+    """The message of one record that stands for several events of the same level and logger,
+    each with its own message and ``extra`` fields: the formatters of this module write a line
+    for each, as if each had been logged alone (:func:`log_events`).
+
+    Why: a batch create has 1,000 lifecycle events, and making and formatting 1,000 records was
+    a third of the server's CPU on that request (``bench/README.md``); one record and a line per
+    event costs a quarter of that. Any other formatter sees the events' messages, a line each,
+    as one message (``str``), without their fields.
+
+    Args:
+        events: ``(message, fields)`` per event, in order: the message as text (no ``%``
+            arguments left) and the fields a record of it would carry as ``extra``.
+    """
+
+    events: Sequence[tuple[str, Mapping[str, object]]]
+
+    def __str__(self) -> str:
+        return "\n".join(message for message, _ in self.events)
+
+
+def log_events(
+    logger: logging.Logger, level: int, events: Sequence[tuple[str, Mapping[str, object]]]
+) -> None:
+    """Log ``events`` (see :class:`EventLines`) at ``level`` as one record, if any and enabled."""
+    if events and logger.isEnabledFor(level):
+        logger.log(level, EventLines(events))
+
+
+def _event_record(
+    record: logging.LogRecord, message: str, fields: Mapping[str, object]
+) -> logging.LogRecord:
+    """A copy of ``record`` that is one of its events: ``message``, with ``fields`` as extras."""
+    event = logging.LogRecord.__new__(logging.LogRecord)  # the attributes come from ``record``
+    event.__dict__.update(record.__dict__)
+    event.__dict__.update(fields)
+    event.msg, event.args = message, ()
+    return event
+
+
+# The attributes a record of each event has as the record of them all has them (all but the
+# message and the events' fields), and a mark that stands for the message.
+_SHARED_FIELDS = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) - {
+    "msg",
+    "args",
+} | {"message", "asctime"}
+_MESSAGE_MARK = "\x00message\x00"
+
 # Inside lines_written_per_turn(): the event loop whose lines wait for the end of its turn, and
 # the thread that runs it.
 _turn: tuple[asyncio.AbstractEventLoop, int] | None = None
 _handlers: weakref.WeakSet[GroupingStreamHandler] = weakref.WeakSet()
-
-
-@contextlib.contextmanager
-def written_together() -> Iterator[None]:
-    """Within the block, hold the lines this thread or task logs through a
-    :class:`GroupingStreamHandler` and write them together when the block ends.
-
-    For code that logs many lines at once with nothing to wait for in between: a batch create
-    logs 1,000 lifecycle lines, and a ``write`` system call for each was a quarter of the
-    server's time on that request. A record at WARNING or above is written at once, after what
-    was held before it. Other threads, and tasks started before the block, log as usual
-    meanwhile.
-    """
-    holders: list[GroupingStreamHandler] = []
-    token = _holders.set(holders)
-    try:
-        yield
-    finally:
-        _holders.reset(token)
-        for handler in holders:
-            handler.write_held()
 
 
 @contextlib.contextmanager
@@ -172,14 +199,15 @@ def _write_all_held() -> None:
 
 
 class GroupingStreamHandler(logging.StreamHandler[TextIO]):
-    """A :class:`logging.StreamHandler` that, inside :func:`written_together`, holds its lines
-    and then writes them in as few ``write`` calls as it can.
+    """A :class:`logging.StreamHandler` that writes a record of several lines (an
+    :class:`EventLines`), and on the event loop's thread inside :func:`lines_written_per_turn`
+    the lines of a whole turn, in as few ``write`` calls as it can.
 
     Each call writes whole lines, at most :data:`select.PIPE_BUF` bytes of them (a longer line
-    goes alone, as before). POSIX makes a write of at most that many bytes to a pipe atomic, so
-    with ``serve --workers N`` sharing one stderr pipe the processes' lines never cut into each
-    other, as with a write per line. Outside the block it writes each record as
-    :class:`logging.StreamHandler` does.
+    goes alone). POSIX makes a write of at most that many bytes to a pipe atomic, so with
+    ``serve --workers N`` sharing one stderr pipe the processes' lines never cut into each other,
+    as with a write per line. Any other record is written as :class:`logging.StreamHandler`
+    writes it.
 
     Args:
         stream: A text stream (``sys.stderr``).
@@ -195,29 +223,29 @@ class GroupingStreamHandler(logging.StreamHandler[TextIO]):
         _handlers.add(self)
 
     def emit(self, record: logging.LogRecord) -> None:
-        """Write ``record``'s line, or hold it inside :func:`written_together` or, on the event
-        loop's thread, :func:`lines_written_per_turn`. Called by :meth:`logging.Handler.handle`
-        with the handler's lock held."""
-        holders = _holders.get()
-        turn = _turn
-        on_loop = turn is not None and threading.get_ident() == turn[1]
-        if holders is None and not on_loop:
-            if record.levelno >= logging.WARNING and self._held:
-                self._write_held()  # a warning keeps its place after what was logged before it
-            super().emit(record)
-            return
+        """Write ``record``'s lines, or hold them on the event loop's thread inside
+        :func:`lines_written_per_turn`. Called by :meth:`logging.Handler.handle` with the
+        handler's lock held."""
         try:
-            self._held.append(self.format(record) + self.terminator)
+            formatter = self.formatter
+            if isinstance(record.msg, EventLines) and isinstance(formatter, _EventLinesFormatter):
+                lines = [line + self.terminator for line in formatter.format_lines(record)]
+            else:
+                lines = [self.format(record) + self.terminator]
         except Exception:
             self.handleError(record)
             return
+        turn = _turn
+        if turn is None or threading.get_ident() != turn[1]:
+            if record.levelno >= logging.WARNING and self._held:
+                self._write_held()  # a warning keeps its place after what was logged before it
+            self._write_lines(lines, record)
+            return
+        self._held.extend(lines)
         self._last_record = record
         if record.levelno >= logging.WARNING:
             self._write_held()
-        elif holders is not None:
-            if self not in holders:
-                holders.append(self)
-        elif turn is not None and not self._turn_end_scheduled:
+        elif not self._turn_end_scheduled:
             try:
                 turn[0].call_soon(self.write_held)
             except RuntimeError:  # the loop is closed: no turn will come
@@ -231,7 +259,7 @@ class GroupingStreamHandler(logging.StreamHandler[TextIO]):
         super().close()
 
     def write_held(self) -> None:
-        """Write every held line (the end of :func:`written_together`, or of a loop's turn)."""
+        """Write every held line (the end of a loop's turn)."""
         self.acquire()
         try:
             self._write_held()
@@ -239,35 +267,56 @@ class GroupingStreamHandler(logging.StreamHandler[TextIO]):
             self.release()
 
     def _write_held(self) -> None:
-        """Write the held lines in order, whole lines of at most ``PIPE_BUF`` bytes a write.
-
-        Called with the handler's lock held.
-        """
+        """Write the held lines. Called with the handler's lock held."""
         self._turn_end_scheduled = False
-        if not self._held:
-            return
-        held, self._held = self._held, []
+        if self._held and self._last_record is not None:
+            held, self._held = self._held, []
+            self._write_lines(held, self._last_record)
+
+    def _write_lines(self, lines: list[str], record: logging.LogRecord) -> None:
+        """Write ``lines`` (each ending with the terminator) in order, whole lines of at most
+        ``PIPE_BUF`` bytes a write. Called with the handler's lock held; a failure goes to
+        :meth:`logging.Handler.handleError` with ``record``, as
+        :meth:`logging.StreamHandler.emit` reports its own failures."""
         start = size = 0
-        for index, line in enumerate(held):
+        for index, line in enumerate(lines):
             length = len(line) if line.isascii() else len(line.encode("utf-8", "replace"))
             if index > start and size + length > select.PIPE_BUF:
-                self._write_chunk(held[start:index])
+                self._write_chunk(lines[start:index], record)
                 start, size = index, 0
             size += length
-        if start < len(held):
-            self._write_chunk(held[start:])
+        if start < len(lines):
+            self._write_chunk(lines[start:], record)
 
-    def _write_chunk(self, lines: list[str]) -> None:
-        """One write of ``lines``; a failure goes to :meth:`logging.Handler.handleError` with the
-        last record held, as :meth:`logging.StreamHandler.emit` reports its own failures."""
+    def _write_chunk(self, lines: list[str], record: logging.LogRecord) -> None:
         try:
             self.stream.write("".join(lines))
             self.stream.flush()
         except RecursionError:  # as logging.StreamHandler.emit does
             raise
         except Exception:
-            if self._last_record is not None:
-                self.handleError(self._last_record)
+            self.handleError(record)
+
+
+class _EventLinesFormatter(logging.Formatter):
+    """A formatter that writes a record of :class:`EventLines` as a line per event."""
+
+    def format_lines(self, record: logging.LogRecord) -> list[str]:
+        """Return the lines of ``record``: one per event of an :class:`EventLines` message, each
+        the text :meth:`format` gives a record of that event alone; otherwise ``[format()]``."""
+        if not isinstance(record.msg, EventLines):
+            return [self.format(record)]
+        lines = []
+        for message, fields in record.msg.events:
+            lines.append(super().format(_event_record(record, message, fields)))
+        return lines
+
+    def format(self, record: logging.LogRecord) -> str:
+        """As :meth:`logging.Formatter.format`; the lines of :meth:`format_lines` for a record
+        of :class:`EventLines`."""
+        if isinstance(record.msg, EventLines):
+            return "\n".join(self.format_lines(record))
+        return super().format(record)
 
 
 class _SecondCache:
@@ -295,10 +344,33 @@ class _SecondCache:
         return text
 
 
-class TextFormatter(_SecondCache, logging.Formatter):
-    """The text format's formatter (see :func:`logging_config`)."""
+class TextFormatter(_SecondCache, _EventLinesFormatter):
+    """The text format's formatter (see :func:`logging_config`).
+
+    When its format shows no field of an event but the message (as ``TEXT_FORMAT``), the events
+    of one record share all the rest of their lines: that is formatted once, and each line is
+    that text around the event's message.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        fields = (
+            re.findall(r"%\((\w+)\)", self._fmt or "")
+            if self._style.__class__ is logging.PercentStyle
+            else ["?"]
+        )
+        self._shared_around_message = fields.count("message") == 1 and set(fields) <= _SHARED_FIELDS
+
+    def format_lines(self, record: logging.LogRecord) -> list[str]:
+        """As :meth:`_EventLinesFormatter.format_lines`; the line once, when the events share it."""
+        if not (self._shared_around_message and isinstance(record.msg, EventLines)):
+            return super().format_lines(record)
+        head, _, tail = (
+            super().format(_event_record(record, _MESSAGE_MARK, {})).partition(_MESSAGE_MARK)
+        )
+        return [head + message + tail for message, _ in record.msg.events]
 
 
-class JsonFormatter(_SecondCache, MsgspecFormatter):
+class JsonFormatter(_SecondCache, _EventLinesFormatter, MsgspecFormatter):
     """The JSON format's formatter, python-json-logger's msgspec one (see
     :func:`logging_config`)."""

@@ -167,11 +167,12 @@ class Metrics:
         """Count one task taken out of ``queue``; ``mode`` is ``"pull"`` or ``"dispatch"``."""
         self._child(self.dequeued, self._queue(queue), mode).inc()
 
-    def task_moved(self, queue: str, status: Status) -> None:
-        """Count a step into ``status`` if it ends an attempt or the task (see module doc)."""
+    def task_moved(self, queue: str, status: Status, count: int = 1) -> None:
+        """Count ``count`` steps into ``status`` if it ends an attempt or the task (see module
+        doc)."""
         outcome = _OUTCOMES.get(status)
         if outcome is not None:
-            self._child(self.finished, self._queue(queue), outcome).inc()
+            self._child(self.finished, self._queue(queue), outcome).inc(count)
 
     def callback_finished(self, queue: str, success: bool, duration_ms: float) -> None:
         """Observe one callback's duration (``duration_ms``, milliseconds)."""

@@ -59,7 +59,7 @@ from taskplatform.exceptions import (
     ValidationFailed,
     raise_if_cancelled,
 )
-from taskplatform.logs import written_together
+from taskplatform.logs import log_events
 from taskplatform.metrics import Metrics
 from taskplatform.models import (
     DEFAULT_QUEUE,
@@ -292,9 +292,7 @@ class TaskService:
             require_attempts_left=require_attempts_left,
             due_by=due_by,
         )
-        with written_together():
-            for task in tasks:
-                self._moved(task)
+        self._moved_many(tasks)
         return tasks
 
     def _moved(self, task: TaskRecord, note: str = "") -> None:
@@ -313,6 +311,30 @@ class TaskService:
             },
         )
         self.metrics.task_moved(task.queue, task.status)
+
+    def _moved_many(self, tasks: Sequence[TaskRecord]) -> None:
+        """:meth:`_moved` of several tasks (a batch): one record with a line per task
+        (:class:`~taskplatform.logs.EventLines`), the same lines as one record each."""
+        if logger.isEnabledFor(logging.INFO):
+            log_events(
+                logger,
+                logging.INFO,
+                [
+                    (
+                        f"task {task.task_id} is {task.status.value} (attempt {task.attempts})",
+                        {
+                            "task_id": task.task_id,
+                            "status": task.status.value,
+                            "attempt": task.attempts,
+                            "queue": task.queue,
+                        },
+                    )
+                    for task in tasks
+                ],
+            )
+        moved = collections.Counter((task.queue, task.status) for task in tasks)
+        for (queue, status), count in moved.items():
+            self.metrics.task_moved(queue, status, count)
 
     # -- operations ------------------------------------------------------------------------------
 
@@ -476,9 +498,7 @@ class TaskService:
         if unkeyed:
             await self.queue.enqueue_many(unkeyed)
             self.arrivals.notify()
-            with written_together():
-                for task in unkeyed:
-                    self._moved(task)
+            self._moved_many(unkeyed)
             for queue, count in collections.Counter(task.queue for task in unkeyed).items():
                 self.metrics.task_created(queue, count)
         # Every keyed item's place was filled above, or the task group raised.

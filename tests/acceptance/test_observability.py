@@ -262,6 +262,36 @@ def test_json_logs_carry_every_lifecycle_event(
     assert not [record for record in records if "color_message" in record]
 
 
+def test_json_logs_carry_each_task_of_a_batch_and_of_a_claim(
+    start_server: Callable[..., Server], receiver: Receiver
+) -> None:
+    """A batch create and a dispatcher's batch claim log their tasks as one record each
+    (``logs.EventLines``): each task still gets a JSON line of its own with its fields."""
+    server = start_server(TASKPLATFORM_LOG_FORMAT="json", TASKPLATFORM_DISPATCH="true")
+    items = [{"taskData": {"n": n}, "callbackUrl": receiver.url("/ok")} for n in range(40)]
+    items.insert(7, {"taskData": {}, "callbackUrl": "not a url"})
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        response = client.post("/api/tasks/batch", json={"tasks": items})
+        assert response.status_code == 200, response.text
+        task_ids = [item["taskId"] for item in response.json()["items"] if "taskId" in item]
+        assert len(task_ids) == 40
+        deadline = time.monotonic() + 20
+        while client.get("/api/stats").json()["tasks"].get("Completed", 0) < 40:
+            assert time.monotonic() < deadline, "the dispatcher did not complete the batch"
+            time.sleep(0.05)
+    server.stop()
+
+    events: dict[str, list[tuple[str, int]]] = {task_id: [] for task_id in task_ids}
+    for line in server.log().splitlines():
+        record = json.loads(line)  # every line is one JSON object
+        if record.get("task_id") in events:
+            assert record["message"].startswith(f"task {record['task_id']} is {record['status']}")
+            assert record["queue"] == "default"
+            events[record["task_id"]].append((record["status"], record["attempt"]))
+    for task_id in task_ids:
+        assert events[task_id] == [("Queued", 0), ("Processing", 1), ("Completed", 1)], task_id
+
+
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"], indirect=True)
 def test_a_worker_serves_its_own_metrics(
     start_server: Callable[..., Server],

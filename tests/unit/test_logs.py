@@ -1,5 +1,6 @@
-"""The log formatters (the same text as the standard library's, made faster) and the handler that
-writes a batch's lines, and a loop turn's, together."""
+"""The log formatters (the same text as the standard library's, made faster; a record of several
+events written as a line each) and the handler that writes those lines, and a loop turn's,
+together."""
 
 from __future__ import annotations
 
@@ -20,8 +21,8 @@ from taskplatform.logs import (
     JsonFormatter,
     TextFormatter,
     lines_written_per_turn,
+    log_events,
     stop_holding_lines,
-    written_together,
 )
 
 
@@ -68,85 +69,93 @@ class _Writes(io.StringIO):
 def _handler() -> tuple[GroupingStreamHandler, _Writes, logging.Logger]:
     stream = _Writes()
     handler = GroupingStreamHandler(stream)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    handler.setFormatter(TextFormatter("%(levelname)s %(message)s"))
     logger = logging.Logger("taskplatform.test")  # not registered: no other handler sees it
     logger.addHandler(handler)
     return handler, stream, logger
 
 
-def test_lines_logged_together_are_one_write_at_the_end() -> None:
+def _events(count: int) -> list[tuple[str, dict[str, object]]]:
+    return [
+        (f"task t{n} is Queued (attempt 0)", {"task_id": f"t{n}", "status": "Queued", "attempt": 0})
+        for n in range(count)
+    ]
+
+
+def _at_one_time(record: logging.LogRecord) -> bool:
+    record.created, record.msecs = 1764547200.25, 250.0
+    return True
+
+
+@pytest.mark.parametrize(
+    "formatter",
+    [
+        TextFormatter(TEXT_FORMAT),
+        TextFormatter("%(task_id)s %(levelname)s: %(message)s"),  # a field of each event
+        TextFormatter("{levelname} {message}", style="{"),
+        JsonFormatter(JSON_FIELDS, rename_fields={"asctime": "time", "levelname": "level"}),
+    ],
+    ids=["text", "text-with-a-field", "text-braces", "json"],
+)
+def test_events_are_the_lines_of_records_logged_alone(formatter: logging.Formatter) -> None:
+    written = []
+    for log in (
+        lambda logger: [logger.info(message, extra=fields) for message, fields in _events(3)],
+        lambda logger: log_events(logger, logging.INFO, _events(3)),
+    ):
+        handler, stream, logger = _handler()
+        handler.setFormatter(formatter)
+        handler.addFilter(_at_one_time)
+        log(logger)
+        written.append(stream.getvalue())
+    alone, together = written
+    assert together == alone
+    assert together.count("\n") == 3
+    assert "t2" in together.splitlines()[2]
+
+
+def test_events_are_one_write() -> None:
     _, stream, logger = _handler()
     logger.info("before")
-    with written_together():
-        for n in range(3):
-            logger.info("task %d is Queued", n)
-        assert stream.calls == ["INFO before\n"]  # held until the block ends
+    log_events(logger, logging.INFO, _events(3))
     assert stream.calls == [
         "INFO before\n",
-        "INFO task 0 is Queued\nINFO task 1 is Queued\nINFO task 2 is Queued\n",
+        "INFO task t0 is Queued (attempt 0)\n"
+        "INFO task t1 is Queued (attempt 0)\n"
+        "INFO task t2 is Queued (attempt 0)\n",
     ]
-    logger.info("after")
-    assert stream.calls[-1] == "INFO after\n"
 
 
-def test_a_warning_is_written_at_once_after_what_was_held() -> None:
+def test_another_formatter_sees_the_messages_as_one() -> None:
+    handler, stream, logger = _handler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    log_events(logger, logging.INFO, _events(2))
+    assert stream.getvalue() == (
+        "INFO task t0 is Queued (attempt 0)\ntask t1 is Queued (attempt 0)\n"
+    )
+
+
+def test_events_below_the_level_make_no_record() -> None:
     _, stream, logger = _handler()
-    with written_together():
-        logger.info("task 0 is Queued")
-        logger.warning("sqlite error")
-        assert stream.getvalue() == "INFO task 0 is Queued\nWARNING sqlite error\n"
-        logger.info("task 1 is Queued")
-    assert stream.getvalue().endswith("WARNING sqlite error\nINFO task 1 is Queued\n")
+    logger.setLevel(logging.WARNING)
+    seen: list[logging.LogRecord] = []
 
+    def keep(record: logging.LogRecord) -> bool:
+        seen.append(record)
+        return True
 
-def test_lines_are_written_when_the_block_fails() -> None:
-    _, stream, logger = _handler()
-
-    def log_and_fail() -> None:
-        with written_together():
-            logger.info("task 0 is Queued")
-            raise RuntimeError
-
-    with pytest.raises(RuntimeError):
-        log_and_fail()
-    assert stream.getvalue() == "INFO task 0 is Queued\n"
-
-
-def test_other_threads_log_as_usual_meanwhile() -> None:
-    _, stream, logger = _handler()
-    with written_together():
-        logger.info("task 0 is Queued")
-        thread = threading.Thread(target=logger.info, args=("from the SQLite writer",))
-        thread.start()
-        thread.join()
-        assert stream.calls == ["INFO from the SQLite writer\n"]
-    assert stream.calls[-1] == "INFO task 0 is Queued\n"
-
-
-async def test_other_tasks_log_as_usual_meanwhile() -> None:
-    _, stream, logger = _handler()
-    go = asyncio.Event()
-
-    async def other() -> None:
-        await go.wait()
-        logger.info("from another request")
-
-    task = asyncio.create_task(other())
-    with written_together():
-        logger.info("task 0 is Queued")
-        go.set()
-        await task
-        assert stream.calls == ["INFO from another request\n"]
-    assert stream.calls[-1] == "INFO task 0 is Queued\n"
+    logger.addFilter(keep)
+    log_events(logger, logging.INFO, _events(3))
+    log_events(logger, logging.WARNING, [])
+    assert seen == []
+    assert stream.getvalue() == ""
 
 
 def test_writes_are_whole_lines_of_at_most_pipe_buf_bytes() -> None:
     _, stream, logger = _handler()
     lines = [f"task {n} " + "é" * (n % 90) + "x" * 60 for n in range(300)]
     lines.insert(150, "y" * (2 * select.PIPE_BUF))  # longer than PIPE_BUF: a write of its own
-    with written_together():
-        for line in lines:
-            logger.info("%s", line)
+    log_events(logger, logging.INFO, [(line, {}) for line in lines])
     assert "".join(stream.calls) == "".join(f"INFO {line}\n" for line in lines)
     assert 10 < len(stream.calls) < 100
     for call in stream.calls:
@@ -168,6 +177,18 @@ async def test_lines_of_one_loop_turn_are_one_write_at_its_end() -> None:
         logger.info("task 3 is Queued")
         await asyncio.sleep(0)
         assert stream.calls[-1] == "INFO task 3 is Queued\n"
+
+
+async def test_events_of_one_loop_turn_are_held_with_its_other_lines() -> None:
+    _, stream, logger = _handler()
+    with lines_written_per_turn():
+        logger.info("created")
+        log_events(logger, logging.INFO, _events(2))
+        assert stream.calls == []
+        await asyncio.sleep(0)
+        assert stream.calls == [
+            "INFO created\nINFO task t0 is Queued (attempt 0)\nINFO task t1 is Queued (attempt 0)\n"
+        ]
 
 
 async def test_a_warning_of_the_turn_is_written_at_once_after_what_was_held() -> None:
