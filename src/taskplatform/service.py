@@ -121,6 +121,11 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
         future.exception()
 
 
+def callbacks_text(count: int) -> str:
+    """``"1 callback"``, ``"2 callbacks"``: a count of callbacks for a log line."""
+    return f"{count} callback" if count == 1 else f"{count} callbacks"
+
+
 def _requeue_note(lease_seconds: float) -> str:
     return f"returned to the queue: not executed within {lease_seconds:g} s of dequeue"
 
@@ -1475,7 +1480,9 @@ class TaskService:
             remaining = self._deadline - time.monotonic()
             if remaining > 0:
                 if len(pending) > said:  # once, unless more started meanwhile
-                    logger.info("waiting up to %.3g s for %d callbacks", remaining, len(pending))
+                    logger.info(
+                        "waiting up to %.3g s for %s", remaining, callbacks_text(len(pending))
+                    )
                 said = len(pending)
                 # Woken by each callback that ends, and by stop_now cutting the deadline.
                 cut = asyncio.ensure_future(self._deadline_cut.wait())

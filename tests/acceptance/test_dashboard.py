@@ -481,6 +481,10 @@ def test_with_keys_the_cookie_opens_the_dashboard_only(
         assert posted.status_code == 303
         assert posted.headers["location"] == "/dashboard/login?next=%2Fdashboard"
         assert http.get("/dashboard/static/dashboard.js").status_code == 200
+        missing = http.get("/dashboard/static/missing.js")
+        assert missing.status_code == 404
+        assert missing.headers["content-type"] == "application/problem+json"
+        assert missing.json()["code"] == "not_found"
         assert http.get("/dashboard/login").status_code == 200
         own = {"Origin": keyed_server.url}
         refused = http.post("/dashboard/login", data={"key": "wrong"}, headers=own)

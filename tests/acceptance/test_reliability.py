@@ -430,7 +430,7 @@ def test_a_second_stop_signal_interrupts_the_callbacks_at_once(
     problem = assert_problem(answers[0], 503, "shutting_down")
     assert problem["taskId"] == stuck
     log = server.log()
-    assert "second stop signal: interrupting 1 callbacks now" in log
+    assert "second stop signal: interrupting 1 callback now" in log
     assert "Exception in ASGI application" not in log, log
 
     server.start()
@@ -464,7 +464,7 @@ def test_a_second_stop_signal_stops_a_worker_at_once(
         worker.process.wait(15)
         print(f"stopped {time.monotonic() - started:.2f} s after the second SIGTERM")
         assert time.monotonic() - started < 5
-        assert "second stop signal: interrupting 1 callbacks now" in worker.log()
+        assert "second stop signal: interrupting 1 callback now" in worker.log()
         interrupted = http.get(f"/api/tasks/{stuck}").json()
         assert (interrupted["status"], interrupted["attempts"]) == ("Retry", 1), interrupted
         assert interrupted["error"] == "interrupted: the server stopped during the callback"

@@ -28,6 +28,7 @@ from urllib.parse import parse_qs, quote
 
 import jinja2
 from fastapi import APIRouter, Request
+from starlette.exceptions import HTTPException
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from taskplatform.api.security import (
@@ -341,10 +342,15 @@ async def task_page(request: Request, task_id: str) -> Response:
 
 @router.get("/static/{name}")
 async def static(name: str) -> Response:
-    """Serve the dashboard's stylesheet or script (404 for any other name)."""
+    """Serve the dashboard's stylesheet or script.
+
+    Raises:
+        HTTPException: 404 for any other name, answered as every unknown path is (a problem
+            document, ``not_found``).
+    """
     media_type = _STATIC.get(name)
     if media_type is None:
-        return Response("not found", 404, media_type="text/plain")
+        raise HTTPException(404)
     body = resources.files("taskplatform.dashboard").joinpath("static", name).read_bytes()
     # Revalidated on each load (no build step stamps versions into the names).
     return Response(body, media_type=media_type, headers={"cache-control": "no-cache"})

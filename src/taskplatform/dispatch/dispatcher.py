@@ -23,7 +23,7 @@ from aiohttp import web
 
 from taskplatform.exceptions import BackendUnavailable, raise_if_cancelled
 from taskplatform.metrics import CONTENT_TYPE
-from taskplatform.service import TaskService, wait_for_event
+from taskplatform.service import TaskService, callbacks_text, wait_for_event
 from taskplatform.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -194,7 +194,7 @@ async def run_worker(settings: Settings) -> None:
 
     def on_signal() -> None:
         if stop.is_set() and (in_flight := service.stop_now()):
-            logger.warning("second stop signal: interrupting %d callbacks now", in_flight)
+            logger.warning("second stop signal: interrupting %s now", callbacks_text(in_flight))
         stop.set()
 
     loop = asyncio.get_running_loop()
