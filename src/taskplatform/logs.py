@@ -103,10 +103,10 @@ class EventLines:
     each with its own message and ``extra`` fields: the formatters of this module write a line
     for each, as if each had been logged alone (:func:`log_events`).
 
-    Why: a batch create has 1,000 lifecycle events, and making and formatting 1,000 records was
-    a third of the server's CPU on that request (``bench/README.md``); one record and a line per
-    event costs a quarter of that. Any other formatter sees the events' messages, a line each,
-    as one message (``str``), without their fields.
+    Why: a batch create has 1,000 lifecycle events, and making and formatting a record for each
+    was about half of the event loop's time on that request; one record with a line per event
+    costs a tenth of that in text (``bench/README.md``). Any other formatter sees the events'
+    messages, a line each, as one message (``str``), without their fields.
 
     Args:
         events: ``(message, fields)`` per event, in order: the message as text (no ``%``
@@ -140,10 +140,8 @@ def _event_record(
 
 # The attributes a record of each event has as the record of them all has them (all but the
 # message and the events' fields), and a mark that stands for the message.
-_SHARED_FIELDS = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) - {
-    "msg",
-    "args",
-} | {"message", "asctime"}
+_RECORD_FIELDS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None)))
+_SHARED_FIELDS = (_RECORD_FIELDS - {"msg", "args"}) | {"message", "asctime"}
 _MESSAGE_MARK = "\x00message\x00"
 
 # Inside lines_written_per_turn(): the event loop whose lines wait for the end of its turn, and
@@ -354,16 +352,22 @@ class TextFormatter(_SecondCache, _EventLinesFormatter):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        fields = (
-            re.findall(r"%\((\w+)\)", self._fmt or "")
-            if self._style.__class__ is logging.PercentStyle
-            else ["?"]
+        fmt = self._fmt or ""
+        fields = re.findall(r"%\((\w+)\)", fmt)
+        self._shared_around_message = (
+            self._style.__class__ is logging.PercentStyle
+            and "%(message)s" in fmt  # as is: no width or precision to apply to each message
+            and fields.count("message") == 1
+            and set(fields) <= _SHARED_FIELDS
         )
-        self._shared_around_message = fields.count("message") == 1 and set(fields) <= _SHARED_FIELDS
 
     def format_lines(self, record: logging.LogRecord) -> list[str]:
         """As :meth:`_EventLinesFormatter.format_lines`; the line once, when the events share it."""
-        if not (self._shared_around_message and isinstance(record.msg, EventLines)):
+        if not (
+            self._shared_around_message
+            and isinstance(record.msg, EventLines)
+            and not (record.exc_info or record.exc_text or record.stack_info)  # one per record
+        ):
             return super().format_lines(record)
         head, _, tail = (
             super().format(_event_record(record, _MESSAGE_MARK, {})).partition(_MESSAGE_MARK)

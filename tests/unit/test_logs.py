@@ -93,9 +93,10 @@ def _at_one_time(record: logging.LogRecord) -> bool:
         TextFormatter(TEXT_FORMAT),
         TextFormatter("%(task_id)s %(levelname)s: %(message)s"),  # a field of each event
         TextFormatter("{levelname} {message}", style="{"),
+        TextFormatter("%(levelname)s %(message)-40s|"),  # padded to a width
         JsonFormatter(JSON_FIELDS, rename_fields={"asctime": "time", "levelname": "level"}),
     ],
-    ids=["text", "text-with-a-field", "text-braces", "json"],
+    ids=["text", "text-with-a-field", "text-braces", "text-padded", "json"],
 )
 def test_events_are_the_lines_of_records_logged_alone(formatter: logging.Formatter) -> None:
     written = []
