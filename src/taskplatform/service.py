@@ -126,6 +126,16 @@ def callbacks_text(count: int) -> str:
     return f"{count} callback" if count == 1 else f"{count} callbacks"
 
 
+def _lifecycle_event(task: TaskRecord, note: str = "") -> tuple[str, dict[str, object]]:
+    """The log line of ``task`` having just reached its status: the message, and the fields
+    the JSON format carries (issue 8: task id, attempt and status on every lifecycle event)."""
+    status = task.status.value
+    return (
+        f"task {task.task_id} is {status} (attempt {task.attempts}){note}",
+        {"task_id": task.task_id, "status": status, "attempt": task.attempts, "queue": task.queue},
+    )
+
+
 def _requeue_note(lease_seconds: float) -> str:
     return f"returned to the queue: not executed within {lease_seconds:g} s of dequeue"
 
@@ -302,41 +312,15 @@ class TaskService:
 
     def _moved(self, task: TaskRecord, note: str = "") -> None:
         """Log and count ``task`` having just reached its status (a lifecycle event)."""
-        logger.info(
-            "task %s is %s (attempt %d)%s",
-            task.task_id,
-            task.status.value,
-            task.attempts,
-            note,
-            extra={
-                "task_id": task.task_id,
-                "status": task.status.value,
-                "attempt": task.attempts,
-                "queue": task.queue,
-            },
-        )
+        message, fields = _lifecycle_event(task, note)
+        logger.info(message, extra=fields)
         self.metrics.task_moved(task.queue, task.status)
 
     def _moved_many(self, tasks: Sequence[TaskRecord]) -> None:
         """:meth:`_moved` of several tasks (a batch): one record with a line per task
         (:class:`~taskplatform.logs.EventLines`), the same lines as one record each."""
         if logger.isEnabledFor(logging.INFO):
-            log_events(
-                logger,
-                logging.INFO,
-                [
-                    (
-                        f"task {task.task_id} is {task.status.value} (attempt {task.attempts})",
-                        {
-                            "task_id": task.task_id,
-                            "status": task.status.value,
-                            "attempt": task.attempts,
-                            "queue": task.queue,
-                        },
-                    )
-                    for task in tasks
-                ],
-            )
+            log_events(logger, logging.INFO, [_lifecycle_event(task) for task in tasks])
         moved = collections.Counter((task.queue, task.status) for task in tasks)
         for (queue, status), count in moved.items():
             self.metrics.task_moved(queue, status, count)
