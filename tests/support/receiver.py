@@ -217,7 +217,17 @@ class Receiver:
         loop, runner = self._loop, self._runner
         if loop is None or runner is None:
             return
-        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
+
+        async def shut_down() -> None:
+            await runner.cleanup()
+            # Handlers still running past the runner's shutdown timeout (a callback the tests
+            # keep waiting) end here, rather than be destroyed pending when the loop closes.
+            handlers = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+            for task in handlers:
+                task.cancel()
+            await asyncio.gather(*handlers, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(shut_down(), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
         if self._thread is not None:
             self._thread.join(10)
