@@ -121,7 +121,7 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
         future.exception()
 
 
-def callbacks_text(count: int) -> str:
+def _callbacks_text(count: int) -> str:
     """``"1 callback"``, ``"2 callbacks"``: a count of callbacks for a log line."""
     return f"{count} callback" if count == 1 else f"{count} callbacks"
 
@@ -1442,12 +1442,14 @@ class TaskService:
         the process gone, and uvicorn then skips the lifespan's shutdown).
 
         Returns:
-            How many callbacks were in flight.
+            How many callbacks were in flight; when any, a warning says so in the log.
         """
         self.begin_shutdown(0)
         self._deadline = min(self._deadline, time.monotonic())
         self._deadline_cut.set()
-        return len(self._inflight)
+        if in_flight := len(self._inflight):
+            logger.warning("second stop signal: interrupting %s now", _callbacks_text(in_flight))
+        return in_flight
 
     async def wait_for_callbacks(self, seconds: float) -> None:
         """Wait up to ``seconds`` for the callbacks in flight now to end: answered and recorded,
@@ -1465,7 +1467,7 @@ class TaskService:
             if remaining > 0:
                 if len(pending) > said:  # once, unless more started meanwhile
                     logger.info(
-                        "waiting up to %.3g s for %s", remaining, callbacks_text(len(pending))
+                        "waiting up to %.3g s for %s", remaining, _callbacks_text(len(pending))
                     )
                 said = len(pending)
                 # Woken by each callback that ends, and by stop_now cutting the deadline.

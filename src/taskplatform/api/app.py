@@ -26,7 +26,7 @@ from taskplatform.dispatch import sender_from_settings
 from taskplatform.dispatch.dispatcher import Dispatcher
 from taskplatform.logs import lines_written_per_turn, stop_holding_lines
 from taskplatform.metrics import process_stopped
-from taskplatform.service import TaskService, callbacks_text
+from taskplatform.service import TaskService
 from taskplatform.settings import Settings, load_settings
 
 logger = logging.getLogger(__name__)
@@ -168,10 +168,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             stop_holding_lines()
             if not service.stopping:
                 service.begin_shutdown(settings.shutdown_grace_seconds)
-            elif in_flight := service.stop_now():
+            elif service.stop_now():
                 # uvicorn drops every connection next: end the callbacks first, so that each is
                 # recorded as interrupted and a synchronous execute answers 503, not a 500.
-                logger.warning("second stop signal: interrupting %s now", callbacks_text(in_flight))
                 await service.wait_for_callbacks(STOP_NOW_SECONDS)
 
         unhook = hook_stop_signals(on_stop)

@@ -23,7 +23,7 @@ from aiohttp import web
 
 from taskplatform.exceptions import BackendUnavailable, raise_if_cancelled
 from taskplatform.metrics import CONTENT_TYPE
-from taskplatform.service import TaskService, callbacks_text, wait_for_event
+from taskplatform.service import TaskService, wait_for_event
 from taskplatform.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -193,8 +193,8 @@ async def run_worker(settings: Settings) -> None:
     stop = asyncio.Event()
 
     def on_signal() -> None:
-        if stop.is_set() and (in_flight := service.stop_now()):
-            logger.warning("second stop signal: interrupting %s now", callbacks_text(in_flight))
+        if stop.is_set():
+            service.stop_now()  # a second signal
         stop.set()
 
     loop = asyncio.get_running_loop()
