@@ -182,7 +182,7 @@ def serve(
             port=settings.port,
             workers=settings.workers,
             loop="uvloop",
-            http="httptools",
+            http="taskplatform.api.protocol:ProblemHttpToolsProtocol",
             access_log=access_log,
             log_level=settings.log_level.lower(),
             log_config=logging_config(settings.log_level, settings.log_format),

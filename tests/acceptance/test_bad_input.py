@@ -221,24 +221,46 @@ def test_a_batch_item_with_a_lone_surrogate_refuses_the_whole_batch(client: http
     "request_bytes",
     [
         b"POST /api/tasks HTTP/1.1\r\nHost: localhost\r\nContent-Length: abc\r\n\r\n{}",
+        b"POST /api/tasks HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\n"
+        b"Content-Length: 3\r\n\r\n{}",
+        b"POST /api/tasks HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\nZZ\r\n{}\r\n0\r\n\r\n",
         b"GARBAGE\r\n\r\n",
         b"GET /api/tasks/a b HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nno colon here\r\n\r\n",
     ],
-    ids=["content-length not a number", "no request line", "space in the path"],
+    ids=[
+        "content-length not a number",
+        "content-length twice",
+        "broken chunked body",
+        "no request line",
+        "space in the path",
+        "header line without a colon",
+    ],
 )
-def test_a_request_that_is_not_http_gets_the_servers_plain_400(
+def test_a_request_that_is_not_http_gets_a_problem_and_a_closed_connection(
     server: Server, client: httpx.Client, request_bytes: bytes
 ) -> None:
-    """As the README says: uvicorn answers what is not HTTP itself, with a plain-text 400,
-    before the API sees it; the server goes on serving."""
+    """What the HTTP parser refuses never reaches the API, and still gets a 400 problem
+    document (``api.protocol``), with the API's headers; the connection is closed and the
+    server goes on serving."""
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
         sock.sendall(request_bytes)
         answer = b""
-        while chunk := sock.recv(65536):
+        while chunk := sock.recv(65536):  # until the server closes the connection
             answer += chunk
-    head = answer.split(b"\r\n\r\n", 1)[0].lower()
-    assert head.startswith(b"http/1.1 400"), answer[:200]
-    assert b"content-type: text/plain" in head
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = {name.lower(): value for name, _, value in (h.partition(": ") for h in header_lines)}
+    assert status_line == "HTTP/1.1 400 Bad Request", answer[:200]
+    assert headers["content-type"] == "application/problem+json"
+    assert headers["connection"] == "close"
+    assert headers["x-content-type-options"] == "nosniff"
+    assert int(headers["content-length"]) == len(body)
+    problem = json.loads(body)
+    assert problem["code"] == "bad_request"
+    assert problem["status"] == 400
+    assert "not valid HTTP/1.1" in problem["detail"]
     assert client.get("/healthz").status_code == 200
 
 

@@ -49,6 +49,9 @@ _DASHBOARD_HEADERS = [
 ]
 # JSON needs no resources at all; Swagger UI (/docs) loads its script and style from a CDN.
 _CSP_API = b"default-src 'none'; frame-ancestors 'none'"
+API_HEADERS = (*_HEADERS, (b"content-security-policy", _CSP_API))
+"""The headers the middleware adds to an answer of the JSON API, as (name, value) bytes: for an
+answer written where the middleware cannot see it (``api.protocol``)."""
 _CSP_DOCS = (
     b"default-src 'none'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
     b"style-src 'self' https://cdn.jsdelivr.net; "

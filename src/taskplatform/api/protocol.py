@@ -1,0 +1,62 @@
+"""The HTTP/1.1 protocol that ``serve`` runs: uvicorn's httptools one, with a problem document
+for a request that is not HTTP.
+
+Such a request (a malformed request line or header line, a Content-Length that is not a number
+or is sent twice, broken chunked encoding) never reaches the ASGI app: the parser refuses it, and
+uvicorn writes a ``text/plain`` 400 ("Invalid HTTP request received.") and closes the
+connection. Every other error a client can cause is ``application/problem+json`` with a stable
+``code`` (RFC 9457; README, "Errors"), so a client that reads the problem document of every 4xx
+would choke on this one. Only the body and its headers change: it is still a 400 that closes
+the connection, and uvicorn still logs its warning.
+"""
+
+from __future__ import annotations
+
+import msgspec
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from taskplatform.api.problems import PROBLEM_MEDIA_TYPE, problem_type
+from taskplatform.api.security import API_HEADERS
+from taskplatform.models import Problem
+
+NOT_HTTP = Problem(
+    type=problem_type("bad_request"),
+    title="Bad request",
+    status=400,
+    detail=(
+        "the request is not valid HTTP/1.1 (RFC 9112): its request line, a header line, its "
+        "Content-Length or its chunked body cannot be parsed; the connection is closed"
+    ),
+    code="bad_request",
+)
+"""The answer to a request that is not HTTP."""
+
+_BODY = msgspec.json.encode(NOT_HTTP)
+_HEAD = b"".join(
+    [
+        b"HTTP/1.1 400 Bad Request\r\n",
+        *(name + b": " + value + b"\r\n" for name, value in API_HEADERS),
+        b"content-type: " + PROBLEM_MEDIA_TYPE.encode() + b"\r\n",
+        b"content-length: " + str(len(_BODY)).encode() + b"\r\n",
+        b"connection: close\r\n",
+    ]
+)
+
+
+class ProblemHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's :class:`HttpToolsProtocol` answering a request it cannot parse with
+    :data:`NOT_HTTP` (``application/problem+json``) instead of plain text.
+
+    Given to uvicorn as ``http="taskplatform.api.protocol:ProblemHttpToolsProtocol"``, so that
+    every worker of ``serve --workers N`` imports it.
+    """
+
+    def send_400_response(self, msg: str) -> None:
+        """Write the 400 and close the connection, as uvicorn does (``msg`` is uvicorn's plain
+        text, which :data:`NOT_HTTP` replaces)."""
+        content = [_HEAD]
+        for name, value in self.server_state.default_headers:  # date, server, as uvicorn sends
+            content += [name, b": ", value, b"\r\n"]
+        content += [b"\r\n", _BODY]
+        self.transport.write(b"".join(content))
+        self.transport.close()
