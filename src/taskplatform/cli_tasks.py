@@ -12,7 +12,7 @@ Exit codes:
 1     the server said no (a problem answer such as ``validation_error`` or
       ``task_completed``), or an import had lines that failed
 2     usage error: a bad option or argument (Typer's), unreadable ``--data``, an import
-      state file that does not match the file
+      state file that does not match the file or cannot be written
 3     not found: no such task (``task_not_found``) or no such route (a wrong ``--url``)
 4     cannot reach the server: connection refused or reset, or timed out, after retries
 5     ``dequeue`` found the queue empty
@@ -700,13 +700,32 @@ def import_command(
 
         run_saved = resumed
 
+        def save() -> None:
+            try:
+                state.save(state_path)
+            except OSError as exc:
+                reason = exc.strerror or str(exc)
+                if not run_saved:  # the first save comes before the first batch is sent
+                    _usage(
+                        f"cannot write the import state {state_path} ({reason}): nothing was "
+                        "created; pass --state with a path that can be written",
+                        as_json,
+                    )
+                _usage(
+                    f"cannot write the import state {state_path} ({reason}); the lines up to "
+                    f"{state.next_line - 1} were sent. Once it can be written, run the same "
+                    "command: the lines sent since its last save go again under the same "
+                    "idempotency keys, so none is created twice",
+                    as_json,
+                )
+
         def flush(last_line: int) -> None:
             nonlocal run_saved
             if pending:
                 if not run_saved:
                     # The run id must be on disk before its first batch is: a crash with that
                     # batch's answer lost resumes under the same keys.
-                    state.save(state_path)
+                    save()
                     run_saved = True
                 for line, body in pending:
                     if body.get("idempotencyKey") is None:  # absent or null: no key of its own
@@ -725,7 +744,7 @@ def import_command(
             state.next_line = last_line + 1
             state.done_bytes = offset
             state.done_sha256 = digest.hexdigest()
-            state.save(state_path)
+            save()
             progress.update(bar, completed=last_line)
 
         line_number = first_line - 1

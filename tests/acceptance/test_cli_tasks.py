@@ -294,6 +294,37 @@ def test_import_reports_bad_lines_and_a_rerun_creates_nothing_twice(
     assert queued_numbers(tp, queue) == [1, 2, 6, 7]
 
 
+def test_an_import_state_that_cannot_be_written_is_a_usage_error_not_a_traceback(
+    server: Server, receiver: Receiver, queue: str, tp: TaskClient, tmp_path: Path
+) -> None:
+    """Before the first batch nothing is sent; after one, a re-run once the state can be
+    written creates nothing twice (the batch goes again under the same idempotency keys)."""
+    source = write_lines(tmp_path / "tasks.jsonl", [task_line(receiver, queue, 1)])
+    nowhere = run(server, "tasks", "import", str(source), "--state", str(tmp_path / "no/s.json"))
+    assert nowhere.exit_code == ExitCode.USAGE, nowhere.output
+    assert "cannot write the import state" in nowhere.stderr
+    assert "nothing was created" in nowhere.stderr
+    assert "Traceback" not in nowhere.output
+    assert queued_numbers(tp, queue) == []
+
+    assert run(server, "tasks", "import", str(source)).exit_code == 0
+    with source.open("a") as appending:
+        appending.write(task_line(receiver, queue, 2) + "\n")
+    # Its save writes this name first and renames it: a directory there makes it fail.
+    blocker = tmp_path / "tasks.jsonl.import-state.json.tmp"
+    blocker.mkdir()
+    failed = run(server, "tasks", "import", str(source), "--json")
+    assert failed.exit_code == ExitCode.USAGE, failed.output
+    error = as_json(failed)["error"]
+    assert error["code"] == "usage_error"
+    assert "the lines up to 2 were sent" in error["detail"]
+    assert queued_numbers(tp, queue) == [1, 2]
+    blocker.rmdir()
+    again = run(server, "tasks", "import", str(source), "--json")
+    assert again.exit_code == 0, again.output
+    assert queued_numbers(tp, queue) == [1, 2]
+
+
 def test_an_interrupted_import_resumes_where_it_stopped(
     server: Server,
     receiver: Receiver,
