@@ -264,6 +264,45 @@ def test_a_request_that_is_not_http_gets_a_problem_and_a_closed_connection(
     assert client.get("/healthz").status_code == 200
 
 
+def test_an_unknown_query_parameter_is_refused_before_anything_is_done(
+    client: httpx.Client,
+) -> None:
+    """A misspelt parameter is a 422 naming it, as an unknown body field is: a dequeue takes no
+    task (``?quue=`` would have taken one from the default queue), a create makes none, an
+    execute makes no callback. The parameters a route does define still work."""
+    task_id = create(client, GOOD_URL, priority=2**31 - 1)  # next out of the default queue
+    before = _total(client)
+
+    for method, path in [
+        ("GET", "/api/tasks/dequeue?quue=emails"),
+        ("POST", "/api/tasks/dequeue?queue=default&waitSecond=1"),
+        ("POST", "/api/tasks?priority=5"),
+        ("POST", "/api/tasks/batch?dryRun=true"),
+        ("GET", f"/api/tasks/{task_id}?verbose=1"),
+        ("GET", "/api/tasks?statuss=Queued"),
+        ("GET", "/api/stats?queues=x"),
+        ("GET", "/api/queues?all=1"),
+    ]:
+        body = {"tasks": [_body()]} if path.startswith("/api/tasks/batch") else _body()
+        response = client.request(method, path, json=body if method == "POST" else None)
+        problem = assert_problem(response, 422, "validation_error")
+        unknown = path.split("?")[1].split("&")[-1].split("=")[0]
+        assert problem["errors"][0]["field"] == f"query.{unknown}", path
+        assert "unknown query parameter" in problem["errors"][0]["message"]
+    assert _total(client) == before
+    assert client.get(f"/api/tasks/{task_id}").json()["status"] == "Queued"
+
+    taken = client.get("/api/tasks/dequeue?queue=default")  # a parameter dequeue takes
+    assert taken.status_code == 200, taken.text
+    if taken.json()["taskId"] != task_id:  # another test's task of the same priority
+        dequeue_until(client, task_id)
+    refused = client.post(f"/api/tasks/{task_id}/execute?timeout=1")
+    assert_problem(refused, 422, "validation_error")
+    task = client.get(f"/api/tasks/{task_id}").json()
+    assert (task["status"], task["attempts"]) == ("Dequeued", 0)
+    assert client.get("/api/tasks?status=Dequeued&limit=1").status_code == 200
+
+
 @pytest.mark.parametrize("depth", [65, 1000, 100_000])
 def test_json_nested_too_deep_is_rejected(client: httpx.Client, depth: int) -> None:
     """JSON nested deeper than 64 levels is 422 at any depth, with no crash."""

@@ -7,8 +7,9 @@ matches these four routes first and calls the very same handlers (``api.tasks``)
 same :class:`~taskplatform.api.security.SecurityMiddleware`, answering errors with the same
 problem documents (``problems.exception_response``). Whatever it does not match exactly falls
 through to FastAPI, which stays the one description of the API (routes, OpenAPI, validation):
-another method or path, a dequeue with a query string to validate, a task id that is not a
-canonical UUID, an ``Idempotency-Key`` outside its pattern. So the fast path never has to say
+another method or path, any query string (a dequeue's to validate, another route's to refuse:
+``tasks.refuse_unknown_query``), a task id that is not a canonical UUID, an ``Idempotency-Key``
+outside its pattern. So the fast path never has to say
 no to anything FastAPI would have said yes to, and never answers differently.
 """
 
@@ -51,10 +52,12 @@ def _idempotency_key(scope: Scope) -> tuple[bool, str | None]:
 def match(scope: Scope) -> Endpoint | None:
     """Return the endpoint that serves this HTTP request on the fast path, or None.
 
-    None for anything but ``POST /api/tasks``, ``GET|POST /api/tasks/dequeue`` with no query
-    string, ``GET /api/tasks/{id}`` and ``POST /api/tasks/{id}/execute`` with a canonical
-    lowercase UUID, as the module docstring explains.
+    None for a request with a query string, and for anything but ``POST /api/tasks``,
+    ``GET|POST /api/tasks/dequeue``, ``GET /api/tasks/{id}`` and ``POST /api/tasks/{id}/execute``
+    with a canonical lowercase UUID, as the module docstring explains.
     """
+    if scope["query_string"]:
+        return None
     method: str = scope["method"]
     path: str = scope["path"]
     if path == "/api/tasks":
@@ -65,7 +68,7 @@ def match(scope: Scope) -> Endpoint | None:
             return None
         return lambda request: tasks.create_task(request, idempotency_key=key)
     if path == "/api/tasks/dequeue":
-        if method not in ("GET", "POST") or scope["query_string"]:
+        if method not in ("GET", "POST"):
             return None
         return lambda request: tasks.dequeue_task(request, 0, DEFAULT_QUEUE)
     found = _TASK_PATH.match(path)

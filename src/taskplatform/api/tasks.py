@@ -10,10 +10,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
-from fastapi import APIRouter, Header, Path, Query, Request
+from fastapi import APIRouter, Depends, Header, Path, Query, Request
+from fastapi.dependencies.models import Dependant
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
@@ -75,7 +76,52 @@ from taskplatform.validation import (
     parse_task_create,
 )
 
-router = APIRouter(prefix="/api/tasks", tags=["tasks"])
+
+def _query_names(dependant: Dependant) -> set[str]:
+    """The query parameters a route defines, by the name a client sends (the alias)."""
+    names = {param.alias for param in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return names
+
+
+_known_queries: dict[int, frozenset[str]] = {}
+
+
+def refuse_unknown_query(request: Request) -> None:
+    """Refuse a query parameter the route does not define: a 422 naming it, as an unknown body
+    field is refused, before the route does anything.
+
+    Why: a parameter misspelt on a dequeue (``?quue=emails``) would otherwise be ignored, and a
+    task taken from the default queue; on a create, ``?priority=5`` would be a task of priority
+    0. The routes of the API (not the dashboard's pages, not ``/metrics``) have it as a router
+    dependency; the fast path (``api.hotpath``) takes no request with a query string it does
+    not read, so every such request comes here.
+
+    Raises:
+        ValidationFailed: with ``query.<name>`` for each unknown parameter.
+    """
+    route = request.scope["route"]
+    known = _known_queries.get(id(route))
+    if known is None:
+        known = _known_queries[id(route)] = frozenset(_query_names(route.dependant))
+    unknown = sorted(set(request.query_params) - known)
+    if unknown:
+        takes = ", ".join(sorted(known)) or "none"
+        raise ValidationFailedError(
+            [
+                (f"query.{name}", f"unknown query parameter (this route takes: {takes})")
+                for name in unknown
+            ]
+        )
+
+
+# Every route of the API may answer 422 for a query parameter it does not take.
+_API_ROUTES: dict[str, Any] = {
+    "dependencies": [Depends(refuse_unknown_query)],
+    "responses": problems(ValidationFailed),
+}
+router = APIRouter(prefix="/api/tasks", tags=["tasks"], **_API_ROUTES)
 _encode = msgspec.json.Encoder().encode
 _JSON = "application/json"
 _TASK_ID = re.compile(TASK_ID_PATTERN)
@@ -523,8 +569,8 @@ async def list_executions(request: Request, task_id: TaskId) -> Response:
     return _json(ExecutionList(task_id, [ExecutionView.of(execution) for execution in log]))
 
 
-stats_router = APIRouter(prefix="/api", tags=["stats"])
-queues_router = APIRouter(prefix="/api/queues", tags=["queues"])
+stats_router = APIRouter(prefix="/api", tags=["stats"], **_API_ROUTES)
+queues_router = APIRouter(prefix="/api/queues", tags=["queues"], **_API_ROUTES)
 QueuePath = Annotated[str, Path(alias="name", pattern=QUEUE_PATTERN, description="A named queue.")]
 
 
