@@ -42,6 +42,7 @@ _LONE_SURROGATE = re.compile(_HIGH + rb"(?!" + _LOW + rb")|(?<!" + _HIGH + rb")"
 _PAIRS = bytes.maketrans(b"[{]}", b"(())")
 _NOT_BRACKETS = bytes(byte for byte in range(256) if byte not in b"[]{}")
 _CONTROL_OR_SPACE = re.compile(r"[\x00-\x20\x7f\\]")
+_BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _NUMERIC_LABEL = re.compile(r"(0[xX][0-9a-fA-F]*|[0-9]+)")
 _DNS_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 TASK_ID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
@@ -276,7 +277,8 @@ def _in_words(path: str, message: str) -> str:
 
 
 def check_callback_url(url: str, max_length: int) -> None:
-    """Check that ``url`` is an absolute http(s) URL with a host, at most ``max_length`` long.
+    """Check that ``url`` is an absolute http(s) URL with a host, at most ``max_length`` long,
+    whose every ``%`` begins a percent-encoded byte.
 
     Raises:
         ValidationFailed: naming ``$.callbackUrl`` and what is wrong.
@@ -295,6 +297,9 @@ def _callback_url_problem(url: str, max_length: int) -> str | None:
         return f"longer than {max_length} characters"
     if _CONTROL_OR_SPACE.search(url):
         return "contains spaces, control characters or backslashes"
+    if _BAD_PERCENT.search(url):
+        # The HTTP client would send it as %25, another URL than the one stored.
+        return "a % must begin a percent-encoded byte such as %2F (RFC 3986, section 2.1)"
     try:
         parts = urlsplit(url)
     except ValueError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import socket
 import threading
@@ -112,6 +113,30 @@ def test_a_redirect_is_not_followed(
     assert str(outcome["error"]).startswith("HTTP 302")
     assert "not followed" in str(outcome["error"])
     assert other_receiver.hits == []
+
+
+@pytest.mark.parametrize(
+    ("userinfo", "credentials"),
+    [
+        ("user:secret", b"user:secret"),
+        ("us%C3%A9r:p%C3%A4ss", "usér:päss".encode()),  # percent-encoded UTF-8
+        ("usér:密码", "usér:密码".encode()),  # as typed: UTF-8 (Latin-1 cannot hold 密码)
+        ("legacy:p%E4ss", b"legacy:p\xe4ss"),  # a Latin-1 byte, percent-encoded: that byte
+        ("only-user", b"only-user:"),
+    ],
+    ids=["ascii", "percent-encoded-utf8", "typed-utf8", "latin1-byte", "no-password"],
+)
+def test_credentials_in_the_url_go_as_the_bytes_it_spells(
+    client: httpx.Client, receiver: Receiver, userinfo: str, credentials: bytes
+) -> None:
+    """``Authorization: Basic`` (RFC 7617) of the percent-decoded userinfo, any other character
+    in UTF-8, as curl sends it; the receiver's URL itself has no userinfo."""
+    task_id = ready_task(client, receiver.url("/ok").replace("//", f"//{userinfo}@", 1))
+    outcome, _ = _execute(client, task_id)
+    assert outcome["status"] == "Completed", outcome
+    [hit] = receiver.hits_for(task_id)
+    assert hit.headers["Authorization"] == "Basic " + base64.b64encode(credentials).decode()
+    assert hit.path == "/ok"
 
 
 @pytest.mark.parametrize(

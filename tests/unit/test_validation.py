@@ -152,6 +152,10 @@ def test_bad_callback_urls(url: str) -> None:
         ("http://h:port/", "the port must be a number from 1 to 65535"),
         ("http:\\\\127.0.0.1\\cb", "contains spaces, control characters or backslashes"),
         ("http://[::1/", "not a valid URL: Invalid IPv6 URL"),
+        *(
+            (url, "a % must begin a percent-encoded byte such as %2F (RFC 3986, section 2.1)")
+            for url in ("http://h/%zz", "http://h/a%", "http://h/?q=%4", "http://u:p%@h/")
+        ),
     ],
 )
 def test_a_bad_callback_url_is_told_what_is_wrong(url: str, message: str) -> None:
@@ -202,6 +206,7 @@ def test_hosts_that_cannot_be_called_as_written_are_rejected(url: str) -> None:
         "http://my_service:8080/",
         "http://[2001:db8::1]/",
         "http://h.test./",
+        "http://us%C3%A9r:p%E4ss@h/%2Fa%c3%a9?x=%41#%20",  # percent-encoded bytes, any case
     ],
 )
 def test_unicode_underscore_ipv6_and_trailing_dot_hosts_are_accepted(url: str) -> None:

@@ -8,12 +8,14 @@ concurrency it sends several times more callbacks per second for the same CPU.
 from __future__ import annotations
 
 import asyncio
+import base64
 import email.utils
 import errno
 import logging
 import re
 import time
 from collections.abc import Sequence
+from urllib.parse import unquote_to_bytes, urlsplit, urlunsplit
 
 import aiohttp
 import msgspec
@@ -113,7 +115,8 @@ class CallbackSender:
         byte a second still times out. Redirects are not followed (API.md). Headers follow the
         Standard Webhooks names: ``webhook-id`` (the task id, stable across attempts, so receivers
         can deduplicate), ``webhook-timestamp`` (Unix seconds) and, with signing secrets,
-        ``webhook-signature``; plus ``X-Task-Id`` and ``X-Task-Attempt``. A URL whose address
+        ``webhook-signature``; plus ``X-Task-Id`` and ``X-Task-Attempt``; credentials in the
+        URL go as ``Authorization: Basic`` (:func:`_take_credentials`). A URL whose address
         the policy refuses gets no connection; the outcome's error names the policy.
 
         Returns:
@@ -136,6 +139,9 @@ class CallbackSender:
             headers["webhook-signature"] = sign(
                 self._secrets, task.task_id, timestamp, task.task_data
             )
+        url = task.callback_url
+        if "@" in url:  # perhaps credentials: rare, so the common URL is not parsed here
+            url = _take_credentials(url, headers)
         status: int | None = None
         body: bytes | None = None
         retry_after: float | None = None
@@ -143,7 +149,7 @@ class CallbackSender:
         refusal = self.policy.check_url(task.callback_url)
         error = None if refusal is None else str(CallbackRefused(task.callback_url, refusal))
         if error is None:
-            status, body, error, retry_after = await self._exchange(task, headers)
+            status, body, error, retry_after = await self._exchange(task, url, headers)
         finished = now_ms()
         return CallbackOutcome(
             success=error is None,
@@ -158,9 +164,10 @@ class CallbackSender:
         )
 
     async def _exchange(
-        self, task: TaskRecord, headers: dict[str, str]
+        self, task: TaskRecord, url: str, headers: dict[str, str]
     ) -> tuple[int | None, bytes | None, str | None, float | None]:
-        """POST and read the answer: ``(status, body, error, retry after)``; never raises."""
+        """POST to ``url`` and read the answer: ``(status, body, error, retry after)``; never
+        raises."""
         assert self._session is not None
         status: int | None = None
         body: bytes | None = None
@@ -169,7 +176,7 @@ class CallbackSender:
         try:
             async with asyncio.timeout(task.timeout_seconds):
                 async with self._session.post(
-                    task.callback_url, data=task.task_data, headers=headers, allow_redirects=False
+                    url, data=task.task_data, headers=headers, allow_redirects=False
                 ) as response:
                     status = response.status
                     body, error = await self._read_body(response)
@@ -209,6 +216,21 @@ class CallbackSender:
                 return None, too_large
             chunks.append(chunk)
         return b"".join(chunks), None
+
+
+def _take_credentials(url: str, headers: dict[str, str]) -> str:
+    """Return ``url`` without its userinfo, which goes into ``headers`` as ``Authorization:
+    Basic`` (RFC 7617): the very bytes the URL spells, percent-decoded, and any other character
+    in UTF-8, as curl sends them. (aiohttp would encode them in Latin-1, and fail on a
+    character outside it.) A URL without userinfo comes back as it is."""
+    parts = urlsplit(url)
+    userinfo, at, host = parts.netloc.rpartition("@")
+    if not at:
+        return url
+    user, _, password = userinfo.partition(":")
+    credentials = unquote_to_bytes(user) + b":" + unquote_to_bytes(password)
+    headers["Authorization"] = "Basic " + base64.b64encode(credentials).decode("ascii")
+    return urlunsplit(parts._replace(netloc=host))
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
