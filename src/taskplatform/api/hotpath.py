@@ -9,8 +9,8 @@ problem documents (``problems.exception_response``). Whatever it does not match 
 through to FastAPI, which stays the one description of the API (routes, OpenAPI, validation):
 another method or path, any query string (a dequeue's to validate, another route's to refuse:
 ``tasks.refuse_unknown_query``), a task id that is not a canonical UUID, an ``Idempotency-Key``
-outside its pattern. So the fast path never has to say
-no to anything FastAPI would have said yes to, and never answers differently.
+outside its pattern. So the fast path never has to say no to anything FastAPI would have said
+yes to, and never answers differently.
 """
 
 from __future__ import annotations

@@ -85,7 +85,9 @@ def _query_names(dependant: Dependant) -> set[str]:
     return names
 
 
-_known_queries: dict[int, frozenset[str]] = {}
+# By id of the route (routes are not hashable): the route itself, kept so that its id is not
+# reused, and the names its query may hold.
+_known_queries: dict[int, tuple[object, frozenset[str]]] = {}
 
 
 def refuse_unknown_query(request: Request) -> None:
@@ -102,9 +104,10 @@ def refuse_unknown_query(request: Request) -> None:
         ValidationFailed: with ``query.<name>`` for each unknown parameter.
     """
     route = request.scope["route"]
-    known = _known_queries.get(id(route))
-    if known is None:
-        known = _known_queries[id(route)] = frozenset(_query_names(route.dependant))
+    entry = _known_queries.get(id(route))
+    if entry is None:
+        entry = _known_queries[id(route)] = (route, frozenset(_query_names(route.dependant)))
+    known = entry[1]
     unknown = sorted(set(request.query_params) - known)
     if unknown:
         takes = ", ".join(sorted(known)) or "none"
