@@ -705,6 +705,7 @@ def import_command(
                 state.save(state_path)
             except OSError as exc:
                 reason = exc.strerror or str(exc)
+                progress.stop()  # the bar's last frame before the error, not after it
                 if not run_saved:  # the first save comes before the first batch is sent
                     _usage(
                         f"cannot write the import state {state_path} ({reason}): nothing was "

@@ -305,6 +305,7 @@ def test_an_import_state_that_cannot_be_written_is_a_usage_error_not_a_traceback
     assert "cannot write the import state" in nowhere.stderr
     assert "nothing was created" in nowhere.stderr
     assert "Traceback" not in nowhere.output
+    assert nowhere.stderr.strip().splitlines()[-1].startswith("error: cannot write")  # last
     assert queued_numbers(tp, queue) == []
 
     assert run(server, "tasks", "import", str(source)).exit_code == 0
