@@ -800,6 +800,9 @@ class TaskService:
     def _untrack(self, call: asyncio.Task[ExecuteOutcome]) -> None:
         self._inflight.discard(call)
         self.metrics.in_flight.dec()
+        # An outcome that could not be recorded has been logged as a warning; a dispatched or
+        # background call has nobody else to see its error.
+        _retrieve(call)
 
     async def start_execute(self, task_id: str) -> TaskRecord:
         """Move ``task_id`` to Processing under a fresh lease, ready for one callback.
@@ -884,11 +887,11 @@ class TaskService:
                 (outcome.result or b"")[:2000],
             )
         recording = asyncio.ensure_future(
-            self._transition(
-                task.task_id,
-                {Status.PROCESSING},
+            self._record_outcome(
+                task,
+                outcome,
                 target,
-                changes=TaskChanges(
+                TaskChanges(
                     lease_token=None,
                     lease_expires_at=None,
                     result=outcome.result,
@@ -897,8 +900,7 @@ class TaskService:
                     next_attempt_at=next_attempt_at,
                     dead_letter=dead_letter,
                 ),
-                lease_token=task.lease_token,
-                execution=ExecutionRecord(
+                ExecutionRecord(
                     task_id=task.task_id,
                     attempt=attempt,
                     started_at=outcome.started_at,
@@ -936,6 +938,73 @@ class TaskService:
             error=outcome.error,
             attempt=attempt,
         )
+
+    async def _record_outcome(
+        self,
+        task: TaskRecord,
+        outcome: CallbackOutcome,
+        target: Status,
+        changes: TaskChanges,
+        execution: ExecutionRecord,
+    ) -> TaskRecord | None:
+        """Record the answered attempt of the Processing ``task``: its move to ``target`` with
+        ``changes`` and its ``execution``, fenced by the attempt's lease token.
+
+        While the store cannot be reached it tries again (0.1 s, doubling to 2 s between tries)
+        until the attempt's lease runs out, or the shutdown deadline passes: a callback that
+        was answered is worth recording, and within its lease nothing else may touch the
+        attempt. After that the reaper records the attempt as interrupted and the task goes
+        again (README, "Leases").
+
+        Returns:
+            The task after the move, or None if the lease was lost meanwhile.
+
+        Raises:
+            BackendUnavailable: the lease ran out (or the shutdown deadline passed) with the
+                store still unreachable; its detail says the callback was answered and not
+                recorded.
+        """
+        delay, warned = 0.1, False
+        while True:
+            try:
+                return await self._transition(
+                    task.task_id,
+                    {Status.PROCESSING},
+                    target,
+                    changes=changes,
+                    lease_token=task.lease_token,
+                    execution=execution,
+                )
+            except BackendUnavailable as exc:
+                raise_if_cancelled()
+                answer = (
+                    "no answer" if outcome.http_status is None else f"HTTP {outcome.http_status}"
+                )
+                left = ((task.lease_expires_at or 0) - now_ms()) / 1000
+                if left <= 0 or (self.stopping and time.monotonic() >= self._deadline):
+                    detail = (
+                        f"the callback of task {task.task_id} was made ({answer}) but attempt "
+                        f"{task.attempts}'s outcome could not be recorded: {exc.detail}; the "
+                        "attempt will be recorded as interrupted and the task can run again"
+                    )
+                    log_fields = {"task_id": task.task_id, "attempt": task.attempts}
+                    logger.warning("%s", detail, extra=log_fields)
+                    raise BackendUnavailable(detail, task_id=task.task_id) from exc
+                if not warned:
+                    logger.warning(
+                        "task %s: attempt %d's outcome (%s, %s) cannot be recorded yet (%s); "
+                        "trying again for up to %.3g s, until its lease runs out",
+                        task.task_id,
+                        task.attempts,
+                        target.value,
+                        answer,
+                        exc.detail,
+                        left,
+                        extra={"task_id": task.task_id, "attempt": task.attempts},
+                    )
+                    warned = True
+                await asyncio.sleep(min(delay, left))
+                delay = min(delay * 2, 2.0)
 
     def _automatic_retry(self, task: TaskRecord, outcome: CallbackOutcome) -> int | None:
         """Return when a dispatched ``task`` whose attempt failed should run again (epoch ms),

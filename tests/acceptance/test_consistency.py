@@ -8,6 +8,7 @@ queued, comes back, and is dequeued exactly once.
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Callable, Iterator
 from urllib.parse import urlsplit, urlunsplit
@@ -17,6 +18,7 @@ import pytest
 
 from tests.acceptance.helpers import assert_problem, create
 from tests.support.proxy import Proxy
+from tests.support.receiver import Receiver
 from tests.support.server import Server
 
 FAST_RECOVERY = {
@@ -159,3 +161,71 @@ def test_backend_down_during_dequeue_is_503_and_keeps_the_task(
             assert _dequeue_all(http) == [task_id]
     finally:
         server.stop()
+
+
+def test_an_answered_callback_is_recorded_when_the_store_comes_back_within_its_lease(
+    backend: str,
+    receiver: Receiver,
+    tmp_path_factory: pytest.TempPathFactory,
+    cut_backend: Callable[..., tuple[dict[str, str], Proxy]],
+) -> None:
+    """The store goes away while a callback is in flight. Back within the attempt's lease, the
+    answer is recorded (one call, one attempt, Completed); away past it, a synchronous execute
+    is a 503 saying the callback was made, and the reaper records the attempt as interrupted.
+    Neither leaves an unretrieved asyncio error in the log."""
+    if "postgres" not in backend:
+        pytest.skip("the embedded database cannot be unreachable")
+    from tests.support.backends import backend_env
+
+    workdir = tmp_path_factory.mktemp("outcome")
+    env, proxy = cut_backend(backend_env(backend, workdir), "TASKPLATFORM_DATABASE_URL")
+    settings = {"TASKPLATFORM_PROCESSING_LEASE_GRACE_SECONDS": "1", **FAST_RECOVERY}
+    server = Server({**env, **settings}, workdir / "server.log").start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            # Within the lease (10 s + 1 s): cut for about 2.5 s around the answer.
+            kept = create(http, receiver.url("/slow?seconds=1"), timeoutSeconds=10, priority=9)
+            assert http.get("/api/tasks/dequeue").json()["taskId"] == kept
+            async_execute = {"Prefer": "respond-async"}
+            assert http.post(f"/api/tasks/{kept}/execute", headers=async_execute).status_code == 202
+            _wait_for(lambda: len(receiver.hits_for(kept)) == 1)
+            proxy.cut()
+            time.sleep(2.5)
+            proxy.restore()
+            _wait_for(lambda: _status(http, kept) == "Completed")
+            task = http.get(f"/api/tasks/{kept}").json()
+            assert task["attempts"] == 1
+            log = http.get(f"/api/tasks/{kept}/executions").json()["items"]
+            assert [(e["attempt"], e["httpStatus"], e["error"]) for e in log] == [(1, 200, None)]
+            assert len(receiver.hits_for(kept)) == 1
+            assert "outcome (Completed, HTTP 200) cannot be recorded yet" in server.log()
+
+            # Past the lease (2 s + 1 s): the execute answers 503 and says what happened.
+            lost = create(http, receiver.url("/slow?seconds=1"), timeoutSeconds=2, priority=9)
+            assert http.get("/api/tasks/dequeue").json()["taskId"] == lost
+            cutter = threading.Timer(0.5, proxy.cut)
+            cutter.start()
+            answer = http.post(f"/api/tasks/{lost}/execute")
+            cutter.join()
+            problem = assert_problem(answer, 503, "backend_unavailable")
+            assert f"the callback of task {lost} was made (HTTP 200)" in problem["detail"]
+            proxy.restore()
+            _wait_for(lambda: _status(http, lost) == "Failed")
+            task = http.get(f"/api/tasks/{lost}").json()
+            assert (task["attempts"], task["error"].startswith("interrupted")) == (1, True)
+    finally:
+        server.stop()
+    assert "never retrieved" not in server.log()
+    assert " ERROR " not in server.log()
+
+
+def _status(http: httpx.Client, task_id: str) -> str | None:
+    response = http.get(f"/api/tasks/{task_id}")
+    return str(response.json()["status"]) if response.status_code == 200 else None
+
+
+def _wait_for(condition: Callable[[], bool], seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
