@@ -441,6 +441,31 @@ def test_a_second_stop_signal_interrupts_the_callbacks_at_once(
         assert http.get("/api/stats").json()["tasks"]["Processing"] == 0
 
 
+@pytest.mark.parametrize("second", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_second_stop_signal_cuts_the_grace_of_dispatched_callbacks(
+    start_server: Callable[..., Server], receiver: Receiver, second: signal.Signals
+) -> None:
+    """A dispatching server with no request open goes from the first SIGTERM straight into the
+    lifespan's shutdown, where its callbacks get the grace; a second SIGTERM, as a second
+    SIGINT, interrupts them at once (it waited out the callbacks before)."""
+    server = start_server(
+        TASKPLATFORM_SHUTDOWN_GRACE_SECONDS="30", TASKPLATFORM_DISPATCH="true", **FAST
+    )
+    assert server.process is not None
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        task_id = create(http, receiver.url("/slow?seconds=10"), timeoutSeconds=60)
+    _wait_for(lambda: bool(receiver.hits_for(task_id)))
+    started = time.monotonic()
+    server.process.send_signal(signal.SIGTERM)
+    _wait_for(lambda: "Waiting for application shutdown" in server.log(), seconds=5)
+    server.process.send_signal(second)
+    server.process.wait(15)
+    stopped_after = time.monotonic() - started
+    print(f"stopped {stopped_after:.2f} s after the first SIGTERM (grace 30 s)")
+    assert stopped_after < 5
+    assert "second stop signal: interrupting 1 callback now" in server.log()
+
+
 def test_a_second_stop_signal_stops_a_worker_at_once(
     server: Server, receiver: Receiver, start_worker: Callable[..., Worker]
 ) -> None:

@@ -185,9 +185,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 yield
         finally:
             gc.unfreeze()
-            unhook()
-            await stop_jobs(jobs, JOB_STOP_SECONDS)
-            await service.shutdown(settings.shutdown_grace_seconds)
+            try:
+                await stop_jobs(jobs, JOB_STOP_SECONDS)
+                await service.shutdown(settings.shutdown_grace_seconds)
+            finally:
+                # Hooked until the callbacks are over: a second SIGTERM while they finish must
+                # cut the grace, as a second SIGINT does (uvicorn's own handler ignores it).
+                unhook()
             await sender.close()
             await backends.close()
             process_stopped()
