@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from taskplatform.exceptions import MalformedJSON, ValidationFailed
+from taskplatform.exceptions import MalformedJSON, TaskNotFound, ValidationFailed
 from taskplatform.models import (
     IDEMPOTENCY_KEY,
     MAX_DELAY_SECONDS,
@@ -46,6 +46,7 @@ _BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _NUMERIC_LABEL = re.compile(r"(0[xX][0-9a-fA-F]*|[0-9]+)")
 _DNS_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 TASK_ID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+_TASK_ID = re.compile(TASK_ID_PATTERN)
 """A task id (a lowercase UUID), as the pagination cursor must be."""
 IDEMPOTENCY_KEY_PATTERN = rf"^{IDEMPOTENCY_KEY}$"
 """An ``Idempotency-Key`` header (:data:`~taskplatform.models.IDEMPOTENCY_KEY`)."""
@@ -274,6 +275,20 @@ def _in_words(path: str, message: str) -> str:
     if field == "idempotencyKey" and "matching regex" in message:
         return PATTERN_RULES[IDEMPOTENCY_KEY_PATTERN]
     return message.replace("Object contains unknown field", "unknown field")
+
+
+def canonical_task_id(task_id: str) -> str:
+    """Return ``task_id`` as create issued it, a lowercase UUID. Hex digits in upper case are
+    the same UUID (RFC 9562, section 4), so the API and the dashboard take either.
+
+    Raises:
+        TaskNotFound: ``task_id`` cannot be a task's id, answered before any backend sees it
+            (PostgreSQL refuses a NUL in text with an error, not a miss).
+    """
+    canonical = task_id.lower()
+    if _TASK_ID.match(canonical) is None:
+        raise TaskNotFound(f"no task has the id {task_id[:80]!r}")
+    return canonical
 
 
 def check_callback_url(url: str, max_length: int) -> None:

@@ -422,6 +422,23 @@ def test_hostile_task_data_renders_as_text(client: httpx.Client, receiver: Recei
         assert hostile not in listed.text
 
 
+def test_a_task_id_in_upper_case_is_the_same_task_on_the_dashboard(
+    client: httpx.Client, receiver: Receiver
+) -> None:
+    """As in the API (RFC 9562: hex digits in either case), the page and its actions take the
+    id in upper case and speak of the task by its own id."""
+    task_id = create(client, receiver.url("/ok"))
+    page = client.get(f"/dashboard/tasks/{task_id.upper()}")
+    assert page.status_code == 200, page.text[:300]
+    assert task_id in page.text
+    cancelled = client.post(
+        f"/dashboard/tasks/{task_id.upper()}/cancel", headers={"Origin": str(client.base_url)}
+    )
+    assert cancelled.status_code == 303
+    assert cancelled.headers["location"].startswith(f"/dashboard/tasks/{task_id}")
+    assert client.get(f"/api/tasks/{task_id}").json()["status"] == "Cancelled"
+
+
 def test_a_bad_task_id_or_filter_is_a_page_not_a_server_error(client: httpx.Client) -> None:
     """No such task: a 404 page; a bad filter: a 400 page saying why; neither is a 500."""
     for task_id in ("not-a-task", str(uuid.uuid4()), "%00", "x" * 500):

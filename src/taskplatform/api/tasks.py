@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import re
 from typing import Annotated, Any
 
 import msgspec
@@ -41,7 +40,6 @@ from taskplatform.exceptions import (
     TaskProcessing,
     UnsupportedMediaType,
 )
-from taskplatform.exceptions import TaskNotFound as TaskNotFoundError
 from taskplatform.exceptions import ValidationFailed as ValidationFailedError
 from taskplatform.models import (
     DEFAULT_QUEUE,
@@ -69,6 +67,7 @@ from taskplatform.validation import (
     IDEMPOTENCY_KEY_PATTERN,
     QUEUE_PATTERN,
     TASK_ID_PATTERN,
+    canonical_task_id,
     check_json_depth,
     check_task_limits,
     parse_batch,
@@ -127,7 +126,6 @@ _API_ROUTES: dict[str, Any] = {
 router = APIRouter(prefix="/api/tasks", tags=["tasks"], **_API_ROUTES)
 _encode = msgspec.json.Encoder().encode
 _JSON = "application/json"
-_TASK_ID = re.compile(TASK_ID_PATTERN)
 TaskId = Annotated[str, Path(alias="taskId", description="The id create returned.")]
 QueueQuery = Annotated[
     str, Query(pattern=QUEUE_PATTERN, description="The named queue to take from.")
@@ -137,20 +135,6 @@ QueueQuery = Annotated[
 def _service(request: Request) -> TaskService:
     service: TaskService = request.app.state.service
     return service
-
-
-def _check_task_id(task_id: str) -> str:
-    """Return ``task_id`` as create issued it, a lowercase UUID; answer 404 for an id that
-    cannot be one, before any backend sees it (PostgreSQL refuses a NUL in text with an error,
-    not a miss). Hex digits in upper case are the same UUID (RFC 9562, section 4).
-
-    Raises:
-        TaskNotFoundError: ``task_id`` is not a UUID.
-    """
-    canonical = task_id.lower()
-    if _TASK_ID.match(canonical) is None:
-        raise TaskNotFoundError(f"no task has the id {task_id[:80]!r}")
-    return canonical
 
 
 def _json(
@@ -470,7 +454,7 @@ async def get_task(request: Request, task_id: TaskId) -> Response:
         # GET /api/tasks/batch is a wrong method for the batch route (RFC 9110, section
         # 15.5.6), not a look-up of a task whose id is "batch"; the handler names the methods.
         raise StarletteHTTPException(405)
-    task_id = _check_task_id(task_id)
+    task_id = canonical_task_id(task_id)
     return _json(TaskView.of(await _service(request).get(task_id)))
 
 
@@ -495,7 +479,7 @@ def _prefers_async(request: Request) -> bool:
 )
 async def execute_task(request: Request, task_id: TaskId) -> Response:
     """Call the task's callbackUrl and record the attempt (FR-003, FR-006, FR-007)."""
-    task_id = _check_task_id(task_id)
+    task_id = canonical_task_id(task_id)
     service = _service(request)
     if _prefers_async(request):
         task = await service.execute_in_background(task_id)
@@ -531,7 +515,7 @@ async def execute_task(request: Request, task_id: TaskId) -> Response:
 )
 async def cancel_task(request: Request, task_id: TaskId) -> Response:
     """Cancel a Queued, Dequeued, Retry or Failed task: it is never called back."""
-    task_id = _check_task_id(task_id)
+    task_id = canonical_task_id(task_id)
     return _json(TaskView.of(await _service(request).cancel(task_id)))
 
 
@@ -555,7 +539,7 @@ async def cancel_task(request: Request, task_id: TaskId) -> Response:
 )
 async def redrive_task(request: Request, task_id: TaskId) -> Response:
     """Send a Failed task (a dead letter, or one a caller gave up on) back to its queue."""
-    task_id = _check_task_id(task_id)
+    task_id = canonical_task_id(task_id)
     return _json(TaskView.of(await _service(request).redrive(task_id)))
 
 
@@ -567,7 +551,7 @@ async def redrive_task(request: Request, task_id: TaskId) -> Response:
 )
 async def list_executions(request: Request, task_id: TaskId) -> Response:
     """Return every callback attempt of the task (the seed's TaskExecution entity)."""
-    task_id = _check_task_id(task_id)
+    task_id = canonical_task_id(task_id)
     log = await _service(request).executions(task_id)
     return _json(ExecutionList(task_id, [ExecutionView.of(execution) for execution in log]))
 

@@ -40,7 +40,7 @@ from taskplatform.dashboard.chart import depth_chart
 from taskplatform.exceptions import TaskNotFound, TaskPlatformError
 from taskplatform.models import Status, TaskRecord, format_time, now_ms
 from taskplatform.service import ExecuteOutcome, TaskService
-from taskplatform.validation import QUEUE_PATTERN, TASK_ID_PATTERN
+from taskplatform.validation import QUEUE_PATTERN, TASK_ID_PATTERN, canonical_task_id
 
 router = APIRouter(prefix="/dashboard", include_in_schema=False)
 
@@ -316,8 +316,7 @@ async def task_page(request: Request, task_id: str) -> Response:
     """
     service = _service(request)
     try:
-        if _TASK_ID.fullmatch(task_id) is None:
-            raise TaskNotFound(f"no task has the id {task_id[:80]!r}")
+        task_id = canonical_task_id(task_id)
         task = await service.get(task_id)
         executions = await service.executions(task_id)
     except TaskPlatformError as exc:
@@ -367,7 +366,11 @@ async def task_action(request: Request, task_id: str, action: str) -> Response:
     """
     if not same_origin(request):
         return _forged(request)
-    if action not in _ACTIONS or _TASK_ID.fullmatch(task_id) is None:
+    try:
+        task_id = canonical_task_id(task_id)
+    except TaskNotFound as exc:
+        return _error_page(request, exc)
+    if action not in _ACTIONS:
         return _error_page(request, TaskNotFound(f"no task has the id {task_id[:80]!r}"))
     page = f"/dashboard/tasks/{task_id}"
     service = _service(request)
