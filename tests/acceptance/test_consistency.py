@@ -229,3 +229,34 @@ def _wait_for(condition: Callable[[], bool], seconds: float = 20) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.05)
+
+
+def test_a_store_outage_pauses_dispatch_with_one_warning_a_second_per_queue(
+    backend: str,
+    receiver: Receiver,
+    tmp_path_factory: pytest.TempPathFactory,
+    cut_backend: Callable[..., tuple[dict[str, str], Proxy]],
+) -> None:
+    """The dispatcher's claim loops of a queue fail together when the database goes away: the
+    log says so once a second for the queue (it said it once a loop), and dispatch resumes."""
+    if "postgres" not in backend:
+        pytest.skip("the embedded database cannot be unreachable")
+    from tests.support.backends import backend_env
+
+    workdir = tmp_path_factory.mktemp("paused")
+    env, proxy = cut_backend(backend_env(backend, workdir), "TASKPLATFORM_DATABASE_URL")
+    server = Server({**env, "TASKPLATFORM_DISPATCH": "true"}, workdir / "server.log").start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            proxy.cut()
+            time.sleep(3.5)
+            proxy.restore()
+            _wait_for(lambda: http.get("/readyz").status_code == 200)
+            task_id = create(http, receiver.url("/ok"))
+            _wait_for(lambda: _status(http, task_id) == "Completed")
+    finally:
+        server.stop()
+    warned = [line for line in server.log().splitlines() if "dispatch of queue default" in line]
+    stamps = [line[:19] for line in warned]  # to the second
+    assert 2 <= len(warned) <= 5, warned
+    assert len(stamps) == len(set(stamps)), warned

@@ -17,7 +17,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import signal
+import time
 
 from aiohttp import web
 
@@ -82,6 +84,9 @@ class Dispatcher:
         # share of the concurrency per claim loop keeps idle queues from starving busy ones.
         fair_share = concurrency // (len(queues) * self.claimers)
         self.claim_most = max(1, min(CLAIM_MOST, fair_share, self.queue_concurrency))
+        # When a queue's claims last failed loudly (monotonic seconds): its claim loops fail
+        # together, and one warning a second for the queue says it all.
+        self._warned_at: dict[str, float] = {}
 
     @classmethod
     def from_settings(cls, service: TaskService, settings: Settings) -> Dispatcher:
@@ -146,7 +151,10 @@ class Dispatcher:
             except BackendUnavailable as exc:
                 self._release(queue_slots, slots)
                 raise_if_cancelled()
-                logger.warning("dispatch of queue %s paused 1 s: %s", queue, exc.detail)
+                now = time.monotonic()
+                if now - self._warned_at.get(queue, -math.inf) >= 1:
+                    self._warned_at[queue] = now
+                    logger.warning("dispatch of queue %s paused 1 s: %s", queue, exc.detail)
                 await asyncio.sleep(1)
                 continue
             self._release(queue_slots, slots - len(tasks))
