@@ -422,6 +422,12 @@ def test_hostile_task_data_renders_as_text(client: httpx.Client, receiver: Recei
         assert hostile not in listed.text
 
 
+def test_the_dashboard_with_a_trailing_slash_leads_to_the_overview(client: httpx.Client) -> None:
+    response = client.get("/dashboard/")
+    assert (response.status_code, response.headers["location"]) == (308, "/dashboard")
+    assert client.get("/dashboard/", follow_redirects=True).status_code == 200
+
+
 def test_a_task_id_in_upper_case_is_the_same_task_on_the_dashboard(
     client: httpx.Client, receiver: Receiver
 ) -> None:

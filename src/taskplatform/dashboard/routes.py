@@ -220,6 +220,12 @@ def _forged(request: Request) -> HTMLResponse:
 # -- pages ----------------------------------------------------------------------------------------
 
 
+@router.get("/")
+async def overview_with_a_slash() -> Response:
+    """``/dashboard/`` is the overview too: a permanent redirect (308) to ``/dashboard``."""
+    return RedirectResponse("/dashboard", status_code=308)
+
+
 @router.get("")
 async def overview(request: Request) -> Response:
     """Render the overview: tasks per status, the queues, and queue depth over the last hour."""
