@@ -84,11 +84,6 @@ def _query_names(dependant: Dependant) -> set[str]:
     return names
 
 
-# By id of the route (routes are not hashable): the route itself, kept so that its id is not
-# reused, and the names its query may hold.
-_known_queries: dict[int, tuple[object, frozenset[str]]] = {}
-
-
 def refuse_unknown_query(request: Request) -> None:
     """Refuse a query parameter the route does not define: a 422 naming it, as an unknown body
     field is refused, before the route does anything.
@@ -102,11 +97,9 @@ def refuse_unknown_query(request: Request) -> None:
     Raises:
         ValidationFailed: with ``query.<name>`` for each unknown parameter.
     """
-    route = request.scope["route"]
-    entry = _known_queries.get(id(route))
-    if entry is None:
-        entry = _known_queries[id(route)] = (route, frozenset(_query_names(route.dependant)))
-    known = entry[1]
+    if not request.query_params:  # the usual case: nothing to look up
+        return
+    known = _query_names(request.scope["route"].dependant)
     unknown = sorted(set(request.query_params) - known)
     if unknown:
         takes = ", ".join(sorted(known)) or "none"
