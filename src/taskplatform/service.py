@@ -88,7 +88,16 @@ TRANSITIONS: dict[Status, frozenset[Status]] = {
 """Allowed edges of the state machine: ``status -> statuses it may move to``."""
 
 INTERRUPTED = "interrupted: the server stopped during the callback"
-"""The error of an attempt whose process died or shut down before the callback's outcome."""
+"""The error of an attempt whose callback the server cut off at shutdown, when the grace ran
+out."""
+
+LEASE_EXPIRED = (
+    "interrupted: the lease ran out before the callback's outcome was recorded (the server making "
+    "it stopped, or could not reach the database)"
+)
+"""The error the reaper gives an attempt whose Processing lease ran out: the process making the
+callback died, or it kept failing to record the outcome until the lease ended. Either way the
+callback may or may not have been answered."""
 
 STOPPED_MID_CALLBACK = (
     "the server stopped before the callback finished: the attempt was recorded as interrupted "
@@ -864,7 +873,7 @@ class TaskService:
         except asyncio.CancelledError:
             # Shutdown ran out of grace: record the attempt as interrupted (it counts, and the
             # task can be executed again), then let the cancellation go on.
-            await asyncio.shield(self._interrupt(task))
+            await asyncio.shield(self._interrupt(task, INTERRUPTED))
             raise
         self.metrics.callback_finished(task.queue, outcome.success, outcome.duration_ms)
         target = Status.COMPLETED if outcome.success else Status.FAILED
@@ -1346,8 +1355,9 @@ class TaskService:
         await self.queue.ping()
         await self.store.ping()
 
-    async def _interrupt(self, task: TaskRecord) -> bool:
-        """Fail the Processing ``task``'s current attempt as interrupted; fenced by its lease.
+    async def _interrupt(self, task: TaskRecord, error: str) -> bool:
+        """Fail the Processing ``task``'s current attempt as interrupted, with ``error``
+        (:data:`INTERRUPTED` or :data:`LEASE_EXPIRED`); fenced by its lease.
 
         Returns:
             True if this call recorded it (False: the outcome or another reaper got there first).
@@ -1366,7 +1376,7 @@ class TaskService:
                 lease_token=None,
                 lease_expires_at=None,
                 result=None,
-                error=INTERRUPTED,
+                error=error,
                 next_attempt_at=next_attempt_at,
                 dead_letter=target is Status.FAILED and not task.attempts_left(),
             ),
@@ -1379,7 +1389,7 @@ class TaskService:
                 duration_ms=max(0, now - task.updated_at),
                 http_status=None,
                 result=None,
-                error=INTERRUPTED,
+                error=error,
             ),
         )
         return interrupted is not None
@@ -1399,7 +1409,7 @@ class TaskService:
         await self.queue.recover(self.store, now=now)
         interrupted = requeued = 0
         for task in await self.store.expired_leases(Status.PROCESSING, now=now, limit=_REAP_BATCH):
-            if await self._interrupt(task):
+            if await self._interrupt(task, LEASE_EXPIRED):
                 interrupted += 1
                 logger.warning(
                     "task %s: attempt %d interrupted (lease expired)",

@@ -23,7 +23,10 @@ from tests.support.backends import backend_env
 from tests.support.receiver import Receiver
 from tests.support.server import Server
 
-INTERRUPTED = "interrupted: the server stopped during the callback"
+LEASE_EXPIRED = (
+    "interrupted: the lease ran out before the callback's outcome was recorded (the server making "
+    "it stopped, or could not reach the database)"
+)
 KEY_TTL = 2.0
 """Seconds an Idempotency-Key is remembered in these tests: room for a replay well inside it."""
 
@@ -193,11 +196,11 @@ def test_two_servers_reap_a_killed_servers_processing_leases_once(
                 task = other.get(f"/api/tasks/{task_id}").json()
                 assert (task["status"], task["error"], task["attempts"]) == (
                     "Failed",
-                    INTERRUPTED,
+                    LEASE_EXPIRED,
                     1,
                 )
                 log = other.get(f"/api/tasks/{task_id}/executions").json()["items"]
-                assert [(entry["attempt"], entry["error"]) for entry in log] == [(1, INTERRUPTED)]
+                assert [(entry["attempt"], entry["error"]) for entry in log] == [(1, LEASE_EXPIRED)]
 
             barrier = threading.Barrier(2 * TASKS)
 
@@ -217,7 +220,7 @@ def test_two_servers_reap_a_killed_servers_processing_leases_once(
                 assert (winner["status"], winner["attempt"]) == ("Completed", 2)
                 log = one.get(f"/api/tasks/{task_id}/executions").json()["items"]
                 assert [(e["attempt"], e["error"], e["httpStatus"]) for e in log] == [
-                    (1, INTERRUPTED, None),
+                    (1, LEASE_EXPIRED, None),
                     (2, None, 200),
                 ]
                 assert status(task_id) == "Completed"

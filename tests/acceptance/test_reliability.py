@@ -19,6 +19,14 @@ from tests.support.backends import backend_env
 from tests.support.receiver import Receiver
 from tests.support.server import Server, Worker, store_env
 
+LEASE_EXPIRED = (
+    "interrupted: the lease ran out before the callback's outcome was recorded (the server making "
+    "it stopped, or could not reach the database)"
+)
+"""The error the reaper records for an attempt whose Processing lease ran out."""
+STOPPED = "interrupted: the server stopped during the callback"
+"""The error of an attempt cut off when a stopping server's grace ran out."""
+
 FAST = {
     "TASKPLATFORM_RECOVERY_INTERVAL_SECONDS": "0.2",
     "TASKPLATFORM_PROCESSING_LEASE_GRACE_SECONDS": "0.5",
@@ -59,12 +67,10 @@ def test_a_callback_cut_off_by_sigkill_is_recorded_as_interrupted(
     with httpx.Client(base_url=server.url, timeout=30) as http:
         _wait_for(lambda: http.get(f"/api/tasks/{task_id}").json()["status"] == "Failed")
         task = http.get(f"/api/tasks/{task_id}").json()
-        assert task["error"] == "interrupted: the server stopped during the callback"
+        assert task["error"] == LEASE_EXPIRED
         assert task["attempts"] == 1
         log = http.get(f"/api/tasks/{task_id}/executions").json()["items"]
-        assert [(entry["attempt"], entry["error"]) for entry in log] == [
-            (1, "interrupted: the server stopped during the callback")
-        ]
+        assert [(entry["attempt"], entry["error"]) for entry in log] == [(1, LEASE_EXPIRED)]
         # Executable again; only the retry is a second callback.
         again = http.post(f"/api/tasks/{task_id}/execute").json()
         assert again["attempt"] == 2
@@ -322,7 +328,7 @@ def test_sigterm_lets_callbacks_finish_and_interrupts_the_rest(
         assert http.get(f"/api/tasks/{quick}").json()["status"] == "Completed"
         interrupted = http.get(f"/api/tasks/{stuck}").json()
         assert interrupted["status"] == "Failed"
-        assert interrupted["error"] == "interrupted: the server stopped during the callback"
+        assert interrupted["error"] == STOPPED
         assert http.get("/api/stats").json()["tasks"]["Processing"] == 0
 
 
@@ -390,7 +396,7 @@ def test_sigterm_answers_a_synchronous_execute_in_flight_without_a_500(
         assert http.get(f"/api/tasks/{quick}").json()["status"] == "Completed"
         interrupted = http.get(f"/api/tasks/{stuck}").json()
         assert (interrupted["status"], interrupted["attempts"]) == ("Failed", 1)
-        assert interrupted["error"] == "interrupted: the server stopped during the callback"
+        assert interrupted["error"] == STOPPED
         assert http.get("/api/stats").json()["tasks"]["Processing"] == 0
         again = http.post(f"/api/tasks/{stuck}/execute")
         assert again.status_code == 200, again.text
@@ -437,7 +443,7 @@ def test_a_second_stop_signal_interrupts_the_callbacks_at_once(
     with httpx.Client(base_url=server.url, timeout=30) as http:
         interrupted = http.get(f"/api/tasks/{stuck}").json()
         assert (interrupted["status"], interrupted["attempts"]) == ("Failed", 1)
-        assert interrupted["error"] == "interrupted: the server stopped during the callback"
+        assert interrupted["error"] == STOPPED
         assert http.get("/api/stats").json()["tasks"]["Processing"] == 0
 
 
@@ -492,7 +498,7 @@ def test_a_second_stop_signal_stops_a_worker_at_once(
         assert "second stop signal: interrupting 1 callback now" in worker.log()
         interrupted = http.get(f"/api/tasks/{stuck}").json()
         assert (interrupted["status"], interrupted["attempts"]) == ("Retry", 1), interrupted
-        assert interrupted["error"] == "interrupted: the server stopped during the callback"
+        assert interrupted["error"] == STOPPED
 
 
 def test_a_client_that_hangs_up_does_not_cancel_the_callback(
