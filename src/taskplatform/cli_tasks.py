@@ -600,6 +600,12 @@ def _interrupt_after() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
+MAX_LINE_BYTES = 16 * 1024 * 1024
+"""The longest import line sent, in bytes (its newline aside): the default largest batch body
+(``TASKPLATFORM_MAX_BATCH_BODY_BYTES``), so a longer line fits in no batch. It is read past, not
+kept, and fails as ``payload_too_large``."""
+
+
 def _failure(line: int, code: str, detail: str, **extra: Any) -> dict[str, Any]:
     return {"line": line, "code": code, "detail": detail, **extra}
 
@@ -655,6 +661,13 @@ def import_command(
     gives its tasks back: nothing is created twice. Lines that fail (not JSON, or refused by
     the server) are reported by line number, and the exit code is then 1.
     """
+    if not file.is_file():
+        # A pipe would be read up by the line count and then yield no line: "created 0 tasks".
+        _usage(
+            f"{file} is not a regular file: the import reads it twice (to count its lines, and "
+            "again to resume from a byte offset); save the stream to a file and import that",
+            as_json,
+        )
     state_path = state_file or file.with_name(file.name + ".import-state.json")
     state = ImportState()
     resumed = state_path.exists() and not restart
@@ -749,13 +762,25 @@ def import_command(
             progress.update(bar, completed=last_line)
 
         line_number = first_line - 1
-        for raw in stream:
+        # One byte over the limit and its newline: a longer line is cut short there.
+        while raw := stream.readline(MAX_LINE_BYTES + 2):
             if _interrupted.is_set():
                 # Lines read since the last batch are not saved: the resume reads them again.
                 break
             line_number += 1
             digest.update(raw)
             offset += len(raw)
+            size = len(raw) - raw.endswith(b"\n")
+            if size > MAX_LINE_BYTES:
+                while not raw.endswith(b"\n") and (raw := stream.readline(1 << 20)):
+                    digest.update(raw)
+                    offset += len(raw)
+                    size += len(raw) - raw.endswith(b"\n")
+                detail = (
+                    f"the line is {size:,} bytes, over the {MAX_LINE_BYTES:,} a batch can carry"
+                )
+                state.failed.append(_failure(line_number, "payload_too_large", detail))
+                continue
             if not raw.strip():
                 continue
             body, failure = _parse_line(line_number, raw)

@@ -7,6 +7,7 @@ SQLite only: the CLI speaks HTTP through the client, whatever the backend.
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -21,7 +22,7 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from taskplatform.cli import app
-from taskplatform.cli_tasks import ExitCode
+from taskplatform.cli_tasks import MAX_LINE_BYTES, ExitCode
 from taskplatform.client import ConnectionFailed, TaskClient
 from tests.support.receiver import Receiver
 from tests.support.server import Server, clean_environ, free_port
@@ -292,6 +293,48 @@ def test_import_reports_bad_lines_and_a_rerun_creates_nothing_twice(
     assert changed.exit_code == ExitCode.USAGE
     assert "--restart" in changed.stderr
     assert queued_numbers(tp, queue) == [1, 2, 6, 7]
+
+
+def test_import_refuses_a_pipe_or_a_device_instead_of_creating_nothing(
+    server: Server, tmp_path: Path
+) -> None:
+    """The import reads its file twice (the line count, then the lines): a pipe would be empty
+    the second time and the import would say "created 0 tasks". /dev/zero never ends."""
+    pipe = tmp_path / "tasks.pipe"
+    os.mkfifo(pipe)
+    for source in (str(pipe), "/dev/zero"):
+        refused = run(server, "tasks", "import", source, "--json")
+        assert refused.exit_code == ExitCode.USAGE, refused.output
+        error = as_json(refused)["error"]
+        assert error["code"] == "usage_error"
+        assert "is not a regular file" in error["detail"]
+    assert not list(tmp_path.glob("*.import-state.json"))
+
+
+def test_an_import_line_too_long_for_any_batch_fails_alone(
+    server: Server, receiver: Receiver, queue: str, tp: TaskClient, tmp_path: Path
+) -> None:
+    """A line over MAX_LINE_BYTES is read past in pieces (never held whole) and fails as
+    payload_too_large; the lines around it are created, and a re-run creates nothing twice."""
+    source = tmp_path / "tasks.jsonl"
+    huge = MAX_LINE_BYTES + 1
+    with source.open("w") as out:
+        out.write(task_line(receiver, queue, 1) + "\n")
+        out.write("x" * huge + "\n")
+        out.write(task_line(receiver, queue, 3) + "\n")
+        out.write(" " * MAX_LINE_BYTES + "\n")  # the longest line sent: blank, so skipped
+        out.write(task_line(receiver, queue, 5))  # the last line, without a newline
+    first = run(server, "tasks", "import", str(source), "--json")
+    assert first.exit_code == ExitCode.REFUSED, first.output
+    summary = as_json(first)
+    assert summary["created"] == 3
+    assert [(f["line"], f["code"]) for f in summary["failed"]] == [(2, "payload_too_large")]
+    assert f"{huge:,} bytes" in summary["failed"][0]["detail"]
+    assert queued_numbers(tp, queue) == [1, 3, 5]
+    again = run(server, "tasks", "import", str(source), "--json")
+    assert again.exit_code == 0, again.output
+    assert (as_json(again)["created"], as_json(again)["linesAlreadyDone"]) == (0, 5)
+    assert queued_numbers(tp, queue) == [1, 3, 5]
 
 
 def test_an_import_state_that_cannot_be_written_is_a_usage_error_not_a_traceback(
