@@ -183,6 +183,9 @@ def serve(
             workers=settings.workers,
             loop="uvloop",
             http="taskplatform.api.protocol:ProblemHttpToolsProtocol",
+            # No WebSocket route exists: an Upgrade request is answered as plain HTTP, with
+            # problem documents, instead of uvicorn's text/plain 403 or 400 (api/protocol.py).
+            ws="none",
             access_log=access_log,
             log_level=settings.log_level.lower(),
             log_config=logging_config(settings.log_level, settings.log_format),

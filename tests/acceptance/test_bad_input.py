@@ -203,6 +203,44 @@ def test_an_http_1_1_request_needs_exactly_one_host(server: Server, hosts: bytes
     assert head.startswith(b"http/1.1 200"), head
 
 
+def test_an_upgrade_request_is_plain_http_and_with_a_body_a_problem(
+    server: Server, client: httpx.Client
+) -> None:
+    """No WebSocket or h2c here: a request asking to switch protocols is answered as the HTTP/1.1
+    request it also is, with problem documents (uvicorn's own WebSocket handling answered a
+    text/plain 403). One with a body (what `curl --http2` sends for a POST) is a 400 saying why,
+    not "the body is empty", since the parser hands that body to the other protocol."""
+    before = _total(client)
+    body = json.dumps(_body()).encode()
+    head, answer = _raw_exchange(
+        server,
+        b"POST /api/tasks HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+        b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n"
+        b"Content-Type: application/json\r\nContent-Length: "
+        + str(len(body)).encode()
+        + b"\r\n\r\n"
+        + body,
+    )
+    assert head.startswith(b"http/1.1 400"), head
+    assert b"content-type: application/problem+json" in head
+    problem = json.loads(answer)
+    assert problem["code"] == "bad_request"
+    assert "--http1.1" in problem["detail"]
+    assert _total(client) == before
+
+    websocket = (
+        b"Host: 127.0.0.1\r\nConnection: Upgrade, close\r\nUpgrade: websocket\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    head, answer = _raw_exchange(server, b"GET /api/stats HTTP/1.1\r\n" + websocket)
+    assert head.startswith(b"http/1.1 200"), head
+    assert "tasks" in json.loads(answer)
+    head, answer = _raw_exchange(server, b"GET /api/tasks/nope HTTP/1.1\r\n" + websocket)
+    assert head.startswith(b"http/1.1 404"), head
+    assert json.loads(answer)["code"] == "task_not_found"
+    assert "Unsupported upgrade" not in server.log()
+
+
 def test_a_batch_item_with_a_lone_surrogate_refuses_the_whole_batch(client: httpx.Client) -> None:
     """The README's exception to "each item is checked alone": the batch body is parsed at once,
     so one item holding a lone surrogate is a 422 for all, and nothing is created."""

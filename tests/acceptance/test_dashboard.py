@@ -9,6 +9,7 @@ or fail when ``CI`` is set. The HTTP tests (escaping, 404 page, CSRF, cookie sco
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import time
@@ -420,6 +421,16 @@ def test_hostile_task_data_renders_as_text(client: httpx.Client, receiver: Recei
         listed = client.get(path)
         assert listed.status_code == 200
         assert hostile not in listed.text
+
+
+def test_a_forged_flash_cookie_is_ignored_not_a_server_error(client: httpx.Client) -> None:
+    """The one-shot message is base64 JSON in a cookie, anyone's to forge: one that JSON allows
+    but no page can hold (a lone surrogate) is dropped; a good one is shown."""
+    for text, shown in (('"a\\ud800"', False), ('"saved \\u00e9"', True)):
+        cookie = base64.urlsafe_b64encode(b'{"text": %s}' % text.encode()).decode()
+        page = client.get("/dashboard", headers={"Cookie": f"taskplatform_flash={cookie}"})
+        assert page.status_code == 200, page.text[:300]
+        assert ("saved é" in page.text) is shown
 
 
 def test_the_dashboard_with_a_trailing_slash_leads_to_the_overview(client: httpx.Client) -> None:

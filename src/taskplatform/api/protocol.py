@@ -1,5 +1,5 @@
 """The HTTP/1.1 protocol that ``serve`` runs: uvicorn's httptools one, with a problem document
-for a request that is not HTTP.
+for a request that is not HTTP, and no WebSocket.
 
 Such a request (a malformed request line or header line, a Content-Length that is not a number
 or is sent twice, broken chunked encoding) never reaches the ASGI app: the parser refuses it, and
@@ -60,3 +60,12 @@ class ProblemHttpToolsProtocol(HttpToolsProtocol):
         content += [b"\r\n", _BODY]
         self.transport.write(b"".join(content))
         self.transport.close()
+
+    def _unsupported_upgrade_warning(self) -> None:
+        """Say nothing of an ``Upgrade`` request (``serve`` runs uvicorn with ``ws="none"``).
+
+        The API has no WebSocket route and speaks no h2c, so it ignores the header, as RFC 9110
+        (section 7.8) lets a server, and answers the plain HTTP request that came with it: a
+        problem document for any error. uvicorn would log two warnings for each such request,
+        one telling to install a WebSocket library, which is not the fix here.
+        """

@@ -204,7 +204,30 @@ class SecurityMiddleware:
                 message["headers"] = headers
             await send(message)
 
-        hosts = [value for name, value in scope["headers"] if name == b"host"]
+        hosts: list[bytes] = []
+        upgrade = with_body = False
+        for name, value in scope["headers"]:
+            if name == b"host":
+                hosts.append(value)
+            elif name == b"upgrade":
+                upgrade = True
+            elif name == b"transfer-encoding" or (name == b"content-length" and value != b"0"):
+                with_body = True
+        if upgrade and with_body:
+            # The HTTP parser takes what follows the head of a request asking to switch
+            # protocols (Upgrade: h2c, as `curl --http2` sends) as the new protocol's bytes: the
+            # app would see an empty body. This server only speaks HTTP/1.1, so say so.
+            await _problem(
+                send_with_headers,
+                400,
+                "bad_request",
+                "Bad request",
+                "the request asks to switch protocols (Upgrade) and has a body, which this "
+                "HTTP/1.1 server cannot then read: send it without the Upgrade header (with "
+                "curl, --http1.1 instead of --http2)",
+                [(b"connection", b"close")],
+            )
+            return
         if len(hosts) > 1 or (not hosts and scope.get("http_version") == "1.1"):
             # RFC 9112, section 3.2: a 400 for an HTTP/1.1 request with no Host or several;
             # with two, the loopback check below and a proxy could each read another.

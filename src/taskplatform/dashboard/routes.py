@@ -162,9 +162,13 @@ def _read_flash(request: Request) -> dict[str, str] | None:
         flash = json.loads(base64.urlsafe_b64decode(raw.encode()))
     except (ValueError, binascii.Error, RecursionError):  # a cookie is anyone's to forge
         return None
-    if not isinstance(flash, dict) or not isinstance(flash.get("text"), str):
+    if not isinstance(flash, dict) or not isinstance(text := flash.get("text"), str):
         return None
-    return {"kind": "error" if flash.get("kind") == "error" else "ok", "text": flash["text"]}
+    try:
+        text.encode()  # JSON can spell a lone surrogate, which no page can hold
+    except UnicodeEncodeError:
+        return None
+    return {"kind": "error" if flash.get("kind") == "error" else "ok", "text": text}
 
 
 def _redirect(request: Request, url: str, text: str, *, error: bool = False) -> Response:
