@@ -668,7 +668,10 @@ def import_command(
             "again to resume from a byte offset); save the stream to a file and import that",
             as_json,
         )
-    state_path = state_file or file.with_name(file.name + ".import-state.json")
+    # /dev/stdin redirected from a file is a link to that file: keep the state beside it, as
+    # for any link, rather than in /dev.
+    source = file.resolve() if file.is_symlink() else file
+    state_path = state_file or source.with_name(source.name + ".import-state.json")
     state = ImportState()
     resumed = state_path.exists() and not restart
     if resumed:

@@ -311,6 +311,27 @@ def test_import_refuses_a_pipe_or_a_device_instead_of_creating_nothing(
     assert not list(tmp_path.glob("*.import-state.json"))
 
 
+def test_import_of_dev_stdin_redirected_from_a_file_keeps_its_state_beside_that_file(
+    server: Server, receiver: Receiver, queue: str, tp: TaskClient, tmp_path: Path
+) -> None:
+    """``tasks import /dev/stdin < tasks.jsonl`` imports the file, keeps its progress in
+    tasks.jsonl.import-state.json (not in /dev), and a second run creates nothing twice."""
+    source = write_lines(tmp_path / "tasks.jsonl", [task_line(receiver, queue, i) for i in (1, 2)])
+    command = [sys.executable, "-m", "taskplatform", "tasks", "import", "/dev/stdin", "--json"]
+    env = clean_environ({"TASKPLATFORM_URL": server.url})
+    for created in (2, 0):
+        with source.open("rb") as stdin:
+            done = subprocess.run(
+                command, stdin=stdin, env=env, capture_output=True, timeout=60, check=False
+            )
+        assert done.returncode == 0, done.stderr
+        summary = json.loads(done.stdout)
+        assert summary["created"] == created
+        assert summary["state"] == str(source.resolve()) + ".import-state.json"
+    assert queued_numbers(tp, queue) == [1, 2]
+    assert not Path("/dev/stdin.import-state.json").exists()
+
+
 def test_an_import_line_too_long_for_any_batch_fails_alone(
     server: Server, receiver: Receiver, queue: str, tp: TaskClient, tmp_path: Path
 ) -> None:
