@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import logging.config
@@ -17,6 +18,12 @@ import typer
 from taskplatform.cli_tasks import stats_command, tasks_app
 from taskplatform.logs import LogFormat, logging_config
 from taskplatform.settings import Settings, load_settings
+
+APP_FACTORY = "taskplatform.api.app:create_app_from_env"
+"""What every API process runs (an import string: ``--workers`` processes import it)."""
+
+STARTUP_FAILURE = 3
+"""The exit code of ``serve`` when the app could not start (uvicorn's own)."""
 
 DRAIN_BACKSTOP_SECONDS = 5
 """How long past ``shutdown_grace_seconds`` uvicorn waits for requests before cancelling them:
@@ -174,30 +181,41 @@ def serve(
         # Each worker counts in files there, and /metrics on any worker sums them all.
         counts_dir = tempfile.mkdtemp(prefix="taskplatform-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = counts_dir
+    config = uvicorn.Config(
+        APP_FACTORY,
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        loop="uvloop",
+        http="taskplatform.api.protocol:ProblemHttpToolsProtocol",
+        # No WebSocket route exists: an Upgrade request is answered as plain HTTP, with
+        # problem documents, instead of uvicorn's text/plain 403 or 400 (api/protocol.py).
+        ws="none",
+        access_log=access_log,
+        log_level=settings.log_level.lower(),
+        log_config=logging_config(settings.log_level, settings.log_format),
+        # A backstop only: the service ends every callback (and answers its synchronous
+        # execute) at the grace counted from the signal, and uvicorn's drain starts a little
+        # later; cancelling requests at the same moment would race those answers into 500s.
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_seconds)
+        + DRAIN_BACKSTOP_SECONDS,
+    )
+    # What uvicorn.run does, with a parent of --workers that passes on a second stop signal.
+    server = uvicorn.Server(config)
     try:
-        uvicorn.run(
-            "taskplatform.api.app:create_app_from_env",
-            factory=True,
-            host=settings.host,
-            port=settings.port,
-            workers=settings.workers,
-            loop="uvloop",
-            http="taskplatform.api.protocol:ProblemHttpToolsProtocol",
-            # No WebSocket route exists: an Upgrade request is answered as plain HTTP, with
-            # problem documents, instead of uvicorn's text/plain 403 or 400 (api/protocol.py).
-            ws="none",
-            access_log=access_log,
-            log_level=settings.log_level.lower(),
-            log_config=logging_config(settings.log_level, settings.log_format),
-            # A backstop only: the service ends every callback (and answers its synchronous
-            # execute) at the grace counted from the signal, and uvicorn's drain starts a little
-            # later; cancelling requests at the same moment would race those answers into 500s.
-            timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_seconds)
-            + DRAIN_BACKSTOP_SECONDS,
-        )
+        with contextlib.suppress(KeyboardInterrupt):
+            if settings.workers > 1:
+                from taskplatform.api.supervisor import Supervisor
+
+                Supervisor(config, sockets=[config.bind_socket()]).run()
+            else:
+                server.run()
     finally:
         if counts_dir is not None:
             shutil.rmtree(counts_dir, ignore_errors=True)
+    if settings.workers == 1 and not server.started:  # the lifespan failed: it said why
+        raise typer.Exit(STARTUP_FAILURE)
 
 
 @app.command()

@@ -3,6 +3,7 @@ clients that hang up; against real servers, killed and restarted for real."""
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import threading
@@ -499,6 +500,56 @@ def test_a_second_stop_signal_stops_a_worker_at_once(
         interrupted = http.get(f"/api/tasks/{stuck}").json()
         assert (interrupted["status"], interrupted["attempts"]) == ("Retry", 1), interrupted
         assert interrupted["error"] == STOPPED
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])  # signals, not storage: one backend will do
+@pytest.mark.parametrize("second", ["Ctrl-C again", "SIGTERM to the parent"])
+def test_serve_with_workers_keeps_the_grace_at_one_ctrl_c_and_cuts_it_at_a_second_signal(
+    backend: str, tmp_path: Path, receiver: Receiver, second: str
+) -> None:
+    """``serve --workers 2``: a terminal's Ctrl-C reaches the parent and both workers, and the
+    parent then sends each worker SIGTERM. That copy is no second signal: the callbacks in
+    flight keep their grace (they were interrupted at once). A second Ctrl-C, or a second
+    signal to the parent alone (which the parent passes on), cuts the grace."""
+    env = {
+        **backend_env(backend, tmp_path),
+        **FAST,
+        "TASKPLATFORM_SHUTDOWN_GRACE_SECONDS": "30",
+        "TASKPLATFORM_DISPATCH": "true",
+    }
+    server = Server(env, tmp_path / "serve.log", "--workers", "2", own_group=True).start()
+    assert server.process is not None
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            quick = create(http, receiver.url("/slow?seconds=2"), timeoutSeconds=60)
+            stuck = create(http, receiver.url("/slow?seconds=60"), timeoutSeconds=120)
+        _wait_for(lambda: bool(receiver.hits_for(quick) and receiver.hits_for(stuck)))
+        os.killpg(server.process.pid, signal.SIGINT)  # Ctrl-C
+        _wait_for(lambda: f"task {quick} is Completed" in server.log())
+        assert server.process.poll() is None, "the other callback still has its grace"
+        assert "second stop signal" not in server.log()
+        assert "SIGTERM ignored: this worker is stopping already" in server.log()
+
+        started = time.monotonic()
+        if second == "Ctrl-C again":
+            os.killpg(server.process.pid, signal.SIGINT)
+        else:
+            server.process.send_signal(signal.SIGTERM)
+        server.process.wait(15)
+        print(f"stopped {time.monotonic() - started:.2f} s after the second signal (grace 30 s)")
+        assert time.monotonic() - started < 8
+        assert "second stop signal: interrupting 1 callback now" in server.log()
+    finally:
+        server.stop()
+
+    again = Server({**env, "TASKPLATFORM_DISPATCH": "false"}, tmp_path / "again.log").start()
+    try:
+        with httpx.Client(base_url=again.url, timeout=30) as http:
+            assert http.get(f"/api/tasks/{quick}").json()["status"] == "Completed"
+            interrupted = http.get(f"/api/tasks/{stuck}").json()
+            assert (interrupted["status"], interrupted["error"]) == ("Retry", STOPPED)
+    finally:
+        again.stop()
 
 
 def test_a_client_that_hangs_up_does_not_cancel_the_callback(

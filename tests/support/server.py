@@ -50,12 +50,19 @@ class Server:
     Args:
         env: ``TASKPLATFORM_*`` variables (and any others) for the process.
         log_path: Where the process's output goes.
+        args: More arguments of ``serve`` (``--workers 2``).
+        own_group: Start it in a process group of its own, as a shell starts a command, so
+            that a test can signal it and its workers together, as a terminal's Ctrl-C does.
     """
 
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+    def __init__(
+        self, env: dict[str, str], log_path: Path, *args: str, own_group: bool = False
+    ) -> None:
         self.env = clean_environ(env)
         self.use_port(free_port())
         self.log_path = log_path
+        self.args = args
+        self.own_group = own_group
         self.process: subprocess.Popen[bytes] | None = None
         LOGS.append(log_path)
 
@@ -72,10 +79,11 @@ class Server:
             offset = self.log_path.stat().st_size if self.log_path.exists() else 0
             with self.log_path.open("ab") as log:  # the child keeps its own copy of the fd
                 self.process = subprocess.Popen(
-                    [sys.executable, "-m", "taskplatform", "serve"],
+                    [sys.executable, "-m", "taskplatform", "serve", *self.args],
                     env=self.env,
                     stdout=log,
                     stderr=subprocess.STDOUT,
+                    process_group=0 if self.own_group else None,
                 )
             if self._wait_healthy(offset, timeout):
                 return self

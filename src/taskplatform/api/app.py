@@ -8,7 +8,7 @@ import io
 import logging
 import signal
 import threading
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Collection, Coroutine
 from contextlib import asynccontextmanager
 from types import FrameType
 from typing import Any
@@ -20,6 +20,7 @@ from taskplatform.api import health, tasks
 from taskplatform.api.hotpath import TaskPlatformAPI
 from taskplatform.api.openapi import install_openapi
 from taskplatform.api.problems import install_problem_handlers, static_path_methods
+from taskplatform.api.supervisor import SECOND_SIGNAL
 from taskplatform.backends import open_backends, prepare_schema
 from taskplatform.dashboard import install as install_dashboard
 from taskplatform.dispatch import sender_from_settings
@@ -39,9 +40,17 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 SignalHandler = Callable[[int, FrameType | None], object]
 
 
-def hook_stop_signals(on_stop: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], None]:
+def hook_stop_signals(
+    on_stop: Callable[[], Coroutine[Any, Any, None]],
+    repeats: Collection[int] = STOP_SIGNALS,
+) -> Callable[[], None]:
     """Run ``on_stop`` on this event loop when SIGTERM or SIGINT arrives, then, once it has
     returned, the server's own handler; return a function that removes the hook.
+
+    After the first, only a signal in ``repeats`` goes on: a worker of ``serve --workers N``
+    takes only SIGINT as its second (its parent's SIGTERM follows a Ctrl-C or a service
+    manager's stop that reached the worker already; see :mod:`taskplatform.api.supervisor`)
+    and ignores a SIGTERM then.
 
     Why: uvicorn tells the application nothing when a signal arrives. It stops accepting
     connections, waits for the requests in flight (up to ``timeout_graceful_shutdown``) and only
@@ -59,6 +68,7 @@ def hook_stop_signals(on_stop: Callable[[], Coroutine[Any, Any, None]]) -> Calla
     loop = asyncio.get_running_loop()
     hooked: dict[int, tuple[SignalHandler, SignalHandler]] = {}
     stopping: set[asyncio.Task[None]] = set()  # referenced until done
+    signalled = False
 
     def stop_then_pass_on(number: int, frame: FrameType | None, previous: SignalHandler) -> None:
         task = loop.create_task(on_stop(), name="stop signal")
@@ -82,6 +92,12 @@ def hook_stop_signals(on_stop: Callable[[], Coroutine[Any, Any, None]]) -> Calla
         ) -> None:
             # A signal handler runs between two bytecodes of whatever the loop is doing:
             # call_soon_threadsafe is the one safe way in (and a closed loop has nothing to stop).
+            nonlocal signalled
+            if signalled and number not in repeats:
+                if not loop.is_closed():
+                    loop.call_soon_threadsafe(_log_ignored, number)
+                return
+            signalled = True
             if loop.is_closed():
                 previous(number, frame)
             else:
@@ -96,6 +112,14 @@ def hook_stop_signals(on_stop: Callable[[], Coroutine[Any, Any, None]]) -> Calla
                 signal.signal(signum, previous)
 
     return unhook
+
+
+def _log_ignored(number: int) -> None:
+    logger.info(
+        "%s ignored: this worker is stopping already (a second SIGINT or SIGTERM to its "
+        "parent, or Ctrl-C again, stops it at once)",
+        signal.Signals(number).name,
+    )
 
 
 STOP_NOW_SECONDS = 2.0
@@ -173,7 +197,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 # recorded as interrupted and a synchronous execute answers 503, not a 500.
                 await service.wait_for_callbacks(STOP_NOW_SECONDS)
 
-        unhook = hook_stop_signals(on_stop)
+        # A worker of serve --workers N: see api/supervisor.py.
+        unhook = hook_stop_signals(
+            on_stop, (SECOND_SIGNAL,) if settings.workers > 1 else STOP_SIGNALS
+        )
         maintenance = asyncio.create_task(service.run_maintenance(), name="maintenance")
         jobs = [maintenance]
         if settings.dispatch:

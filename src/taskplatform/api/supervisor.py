@@ -1,0 +1,52 @@
+"""The parent process of ``serve --workers N``: uvicorn's supervisor, which also passes a second
+stop signal on to the workers.
+
+uvicorn's parent answers the first SIGINT or SIGTERM by sending each worker SIGTERM, then waits
+for them deaf to any further signal, so a second signal (meant to cut the shutdown grace,
+README "Graceful shutdown") never reached them and they ran out the whole grace.
+
+A worker may also get the first signal twice: a terminal's Ctrl-C reaches the whole process
+group, and so does a service manager's stop (systemd signals every process of the unit), and the
+parent's SIGTERM follows. Counting that as a second signal cut the grace at the first Ctrl-C or
+``systemctl stop``. So the two sides agree (see :func:`taskplatform.api.app.create_app`): after
+the first stop signal a worker takes only SIGINT as the second, and ignores SIGTERM (its
+parent's, or a copy of the group's); the parent passes on every later SIGINT or SIGTERM it gets
+as SIGINT.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+
+from uvicorn.supervisors.multiprocess import Multiprocess
+from uvicorn.supervisors.multiprocess import Process as Worker
+
+SECOND_SIGNAL = signal.SIGINT
+"""What a worker takes, after its first stop signal, as the order to stop now."""
+
+
+class Supervisor(Multiprocess):
+    """uvicorn's :class:`Multiprocess` (start the workers, replace one that dies, stop them all
+    at the first SIGINT or SIGTERM) that, while the workers stop, sends each one still running
+    :data:`SECOND_SIGNAL` for every further SIGINT or SIGTERM.
+
+    Used as ``Supervisor(config, sockets=[config.bind_socket()]).run()``, as ``uvicorn.run``
+    uses its own.
+    """
+
+    def join_all(self) -> None:
+        """Wait for every worker to end, passing on stop signals meanwhile (checked every 0.1 s)."""
+        while running := [worker for worker in self.processes if worker.process.is_alive()]:
+            self._pass_on_signals(running)
+            running[0].process.join(0.1)
+        super().join_all()  # each is over: this only logs uvicorn's "Waiting for child process"
+
+    def _pass_on_signals(self, running: list[Worker]) -> None:
+        while self.signal_queue:
+            if self.signal_queue.pop(0) in (signal.SIGINT, signal.SIGTERM):
+                for worker in running:
+                    assert worker.pid is not None  # started
+                    with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
+                        os.kill(worker.pid, SECOND_SIGNAL)
