@@ -93,6 +93,42 @@ def check_json_depth(body: bytes, max_depth: int) -> None:
         brackets = brackets.replace(b"()", b"")
 
 
+MAX_INTEGER_DIGITS = 4300
+"""The longest integer (in digits) a task's data may hold: Python's default limit on turning
+text into an ``int`` (``sys.get_int_max_str_digits``, a guard against quadratic conversion), past
+which ``json.loads``, and so this project's own client and CLI, raise instead of reading the task.
+RFC 8259, section 6, lets an implementation limit the range of the numbers it accepts."""
+
+_DIGITS = re.compile(rb"[0-9]{%d}" % (MAX_INTEGER_DIGITS + 1))
+_LONG_INTEGER = re.compile(rb"(?:^|[\s,:\[])-?[0-9]{%d,}(?![0-9.eE])" % (MAX_INTEGER_DIGITS + 1))
+
+
+def check_integer_digits(data: bytes) -> None:
+    """Reject well-formed JSON text holding an integer of more than :data:`MAX_INTEGER_DIGITS`
+    digits (a longer run of digits in a string, a fraction or an exponent is fine).
+
+    A text with no such run of digits anywhere is passed by one scan of a compiled expression;
+    only one that has it is looked at outside its strings.
+
+    Raises:
+        ValidationFailed: on ``$.taskData``, naming the limit.
+    """
+    if len(data) <= MAX_INTEGER_DIGITS or not _DIGITS.search(data):
+        return
+    unescaped = data.replace(b"\\\\", b"").replace(b'\\"', b"")
+    outside = b'""'.join(unescaped.split(b'"')[::2])
+    if _LONG_INTEGER.search(outside):
+        raise ValidationFailed(
+            [
+                (
+                    "$.taskData",
+                    f"holds an integer of more than {MAX_INTEGER_DIGITS:,} digits, which most "
+                    "JSON readers (Python's among them) refuse; send it as a string",
+                )
+            ]
+        )
+
+
 def _decode_problem(body: bytes, exc: Exception) -> Exception:
     if _LONE_SURROGATE.search(body):
         # msgspec refuses unpaired surrogates; name the real cause rather than "malformed".
@@ -160,6 +196,7 @@ def parse_task_create(
         raise MalformedJSON(
             f"taskData is not valid UTF-8 at byte {at} of the body ({exc.reason})"
         ) from exc
+    check_integer_digits(task_data)
     check_callback_url(request.callback_url, max_url_length)
     return request
 

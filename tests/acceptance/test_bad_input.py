@@ -11,7 +11,9 @@ from typing import Any
 import httpx
 import pytest
 
+from taskplatform.client import TaskClient
 from taskplatform.models import QUEUE_NAME_RULE
+from taskplatform.validation import MAX_INTEGER_DIGITS
 from tests.acceptance.helpers import assert_problem, create, dequeue_until
 from tests.support.receiver import Receiver
 from tests.support.server import Server
@@ -363,6 +365,46 @@ def test_nesting_of_exactly_64_levels_is_accepted(client: httpx.Client) -> None:
         "/api/tasks", content=body.encode(), headers={"Content-Type": "application/json"}
     )
     assert response.status_code == 201, response.text
+
+
+def test_an_integer_no_json_reader_takes_is_refused_and_the_longest_one_read_back(
+    client: httpx.Client, server: Server
+) -> None:
+    """A task whose data holds an integer of 4,301 digits is a 422 naming the limit, alone or in
+    a batch (Python's json.loads, and so the project's own client, raise on it: the task would be
+    stranded, taken but unreadable); 4,300 digits, or more in a string or a fraction, are kept
+    byte for byte and read back by the client."""
+    too_long = "7" * (MAX_INTEGER_DIGITS + 1)
+    before = _total(client)
+    for data in (f'{{"n": {too_long}}}', f'{{"n": [1, -{too_long}]}}'):
+        body = f'{{"taskData": {data}, "callbackUrl": "{GOOD_URL}"}}'
+        response = client.post(
+            "/api/tasks", content=body.encode(), headers={"Content-Type": "application/json"}
+        )
+        problem = assert_problem(response, 422, "validation_error")
+        assert problem["errors"][0]["field"] == "$.taskData"
+        assert "4,300 digits" in problem["errors"][0]["message"]
+    batch = f'{{"tasks": [{{"taskData": {{"n": {too_long}}}, "callbackUrl": "{GOOD_URL}"}}]}}'
+    answer = client.post(
+        "/api/tasks/batch", content=batch.encode(), headers={"Content-Type": "application/json"}
+    )
+    assert answer.status_code == 200, answer.text
+    (item,) = answer.json()["items"]
+    assert item["error"]["code"] == "validation_error"
+    assert item["error"]["errors"][0]["field"] == "$.taskData"
+    assert _total(client) == before
+
+    longest = "7" * MAX_INTEGER_DIGITS
+    data = f'{{"n": {longest}, "s": "{too_long}", "f": {too_long}.5e-4300}}'
+    body = f'{{"taskData": {data}, "callbackUrl": "{GOOD_URL}"}}'
+    created = client.post(
+        "/api/tasks", content=body.encode(), headers={"Content-Type": "application/json"}
+    )
+    assert created.status_code == 201, created.text
+    task_id = created.json()["taskId"]
+    assert data.encode() in client.get(f"/api/tasks/{task_id}").content  # byte for byte
+    with TaskClient(server.url) as tp:
+        assert tp.get(task_id).task_data["n"] == int(longest)
 
 
 @pytest.mark.parametrize(
