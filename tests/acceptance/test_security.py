@@ -93,6 +93,19 @@ def test_every_api_route_needs_a_valid_key(
     assert response.headers["www-authenticate"].startswith("Bearer")
 
 
+@pytest.mark.parametrize("order", ["valid first", "valid second"])
+def test_two_authorization_headers_are_a_bad_request(keyed: Server, order: str) -> None:
+    """RFC 9110, section 5.3: Authorization is no list. With two, the first won (a valid key
+    then a wrong one got in) where a proxy in front may read the last: both orders are a 400."""
+    values = [f"Bearer {KEY}", "Bearer wrong"]
+    if order == "valid second":
+        values.reverse()
+    headers = httpx.Headers([("Authorization", value) for value in values])
+    response = httpx.get(f"{keyed.url}/api/stats", headers=headers)
+    problem = assert_problem(response, 400, "bad_request")
+    assert "one Authorization header, not 2" in problem["detail"]
+
+
 def test_a_valid_key_gets_in_and_is_never_logged(keyed: Server, receiver: Receiver) -> None:
     """Each key works; neither the keys nor the tasks' data reach the log."""
     for key in (KEY, "other_key_xyz", "file_key_abcdef"):

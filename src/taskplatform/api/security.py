@@ -205,10 +205,13 @@ class SecurityMiddleware:
             await send(message)
 
         hosts: list[bytes] = []
+        authorizations = 0
         upgrade = with_body = False
         for name, value in scope["headers"]:
             if name == b"host":
                 hosts.append(value)
+            elif name == b"authorization":
+                authorizations += 1
             elif name == b"upgrade":
                 upgrade = True
             elif name == b"transfer-encoding" or (name == b"content-length" and value != b"0"):
@@ -237,6 +240,18 @@ class SecurityMiddleware:
                 "bad_request",
                 "Bad request",
                 f"send exactly one Host header, not {len(hosts)} (RFC 9112, section 3.2)",
+                [],
+            )
+            return
+        if authorizations > 1:
+            # RFC 9110, section 5.3: Authorization is no list, so two are a malformed request;
+            # this server would read the first and a proxy in front perhaps the last.
+            await _problem(
+                send_with_headers,
+                400,
+                "bad_request",
+                "Bad request",
+                f"send one Authorization header, not {authorizations} (RFC 9110, section 5.3)",
                 [],
             )
             return
