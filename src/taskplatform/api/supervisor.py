@@ -21,7 +21,6 @@ import os
 import signal
 
 from uvicorn.supervisors.multiprocess import Multiprocess
-from uvicorn.supervisors.multiprocess import Process as Worker
 
 SECOND_SIGNAL = signal.SIGINT
 """What a worker takes, after its first stop signal, as the order to stop now."""
@@ -36,17 +35,36 @@ class Supervisor(Multiprocess):
     uses its own.
     """
 
+    _stop_again = False
+
+    def handle_int(self) -> None:
+        """The first SIGINT stops the workers (uvicorn's); one after it is passed on."""
+        if self.should_exit.is_set():  # two came before the main loop looked (0.5 s)
+            self._stop_again = True
+        else:
+            super().handle_int()
+
+    def handle_term(self) -> None:
+        """The first SIGTERM stops the workers (uvicorn's); one after it is passed on."""
+        if self.should_exit.is_set():
+            self._stop_again = True
+        else:
+            super().handle_term()
+
     def join_all(self) -> None:
         """Wait for every worker to end, passing on stop signals meanwhile (checked every 0.1 s)."""
         while running := [worker for worker in self.processes if worker.process.is_alive()]:
-            self._pass_on_signals(running)
+            # First: a worker given SIGTERM (terminate_all) and SIGINT together would run the
+            # SIGINT's handler first (Python runs pending handlers by signal number), and so
+            # take the SIGTERM for the duplicate.
             running[0].process.join(0.1)
-        super().join_all()  # each is over: this only logs uvicorn's "Waiting for child process"
-
-    def _pass_on_signals(self, running: list[Worker]) -> None:
-        while self.signal_queue:
-            if self.signal_queue.pop(0) in (signal.SIGINT, signal.SIGTERM):
+            while self.signal_queue:
+                if self.signal_queue.pop(0) in (signal.SIGINT, signal.SIGTERM):
+                    self._stop_again = True
+            if self._stop_again:
+                self._stop_again = False
                 for worker in running:
                     assert worker.pid is not None  # started
                     with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
                         os.kill(worker.pid, SECOND_SIGNAL)
+        super().join_all()  # each is over: this only logs uvicorn's "Waiting for child process"
