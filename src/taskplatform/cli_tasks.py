@@ -633,7 +633,10 @@ def import_command(
     file: Annotated[
         Path,
         typer.Argument(
-            exists=True, dir_okay=False, readable=True, help="JSON Lines: one create body a line."
+            exists=True,
+            dir_okay=False,
+            readable=True,
+            help="JSON Lines: one create body a line; a regular file, not a pipe.",
         ),
     ],
     chunk_size: Annotated[
