@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -240,6 +241,19 @@ def test_an_upgrade_request_is_plain_http_and_with_a_body_a_problem(
     head, answer = _raw_exchange(server, b"GET /api/tasks/nope HTTP/1.1\r\n" + websocket)
     assert head.startswith(b"http/1.1 404"), head
     assert json.loads(answer)["code"] == "task_not_found"
+    # The parser drops a request pipelined behind one asking to switch protocols: the answer
+    # closes the connection, so that the client sends it again rather than wait for ever.
+    upgrade = websocket.replace(b"Upgrade, close", b"Upgrade")
+    started = time.monotonic()
+    head, _ = _raw_exchange(
+        server,
+        b"GET /api/stats HTTP/1.1\r\n"
+        + upgrade
+        + b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+    )
+    assert head.startswith(b"http/1.1 200"), head
+    assert b"connection: close" in head
+    assert time.monotonic() - started < 2  # closed at once, not at the keep-alive timeout
     assert "Unsupported upgrade" not in server.log()
 
 

@@ -197,16 +197,23 @@ class SecurityMiddleware:
         csp = _CSP_DOCS if path.startswith(_DOCS) else _CSP_DASHBOARD if dashboard else _CSP_API
         extra = _DASHBOARD_HEADERS if dashboard else _HEADERS
 
+        upgrade = False
+
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
                 headers += [*extra, (b"content-security-policy", csp)]
+                if upgrade:
+                    # The HTTP parser drops what came after the head of a request asking to
+                    # switch protocols (a pipelined request would wait for ever): close, so
+                    # that the client sends it again on a new connection.
+                    headers.append((b"connection", b"close"))
                 message["headers"] = headers
             await send(message)
 
         hosts: list[bytes] = []
         authorizations = 0
-        upgrade = with_body = False
+        with_body = False
         for name, value in scope["headers"]:
             if name == b"host":
                 hosts.append(value)
@@ -228,7 +235,7 @@ class SecurityMiddleware:
                 "the request asks to switch protocols (Upgrade) and has a body, which this "
                 "HTTP/1.1 server cannot then read: send it without the Upgrade header (with "
                 "curl, --http1.1 instead of --http2)",
-                [(b"connection", b"close")],
+                [],
             )
             return
         if len(hosts) > 1 or (not hosts and scope.get("http_version") == "1.1"):
