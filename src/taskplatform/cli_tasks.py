@@ -50,6 +50,7 @@ from rich.table import Table
 from taskplatform.client import (
     ConnectionFailed,
     NotFound,
+    PayloadTooLarge,
     Task,
     TaskClient,
     TaskNotFound,
@@ -605,6 +606,11 @@ MAX_LINE_BYTES = 16 * 1024 * 1024
 (``TASKPLATFORM_MAX_BATCH_BODY_BYTES``), so a longer line fits in no batch. It is read past, not
 kept, and fails as ``payload_too_large``."""
 
+BATCH_BYTES = MAX_LINE_BYTES - 256 * 1024
+"""The most bytes of lines an import puts in one batch (the rest of the default largest batch
+body is room for the batch's own JSON and each line's idempotency key). A batch the server still
+finds too large (413) is sent again in halves, down to one line, which then fails alone."""
+
 
 def _failure(line: int, code: str, detail: str, **extra: Any) -> dict[str, Any]:
     return {"line": line, "code": code, "detail": detail, **extra}
@@ -671,9 +677,9 @@ def import_command(
             "again to resume from a byte offset); save the stream to a file and import that",
             as_json,
         )
-    # /dev/stdin redirected from a file is a link to that file: keep the state beside it, as
-    # for any link, rather than in /dev.
-    source = file.resolve() if file.is_symlink() else file
+    # /dev/stdin redirected from a file links to that file: keep the state beside it, not in
+    # /dev. (Any other link keeps it beside the link, where earlier versions kept it.)
+    source = file.resolve() if file.absolute().parts[1:2] in (("dev",), ("proc",)) else file
     state_path = state_file or source.with_name(source.name + ".import-state.json")
     state = ImportState()
     resumed = state_path.exists() and not restart
@@ -715,6 +721,7 @@ def import_command(
             )
         bar = progress.add_task("import", total=_count_lines(file), completed=first_line - 1)
         pending: list[tuple[int, dict[str, Any]]] = []
+        pending_bytes = 0
         offset = state.done_bytes
 
         run_saved = resumed
@@ -739,8 +746,28 @@ def import_command(
                     as_json,
                 )
 
+        def send(lines: list[tuple[int, dict[str, Any]]]) -> None:
+            try:
+                results = client.create_batch([body for _, body in lines])
+            except PayloadTooLarge as exc:  # a server with a smaller limit, or one line alone
+                if len(lines) == 1:
+                    state.failed.append(_failure(lines[0][0], exc.code, exc.detail))
+                    return
+                send(lines[: len(lines) // 2])
+                send(lines[len(lines) // 2 :])
+                return
+            for (line, _), result in zip(lines, results, strict=True):
+                if result.error is None:
+                    state.created += 1
+                elif isinstance(result.error, TaskPlatformError):
+                    problem = result.error.problem
+                    extra = {"errors": problem["errors"]} if "errors" in problem else {}
+                    state.failed.append(
+                        _failure(line, result.error.code, result.error.detail, **extra)
+                    )
+
         def flush(last_line: int) -> None:
-            nonlocal run_saved
+            nonlocal run_saved, pending_bytes
             if pending:
                 if not run_saved:
                     # The run id must be on disk before its first batch is: a crash with that
@@ -750,17 +777,9 @@ def import_command(
                 for line, body in pending:
                     if body.get("idempotencyKey") is None:  # absent or null: no key of its own
                         body["idempotencyKey"] = f"import-{state.run_id}-{line}"
-                results = client.create_batch([body for _, body in pending])
-                for (line, _), result in zip(pending, results, strict=True):
-                    if result.error is None:
-                        state.created += 1
-                    elif isinstance(result.error, TaskPlatformError):
-                        problem = result.error.problem
-                        extra = {"errors": problem["errors"]} if "errors" in problem else {}
-                        state.failed.append(
-                            _failure(line, result.error.code, result.error.detail, **extra)
-                        )
+                send(pending)
                 pending.clear()
+                pending_bytes = 0
             state.next_line = last_line + 1
             state.done_bytes = offset
             state.done_sha256 = digest.hexdigest()
@@ -768,11 +787,21 @@ def import_command(
             progress.update(bar, completed=last_line)
 
         line_number = first_line - 1
+        unfinished: int | None = None  # a last line cut short, not settled
         # One byte over the limit and its newline: a longer line is cut short there.
         while raw := stream.readline(MAX_LINE_BYTES + 2):
             if _interrupted.is_set():
                 # Lines read since the last batch are not saved: the resume reads them again.
                 break
+            if pending and pending_bytes + len(raw) > BATCH_BYTES:
+                flush(line_number)  # before this line counts as read: it goes in the next
+            if not raw.endswith(b"\n") and len(raw) <= MAX_LINE_BYTES and raw.strip():
+                # The last line, with no newline: complete, it is imported; cut short (a file
+                # still being written), it is left unsettled, for a later run to read whole.
+                body, failure = _parse_line(line_number + 1, raw)
+                if body is None and failure["code"] == "malformed_json":
+                    unfinished = line_number + 1
+                    continue
             line_number += 1
             digest.update(raw)
             offset += len(raw)
@@ -794,6 +823,7 @@ def import_command(
                 state.failed.append(failure)
             else:
                 pending.append((line_number, body))
+                pending_bytes += len(raw)
             if len(pending) >= chunk_size:
                 flush(line_number)
         else:
@@ -816,6 +846,7 @@ def import_command(
         "linesAlreadyDone": first_line - 1,
         "failed": new_failures,
         "failedEarlier": state.failed[:failed_before],
+        "unfinishedLine": unfinished,
         "state": str(state_path),
     }
     if as_json:
@@ -830,6 +861,11 @@ def import_command(
                 text = f"{item.get('field')}: {item.get('message')}"
                 if text not in failure["detail"]:
                     typer.echo(f"  {text}")
+        if unfinished is not None:
+            typer.echo(
+                f"line {unfinished}: no newline at its end and not whole JSON (a file still "
+                "being written?): left for the next run"
+            )
         if failed_before:
             # Settled lines are not read again, so these stay failed: say so on every run.
             lines = ", ".join(str(failure["line"]) for failure in state.failed[:failed_before])

@@ -330,6 +330,64 @@ def test_import_of_dev_stdin_redirected_from_a_file_keeps_its_state_beside_that_
         assert summary["state"] == str(source.resolve()) + ".import-state.json"
     assert queued_numbers(tp, queue) == [1, 2]
     assert not Path("/dev/stdin.import-state.json").exists()
+    # Any other link keeps its state beside the link, as before.
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(source)
+    linked = run(server, "tasks", "import", str(link), "--json")
+    assert linked.exit_code == 0, linked.output
+    assert as_json(linked)["state"] == str(link) + ".import-state.json"
+
+
+def test_an_import_leaves_a_last_line_cut_short_for_the_next_run(
+    server: Server, receiver: Receiver, queue: str, tp: TaskClient, tmp_path: Path
+) -> None:
+    """A file still being written ends in half a line: that line is not settled (it was failed
+    as malformed, and the next run read its second half as a line of its own), and the next run,
+    once the file has grown, imports it whole; a whole last line without a newline is imported."""
+    source = tmp_path / "growing.jsonl"
+    fourth = task_line(receiver, queue, 4)
+    source.write_text(
+        "".join(task_line(receiver, queue, i) + "\n" for i in (1, 2, 3)) + fourth[:20]
+    )
+    first = run(server, "tasks", "import", str(source), "--json")
+    assert first.exit_code == 0, first.output
+    summary = as_json(first)
+    assert (summary["created"], summary["failed"], summary["unfinishedLine"]) == (3, [], 4)
+    with source.open("a") as growing:
+        growing.write(fourth[20:] + "\n" + task_line(receiver, queue, 5))  # 5: no newline
+    second = run(server, "tasks", "import", str(source), "--json")
+    assert second.exit_code == 0, second.output
+    summary = as_json(second)
+    assert (summary["created"], summary["failed"], summary["unfinishedLine"]) == (2, [], None)
+    assert summary["linesAlreadyDone"] == 3
+    assert queued_numbers(tp, queue) == [1, 2, 3, 4, 5]
+
+
+def test_import_splits_what_the_server_finds_too_large(
+    start_server: Callable[..., Server], receiver: Receiver, tmp_path: Path
+) -> None:
+    """A server taking batches of 4,096 bytes at most: a batch of 20 small lines is answered
+    413, so it goes again in halves until each half fits, and a line too large to go alone fails
+    on its own, as payload_too_large; the import goes on and a re-run creates nothing twice."""
+    small = start_server(TASKPLATFORM_MAX_BATCH_BODY_BYTES="4096")
+
+    def line(i: int, pad: int) -> str:
+        body = {"taskData": {"i": i, "pad": "x" * pad}, "callbackUrl": receiver.url("/ok")}
+        return json.dumps({**body, "queue": "split"})
+
+    lines = [line(i, 300) for i in range(1, 11)] + [line(11, 5000)]
+    lines += [line(i, 300) for i in range(12, 22)]
+    source = write_lines(tmp_path / "tasks.jsonl", lines)
+    first = run(small, "tasks", "import", str(source), "--json")
+    assert first.exit_code == ExitCode.REFUSED, first.output
+    summary = as_json(first)
+    assert summary["created"] == 20
+    assert [(f["line"], f["code"]) for f in summary["failed"]] == [(11, "payload_too_large")]
+    with TaskClient(small.url) as client:
+        assert queued_numbers(client, "split") == [*range(1, 11), *range(12, 22)]
+        again = run(small, "tasks", "import", str(source), "--json")
+        assert (again.exit_code, as_json(again)["created"]) == (0, 0), again.output
+        assert queued_numbers(client, "split") == [*range(1, 11), *range(12, 22)]
 
 
 def test_an_import_line_too_long_for_any_batch_fails_alone(
