@@ -46,8 +46,8 @@ _BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _NUMERIC_LABEL = re.compile(r"(0[xX][0-9a-fA-F]*|[0-9]+)")
 _DNS_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
 TASK_ID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
-_TASK_ID = re.compile(TASK_ID_PATTERN)
 """A task id (a lowercase UUID), as the pagination cursor must be."""
+_TASK_ID = re.compile(TASK_ID_PATTERN)
 IDEMPOTENCY_KEY_PATTERN = rf"^{IDEMPOTENCY_KEY}$"
 """An ``Idempotency-Key`` header (:data:`~taskplatform.models.IDEMPOTENCY_KEY`)."""
 

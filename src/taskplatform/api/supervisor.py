@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+from collections.abc import Callable
 
 from uvicorn.supervisors.multiprocess import Multiprocess
 
@@ -39,17 +40,17 @@ class Supervisor(Multiprocess):
 
     def handle_int(self) -> None:
         """The first SIGINT stops the workers (uvicorn's); one after it is passed on."""
-        if self.should_exit.is_set():  # two came before the main loop looked (0.5 s)
-            self._stop_again = True
-        else:
-            super().handle_int()
+        self._stop(super().handle_int)
 
     def handle_term(self) -> None:
         """The first SIGTERM stops the workers (uvicorn's); one after it is passed on."""
-        if self.should_exit.is_set():
+        self._stop(super().handle_term)
+
+    def _stop(self, first: Callable[[], None]) -> None:
+        if self.should_exit.is_set():  # two came before the main loop looked (0.5 s)
             self._stop_again = True
         else:
-            super().handle_term()
+            first()
 
     def join_all(self) -> None:
         """Wait for every worker to end, passing on stop signals meanwhile (checked every 0.1 s)."""
