@@ -17,7 +17,7 @@ import pytest
 
 from taskplatform.backends.migrate import head_revision
 from tests.support.backends import backend_env
-from tests.support.server import Server, clean_environ, free_port
+from tests.support.server import Server, Worker, clean_environ, free_port
 
 
 @pytest.mark.parametrize("combination", ["postgres", "redis+postgres"])
@@ -180,6 +180,45 @@ def test_db_upgrade_creates_the_schema_and_serve_refuses_an_unknown_revision(
         assert "does not know" in refused.stderr
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_processes_that_start_at_once_on_a_new_database_all_migrate_it(
+    backend: str, tmp_path: Path
+) -> None:
+    """Four ``db upgrade`` (as ``serve --workers 4`` would) on one new database, twice: each
+    exits 0 and the schema is made once.
+
+    On SQLite another connection holds the file's write lock while they start, so all four reach
+    the migration before any can write: before the migration took that lock first, the ones after
+    the first failed with "table ... already exists" and a traceback.
+    """
+    for round_ in range(2):
+        env = backend_env(backend, tmp_path / f"round-{round_}")
+        holder = None
+        if backend == "sqlite":
+            path = env["TASKPLATFORM_DATABASE_URL"].removeprefix("sqlite:///")
+            Path(path).parent.mkdir(parents=True)
+            holder = sqlite3.connect(path, isolation_level=None)
+            holder.execute("BEGIN IMMEDIATE")
+        processes = [
+            subprocess.Popen(
+                [sys.executable, "-m", "taskplatform", "db", "upgrade"],
+                env=clean_environ(env),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(4)
+        ]
+        if holder is not None:
+            time.sleep(2.5)  # the processes start (about a second) and wait on the lock (5 s)
+            holder.execute("ROLLBACK")
+            holder.close()
+        for process in processes:
+            out, err = process.communicate(timeout=60)
+            assert process.returncode == 0, err
+            assert f"schema at revision {head_revision()}" in out
+
+
 def test_serve_refuses_an_unknown_revision_on_postgres(tmp_path: Path) -> None:
     """The same refusal on PostgreSQL, whose schema Alembic keeps in the same table."""
     env = backend_env("postgres", tmp_path)
@@ -199,6 +238,57 @@ def test_serve_refuses_an_unknown_revision_on_postgres(tmp_path: Path) -> None:
         assert refused.returncode == 2, refused.stderr
         assert "'9999_future'" in refused.stderr
         assert "does not know" in refused.stderr
+        assert "Traceback" not in refused.stderr
+
+
+def test_a_postgres_url_with_libpq_parameters_is_read_as_libpq_reads_it(tmp_path: Path) -> None:
+    """Managed PostgreSQL hands out URLs with libpq's parameters (``sslmode=require``). Each of
+    them made every command end in a 300-line traceback ("connect() got an unexpected keyword
+    argument 'sslmode'"): SQLAlchemy passed them to asyncpg as keywords.
+
+    Now asyncpg reads the URL: the server starts with ``sslmode=disable``, ``application_name``
+    ``connect_timeout`` and ``options``, and its connections carry the name; ``sslmode=require``
+    against a server without TLS is a one-line refusal."""
+    url = backend_env("postgres", tmp_path)["TASKPLATFORM_DATABASE_URL"]
+    name = f"tp-{tmp_path.name[-12:]}"
+    query = f"sslmode=disable&application_name={name}&connect_timeout=5"
+    query += "&options=-c%20statement_timeout%3D54321"
+    server = Server({"TASKPLATFORM_DATABASE_URL": f"{url}?{query}"}, tmp_path / "s.log").start()
+    try:
+        response = httpx.post(
+            f"{server.url}/api/tasks",
+            json={"taskData": {}, "callbackUrl": "http://127.0.0.1:9/"},
+        )
+        assert response.status_code == 201, response.text
+
+        async def session_names() -> set[str]:
+            connection = await asyncpg.connect(url)
+            try:
+                rows = await connection.fetch(
+                    "SELECT application_name FROM pg_stat_activity WHERE datname = $1",
+                    url.rsplit("/", 1)[1],
+                )
+            finally:
+                await connection.close()
+            return {str(row["application_name"]) for row in rows}
+
+        assert name in asyncio.run(session_names())
+    finally:
+        server.stop()
+
+    async def ssl_is_off() -> bool:
+        connection = await asyncpg.connect(url)
+        try:
+            return str(await connection.fetchval("SHOW ssl")) == "off"
+        finally:
+            await connection.close()
+
+    if asyncio.run(ssl_is_off()):
+        refused = _taskplatform(
+            "db", "upgrade", env={"TASKPLATFORM_DATABASE_URL": f"{url}?sslmode=require"}
+        )
+        assert refused.returncode == 2, refused.stderr
+        assert "rejected SSL upgrade" in refused.stderr
         assert "Traceback" not in refused.stderr
 
 
@@ -257,3 +347,14 @@ def test_switching_the_queue_to_redis_warns_of_tasks_left_in_the_database(
         server.stop()
     assert "2 tasks are Queued in the database's own queue" in log
     assert "Run with TASKPLATFORM_QUEUE_URL unset until that queue is empty" in log
+    # A worker says it once: it prepared the schema twice, and a database that refused the
+    # second time ended it in a traceback.
+    worker = Worker(switched, tmp_path / "worker.log").start()
+    try:
+        deadline = time.monotonic() + 15
+        while "dispatching queues" not in worker.log() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        worker.stop()
+    assert "dispatching queues" in worker.log()
+    assert worker.log().count("2 tasks are Queued in the database's own queue") == 1

@@ -41,6 +41,27 @@ def test_scheme(url: str, kind: str) -> None:
             "same database as the store",
         ),
         (Settings(database_url="sqlite://relative.db"), "sqlite:///path"),
+        # redis-py would read these as database 0, another application's perhaps.
+        (
+            Settings(database_url="sqlite:///a.db", queue_url="redis://127.0.0.1:6379/abc"),
+            "the Redis database 'abc': a Redis database is a number",
+        ),
+        (
+            Settings(database_url="sqlite:///a.db", queue_url="redis://127.0.0.1:6379/1x"),
+            "the Redis database '1x'",
+        ),
+        (
+            Settings(database_url="sqlite:///a.db", queue_url="redis://127.0.0.1:6379?db=two"),
+            "db='two': a Redis database is a number",
+        ),
+        (
+            Settings(database_url="postgresql://u@127.0.0.1/db?connect_timeout=soon"),
+            "connect_timeout='soon' in the PostgreSQL URL: use a number of seconds",
+        ),
+        (
+            Settings(database_url="postgresql://u@127.0.0.1/db?ssl=require&sslmode=disable"),
+            "both ssl= and sslmode=: keep sslmode=",
+        ),
     ],
 )
 def test_unsupported_urls_say_what_to_use(settings: Settings, message: str) -> None:
@@ -66,6 +87,44 @@ def test_a_missing_driver_names_the_extra_to_install(
     monkeypatch.chdir(str(tmp_path))
     with pytest.raises(ConfigurationError, match=rf"pip install 'taskplatform\[{extra}\]'"):
         open_backends(settings)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["redis://127.0.0.1:6379", "redis://127.0.0.1:6379/", "redis://h/15", "rediss://:pw@h/2?db=3"],
+)
+def test_a_redis_database_by_number_or_none_is_accepted(url: str, tmp_path: object) -> None:
+    settings = Settings(database_url=f"sqlite:///{tmp_path}/a.db", queue_url=url)
+    assert type(open_backends(settings).queue).__name__ == "RedisQueue"
+
+
+@pytest.mark.parametrize(
+    ("url", "dsn", "timeout"),
+    [
+        ("postgresql://u:p%40ss@h:5432/db", "postgresql://u:p%40ss@h:5432/db", None),
+        ("postgres+asyncpg://u@h/db", "postgresql://u@h/db", None),
+        (
+            "postgresql://u@h/db?sslmode=verify-full&sslrootcert=%2Fca.pem&application_name=a",
+            "postgresql://u@h/db?sslmode=verify-full&sslrootcert=%2Fca.pem&application_name=a",
+            None,
+        ),
+        # SQLAlchemy's keyword for asyncpg, which asyncpg's URL parser knows as sslmode.
+        ("postgresql://u@h/db?ssl=require", "postgresql://u@h/db?sslmode=require", None),
+        # libpq's, which asyncpg does not read from a URL (0: wait forever, libpq says).
+        (
+            "postgresql://u@h/db?connect_timeout=7&sslmode=require",
+            "postgresql://u@h/db?sslmode=require",
+            7.0,
+        ),
+        ("postgresql://u@h/db?connect_timeout=0", "postgresql://u@h/db", None),
+    ],
+)
+def test_a_postgres_url_reaches_asyncpg_as_libpq_reads_it(
+    url: str, dsn: str, timeout: float | None
+) -> None:
+    from taskplatform.backends.postgres import driver_dsn
+
+    assert driver_dsn(url) == (dsn, timeout)
 
 
 def test_faults_parse_and_count_down() -> None:

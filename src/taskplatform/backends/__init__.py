@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import importlib
 import logging
+import re
 from dataclasses import dataclass
 from types import ModuleType
+from urllib.parse import parse_qsl, urlsplit
 
 from taskplatform.backends.base import Queue, Store, TaskChanges
 from taskplatform.faults import Faults
@@ -72,6 +74,12 @@ def _require_drivers(store_kind: str, queue_kind: str) -> None:
 
 
 def _check_urls(settings: Settings) -> tuple[str, str]:
+    """Return the kinds of the store and the queue (as :func:`scheme` names them).
+
+    Raises:
+        ConfigurationError: a scheme or combination taskplatform does not support, a missing
+            driver, or a URL its driver would misread.
+    """
     store, queue = scheme(settings.database_url), scheme(settings.resolved_queue_url())
     if store not in ("sqlite", "postgresql"):
         raise ConfigurationError(
@@ -96,7 +104,35 @@ def _check_urls(settings: Settings) -> tuple[str, str]:
             sqlite_path(settings.database_url)
         except ValueError as exc:
             raise ConfigurationError(str(exc)) from exc
+    if queue == "redis":
+        _check_redis_database(settings.resolved_queue_url())
+    # Every driver, the queue's too: `serve` checks first, so a missing one is a one-line
+    # message naming the extra rather than a traceback from the server's startup.
+    _require_drivers(store, queue)
+    if store == "postgresql":
+        from taskplatform.backends.postgres import driver_dsn
+
+        try:
+            driver_dsn(settings.database_url)
+        except ValueError as exc:
+            raise ConfigurationError(f"TASKPLATFORM_DATABASE_URL: {exc}") from exc
     return store, queue
+
+
+def _check_redis_database(url: str) -> None:
+    # redis-py reads a path that is not a number as database 0: a typo would then put the queue
+    # into whatever another application keeps there.
+    parts = urlsplit(url)
+    if parts.path not in ("", "/") and re.fullmatch(r"/[0-9]+/?", parts.path) is None:
+        raise ConfigurationError(
+            f"TASKPLATFORM_QUEUE_URL names the Redis database {parts.path[1:]!r}: a Redis "
+            "database is a number, as in redis://host:6379/0"
+        )
+    for name, value in parse_qsl(parts.query):
+        if name == "db" and re.fullmatch(r"[0-9]+", value) is None:
+            raise ConfigurationError(
+                f"TASKPLATFORM_QUEUE_URL has db={value!r}: a Redis database is a number"
+            )
 
 
 async def prepare_schema(settings: Settings) -> None:
@@ -111,25 +147,21 @@ async def prepare_schema(settings: Settings) -> None:
     from taskplatform.exceptions import BackendUnavailable
 
     store, queue = _check_urls(settings)
-    # Every driver, the queue's too: `serve` runs this first, so a missing one is a one-line
-    # message naming the extra rather than a traceback from the server's startup.
-    _require_drivers(store, queue)
+    url, timeout = settings.database_url, settings.database_connect_timeout_seconds
     if store == "sqlite":
-        url = settings.database_url
         await migrate.upgrade(url)
     else:
-        from taskplatform.backends.postgres import asyncpg_url
-
-        url = asyncpg_url(settings.database_url)
         try:
-            await migrate.upgrade(url)
+            await migrate.upgrade(url, connect_timeout_seconds=timeout)
         except (OSError, TimeoutError) as exc:
             raise BackendUnavailable(f"cannot reach the PostgreSQL database: {exc}") from exc
         except Exception as exc:
             if type(exc).__module__.startswith(("sqlalchemy", "asyncpg")):
                 raise BackendUnavailable(f"cannot migrate the PostgreSQL database: {exc}") from exc
             raise
-    if queue == "redis" and (stranded := await migrate.count_queued(url)):
+    if queue == "redis" and (
+        stranded := await migrate.count_queued(url, connect_timeout_seconds=timeout)
+    ):
         # A switch of the queue to Redis leaves these behind: nothing reads that table then.
         logger.warning(
             "%d tasks are Queued in the database's own queue, which a Redis queue "
@@ -148,8 +180,7 @@ def open_backends(settings: Settings) -> Backends:
     Raises:
         ConfigurationError: an unsupported URL or combination, or a missing driver.
     """
-    store_kind, queue_kind = _check_urls(settings)
-    _require_drivers(store_kind, queue_kind)  # before anything opens, so nothing leaks
+    store_kind, queue_kind = _check_urls(settings)  # before anything opens, so nothing leaks
     faults = Faults(settings.faults)
     store: Store
     queue: Queue

@@ -12,7 +12,6 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, create_engine, text
-from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
 from taskplatform.exceptions import TaskPlatformError
@@ -43,8 +42,15 @@ def head_revision() -> str:
 
 
 def _upgrade_on(connection: Connection) -> None:
+    # Processes that start at once on a new database (serve --workers N, serve beside worker)
+    # must not both see an empty schema and both create it: the second would fail on "table
+    # already exists". Each takes the database's write lock before it reads the revision.
     if connection.dialect.name == "postgresql":
         connection.execute(text(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})"))
+    elif connection.dialect.name == "sqlite":
+        # sqlite3 opens a transaction only before DML and Python's default busy wait is 5 s; an
+        # explicit BEGIN IMMEDIATE takes the write lock now, and the DDL after it joins it.
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
     config = _config()
     script = ScriptDirectory.from_config(config)
     current = MigrationContext.configure(connection).get_current_revision()
@@ -81,12 +87,18 @@ def _in_transaction_sync(sqlalchemy_url: str, work: Callable[[Connection], T]) -
         engine.dispose()
 
 
-async def _in_transaction(sqlalchemy_url: str, work: Callable[[Connection], T]) -> T:
+async def _in_transaction(
+    url: str, work: Callable[[Connection], T], connect_timeout_seconds: float
+) -> T:
     """Run ``work`` in one transaction on a connection of its own: ``sqlite://`` URLs on a worker
-    thread, async URLs (``postgresql+asyncpg://``) on their own driver."""
-    if sqlalchemy_url.startswith("sqlite"):
-        return await asyncio.to_thread(_in_transaction_sync, sqlalchemy_url, work)
-    engine = create_async_engine(sqlalchemy_url, poolclass=NullPool)
+    thread, ``postgresql://`` URLs on asyncpg (given ``connect_timeout_seconds`` to connect)."""
+    if url.startswith("sqlite"):
+        return await asyncio.to_thread(_in_transaction_sync, url, work)
+    from taskplatform.backends.postgres import create_engine as create_postgres_engine
+
+    engine = create_postgres_engine(
+        url, connect_timeout_seconds=connect_timeout_seconds, poolclass=NullPool
+    )
     try:
         async with engine.begin() as connection:
             return await connection.run_sync(work)
@@ -98,27 +110,29 @@ def _count_queued_on(connection: Connection) -> int:
     return int(connection.execute(text("SELECT count(*) FROM queued_tasks")).scalar_one())
 
 
-async def count_queued(sqlalchemy_url: str) -> int:
+async def count_queued(url: str, *, connect_timeout_seconds: float = 5.0) -> int:
     """Return how many tasks wait in the database's own queue table (``queued_tasks``).
 
     Only a concern when the queue is elsewhere (Redis): those tasks are then read by nothing.
     The schema must be current (:func:`upgrade`).
     """
-    return await _in_transaction(sqlalchemy_url, _count_queued_on)
+    return await _in_transaction(url, _count_queued_on, connect_timeout_seconds)
 
 
-async def upgrade(sqlalchemy_url: str) -> str:
-    """Bring the database at ``sqlalchemy_url`` to the newest revision; return that revision.
+async def upgrade(url: str, *, connect_timeout_seconds: float = 5.0) -> str:
+    """Bring the database at ``url`` to the newest revision; return that revision.
 
     An empty database gets the whole schema; an up-to-date one is left alone. ``sqlite://`` URLs
-    migrate on a worker thread; async URLs (``postgresql+asyncpg://``) on their own driver.
+    migrate on a worker thread, ``postgresql://`` URLs (as ``TASKPLATFORM_DATABASE_URL`` has
+    them) on asyncpg, which waits ``connect_timeout_seconds`` for a connection (or the URL's
+    ``connect_timeout``).
 
     Raises:
         SchemaError: the database is at a revision this code does not know (written by a newer
             taskplatform); nothing is changed.
         OSError: the folder of a SQLite file cannot be made.
     """
-    if sqlalchemy_url.startswith("sqlite"):
-        _make_sqlite_folder(sqlalchemy_url)
-    await _in_transaction(sqlalchemy_url, _upgrade_on)
+    if url.startswith("sqlite"):
+        _make_sqlite_folder(url)
+    await _in_transaction(url, _upgrade_on, connect_timeout_seconds)
     return head_revision()

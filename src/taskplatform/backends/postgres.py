@@ -12,8 +12,9 @@ import contextlib
 import functools
 import logging
 import re
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 import msgspec
@@ -95,19 +96,96 @@ _BROKEN_CONNECTION = (
 )
 
 
-def asyncpg_url(url: str) -> str:
-    """Return ``url`` with the ``postgresql+asyncpg`` driver (``postgres://`` accepted too)."""
+def driver_dsn(url: str) -> tuple[str, float | None]:
+    """Return ``url`` as asyncpg reads it, and the libpq ``connect_timeout`` it names, if any.
+
+    Args:
+        url: ``postgresql://`` or ``postgres://``, with a ``+driver`` suffix or none, and any
+            libpq URL parameters (``?sslmode=require&application_name=x``).
+
+    Returns:
+        ``(dsn, connect_timeout)``: the URL with the ``postgresql://`` scheme, which asyncpg
+        parses itself, so its libpq parameters work as libpq documents them (``sslmode``,
+        ``sslrootcert``, ``target_session_attrs``, ...; any other it sends to the server as a
+        setting, as ``application_name`` and ``options`` are); and ``connect_timeout`` in
+        seconds, which asyncpg does not read from a URL, or None when absent or ``0`` (libpq:
+        wait forever). ``ssl=``, the parameter SQLAlchemy passed to asyncpg as a keyword, is
+        read as ``sslmode=`` (the same values).
+
+    Raises:
+        ValueError: not a PostgreSQL URL, a ``connect_timeout`` that is not a number, or both
+            ``ssl`` and ``sslmode``.
+    """
     scheme, sep, rest = url.partition("://")
-    if not sep or scheme.split("+", 1)[0] not in ("postgresql", "postgres"):
+    if not sep or scheme.split("+", 1)[0].lower() not in ("postgresql", "postgres"):
         raise ValueError(f"not a PostgreSQL URL: {url!r}")
-    return f"postgresql+asyncpg://{rest}"
+    parts = urlsplit(f"postgresql://{rest}")
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    names = {name for name, _ in query}
+    connect_timeout: float | None = None
+    kept: list[tuple[str, str]] = []
+    for name, value in query:
+        if name == "connect_timeout":
+            try:
+                connect_timeout = float(value) or None
+            except ValueError:
+                raise ValueError(
+                    f"connect_timeout={value!r} in the PostgreSQL URL: use a number of seconds"
+                ) from None
+        elif name == "ssl":
+            if "sslmode" in names:
+                raise ValueError("the PostgreSQL URL has both ssl= and sslmode=: keep sslmode=")
+            kept.append(("sslmode", value))
+        else:
+            kept.append((name, value))
+    return urlunsplit(parts._replace(query=urlencode(kept))), connect_timeout
+
+
+def connector(
+    url: str, *, connect_timeout_seconds: float
+) -> Callable[[], Awaitable[asyncpg.Connection]]:
+    """Return a function that opens a new asyncpg connection to the database at ``url``.
+
+    Args:
+        url: As :func:`driver_dsn` takes it.
+        connect_timeout_seconds: How long a new connection may take, unless ``url`` names a
+            ``connect_timeout``.
+
+    Raises:
+        ValueError: as :func:`driver_dsn`, at once.
+    """
+    dsn, connect_timeout = driver_dsn(url)
+    timeout = connect_timeout or connect_timeout_seconds
+
+    async def connect() -> asyncpg.Connection:
+        return await asyncpg.connect(dsn, timeout=timeout)
+
+    return connect
+
+
+def create_engine(url: str, *, connect_timeout_seconds: float, **options: Any) -> AsyncEngine:
+    """Return a SQLAlchemy engine on asyncpg for the PostgreSQL database at ``url``.
+
+    asyncpg, not SQLAlchemy, reads the URL: SQLAlchemy would pass each URL parameter to
+    ``asyncpg.connect()`` as a keyword, and libpq's (``sslmode=require``) are not its keywords.
+
+    Args:
+        url, connect_timeout_seconds: As :func:`connector` takes them.
+        options: For :func:`sqlalchemy.ext.asyncio.create_async_engine` (pool settings).
+
+    Raises:
+        ValueError: as :func:`driver_dsn`.
+    """
+    connect = connector(url, connect_timeout_seconds=connect_timeout_seconds)
+    return create_async_engine("postgresql+asyncpg://", async_creator=connect, **options)
 
 
 class PostgresDatabase:
     """A pooled connection to one PostgreSQL database, shared by its queue and store.
 
     Args:
-        url: ``postgresql://user:password@host:port/database``.
+        url: ``postgresql://user:password@host:port/database``, with any libpq URL parameters
+            (see :func:`driver_dsn`).
         pool_size: Connections kept open.
         pool_overflow: Extra connections allowed under load.
         connect_timeout_seconds: How long to wait for a new connection.
@@ -122,13 +200,15 @@ class PostgresDatabase:
         connect_timeout_seconds: float = 5.0,
     ) -> None:
         self.url = url
-        self.engine: AsyncEngine = create_async_engine(
-            asyncpg_url(url),
+        #: Opens a connection of its own, outside the pool (LISTEN holds one for good).
+        self.connect = connector(url, connect_timeout_seconds=connect_timeout_seconds)
+        self.engine = create_async_engine(
+            "postgresql+asyncpg://",
+            async_creator=self.connect,
             pool_size=pool_size,
             max_overflow=pool_overflow,
             pool_timeout=max(30.0, connect_timeout_seconds),  # wait for a pooled connection
             pool_recycle=3600,
-            connect_args={"timeout": connect_timeout_seconds},
             # An error's text would otherwise carry the statement's parameters: task data and
             # callback URLs, which must stay out of logs and 503 answers.
             hide_parameters=True,
@@ -418,6 +498,16 @@ class PostgresQueue(Queue):
             rows = (await conn.execute(SQL["queue_stats"])).all()
         return {name: QueueCounts(count, oldest) for name, count, oldest in rows}
 
+    async def status_counts(self, store: Store, queue: str | None = None) -> dict[Status, int]:
+        # One statement, one snapshot: a dequeue moves a task between the two tables at once.
+        self._check_store(store)
+        async with self.database.autocommit() as conn:
+            if queue is None:
+                rows = (await conn.execute(SQL["status_counts"])).all()
+            else:
+                rows = (await conn.execute(SQL["status_counts_in_queue"], {"queue": queue})).all()
+        return {Status(status): count for status, count in rows}
+
     async def cancel(self, store: Store, task_id: str, *, now: int) -> TaskRecord | None:
         self._check_store(store)
         async with self.database.begin() as conn:
@@ -515,9 +605,7 @@ class PostgresQueue(Queue):
             BackendUnavailable: the listening connection cannot be made or is lost.
         """
         try:
-            connection = await asyncpg.connect(
-                self.database.url.replace("+asyncpg", "", 1), timeout=5
-            )
+            connection = await self.database.connect()
         except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
             raise BackendUnavailable(f"cannot LISTEN on PostgreSQL: {exc}") from exc
         lost = asyncio.Event()

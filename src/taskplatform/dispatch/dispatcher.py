@@ -189,11 +189,13 @@ async def run_worker(settings: Settings) -> None:
     Also runs the maintenance loop (reaping expired leases, the enqueue listener), then stops
     gracefully: callbacks in flight get ``shutdown_grace_seconds`` to finish; the rest are
     recorded as interrupted and retried later. A second signal interrupts them at once.
+
+    The schema must be current: ``taskplatform worker`` prepares it first and says why it cannot
+    in one line. (A second try here, with the database refusing in between, ended in a traceback.)
     """
-    from taskplatform.backends import open_backends, prepare_schema
+    from taskplatform.backends import open_backends
     from taskplatform.dispatch import sender_from_settings
 
-    await prepare_schema(settings)
     backends = open_backends(settings)
     sender = sender_from_settings(settings)
     await sender.start()
