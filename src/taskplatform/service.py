@@ -1129,7 +1129,7 @@ class TaskService:
                 task_id=task_id,
             )
         assert Status.QUEUED in TRANSITIONS[Status.FAILED]
-        note = f"re-driven after {task.attempts} attempts; last error: {task.error}"
+        note = f"re-driven after {_attempts(task.attempts)}; last error: {task.error}"
         now = now_ms()
         if not await self.queue.requeue(self.store, task, now=now, note=note, redrive=True):
             current = await self.get(task_id)
@@ -1283,15 +1283,9 @@ class TaskService:
     async def stats(self, queue: str | None = None) -> tuple[dict[Status, int], int]:
         """Return ``(tasks per status, queue depth)`` of ``queue`` (or of all queues); every
         status is present."""
-        if queue is None:
-            depth = await self.queue.depth()
-        else:
-            counted = (await self.queue.queue_counts()).get(queue)
-            depth = counted.depth if counted else 0
         counts = dict.fromkeys(Status, 0)
-        counts.update(await self.store.count_by_status(queue))
-        counts[Status.QUEUED] = depth
-        return counts, depth
+        counts.update(await self.queue.status_counts(self.store, queue))
+        return counts, counts[Status.QUEUED]
 
     async def sample_queue_depth(self, now: int | None = None) -> list[DepthSample]:
         """Record every queue's depth for the interval holding ``now``; prune old samples.
@@ -1593,7 +1587,7 @@ def _conflict(task: TaskRecord) -> TaskConflict:
         return TaskCancelled(task_id=task.task_id)
     if task.status is Status.FAILED and not task.attempts_left():
         return RetryLimitReached(
-            f"the task has made {task.attempts} attempts, the most its maxRetries of "
+            f"the task has made {_attempts(task.attempts)}, the most its maxRetries of "
             f"{task.max_retries} allows",
             task_id=task.task_id,
         )
@@ -1601,3 +1595,7 @@ def _conflict(task: TaskRecord) -> TaskConflict:
         return TaskNotDequeued(task_id=task.task_id)
     # Processing, or Dequeued/Retry/Failed just taken by a concurrent execute.
     return TaskProcessing(task_id=task.task_id)
+
+
+def _attempts(count: int) -> str:
+    return f"{count} attempt{'' if count == 1 else 's'}"

@@ -176,7 +176,10 @@ def test_max_retries_3_allows_exactly_4_attempts(client: httpx.Client, receiver:
         outcome, _ = _execute(client, task_id)
         assert outcome["status"] == "Failed"
         assert outcome["attempt"] == attempt
-    assert_problem(client.post(f"/api/tasks/{task_id}/execute"), 409, "retry_limit_reached")
+    problem = assert_problem(
+        client.post(f"/api/tasks/{task_id}/execute"), 409, "retry_limit_reached"
+    )
+    assert "made 4 attempts, the most its maxRetries of 3 allows" in problem["detail"]
     assert len(receiver.hits_for(task_id)) == 4
     assert [hit.headers["X-Task-Attempt"] for hit in receiver.hits_for(task_id)] == [
         "1",
@@ -205,7 +208,10 @@ def test_max_retries_0_allows_one_attempt(client: httpx.Client, receiver: Receiv
     """maxRetries 0: one attempt, then 409."""
     task_id = ready_task(client, receiver.url("/status/500"), maxRetries=0)
     _execute(client, task_id)
-    assert_problem(client.post(f"/api/tasks/{task_id}/execute"), 409, "retry_limit_reached")
+    problem = assert_problem(
+        client.post(f"/api/tasks/{task_id}/execute"), 409, "retry_limit_reached"
+    )
+    assert problem["detail"].startswith("the task has made 1 attempt, the most its maxRetries")
     assert len(receiver.hits_for(task_id)) == 1
 
 

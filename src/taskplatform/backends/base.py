@@ -153,6 +153,27 @@ class Queue(abc.ABC):
     async def queue_counts(self) -> dict[str, QueueCounts]:
         """Return the counts of every named queue that holds a task."""
 
+    async def status_counts(self, store: Store, queue: str | None = None) -> dict[Status, int]:
+        """Return how many tasks of ``queue`` (of every queue when None) are in each status:
+        Queued ones as this queue counts them, the others as ``store`` does. A status without
+        tasks may be missing.
+
+        This default reads the queue, then the store: a task that moves from one to the other
+        in between (a dequeue, a cancel) is counted in both. A queue that shares its database
+        with the store reads both in one snapshot, which is exact.
+
+        Raises:
+            BackendUnavailable: the queue or the store cannot be reached.
+        """
+        if queue is None:
+            depth = await self.depth()
+        else:
+            counted = (await self.queue_counts()).get(queue)
+            depth = counted.depth if counted else 0
+        counts = await store.count_by_status(queue)
+        counts[Status.QUEUED] = depth
+        return counts
+
     @abc.abstractmethod
     async def cancel(self, store: Store, task_id: str, *, now: int) -> TaskRecord | None:
         """Take the Queued task ``task_id`` out of the queue into ``store`` as Cancelled.

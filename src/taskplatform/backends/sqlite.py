@@ -497,6 +497,19 @@ class SQLiteQueue(Queue):
 
         return await self.database.read(job)
 
+    async def status_counts(self, store: Store, queue: str | None = None) -> dict[Status, int]:
+        # One statement, one snapshot: a dequeue moves a task between the two tables at once.
+        self._check_store(store)
+
+        def job(conn: sqlite3.Connection) -> dict[Status, int]:
+            if queue is None:
+                rows = conn.execute(SQL["status_counts"]).fetchall()
+            else:
+                rows = conn.execute(SQL["status_counts_in_queue"], {"queue": queue}).fetchall()
+            return {Status(status): count for status, count in rows}
+
+        return await self.database.read(job)
+
     async def cancel(self, store: Store, task_id: str, *, now: int) -> TaskRecord | None:
         self._check_store(store)
 

@@ -57,6 +57,19 @@ SELECT status, count(*) FROM tasks GROUP BY status;
 -- Number of stored tasks of one named queue per status.
 SELECT status, count(*) FROM tasks WHERE queue = :queue GROUP BY status;
 
+-- name: status_counts
+-- Number of tasks per status in one snapshot: Queued from the queue table, the rest from the
+-- store (a stored row marked Queued is a Redis requeue's, which no SQL queue makes).
+SELECT status, count(*) FROM tasks WHERE status <> 'Queued' GROUP BY status
+UNION ALL
+SELECT 'Queued', count(*) FROM queued_tasks;
+
+-- name: status_counts_in_queue
+-- The same for one named queue.
+SELECT status, count(*) FROM tasks WHERE queue = :queue AND status <> 'Queued' GROUP BY status
+UNION ALL
+SELECT 'Queued', count(*) FROM queued_tasks WHERE queue = :queue;
+
 -- name: execution_insert
 -- Append one attempt to the log; the (task_id, attempt) key makes a repeat a no-op.
 INSERT INTO task_executions (task_id, attempt, started_at, finished_at, duration_ms, http_status,
