@@ -514,6 +514,10 @@ class ImportState:
     ``run_id`` names this import in the idempotency key of each line it sends
     (``import-<run_id>-<line>``), so a batch resent after its answer was lost gives its tasks
     back instead of creating them twice; ``--restart`` starts a new run, with new keys.
+
+    ``created`` counts the tasks this run made (a task given back under its own key included:
+    that was its batch sent again); ``replayed`` the lines whose own ``idempotencyKey`` gave
+    back a task made before.
     """
 
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
@@ -521,6 +525,7 @@ class ImportState:
     done_bytes: int = 0
     done_sha256: str = hashlib.sha256().hexdigest()
     created: int = 0
+    replayed: int = 0
     failed: list[dict[str, Any]] = field(default_factory=list)
 
     def save(self, path: Path) -> None:
@@ -535,6 +540,7 @@ class ImportState:
                     "doneBytes": self.done_bytes,
                     "doneSha256": self.done_sha256,
                     "created": self.created,
+                    "replayed": self.replayed,
                     "failed": self.failed,
                 }
             )
@@ -559,6 +565,7 @@ class ImportState:
             done_bytes=int(data["doneBytes"]),
             done_sha256=str(data["doneSha256"]),
             created=int(data["created"]),
+            replayed=int(data.get("replayed", 0)),  # absent from states before it was counted
             failed=list(data["failed"]),
         )
 
@@ -610,6 +617,11 @@ BATCH_BYTES = MAX_LINE_BYTES - 256 * 1024
 """The most bytes of lines an import puts in one batch (the rest of the default largest batch
 body is room for the batch's own JSON and each line's idempotency key). A batch the server still
 finds too large (413) is sent again in halves, down to one line, which then fails alone."""
+
+
+def _run_key(state: ImportState, line: int) -> str:
+    """The idempotency key an import run gives ``line`` when the line has none of its own."""
+    return f"import-{state.run_id}-{line}"
 
 
 def _failure(line: int, code: str, detail: str, **extra: Any) -> dict[str, Any]:
@@ -690,7 +702,7 @@ def import_command(
             _usage(f"cannot read the import state {state_path} ({exc}); or pass --restart", as_json)
     first_line = state.next_line
     failed_before = len(state.failed)
-    created_before = state.created
+    created_before, replayed_before = state.created, state.replayed
     progress = Progress(
         TextColumn("importing"),
         BarColumn(),
@@ -756,9 +768,13 @@ def import_command(
                 send(lines[: len(lines) // 2])
                 send(lines[len(lines) // 2 :])
                 return
-            for (line, _), result in zip(lines, results, strict=True):
+            for (line, body), result in zip(lines, results, strict=True):
                 if result.error is None:
-                    state.created += 1
+                    if result.replayed and body["idempotencyKey"] != _run_key(state, line):
+                        # The line's own key had made a task before this import: none is new.
+                        state.replayed += 1
+                    else:  # a replay under this run's key is this run's batch sent again
+                        state.created += 1
                 elif isinstance(result.error, TaskPlatformError):
                     problem = result.error.problem
                     extra = {"errors": problem["errors"]} if "errors" in problem else {}
@@ -776,7 +792,7 @@ def import_command(
                     run_saved = True
                 for line, body in pending:
                     if body.get("idempotencyKey") is None:  # absent or null: no key of its own
-                        body["idempotencyKey"] = f"import-{state.run_id}-{line}"
+                        body["idempotencyKey"] = _run_key(state, line)
                 send(pending)
                 pending.clear()
                 pending_bytes = 0
@@ -843,6 +859,8 @@ def import_command(
         "file": str(file),
         "created": state.created - created_before,
         "createdTotal": state.created,
+        "replayed": state.replayed - replayed_before,
+        "replayedTotal": state.replayed,
         "linesAlreadyDone": first_line - 1,
         "failed": new_failures,
         "failedEarlier": state.failed[:failed_before],
@@ -855,6 +873,12 @@ def import_command(
         earlier = f" ({first_line - 1} lines were done before)" if first_line > 1 else ""
         count = state.created - created_before
         typer.echo(f"created {count} task{'' if count == 1 else 's'} from {file}{earlier}")
+        if replayed := state.replayed - replayed_before:
+            typer.echo(
+                f"{replayed} line{' whose' if replayed == 1 else 's whose'} own idempotencyKey "
+                f"had made {'its task' if replayed == 1 else 'their tasks'} before: not created "
+                "again"
+            )
         for failure in new_failures:
             typer.echo(f"line {failure['line']}: {failure['code']}: {failure['detail']}")
             for item in failure.get("errors") or []:

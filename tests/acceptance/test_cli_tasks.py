@@ -487,6 +487,32 @@ def test_an_interrupted_import_resumes_where_it_stopped(
     assert len(queued_numbers(tp, queue)) == 14
 
 
+def test_a_line_whose_own_key_made_its_task_before_is_counted_as_replayed_not_created(
+    server: Server, receiver: Receiver, queue: str, tp: TaskClient, tmp_path: Path
+) -> None:
+    """Imported again with --restart, a line with its own idempotencyKey gives back the task
+    it made the first time: the import said "created 1 task" (and ``"created": 1``) for it."""
+    keyed = json.loads(task_line(receiver, queue, 0)) | {"idempotencyKey": f"mine-{queue}"}
+    source = write_lines(
+        tmp_path / "keyed.jsonl", [json.dumps(keyed), task_line(receiver, queue, 1)]
+    )
+    first = run(server, "tasks", "import", str(source), "--json")
+    assert first.exit_code == 0, first.output
+    assert (as_json(first)["created"], as_json(first)["replayed"]) == (2, 0)
+    again = run(server, "tasks", "import", str(source), "--restart", "--json")
+    assert again.exit_code == 0, again.output
+    summary = as_json(again)
+    assert (summary["created"], summary["replayed"]) == (1, 1)  # the keyless line is new
+    assert (summary["createdTotal"], summary["replayedTotal"]) == (1, 1)
+    assert queued_numbers(tp, queue) == [0, 1, 1]
+    text = run(server, "tasks", "import", str(source), "--restart")
+    assert text.exit_code == 0, text.output
+    assert "created 1 task from" in text.output
+    assert "1 line whose own idempotencyKey had made its task before: not created again" in (
+        text.output
+    )
+
+
 def test_a_batch_whose_answer_was_lost_is_not_created_twice_by_the_resume(
     server: Server,
     receiver: Receiver,
@@ -520,7 +546,10 @@ def test_a_batch_whose_answer_was_lost_is_not_created_twice_by_the_resume(
     assert queued_numbers(tp, queue) == list(range(6))  # the server did create batch 2
     resumed = run(server, "tasks", "import", str(source), "--chunk-size", "3", "--json")
     assert resumed.exit_code == 0, resumed.output
-    assert (as_json(resumed)["createdTotal"], as_json(resumed)["linesAlreadyDone"]) == (6, 3)
+    # Replays under the import's own keys are its own tasks; line 6's own key counts apart.
+    summary = as_json(resumed)
+    assert (summary["createdTotal"], summary["replayedTotal"]) == (5, 1)
+    assert summary["linesAlreadyDone"] == 3
     assert queued_numbers(tp, queue) == list(range(6))
     assert sent[1] == sent[2]  # the same items, keys and all
     keys = [item["idempotencyKey"] for batch in sent for item in batch]

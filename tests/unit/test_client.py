@@ -258,6 +258,14 @@ def test_new_task_needs_an_aware_scheduled_at() -> None:
         {}, "http://cb.test/", scheduled_at=datetime.datetime(2030, 1, 1, tzinfo=datetime.UTC)
     )
     assert aware.to_json()["scheduledAt"] == "2030-01-01T00:00:00+00:00"
+    # Against the type hints: a message naming the field, not "'str' object has no attribute".
+    when = "2030-01-01T00:00:00Z"
+    text = NewTask({}, "http://cb.test/", scheduled_at=when)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"scheduled_at must be a datetime\.datetime .* not str"):
+        text.to_json()
+    listed = NewTask([1, 2], "http://cb.test/")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"task_data must be a mapping \(a JSON object\), not list"):
+        listed.to_json()
 
 
 def signed(

@@ -166,8 +166,14 @@ class NewTask:
         """Return the create body (camelCase), leaving out the fields that are None.
 
         Raises:
+            TypeError: ``task_data`` is not a mapping, or ``scheduled_at`` not a datetime (the
+                type hints say so; a message names the field rather than a later attribute).
             ValueError: ``scheduled_at`` has no time zone (the API refuses local times).
         """
+        if not isinstance(self.task_data, Mapping):
+            raise TypeError(
+                f"task_data must be a mapping (a JSON object), not {type(self.task_data).__name__}"
+            )
         body: dict[str, Any] = {
             "taskData": dict(self.task_data),
             "callbackUrl": self.callback_url,
@@ -186,6 +192,12 @@ class NewTask:
             "idempotencyKey": self.idempotency_key,
         }
         if self.scheduled_at is not None:
+            if not isinstance(self.scheduled_at, datetime.datetime):
+                raise TypeError(
+                    "scheduled_at must be a datetime.datetime with a time zone, not "
+                    f"{type(self.scheduled_at).__name__} (datetime.datetime.fromisoformat parses "
+                    "an ISO 8601 string)"
+                )
             if self.scheduled_at.tzinfo is None:
                 raise ValueError("scheduled_at needs a time zone, e.g. datetime.UTC")
             optional["scheduledAt"] = self.scheduled_at.isoformat()
