@@ -23,7 +23,8 @@ APP_FACTORY = "taskplatform.api.app:create_app_from_env"
 """What every API process runs (an import string: ``--workers`` processes import it)."""
 
 STARTUP_FAILURE = 3
-"""The exit code of ``serve`` when the app could not start (uvicorn's own)."""
+"""The exit code of ``serve`` when the app could not start (uvicorn's own), and of ``worker``
+when its backends could not be opened."""
 
 DRAIN_BACKSTOP_SECONDS = 5
 """How long past ``shutdown_grace_seconds`` uvicorn waits for requests before cancelling them:
@@ -293,12 +294,17 @@ def worker(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     _prepare_or_exit(settings)
+    from taskplatform.exceptions import BackendUnavailable
+
     try:
         import uvloop
 
         uvloop.run(run_worker(settings))
     except KeyboardInterrupt:
         pass
+    except BackendUnavailable as exc:  # opening the backends: an outage later only pauses
+        typer.echo(f"error: cannot start the worker: {exc}", err=True)
+        raise typer.Exit(STARTUP_FAILURE) from exc
 
 
 @app.command()

@@ -517,7 +517,8 @@ class ImportState:
 
     ``created`` counts the tasks this run made (a task given back under its own key included:
     that was its batch sent again); ``replayed`` the lines whose own ``idempotencyKey`` gave
-    back a task made before.
+    back a task made earlier: before this run, or by a request of it whose answer was lost
+    (the server's answer cannot tell which).
     """
 
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex)
@@ -771,7 +772,7 @@ def import_command(
             for (line, body), result in zip(lines, results, strict=True):
                 if result.error is None:
                     if result.replayed and body["idempotencyKey"] != _run_key(state, line):
-                        # The line's own key had made a task before this import: none is new.
+                        # The line's own key had made its task: not new now.
                         state.replayed += 1
                     else:  # a replay under this run's key is this run's batch sent again
                         state.created += 1
@@ -874,10 +875,12 @@ def import_command(
         count = state.created - created_before
         typer.echo(f"created {count} task{'' if count == 1 else 's'} from {file}{earlier}")
         if replayed := state.replayed - replayed_before:
+            # Made before this import, or by a request of it whose answer was lost (the client
+            # resends a batch of keyed items): the server's answer cannot tell which.
             typer.echo(
                 f"{replayed} line{' whose' if replayed == 1 else 's whose'} own idempotencyKey "
-                f"had made {'its task' if replayed == 1 else 'their tasks'} before: not created "
-                "again"
+                f"gave back {'a task' if replayed == 1 else 'tasks'} made earlier, not now "
+                "(before this import, or by a request of it whose answer was lost)"
             )
         for failure in new_failures:
             typer.echo(f"line {failure['line']}: {failure['code']}: {failure['detail']}")

@@ -508,9 +508,7 @@ def test_a_line_whose_own_key_made_its_task_before_is_counted_as_replayed_not_cr
     text = run(server, "tasks", "import", str(source), "--restart")
     assert text.exit_code == 0, text.output
     assert "created 1 task from" in text.output
-    assert "1 line whose own idempotencyKey had made its task before: not created again" in (
-        text.output
-    )
+    assert "1 line whose own idempotencyKey gave back a task made earlier, not now" in text.output
 
 
 def test_a_batch_whose_answer_was_lost_is_not_created_twice_by_the_resume(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -97,3 +98,40 @@ async def test_the_wal_starts_over_while_writes_never_stop(tmp_path: Path) -> No
     with contextlib.closing(sqlite3.connect(tmp_path / "tp.db")) as conn:
         assert conn.execute("SELECT count(*) FROM queued_tasks").fetchone()[0] == written
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_connections_that_switch_a_new_file_to_wal_together_all_succeed(tmp_path: Path) -> None:
+    """Six connections switch one new (rollback-journal) file to WAL at the same moment, 20
+    times, as the processes of ``serve --workers 3`` or ``serve`` beside ``worker`` do. SQLite
+    answers "database is locked" at once, with no busy wait, to one of two that ask together:
+    such a process died at startup ("Child process failed to start") before it tried again."""
+    from taskplatform.backends.sqlite import _use_wal
+
+    failures: list[str] = []
+    for round_ in range(20):
+        path = tmp_path / f"new-{round_}.db"
+        with contextlib.closing(sqlite3.connect(path)) as setup:
+            setup.execute("CREATE TABLE t (x)")
+            setup.commit()
+        barrier = threading.Barrier(6)
+
+        def switch(path: Path, barrier: threading.Barrier) -> None:
+            conn = sqlite3.connect(path, isolation_level=None)
+            try:
+                conn.execute("PRAGMA busy_timeout = 5000")
+                conn.execute("SELECT * FROM t").fetchall()
+                barrier.wait()
+                _use_wal(conn, 5.0)
+            except sqlite3.OperationalError as exc:
+                failures.append(str(exc))
+            finally:
+                conn.close()
+
+        threads = [threading.Thread(target=switch, args=(path, barrier)) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        with contextlib.closing(sqlite3.connect(path)) as check:
+            assert check.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    assert failures == []

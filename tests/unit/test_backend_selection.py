@@ -52,21 +52,56 @@ def test_scheme(url: str, kind: str) -> None:
         ),
         (
             Settings(database_url="sqlite:///a.db", queue_url="redis://127.0.0.1:6379?db=two"),
-            "db='two': a Redis database is a number",
+            "the Redis database 'two': a Redis database is a number",
+        ),
+        (
+            Settings(database_url="sqlite:///a.db", queue_url="redis://127.0.0.1:6379/?db="),
+            "the Redis database '': a Redis database is a number",
+        ),
+        (
+            Settings(database_url="sqlite:///a.db", queue_url="redis://h:6379/13?db=14"),
+            r"the Redis database twice \(in its path and as \?db=\)",
+        ),
+        # A password is read past, never quoted: only what follows its last "@" is the address.
+        (
+            Settings(database_url="sqlite:///a.db", queue_url="redis://:hunter/2secret@h:6379/x"),
+            "the Redis database 'x': a Redis",
         ),
         (
             Settings(database_url="postgresql://u@127.0.0.1/db?connect_timeout=soon"),
-            "connect_timeout='soon' in the PostgreSQL URL: use a number of seconds",
+            "TASKPLATFORM_DATABASE_URL: connect_timeout='soon': use a positive number of seconds",
+        ),
+        (
+            Settings(database_url="postgresql://u@127.0.0.1/db?connect_timeout=0"),
+            "connect_timeout='0': use a positive number of seconds",
+        ),
+        (
+            Settings(database_url="postgresql://u@127.0.0.1/db?connect_timeout=-1"),
+            "connect_timeout='-1': use a positive number of seconds",
         ),
         (
             Settings(database_url="postgresql://u@127.0.0.1/db?ssl=require&sslmode=disable"),
-            "both ssl= and sslmode=: keep sslmode=",
+            "both ssl= and sslmode= are given: keep sslmode=",
+        ),
+        (
+            Settings(database_url="postgresql://u:s3cret@127.0.0.1:abc/db"),
+            "the port 'abc' of '127.0.0.1:abc': use a number from 1 to 65535",
+        ),
+        (
+            Settings(database_url="postgresql://u:s3cret@127.0.0.1:99999/db"),
+            "the port '99999'",
+        ),
+        (
+            Settings(database_url="postgresql://u:s3cret@::1:5432/db"),
+            r"the host '::1:5432': put an IPv6 address in brackets, \[::1\]:5432",
         ),
     ],
 )
 def test_unsupported_urls_say_what_to_use(settings: Settings, message: str) -> None:
-    with pytest.raises(ConfigurationError, match=message):
+    with pytest.raises(ConfigurationError, match=message) as raised:
         open_backends(settings)
+    assert "s3cret" not in str(raised.value)
+    assert "2secret" not in str(raised.value)
 
 
 @pytest.mark.parametrize(
@@ -91,7 +126,13 @@ def test_a_missing_driver_names_the_extra_to_install(
 
 @pytest.mark.parametrize(
     "url",
-    ["redis://127.0.0.1:6379", "redis://127.0.0.1:6379/", "redis://h/15", "rediss://:pw@h/2?db=3"],
+    [
+        "redis://127.0.0.1:6379",
+        "redis://h:6379/",
+        "redis://h/15/",
+        "redis://h?db=3",
+        "rediss://:pw@h/2",
+    ],
 )
 def test_a_redis_database_by_number_or_none_is_accepted(url: str, tmp_path: object) -> None:
     settings = Settings(database_url=f"sqlite:///{tmp_path}/a.db", queue_url=url)
@@ -110,13 +151,27 @@ def test_a_redis_database_by_number_or_none_is_accepted(url: str, tmp_path: obje
         ),
         # SQLAlchemy's keyword for asyncpg, which asyncpg's URL parser knows as sslmode.
         ("postgresql://u@h/db?ssl=require", "postgresql://u@h/db?sslmode=require", None),
-        # libpq's, which asyncpg does not read from a URL (0: wait forever, libpq says).
+        # libpq's, which asyncpg does not read from a URL.
         (
             "postgresql://u@h/db?connect_timeout=7&sslmode=require",
             "postgresql://u@h/db?sslmode=require",
             7.0,
         ),
-        ("postgresql://u@h/db?connect_timeout=0", "postgresql://u@h/db", None),
+        # A password runs to the last "@", as SQLAlchemy reads it, encoded or not.
+        ("postgresql://u:S3cr3t#frag@h/db", "postgresql://u:S3cr3t%23frag@h/db", None),
+        (
+            "postgresql://u:a?b/c@d@h:5432/db?x=1",
+            "postgresql://u:a%3Fb%2Fc%40d@h:5432/db?x=1",
+            None,
+        ),
+        ("postgresql://u:p%25zz%23@h/db", "postgresql://u:p%25zz%23@h/db", None),
+        ("postgresql://u:[x@[::1]:5432/db", "postgresql://u:%5Bx@[::1]:5432/db", None),
+        ("postgresql://u@h1:5432,h2:5433/db", "postgresql://u@h1:5432,h2:5433/db", None),
+        (
+            "postgresql:///db?host=%2Fvar%2Frun%2Fpostgresql",
+            "postgresql:///db?host=%2Fvar%2Frun%2Fpostgresql",
+            None,
+        ),
     ],
 )
 def test_a_postgres_url_reaches_asyncpg_as_libpq_reads_it(

@@ -20,7 +20,7 @@ import logging
 import re
 from dataclasses import dataclass
 from types import ModuleType
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl
 
 from taskplatform.backends.base import Queue, Store, TaskChanges
 from taskplatform.faults import Faults
@@ -121,18 +121,25 @@ def _check_urls(settings: Settings) -> tuple[str, str]:
 
 def _check_redis_database(url: str) -> None:
     # redis-py reads a path that is not a number as database 0: a typo would then put the queue
-    # into whatever another application keeps there.
-    parts = urlsplit(url)
-    if parts.path not in ("", "/") and re.fullmatch(r"/[0-9]+/?", parts.path) is None:
-        raise ConfigurationError(
-            f"TASKPLATFORM_QUEUE_URL names the Redis database {parts.path[1:]!r}: a Redis "
-            "database is a number, as in redis://host:6379/0"
-        )
-    for name, value in parse_qsl(parts.query):
-        if name == "db" and re.fullmatch(r"[0-9]+", value) is None:
+    # into whatever another application keeps there. Only what follows the last "@" is read (and
+    # quoted in a message): a password may hold "/", "?" or "#".
+    location = url.partition("://")[2].rpartition("@")[2]
+    address, _, query = location.partition("?")
+    path = address.partition("/")[2]
+    databases = [value for name, value in parse_qsl(query, keep_blank_values=True) if name == "db"]
+    if path not in ("", "/"):
+        databases.insert(0, path.removesuffix("/"))
+    for database in databases:
+        if re.fullmatch(r"[0-9]+", database) is None:
             raise ConfigurationError(
-                f"TASKPLATFORM_QUEUE_URL has db={value!r}: a Redis database is a number"
+                f"TASKPLATFORM_QUEUE_URL names the Redis database {database!r}: a Redis database "
+                "is a number, as in redis://host:6379/0"
             )
+    if len(databases) > 1:
+        raise ConfigurationError(
+            "TASKPLATFORM_QUEUE_URL names the Redis database twice (in its path and as ?db=): "
+            "keep one"
+        )
 
 
 async def prepare_schema(settings: Settings) -> None:

@@ -14,7 +14,7 @@ import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, unquote, urlencode
 
 import asyncpg
 import msgspec
@@ -101,44 +101,63 @@ def driver_dsn(url: str) -> tuple[str, float | None]:
 
     Args:
         url: ``postgresql://`` or ``postgres://``, with a ``+driver`` suffix or none, and any
-            libpq URL parameters (``?sslmode=require&application_name=x``).
+            libpq URL parameters (``?sslmode=require&application_name=x``). As SQLAlchemy reads
+            it, the user and password run to the last ``@`` and are percent-decoded, so a
+            password may hold ``#``, ``?``, ``/`` or ``@`` as they are or encoded.
 
     Returns:
-        ``(dsn, connect_timeout)``: the URL with the ``postgresql://`` scheme, which asyncpg
-        parses itself, so its libpq parameters work as libpq documents them (``sslmode``,
-        ``sslrootcert``, ``target_session_attrs``, ...; any other it sends to the server as a
-        setting, as ``application_name`` and ``options`` are); and ``connect_timeout`` in
-        seconds, which asyncpg does not read from a URL, or None when absent or ``0`` (libpq:
-        wait forever). ``ssl=``, the parameter SQLAlchemy passed to asyncpg as a keyword, is
-        read as ``sslmode=`` (the same values).
+        ``(dsn, connect_timeout)``: the URL with the ``postgresql://`` scheme and its user and
+        password percent-encoded, which asyncpg parses itself, so its libpq parameters work as
+        libpq documents them (``sslmode``, ``sslrootcert``, ``target_session_attrs``, ...; any
+        other it sends to the server as a setting, as ``application_name`` and ``options``
+        are); and ``connect_timeout`` in seconds, which asyncpg does not read from a URL, or
+        None when absent (``0`` or less, libpq's "wait for ever", is refused: a process must
+        not hang at startup). ``ssl=``, the parameter SQLAlchemy passed to asyncpg as a
+        keyword, is read as ``sslmode=`` (the same values).
 
     Raises:
-        ValueError: not a PostgreSQL URL, a ``connect_timeout`` that is not a number, or both
-            ``ssl`` and ``sslmode``.
+        ValueError: not a PostgreSQL URL, a port that is not a number from 1 to 65535, an IPv6
+            address without brackets, a ``connect_timeout`` that is not a positive number, or
+            both ``ssl`` and ``sslmode``. The message never holds the password.
     """
     scheme, sep, rest = url.partition("://")
     if not sep or scheme.split("+", 1)[0].lower() not in ("postgresql", "postgres"):
-        raise ValueError(f"not a PostgreSQL URL: {url!r}")
-    parts = urlsplit(f"postgresql://{rest}")
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    names = {name for name, _ in query}
+        raise ValueError("not a PostgreSQL URL: use postgresql://user:password@host:5432/db")
+    credentials, at, location = rest.rpartition("@")
+    address, _, query_string = location.partition("?")
+    hosts = address.split("/", 1)[0]
+    for host in filter(None, hosts.split(",")):
+        port = host.rpartition("]")[2] if host.startswith("[") else host
+        if not host.startswith("[") and port.count(":") > 1:
+            raise ValueError(f"the host {host!r}: put an IPv6 address in brackets, [::1]:5432")
+        port = port.rpartition(":")[2] if ":" in port else ""
+        if ":" in host.rpartition("]")[2] and not (port.isdigit() and 0 < int(port) < 65536):
+            raise ValueError(f"the port {port!r} of {host!r}: use a number from 1 to 65535")
     connect_timeout: float | None = None
     kept: list[tuple[str, str]] = []
+    query = parse_qsl(query_string, keep_blank_values=True)
     for name, value in query:
         if name == "connect_timeout":
             try:
-                connect_timeout = float(value) or None
+                connect_timeout = float(value)
             except ValueError:
-                raise ValueError(
-                    f"connect_timeout={value!r} in the PostgreSQL URL: use a number of seconds"
-                ) from None
+                connect_timeout = None
+            if connect_timeout is None or not 0 < connect_timeout < float("inf"):
+                raise ValueError(f"connect_timeout={value!r}: use a positive number of seconds")
         elif name == "ssl":
-            if "sslmode" in names:
-                raise ValueError("the PostgreSQL URL has both ssl= and sslmode=: keep sslmode=")
+            if "sslmode" in {name for name, _ in query}:
+                raise ValueError("both ssl= and sslmode= are given: keep sslmode=")
             kept.append(("sslmode", value))
         else:
             kept.append((name, value))
-    return urlunsplit(parts._replace(query=urlencode(kept))), connect_timeout
+    if at:
+        user, colon, password = credentials.partition(":")
+        encoded = quote(unquote(user), safe="")
+        if colon:
+            encoded += ":" + quote(unquote(password), safe="")
+        credentials = encoded + "@"
+    query_string = f"?{urlencode(kept)}" if kept else ""
+    return f"postgresql://{credentials}{address}{query_string}", connect_timeout
 
 
 def connector(

@@ -18,8 +18,10 @@ import contextlib
 import functools
 import logging
 import queue
+import random
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -96,6 +98,31 @@ def sqlite_path(url: str) -> str:
     return url[len(prefix) :]
 
 
+def _use_wal(conn: sqlite3.Connection, busy_timeout_seconds: float) -> None:
+    """Put the database file in WAL mode (it stays so), waiting up to ``busy_timeout_seconds``.
+
+    A new file starts in rollback-journal mode, and connections of processes that start at once
+    (``serve --workers N``, ``serve`` beside ``worker``) switch it together. The switch needs the
+    file to itself, and SQLite answers "database is locked" at once, without its busy wait, to
+    one of two connections that ask together (either would wait for the other for ever); so the
+    loser tries again here. A file already in WAL mode answers at once.
+
+    Raises:
+        sqlite3.OperationalError: still locked after ``busy_timeout_seconds``, or another error.
+    """
+    deadline = time.monotonic() + busy_timeout_seconds
+    pause = 0.005
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause * (0.5 + random.random()))  # jitter: the two must not retry in step
+        pause = min(pause * 2, 0.2)
+
+
 class _Connection:
     """One SQLite connection owned by one daemon thread that runs submitted jobs in order.
 
@@ -130,9 +157,9 @@ class _Connection:
         self._conn = sqlite3.connect(
             path, isolation_level=None, check_same_thread=False, cached_statements=256
         )
-        self._conn.execute("PRAGMA journal_mode = WAL")
-        self._conn.execute(f"PRAGMA synchronous = {synchronous}")
         self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_seconds * 1000)}")
+        _use_wal(self._conn, busy_timeout_seconds)
+        self._conn.execute(f"PRAGMA synchronous = {synchronous}")
         if not autocheckpoint:
             self._conn.execute("PRAGMA wal_autocheckpoint = 0")
             self._conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT_BYTES}")
