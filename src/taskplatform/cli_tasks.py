@@ -515,7 +515,7 @@ class ImportState:
     (``import-<run_id>-<line>``), so a batch resent after its answer was lost gives its tasks
     back instead of creating them twice; ``--restart`` starts a new run, with new keys.
 
-    ``created`` counts the tasks this run made (a task given back under its own key included:
+    ``created`` counts the tasks this run made (a task given back under the run's key included:
     that was its batch sent again); ``replayed`` the lines whose own ``idempotencyKey`` gave
     back a task made earlier: before this run, or by a request of it whose answer was lost
     (the server's answer cannot tell which).

@@ -246,7 +246,7 @@ def test_a_postgres_url_with_libpq_parameters_is_read_as_libpq_reads_it(tmp_path
     them made every command end in a 300-line traceback ("connect() got an unexpected keyword
     argument 'sslmode'"): SQLAlchemy passed them to asyncpg as keywords.
 
-    Now asyncpg reads the URL: the server starts with ``sslmode=disable``, ``application_name``
+    Now asyncpg reads the URL: the server starts with ``sslmode=disable``, ``application_name``,
     ``connect_timeout`` and ``options``, and its connections carry the name; ``sslmode=require``
     against a server without TLS is a one-line refusal."""
     url = backend_env("postgres", tmp_path)["TASKPLATFORM_DATABASE_URL"]
