@@ -94,11 +94,10 @@ async def _in_transaction(
     thread, ``postgresql://`` URLs on asyncpg (given ``connect_timeout_seconds`` to connect)."""
     if url.startswith("sqlite"):
         return await asyncio.to_thread(_in_transaction_sync, url, work)
-    from taskplatform.backends.postgres import create_engine as create_postgres_engine
+    from taskplatform.backends import postgres
 
-    engine = create_postgres_engine(
-        url, connect_timeout_seconds=connect_timeout_seconds, poolclass=NullPool
-    )
+    connect = postgres.connector(url, connect_timeout_seconds=connect_timeout_seconds)
+    engine = postgres.create_engine(connect, poolclass=NullPool)
     try:
         async with engine.begin() as connection:
             return await connection.run_sync(work)

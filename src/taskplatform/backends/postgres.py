@@ -182,20 +182,19 @@ def connector(
     return connect
 
 
-def create_engine(url: str, *, connect_timeout_seconds: float, **options: Any) -> AsyncEngine:
-    """Return a SQLAlchemy engine on asyncpg for the PostgreSQL database at ``url``.
+def create_engine(
+    connect: Callable[[], Awaitable[asyncpg.Connection]], **options: Any
+) -> AsyncEngine:
+    """Return a SQLAlchemy engine on asyncpg whose connections ``connect`` opens.
 
-    asyncpg, not SQLAlchemy, reads the URL: SQLAlchemy would pass each URL parameter to
-    ``asyncpg.connect()`` as a keyword, and libpq's (``sslmode=require``) are not its keywords.
+    asyncpg, not SQLAlchemy, reads the URL (see :func:`connector`): SQLAlchemy would pass each
+    URL parameter to ``asyncpg.connect()`` as a keyword, and libpq's (``sslmode=require``) are
+    not its keywords.
 
     Args:
-        url, connect_timeout_seconds: As :func:`connector` takes them.
+        connect: What :func:`connector` returns.
         options: For :func:`sqlalchemy.ext.asyncio.create_async_engine` (pool settings).
-
-    Raises:
-        ValueError: as :func:`driver_dsn`.
     """
-    connect = connector(url, connect_timeout_seconds=connect_timeout_seconds)
     return create_async_engine("postgresql+asyncpg://", async_creator=connect, **options)
 
 
@@ -221,9 +220,8 @@ class PostgresDatabase:
         self.url = url
         #: Opens a connection of its own, outside the pool (LISTEN holds one for good).
         self.connect = connector(url, connect_timeout_seconds=connect_timeout_seconds)
-        self.engine = create_async_engine(
-            "postgresql+asyncpg://",
-            async_creator=self.connect,
+        self.engine = create_engine(
+            self.connect,
             pool_size=pool_size,
             max_overflow=pool_overflow,
             pool_timeout=max(30.0, connect_timeout_seconds),  # wait for a pooled connection
