@@ -19,7 +19,7 @@ from taskplatform.cli_tasks import stats_command, tasks_app
 from taskplatform.logs import LogFormat, logging_config
 from taskplatform.settings import Settings, load_settings
 
-APP_FACTORY = "taskplatform.api.app:create_app_from_env"
+APP_FACTORY = "taskplatform.api.app:create_served_app"
 """What every API process runs (an import string: ``--workers`` processes import it)."""
 
 STARTUP_FAILURE = 3

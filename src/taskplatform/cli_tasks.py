@@ -845,17 +845,9 @@ def import_command(
                 flush(line_number)
         else:
             flush(line_number)
-    if _interrupted.is_set():
-        if resumed or state.next_line > first_line:  # a state file holds this run's progress
-            message = (
-                f"interrupted after line {state.next_line - 1}; progress kept in {state_path}: "
-                "run the same command to go on"
-            )
-        else:
-            message = "interrupted before the first batch was sent: nothing was created"
-        _stderr().print(message)
-        raise typer.Exit(130)
-    new_failures = state.failed[failed_before:]
+    interrupted = _interrupted.is_set()
+    # Lines read after the last saved batch are not settled: a resume reads them again.
+    new_failures = [f for f in state.failed[failed_before:] if f["line"] < state.next_line]
     summary = {
         "file": str(file),
         "created": state.created - created_before,
@@ -865,9 +857,23 @@ def import_command(
         "linesAlreadyDone": first_line - 1,
         "failed": new_failures,
         "failedEarlier": state.failed[:failed_before],
-        "unfinishedLine": unfinished,
+        "unfinishedLine": None if interrupted else unfinished,
+        "interrupted": interrupted,
+        "nextLine": state.next_line,
         "state": str(state_path),
     }
+    if interrupted:
+        if resumed or state.next_line > first_line:  # a state file holds this run's progress
+            message = (
+                f"interrupted after line {state.next_line - 1}; progress kept in {state_path}: "
+                "run the same command to go on"
+            )
+        else:
+            message = "interrupted before the first batch was sent: nothing was created"
+        _stderr().print(message)
+        if as_json:  # a script still learns where the import stopped
+            _print_json(summary)
+        raise typer.Exit(130)
     if as_json:
         _print_json(summary)
     else:

@@ -353,6 +353,7 @@ def test_an_import_leaves_a_last_line_cut_short_for_the_next_run(
     assert first.exit_code == 0, first.output
     summary = as_json(first)
     assert (summary["created"], summary["failed"], summary["unfinishedLine"]) == (3, [], 4)
+    assert (summary["interrupted"], summary["nextLine"]) == (False, 4)  # line 4 is read again
     with source.open("a") as growing:
         growing.write(fourth[20:] + "\n" + task_line(receiver, queue, 5))  # 5: no newline
     second = run(server, "tasks", "import", str(source), "--json")
@@ -650,7 +651,8 @@ def test_ctrl_c_between_two_batches_says_where_the_import_stopped(
     server: Server, tp: TaskClient, tmp_path: Path
 ) -> None:
     """A Ctrl-C while the import reads lines, with no batch in flight, also stops at the last
-    saved batch with the message and exit code 130, rather than Typer's silent 130."""
+    saved batch with the message and exit code 130, rather than Typer's silent 130; with
+    --json, after the summary of what was settled."""
     queue = f"sigint-{uuid.uuid4().hex[:8]}"
     good = "".join(
         json.dumps({"taskData": {"n": n}, "callbackUrl": "http://127.0.0.1:9/x", "queue": queue})
@@ -661,15 +663,24 @@ def test_ctrl_c_between_two_batches_says_where_the_import_stopped(
     lines.write_text(good + "\n" * 10_000_000 + good)  # a long stretch with nothing to send
     command = [sys.executable, "-m", "taskplatform", "tasks", "import", str(lines)]
     env = clean_environ({"TASKPLATFORM_URL": server.url})
-    process = subprocess.Popen([*command, "--chunk-size", "5"], env=env, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        [*command, "--chunk-size", "5", "--json"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 60
     while tp.stats(queue=queue).queue_depth < 5 and time.monotonic() < deadline:
         time.sleep(0.005)
     time.sleep(0.2)  # past the first batch's save, into the blank lines
     process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=60)
+    stdout, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
     assert b"interrupted after line 5;" in stderr
+    # --json still tells a script where the import stopped.
+    summary = json.loads(stdout)
+    assert summary["interrupted"] is True
+    assert (summary["created"], summary["nextLine"], summary["failed"]) == (5, 6, [])
     finished = subprocess.run(command, env=env, capture_output=True, timeout=120, check=False)
     assert finished.returncode == 0, finished.stderr
     assert b"created 5 tasks" in finished.stdout

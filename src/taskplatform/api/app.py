@@ -170,16 +170,19 @@ def freeze_startup_heap() -> None:
     gc.freeze()
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, schema_prepared: bool = False) -> FastAPI:
     """Build the application for ``settings`` (read from the environment when None).
 
-    The backends open in the lifespan, so building the app does no I/O.
+    The backends open in the lifespan, so building the app does no I/O. The lifespan first
+    creates or upgrades the schema (:func:`~taskplatform.backends.prepare_schema`), unless
+    ``schema_prepared`` says the caller did so before this process started serving.
     """
     settings = settings or load_settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await prepare_schema(settings)
+        if not schema_prepared:
+            await prepare_schema(settings)
         backends = open_backends(settings)
         sender = sender_from_settings(settings)
         await sender.start()
@@ -244,5 +247,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def create_app_from_env() -> FastAPI:
-    """Build the application from ``TASKPLATFORM_*`` variables (uvicorn's factory, many workers)."""
+    """Build the application from ``TASKPLATFORM_*`` variables (a factory for uvicorn)."""
     return create_app(load_settings())
+
+
+def create_served_app() -> FastAPI:
+    """Build the application of ``taskplatform serve`` from ``TASKPLATFORM_*`` variables.
+
+    uvicorn calls this factory in each API process of ``serve``, which prepared the schema once
+    before it started them: preparing it again in each process would repeat its startup
+    warnings once per process (``--workers N``).
+    """
+    return create_app(load_settings(), schema_prepared=True)
