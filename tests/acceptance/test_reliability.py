@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -500,6 +502,37 @@ def test_a_second_stop_signal_stops_a_worker_at_once(
         interrupted = http.get(f"/api/tasks/{stuck}").json()
         assert (interrupted["status"], interrupted["attempts"]) == ("Retry", 1), interrupted
         assert interrupted["error"] == STOPPED
+
+
+def test_ctrl_c_while_the_workers_of_serve_start_ends_them_without_a_traceback(
+    tmp_path: Path,
+) -> None:
+    """A Ctrl-C while ``serve --workers 2`` spawns its workers (each imports the app, about a
+    second) reached them mid-import: each died in a KeyboardInterrupt traceback. They start with
+    SIGINT blocked until their handlers are in place, so the same Ctrl-C stops everything
+    quietly. Five moments after the parent's "Started parent process", so one lands mid-import
+    on a fast machine too."""
+    for round_, delay in enumerate((0.0, 0.15, 0.3, 0.45, 0.6)):
+        server = Server(backend_env("sqlite", tmp_path), tmp_path / f"ctrl-c-{round_}.log")
+        with server.log_path.open("ab") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "taskplatform", "serve", "--workers", "2"],
+                env=server.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                process_group=0,
+            )
+        try:
+            _wait_for(lambda: "Started parent process" in server.log())  # noqa: B023
+            time.sleep(delay)
+            os.killpg(process.pid, signal.SIGINT)  # a terminal's Ctrl-C
+            process.wait(20)
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(5)
+        assert "Traceback" not in server.log(), server.log()
+        assert "Stopping parent process" in server.log()
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])  # signals, not storage: one backend will do

@@ -12,6 +12,12 @@ parent's SIGTERM follows. Counting that as a second signal cut the grace at the 
 the first stop signal a worker takes only SIGINT as the second, and ignores SIGTERM (its
 parent's, or a copy of the group's); the parent passes on every later SIGINT or SIGTERM it gets
 as SIGINT.
+
+A Ctrl-C while a worker starts (spawning imports the whole app, about a second) would end it
+in a KeyboardInterrupt traceback. So the parent starts workers with SIGINT blocked, a mask they
+inherit, and each unblocks it (:func:`unblock_stop_signal`) once uvicorn's handlers are in
+place; a Ctrl-C meanwhile waits, and then stops the worker as usual. The parent's own copy
+waits for the spawn too, not longer: nothing is lost.
 """
 
 from __future__ import annotations
@@ -19,12 +25,34 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from multiprocessing import resource_tracker
 
 from uvicorn.supervisors.multiprocess import Multiprocess
 
 SECOND_SIGNAL = signal.SIGINT
 """What a worker takes, after its first stop signal, as the order to stop now."""
+
+
+@contextlib.contextmanager
+def _stop_signal_blocked() -> Iterator[None]:
+    # multiprocessing starts its resource tracker at the first spawn, and unblocks SIGINT and
+    # SIGTERM after it, whatever the mask was: start it first, so the mask holds for the spawn.
+    resource_tracker.ensure_running()
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {SECOND_SIGNAL})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def unblock_stop_signal() -> None:
+    """Let SIGINT reach this process again: called in a worker once its handlers are in place.
+
+    Workers start with it blocked (see the module's docstring); a SIGINT that came meanwhile is
+    delivered now. A no-op in a process that never blocked it.
+    """
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {SECOND_SIGNAL})
 
 
 class Supervisor(Multiprocess):
@@ -37,6 +65,27 @@ class Supervisor(Multiprocess):
     """
 
     _stop_again = False
+
+    # Each of these spawns workers (at start, for one that died, on SIGHUP, on SIGTTIN).
+    def init_processes(self) -> None:
+        """Start the workers, with SIGINT blocked until their handlers are in place."""
+        with _stop_signal_blocked():
+            super().init_processes()
+
+    def keep_subprocess_alive(self) -> None:
+        """Replace a worker that died (uvicorn's), with SIGINT blocked as at the start."""
+        with _stop_signal_blocked():
+            super().keep_subprocess_alive()
+
+    def restart_all(self) -> None:
+        """Replace every worker (SIGHUP; uvicorn's), with SIGINT blocked as at the start."""
+        with _stop_signal_blocked():
+            super().restart_all()
+
+    def handle_ttin(self) -> None:
+        """Add a worker (SIGTTIN; uvicorn's), with SIGINT blocked as at the start."""
+        with _stop_signal_blocked():
+            super().handle_ttin()
 
     def handle_int(self) -> None:
         """The first SIGINT stops the workers (uvicorn's); one after it is passed on."""
