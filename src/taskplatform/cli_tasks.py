@@ -46,6 +46,7 @@ from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from taskplatform.client import (
     ConnectionFailed,
@@ -107,18 +108,20 @@ def _print_json(value: object) -> None:
 def _stdout() -> Console:
     """The console for tables: as wide as the terminal, or unlimited when piped (Rich would cut
     every line at 80 columns, which spoils ``| grep`` and files)."""
-    return Console(highlight=False, width=None if sys.stdout.isatty() else 100_000)
+    return Console(highlight=False, markup=False, width=None if sys.stdout.isatty() else 100_000)
 
 
 def _stderr() -> Console:
-    return Console(stderr=True, highlight=False)
+    # No markup: what is printed holds the user's and the server's text ("[/red]" in a task's
+    # data ended a command in Rich's MarkupError).
+    return Console(stderr=True, highlight=False, markup=False)
 
 
 def _fail(code: ExitCode, message: str, as_json: bool, error: dict[str, Any]) -> NoReturn:
     if as_json:
         _print_json({"error": error})
     else:
-        _stderr().print(f"[red]error:[/red] {message}", markup=True, soft_wrap=True)
+        _stderr().print(Text.assemble(("error:", "red"), f" {message}"), soft_wrap=True)
     raise typer.Exit(int(code))
 
 

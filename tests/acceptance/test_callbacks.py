@@ -225,13 +225,21 @@ def test_max_retries_0_allows_one_attempt(client: httpx.Client, receiver: Receiv
         ),
         # PostgreSQL cannot store NUL in text: it must not turn the record into a 503.
         (b"HTTP/1.1 500 Bad\x00Thing\r\nContent-Length: 0\r\n\r\n", "HTTP 500 Bad\ufffdThing"),
+        # Terminal escapes (colour, a hidden OSC 8 link) would reach the screen of whoever
+        # reads the error in a terminal (taskplatform tasks get).
+        (
+            b"HTTP/1.1 500 \x1b[31mRED\x1b[0m \x1b]8;;http://evil/\x07link\x9b\r\n"
+            b"Content-Length: 0\r\n\r\n",
+            "HTTP 500 \ufffd[31mRED\ufffd[0m \ufffd]8;;http://evil/\ufffdlink\ufffd",
+        ),
     ],
-    ids=["latin-1 reason", "binary location", "NUL in reason"],
+    ids=["latin-1 reason", "binary location", "NUL in reason", "terminal escapes"],
 )
 def test_non_utf8_status_lines_and_headers_are_recorded_as_failures(
     client: httpx.Client, raw_peer: Callable[[bytes], str], response: bytes, expected: str
 ) -> None:
-    """Bytes that are not UTF-8 in a reply's status line or headers never break the record."""
+    """Bytes that are not UTF-8 in a reply's status line or headers never break the record, and
+    control characters in them are not kept."""
     task_id = ready_task(client, raw_peer(response))
     outcome, _ = _execute(client, task_id)
     assert outcome["status"] == "Failed"

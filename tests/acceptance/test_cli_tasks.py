@@ -142,6 +142,23 @@ def test_human_output_and_the_other_commands(
     assert "Processing" in accepted.stdout
 
 
+def test_text_that_looks_like_rich_markup_is_printed_as_it_is(
+    server: Server, receiver: Receiver, queue: str, tp: TaskClient
+) -> None:
+    """A task's data, a server's detail and a file name are the user's text, not Rich markup:
+    ``[/red]`` ended the command in a MarkupError traceback, and ``[bold]`` vanished."""
+    data = {"note": "[/red] [bold]b[/bold] [link=http://x/]l[/link]"}
+    task_id = tp.create(data, receiver.url("/ok"), queue=queue).task_id
+    for command in (["get", task_id], ["dequeue", "--queue", queue]):
+        result = run(server, "tasks", *command)
+        assert result.exit_code == 0, result.output
+        assert json.dumps(data, ensure_ascii=False) in result.stdout
+    missing = run(server, "tasks", "get", "[/red]")
+    assert missing.exit_code == ExitCode.NOT_FOUND, missing.output
+    assert "[/red]" in missing.output
+    assert "Traceback" not in missing.output
+
+
 def test_list_all_pages(server: Server, receiver: Receiver, queue: str, tp: TaskClient) -> None:
     ids = [tp.create({"i": i}, receiver.url("/ok"), queue=queue).task_id for i in range(3)]
     page = as_json(run(server, "tasks", "list", "--queue", queue, "--limit", "2", "--json"))

@@ -435,16 +435,23 @@ def test_a_name_that_resolves_to_a_refused_address_gets_no_connection(
     start_server: Callable[..., Server], receiver: Receiver, env: dict[str, str]
 ) -> None:
     """``localhost`` resolves (for real) to loopback, which this policy refuses: the attempt
-    fails naming the policy, and the receiver sees no request."""
-    server = start_server(**env)
+    fails naming the policy, and the receiver sees no request. Dispatched, the failure is
+    permanent, as for a refused literal address: the name would be refused again, so no retry
+    is spent on it (it took all of them before)."""
+    server = start_server(**env, TASKPLATFORM_DISPATCH="true")
     with httpx.Client(base_url=server.url) as http:
         literal = {"taskData": {}, "callbackUrl": receiver.url("/ok")}
         assert_problem(http.post("/api/tasks", json=literal), 422, "validation_error")
         by_name = receiver.url("/ok").replace("127.0.0.1", "localhost")
-        task_id = ready_task(http, by_name)
-        outcome = http.post(f"/api/tasks/{task_id}/execute").json()
-    assert outcome["status"] == "Failed"
-    assert "URL policy" in outcome["error"]
+        task_id = create(http, by_name, maxRetries=3, backoffMinSeconds=0.1, backoffMaxSeconds=0.1)
+        deadline = time.monotonic() + 20
+        while (task := http.get(f"/api/tasks/{task_id}").json())["status"] != "Failed":
+            assert time.monotonic() < deadline, task
+            time.sleep(0.05)
+        time.sleep(0.5)  # time for a retry, were one scheduled
+        task = http.get(f"/api/tasks/{task_id}").json()
+    assert "URL policy" in task["error"]
+    assert (task["status"], task["attempts"], task["deadLetter"]) == ("Failed", 1, True), task
     assert receiver.hits_for(task_id) == []
 
 

@@ -145,17 +145,21 @@ class CallbackSender:
         status: int | None = None
         body: bytes | None = None
         retry_after: float | None = None
-        # aiohttp connects to a literal IP without asking the resolver: judge it here.
-        refusal = self.policy.check_url(task.callback_url)
-        error = None if refusal is None else str(CallbackRefused(task.callback_url, refusal))
-        if error is None:
+        error: str | None = None
+        try:
+            # aiohttp connects to a literal IP without asking the resolver: judge it here.
+            if (refusal := self.policy.check_url(task.callback_url)) is not None:
+                raise CallbackRefused(task.callback_url, refusal)
             status, body, error, retry_after = await self._exchange(task, url, headers)
+            refused = False
+        except CallbackRefused as exc:  # the literal address, or every address the name has
+            error, refused = str(exc), True
         finished = now_ms()
         return CallbackOutcome(
             success=error is None,
             http_status=status,
             retry_after_seconds=retry_after,
-            refused=refusal is not None,
+            refused=refused,
             result=None if body is None else _as_json_text(body),
             error=None if error is None else _printable(error),
             started_at=started,
@@ -166,8 +170,12 @@ class CallbackSender:
     async def _exchange(
         self, task: TaskRecord, url: str, headers: dict[str, str]
     ) -> tuple[int | None, bytes | None, str | None, float | None]:
-        """POST to ``url`` and read the answer: ``(status, body, error, retry after)``; never
-        raises."""
+        """POST to ``url`` and read the answer: ``(status, body, error, retry after)``.
+
+        Raises:
+            CallbackRefused: the name resolves only to addresses the URL policy refuses. Any
+                other failure is an error in the tuple.
+        """
         assert self._session is not None
         status: int | None = None
         body: bytes | None = None
@@ -188,6 +196,8 @@ class CallbackSender:
         except TimeoutError:
             error = f"timeout after {task.timeout_seconds:g} s"
         except aiohttp.ClientConnectorError as exc:
+            if isinstance(exc.os_error, CallbackRefused):
+                raise exc.os_error from None
             error = _describe_connect_error(exc)
         except aiohttp.ServerDisconnectedError:
             # Its text is the repr of the half-parsed response when the headers were cut off.
@@ -272,8 +282,6 @@ def _describe_status(response: aiohttp.ClientResponse) -> str:
 
 
 def _describe_connect_error(exc: aiohttp.ClientConnectorError) -> str:
-    if isinstance(exc.os_error, CallbackRefused):
-        return str(exc.os_error)
     where = f"{exc.host}:{exc.port}"
     if exc.os_error.errno == errno.ECONNREFUSED or isinstance(exc.os_error, ConnectionRefusedError):
         return f"connection refused by {where}"
@@ -282,15 +290,19 @@ def _describe_connect_error(exc: aiohttp.ClientConnectorError) -> str:
     return f"cannot connect to {where}: {exc.os_error.strerror or exc.os_error}"
 
 
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
 def _printable(text: str) -> str:
-    """Return ``text`` as valid Unicode without NUL, at most 1,000 characters.
+    """Return ``text`` as valid Unicode without control characters, at most 1,000 characters.
 
     aiohttp decodes a peer's reason phrase and headers with ``surrogateescape``; such lone
-    surrogates cannot be stored or sent as UTF-8, and PostgreSQL's text type cannot hold NUL, so
-    both become U+FFFD.
+    surrogates cannot be stored or sent as UTF-8, PostgreSQL's text type cannot hold NUL, and
+    ESC, BEL and the C1 controls would drive the terminal of whoever reads the error (colours,
+    hidden links): all become U+FFFD, but a line break or tab (an exception's own text) a space.
     """
     clean = text.encode("utf-8", errors="surrogateescape").decode("utf-8", errors="replace")
-    clean = clean.replace("\x00", "\ufffd")
+    clean = _CONTROL.sub(lambda found: " " if found[0] in "\t\n\r" else "\ufffd", clean)
     return clean if len(clean) <= 1000 else clean[:999] + "…"
 
 
