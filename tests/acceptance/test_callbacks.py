@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import socket
 import threading
 import time
@@ -247,6 +248,23 @@ def test_non_utf8_status_lines_and_headers_are_recorded_as_failures(
     assert client.get(f"/api/tasks/{task_id}").json()["status"] == "Failed"
     log = client.get(f"/api/tasks/{task_id}/executions").json()["items"]
     assert log[0]["error"] == expected
+
+
+def test_a_text_answer_that_escapes_past_the_limit_is_kept_cut_to_it(
+    client: httpx.Client, raw_peer: Callable[[bytes], str]
+) -> None:
+    """1 MiB of control bytes (the server's limit) is kept as a JSON string: escaped, it was
+    6 MiB stored and sent with the task each time it was read. It is cut to the limit."""
+    limit = 1 << 20
+    body = b"\x01" * limit
+    response = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % limit + body
+    task_id = ready_task(client, raw_peer(response))
+    outcome, _ = _execute(client, task_id)
+    assert outcome["status"] == "Completed"
+    stored = client.get(f"/api/tasks/{task_id}").json()["result"]
+    assert len(json.dumps(stored)) <= limit
+    assert stored.startswith("\x01" * 1000)
+    assert stored.endswith("…")
 
 
 @pytest.mark.parametrize(

@@ -160,7 +160,7 @@ class CallbackSender:
             http_status=status,
             retry_after_seconds=retry_after,
             refused=refused,
-            result=None if body is None else _as_json_text(body),
+            result=None if body is None else _as_json_text(body, self._max_response_bytes),
             error=None if error is None else _printable(error),
             started_at=started,
             finished_at=finished,
@@ -306,8 +306,14 @@ def _printable(text: str) -> str:
     return clean if len(clean) <= 1000 else clean[:999] + "…"
 
 
-def _as_json_text(body: bytes) -> bytes:
-    """Return ``body`` itself when it is JSON, else ``body`` decoded as text in a JSON string."""
+def _as_json_text(body: bytes, limit: int) -> bytes:
+    """Return ``body`` itself when it is JSON, else ``body`` decoded as text in a JSON string of
+    at most ``limit`` bytes.
+
+    Escaping can make the string up to six times the body (each control byte is ``\\u0001``),
+    and a kept result is stored and sent with its task: a text longer than ``limit`` once
+    escaped is cut, and ends in "…".
+    """
     stripped = body.strip()
     if stripped:
         try:
@@ -316,4 +322,16 @@ def _as_json_text(body: bytes) -> bytes:
             pass
         else:
             return stripped
-    return msgspec.json.encode(body.decode("utf-8", errors="replace"))
+    text = body.decode("utf-8", errors="replace")
+    encoded = msgspec.json.encode(text)
+    if len(encoded) <= limit:
+        return encoded
+    # The longest cut whose string fits; "…" is 3 bytes, and the quotes are counted.
+    low, high = 0, len(text)
+    while low < high:
+        middle = (low + high + 1) // 2
+        if len(msgspec.json.encode(text[:middle])) + 3 <= limit:
+            low = middle
+        else:
+            high = middle - 1
+    return msgspec.json.encode(text[:low] + "…")
