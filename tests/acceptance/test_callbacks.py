@@ -298,14 +298,20 @@ def test_a_success_with_a_retry_after_that_does_not_parse_is_a_success(
             "callback failed: the answer's body was cut short: Not enough data to satisfy "
             "content length header (received 1 of 10 bytes).",
         ),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 4\r\n\r\nnope",
+            "callback failed: the answer's body could not be decompressed (Can not decode "
+            "content-encoding: gzip)",
+        ),
     ],
-    ids=["headers cut off", "body cut off"],
+    ids=["headers cut off", "body cut off", "gzip that is not"],
 )
 def test_an_answer_cut_off_is_a_failure_in_plain_words(
     client: httpx.Client, raw_peer: Callable[[bytes], str], response: bytes, expected: str
 ) -> None:
     """A receiver that closes mid-answer fails the attempt with words, not aiohttp's repr of
-    the half-parsed response (``<RawResponseMessage(version=HttpVersion(...`` before)."""
+    the half-parsed response (``<RawResponseMessage(version=HttpVersion(...`` before); a body
+    that does not decompress is not said to be cut short."""
     task_id = ready_task(client, raw_peer(response))
     outcome, _ = _execute(client, task_id)
     assert (outcome["status"], outcome["error"]) == ("Failed", expected)

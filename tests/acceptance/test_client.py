@@ -354,6 +354,37 @@ def test_no_answer_raises_connection_failed_after_the_retries() -> None:
         assert executed.value.attempts == 1
 
 
+def test_a_connection_failure_names_the_url_as_sent_with_the_base_path() -> None:
+    """The message named the URL without the base URL's path prefix, which the request had."""
+    url = f"http://127.0.0.1:{free_port()}/prefix"
+    with TaskClient(url, retries=0) as client, pytest.raises(ConnectionFailed) as caught:
+        client.stats()
+    assert f"GET {url}/api/stats" in str(caught.value)
+
+
+@pytest.mark.parametrize("bad", ["key\nInjected: 1", "ключ", "tab\there"])
+def test_a_value_no_header_can_carry_is_a_value_error_before_anything_is_sent(bad: str) -> None:
+    """A line break or a character beyond ASCII in a key failed inside httpx, and was reported
+    (and retried) as ConnectionFailed "got no answer", or escaped as UnicodeEncodeError."""
+    url = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(ValueError, match="api_key must be printable ASCII"):
+        TaskClient(url, api_key=bad)
+    with (
+        TaskClient(url, retries=0) as client,
+        pytest.raises(ValueError, match="idempotency_key must be printable ASCII"),
+    ):
+        client.create({}, "http://127.0.0.1:9/x", idempotency_key=bad)
+
+
+@pytest.mark.parametrize("url", ["ws://127.0.0.1:8000", "127.0.0.1:8000", "ftp://x/"])
+def test_a_base_url_that_is_not_http_is_a_value_error(url: str) -> None:
+    """``ws://`` answered health() True (httpx sent it as plain HTTP)."""
+    with pytest.raises(ValueError, match="base_url must start with http:// or https://"):
+        TaskClient(url)
+    with pytest.raises(ValueError, match="base_url must start with http:// or https://"):
+        AsyncTaskClient(url)
+
+
 def test_api_keys(start_server: Callable[..., Server], receiver: Receiver) -> None:
     keyed = start_server(TASKPLATFORM_API_KEYS="client-key-1234567890")
     with TaskClient(keyed.url) as anonymous:

@@ -113,6 +113,10 @@ def test_unreachable_callback_fails_the_task_with_the_error_recorded(client: htt
     log = client.get(f"/api/tasks/{task_id}/executions").json()["items"]
     assert log[0]["httpStatus"] is None
     assert "connection refused" in log[0]["error"]
+    # An IPv6 address is written as a URL writes it: "::1:1" would read as another address.
+    task_id = ready_task(client, "http://[::1]:1/nothing-listens-here")
+    outcome = client.post(f"/api/tasks/{task_id}/execute").json()
+    assert outcome["error"] == "connection refused by [::1]:1"
 
 
 def test_unknown_task_is_404(client: httpx.Client) -> None:

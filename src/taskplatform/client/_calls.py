@@ -229,8 +229,12 @@ def connection_failed(
     kind = type(exc).__name__
     reason = str(exc) or kind
     tries = "1 try" if attempts == 1 else f"{attempts} tries"
+    try:
+        url = exc.request.url  # with the base URL's path prefix, as sent
+    except RuntimeError:  # an error raised before a request was made
+        url = base_url.join(call.path)
     return ConnectionFailed(
-        f"{call.method} {base_url.join(call.path)} got no answer after {tries}: {kind}: {reason}",
+        f"{call.method} {url} got no answer after {tries}: {kind}: {reason}",
         attempts=attempts,
     )
 
@@ -238,9 +242,28 @@ def connection_failed(
 # --- builders, one per API operation ---------------------------------------------------------
 
 
+def header_value(name: str, value: str) -> str:
+    """Return ``value`` if an HTTP header can carry it (printable ASCII, RFC 9110 section 5.5).
+
+    Raises:
+        ValueError: it holds a control character (a line break) or a character beyond ASCII,
+            which would otherwise fail inside the HTTP library as if the server never answered.
+    """
+    if not (value.isascii() and value.isprintable()):
+        raise ValueError(f"{name} must be printable ASCII (it travels in an HTTP header)")
+    return value
+
+
 def create_call(task: NewTask, idempotency_key: str | None) -> Call[CreatedTask]:
-    """``POST /api/tasks``; the body is encoded once, so every retry sends the same bytes."""
-    key = idempotency_key if idempotency_key is not None else str(uuid.uuid4())
+    """``POST /api/tasks``; the body is encoded once, so every retry sends the same bytes.
+
+    Raises:
+        ValueError: ``idempotency_key`` is not printable ASCII (:func:`header_value`).
+    """
+    if idempotency_key is None:
+        key = str(uuid.uuid4())
+    else:
+        key = header_value("idempotency_key", idempotency_key)
 
     def parse(response: httpx.Response) -> CreatedTask:
         data = _body(response)

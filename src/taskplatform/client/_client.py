@@ -56,10 +56,13 @@ class _Config:
         if retries < 0:
             raise ValueError(f"retries must be 0 or more, not {retries}")
         self.base_url = httpx.URL(base_url)
+        if self.base_url.scheme not in ("http", "https"):
+            raise ValueError(f"base_url must start with http:// or https://, not {base_url!r}")
         self.timeout = timeout
         self.retry_policy = RetryPolicy(retries, backoff_seconds, backoff_max_seconds)
         self.headers = {"User-Agent": f"taskplatform-client/{__version__}"}
         if api_key:
+            _calls.header_value("api_key", api_key)
             self.headers["Authorization"] = f"Bearer {api_key}"
 
     def _timeout(self, call: Call[Any]) -> httpx.Timeout:
@@ -92,6 +95,9 @@ class TaskClient(_Config):
             next one doubles, up to ``backoff_max_seconds`` (5).
         backoff_max_seconds: The longest wait between tries, in seconds.
         transport: An httpx transport to send through (tests, proxies, mounts); None: httpx's.
+
+    Raises:
+        ValueError: ``base_url`` is not http(s), or ``api_key`` is not printable ASCII.
     """
 
     def __init__(
@@ -200,8 +206,8 @@ class TaskClient(_Config):
             IdempotencyKeyReused: the key was used with another body (422).
             PayloadTooLarge: the body is over the server's limit (413).
             ConnectionFailed: no answer after the retries.
-            ValueError, TypeError: ``task_data`` cannot be encoded as JSON, or ``scheduled_at``
-                has no time zone.
+            ValueError, TypeError: ``task_data`` cannot be encoded as JSON, ``scheduled_at``
+                has no time zone, or ``idempotency_key`` is not printable ASCII.
         """
         task = _calls.new_task(
             task_data,

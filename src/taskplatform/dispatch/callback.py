@@ -19,6 +19,7 @@ from urllib.parse import unquote_to_bytes, urlsplit, urlunsplit
 
 import aiohttp
 import msgspec
+from aiohttp.http_exceptions import ContentEncodingError
 
 from taskplatform.dispatch.policy import CallbackPolicy, CallbackRefused, PolicyResolver
 from taskplatform.dispatch.signing import sign
@@ -203,7 +204,11 @@ class CallbackSender:
             # Its text is the repr of the half-parsed response when the headers were cut off.
             error = "callback failed: the receiver closed the connection before a whole answer"
         except aiohttp.ClientPayloadError as exc:
-            error = f"callback failed: the answer's body was cut short{_payload_detail(exc)}"
+            if isinstance(exc.__cause__, ContentEncodingError):  # gzip or deflate that is not
+                error = "callback failed: the answer's body could not be decompressed"
+                error += f" ({exc.__cause__.message})"
+            else:
+                error = f"callback failed: the answer's body was cut short{_payload_detail(exc)}"
         except aiohttp.ClientError as exc:
             error = f"callback failed: {type(exc).__name__}: {exc}"
         except Exception as exc:  # an outcome, whatever the URL or the peer did
@@ -282,7 +287,8 @@ def _describe_status(response: aiohttp.ClientResponse) -> str:
 
 
 def _describe_connect_error(exc: aiohttp.ClientConnectorError) -> str:
-    where = f"{exc.host}:{exc.port}"
+    host = f"[{exc.host}]" if ":" in exc.host else exc.host  # an IPv6 address, as a URL has it
+    where = f"{host}:{exc.port}"
     if exc.os_error.errno == errno.ECONNREFUSED or isinstance(exc.os_error, ConnectionRefusedError):
         return f"connection refused by {where}"
     if isinstance(exc, aiohttp.ClientConnectorDNSError):
