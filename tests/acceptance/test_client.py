@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import datetime
 import functools
+import gzip
+import json
+import socket
 import threading
 import time
 import uuid
@@ -42,6 +46,7 @@ from taskplatform.client import (
     TaskNotFound,
     TaskPlatformError,
     Unauthorized,
+    UnexpectedResponse,
     ValidationError,
 )
 from taskplatform.dispatch.signing import parse_secret, sign
@@ -383,6 +388,76 @@ def test_a_base_url_that_is_not_http_is_a_value_error(url: str) -> None:
         TaskClient(url)
     with pytest.raises(ValueError, match="base_url must start with http:// or https://"):
         AsyncTaskClient(url)
+
+
+@contextmanager
+def _raw_server(answer: bytes, *, endless: bool = False) -> Iterator[str]:
+    """A server that answers every request with the bytes ``answer``, then, when ``endless``,
+    64 KiB chunks forever."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    chunk = b"%x\r\n%s\r\n" % (65536, b"x" * 65536)
+
+    def serve(connection: socket.socket) -> None:
+        with connection, contextlib.suppress(OSError):
+            connection.recv(65536)
+            connection.sendall(answer)
+            while endless:
+                connection.sendall(chunk)
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                threading.Thread(target=serve, args=(listener.accept()[0],), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        listener.close()
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 9999999999\r\n\r\n",
+    ],
+    ids=["endless chunked", "announced too long"],
+)
+def test_an_answer_over_the_clients_limit_is_refused_not_read_to_the_end(head: bytes) -> None:
+    """A wrong server that never ends its answer held the CLI at 2.8 GB after 15 s, and
+    growing: the client reads at most ``max_response_bytes``, then raises."""
+    limit = 1 << 20
+    with _raw_server(head, endless=True) as url:
+        with (
+            TaskClient(url, max_response_bytes=limit, retries=0) as client,
+            pytest.raises(UnexpectedResponse, match="over this client's limit of 1,048,576"),
+        ):
+            client.stats()
+
+        async def read_async() -> None:
+            async with AsyncTaskClient(url, max_response_bytes=limit, retries=0) as client:
+                await client.stats()
+
+        with pytest.raises(UnexpectedResponse, match="over this client's limit"):
+            asyncio.run(read_async())
+
+
+def test_a_compressed_answer_is_decoded_once() -> None:
+    """The client reads answers as a stream, decoded, and then parses them: a gzip answer (a
+    proxy in front of the server may compress) must not be decoded a second time."""
+    problem = {"title": "Task not found", "status": 404, "detail": "no such task"}
+    body = gzip.compress(json.dumps({**problem, "code": "task_not_found"}).encode())
+    head = (
+        b"HTTP/1.1 404 Not Found\r\nContent-Type: application/problem+json\r\n"
+        b"Content-Encoding: gzip\r\nContent-Length: %d\r\n\r\n" % len(body)
+    )
+    with (
+        _raw_server(head + body) as url,
+        TaskClient(url, retries=0) as client,
+        pytest.raises(TaskNotFound, match="no such task"),
+    ):
+        client.get(MISSING)
 
 
 def test_api_keys(start_server: Callable[..., Server], receiver: Receiver) -> None:

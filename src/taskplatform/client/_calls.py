@@ -222,6 +222,55 @@ def finish(call: Call[T], response: httpx.Response) -> T:
     raise error
 
 
+MAX_RESPONSE_BYTES = 1 << 30
+"""The largest answer a client reads, in bytes (1 GiB): far over the largest the API gives (a
+page of 200 tasks, each with a task's data and a callback's result, 1 MiB each by default),
+and a bound on what a wrong server, or one that never ends its answer, can make it hold."""
+
+
+def check_size(call: Call[Any], response: httpx.Response, size: int, limit: int) -> None:
+    """Raise if ``size`` bytes of ``response`` (read so far, or announced) are over ``limit``.
+
+    Raises:
+        UnexpectedResponse: they are; code ``unexpected_response``.
+    """
+    if size > limit:
+        raise UnexpectedResponse(
+            response.status_code,
+            "unexpected_response",
+            response.reason_phrase,
+            f"{call.method} {response.request.url} answered {response.status_code} with a body "
+            f"over this client's limit of {limit:,} bytes (max_response_bytes): not an API "
+            "answer; nothing more was read",
+            {},
+        )
+
+
+def announced_size(response: httpx.Response) -> int:
+    """Return the ``Content-Length`` of ``response`` in bytes; 0 when it has none."""
+    try:
+        return int(response.headers.get("content-length", "0"))
+    except ValueError:  # the HTTP parser refuses one that is not a number: never here
+        return 0
+
+
+def read_answer(response: httpx.Response, body: bytes) -> httpx.Response:
+    """Return ``response``, read as a stream into ``body`` (decoded), as a complete response."""
+    # The body is decoded already: a Content-Encoding left in would decode it again.
+    headers = [
+        (name, value)
+        for name, value in response.headers.multi_items()
+        if name.lower() != "content-encoding"
+    ]
+    return httpx.Response(
+        response.status_code,
+        headers=headers,
+        content=body,
+        request=response.request,
+        extensions=response.extensions,
+    )
+
+
 def connection_failed(
     call: Call[Any], base_url: httpx.URL, exc: httpx.TransportError, attempts: int
 ) -> ConnectionFailed:

@@ -52,6 +52,7 @@ class _Config:
         retries: int,
         backoff_seconds: float,
         backoff_max_seconds: float,
+        max_response_bytes: int,
     ) -> None:
         if retries < 0:
             raise ValueError(f"retries must be 0 or more, not {retries}")
@@ -59,6 +60,7 @@ class _Config:
         if self.base_url.scheme not in ("http", "https"):
             raise ValueError(f"base_url must start with http:// or https://, not {base_url!r}")
         self.timeout = timeout
+        self.max_response_bytes = max_response_bytes
         self.retry_policy = RetryPolicy(retries, backoff_seconds, backoff_max_seconds)
         self.headers = {"User-Agent": f"taskplatform-client/{__version__}"}
         if api_key:
@@ -94,6 +96,8 @@ class TaskClient(_Config):
         backoff_seconds: The first wait before a retry is at most this, in seconds (0.2); each
             next one doubles, up to ``backoff_max_seconds`` (5).
         backoff_max_seconds: The longest wait between tries, in seconds.
+        max_response_bytes: The largest answer read, in bytes (1 GiB); a larger one raises
+            :class:`~taskplatform.client.UnexpectedResponse` and is not read further.
         transport: An httpx transport to send through (tests, proxies, mounts); None: httpx's.
 
     Raises:
@@ -109,9 +113,18 @@ class TaskClient(_Config):
         retries: int = 3,
         backoff_seconds: float = 0.2,
         backoff_max_seconds: float = 5.0,
+        max_response_bytes: int = _calls.MAX_RESPONSE_BYTES,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        super().__init__(base_url, api_key, timeout, retries, backoff_seconds, backoff_max_seconds)
+        super().__init__(
+            base_url,
+            api_key,
+            timeout,
+            retries,
+            backoff_seconds,
+            backoff_max_seconds,
+            max_response_bytes,
+        )
         self._http = httpx.Client(
             base_url=self.base_url,
             headers=self.headers,
@@ -145,21 +158,34 @@ class TaskClient(_Config):
         attempt = 0
         while True:
             attempt += 1
+            request = self._http.build_request(
+                call.method,
+                call.path,
+                params=call.params,
+                content=call.content,
+                headers=call.headers,
+                timeout=self._timeout(call),
+            )
             try:
-                response = self._http.request(
-                    call.method,
-                    call.path,
-                    params=call.params,
-                    content=call.content,
-                    headers=call.headers,
-                    timeout=self._timeout(call),
-                )
+                response = self._http.send(request, stream=True)
+                try:
+                    body = self._read(call, response)
+                finally:
+                    response.close()
             except httpx.TransportError as exc:
                 if not self.retry_policy.allows(call.retry, exc, attempt):
                     raise _calls.connection_failed(call, self.base_url, exc, attempt) from exc
                 time.sleep(self.retry_policy.delay(attempt))
                 continue
-            return _calls.finish(call, response)
+            return _calls.finish(call, _calls.read_answer(response, body))
+
+    def _read(self, call: Call[Any], response: httpx.Response) -> bytes:
+        _calls.check_size(call, response, _calls.announced_size(response), self.max_response_bytes)
+        body = bytearray()
+        for chunk in response.iter_bytes():
+            body += chunk
+            _calls.check_size(call, response, len(body), self.max_response_bytes)
+        return bytes(body)
 
     def create(
         self,
@@ -415,9 +441,18 @@ class AsyncTaskClient(_Config):
         retries: int = 3,
         backoff_seconds: float = 0.2,
         backoff_max_seconds: float = 5.0,
+        max_response_bytes: int = _calls.MAX_RESPONSE_BYTES,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        super().__init__(base_url, api_key, timeout, retries, backoff_seconds, backoff_max_seconds)
+        super().__init__(
+            base_url,
+            api_key,
+            timeout,
+            retries,
+            backoff_seconds,
+            backoff_max_seconds,
+            max_response_bytes,
+        )
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
             headers=self.headers,
@@ -446,21 +481,34 @@ class AsyncTaskClient(_Config):
         attempt = 0
         while True:
             attempt += 1
+            request = self._http.build_request(
+                call.method,
+                call.path,
+                params=call.params,
+                content=call.content,
+                headers=call.headers,
+                timeout=self._timeout(call),
+            )
             try:
-                response = await self._http.request(
-                    call.method,
-                    call.path,
-                    params=call.params,
-                    content=call.content,
-                    headers=call.headers,
-                    timeout=self._timeout(call),
-                )
+                response = await self._http.send(request, stream=True)
+                try:
+                    body = await self._read(call, response)
+                finally:
+                    await response.aclose()
             except httpx.TransportError as exc:
                 if not self.retry_policy.allows(call.retry, exc, attempt):
                     raise _calls.connection_failed(call, self.base_url, exc, attempt) from exc
                 await asyncio.sleep(self.retry_policy.delay(attempt))
                 continue
-            return _calls.finish(call, response)
+            return _calls.finish(call, _calls.read_answer(response, body))
+
+    async def _read(self, call: Call[Any], response: httpx.Response) -> bytes:
+        _calls.check_size(call, response, _calls.announced_size(response), self.max_response_bytes)
+        body = bytearray()
+        async for chunk in response.aiter_bytes():
+            body += chunk
+            _calls.check_size(call, response, len(body), self.max_response_bytes)
+        return bytes(body)
 
     async def create(
         self,
