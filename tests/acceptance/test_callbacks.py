@@ -15,6 +15,7 @@ import pytest
 
 from tests.acceptance.helpers import assert_problem, ready_task
 from tests.support.receiver import Receiver
+from tests.support.server import Server
 
 
 @pytest.fixture
@@ -65,6 +66,34 @@ def test_a_callback_that_hangs_times_out(client: httpx.Client, receiver: Receive
     assert outcome["status"] == "Failed"
     assert outcome["error"] == "timeout after 1 s"
     assert 0.9 < elapsed < 5
+
+
+def test_a_callback_that_waits_out_its_timeout_for_a_connection_says_it_was_not_sent(
+    start_server: Callable[..., Server], receiver: Receiver
+) -> None:
+    """Every outbound connection held by slow callbacks: another callback that waits past its
+    timeout for one was reported as "timeout after 1 s", as if its receiver had been slow,
+    though the request never left."""
+    server = start_server(TASKPLATFORM_CALLBACK_MAX_CONNECTIONS="2")
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        slow = [ready_task(http, receiver.url("/slow?seconds=8"), timeoutSeconds=20) for _ in "ab"]
+        for task_id in slow:
+            accepted = http.post(
+                f"/api/tasks/{task_id}/execute", headers={"Prefer": "respond-async"}
+            )
+            assert accepted.status_code == 202, accepted.text
+        deadline = time.monotonic() + 10
+        while not all(receiver.hits_for(task_id) for task_id in slow):  # both connections held
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        starved = ready_task(http, receiver.url("/ok"), timeoutSeconds=1)
+        outcome, _ = _execute(http, starved)
+    assert outcome["status"] == "Failed"
+    assert outcome["error"] == (
+        "timeout after 1 s waiting for an outbound connection, not sent: all 2 "
+        "(TASKPLATFORM_CALLBACK_MAX_CONNECTIONS) were held by other callbacks"
+    )
+    assert receiver.hits_for(starved) == []
 
 
 def test_a_callback_that_drips_meets_the_total_deadline(

@@ -73,6 +73,7 @@ class CallbackSender:
         signing_secrets: Sequence[bytes] = (),
     ) -> None:
         self._max_connections = max_connections
+        self._connections = asyncio.Semaphore(max_connections)
         self._max_response_bytes = max_response_bytes
         self.policy = policy or CallbackPolicy()
         self._secrets = list(signing_secrets)
@@ -182,20 +183,31 @@ class CallbackSender:
         body: bytes | None = None
         error: str | None = None
         retry_after: float | None = None
+        waiting = True
         try:
             async with asyncio.timeout(task.timeout_seconds):
-                async with self._session.post(
-                    url, data=task.task_data, headers=headers, allow_redirects=False
-                ) as response:
-                    status = response.status
-                    body, error = await self._read_body(response)
-                    if error is None and not 200 <= status < 300:
-                        error = _describe_status(response)
-                    if not 200 <= status < 300:
-                        # A success has no next attempt, so its Retry-After means nothing.
-                        retry_after = parse_retry_after(response.headers.get("Retry-After"))
+                # The pool's own slots, counted here too: a callback that spends its timeout
+                # waiting for one was never sent, and its error must say so.
+                async with self._connections:
+                    waiting = False
+                    async with self._session.post(
+                        url, data=task.task_data, headers=headers, allow_redirects=False
+                    ) as response:
+                        status = response.status
+                        body, error = await self._read_body(response)
+                        if error is None and not 200 <= status < 300:
+                            error = _describe_status(response)
+                        if not 200 <= status < 300:
+                            # A success has no next attempt, so its Retry-After means nothing.
+                            retry_after = parse_retry_after(response.headers.get("Retry-After"))
         except TimeoutError:
             error = f"timeout after {task.timeout_seconds:g} s"
+            if waiting:
+                error += (
+                    f" waiting for an outbound connection, not sent: all "
+                    f"{self._max_connections} (TASKPLATFORM_CALLBACK_MAX_CONNECTIONS) were held "
+                    "by other callbacks"
+                )
         except aiohttp.ClientConnectorError as exc:
             if isinstance(exc.os_error, CallbackRefused):
                 raise exc.os_error from None
