@@ -90,6 +90,21 @@ def _prepare_or_exit(settings: Settings) -> None:
         raise typer.Exit(2) from exc
 
 
+def _check_store_opens_or_exit(settings: Settings) -> None:
+    """Open the backends once and close them, so that a SQLite file the server cannot use
+    (read-only) is one line here, not a traceback in each API process's startup. A no-op for
+    the others: their pools connect on first use, and an outage then is a 503, not an exit."""
+    from taskplatform.backends import open_backends
+    from taskplatform.exceptions import BackendUnavailable
+
+    try:
+        backends = open_backends(settings)
+    except BackendUnavailable as exc:
+        typer.echo(f"error: cannot start the server: {exc}", err=True)
+        raise typer.Exit(STARTUP_FAILURE) from exc
+    asyncio.run(backends.close())
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -174,6 +189,7 @@ def serve(
     _configure_logging(settings)
     _refuse_unsafe_or_exit(settings)
     _prepare_or_exit(settings)
+    _check_store_opens_or_exit(settings)
     # Worker processes rebuild their settings from the environment: hand the flags down.
     for name in ("host", "port", "workers", "database_url", "insecure", "dispatch", "log_format"):
         os.environ[f"TASKPLATFORM_{name.upper()}"] = str(getattr(settings, name))

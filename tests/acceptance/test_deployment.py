@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -109,6 +112,10 @@ def _taskplatform(*args: str, env: dict[str, str]) -> subprocess.CompletedProces
             {"TASKPLATFORM_DATABASE_URL": "sqlite:////proc/no/such/dir/x.db"},
             "cannot create the SQLite database's folder",
         ),
+        (  # the server's words alone: not SQLAlchemy's wrapping and its "Background" line
+            {"TASKPLATFORM_DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/no_such_db_x"},
+            'error: cannot use the PostgreSQL database: database "no_such_db_x" does not exist\n',
+        ),
     ],
 )
 def test_serve_refuses_bad_configuration_and_says_why(
@@ -127,6 +134,51 @@ def test_serve_refuses_bad_configuration_and_says_why(
     assert result.returncode == 2, result.stderr
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+    assert "Background on this error" not in result.stderr
+
+
+@pytest.mark.parametrize("command", [["db", "upgrade"], ["serve"], ["worker"]])
+def test_a_sqlite_file_that_cannot_be_used_is_one_line_not_a_traceback(
+    command: list[str], tmp_path: Path
+) -> None:
+    """A file that is not a database, or a folder, ended each command in a 235-line
+    traceback; a read-only file (another user's) did too, in each API process of serve."""
+    not_a_database = tmp_path / "notes.db"
+    not_a_database.write_text("hello\n")
+    folder = tmp_path / "folder.db"
+    folder.mkdir()
+    cases = [(not_a_database, "file is not a database"), (folder, "unable to open database file")]
+    for path, reason in cases:
+        result = _taskplatform(*command, env={"TASKPLATFORM_DATABASE_URL": f"sqlite:///{path}"})
+        assert result.returncode == 2, result.stderr
+        assert f"error: cannot use the SQLite database {path}: {reason}" in result.stderr
+        assert "Traceback" not in result.stderr
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        return  # a read-only file needs a user the permission bits bind
+    shared = Path(tempfile.mkdtemp(prefix="taskplatform-ro-"))  # pytest's folders are 0700
+    try:
+        read_only = shared / "tasks.db"
+        created = _taskplatform(
+            "db", "upgrade", env={"TASKPLATFORM_DATABASE_URL": f"sqlite:///{read_only}"}
+        )
+        assert created.returncode == 0, created.stderr
+        shared.chmod(0o755)
+        read_only.chmod(0o644)
+        nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+        result = subprocess.run(
+            [*nobody, sys.executable, "-m", "taskplatform", *command],
+            env=clean_environ({"TASKPLATFORM_DATABASE_URL": f"sqlite:///{read_only}"}),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        shutil.rmtree(shared)
+    assert "Traceback" not in result.stderr, result.stderr
+    if command != ["db", "upgrade"]:  # which has nothing to write: the schema is current
+        assert result.returncode == 3, result.stderr
+        assert "attempt to write a readonly database" in result.stderr
 
 
 @pytest.mark.parametrize(

@@ -148,23 +148,32 @@ async def prepare_schema(settings: Settings) -> None:
     Raises:
         ConfigurationError: an unsupported URL or a missing driver.
         SchemaError: the database is at a revision this code does not know.
-        BackendUnavailable: the database cannot be reached.
+        BackendUnavailable: the database cannot be reached, or a SQLite file cannot be used
+            (not a database, read-only, a folder).
     """
     from taskplatform.backends import migrate
     from taskplatform.exceptions import BackendUnavailable
 
     store, queue = _check_urls(settings)
     url, timeout = settings.database_url, settings.database_connect_timeout_seconds
+    from sqlalchemy.exc import DBAPIError
+
     if store == "sqlite":
-        await migrate.upgrade(url)
+        try:
+            await migrate.upgrade(url)
+        except DBAPIError as exc:  # not a database, read-only, a folder: the file's fault
+            path = url.partition(":///")[2]
+            raise BackendUnavailable(f"cannot use the SQLite database {path}: {exc.orig}") from exc
     else:
         try:
             await migrate.upgrade(url, connect_timeout_seconds=timeout)
         except (OSError, TimeoutError) as exc:
             raise BackendUnavailable(f"cannot reach the PostgreSQL database: {exc}") from exc
+        except DBAPIError as exc:  # the server's own words, without SQLAlchemy's wrapping
+            raise BackendUnavailable(f"cannot use the PostgreSQL database: {exc.orig}") from exc
         except Exception as exc:
             if type(exc).__module__.startswith(("sqlalchemy", "asyncpg")):
-                raise BackendUnavailable(f"cannot migrate the PostgreSQL database: {exc}") from exc
+                raise BackendUnavailable(f"cannot use the PostgreSQL database: {exc}") from exc
             raise
     if queue == "redis" and (
         stranded := await migrate.count_queued(url, connect_timeout_seconds=timeout)
