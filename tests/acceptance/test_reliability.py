@@ -45,6 +45,15 @@ def _wait_for(check: Callable[[], bool], seconds: float = 10.0) -> None:
         time.sleep(0.05)
 
 
+def _running(pid: int) -> bool:
+    """Whether ``pid`` runs: an ended process not reaped yet (a zombie) does not."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
 def _cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / 100  # utime + stime, in clock ticks of 1/100 s
@@ -502,6 +511,31 @@ def test_a_second_stop_signal_stops_a_worker_at_once(
         interrupted = http.get(f"/api/tasks/{stuck}").json()
         assert (interrupted["status"], interrupted["attempts"]) == ("Retry", 1), interrupted
         assert interrupted["error"] == STOPPED
+
+
+def test_the_workers_of_serve_stop_when_it_is_killed_and_free_the_port(tmp_path: Path) -> None:
+    """``kill -9`` of ``serve --workers 2`` (the OOM killer, a service manager that signals the
+    main process only) sends its workers nothing: they kept serving and dispatching with no
+    supervisor, and held the port, so the next ``serve`` failed with "address already in use".
+    They notice within a second or two and stop as after SIGTERM."""
+    env = backend_env("sqlite", tmp_path)
+    server = Server(env, tmp_path / "killed.log", "--workers", "2").start()
+    assert server.process is not None
+    workers = [
+        int(pid)
+        for pid in Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children")
+        .read_text()
+        .split()
+    ]
+    assert len(workers) >= 2  # the API processes, and multiprocessing's resource tracker
+    server.process.kill()
+    server.process.wait(5)
+    _wait_for(lambda: not any(_running(pid) for pid in workers), 15)
+    assert "that started this API process is gone: stopping" in server.log()
+    again = Server(env, tmp_path / "again.log")
+    again.use_port(server.port)  # the port the killed server's workers held
+    again.start()
+    again.stop()
 
 
 def test_ctrl_c_while_the_workers_of_serve_start_ends_them_without_a_traceback(

@@ -6,6 +6,7 @@ import asyncio
 import gc
 import io
 import logging
+import multiprocessing
 import signal
 import threading
 from collections.abc import AsyncIterator, Callable, Collection, Coroutine
@@ -20,7 +21,7 @@ from taskplatform.api import health, tasks
 from taskplatform.api.hotpath import TaskPlatformAPI
 from taskplatform.api.openapi import install_openapi
 from taskplatform.api.problems import install_problem_handlers, static_path_methods
-from taskplatform.api.supervisor import SECOND_SIGNAL, unblock_stop_signal
+from taskplatform.api.supervisor import SECOND_SIGNAL, stop_when_orphaned, unblock_stop_signal
 from taskplatform.backends import open_backends, prepare_schema
 from taskplatform.dashboard import install as install_dashboard
 from taskplatform.dispatch import sender_from_settings
@@ -209,6 +210,8 @@ def create_app(settings: Settings | None = None, *, schema_prepared: bool = Fals
         if settings.dispatch:
             dispatcher = Dispatcher.from_settings(service, settings)
             jobs.append(asyncio.create_task(dispatcher.run(), name="dispatcher"))
+        if (parent := multiprocessing.parent_process()) is not None:  # serve --workers N
+            jobs.append(asyncio.create_task(stop_when_orphaned(parent), name="parent watch"))
         freeze_startup_heap()
         try:
             with lines_written_per_turn():

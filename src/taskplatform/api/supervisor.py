@@ -22,13 +22,18 @@ waits for the spawn too, not longer: nothing is lost.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import os
 import signal
 from collections.abc import Callable, Iterator
 from multiprocessing import resource_tracker
+from multiprocessing.process import BaseProcess
 
 from uvicorn.supervisors.multiprocess import Multiprocess
+
+logger = logging.getLogger(__name__)
 
 SECOND_SIGNAL = signal.SIGINT
 """What a worker takes, after its first stop signal, as the order to stop now."""
@@ -53,6 +58,31 @@ def unblock_stop_signal() -> None:
     delivered now. A no-op in a process that never blocked it.
     """
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {SECOND_SIGNAL})
+
+
+async def stop_when_orphaned(parent: BaseProcess) -> None:
+    """In a worker, wait until ``parent`` (``serve --workers N``, as
+    :func:`multiprocessing.parent_process` gives it) has ended, then stop as that parent would
+    have asked: SIGTERM to itself.
+
+    A parent killed with SIGKILL (the OOM killer, ``kill -9``, a service manager that signals
+    the main process only) sends nothing: its workers kept serving and dispatching, unsupervised,
+    and held the port, so the next ``serve`` could not bind it. The parent's sentinel, a pipe
+    only it writes to, reads as closed once it has ended, even before this was called.
+    """
+    loop = asyncio.get_running_loop()
+    ended = asyncio.Event()
+    loop.add_reader(parent.sentinel, ended.set)
+    try:
+        await ended.wait()
+    finally:
+        loop.remove_reader(parent.sentinel)
+    logger.warning(
+        "the serve process (pid %s) that started this API process is gone: stopping, as it "
+        "would have asked (SIGTERM)",
+        parent.pid,
+    )
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 class Supervisor(Multiprocess):
