@@ -446,15 +446,49 @@ def execute_command(
 
 @tasks_app.command("retry")
 def retry_command(
-    task_id: TaskIdArgument,
+    task_id: Annotated[
+        str | None,
+        typer.Argument(help="The Failed task's id; leave it out with --dead-letters."),
+    ] = None,
+    dead_letters: Annotated[
+        bool,
+        typer.Option(
+            "--dead-letters", help="Re-drive the dead letters instead (of --queue, or of all)."
+        ),
+    ] = False,
+    queue: Annotated[
+        str | None, typer.Option(help="With --dead-letters: only this queue's.")
+    ] = None,
+    limit: Annotated[
+        int | None,
+        typer.Option(help="With --dead-letters: at most this many (1..1000; server default 1000)."),
+    ] = None,
     url: UrlOption = DEFAULT_URL,
     api_key: ApiKeyOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Re-drive a Failed task: back to its queue with its attempts reset."""
+    """Re-drive a Failed task, or with --dead-letters up to 1,000 dead letters: back to their
+    queue with their attempts reset."""
+    if dead_letters and task_id is not None:
+        _usage("give a task id or --dead-letters, not both", as_json)
+    if not dead_letters and task_id is None:
+        _usage("give the id of the task to re-drive, or --dead-letters", as_json)
+    if not dead_letters and (queue is not None or limit is not None):
+        _usage("--queue and --limit go with --dead-letters", as_json)
     with _client(url, api_key, as_json) as client:
-        task = client.retry(task_id)
-    if as_json:
+        if task_id is None:
+            result = client.retry_dead_letters(queue, limit)
+        else:
+            task = client.retry(task_id)
+    if task_id is None:
+        if as_json:
+            _print_json(result.raw)
+        else:
+            count = result.retried
+            typer.echo(f"re-drove {count} dead letter{'' if count == 1 else 's'}")
+            for retried in result.task_ids:
+                typer.echo(f"{retried} Queued")
+    elif as_json:
         _print_json(task.raw)
     else:
         typer.echo(f"{task.task_id} {task.status.value}")

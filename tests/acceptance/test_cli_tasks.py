@@ -159,6 +159,32 @@ def test_text_that_looks_like_rich_markup_is_printed_as_it_is(
     assert "Traceback" not in missing.output
 
 
+def test_retry_dead_letters(server: Server, receiver: Receiver, queue: str, tp: TaskClient) -> None:
+    """``tasks retry --dead-letters`` re-drives a queue's dead letters (the API's bulk
+    re-drive, which the CLI could not reach: one ``tasks retry ID`` per task)."""
+    dead = []
+    for _ in range(2):
+        task_id = tp.create({}, receiver.url("/status/500"), queue=queue, max_retries=0).task_id
+        tp.dequeue(queue)
+        assert tp.execute(task_id).status.value == "Failed"
+        dead.append(task_id)
+    assert tp.get(dead[0]).dead_letter
+    for wrong in (
+        ["retry"],
+        ["retry", dead[0], "--dead-letters"],
+        ["retry", dead[0], "--limit", "1"],
+    ):
+        result = run(server, "tasks", *wrong)
+        assert result.exit_code == ExitCode.USAGE, result.output
+    one = run(server, "tasks", "retry", "--dead-letters", "--queue", queue, "--limit", "1")
+    assert one.exit_code == 0, one.output
+    assert one.stdout.splitlines()[0] == "re-drove 1 dead letter"
+    rest = run(server, "tasks", "retry", "--dead-letters", "--queue", queue, "--json")
+    assert rest.exit_code == 0, rest.output
+    assert as_json(rest)["retried"] == 1
+    assert {tp.get(task_id).status.value for task_id in dead} == {"Queued"}
+
+
 def test_list_all_pages(server: Server, receiver: Receiver, queue: str, tp: TaskClient) -> None:
     ids = [tp.create({"i": i}, receiver.url("/ok"), queue=queue).task_id for i in range(3)]
     page = as_json(run(server, "tasks", "list", "--queue", queue, "--limit", "2", "--json"))
