@@ -17,7 +17,8 @@ A Ctrl-C while a worker starts (spawning imports the whole app, about a second) 
 in a KeyboardInterrupt traceback. So the parent starts workers with SIGINT blocked, a mask they
 inherit, and each unblocks it (:func:`unblock_stop_signal`) once uvicorn's handlers are in
 place; a Ctrl-C meanwhile waits, and then stops the worker as usual. The parent's own copy
-waits for the spawn too, not longer: nothing is lost.
+waits too, until the spawn (and uvicorn's health check of the workers around it, a few
+milliseconds unless a worker hangs) is over: nothing is lost.
 """
 
 from __future__ import annotations

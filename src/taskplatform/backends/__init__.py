@@ -151,13 +151,13 @@ async def prepare_schema(settings: Settings) -> None:
         BackendUnavailable: the database cannot be reached, or a SQLite file cannot be used
             (not a database, read-only, a folder).
     """
+    from sqlalchemy.exc import DBAPIError
+
     from taskplatform.backends import migrate
     from taskplatform.exceptions import BackendUnavailable
 
     store, queue = _check_urls(settings)
     url, timeout = settings.database_url, settings.database_connect_timeout_seconds
-    from sqlalchemy.exc import DBAPIError
-
     if store == "sqlite":
         try:
             await migrate.upgrade(url)
