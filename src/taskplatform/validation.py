@@ -359,7 +359,7 @@ def _callback_url_problem(url: str, max_length: int) -> str | None:
     try:
         port = parts.port
     except ValueError:
-        if parts.netloc.count(":") > 1 and "[" not in parts.netloc:
+        if "[" not in parts.netloc and _is_ipv6(parts.netloc.rpartition("@")[2]):
             return "an IPv6 address must be in brackets, as in http://[::1]:8080/"
         return "the port must be a number from 1 to 65535"
     if parts.scheme.lower() not in ("http", "https"):
@@ -369,6 +369,18 @@ def _callback_url_problem(url: str, max_length: int) -> str | None:
     if port == 0:
         return "port 0 cannot be connected to"
     return _host_problem(parts.hostname, bracketed="[" in parts.netloc)
+
+
+def _is_ipv6(address: str) -> bool:
+    """Whether ``address`` (a URL's host and port, unbracketed) is an IPv6 address, with or
+    without a port after it: ``::1``, ``::1:8080``; ``example.com:80:80`` is not."""
+    for candidate in (address, address.rpartition(":")[0]):
+        try:
+            ipaddress.IPv6Address(candidate)
+        except ValueError:
+            continue
+        return True
+    return False
 
 
 def _host_problem(host: str, *, bracketed: bool) -> str | None:

@@ -150,6 +150,12 @@ def test_bad_callback_urls(url: str) -> None:
         ("http://::1/x", "an IPv6 address must be in brackets, as in http://[::1]:8080/"),
         ("http://h:70000/", "the port must be a number from 1 to 65535"),
         ("http://h:port/", "the port must be a number from 1 to 65535"),
+        # Two colons are not an IPv6 address by themselves.
+        ("http://example.com:80:80/", "the port must be a number from 1 to 65535"),
+        (
+            "http://u:p@2001:db8::1/",
+            "an IPv6 address must be in brackets, as in http://[::1]:8080/",
+        ),
         ("http:\\\\127.0.0.1\\cb", "contains spaces, control characters or backslashes"),
         ("http://[::1/", "not a valid URL: Invalid IPv6 URL"),
         *(
