@@ -228,47 +228,57 @@ page of 200 tasks, each with a task's data and a callback's result, 1 MiB each b
 and a bound on what a wrong server, or one that never ends its answer, can make it hold."""
 
 
-def check_size(call: Call[Any], response: httpx.Response, size: int, limit: int) -> None:
-    """Raise if ``size`` bytes of ``response`` (read so far, or announced) are over ``limit``.
+class AnswerReader:
+    """Collects the body of ``response``, read as a stream, up to ``limit`` bytes (decoded).
 
-    Raises:
-        UnexpectedResponse: they are; code ``unexpected_response``.
+    Raises (from the constructor, for a ``Content-Length`` over the limit, and from
+    :meth:`add`):
+        UnexpectedResponse: the answer is over ``limit``; code ``unexpected_response``. Nothing
+            more should be read.
     """
-    if size > limit:
-        raise UnexpectedResponse(
-            response.status_code,
-            "unexpected_response",
-            response.reason_phrase,
-            f"{call.method} {response.request.url} answered {response.status_code} with a body "
-            f"over this client's limit of {limit:,} bytes (max_response_bytes): not an API "
-            "answer; nothing more was read",
-            {},
+
+    def __init__(self, call: Call[Any], response: httpx.Response, limit: int) -> None:
+        self._call, self._response, self._limit = call, response, limit
+        self._body = bytearray()
+        try:
+            announced = int(response.headers.get("content-length", "0"))
+        except ValueError:  # the HTTP parser refuses one that is not a number: never here
+            announced = 0
+        self._check(announced)
+
+    def add(self, chunk: bytes) -> None:
+        """Take the next ``chunk`` of the body."""
+        self._body += chunk
+        self._check(len(self._body))
+
+    def answer(self) -> httpx.Response:
+        """Return the response with its whole body, as a non-streamed one."""
+        # The body is decoded already: a Content-Encoding left in would decode it again.
+        headers = [
+            (name, value)
+            for name, value in self._response.headers.multi_items()
+            if name.lower() != "content-encoding"
+        ]
+        return httpx.Response(
+            self._response.status_code,
+            headers=headers,
+            content=bytes(self._body),
+            request=self._response.request,
+            extensions=self._response.extensions,
         )
 
-
-def announced_size(response: httpx.Response) -> int:
-    """Return the ``Content-Length`` of ``response`` in bytes; 0 when it has none."""
-    try:
-        return int(response.headers.get("content-length", "0"))
-    except ValueError:  # the HTTP parser refuses one that is not a number: never here
-        return 0
-
-
-def read_answer(response: httpx.Response, body: bytes) -> httpx.Response:
-    """Return ``response``, read as a stream into ``body`` (decoded), as a complete response."""
-    # The body is decoded already: a Content-Encoding left in would decode it again.
-    headers = [
-        (name, value)
-        for name, value in response.headers.multi_items()
-        if name.lower() != "content-encoding"
-    ]
-    return httpx.Response(
-        response.status_code,
-        headers=headers,
-        content=body,
-        request=response.request,
-        extensions=response.extensions,
-    )
+    def _check(self, size: int) -> None:
+        if size > self._limit:
+            response = self._response
+            raise UnexpectedResponse(
+                response.status_code,
+                "unexpected_response",
+                response.reason_phrase,
+                f"{self._call.method} {response.request.url} answered {response.status_code} "
+                f"with a body over this client's limit of {self._limit:,} bytes "
+                "(max_response_bytes): not an API answer; nothing more was read",
+                {},
+            )
 
 
 def connection_failed(

@@ -169,7 +169,9 @@ class TaskClient(_Config):
             try:
                 response = self._http.send(request, stream=True)
                 try:
-                    body = self._read(call, response)
+                    reader = _calls.AnswerReader(call, response, self.max_response_bytes)
+                    for chunk in response.iter_bytes():
+                        reader.add(chunk)
                 finally:
                     response.close()
             except httpx.TransportError as exc:
@@ -177,15 +179,7 @@ class TaskClient(_Config):
                     raise _calls.connection_failed(call, self.base_url, exc, attempt) from exc
                 time.sleep(self.retry_policy.delay(attempt))
                 continue
-            return _calls.finish(call, _calls.read_answer(response, body))
-
-    def _read(self, call: Call[Any], response: httpx.Response) -> bytes:
-        _calls.check_size(call, response, _calls.announced_size(response), self.max_response_bytes)
-        body = bytearray()
-        for chunk in response.iter_bytes():
-            body += chunk
-            _calls.check_size(call, response, len(body), self.max_response_bytes)
-        return bytes(body)
+            return _calls.finish(call, reader.answer())
 
     def create(
         self,
@@ -492,7 +486,9 @@ class AsyncTaskClient(_Config):
             try:
                 response = await self._http.send(request, stream=True)
                 try:
-                    body = await self._read(call, response)
+                    reader = _calls.AnswerReader(call, response, self.max_response_bytes)
+                    async for chunk in response.aiter_bytes():
+                        reader.add(chunk)
                 finally:
                     await response.aclose()
             except httpx.TransportError as exc:
@@ -500,15 +496,7 @@ class AsyncTaskClient(_Config):
                     raise _calls.connection_failed(call, self.base_url, exc, attempt) from exc
                 await asyncio.sleep(self.retry_policy.delay(attempt))
                 continue
-            return _calls.finish(call, _calls.read_answer(response, body))
-
-    async def _read(self, call: Call[Any], response: httpx.Response) -> bytes:
-        _calls.check_size(call, response, _calls.announced_size(response), self.max_response_bytes)
-        body = bytearray()
-        async for chunk in response.aiter_bytes():
-            body += chunk
-            _calls.check_size(call, response, len(body), self.max_response_bytes)
-        return bytes(body)
+            return _calls.finish(call, reader.answer())
 
     async def create(
         self,
