@@ -67,6 +67,16 @@ class _Config:
             _calls.header_value("api_key", api_key)
             self.headers["Authorization"] = f"Bearer {api_key}"
 
+    def _request(self, http: httpx.Client | httpx.AsyncClient, call: Call[Any]) -> httpx.Request:
+        return http.build_request(
+            call.method,
+            call.path,
+            params=call.params,
+            content=call.content,
+            headers=call.headers,
+            timeout=self._timeout(call),
+        )
+
     def _timeout(self, call: Call[Any]) -> httpx.Timeout:
         if call.timeout is None:
             return httpx.Timeout(self.timeout)
@@ -158,14 +168,7 @@ class TaskClient(_Config):
         attempt = 0
         while True:
             attempt += 1
-            request = self._http.build_request(
-                call.method,
-                call.path,
-                params=call.params,
-                content=call.content,
-                headers=call.headers,
-                timeout=self._timeout(call),
-            )
+            request = self._request(self._http, call)
             try:
                 response = self._http.send(request, stream=True)
                 try:
@@ -475,14 +478,7 @@ class AsyncTaskClient(_Config):
         attempt = 0
         while True:
             attempt += 1
-            request = self._http.build_request(
-                call.method,
-                call.path,
-                params=call.params,
-                content=call.content,
-                headers=call.headers,
-                timeout=self._timeout(call),
-            )
+            request = self._request(self._http, call)
             try:
                 response = await self._http.send(request, stream=True)
                 try:
