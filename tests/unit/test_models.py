@@ -72,15 +72,22 @@ def test_callback_bodies_become_json_text(body: bytes, expected: bytes) -> None:
     assert _as_json_text(body, 1 << 20) == expected
 
 
-@pytest.mark.parametrize("byte", [b"\x01", b"\xff", b'"', b"a"])
-def test_a_text_body_escaped_beyond_the_limit_is_cut_to_it(byte: bytes) -> None:
+@pytest.mark.parametrize("byte", [b'"', b"\\", b"a"])
+def test_a_text_body_at_the_limit_is_kept_whole(byte: bytes) -> None:
+    """Text within the limit is kept as it came, even when every character is escaped."""
+    limit = 1 << 20
+    assert json.loads(_as_json_text(byte * limit, limit)) == byte.decode() * limit
+
+
+@pytest.mark.parametrize("byte", [b"\x01", b"\xff"])
+def test_a_body_escaped_beyond_twice_the_limit_is_cut_to_it(byte: bytes) -> None:
     """A body at the limit that is not JSON is kept as a JSON string: escaping can make that
-    six times the body (1 MiB of control bytes was kept, stored and sent as 6 MiB). It is cut
-    to the limit, as long as fits, and ends in "…"."""
+    six times the body (1 MiB of control bytes was kept, stored and sent as 6 MiB). Past twice
+    the limit it is cut, as long as fits, and ends in "…"."""
     limit = 1 << 20
     kept = _as_json_text(byte * limit, limit)
     text = json.loads(kept)
-    assert len(kept) <= limit
+    assert len(kept) <= 2 * limit + 2
     assert text.endswith("…")
-    assert len(kept) > limit - 6  # no shorter than it must be: one more character would not fit
+    assert len(kept) > 2 * limit + 2 - 6  # no shorter than it must be: one more would not fit
     assert set(text[:-1]) == {byte.decode(errors="replace")}

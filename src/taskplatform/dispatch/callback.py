@@ -325,12 +325,12 @@ def _printable(text: str) -> str:
 
 
 def _as_json_text(body: bytes, limit: int) -> bytes:
-    """Return ``body`` itself when it is JSON, else ``body`` decoded as text in a JSON string of
-    at most ``limit`` bytes.
+    """Return ``body`` itself when it is JSON, else ``body`` decoded as text in a JSON string.
 
-    Escaping can make the string up to six times the body (each control byte is ``\\u0001``),
-    and a kept result is stored and sent with its task: a text longer than ``limit`` once
-    escaped is cut, and ends in "…".
+    ``limit`` is the largest body kept (bytes). Escaping can make the string up to six times
+    the body (each control byte is ``\\u0001``), and a kept result is stored and sent with its
+    task: a string longer than twice ``limit`` (and its quotes) is cut, and ends in "…". Text,
+    even all quotes and backslashes, is kept whole.
     """
     stripped = body.strip()
     if stripped:
@@ -342,13 +342,14 @@ def _as_json_text(body: bytes, limit: int) -> bytes:
             return stripped
     text = body.decode("utf-8", errors="replace")
     encoded = msgspec.json.encode(text)
-    if len(encoded) <= limit:
+    cap = 2 * limit + 2
+    if len(encoded) <= cap:
         return encoded
     # The longest cut whose string fits; "…" is 3 bytes, and the quotes are counted.
     low, high = 0, len(text)
     while low < high:
         middle = (low + high + 1) // 2
-        if len(msgspec.json.encode(text[:middle])) + 3 <= limit:
+        if len(msgspec.json.encode(text[:middle])) + 3 <= cap:
             low = middle
         else:
             high = middle - 1
