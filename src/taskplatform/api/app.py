@@ -21,7 +21,7 @@ from taskplatform.api import health, tasks
 from taskplatform.api.hotpath import TaskPlatformAPI
 from taskplatform.api.openapi import install_openapi
 from taskplatform.api.problems import install_problem_handlers, static_path_methods
-from taskplatform.api.supervisor import SECOND_SIGNAL, stop_when_orphaned, unblock_stop_signal
+from taskplatform.api.supervisor import SECOND_SIGNAL, stop_when_orphaned, unblock_stop_signals
 from taskplatform.backends import open_backends, prepare_schema
 from taskplatform.dashboard import install as install_dashboard
 from taskplatform.dispatch import sender_from_settings
@@ -260,7 +260,8 @@ def create_served_app() -> FastAPI:
     uvicorn calls this factory in each API process of ``serve``, which prepared the schema once
     before it started them: preparing it again in each process would repeat its startup
     warnings once per process (``--workers N``). uvicorn's signal handlers are in place when it
-    calls this, so SIGINT, which a worker of ``--workers N`` starts with blocked, is let in.
+    calls this, so SIGINT and SIGTERM, which a worker of ``--workers N`` starts with blocked,
+    are let in.
     """
-    unblock_stop_signal()
+    unblock_stop_signals()
     return create_app(load_settings(), schema_prepared=True)

@@ -14,10 +14,13 @@ parent's, or a copy of the group's); the parent passes on every later SIGINT or 
 as SIGINT.
 
 A Ctrl-C while a worker starts (spawning imports the whole app, about a second) would end it
-in a KeyboardInterrupt traceback. So the parent starts workers with SIGINT blocked, a mask they
-inherit, and each unblocks it (:func:`unblock_stop_signal`) once uvicorn's handlers are in
-place; a Ctrl-C meanwhile waits, and then stops the worker as usual. The parent's own copy
-waits too, until the spawn (and uvicorn's health check of the workers around it, a few
+in a KeyboardInterrupt traceback. So the parent starts workers with SIGINT and SIGTERM blocked,
+a mask they inherit, and each unblocks them (:func:`unblock_stop_signals`) once uvicorn's
+handlers are in place; a Ctrl-C meanwhile waits, and then stops the worker as usual. Both, for
+the order: the parent's SIGTERM taken first, then the Ctrl-C's own SIGINT, would be a second
+signal, and uvicorn would stop at once, leaving the callbacks its dispatcher had started in
+Processing; released together, SIGINT comes first (the lower number). The parent's own copies
+wait too, until the spawn (and uvicorn's health check of the workers around it, a few
 milliseconds unless a worker hangs) is over: nothing is lost.
 """
 
@@ -39,26 +42,29 @@ logger = logging.getLogger(__name__)
 SECOND_SIGNAL = signal.SIGINT
 """What a worker takes, after its first stop signal, as the order to stop now."""
 
+_HELD_WHILE_STARTING = {signal.SIGINT, signal.SIGTERM}
+
 
 @contextlib.contextmanager
-def _stop_signal_blocked() -> Iterator[None]:
+def _stop_signals_blocked() -> Iterator[None]:
     # multiprocessing starts its resource tracker at the first spawn, and unblocks SIGINT and
     # SIGTERM after it, whatever the mask was: start it first, so the mask holds for the spawn.
     resource_tracker.ensure_running()
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {SECOND_SIGNAL})
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD_WHILE_STARTING)
     try:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
-def unblock_stop_signal() -> None:
-    """Let SIGINT reach this process again: called in a worker once its handlers are in place.
+def unblock_stop_signals() -> None:
+    """Let SIGINT and SIGTERM reach this process again: called in a worker once its handlers
+    are in place.
 
-    Workers start with it blocked (see the module's docstring); a SIGINT that came meanwhile is
-    delivered now. A no-op in a process that never blocked it.
+    Workers start with them blocked (see the module's docstring); one that came meanwhile is
+    delivered now, SIGINT first. A no-op in a process that never blocked them.
     """
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {SECOND_SIGNAL})
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _HELD_WHILE_STARTING)
 
 
 async def stop_when_orphaned(parent: BaseProcess) -> None:
@@ -66,8 +72,8 @@ async def stop_when_orphaned(parent: BaseProcess) -> None:
     :func:`multiprocessing.parent_process` gives it) has ended, then stop as that parent would
     have asked: SIGTERM to itself.
 
-    A parent killed with SIGKILL (the OOM killer, ``kill -9``, a service manager that signals
-    the main process only) sends nothing: its workers kept serving and dispatching, unsupervised,
+    A parent killed with SIGKILL (the OOM killer, ``kill -9``, a service manager's last resort)
+    sends nothing: its workers kept serving and dispatching, unsupervised,
     and held the port, so the next ``serve`` could not bind it. The parent's sentinel, a pipe
     only it writes to, reads as closed once it has ended, even before this was called.
     """
@@ -99,23 +105,23 @@ class Supervisor(Multiprocess):
 
     # Each of these spawns workers (at start, for one that died, on SIGHUP, on SIGTTIN).
     def init_processes(self) -> None:
-        """Start the workers, with SIGINT blocked until their handlers are in place."""
-        with _stop_signal_blocked():
+        """Start the workers, with SIGINT and SIGTERM blocked until their handlers are in place."""
+        with _stop_signals_blocked():
             super().init_processes()
 
     def keep_subprocess_alive(self) -> None:
-        """Replace a worker that died (uvicorn's), with SIGINT blocked as at the start."""
-        with _stop_signal_blocked():
+        """Replace a worker that died (uvicorn's), with the stop signals blocked as at the start."""
+        with _stop_signals_blocked():
             super().keep_subprocess_alive()
 
     def restart_all(self) -> None:
-        """Replace every worker (SIGHUP; uvicorn's), with SIGINT blocked as at the start."""
-        with _stop_signal_blocked():
+        """Replace every worker (SIGHUP; uvicorn's), stop signals blocked as at the start."""
+        with _stop_signals_blocked():
             super().restart_all()
 
     def handle_ttin(self) -> None:
-        """Add a worker (SIGTTIN; uvicorn's), with SIGINT blocked as at the start."""
-        with _stop_signal_blocked():
+        """Add a worker (SIGTTIN; uvicorn's), with the stop signals blocked as at the start."""
+        with _stop_signals_blocked():
             super().handle_ttin()
 
     def handle_int(self) -> None:
