@@ -101,8 +101,21 @@ JsonOption = Annotated[
 TaskIdArgument = Annotated[str, typer.Argument(help="The task's id, as create returned it.")]
 
 
+# DEL and the C1 controls, which json.dumps(ensure_ascii=False) leaves raw: U+009B alone
+# starts a terminal escape sequence. They can only stand inside a JSON string, so \u escapes
+# keep the document the same JSON.
+_RAW_CONTROLS = re.compile("[\x7f-\x9f]")
+
+
+def _json_for_terminal(value: object) -> str:
+    """``value`` as JSON text, non-ASCII kept readable, but no character that drives a terminal
+    (a callback's result and a task's data are other people's text)."""
+    text = json.dumps(value, ensure_ascii=False)
+    return _RAW_CONTROLS.sub(lambda found: f"\\u{ord(found[0]):04x}", text)
+
+
 def _print_json(value: object) -> None:
-    typer.echo(json.dumps(value, ensure_ascii=False))
+    typer.echo(_json_for_terminal(value))
 
 
 def _stdout() -> Console:
@@ -128,12 +141,16 @@ def _fail(code: ExitCode, message: str, as_json: bool, error: dict[str, Any]) ->
 @contextlib.contextmanager
 def _client(url: str, api_key: str | None, as_json: bool) -> Iterator[TaskClient]:
     """Open a client and turn its errors into a message and the exit code that names them."""
-    if not url.startswith(("http://", "https://")):
+    if not url.lower().startswith(("http://", "https://")):
         _usage(f"--url must start with http:// or https://, not {url!r}", as_json)
     if api_key is not None and (not api_key.isascii() or not api_key.isprintable()):
         _usage("--api-key must be printable ASCII (it travels in an HTTP header)", as_json)
     try:
-        with TaskClient(url, api_key) as client:
+        client = TaskClient(url, api_key)
+    except (httpx.InvalidURL, ValueError) as exc:  # "http://" alone, say
+        _usage(f"--url is not a valid URL: {exc}", as_json)
+    try:
+        with client:
             yield client
     except httpx.InvalidURL as exc:
         _usage(f"--url is not a valid URL: {exc}", as_json)
@@ -182,8 +199,8 @@ def _task_table(task: Task) -> Table:
         ("completed", _time(task.completed_at)),
         ("next attempt", _time(task.next_attempt_at)),
         ("scheduled", _time(task.scheduled_at)),
-        ("task data", json.dumps(task.task_data, ensure_ascii=False)),
-        ("result", "" if task.result is None else json.dumps(task.result, ensure_ascii=False)),
+        ("task data", _json_for_terminal(task.task_data)),
+        ("result", "" if task.result is None else _json_for_terminal(task.result)),
         ("error", task.error or ""),
     ]
     for name, value in rows:
@@ -434,7 +451,7 @@ def execute_command(
     elif outcome.accepted:
         typer.echo(f"{outcome.task_id} {outcome.status.value} (running in the background)")
     else:
-        result = "" if outcome.result is None else json.dumps(outcome.result, ensure_ascii=False)
+        result = "" if outcome.result is None else _json_for_terminal(outcome.result)
         typer.echo(f"{outcome.task_id} {outcome.status.value} attempt {outcome.attempt}")
         if result:
             typer.echo(f"result: {result}")

@@ -56,7 +56,8 @@ class Settings(BaseSettings):
         str,
         Field(
             description=(
-                "The store: `sqlite:///rel/path.db`, `sqlite:////abs/path.db`, or "
+                "The store: `sqlite:///rel/path.db`, `sqlite:////abs/path.db` (a new file, and "
+                "its missing folders, are created: mind typos), or "
                 "`postgresql://user:password@host:5432/db`."
             )
         ),

@@ -153,6 +153,13 @@ def test_text_that_looks_like_rich_markup_is_printed_as_it_is(
         result = run(server, "tasks", *command)
         assert result.exit_code == 0, result.output
         assert json.dumps(data, ensure_ascii=False) in result.stdout
+    # U+009B alone starts a terminal escape; json.dumps(ensure_ascii=False) left it raw.
+    steered = tp.create({"s": "\u009b31mred"}, receiver.url("/ok"), queue=queue).task_id
+    for as_json_too in ([], ["--json"]):
+        shown = run(server, "tasks", "get", steered, *as_json_too)
+        assert shown.exit_code == 0, shown.output
+        assert "\x9b" not in shown.stdout
+        assert "\\u009b31mred" in shown.stdout
     missing = run(server, "tasks", "get", "[/red]")
     assert missing.exit_code == ExitCode.NOT_FOUND, missing.output
     assert "[/red]" in missing.output
@@ -623,7 +630,8 @@ def test_input_the_api_cannot_take_is_a_usage_error_not_a_traceback(
     latin.write_bytes(b'{"a": "\xe9"}')
     result = run(server, "tasks", "create", "-c", "http://127.0.0.1:9/x", "-d", f"@{latin}")
     assert result.exit_code == 2, result.output
-    for args in (["--url", "http://[::1"], ["--url", "127.0.0.1:8000"], ["--api-key", "ключ"]):
+    bad_urls = (["--url", "http://[::1"], ["--url", "127.0.0.1:8000"], ["--url", "http://"])
+    for args in (*bad_urls, ["--api-key", "ключ"]):
         result = run(None, "tasks", "get", "x", *args)
         assert result.exit_code == 2, (args, result.output)
         assert "Traceback" not in result.output

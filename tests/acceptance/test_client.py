@@ -381,12 +381,12 @@ def test_a_value_no_header_can_carry_is_a_value_error_before_anything_is_sent(ba
         client.create({}, "http://127.0.0.1:9/x", idempotency_key=bad)
 
 
-@pytest.mark.parametrize("url", ["ws://127.0.0.1:8000", "127.0.0.1:8000", "ftp://x/"])
+@pytest.mark.parametrize("url", ["ws://127.0.0.1:8000", "127.0.0.1:8000", "ftp://x/", "http://"])
 def test_a_base_url_that_is_not_http_is_a_value_error(url: str) -> None:
     """``ws://`` answered health() True (httpx sent it as plain HTTP)."""
-    with pytest.raises(ValueError, match="base_url must start with http:// or https://"):
+    with pytest.raises(ValueError, match="base_url must be an http:// or https:// URL"):
         TaskClient(url)
-    with pytest.raises(ValueError, match="base_url must start with http:// or https://"):
+    with pytest.raises(ValueError, match="base_url must be an http:// or https:// URL"):
         AsyncTaskClient(url)
 
 
@@ -441,6 +441,23 @@ def test_an_answer_over_the_clients_limit_is_refused_not_read_to_the_end(head: b
 
         with pytest.raises(UnexpectedResponse, match="over this client's limit"):
             asyncio.run(read_async())
+
+
+def test_an_answer_that_does_not_decompress_is_an_unexpected_response() -> None:
+    """A body marked gzip that is not gzip escaped as httpx.DecodingError: a traceback from
+    the CLI."""
+    head = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+        b"Content-Encoding: gzip\r\nContent-Length: 4\r\n\r\nnope"
+    )
+    with (
+        _raw_server(head) as url,
+        TaskClient(url, retries=0) as client,
+        pytest.raises(UnexpectedResponse, match="does not decode as its Content-Encoding says"),
+    ):
+        client.stats()
+    with pytest.raises(ValueError, match="max_response_bytes must be over 0"):
+        TaskClient("http://127.0.0.1:9", max_response_bytes=0)
 
 
 def test_a_compressed_answer_is_decoded_once() -> None:

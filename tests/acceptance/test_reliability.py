@@ -565,13 +565,13 @@ def test_ctrl_c_while_the_workers_of_serve_start_ends_them_without_a_traceback(
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait(5)
-        log = server.log()
-        assert "Traceback" not in log, log
-        assert "Stopping parent process" in log
+        output = server.log()
+        assert "Traceback" not in output, output
+        assert "Stopping parent process" in output
         # One stop, not two: the parent's SIGTERM taken before the Ctrl-C's own SIGINT forced
         # the exit, and skipped the shutdown of an app that had started (and dispatched).
-        started = log.count("Application startup complete")
-        assert log.count("Application shutdown complete") == started, log
+        started = output.count("Application startup complete")
+        assert output.count("Application shutdown complete") == started, output
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])  # signals, not storage: one backend will do

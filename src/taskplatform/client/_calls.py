@@ -267,6 +267,18 @@ class AnswerReader:
             extensions=self._response.extensions,
         )
 
+    def undecodable(self, exc: httpx.DecodingError) -> UnexpectedResponse:
+        """The error for a body that its ``Content-Encoding`` does not decode (``exc``)."""
+        response = self._response
+        return UnexpectedResponse(
+            response.status_code,
+            "unexpected_response",
+            response.reason_phrase,
+            f"{self._call.method} {response.request.url} answered {response.status_code} with a "
+            f"body that does not decode as its Content-Encoding says: {exc}",
+            {},
+        )
+
     def _check(self, size: int) -> None:
         if size > self._limit:
             response = self._response

@@ -57,9 +57,11 @@ class _Config:
         if retries < 0:
             raise ValueError(f"retries must be 0 or more, not {retries}")
         self.base_url = httpx.URL(base_url)
-        if self.base_url.scheme not in ("http", "https"):
-            raise ValueError(f"base_url must start with http:// or https://, not {base_url!r}")
+        if self.base_url.scheme not in ("http", "https") or not self.base_url.host:
+            raise ValueError(f"base_url must be an http:// or https:// URL, not {base_url!r}")
         self.timeout = timeout
+        if not max_response_bytes > 0:
+            raise ValueError(f"max_response_bytes must be over 0, not {max_response_bytes}")
         self.max_response_bytes = max_response_bytes
         self.retry_policy = RetryPolicy(retries, backoff_seconds, backoff_max_seconds)
         self.headers = {"User-Agent": f"taskplatform-client/{__version__}"}
@@ -111,7 +113,8 @@ class TaskClient(_Config):
         transport: An httpx transport to send through (tests, proxies, mounts); None: httpx's.
 
     Raises:
-        ValueError: ``base_url`` is not http(s), or ``api_key`` is not printable ASCII.
+        ValueError: ``base_url`` is not http(s) with a host, ``api_key`` is not printable
+            ASCII, or ``max_response_bytes`` is not over 0.
     """
 
     def __init__(
@@ -173,8 +176,11 @@ class TaskClient(_Config):
                 response = self._http.send(request, stream=True)
                 try:
                     reader = _calls.AnswerReader(call, response, self.max_response_bytes)
-                    for chunk in response.iter_bytes():
-                        reader.add(chunk)
+                    try:
+                        for chunk in response.iter_bytes():
+                            reader.add(chunk)
+                    except httpx.DecodingError as exc:
+                        raise reader.undecodable(exc) from exc
                 finally:
                     response.close()
             except httpx.TransportError as exc:
@@ -483,8 +489,11 @@ class AsyncTaskClient(_Config):
                 response = await self._http.send(request, stream=True)
                 try:
                     reader = _calls.AnswerReader(call, response, self.max_response_bytes)
-                    async for chunk in response.aiter_bytes():
-                        reader.add(chunk)
+                    try:
+                        async for chunk in response.aiter_bytes():
+                            reader.add(chunk)
+                    except httpx.DecodingError as exc:
+                        raise reader.undecodable(exc) from exc
                 finally:
                     await response.aclose()
             except httpx.TransportError as exc:

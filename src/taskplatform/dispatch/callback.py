@@ -345,12 +345,9 @@ def _as_json_text(body: bytes, limit: int) -> bytes:
     cap = 2 * limit + 2
     if len(encoded) <= cap:
         return encoded
-    # The longest cut whose string fits; "…" is 3 bytes, and the quotes are counted.
-    low, high = 0, len(text)
-    while low < high:
-        middle = (low + high + 1) // 2
-        if len(msgspec.json.encode(text[:middle])) + 3 <= cap:
-            low = middle
-        else:
-            high = middle - 1
-    return msgspec.json.encode(text[:low] + "…")
+    # A prefix of the text in proportion, then shorter by what it is over, until it fits with
+    # "…" (3 bytes): every character takes a byte at least, so one or two encodings suffice.
+    keep = max(0, len(text) * (cap - 5) // len(encoded))
+    while keep > 0 and (size := len(msgspec.json.encode(text[:keep])) + 3) > cap:
+        keep = max(0, keep - (size - cap))
+    return msgspec.json.encode(text[:keep] + "…")
