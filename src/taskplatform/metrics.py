@@ -11,6 +11,8 @@ Counted in the process, by :class:`Metrics` (prometheus-client):
 - ``taskplatform_callback_duration_seconds{queue,result}``: histogram of callback durations,
   ``result`` is ``success`` or ``failure``.
 - ``taskplatform_callbacks_in_flight``: callbacks this process is making now.
+- ``taskplatform_clock_offset_seconds``: the database server's clock minus this host's; the
+  process times everything by the database's clock (``TaskService.sync_clock``).
 
 Read from the backends at each scrape (so every process reports the same, global values):
 
@@ -137,6 +139,13 @@ class Metrics:
             "Callbacks being made now by this process.",
             registry=self.registry,
             multiprocess_mode="livesum",
+        )
+        self.clock_offset = Gauge(
+            "taskplatform_clock_offset_seconds",
+            "The database server's clock minus this host's, which this process adds to its own "
+            "(0 for SQLite).",
+            registry=self.registry,
+            multiprocess_mode="livemostrecent",
         )
         # Each labelled child, kept here: ``labels()`` checks and locks on every call (2.4 us
         # against 0.7 us for a dict hit), and a pulled task counts five times. A child lives

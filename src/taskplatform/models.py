@@ -33,9 +33,32 @@ DEFAULT_QUEUE = "default"
 # Time: integer milliseconds since the Unix epoch internally, RFC 3339 UTC with "Z" on the wire.
 
 
+_clock_offset_ms = 0
+"""What :func:`now_ms` adds to this host's clock: the store's clock minus this host's, in
+milliseconds (:func:`follow_clock`); 0 where the store is on this host (SQLite)."""
+
+
 def now_ms() -> int:
-    """Return the current wall-clock time in whole milliseconds since the Unix epoch (UTC)."""
-    return time.time_ns() // 1_000_000
+    """Return the current time in whole milliseconds since the Unix epoch (UTC), by the store's
+    clock: this host's wall clock corrected by :func:`follow_clock`.
+
+    Every time taskplatform keeps or compares (leases, schedules, backoff, idempotency key
+    expiry, the timestamps of the API) is read here, so that API processes on several hosts
+    sharing one database agree on it even when their own clocks do not.
+    """
+    return time.time_ns() // 1_000_000 + _clock_offset_ms
+
+
+def follow_clock(offset_ms: int) -> None:
+    """Make :func:`now_ms` run ``offset_ms`` milliseconds ahead of this host's wall clock
+    (behind, when negative). Called by the service with the store's clock offset."""
+    global _clock_offset_ms  # one clock per process, read on every hot path
+    _clock_offset_ms = offset_ms
+
+
+def clock_offset_ms() -> int:
+    """Return the offset :func:`now_ms` currently adds to this host's clock, in milliseconds."""
+    return _clock_offset_ms
 
 
 def format_time(ms: int | None) -> str | None:

@@ -70,6 +70,8 @@ from taskplatform.models import (
     Status,
     TaskCreate,
     TaskRecord,
+    clock_offset_ms,
+    follow_clock,
     now_ms,
 )
 from taskplatform.settings import Settings
@@ -112,6 +114,11 @@ STOPPING = (
 """The detail of the 503 ``shutting_down`` of an execute that arrives while the server stops."""
 
 _REAP_BATCH = 100
+
+CLOCK_SYNC_SECONDS = 60.0
+"""How often a process measures its clock against the store's (:meth:`TaskService.sync_clock`):
+a host's clock drifts by milliseconds a minute at most while its time sync works."""
+
 DEPTH_RETENTION_MS = 24 * 3600 * 1000
 """How long queue depth samples are kept (the dashboard charts the last hour)."""
 _PAUSE_CACHE_SECONDS = 0.25
@@ -245,6 +252,8 @@ class TaskService:
         # overflow connections for each when four batches ran 16 each).
         self._keyed_slots = asyncio.Semaphore(KEYED_BATCH_CONCURRENCY)
         self._next_depth_sample = 0  # epoch ms; the first maintenance round samples at once
+        self._next_clock_sync = 0.0  # monotonic; a maintenance round syncs once it is past
+        self._warned_offset_ms = 0
 
     # -- the one place a status changes ---------------------------------------------------------
 
@@ -1439,6 +1448,51 @@ class TaskService:
         await self.queue.purge_expired(now=now)
         return interrupted, requeued
 
+    async def sync_clock(self) -> None:
+        """Follow the store's clock: set the offset :func:`~taskplatform.models.now_ms` adds to
+        this host's clock to the database server's clock minus this host's.
+
+        Leases, schedules, backoff and idempotency key expiry are instants that one process
+        writes and another compares with its own "now". API processes on several hosts share
+        one database, so they must share one clock: a host 60 s ahead would take every lease
+        of the others for expired (its grace is 30 s) and run their tasks a second time. The
+        database's clock is the one they all reach. Three round trips; the shortest gives the
+        offset, to within half its duration (milliseconds on a LAN), and an offset moves only
+        by more than that, so that network jitter does not shake the clock. A store on this
+        host (SQLite) shares its clock: nothing to do. An offset of a second or more is logged
+        as a warning (the host's time sync is broken) and exported as
+        ``taskplatform_clock_offset_seconds``.
+
+        Raises:
+            BackendUnavailable: the database cannot be reached (the offset is kept).
+        """
+        best: tuple[int, float] | None = None  # (round trip ns, offset ms)
+        for _ in range(3):
+            sent = time.time_ns()
+            remote = await self.store.clock_ms()
+            received = time.time_ns()
+            if remote is None:
+                return
+            trip = received - sent
+            if best is None or trip < best[0]:
+                best = (trip, remote - (sent + received) / 2_000_000)
+        assert best is not None
+        self._next_clock_sync = time.monotonic() + CLOCK_SYNC_SECONDS
+        trip, measured = best
+        offset = round(measured)
+        if abs(offset - clock_offset_ms()) > max(1.0, trip / 2_000_000):
+            follow_clock(offset)
+        offset = clock_offset_ms()
+        self.metrics.clock_offset.set(offset / 1000)
+        if abs(offset) >= 1000 and abs(offset - self._warned_offset_ms) >= 1000:
+            self._warned_offset_ms = offset
+            logger.warning(
+                "this host's clock is %.1f s %s the database server's: taskplatform follows the "
+                "database's clock, but the host's time sync (NTP) needs fixing",
+                abs(offset) / 1000,
+                "behind" if offset > 0 else "ahead of",
+            )
+
     async def run_maintenance(self) -> None:
         """Reap every ``recovery_interval_seconds`` and wake long polls, until cancelled.
 
@@ -1455,6 +1509,8 @@ class TaskService:
             while True:
                 await asyncio.sleep(self.settings.recovery_interval_seconds)
                 try:
+                    if time.monotonic() >= self._next_clock_sync:
+                        await self.sync_clock()
                     await self.reap()
                     if (now := now_ms()) >= self._next_depth_sample:
                         await self.sample_queue_depth(now)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import io
 import logging
@@ -10,7 +11,6 @@ import multiprocessing
 import signal
 import threading
 from collections.abc import AsyncIterator, Callable, Collection, Coroutine
-from contextlib import asynccontextmanager
 from types import FrameType
 from typing import Any
 
@@ -26,6 +26,7 @@ from taskplatform.backends import open_backends, prepare_schema
 from taskplatform.dashboard import install as install_dashboard
 from taskplatform.dispatch import sender_from_settings
 from taskplatform.dispatch.dispatcher import Dispatcher
+from taskplatform.exceptions import BackendUnavailable
 from taskplatform.logs import lines_written_per_turn, stop_holding_lines
 from taskplatform.metrics import process_stopped
 from taskplatform.service import TaskService
@@ -180,7 +181,7 @@ def create_app(settings: Settings | None = None, *, schema_prepared: bool = Fals
     """
     settings = settings or load_settings()
 
-    @asynccontextmanager
+    @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if not schema_prepared:
             await prepare_schema(settings)
@@ -189,6 +190,8 @@ def create_app(settings: Settings | None = None, *, schema_prepared: bool = Fals
         await sender.start()
         service = TaskService(backends, sender, settings)
         app.state.service = service
+        with contextlib.suppress(BackendUnavailable):  # the maintenance rounds try again
+            await service.sync_clock()  # before the first lease or timestamp
 
         async def on_stop() -> None:
             # From the first stop signal on, every line is written at once: after a second one,

@@ -584,6 +584,15 @@ class Store(abc.ABC):
         """Return how many stored tasks (of ``queue``, or all) are in each status (absent
         statuses may be omitted)."""
 
+    async def clock_ms(self) -> int | None:
+        """Return the database server's clock in epoch milliseconds, or None when the database
+        is on this host and shares its clock (SQLite, the default).
+
+        Raises:
+            BackendUnavailable: the database cannot be reached.
+        """
+        return None
+
     @abc.abstractmethod
     async def ping(self) -> None:
         """Check that the backend answers. Raises BackendUnavailable if not."""

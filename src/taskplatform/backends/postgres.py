@@ -871,6 +871,12 @@ class PostgresStore(Store):
                 ).all()
         return {Status(status): count for status, count in rows}
 
+    async def clock_ms(self) -> int:
+        row = await self.database.fetchrow(QUERIES["clock"], {})
+        assert row is not None
+        clock: int = row[0]
+        return clock
+
     async def ping(self) -> None:
         async with self.database.autocommit() as conn:
             await conn.execute(SQL["ping"])

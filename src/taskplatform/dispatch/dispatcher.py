@@ -15,6 +15,7 @@ Run it with ``taskplatform worker`` (no HTTP) or inside every API process with
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import math
@@ -200,6 +201,8 @@ async def run_worker(settings: Settings) -> None:
     sender = sender_from_settings(settings)
     await sender.start()
     service = TaskService(backends, sender, settings)
+    with contextlib.suppress(BackendUnavailable):  # the maintenance rounds try again
+        await service.sync_clock()  # before the first lease or timestamp
     stop = asyncio.Event()
 
     def on_signal() -> None:

@@ -185,3 +185,8 @@ ON CONFLICT (task_id) DO UPDATE
         dead_letter = excluded.dead_letter, next_attempt_at = excluded.next_attempt_at
     WHERE tasks.status = 'Queued'
 RETURNING task_id;
+
+-- name: clock
+-- The database server's clock in epoch milliseconds: the clock every API process on this
+-- database follows (clock_timestamp() is the time now, not at the transaction's start).
+SELECT floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint;

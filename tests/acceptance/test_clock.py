@@ -1,0 +1,113 @@
+"""Servers on hosts whose clocks disagree share one database, and so one clock: the database's.
+
+A second host is stood for by a real server whose clock libfaketime moves two minutes ahead
+(``LD_PRELOAD``, Debian's ``faketime`` package; ``.ci/run`` installs it). Without the shared
+clock that server took the leases of the other for expired and ran their tasks again.
+"""
+
+from __future__ import annotations
+
+import datetime
+import glob
+import re
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.acceptance.helpers import ready_task
+from tests.support.backends import backend_env, in_ci
+from tests.support.receiver import Receiver
+from tests.support.server import Server
+
+SKEW_SECONDS = 120
+"""How far ahead the skewed server's clock runs: past a task's lease (timeoutSeconds plus the
+30 s grace), so that a server going by its own clock finds the lease of another run out."""
+
+
+def _faketime_library() -> str:
+    found = sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1"))
+    if not found:
+        message = "libfaketime is not installed (Debian package faketime)"
+        if in_ci():
+            pytest.fail(message)
+        pytest.skip(message)
+    return found[0]
+
+
+def _skewed(env: dict[str, str]) -> dict[str, str]:
+    """``env`` for a server whose wall clock runs :data:`SKEW_SECONDS` ahead of this host's."""
+    return {
+        **env,
+        "LD_PRELOAD": _faketime_library(),
+        "FAKETIME": f"+{SKEW_SECONDS}s",
+        # The event loop's timers and timeouts stay true: only the wall clock is wrong.
+        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+    }
+
+
+def _offset_gauge(server: Server) -> float:
+    metrics = httpx.get(f"{server.url}/metrics", timeout=10).text
+    found = re.search(r"^taskplatform_clock_offset_seconds (\S+)$", metrics, re.MULTILINE)
+    assert found, metrics
+    return float(found[1])
+
+
+@pytest.mark.parametrize("backend", ["postgres", "redis+postgres"])
+def test_a_server_whose_clock_runs_ahead_leaves_the_leases_of_others_alone(
+    backend: str, tmp_path: Path, receiver: Receiver
+) -> None:
+    """While one server's callback runs, a server two minutes ahead reaps every 0.1 s: the
+    lease stays the first server's, the callback is made once and the task is Completed."""
+    env = {
+        **backend_env(backend, tmp_path),
+        "TASKPLATFORM_RECOVERY_INTERVAL_SECONDS": "0.1",
+    }
+    first = Server(env, tmp_path / "first.log").start()
+    ahead = Server(_skewed(env), tmp_path / "ahead.log")
+    try:
+        ahead.start()
+        with httpx.Client(base_url=first.url, timeout=60) as http:
+            task_id = ready_task(http, receiver.url("/slow?seconds=2"), timeoutSeconds=10)
+            executed = http.post(f"/api/tasks/{task_id}/execute")
+            assert executed.status_code == 200, executed.text
+            task = http.get(f"/api/tasks/{task_id}").json()
+        assert (task["status"], task["attempts"]) == ("Completed", 1), task
+        assert len(receiver.hits_for(task_id)) == 1
+        assert "lease expired" not in ahead.log()
+    finally:
+        ahead.stop()
+        first.stop()
+
+
+@pytest.mark.parametrize("backend", ["postgres", "redis+postgres"])
+def test_a_server_whose_clock_runs_ahead_keeps_time_by_the_database(
+    backend: str, tmp_path: Path, receiver: Receiver
+) -> None:
+    """The skewed server stamps tasks with the database's time, exports its offset, warns once
+    that the host's time sync is broken; a server on a true clock reports no offset."""
+    env = backend_env(backend, tmp_path)
+    first = Server(env, tmp_path / "first.log").start()
+    ahead = Server(_skewed(env), tmp_path / "ahead.log")
+    try:
+        ahead.start()
+        before = time.time()
+        created = httpx.post(
+            f"{ahead.url}/api/tasks",
+            json={"taskData": {}, "callbackUrl": receiver.url("/ok")},
+            timeout=10,
+        )
+        assert created.status_code == 201, created.text
+        task = httpx.get(f"{first.url}/api/tasks/{created.json()['taskId']}", timeout=10).json()
+        stamped = datetime.datetime.fromisoformat(task["createdAt"]).timestamp()
+        assert before - 1 <= stamped <= time.time() + 1, (before, task["createdAt"])
+        assert _offset_gauge(ahead) == pytest.approx(-SKEW_SECONDS, abs=1)
+        assert abs(_offset_gauge(first)) < 1
+        warnings = [line for line in ahead.log().splitlines() if "time sync" in line]
+        assert len(warnings) == 1, warnings
+        assert re.search(r"clock is (119\.9|120\.0) s ahead of the database server's", warnings[0])
+        assert "time sync" not in first.log()
+    finally:
+        ahead.stop()
+        first.stop()
