@@ -152,8 +152,15 @@ def _lifecycle_event(task: TaskRecord, note: str = "") -> tuple[str, dict[str, o
     )
 
 
-def _requeue_note(lease_seconds: float) -> str:
-    return f"returned to the queue: not executed within {lease_seconds:g} s of dequeue"
+def _requeue_reason(task: TaskRecord) -> str:
+    """Why the Dequeued ``task``, whose lease ran out, goes back to its queue: the lease it
+    was given, not the reaping process's setting (processes may differ)."""
+    if task.lease_expires_at is None or task.dequeued_at is None:
+        return "its dequeue lease ran out"
+    seconds = (task.lease_expires_at - task.dequeued_at) / 1000
+    if task.dispatched:
+        return f"the dispatcher that claimed it did not start it within {seconds:g} s"
+    return f"not executed within {seconds:g} s of dequeue"
 
 
 class Arrivals:
@@ -1424,25 +1431,27 @@ class TaskService:
                         "queue": task.queue,
                     },
                 )
-        lease = self.settings.dequeue_lease_seconds
-        if lease > 0:
-            assert Status.QUEUED in TRANSITIONS[Status.DEQUEUED]
-            for task in await self.store.expired_leases(
-                Status.DEQUEUED, now=now, limit=_REAP_BATCH
+        # Whatever this process's own dequeue_lease_seconds (0: its pulls take none): the
+        # leases were set by the processes that dequeued, and a dispatcher's claim always has
+        # one, for a crash between the claim and the start.
+        assert Status.QUEUED in TRANSITIONS[Status.DEQUEUED]
+        for task in await self.store.expired_leases(Status.DEQUEUED, now=now, limit=_REAP_BATCH):
+            why = _requeue_reason(task)
+            if await self.queue.requeue(
+                self.store, task, now=now, note=f"returned to the queue: {why}"
             ):
-                if await self.queue.requeue(self.store, task, now=now, note=_requeue_note(lease)):
-                    requeued += 1
-                    logger.info(
-                        "task %s is Queued again (not executed within %g s of dequeue)",
-                        task.task_id,
-                        lease,
-                        extra={
-                            "task_id": task.task_id,
-                            "status": Status.QUEUED.value,
-                            "attempt": task.attempts,
-                            "queue": task.queue,
-                        },
-                    )
+                requeued += 1
+                logger.info(
+                    "task %s is Queued again (%s)",
+                    task.task_id,
+                    why,
+                    extra={
+                        "task_id": task.task_id,
+                        "status": Status.QUEUED.value,
+                        "attempt": task.attempts,
+                        "queue": task.queue,
+                    },
+                )
         if requeued:
             self.arrivals.notify()
         await self.queue.purge_expired(now=now)
@@ -1641,14 +1650,14 @@ def _conflict(task: TaskRecord) -> TaskConflict:
         return TaskCompleted(task_id=task.task_id)
     if task.status is Status.CANCELLED:
         return TaskCancelled(task_id=task.task_id)
-    if task.status is Status.FAILED and not task.attempts_left():
+    if task.status is Status.QUEUED:
+        return TaskNotDequeued(task_id=task.task_id)
+    if task.status is not Status.PROCESSING and not task.attempts_left():
         return RetryLimitReached(
             f"the task has made {_attempts(task.attempts)}, the most its maxRetries of "
             f"{task.max_retries} allows",
             task_id=task.task_id,
         )
-    if task.status is Status.QUEUED:
-        return TaskNotDequeued(task_id=task.task_id)
     # Processing, or Dequeued/Retry/Failed just taken by a concurrent execute.
     return TaskProcessing(task_id=task.task_id)
 

@@ -141,3 +141,33 @@ async def test_a_claim_stopped_after_its_commit_still_calls_its_tasks_back(
         assert [e.http_status for e in await service.executions(task_id)] == [200]
     hits = [hit.headers.get("X-Task-Id") for hit in receiver.hits_on("/ok")]
     assert sorted(task_id for task_id in hits if task_id in ids) == sorted(ids)
+
+
+async def test_a_claim_never_started_goes_back_even_where_pulls_take_no_lease(
+    service: TaskService,
+) -> None:
+    """A dispatcher died between its claim and the start: its claim's own lease sends the task
+    back, also from a process whose pulls take no lease (dequeue_lease_seconds 0), and the
+    record says which lease ran out."""
+    service.settings = service.settings.model_copy(update={"dequeue_lease_seconds": 0})
+    task_id = await _create(service, 0, 5)
+    claimed_at = now_ms() - 2000
+    [taken] = await service.queue.transfer_many(
+        service.store,
+        now=claimed_at,
+        most=1,
+        queue="default",
+        lease_token="claim",
+        lease_expires_at=claimed_at + 1000,
+        dispatched=True,
+    )
+    assert taken.task_id == task_id
+    assert await service.reap() == (0, 1)
+    task = await service.get(task_id)
+    assert task.status is Status.QUEUED
+    assert (
+        task.error
+        == "returned to the queue: the dispatcher that claimed it did not start it within 1 s"
+    )
+    [again] = await service.claim_for_dispatch("default", 1)
+    assert (again.task_id, again.status, again.attempts) == (task_id, Status.PROCESSING, 1)

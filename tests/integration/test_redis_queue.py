@@ -329,3 +329,61 @@ async def test_a_batch_insert_keeps_nulls_booleans_and_every_number(redis_over: 
     assert await store.insert_dequeued(tasks) == {_id(0), _id(1), _id(2)}
     for task in tasks:
         assert await store.get(task.task_id) == task
+
+
+async def test_a_redrive_cut_off_before_redis_has_it_comes_back_with_fresh_attempts(
+    redis_over: Backends,
+) -> None:
+    """Step 1 of a re-drive (the store's row marked Queued) is done, step 2 (Redis) fails:
+    recovery finishes it with the re-drive's fresh attempts, not the spent ones (with those
+    the task came back Dequeued, unable to start, and went round the reaper for ever)."""
+    queue, store = redis_over.queue, redis_over.store
+    assert isinstance(queue, RedisQueue)
+    await queue.enqueue(_task(_id(1)))
+    now = now_ms()
+    [taken] = await queue.transfer_many(store, now=now, most=1)
+    assert taken.attempts == 0
+    for _ in range(2):  # both attempts of max_retries=1 spent
+        started = await store.compare_and_set(
+            _id(1),
+            expected={Status.DEQUEUED, Status.RETRY},
+            target=Status.PROCESSING,
+            now=now,
+            changes=TaskChanges(increment_attempts=True, lease_token="L", lease_expires_at=now),
+        )
+        assert started is not None
+        failed = await store.compare_and_set(
+            _id(1),
+            expected={Status.PROCESSING},
+            target=Status.RETRY if started.attempts == 1 else Status.FAILED,
+            now=now,
+            changes=TaskChanges(lease_token=None, lease_expires_at=None, error="HTTP 500"),
+        )
+        assert failed is not None
+        assert failed.status is (Status.RETRY if started.attempts == 1 else Status.FAILED)
+    failed = await store.compare_and_set(
+        _id(1),
+        expected={Status.FAILED},
+        target=Status.FAILED,
+        now=now,
+        changes=TaskChanges(dead_letter=True, completed_at=now, result=b'{"no": 1}'),
+    )
+    assert failed is not None
+    assert failed.attempts == 2
+
+    async def cut_off(**arguments: object) -> None:
+        raise BackendUnavailable("the Redis queue failed: injected")
+
+    real_requeue = queue._requeue
+    queue._requeue = cut_off  # type: ignore[assignment]
+    try:
+        with pytest.raises(BackendUnavailable):
+            await queue.requeue(store, failed, now=now, note="re-driven", redrive=True)
+    finally:
+        queue._requeue = real_requeue
+    later = now_ms() + 3_600_000
+    await queue.recover(store, now=later)
+    [back] = await queue.transfer_many(store, now=later, most=1)
+    assert (back.task_id, back.status, back.attempts) == (_id(1), Status.DEQUEUED, 0)
+    assert (back.dead_letter, back.result, back.completed_at) == (False, None, None)
+    assert back.attempts <= back.max_retries  # it can start

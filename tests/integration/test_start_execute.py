@@ -11,7 +11,9 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from taskplatform.models import Status, TaskRecord
+from taskplatform.backends import TaskChanges
+from taskplatform.exceptions import RetryLimitReached
+from taskplatform.models import Status, TaskRecord, now_ms
 from taskplatform.service import TaskService
 from taskplatform.validation import parse_task_create
 from tests.support.receiver import Receiver
@@ -83,3 +85,21 @@ async def test_a_dead_letter_that_succeeds_when_tried_again_is_no_dead_letter(
     assert (task.status, task.dead_letter) == (Status.COMPLETED, False)
     dead = await service.list_tasks(status=None, cursor=None, limit=10, dead_letter=True)
     assert task_id not in {listed.task_id for listed in dead[0]}
+
+
+async def test_a_dequeued_task_with_no_attempts_left_says_so(service: TaskService) -> None:
+    """Execute of a Dequeued task whose attempts are spent (left so by an older version's
+    interrupted re-drive) is refused as retry_limit_reached, not as already executing."""
+    task_id = await _create(service, "http://127.0.0.1:9/x", maxRetries=1)
+    assert (await service.dequeue()).task_id == task_id
+    spent = await service.store.compare_and_set(
+        task_id,
+        expected={Status.DEQUEUED},
+        target=Status.DEQUEUED,
+        now=now_ms(),
+        changes=TaskChanges(attempts=2),
+    )
+    assert spent is not None
+    with pytest.raises(RetryLimitReached, match="has made 2 attempts, the most its maxRetries"):
+        await service.execute(task_id)
+    assert (await service.get(task_id)).status is Status.DEQUEUED

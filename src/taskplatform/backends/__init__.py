@@ -175,6 +175,8 @@ async def prepare_schema(settings: Settings) -> None:
             if type(exc).__module__.startswith(("sqlalchemy", "asyncpg")):
                 raise BackendUnavailable(f"cannot use the PostgreSQL database: {exc}") from exc
             raise
+    if store == "postgresql" and queue != "redis":
+        await migrate.advance_queue_sequence(url, connect_timeout_seconds=timeout)
     if queue == "redis" and (
         stranded := await migrate.count_queued(url, connect_timeout_seconds=timeout)
     ):

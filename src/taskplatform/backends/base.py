@@ -39,12 +39,16 @@ class TaskChanges(msgspec.Struct, kw_only=True):
     completed_at: int | msgspec.UnsetType | None = msgspec.UNSET
     dead_letter: bool | msgspec.UnsetType = msgspec.UNSET
     dispatched: bool | msgspec.UnsetType = msgspec.UNSET
+    attempts: int | msgspec.UnsetType = msgspec.UNSET
+    scheduled_at: int | msgspec.UnsetType | None = msgspec.UNSET
 
     def __post_init__(self) -> None:
         if self.lease_grace_seconds is not msgspec.UNSET and (
             self.lease_expires_at is not msgspec.UNSET
         ):
             raise ValueError("set lease_expires_at or lease_grace_seconds, not both")
+        if self.increment_attempts and self.attempts is not msgspec.UNSET:
+            raise ValueError("set attempts or increment_attempts, not both")
 
     def columns(self) -> dict[str, object]:
         """Return the set columns as ``{column name: value}``, skipping ``UNSET`` ones (and
@@ -60,6 +64,8 @@ class TaskChanges(msgspec.Struct, kw_only=True):
                 "completed_at",
                 "dead_letter",
                 "dispatched",
+                "attempts",
+                "scheduled_at",
             )
             if (value := getattr(self, name)) is not msgspec.UNSET
         }

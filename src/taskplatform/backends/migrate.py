@@ -118,6 +118,36 @@ async def count_queued(url: str, *, connect_timeout_seconds: float = 5.0) -> int
     return await _in_transaction(url, _count_queued_on, connect_timeout_seconds)
 
 
+# The queue's seq numbers come from one PostgreSQL sequence; a task stored while the queue was
+# Redis carries Redis's number, which goes back into queued_tasks when the task is requeued or
+# re-driven. Past the sequence, that number would be handed out again to a new task.
+_ADVANCE_QUEUE_SEQUENCE = text(
+    """
+    SELECT setval(serial.name, stored.top)
+    FROM (SELECT pg_get_serial_sequence('queued_tasks', 'seq') AS name) AS serial,
+         (SELECT max(sequence) AS top FROM tasks) AS stored
+    WHERE stored.top > COALESCE(
+        (SELECT last_value FROM pg_sequences
+         WHERE format('%I.%I', schemaname, sequencename) = serial.name), 0)
+    """
+)
+
+
+def _advance_queue_sequence_on(connection: Connection) -> None:
+    connection.execute(_ADVANCE_QUEUE_SEQUENCE)
+
+
+async def advance_queue_sequence(url: str, *, connect_timeout_seconds: float = 5.0) -> None:
+    """Move the PostgreSQL queue's seq counter past every stored task's sequence number.
+
+    For a queue switched back from Redis to the database (``TASKPLATFORM_QUEUE_URL`` unset
+    again): tasks stored meanwhile carry Redis's numbers, and once one is requeued, a new task
+    numbered by the old counter would collide with it (a 503 on create). Called at start; one
+    scan of ``tasks``. The schema must be current (:func:`upgrade`).
+    """
+    await _in_transaction(url, _advance_queue_sequence_on, connect_timeout_seconds)
+
+
 async def upgrade(url: str, *, connect_timeout_seconds: float = 5.0) -> str:
     """Bring the database at ``url`` to the newest revision; return that revision.
 

@@ -391,6 +391,8 @@ def _is_outcome(
         and changes.next_attempt_at is not msgspec.UNSET
         and changes.completed_at is not None  # NULL in the arrays means "leave it"
         and changes.dispatched is msgspec.UNSET
+        and changes.attempts is msgspec.UNSET
+        and changes.scheduled_at is msgspec.UNSET
     )
 
 
@@ -606,9 +608,12 @@ class PostgresQueue(Queue):
             returned.error, returned.updated_at = note, now
             if redrive:
                 returned.attempts, returned.scheduled_at = 0, None
-            await conn.execute(
-                SQL["requeue_insert"], {**queue_params(returned), "sequence": returned.sequence}
+            params = queue_params(returned)
+            put = await conn.execute(
+                SQL["requeue_insert"], {**params, "sequence": returned.sequence}
             )
+            if put.first() is None:  # its number is taken (see requeue_insert): a new one
+                await conn.execute(SQL["enqueue"], params)
         return True
 
     async def purge_expired(self, *, now: int) -> None:

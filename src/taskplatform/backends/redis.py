@@ -562,18 +562,31 @@ class RedisQueue(Queue):
            3 revives the marked row (``store_insert``), and step 3 then deletes nothing.
         """
         marker = str(uuid.uuid4())
+        changes = TaskChanges(lease_token=marker, lease_expires_at=None, error=note)
+        if redrive:
+            # Written in step 1, so that a re-drive cut off before Redis has it (by a Redis
+            # outage, a crash) is finished by recover() with a fresh set of attempts: with the
+            # spent ones it came back Dequeued and unable to start, again and again.
+            changes = msgspec.structs.replace(
+                changes,
+                attempts=0,
+                scheduled_at=None,
+                next_attempt_at=None,
+                dead_letter=False,
+                dispatched=False,
+                result=None,
+                completed_at=None,
+            )
         marked = await store.compare_and_set(
             task.task_id,
             expected={Status.FAILED if redrive else Status.DEQUEUED},
             target=Status.QUEUED,
             now=now,
-            changes=TaskChanges(lease_token=marker, lease_expires_at=None, error=note),
+            changes=changes,
             lease_token=None if redrive else task.lease_token,
         )
         if marked is None:
             return False
-        if redrive:
-            marked.attempts, marked.scheduled_at = 0, None
         await self._return(store, marked, marker)
         return True
 

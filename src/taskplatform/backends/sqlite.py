@@ -631,9 +631,10 @@ class SQLiteQueue(Queue):
             returned.error, returned.updated_at = note, now
             if redrive:
                 returned.attempts, returned.scheduled_at = 0, None
-            conn.execute(
-                SQL["requeue_insert"], {**queue_params(returned), "sequence": returned.sequence}
-            )
+            params = queue_params(returned)
+            put = conn.execute(SQL["requeue_insert"], {**params, "sequence": returned.sequence})
+            if put.fetchone() is None:  # its number is taken (see requeue_insert): a new one
+                conn.execute(SQL["enqueue"], params).fetchone()
             return True
 
         return await self.database.write(job)

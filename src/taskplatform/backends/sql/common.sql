@@ -113,13 +113,17 @@ RETURNING task_id, sequence, status, priority, task_data, callback_url, max_retr
           retry_policy, dead_letter, dispatched;
 
 -- name: requeue_insert
--- Put a task back into the queue at its original position (its old sequence number).
+-- Put a task back into the queue at its original position (its old sequence number). No row
+-- back means another queued task holds that number (both numbered by a Redis queue since
+-- switched away from, or one by Redis and one by this table): the caller enqueues it anew.
 INSERT INTO queued_tasks (seq, task_id, priority, task_data, callback_url, max_retries,
                           timeout_seconds, attempts, error, created_at, updated_at, queue,
                           scheduled_at, retry_policy)
 VALUES (:sequence, :task_id, :priority, :task_data, :callback_url, :max_retries,
         :timeout_seconds, :attempts, :error, :created_at, :updated_at, :queue, :scheduled_at,
-        :retry_policy);
+        :retry_policy)
+ON CONFLICT (seq) DO NOTHING
+RETURNING seq;
 
 -- name: store_delete_returning
 -- Remove a task that a Redis requeue marked Queued in the store, once it is back in Redis.

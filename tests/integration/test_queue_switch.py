@@ -1,0 +1,63 @@
+"""A queue switched from Redis back to the database's own: the tasks stored meanwhile carry
+Redis's sequence numbers, which the database's queue had handed out (or would hand out) too."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from taskplatform.backends import open_backends, prepare_schema
+from taskplatform.models import Status, now_ms
+from taskplatform.settings import Settings
+from tests.integration.test_contract import _id, _task
+from tests.support.backends import backend_env, settings_kwargs
+
+
+@pytest.mark.parametrize("name", ["sqlite", "postgres"])
+async def test_tasks_numbered_by_redis_go_back_into_the_database_queue(
+    name: str, tmp_path: Path
+) -> None:
+    """Requeues and re-drives of tasks numbered by Redis, with numbers the database's queue has
+    given out or has yet to give out, and creates after them: nothing collides, nothing is
+    lost, and each takes its place by priority."""
+    settings = Settings(**settings_kwargs(backend_env(name, tmp_path)))  # type: ignore[arg-type]
+    await prepare_schema(settings)
+    backends = open_backends(settings)
+    queue, store = backends.queue, backends.store
+    try:
+        await queue.enqueue(_task(_id(0)))  # seq 1 by the database's counter
+        now = now_ms()
+        # Stored while the queue was Redis (whose counter started again at 1).
+        borrowed = [
+            msgspec.structs.replace(
+                _task(_id(n)), status=Status.DEQUEUED, sequence=number, lease_token=f"L{n}"
+            )
+            for n, number in ((1, 1), (2, 3), (3, 4))
+        ]
+        assert await store.insert_dequeued(borrowed) == {_id(1), _id(2), _id(3)}
+        failed = await store.compare_and_set(
+            _id(3),
+            expected={Status.DEQUEUED},
+            target=Status.FAILED,
+            now=now,
+            lease_token="L3",
+        )
+        assert failed is not None
+        await backends.close()
+        await prepare_schema(settings)  # the restart with the queue switched back
+        backends = open_backends(settings)
+        queue, store = backends.queue, backends.store
+
+        for task in borrowed[:2]:  # number 1 is the queued task's
+            assert await queue.requeue(store, task, now=now, note="lease ran out")
+        assert await queue.requeue(store, failed, now=now, note="re-driven", redrive=True)
+        for n in (4, 5, 6):  # past every borrowed number
+            await queue.enqueue(_task(_id(n)))
+        taken = await queue.transfer_many(store, now=now_ms(), most=10)
+        assert sorted(task.task_id for task in taken) == [_id(n) for n in range(7)]
+        assert len({task.sequence for task in taken}) == 7
+        assert [task.task_id for task in taken][-3:] == [_id(4), _id(5), _id(6)]
+    finally:
+        await backends.close()
