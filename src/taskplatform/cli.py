@@ -11,6 +11,8 @@ import math
 import os
 import shutil
 import tempfile
+import urllib.parse
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -90,19 +92,51 @@ def _prepare_or_exit(settings: Settings) -> None:
         raise typer.Exit(2) from exc
 
 
-def _check_store_opens_or_exit(settings: Settings) -> None:
-    """Open the backends once and close them, so that a SQLite file the server cannot use
-    (read-only) is one line here, not a traceback in each API process's startup. A no-op for
-    the others: their pools connect on first use, and an outage then is a 503, not an exit."""
+def _check_backends_answer_or_exit(settings: Settings, command: str) -> None:
+    """Open the backends once, ask the queue to answer, close them, and log where both are.
+
+    So that a SQLite file the server cannot use (read-only), or a Redis queue that is not there
+    (a wrong port, a database index past the server's ``databases``, TLS against a plain
+    server) is one line here and exit code 3, not a server that starts and answers 503 to
+    everything, or a traceback in each API process. The store's own connection was proved by
+    :func:`_prepare_or_exit`. An outage after the start is a 503, not an exit.
+    """
     from taskplatform.backends import open_backends
     from taskplatform.exceptions import BackendUnavailable
 
-    try:
+    async def check() -> None:
         backends = open_backends(settings)
+        try:
+            await backends.queue.ping()
+        finally:
+            await backends.close()
+
+    try:
+        asyncio.run(check())
     except BackendUnavailable as exc:
-        typer.echo(f"error: cannot start the server: {exc}", err=True)
+        typer.echo(f"error: cannot start the {command}: {exc}", err=True)
         raise typer.Exit(STARTUP_FAILURE) from exc
-    asyncio.run(backends.close())
+    logging.getLogger("taskplatform").info("store: %s; queue: %s", *_backend_addresses(settings))
+
+
+def _backend_addresses(settings: Settings) -> tuple[str, str]:
+    """Where the store and the queue are, as a log line may show them: a SQLite file by its
+    absolute path (a relative one depends on the folder the command ran in), no passwords."""
+    from sqlalchemy.engine import make_url
+
+    database = settings.database_url
+    if database.startswith("sqlite:///"):
+        store = f"SQLite file {Path(database.removeprefix('sqlite:///')).resolve()}"
+    else:
+        store = make_url(database).render_as_string(hide_password=True)
+    queue_url = settings.resolved_queue_url()
+    if queue_url == database:
+        return store, "the store's database"
+    parts = urllib.parse.urlsplit(queue_url)
+    if parts.password is not None:
+        where = parts.netloc.rpartition("@")[2]
+        parts = parts._replace(netloc=f"{parts.username or ''}:***@{where}")
+    return store, f"Redis {urllib.parse.urlunsplit(parts)}"
 
 
 def _is_loopback(host: str) -> bool:
@@ -189,7 +223,7 @@ def serve(
     _configure_logging(settings)
     _refuse_unsafe_or_exit(settings)
     _prepare_or_exit(settings)
-    _check_store_opens_or_exit(settings)
+    _check_backends_answer_or_exit(settings, "server")
     # Worker processes rebuild their settings from the environment: hand the flags down.
     for name in ("host", "port", "workers", "database_url", "insecure", "dispatch", "log_format"):
         os.environ[f"TASKPLATFORM_{name.upper()}"] = str(getattr(settings, name))
@@ -310,6 +344,7 @@ def worker(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     _prepare_or_exit(settings)
+    _check_backends_answer_or_exit(settings, "worker")
     from taskplatform.exceptions import BackendUnavailable
 
     try:

@@ -181,6 +181,51 @@ def test_a_sqlite_file_that_cannot_be_used_is_one_line_not_a_traceback(
         assert "attempt to write a readonly database" in result.stderr
 
 
+@pytest.mark.parametrize("command", ["serve", "worker"])
+@pytest.mark.parametrize(
+    ("queue_url", "reason"),
+    [
+        ("redis://127.0.0.1:{closed}/9", "Connect call failed"),
+        ("redis://127.0.0.1:6379/99", "DB index is out of range"),
+    ],
+)
+def test_a_redis_queue_that_does_not_answer_stops_the_start(
+    command: str, queue_url: str, reason: str, tmp_path: Path
+) -> None:
+    """A Redis queue on a port where nothing listens, or at a database index past the server's:
+    one line and exit code 3, where the server started and answered 503 to every call."""
+    env = {
+        "TASKPLATFORM_DATABASE_URL": f"sqlite:///{tmp_path / 'tp.db'}",
+        "TASKPLATFORM_QUEUE_URL": queue_url.format(closed=free_port()),
+        "TASKPLATFORM_PORT": str(free_port()),
+    }
+    result = _taskplatform(command, env=env)
+    assert result.returncode == 3, result.stderr
+    name = {"serve": "server", "worker": "worker"}[command]
+    assert f"error: cannot start the {name}: the Redis queue failed: " in result.stderr
+    assert reason in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_serve_logs_where_its_store_and_queue_are(tmp_path: Path) -> None:
+    """The first line names the SQLite file by its absolute path (a relative URL depends on the
+    folder serve ran in) and a Redis queue without its password."""
+    env = {
+        "TASKPLATFORM_DATABASE_URL": "sqlite:///./here.db",
+        "TASKPLATFORM_QUEUE_URL": "redis://:s3cret@127.0.0.1:6379/9",
+    }
+    server = Server(env, tmp_path / "server.log", cwd=tmp_path)
+    try:
+        server.start()
+    finally:
+        server.stop()
+    expected = (
+        f"store: SQLite file {tmp_path / 'here.db'}; queue: Redis redis://:***@127.0.0.1:6379/9"
+    )
+    assert expected in server.log()
+    assert "s3cret" not in server.log()
+
+
 @pytest.mark.parametrize(
     ("module", "extra", "queue_url"),
     [("redis", "redis", "redis://127.0.0.1:6379/15"), ("asyncpg", "postgres", None)],

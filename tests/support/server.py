@@ -53,16 +53,23 @@ class Server:
         args: More arguments of ``serve`` (``--workers 2``).
         own_group: Start it in a process group of its own, as a shell starts a command, so
             that a test can signal it and its workers together, as a terminal's Ctrl-C does.
+        cwd: The folder it runs in (this process's when None).
     """
 
     def __init__(
-        self, env: dict[str, str], log_path: Path, *args: str, own_group: bool = False
+        self,
+        env: dict[str, str],
+        log_path: Path,
+        *args: str,
+        own_group: bool = False,
+        cwd: Path | None = None,
     ) -> None:
         self.env = clean_environ(env)
         self.use_port(free_port())
         self.log_path = log_path
         self.args = args
         self.own_group = own_group
+        self.cwd = cwd
         self.process: subprocess.Popen[bytes] | None = None
         LOGS.append(log_path)
 
@@ -84,6 +91,7 @@ class Server:
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     process_group=0 if self.own_group else None,
+                    cwd=self.cwd,
                 )
             if self._wait_healthy(offset, timeout):
                 return self
