@@ -158,9 +158,14 @@ def _client(url: str, api_key: str | None, as_json: bool) -> Iterator[TaskClient
         _fail(ExitCode.NOT_FOUND, _describe(exc), as_json, exc.problem or {"code": exc.code})
     except TaskPlatformError as exc:
         problem = exc.problem or {"status": exc.status, "code": exc.code, "detail": exc.detail}
-        _fail(ExitCode.REFUSED, _describe(exc), as_json, problem)
+        message = _describe(exc)
+        if exc.code == "unauthorized":
+            message += " (pass one with --api-key or TASKPLATFORM_API_KEY)"
+        _fail(ExitCode.REFUSED, message, as_json, problem)
     except ConnectionFailed as exc:
         detail = f"cannot reach the server at {url}: {exc}"
+        if not as_json:
+            detail += " (is it running? another server: --url or TASKPLATFORM_URL)"
         _fail(
             ExitCode.UNREACHABLE, detail, as_json, {"code": "connection_failed", "detail": detail}
         )

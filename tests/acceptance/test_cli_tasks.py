@@ -255,6 +255,7 @@ def test_exit_codes(server: Server, receiver: Receiver, queue: str, tp: TaskClie
     unreachable = run(None, "tasks", "get", MISSING, "--url", nowhere)
     assert unreachable.exit_code == 4
     assert nowhere in unreachable.stderr
+    assert "--url or TASKPLATFORM_URL" in unreachable.stderr
     unreachable_json = run(None, "stats", "--json", "--url", nowhere)
     assert unreachable_json.exit_code == 4
     assert as_json(unreachable_json)["error"]["code"] == "connection_failed"
@@ -273,6 +274,9 @@ def test_api_key_from_option_and_environment(
     denied = run(keyed, "stats", "--json")
     assert denied.exit_code == 1
     assert as_json(denied)["error"]["code"] == "unauthorized"
+    said = run(keyed, "stats")
+    assert said.exit_code == 1
+    assert "(pass one with --api-key or TASKPLATFORM_API_KEY)" in said.stderr
     assert run(keyed, "stats", "--api-key", "cli-key-1234567890").exit_code == 0
     created = run(
         keyed,
