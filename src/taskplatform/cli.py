@@ -397,6 +397,59 @@ def db_upgrade(
     typer.echo(f"schema at revision {head_revision()}")
 
 
+@db_app.command("copy")
+def db_copy(
+    to: Annotated[
+        str,
+        typer.Option(
+            "--to",
+            help="The URL of the database to copy into (it must hold no tasks), as "
+            "TASKPLATFORM_DATABASE_URL takes it.",
+            show_default=False,
+        ),
+    ],
+    database_url: Annotated[
+        str | None,
+        typer.Option(help="The database to copy from. \\[env: TASKPLATFORM_DATABASE_URL]"),
+    ] = None,
+) -> None:
+    """Copy the store, every task in every status with its attempts, into another database.
+
+    How a deployment moves from SQLite to PostgreSQL (or back) with its data: stop the servers
+    and workers, copy, then start them with TASKPLATFORM_DATABASE_URL set to the new database.
+    Both schemas are brought to the newest revision first. A Redis queue stays as it is.
+    """
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from taskplatform.backends.copy import TargetNotEmpty, copy_store, describe
+
+    source = _settings_or_exit(database_url=database_url)
+    target = _settings_or_exit(database_url=to)
+    if _backend_addresses(source)[0] == _backend_addresses(target)[0]:
+        typer.echo("error: --to names the database being copied from", err=True)
+        raise typer.Exit(2)
+    _prepare_or_exit(source)
+    _prepare_or_exit(target)
+    where = _backend_addresses(source)[0], _backend_addresses(target)[0]
+    typer.echo(f"copying {where[0]} into {where[1]}", err=True)
+    try:
+        copied = asyncio.run(
+            copy_store(
+                source.database_url,
+                target.database_url,
+                connect_timeout_seconds=target.database_connect_timeout_seconds,
+            )
+        )
+    except TargetNotEmpty as exc:
+        typer.echo(f"error: {exc.detail}", err=True)
+        raise typer.Exit(1) from exc
+    except (SQLAlchemyError, OSError) as exc:
+        reason = getattr(exc, "orig", None) or exc
+        typer.echo(f"error: the copy failed, the target is left as it was: {reason}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"copied {describe(copied.items())}")
+
+
 def main() -> None:
     """Entry point of the ``taskplatform`` console script."""
     app()

@@ -13,13 +13,16 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
 import pytest
 
 from taskplatform.backends.migrate import head_revision
+from tests.acceptance.helpers import create
 from tests.support.backends import backend_env
+from tests.support.receiver import Receiver
 from tests.support.server import Server, Worker, clean_environ, free_port
 
 
@@ -456,3 +459,78 @@ def test_switching_the_queue_to_redis_warns_of_tasks_left_in_the_database(
         worker.stop()
     assert "dispatching queues" in worker.log()
     assert worker.log().count("2 tasks are Queued in the database's own queue") == 1
+
+
+def _snapshot(server: Server) -> dict[str, Any]:
+    """Everything a client can read of the tasks, their attempts and the queues."""
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        tasks = http.get("/api/tasks", params={"limit": 100}).json()["items"]
+        return {
+            "tasks": tasks,
+            "executions": {
+                task["taskId"]: http.get(f"/api/tasks/{task['taskId']}/executions").json()
+                for task in tasks
+            },
+            "queues": [
+                {key: queue[key] for key in ("name", "paused", "depth")}
+                for queue in http.get("/api/queues").json()["items"]
+            ],
+            "stats": http.get("/api/stats").json(),
+        }
+
+
+@pytest.mark.parametrize(("source", "target"), [("sqlite", "postgres"), ("postgres", "sqlite")])
+def test_db_copy_moves_a_store_with_every_task_into_another_database(
+    source: str, target: str, tmp_path: Path, receiver: Receiver
+) -> None:
+    """Tasks in every status, the attempt log, the database's queue in its order, a task
+    scheduled for later, idempotency keys and a paused queue: after ``db copy`` and a restart
+    on the other database a client reads the same, a key replays, and a new task queues after
+    the copied ones of its priority. A second copy into the now full target is refused."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    before_env = backend_env(source, tmp_path / "a")
+    after_env = backend_env(target, tmp_path / "b")
+    first = Server(before_env, tmp_path / "source.log").start()
+    body = {"taskData": {"n": 1}, "callbackUrl": receiver.url("/ok")}
+    with httpx.Client(base_url=first.url, timeout=30) as http:
+        keyed = http.post("/api/tasks", json=body, headers={"Idempotency-Key": "k-1"}).json()
+        for priority in (5, 5, 0):
+            create(http, receiver.url("/ok"), priority=priority)
+        create(http, receiver.url("/ok"), delaySeconds=3600)
+        done = http.get("/api/tasks/dequeue").json()["taskId"]  # the first of priority 5
+        assert http.post(f"/api/tasks/{done}/execute").status_code == 200
+        failing = create(http, receiver.url("/status/500"), priority=9, maxRetries=0)
+        assert http.get("/api/tasks/dequeue").json()["taskId"] == failing
+        assert http.post(f"/api/tasks/{failing}/execute").status_code == 200
+        assert http.post("/api/queues/emails/pause").status_code == 200
+    before = _snapshot(first)
+    first.stop()
+
+    copied = _taskplatform(
+        "db", "copy", "--to", after_env["TASKPLATFORM_DATABASE_URL"], env=before_env
+    )
+    assert copied.returncode == 0, copied.stderr
+    assert "copied tasks 2, task_executions 2, queued_tasks 4, idempotency_keys 1" in copied.stdout
+
+    second = Server(after_env, tmp_path / "target.log").start()
+    try:
+        assert _snapshot(second) == before
+        with httpx.Client(base_url=second.url, timeout=30) as http:
+            replay = http.post("/api/tasks", json=body, headers={"Idempotency-Key": "k-1"})
+            assert replay.headers.get("Idempotent-Replayed") == "true"
+            assert replay.json()["taskId"] == keyed["taskId"]
+            newest = create(http, receiver.url("/ok"), priority=5)
+            order = [http.get("/api/tasks/dequeue").json()["taskId"] for _ in range(4)]
+            assert order[1] == newest  # after the copied task of priority 5 still queued
+            assert order[2] == keyed["taskId"]  # the first created of priority 0
+            assert http.get("/api/tasks/dequeue").status_code == 404  # the delayed one: not due
+            paused = {q["name"]: q["paused"] for q in http.get("/api/queues").json()["items"]}
+            assert paused["emails"] is True
+    finally:
+        second.stop()
+    again = _taskplatform(
+        "db", "copy", "--to", after_env["TASKPLATFORM_DATABASE_URL"], env=before_env
+    )
+    assert again.returncode == 1
+    assert "the target database already holds rows" in again.stderr

@@ -1,0 +1,202 @@
+"""Copy a store from one database to another (``taskplatform db copy``): how a deployment that
+started on the embedded SQLite file moves to PostgreSQL, or back, with its tasks.
+
+Every table of the schema is copied row for row, in one read snapshot of the source, into a
+target that holds no tasks yet: the tasks in every status with their results and errors, the
+attempt log, the database's own queue (each task at its place: its seq number is kept), the
+idempotency keys, the queues' pause and rate state, and the depth history. Both databases are
+first brought to the newest schema revision. A Redis queue is not a database: its tasks and keys
+stay where they are and the copy does not need them (keep ``TASKPLATFORM_QUEUE_URL`` as it was).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection, MetaData, Table, func, insert, select, text, tuple_
+from sqlalchemy import create_engine as create_sync_engine
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.pool import NullPool
+
+from taskplatform.exceptions import TaskPlatformError
+
+T = TypeVar("T")
+
+TABLES: dict[str, tuple[str, ...]] = {
+    "tasks": ("task_id",),
+    "task_executions": ("id",),
+    "queued_tasks": ("seq",),
+    "idempotency_keys": ("key",),
+    "queues": ("name",),
+    "queue_depth_samples": ("queue", "sampled_at"),
+}
+"""Each table of the store and its primary key, by which it is read in batches."""
+
+_SERIALS = (("queued_tasks", "seq"), ("task_executions", "id"))
+"""The numbered columns whose PostgreSQL sequence must move past the copied numbers (SQLite's
+AUTOINCREMENT follows the largest number inserted by itself)."""
+
+BATCH_ROWS = 2000
+"""Rows read and written at a time: a batch of tasks of the largest data (1 MiB) is 2 GiB at
+worst, of ordinary ones a few MB."""
+
+
+class TargetNotEmpty(TaskPlatformError):
+    """The target database already holds tasks; a copy goes only into an empty store."""
+
+    code = "target_not_empty"
+    title = "Target not empty"
+
+
+@dataclass
+class _Side:
+    """One end of the copy: a connection, sync (SQLite) or async (PostgreSQL), in a transaction."""
+
+    sync: Connection | None = None
+    asynchronous: AsyncConnection | None = None
+
+    async def run(self, work: Callable[[Connection], T]) -> T:
+        """Run ``work`` with a sync connection (on an async one through SQLAlchemy's greenlet)."""
+        if self.asynchronous is not None:
+            return await self.asynchronous.run_sync(work)
+        assert self.sync is not None
+        return work(self.sync)
+
+
+@contextlib.asynccontextmanager
+async def _opened(
+    url: str, *, snapshot: bool, connect_timeout_seconds: float
+) -> AsyncIterator[_Side]:
+    """Open one connection to ``url`` in a transaction; ``snapshot`` makes every read of it see
+    the database as of its first (PostgreSQL: REPEATABLE READ; SQLite: one read transaction)."""
+    if url.startswith("sqlite"):
+        engine = create_sync_engine(url, poolclass=NullPool)
+        try:
+            with engine.connect() as connection, connection.begin():
+                if snapshot:
+                    # pysqlite begins a transaction only before a write: without this BEGIN each
+                    # read would see the file as of its own moment.
+                    connection.exec_driver_sql("BEGIN")
+                yield _Side(sync=connection)
+        finally:
+            engine.dispose()
+        return
+    from taskplatform.backends import postgres
+
+    connect = postgres.connector(url, connect_timeout_seconds=connect_timeout_seconds)
+    isolation = "REPEATABLE READ" if snapshot else "READ COMMITTED"
+    async_engine = postgres.create_engine(connect, poolclass=NullPool, isolation_level=isolation)
+    try:
+        async with async_engine.connect() as opened, opened.begin():
+            yield _Side(asynchronous=opened)
+    finally:
+        await async_engine.dispose()
+
+
+def _reflect(connection: Connection) -> dict[str, Table]:
+    metadata = MetaData()
+    metadata.reflect(bind=connection, only=list(TABLES))
+    return dict(metadata.tables)
+
+
+def _count(tables: dict[str, Table]) -> Callable[[Connection], dict[str, int]]:
+    def count(connection: Connection) -> dict[str, int]:
+        return {
+            name: int(connection.execute(select(func.count()).select_from(table)).scalar_one())
+            for name, table in tables.items()
+        }
+
+    return count
+
+
+def _batch(
+    table: Table, key: tuple[str, ...], after: tuple[Any, ...] | None
+) -> Callable[[Connection], list[dict[str, Any]]]:
+    def read(connection: Connection) -> list[dict[str, Any]]:
+        columns = [table.c[name] for name in key]
+        query = select(table).order_by(*columns).limit(BATCH_ROWS)
+        if after is not None:
+            query = query.where(tuple_(*columns) > tuple_(*after))
+        return [dict(row) for row in connection.execute(query).mappings()]
+
+    return read
+
+
+def _write(table: Table, rows: list[dict[str, Any]]) -> Callable[[Connection], None]:
+    def write(connection: Connection) -> None:
+        connection.execute(insert(table), rows)
+
+    return write
+
+
+def _advance_sequences(connection: Connection) -> None:
+    for table, column in _SERIALS:
+        connection.execute(
+            text(
+                f"SELECT setval(pg_get_serial_sequence('{table}', '{column}'), top) "
+                f"FROM (SELECT max({column}) AS top FROM {table}) AS copied WHERE top IS NOT NULL"
+            )
+        )
+
+
+async def copy_store(
+    source_url: str,
+    target_url: str,
+    *,
+    connect_timeout_seconds: float = 5.0,
+    progress: Callable[[str, int], None] | None = None,
+) -> dict[str, int]:
+    """Copy every row of the store at ``source_url`` into the empty store at ``target_url``.
+
+    Both URLs as ``TASKPLATFORM_DATABASE_URL`` takes them; both schemas must be at the newest
+    revision (:func:`~taskplatform.backends.prepare_schema`). The source is read in one snapshot,
+    so a server still writing to it would see its later writes missing from the copy: stop the
+    servers (and workers) first. The target is written in one transaction: a failure leaves it
+    as empty as it was.
+
+    Args:
+        progress: Called with a table's name and the rows copied of it so far, after each batch.
+
+    Returns:
+        ``{table: rows copied}`` for every table of :data:`TABLES`.
+
+    Raises:
+        TargetNotEmpty: the target holds rows in one of the tables.
+        sqlalchemy.exc.SQLAlchemyError, OSError: a database failed or cannot be reached.
+    """
+    opened = {"connect_timeout_seconds": connect_timeout_seconds}
+    async with (
+        _opened(source_url, snapshot=True, **opened) as source,
+        _opened(target_url, snapshot=False, **opened) as target,
+    ):
+        source_tables = await source.run(_reflect)
+        target_tables = await target.run(_reflect)
+        held = {
+            name: rows for name, rows in (await target.run(_count(target_tables))).items() if rows
+        }
+        if held:
+            listed = ", ".join(f"{rows} in {name}" for name, rows in sorted(held.items()))
+            raise TargetNotEmpty(
+                f"the target database already holds rows ({listed}); copy into an empty one"
+            )
+        copied: dict[str, int] = {}
+        for name, key in TABLES.items():
+            copied[name] = 0
+            after: tuple[Any, ...] | None = None
+            while rows := await source.run(_batch(source_tables[name], key, after)):
+                await target.run(_write(target_tables[name], rows))
+                copied[name] += len(rows)
+                after = tuple(rows[-1][column] for column in key)
+                if progress is not None:
+                    progress(name, copied[name])
+        if target_url.startswith("postgresql"):
+            await target.run(_advance_sequences)
+    return copied
+
+
+def describe(copied: Iterable[tuple[str, int]]) -> str:
+    """Return ``copied`` as one line: ``tasks 12, task_executions 30, ...``."""
+    return ", ".join(f"{name} {rows:,}" for name, rows in copied)
