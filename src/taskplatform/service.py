@@ -1408,9 +1408,9 @@ class TaskService:
         """Settle what crashed or idle clients left behind; every server runs this periodically.
 
         Returns expired Redis reservations to the queue, fails the attempts of Processing tasks
-        whose lease ran out (their process died), returns Dequeued tasks nobody executed within
-        ``dequeue_lease_seconds`` to the queue at their original position, and forgets expired
-        idempotency keys.
+        whose lease ran out (their process died), returns Dequeued tasks whose lease ran out (a
+        pull's ``dequeue_lease_seconds``, a dispatcher's claim's grace) to the queue at their
+        original position, and forgets expired idempotency keys.
 
         Returns:
             ``(attempts interrupted, tasks requeued)`` by this call.
@@ -1481,6 +1481,7 @@ class TaskService:
             remote = await self.store.clock_ms()
             received = time.time_ns()
             if remote is None:
+                self._next_clock_sync = float("inf")
                 return
             trip = received - sent
             if best is None or trip < best[0]:

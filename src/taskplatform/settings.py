@@ -158,7 +158,8 @@ class Settings(BaseSettings):
             ge=0,
             description=(
                 "A Dequeued task nobody executes within this many seconds goes back to the queue "
-                "at its original position; 0 keeps it Dequeued forever."
+                "at its original position; 0 keeps a pulled task Dequeued forever (a "
+                "dispatcher's claim still has its own lease)."
             ),
         ),
     ] = 300.0
