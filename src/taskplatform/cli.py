@@ -11,7 +11,6 @@ import math
 import os
 import shutil
 import tempfile
-import urllib.parse
 from pathlib import Path
 from typing import Annotated
 
@@ -121,22 +120,18 @@ def _check_backends_answer_or_exit(settings: Settings, command: str) -> None:
 
 def _backend_addresses(settings: Settings) -> tuple[str, str]:
     """Where the store and the queue are, as a log line may show them: a SQLite file by its
-    absolute path (a relative one depends on the folder the command ran in), no passwords."""
+    absolute path (a relative one depends on the folder the command ran in), no passwords
+    (:func:`~taskplatform.backends.queue_address`)."""
     from sqlalchemy.engine import make_url
+
+    from taskplatform.backends import queue_address
 
     database = settings.database_url
     if database.startswith("sqlite:///"):
         store = f"SQLite file {Path(database.removeprefix('sqlite:///')).resolve()}"
     else:
         store = make_url(database).render_as_string(hide_password=True)
-    queue_url = settings.resolved_queue_url()
-    if queue_url == database:
-        return store, "the store's database"
-    parts = urllib.parse.urlsplit(queue_url)
-    if parts.password is not None:
-        where = parts.netloc.rpartition("@")[2]
-        parts = parts._replace(netloc=f"{parts.username or ''}:***@{where}")
-    return store, f"Redis {urllib.parse.urlunsplit(parts)}"
+    return store, queue_address(settings)
 
 
 def _is_loopback(host: str) -> bool:

@@ -30,6 +30,8 @@ import asyncio
 import collections
 import contextlib
 import logging
+import os
+import socket
 import time
 from collections.abc import Collection, Sequence
 from typing import Any
@@ -37,8 +39,8 @@ from typing import Any
 import msgspec
 import uuid_utils
 
-from taskplatform.backends import Backends, TaskChanges
-from taskplatform.backends.base import DepthSample, IdempotencyClaim
+from taskplatform.backends import Backends, TaskChanges, queue_address
+from taskplatform.backends.base import DepthSample, IdempotencyClaim, ProcessRecord
 from taskplatform.dispatch.callback import CallbackOutcome, CallbackSender
 from taskplatform.dispatch.retry import backoff_seconds, is_retryable
 from taskplatform.exceptions import (
@@ -118,6 +120,15 @@ _REAP_BATCH = 100
 CLOCK_SYNC_SECONDS = 60.0
 """How often a process measures its clock against the store's (:meth:`TaskService.sync_clock`):
 a host's clock drifts by milliseconds a minute at most while its time sync works."""
+
+HEARTBEAT_SECONDS = 10.0
+"""How often a process refreshes its row in the store's ``processes`` table (:meth:`announce`)."""
+
+PROCESS_GONE_SECONDS = 60.0
+"""A process not seen for this long is taken for stopped: its queue is no longer compared."""
+
+_PROCESS_FORGET_MS = 24 * 3600 * 1000
+"""A process's row is deleted a day after it was last seen."""
 
 DEPTH_RETENTION_MS = 24 * 3600 * 1000
 """How long queue depth samples are kept (the dashboard charts the last hour)."""
@@ -261,6 +272,14 @@ class TaskService:
         self._next_depth_sample = 0  # epoch ms; the first maintenance round samples at once
         self._next_clock_sync = 0.0  # monotonic; a maintenance round syncs once it is past
         self._warned_offset_ms = 0
+        self._process = ProcessRecord(
+            process_id=f"{socket.gethostname()}:{os.getpid()}:{uuid_utils.uuid4().hex[:8]}",
+            queue=queue_address(settings),
+            started_at=now_ms(),
+            seen_at=0,
+        )
+        self._next_heartbeat = 0.0  # monotonic
+        self._warned_processes: set[tuple[str, str]] = set()
 
     # -- the one place a status changes ---------------------------------------------------------
 
@@ -1503,6 +1522,49 @@ class TaskService:
                 "behind" if offset > 0 else "ahead of",
             )
 
+    async def announce(self) -> list[ProcessRecord]:
+        """Refresh this process's row in the store's ``processes`` table and compare queues
+        with the other processes on the database (those seen in the last
+        :data:`PROCESS_GONE_SECONDS`).
+
+        Every process of one deployment must use the same queue: with one on Redis and one on
+        the database's own queue (or two Redis databases, or two key prefixes), each sees only
+        its own tasks; a task created through one is not found, dequeued or cancelled through
+        the other, and an idempotency key is honoured twice. Such a pair is logged as a warning,
+        once each, naming both queues; a switch of the queue shows it while old and new run
+        side by side, as it should.
+
+        Returns:
+            Every process seen, this one among them.
+
+        Raises:
+            BackendUnavailable: the store cannot be reached.
+        """
+        self._next_heartbeat = time.monotonic() + HEARTBEAT_SECONDS
+        now = now_ms()
+        me = msgspec.structs.replace(self._process, seen_at=now)
+        seen = await self.store.heartbeat(
+            me,
+            since=now - round(PROCESS_GONE_SECONDS * 1000),
+            prune_before=now - _PROCESS_FORGET_MS,
+        )
+        for other in seen:
+            pair = (other.process_id, other.queue)
+            if other.queue == me.queue or pair in self._warned_processes:
+                continue
+            self._warned_processes.add(pair)
+            logger.warning(
+                "process %s on this database uses the queue at %s, this one (%s) the queue at %s: "
+                "each sees only its own queue's tasks. Give every process the same "
+                "TASKPLATFORM_QUEUE_URL and TASKPLATFORM_REDIS_KEY_PREFIX (while a switch of the "
+                "queue is under way, see the README)",
+                other.process_id,
+                other.queue,
+                me.process_id,
+                me.queue,
+            )
+        return seen
+
     async def run_maintenance(self) -> None:
         """Reap every ``recovery_interval_seconds`` and wake long polls, until cancelled.
 
@@ -1521,6 +1583,8 @@ class TaskService:
                 try:
                     if time.monotonic() >= self._next_clock_sync:
                         await self.sync_clock()
+                    if time.monotonic() >= self._next_heartbeat:
+                        await self.announce()
                     await self.reap()
                     if (now := now_ms()) >= self._next_depth_sample:
                         await self.sample_queue_depth(now)

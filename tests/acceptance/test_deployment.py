@@ -21,7 +21,7 @@ import pytest
 
 from taskplatform.backends.migrate import head_revision
 from tests.acceptance.helpers import create
-from tests.support.backends import backend_env
+from tests.support.backends import REDIS_URL, backend_env
 from tests.support.receiver import Receiver
 from tests.support.server import Server, Worker, clean_environ, free_port
 
@@ -222,9 +222,7 @@ def test_serve_logs_where_its_store_and_queue_are(tmp_path: Path) -> None:
         server.start()
     finally:
         server.stop()
-    expected = (
-        f"store: SQLite file {tmp_path / 'here.db'}; queue: Redis redis://:***@127.0.0.1:6379/9"
-    )
+    expected = f"store: SQLite file {tmp_path / 'here.db'}; queue: redis://127.0.0.1:6379/9"
     assert expected in server.log()
     assert "s3cret" not in server.log()
 
@@ -534,3 +532,35 @@ def test_db_copy_moves_a_store_with_every_task_into_another_database(
     )
     assert again.returncode == 1
     assert "the target database already holds rows" in again.stderr
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgres"])
+def test_processes_on_one_database_with_different_queues_are_told(
+    store: str, tmp_path: Path
+) -> None:
+    """A server on the database's own queue and one on Redis, over one store, each see only
+    their own tasks: the one that starts second says so at once, naming both queues; a third
+    with the first one's queue says nothing."""
+    database = backend_env(store, tmp_path)
+    redis = backend_env("redis+sqlite", tmp_path / "unused")
+    on_redis = {
+        **database,
+        "TASKPLATFORM_QUEUE_URL": redis["TASKPLATFORM_QUEUE_URL"],
+        "TASKPLATFORM_REDIS_KEY_PREFIX": redis["TASKPLATFORM_REDIS_KEY_PREFIX"],
+    }
+    first = Server(database, tmp_path / "first.log").start()
+    second = Server(on_redis, tmp_path / "second.log")
+    third = Server(database, tmp_path / "third.log")
+    try:
+        second.start()
+        third.start()
+    finally:
+        for server in (third, second, first):
+            server.stop()
+    warnings = [line for line in second.log().splitlines() if "uses the queue at" in line]
+    assert len(warnings) == 1, second.log()
+    assert "uses the queue at the store's database, this one" in warnings[0]
+    prefix = redis["TASKPLATFORM_REDIS_KEY_PREFIX"]
+    assert f"the queue at {REDIS_URL} (key prefix {prefix})" in warnings[0]
+    assert "uses the queue at redis://" in third.log()  # the second one, seen by the third
+    assert "uses the queue at" not in first.log()  # its next heartbeat is 10 s away

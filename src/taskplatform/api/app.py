@@ -192,6 +192,7 @@ def create_app(settings: Settings | None = None, *, schema_prepared: bool = Fals
         app.state.service = service
         with contextlib.suppress(BackendUnavailable):  # the maintenance rounds try again
             await service.sync_clock()  # before the first lease or timestamp
+            await service.announce()
 
         async def on_stop() -> None:
             # From the first stop signal on, every line is written at once: after a second one,

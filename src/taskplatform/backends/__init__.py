@@ -189,6 +189,27 @@ async def prepare_schema(settings: Settings) -> None:
         )
 
 
+def queue_address(settings: Settings) -> str:
+    """Where the queue of ``settings`` is, as processes on one database compare it and a log
+    line shows it: ``the store's database``, or ``redis://host:port/db`` (no password; the
+    database index however the URL wrote it) with the key prefix when it is not the default.
+
+    Raises:
+        ValueError: a Redis URL redis-py cannot read (``_check_urls`` refuses it first).
+    """
+    url = settings.resolved_queue_url()
+    if scheme(url) != "redis":
+        return "the store's database"
+    from redis.connection import parse_url
+
+    parts = parse_url(url)  # type: ignore[no-untyped-call]
+    address = f"{url.partition('://')[0]}://{parts.get('host', 'localhost')}:"
+    address += f"{parts.get('port', 6379)}/{parts.get('db', 0)}"
+    if settings.redis_key_prefix != type(settings).model_fields["redis_key_prefix"].default:
+        address += f" (key prefix {settings.redis_key_prefix})"
+    return address
+
+
 def open_backends(settings: Settings) -> Backends:
     """Open the queue at ``settings.resolved_queue_url()`` and the store at ``database_url``.
 

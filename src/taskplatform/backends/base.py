@@ -111,6 +111,19 @@ class DepthSample(msgspec.Struct, frozen=True):
     depth: int
 
 
+class ProcessRecord(msgspec.Struct, frozen=True):
+    """One API or worker process serving a database, as its last heartbeat left it.
+
+    ``process_id`` is ``host:pid:random``; ``queue`` says where its queue is (no password);
+    ``started_at`` and ``seen_at`` are epoch milliseconds.
+    """
+
+    process_id: str
+    queue: str
+    started_at: int
+    seen_at: int
+
+
 class Queue(abc.ABC):
     """Holds Queued tasks in order: priority descending, then FIFO by enqueue sequence."""
 
@@ -572,6 +585,17 @@ class Store(abc.ABC):
         Args:
             samples: The depths to record; ``sampled_at`` is the interval's start, epoch ms.
             prune_before: Samples with ``sampled_at`` below this (epoch ms) are deleted.
+
+        Raises:
+            BackendUnavailable: the store cannot be reached.
+        """
+
+    @abc.abstractmethod
+    async def heartbeat(
+        self, process: ProcessRecord, *, since: int, prune_before: int
+    ) -> list[ProcessRecord]:
+        """Record that ``process`` is alive, forget processes last seen before ``prune_before``,
+        and return every process seen since ``since`` (epoch ms), ``process`` among them.
 
         Raises:
             BackendUnavailable: the store cannot be reached.

@@ -29,6 +29,7 @@ from taskplatform.backends.base import (
     DepthSample,
     IdempotencyClaim,
     IdempotentReplay,
+    ProcessRecord,
     Queue,
     QueueActivity,
     QueueCounts,
@@ -855,6 +856,15 @@ class PostgresStore(Store):
             if rows:
                 await conn.execute(SQL["depth_sample_upsert"], rows)
             await conn.execute(SQL["depth_sample_prune"], {"before": prune_before})
+
+    async def heartbeat(
+        self, process: ProcessRecord, *, since: int, prune_before: int
+    ) -> list[ProcessRecord]:
+        async with self.database.begin() as conn:
+            await conn.execute(SQL["process_upsert"], msgspec.structs.asdict(process))
+            await conn.execute(SQL["process_prune"], {"before": prune_before})
+            rows = (await conn.execute(SQL["process_list"], {"since": since})).all()
+        return [ProcessRecord(*row) for row in rows]
 
     async def depth_samples(self, *, since: int) -> list[DepthSample]:
         async with self.database.autocommit() as conn:

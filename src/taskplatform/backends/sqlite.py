@@ -26,10 +26,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import msgspec
+
 from taskplatform.backends.base import (
     DepthSample,
     IdempotencyClaim,
     IdempotentReplay,
+    ProcessRecord,
     Queue,
     QueueActivity,
     QueueCounts,
@@ -822,6 +825,17 @@ class SQLiteStore(Store):
             conn.execute(SQL["depth_sample_prune"], {"before": prune_before})
 
         await self.database.write(job)
+
+    async def heartbeat(
+        self, process: ProcessRecord, *, since: int, prune_before: int
+    ) -> list[ProcessRecord]:
+        def job(conn: sqlite3.Connection) -> list[ProcessRecord]:
+            conn.execute(SQL["process_upsert"], msgspec.structs.asdict(process))
+            conn.execute(SQL["process_prune"], {"before": prune_before})
+            rows = conn.execute(SQL["process_list"], {"since": since})
+            return [ProcessRecord(*row) for row in rows]
+
+        return await self.database.write(job)
 
     async def depth_samples(self, *, since: int) -> list[DepthSample]:
         def job(conn: sqlite3.Connection) -> list[DepthSample]:

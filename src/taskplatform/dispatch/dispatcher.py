@@ -203,6 +203,7 @@ async def run_worker(settings: Settings) -> None:
     service = TaskService(backends, sender, settings)
     with contextlib.suppress(BackendUnavailable):  # the maintenance rounds try again
         await service.sync_clock()  # before the first lease or timestamp
+        await service.announce()
     stop = asyncio.Event()
 
     def on_signal() -> None:

@@ -195,3 +195,18 @@ DELETE FROM queue_depth_samples WHERE sampled_at < :before;
 -- Depth samples since a time, per queue, oldest first.
 SELECT queue, sampled_at, depth FROM queue_depth_samples WHERE sampled_at >= :since
 ORDER BY queue, sampled_at;
+
+-- name: process_upsert
+-- This process is alive (and which queue it uses): its row, kept fresh.
+INSERT INTO processes (process_id, queue, started_at, seen_at)
+VALUES (:process_id, :queue, :started_at, :seen_at)
+ON CONFLICT (process_id) DO UPDATE SET queue = excluded.queue, seen_at = excluded.seen_at;
+
+-- name: process_prune
+-- Forget processes not seen for a long time (stopped, killed).
+DELETE FROM processes WHERE seen_at < :before;
+
+-- name: process_list
+-- The processes seen since a time, the longest running first.
+SELECT process_id, queue, started_at, seen_at FROM processes WHERE seen_at >= :since
+ORDER BY started_at, process_id;
