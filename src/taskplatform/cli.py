@@ -77,17 +77,22 @@ def _settings_or_exit(**overrides: object) -> Settings:
         raise typer.Exit(2) from exc
 
 
-def _prepare_or_exit(settings: Settings) -> None:
+def _prepare_or_exit(settings: Settings, named: str = "TASKPLATFORM_DATABASE_URL") -> None:
+    """Create or upgrade the schema of ``settings``' database, or exit 2 with one line; its URL
+    is ``named`` so in a message that is only about it."""
     from taskplatform.backends import ConfigurationError, prepare_schema
     from taskplatform.exceptions import TaskPlatformError
 
     try:
         asyncio.run(prepare_schema(settings))
     except (ConfigurationError, TaskPlatformError) as exc:
-        typer.echo(f"error: {exc}", err=True)
+        message = str(exc)
+        if named != "TASKPLATFORM_DATABASE_URL":
+            message = message.replace("TASKPLATFORM_DATABASE_URL", named)
+        typer.echo(f"error: {message}", err=True)
         raise typer.Exit(2) from exc
     except OSError as exc:  # a SQLite path that cannot be made, say
-        typer.echo(f"error: TASKPLATFORM_DATABASE_URL: {exc}", err=True)
+        typer.echo(f"error: {named}: {exc}", err=True)
         raise typer.Exit(2) from exc
 
 
@@ -130,7 +135,10 @@ def _backend_addresses(settings: Settings) -> tuple[str, str]:
     if database.startswith("sqlite:///"):
         store = f"SQLite file {Path(database.removeprefix('sqlite:///')).resolve()}"
     else:
-        store = make_url(database).render_as_string(hide_password=True)
+        url = make_url(database)
+        if "password" in url.query:  # libpq takes one there too
+            url = url.update_query_dict({"password": "***"})
+        store = url.render_as_string(hide_password=True)
     return store, queue_address(settings)
 
 
@@ -412,27 +420,36 @@ def db_copy(
 
     How a deployment moves from SQLite to PostgreSQL (or back) with its data: stop the servers
     and workers, copy, then start them with TASKPLATFORM_DATABASE_URL set to the new database.
-    Both schemas are brought to the newest revision first. A Redis queue stays as it is.
+    The target is checked first; then both schemas are brought to the newest revision. A Redis
+    queue stays as it is.
     """
     from sqlalchemy.exc import SQLAlchemyError
 
-    from taskplatform.backends.copy import TargetNotEmpty, copy_store, describe
+    from taskplatform.backends.copy import TargetNotEmpty, copy_store, describe, ensure_empty
 
     source = _settings_or_exit(database_url=database_url)
     target = _settings_or_exit(database_url=to)
-    if _backend_addresses(source)[0] == _backend_addresses(target)[0]:
+    # The target first, each step before the source is changed: a copy that cannot go there
+    # leaves the source at the schema revision it had (an older taskplatform can still run).
+    _prepare_or_exit(target, "--to")
+    where = _backend_addresses(source)[0], _backend_addresses(target)[0]
+    if where[0] == where[1]:
         typer.echo("error: --to names the database being copied from", err=True)
         raise typer.Exit(2)
+    timeout = target.database_connect_timeout_seconds
+    try:
+        asyncio.run(ensure_empty(target.database_url, connect_timeout_seconds=timeout))
+    except TargetNotEmpty as exc:
+        typer.echo(f"error: {exc.detail}", err=True)
+        raise typer.Exit(1) from exc
     _prepare_or_exit(source)
-    _prepare_or_exit(target)
-    where = _backend_addresses(source)[0], _backend_addresses(target)[0]
     typer.echo(f"copying {where[0]} into {where[1]}", err=True)
     try:
         copied = asyncio.run(
             copy_store(
                 source.database_url,
                 target.database_url,
-                connect_timeout_seconds=target.database_connect_timeout_seconds,
+                connect_timeout_seconds=timeout,
             )
         )
     except TargetNotEmpty as exc:

@@ -130,6 +130,15 @@ PROCESS_GONE_SECONDS = 60.0
 _PROCESS_FORGET_MS = 24 * 3600 * 1000
 """A process's row is deleted a day after it was last seen."""
 
+CLOCK_JUMP_MS = 500
+"""A move of the wall clock against the monotonic one past this makes the next maintenance
+round measure the store's clock again, not a minute later (NTP slews by far less)."""
+
+
+def _wall_minus_monotonic() -> int:
+    return time.time_ns() - time.monotonic_ns()
+
+
 DEPTH_RETENTION_MS = 24 * 3600 * 1000
 """How long queue depth samples are kept (the dashboard charts the last hour)."""
 _PAUSE_CACHE_SECONDS = 0.25
@@ -271,6 +280,7 @@ class TaskService:
         self._keyed_slots = asyncio.Semaphore(KEYED_BATCH_CONCURRENCY)
         self._next_depth_sample = 0  # epoch ms; the first maintenance round samples at once
         self._next_clock_sync = 0.0  # monotonic; a maintenance round syncs once it is past
+        self._wall_minus_monotonic = 0  # ns, at the last sync: a change means the clock jumped
         self._warned_offset_ms = 0
         self._process = ProcessRecord(
             process_id=f"{socket.gethostname()}:{os.getpid()}:{uuid_utils.uuid4().hex[:8]}",
@@ -1507,6 +1517,7 @@ class TaskService:
                 best = (trip, remote - (sent + received) / 2_000_000)
         assert best is not None
         self._next_clock_sync = time.monotonic() + CLOCK_SYNC_SECONDS
+        self._wall_minus_monotonic = _wall_minus_monotonic()
         trip, measured = best
         offset = round(measured)
         if abs(offset - clock_offset_ms()) > max(1.0, trip / 2_000_000):
@@ -1521,6 +1532,16 @@ class TaskService:
                 abs(offset) / 1000,
                 "behind" if offset > 0 else "ahead of",
             )
+
+    def _clock_jumped(self) -> bool:
+        """Whether this host's wall clock moved against its monotonic clock by more than
+        :data:`CLOCK_JUMP_MS` since the last :meth:`sync_clock` (set by hand, stepped by NTP,
+        a VM resumed): the offset is then wrong until measured again, and a reaper going by it
+        would take others' leases for expired. Checked every maintenance round."""
+        if self._next_clock_sync == float("inf"):  # the store shares this host's clock
+            return False
+        drift = abs(_wall_minus_monotonic() - self._wall_minus_monotonic)
+        return drift > CLOCK_JUMP_MS * 1_000_000
 
     async def announce(self) -> list[ProcessRecord]:
         """Refresh this process's row in the store's ``processes`` table and compare queues
@@ -1542,7 +1563,9 @@ class TaskService:
         """
         self._next_heartbeat = time.monotonic() + HEARTBEAT_SECONDS
         now = now_ms()
-        me = msgspec.structs.replace(self._process, seen_at=now)
+        if not self._process.seen_at:  # started: by the store's clock, which sync_clock set
+            self._process = msgspec.structs.replace(self._process, started_at=now)
+        me = self._process = msgspec.structs.replace(self._process, seen_at=now)
         seen = await self.store.heartbeat(
             me,
             since=now - round(PROCESS_GONE_SECONDS * 1000),
@@ -1555,7 +1578,8 @@ class TaskService:
             self._warned_processes.add(pair)
             logger.warning(
                 "process %s on this database uses the queue at %s, this one (%s) the queue at %s: "
-                "each sees only its own queue's tasks. Give every process the same "
+                "unless both name one Redis server, each sees only its own queue's tasks. Give "
+                "every process the same "
                 "TASKPLATFORM_QUEUE_URL and TASKPLATFORM_REDIS_KEY_PREFIX (while a switch of the "
                 "queue is under way, see the README)",
                 other.process_id,
@@ -1581,7 +1605,7 @@ class TaskService:
             while True:
                 await asyncio.sleep(self.settings.recovery_interval_seconds)
                 try:
-                    if time.monotonic() >= self._next_clock_sync:
+                    if time.monotonic() >= self._next_clock_sync or self._clock_jumped():
                         await self.sync_clock()
                     if time.monotonic() >= self._next_heartbeat:
                         await self.announce()

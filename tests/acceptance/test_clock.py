@@ -111,3 +111,42 @@ def test_a_server_whose_clock_runs_ahead_keeps_time_by_the_database(
     finally:
         ahead.stop()
         first.stop()
+
+
+def test_a_clock_that_jumps_while_serving_is_measured_again_at_once(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    """The host's clock is stepped two minutes ahead while the server runs: its next
+    maintenance round measures the database's clock again (not a minute later), so the tasks
+    it stamps keep the database's time."""
+    env = {
+        **backend_env("postgres", tmp_path),
+        "TASKPLATFORM_RECOVERY_INTERVAL_SECONDS": "0.2",
+    }
+    clock = tmp_path / "faketime"
+    clock.write_text("+0s\n")
+    jumping = {
+        **{key: value for key, value in _skewed(env).items() if key != "FAKETIME"},
+        "FAKETIME_TIMESTAMP_FILE": str(clock),  # read again at every clock call:
+        "FAKETIME_NO_CACHE": "1",
+    }
+    server = Server(jumping, tmp_path / "server.log").start()
+    try:
+        assert abs(_offset_gauge(server)) < 1
+        clock.write_text(f"+{SKEW_SECONDS}s\n")
+        deadline = time.monotonic() + 10
+        while _offset_gauge(server) > -SKEW_SECONDS + 1:
+            assert time.monotonic() < deadline, "the jump was not followed within 10 s"
+            time.sleep(0.2)
+        before = time.time()
+        created = httpx.post(
+            f"{server.url}/api/tasks",
+            json={"taskData": {}, "callbackUrl": receiver.url("/ok")},
+            timeout=10,
+        )
+        stamped = datetime.datetime.fromisoformat(
+            httpx.get(f"{server.url}/api/tasks/{created.json()['taskId']}").json()["createdAt"]
+        ).timestamp()
+        assert before - 1 <= stamped <= time.time() + 1
+    finally:
+        server.stop()

@@ -489,6 +489,8 @@ def test_db_copy_moves_a_store_with_every_task_into_another_database(
     (tmp_path / "b").mkdir()
     before_env = backend_env(source, tmp_path / "a")
     after_env = backend_env(target, tmp_path / "b")
+    if target == "postgres":  # libpq takes a password there too: it must not be shown
+        after_env["TASKPLATFORM_DATABASE_URL"] += "?password=s3cret"
     first = Server(before_env, tmp_path / "source.log").start()
     body = {"taskData": {"n": 1}, "callbackUrl": receiver.url("/ok")}
     with httpx.Client(base_url=first.url, timeout=30) as http:
@@ -509,6 +511,7 @@ def test_db_copy_moves_a_store_with_every_task_into_another_database(
         "db", "copy", "--to", after_env["TASKPLATFORM_DATABASE_URL"], env=before_env
     )
     assert copied.returncode == 0, copied.stderr
+    assert "s3cret" not in copied.stderr + copied.stdout
     assert "copied tasks 2, task_executions 2, queued_tasks 4, idempotency_keys 1" in copied.stdout
 
     second = Server(after_env, tmp_path / "target.log").start()
@@ -532,6 +535,10 @@ def test_db_copy_moves_a_store_with_every_task_into_another_database(
     )
     assert again.returncode == 1
     assert "the target database already holds rows" in again.stderr
+    garbage = _taskplatform("db", "copy", "--to", "garbage", env=before_env)
+    assert garbage.returncode == 2
+    assert "--to has the scheme 'garbage'" in garbage.stderr
+    assert "Traceback" not in garbage.stderr
 
 
 @pytest.mark.parametrize("store", ["sqlite", "postgres"])

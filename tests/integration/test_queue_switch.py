@@ -61,3 +61,35 @@ async def test_tasks_numbered_by_redis_go_back_into_the_database_queue(
         assert [task.task_id for task in taken][-3:] == [_id(4), _id(5), _id(6)]
     finally:
         await backends.close()
+
+
+@pytest.mark.parametrize("name", ["sqlite", "postgres"])
+async def test_a_task_numbered_by_redis_past_the_counter_goes_back_while_servers_run(
+    name: str, tmp_path: Path
+) -> None:
+    """Servers on the database queue keep running while servers on Redis store tasks with
+    numbers past the database queue's counter (no restart moves it): a re-drive of one, then
+    creates, collide with nothing."""
+    settings = Settings(**settings_kwargs(backend_env(name, tmp_path)))  # type: ignore[arg-type]
+    await prepare_schema(settings)
+    backends = open_backends(settings)
+    queue, store = backends.queue, backends.store
+    try:
+        for n in range(3):
+            await queue.enqueue(_task(_id(n)))  # numbers 1 to 3
+        now = now_ms()
+        borrowed = msgspec.structs.replace(
+            _task(_id(9)), status=Status.DEQUEUED, sequence=5, lease_token="L"
+        )
+        assert await store.insert_dequeued([borrowed]) == {_id(9)}
+        failed = await store.compare_and_set(
+            _id(9), expected={Status.DEQUEUED}, target=Status.FAILED, now=now, lease_token="L"
+        )
+        assert failed is not None
+        assert await queue.requeue(store, failed, now=now, note="re-driven", redrive=True)
+        for n in range(10, 16):  # numbers 4 to 9 on PostgreSQL's counter: 5 is not taken
+            await queue.enqueue(_task(_id(n)))
+        taken = await queue.transfer_many(store, now=now_ms(), most=20)
+        assert len({task.sequence for task in taken}) == len(taken) == 10
+    finally:
+        await backends.close()

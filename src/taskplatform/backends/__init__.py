@@ -202,8 +202,9 @@ def queue_address(settings: Settings) -> str:
         return "the store's database"
     from redis.connection import parse_url
 
-    parts = parse_url(url)  # type: ignore[no-untyped-call]
-    address = f"{url.partition('://')[0]}://{parts.get('host', 'localhost')}:"
+    kind, _, rest = url.partition("://")
+    parts = parse_url(f"{kind.lower()}://{rest}")  # type: ignore[no-untyped-call]
+    address = f"{kind.lower()}://{parts.get('host', 'localhost')}:"
     address += f"{parts.get('port', 6379)}/{parts.get('db', 0)}"
     if settings.redis_key_prefix != type(settings).model_fields["redis_key_prefix"].default:
         address += f" (key prefix {settings.redis_key_prefix})"

@@ -21,6 +21,7 @@ from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.pool import NullPool
 
+from taskplatform.backends import scheme
 from taskplatform.exceptions import TaskPlatformError
 
 T = TypeVar("T")
@@ -35,9 +36,9 @@ TABLES: dict[str, tuple[str, ...]] = {
 }
 """Each table of the store and its primary key, by which it is read in batches."""
 
-_SERIALS = (("queued_tasks", "seq"), ("task_executions", "id"))
-"""The numbered columns whose PostgreSQL sequence must move past the copied numbers (SQLite's
-AUTOINCREMENT follows the largest number inserted by itself)."""
+HELD = ("tasks", "task_executions", "queued_tasks", "idempotency_keys")
+"""The tables a copy must find empty in the target. A server started on it once leaves rows in
+``queues`` and ``queue_depth_samples`` (the default queue's depth); those are replaced."""
 
 BATCH_ROWS = 2000
 """Rows read and written at a time: a batch of tasks of the largest data (1 MiB) is 2 GiB at
@@ -72,7 +73,7 @@ async def _opened(
 ) -> AsyncIterator[_Side]:
     """Open one connection to ``url`` in a transaction; ``snapshot`` makes every read of it see
     the database as of its first (PostgreSQL: REPEATABLE READ; SQLite: one read transaction)."""
-    if url.startswith("sqlite"):
+    if scheme(url) == "sqlite":
         engine = create_sync_engine(url, poolclass=NullPool)
         try:
             with engine.connect() as connection, connection.begin():
@@ -132,13 +133,67 @@ def _write(table: Table, rows: list[dict[str, Any]]) -> Callable[[Connection], N
     return write
 
 
-def _advance_sequences(connection: Connection) -> None:
-    for table, column in _SERIALS:
-        connection.execute(
-            text(
-                f"SELECT setval(pg_get_serial_sequence('{table}', '{column}'), top) "
-                f"FROM (SELECT max({column}) AS top FROM {table}) AS copied WHERE top IS NOT NULL"
-            )
+def _clear(tables: dict[str, Table]) -> Callable[[Connection], None]:
+    def clear(connection: Connection) -> None:
+        for name in TABLES:
+            if name not in HELD:
+                connection.execute(tables[name].delete())
+
+    return clear
+
+
+# The queue's counter must pass every number a task holds, queued or stored: a task stored now
+# goes back into the queue at its number when requeued, and a new task must not get that number
+# (nor, on PostgreSQL, any number the counter has not handed out: see requeue_insert).
+_TOP = (
+    "SELECT max(top) FROM (SELECT max(seq) AS top FROM queued_tasks"
+    " UNION ALL SELECT max(sequence) FROM tasks) AS numbers"
+)
+
+
+def _advance_counters(dialect: str) -> Callable[[Connection], None]:
+    def advance(connection: Connection) -> None:
+        top = connection.execute(text(_TOP)).scalar_one()
+        runs = connection.execute(text("SELECT max(id) FROM task_executions")).scalar_one()
+        for table, column, value in (("queued_tasks", "seq", top), ("task_executions", "id", runs)):
+            if value is None:
+                continue
+            if dialect == "postgresql":
+                connection.execute(
+                    text(f"SELECT setval(pg_get_serial_sequence('{table}', '{column}'), :top)"),
+                    {"top": value},
+                )
+            else:  # AUTOINCREMENT's counter: the largest number it has given
+                connection.execute(text(f"DELETE FROM sqlite_sequence WHERE name = '{table}'"))
+                connection.execute(
+                    text("INSERT INTO sqlite_sequence (name, seq) VALUES (:name, :top)"),
+                    {"name": table, "top": value},
+                )
+
+    return advance
+
+
+async def ensure_empty(url: str, *, connect_timeout_seconds: float = 5.0) -> None:
+    """Check, before anything is changed, that the store at ``url`` (at the newest schema
+    revision) can take a copy: what :func:`copy_store` checks again in its transaction.
+
+    Raises:
+        TargetNotEmpty: it holds tasks, attempts, queued tasks or idempotency keys.
+        sqlalchemy.exc.SQLAlchemyError, OSError: it failed or cannot be reached.
+    """
+    async with _opened(
+        url, snapshot=False, connect_timeout_seconds=connect_timeout_seconds
+    ) as side:
+        tables = await side.run(_reflect)
+        _refuse_held(await side.run(_count({name: tables[name] for name in HELD})))
+
+
+def _refuse_held(counted: dict[str, int]) -> None:
+    held = {name: rows for name, rows in counted.items() if rows}
+    if held:
+        listed = ", ".join(f"{rows} in {name}" for name, rows in sorted(held.items()))
+        raise TargetNotEmpty(
+            f"the target database already holds rows ({listed}); copy into an empty one"
         )
 
 
@@ -164,7 +219,7 @@ async def copy_store(
         ``{table: rows copied}`` for every table of :data:`TABLES`.
 
     Raises:
-        TargetNotEmpty: the target holds rows in one of the tables.
+        TargetNotEmpty: the target holds tasks, attempts, queued tasks or idempotency keys.
         sqlalchemy.exc.SQLAlchemyError, OSError: a database failed or cannot be reached.
     """
     opened = {"connect_timeout_seconds": connect_timeout_seconds}
@@ -174,14 +229,8 @@ async def copy_store(
     ):
         source_tables = await source.run(_reflect)
         target_tables = await target.run(_reflect)
-        held = {
-            name: rows for name, rows in (await target.run(_count(target_tables))).items() if rows
-        }
-        if held:
-            listed = ", ".join(f"{rows} in {name}" for name, rows in sorted(held.items()))
-            raise TargetNotEmpty(
-                f"the target database already holds rows ({listed}); copy into an empty one"
-            )
+        _refuse_held(await target.run(_count({name: target_tables[name] for name in HELD})))
+        await target.run(_clear(target_tables))
         copied: dict[str, int] = {}
         for name, key in TABLES.items():
             copied[name] = 0
@@ -192,8 +241,7 @@ async def copy_store(
                 after = tuple(rows[-1][column] for column in key)
                 if progress is not None:
                     progress(name, copied[name])
-        if target_url.startswith("postgresql"):
-            await target.run(_advance_sequences)
+        await target.run(_advance_counters(scheme(target_url)))
     return copied
 
 

@@ -613,7 +613,7 @@ class PostgresQueue(Queue):
             put = await conn.execute(
                 SQL["requeue_insert"], {**params, "sequence": returned.sequence}
             )
-            if put.first() is None:  # its number is taken (see requeue_insert): a new one
+            if put.first() is None:  # its number is taken or not ours (requeue_insert): anew
                 await conn.execute(SQL["enqueue"], params)
         return True
 

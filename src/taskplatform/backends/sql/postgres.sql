@@ -190,3 +190,20 @@ RETURNING task_id;
 -- The database server's clock in epoch milliseconds: the clock every API process on this
 -- database follows (clock_timestamp() is the time now, not at the transaction's start).
 SELECT floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint;
+
+-- name: requeue_insert
+-- Put a task back into the queue at its original position (its old sequence number), if the
+-- queue's counter has handed that number out already and no queued task holds it. A number past
+-- the counter (given by a Redis queue since switched away from) would be handed out again to a
+-- new task by a later create; so no row back, as for a taken number: the caller enqueues anew.
+INSERT INTO queued_tasks (seq, task_id, priority, task_data, callback_url, max_retries,
+                          timeout_seconds, attempts, error, created_at, updated_at, queue,
+                          scheduled_at, retry_policy)
+SELECT :sequence, :task_id, :priority, :task_data, :callback_url, :max_retries,
+       :timeout_seconds, :attempts, :error, :created_at, :updated_at, :queue, :scheduled_at,
+       :retry_policy
+WHERE :sequence <= (SELECT COALESCE(last_value, 0) FROM pg_sequences
+                    WHERE format('%I.%I', schemaname, sequencename)
+                          = pg_get_serial_sequence('queued_tasks', 'seq'))
+ON CONFLICT (seq) DO NOTHING
+RETURNING seq;
