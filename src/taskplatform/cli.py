@@ -400,7 +400,16 @@ def db_upgrade(
     typer.echo(f"schema at revision {head_revision()}")
 
 
-@db_app.command("copy")
+@db_app.command(
+    "copy",
+    help=(
+        "Copy the store, every task in every status with its attempts, into another database."
+        "\n\nHow a deployment moves from SQLite to PostgreSQL (or back) with its data: stop the "
+        "servers and workers, copy, then start them with TASKPLATFORM_DATABASE_URL set to the "
+        "new database. The target is checked first; then both schemas are brought to the "
+        "newest revision. A Redis queue stays as it is."
+    ),
+)
 def db_copy(
     to: Annotated[
         str,
@@ -416,13 +425,7 @@ def db_copy(
         typer.Option(help="The database to copy from. \\[env: TASKPLATFORM_DATABASE_URL]"),
     ] = None,
 ) -> None:
-    """Copy the store, every task in every status with its attempts, into another database.
-
-    How a deployment moves from SQLite to PostgreSQL (or back) with its data: stop the servers
-    and workers, copy, then start them with TASKPLATFORM_DATABASE_URL set to the new database.
-    The target is checked first; then both schemas are brought to the newest revision. A Redis
-    queue stays as it is.
-    """
+    """Copy the store, every task in every status with its attempts, into another database."""
     from sqlalchemy.exc import SQLAlchemyError
 
     from taskplatform.backends.copy import TargetNotEmpty, copy_store, describe, ensure_empty
