@@ -1486,6 +1486,15 @@ class TaskService:
         await self.queue.purge_expired(now=now)
         return interrupted, requeued
 
+    async def join(self) -> None:
+        """Take part in the deployment before serving: follow the store's clock
+        (:meth:`sync_clock`) so the first lease and timestamp are right, and announce this
+        process (:meth:`announce`). A store that does not answer now is left to the
+        maintenance rounds, which do both again."""
+        with contextlib.suppress(BackendUnavailable):
+            await self.sync_clock()
+            await self.announce()
+
     async def sync_clock(self) -> None:
         """Follow the store's clock: set the offset :func:`~taskplatform.models.now_ms` adds to
         this host's clock to the database server's clock minus this host's.

@@ -26,7 +26,6 @@ from taskplatform.backends import open_backends, prepare_schema
 from taskplatform.dashboard import install as install_dashboard
 from taskplatform.dispatch import sender_from_settings
 from taskplatform.dispatch.dispatcher import Dispatcher
-from taskplatform.exceptions import BackendUnavailable
 from taskplatform.logs import lines_written_per_turn, stop_holding_lines
 from taskplatform.metrics import process_stopped
 from taskplatform.service import TaskService
@@ -190,9 +189,7 @@ def create_app(settings: Settings | None = None, *, schema_prepared: bool = Fals
         await sender.start()
         service = TaskService(backends, sender, settings)
         app.state.service = service
-        with contextlib.suppress(BackendUnavailable):  # the maintenance rounds try again
-            await service.sync_clock()  # before the first lease or timestamp
-            await service.announce()
+        await service.join()
 
         async def on_stop() -> None:
             # From the first stop signal on, every line is written at once: after a second one,

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.pool import NullPool
 
 from taskplatform.backends import scheme
+from taskplatform.backends.migrate import advance_queue_sequence_on
 from taskplatform.exceptions import TaskPlatformError
 
 T = TypeVar("T")
@@ -145,29 +146,37 @@ def _clear(tables: dict[str, Table]) -> Callable[[Connection], None]:
 # The queue's counter must pass every number a task holds, queued or stored: a task stored now
 # goes back into the queue at its number when requeued, and a new task must not get that number
 # (nor, on PostgreSQL, any number the counter has not handed out: see requeue_insert).
-_TOP = (
-    "SELECT max(top) FROM (SELECT max(seq) AS top FROM queued_tasks"
-    " UNION ALL SELECT max(sequence) FROM tasks) AS numbers"
+_SQLITE_COUNTERS = (
+    (
+        "queued_tasks",
+        "SELECT max(top) FROM (SELECT max(seq) AS top FROM queued_tasks"
+        " UNION ALL SELECT max(sequence) FROM tasks) AS numbers",
+    ),
+    ("task_executions", "SELECT max(id) FROM task_executions"),
 )
 
 
 def _advance_counters(dialect: str) -> Callable[[Connection], None]:
     def advance(connection: Connection) -> None:
-        top = connection.execute(text(_TOP)).scalar_one()
-        runs = connection.execute(text("SELECT max(id) FROM task_executions")).scalar_one()
-        for table, column, value in (("queued_tasks", "seq", top), ("task_executions", "id", runs)):
-            if value is None:
-                continue
-            if dialect == "postgresql":
-                connection.execute(
-                    text(f"SELECT setval(pg_get_serial_sequence('{table}', '{column}'), :top)"),
-                    {"top": value},
+        if dialect == "postgresql":
+            advance_queue_sequence_on(connection)  # what a server does at start, too
+            connection.execute(
+                text(
+                    "SELECT setval(pg_get_serial_sequence('task_executions', 'id'), top) "
+                    "FROM (SELECT max(id) AS top FROM task_executions) AS runs "
+                    "WHERE top IS NOT NULL"
                 )
-            else:  # AUTOINCREMENT's counter: the largest number it has given
-                connection.execute(text(f"DELETE FROM sqlite_sequence WHERE name = '{table}'"))
+            )
+            return
+        for table, query in _SQLITE_COUNTERS:  # AUTOINCREMENT's: the largest number given
+            top = connection.execute(text(query)).scalar_one()
+            if top is not None:
+                connection.execute(
+                    text("DELETE FROM sqlite_sequence WHERE name = :name"), {"name": table}
+                )
                 connection.execute(
                     text("INSERT INTO sqlite_sequence (name, seq) VALUES (:name, :top)"),
-                    {"name": table, "top": value},
+                    {"name": table, "top": top},
                 )
 
     return advance

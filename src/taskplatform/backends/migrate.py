@@ -125,7 +125,9 @@ _ADVANCE_QUEUE_SEQUENCE = text(
     """
     SELECT setval(serial.name, stored.top)
     FROM (SELECT pg_get_serial_sequence('queued_tasks', 'seq') AS name) AS serial,
-         (SELECT max(sequence) AS top FROM tasks) AS stored
+         (SELECT max(top) AS top FROM (SELECT max(sequence) AS top FROM tasks
+                                       UNION ALL SELECT max(seq) FROM queued_tasks) AS numbers)
+         AS stored
     WHERE stored.top > COALESCE(
         (SELECT last_value FROM pg_sequences
          WHERE format('%I.%I', schemaname, sequencename) = serial.name), 0)
@@ -133,19 +135,20 @@ _ADVANCE_QUEUE_SEQUENCE = text(
 )
 
 
-def _advance_queue_sequence_on(connection: Connection) -> None:
+def advance_queue_sequence_on(connection: Connection) -> None:
+    """:func:`advance_queue_sequence` on an open PostgreSQL ``connection`` (``db copy``)."""
     connection.execute(_ADVANCE_QUEUE_SEQUENCE)
 
 
 async def advance_queue_sequence(url: str, *, connect_timeout_seconds: float = 5.0) -> None:
-    """Move the PostgreSQL queue's seq counter past every stored task's sequence number.
+    """Move the PostgreSQL queue's seq counter past every task's number, stored or queued.
 
     For a queue switched back from Redis to the database (``TASKPLATFORM_QUEUE_URL`` unset
     again): tasks stored meanwhile carry Redis's numbers, and once one is requeued, a new task
     numbered by the old counter would collide with it (a 503 on create). Called at start; one
     scan of ``tasks``. The schema must be current (:func:`upgrade`).
     """
-    await _in_transaction(url, _advance_queue_sequence_on, connect_timeout_seconds)
+    await _in_transaction(url, advance_queue_sequence_on, connect_timeout_seconds)
 
 
 async def upgrade(url: str, *, connect_timeout_seconds: float = 5.0) -> str:

@@ -15,7 +15,6 @@ Run it with ``taskplatform worker`` (no HTTP) or inside every API process with
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import math
@@ -201,9 +200,7 @@ async def run_worker(settings: Settings) -> None:
     sender = sender_from_settings(settings)
     await sender.start()
     service = TaskService(backends, sender, settings)
-    with contextlib.suppress(BackendUnavailable):  # the maintenance rounds try again
-        await service.sync_clock()  # before the first lease or timestamp
-        await service.announce()
+    await service.join()
     stop = asyncio.Event()
 
     def on_signal() -> None:
