@@ -1520,6 +1520,9 @@ class TaskService:
             received = time.time_ns()
             if remote is None:
                 self._next_clock_sync = float("inf")
+                # Set, not left at its default: with ``--workers N`` a gauge never set is
+                # never written to the multiprocess files, and the metric would be missing.
+                self.metrics.clock_offset.set(0)
                 return
             trip = received - sent
             if best is None or trip < best[0]:

@@ -176,6 +176,9 @@ def test_several_workers_report_the_sum_of_all(
     with httpx.Client(base_url=server.url) as fresh:
         samples = scrape(fresh)
     assert value(samples, "taskplatform_tasks_dequeued_total", queue="default", mode="pull") == 20
+    # Every process exports its clock offset, SQLite's too (0: it shares the host's clock).
+    # (present, not defaulted: ``value`` gives 0 for a missing series)
+    assert samples[("taskplatform_clock_offset_seconds", ())] == pytest.approx(0, abs=1)
 
 
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
