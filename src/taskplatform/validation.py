@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import ipaddress
 import re
-import time
 import unicodedata
 from typing import Literal, TypeVar, overload
 from urllib.parse import urlsplit
@@ -22,6 +21,7 @@ from taskplatform.models import (
     BatchTaskCreate,
     RedriveFilter,
     TaskCreate,
+    now_ms,
 )
 
 T = TypeVar("T")
@@ -428,7 +428,9 @@ def check_task_limits(request: TaskCreate, *, max_timeout_seconds: float, max_re
         errors.append(("$.scheduledAt", "give delaySeconds or scheduledAt, not both"))
     if request.scheduled_at is not None:
         at = request.scheduled_at.timestamp()
-        if not _EPOCH <= at <= time.time() + MAX_DELAY_SECONDS:
+        # The store's clock (now_ms), which every process follows: with the host's own, a host
+        # whose clock runs behind would admit instants the others refuse.
+        if not _EPOCH <= at <= now_ms() / 1000 + MAX_DELAY_SECONDS:
             errors.append(("$.scheduledAt", "must lie between 1970 and one year from now"))
     if request.retry_on and request.permanent_on:
         both = sorted(set(request.retry_on) & set(request.permanent_on))

@@ -10,9 +10,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from taskplatform.exceptions import MalformedJSON, ValidationFailed
+from taskplatform.models import MAX_DELAY_SECONDS, clock_offset_ms, follow_clock
 from taskplatform.validation import (
     check_callback_url,
     check_json_depth,
+    check_task_limits,
     parse_task_create,
 )
 
@@ -231,3 +233,25 @@ def test_depth_check_is_linear_on_adversarial_input() -> None:
 def test_truncated_body_with_a_valid_surrogate_pair_is_malformed_not_a_surrogate_error() -> None:
     with pytest.raises(MalformedJSON):
         _parse(b'{"taskData":{"e":"\\ud83d\\ude00"}')
+
+
+def test_the_scheduled_at_bound_follows_the_store_clock() -> None:
+    """A year from the store's "now", not this host's: with the host 10 days ahead of the
+    database, an instant 360 days from the host's clock is 370 days from the store's."""
+    at = time.time() + MAX_DELAY_SECONDS - 5 * 86_400
+    body = json.dumps(
+        {
+            "taskData": {},
+            "callbackUrl": "http://127.0.0.1:9/",
+            "scheduledAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at)),
+        }
+    ).encode()
+    request = parse_task_create(body, max_depth=64, max_url_length=2048)
+    check_task_limits(request, max_timeout_seconds=3600, max_retries=100)  # host == store
+    before = clock_offset_ms()
+    follow_clock(-10 * 86_400_000)
+    try:
+        with pytest.raises(ValidationFailed, match="one year from now"):
+            check_task_limits(request, max_timeout_seconds=3600, max_retries=100)
+    finally:
+        follow_clock(before)
