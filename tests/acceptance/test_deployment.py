@@ -208,6 +208,8 @@ def test_a_redis_queue_that_does_not_answer_stops_the_start(
     assert f"error: cannot start the {name}: the Redis queue failed: " in result.stderr
     assert reason in result.stderr
     assert "Traceback" not in result.stderr
+    # One line, not the backend's warning first and then the same failure again.
+    assert result.stderr.count(reason) == 1, result.stderr
 
 
 def test_serve_logs_where_its_store_and_queue_are(tmp_path: Path) -> None:
