@@ -290,6 +290,8 @@ class TaskService:
         )
         self._next_heartbeat = 0.0  # monotonic
         self._warned_processes: set[tuple[str, str]] = set()
+        self._store_id: str | None = None  # read at the first announce
+        self._warned_stores: set[str] = set()
 
     # -- the one place a status changes ---------------------------------------------------------
 
@@ -1567,11 +1569,17 @@ class TaskService:
         once each, naming both queues; a switch of the queue shows it while old and new run
         side by side, as it should.
 
+        A queue kept apart from the store (Redis) is also told which store this process
+        serves (:meth:`~taskplatform.backends.base.Queue.register_store`): processes of two
+        databases on one Redis queue (the same URL and key prefix) take each other's tasks
+        into their own tables, where the other's clients cannot find them. Another store seen
+        there in the last :data:`PROCESS_GONE_SECONDS` is logged as a warning, once each.
+
         Returns:
             Every process seen, this one among them.
 
         Raises:
-            BackendUnavailable: the store cannot be reached.
+            BackendUnavailable: the store or the queue cannot be reached.
         """
         self._next_heartbeat = time.monotonic() + HEARTBEAT_SECONDS
         now = now_ms()
@@ -1598,6 +1606,27 @@ class TaskService:
                 other.queue,
                 me.process_id,
                 me.queue,
+            )
+        if self._store_id is None:
+            self._store_id = await self.store.store_id()
+        stores = await self.queue.register_store(
+            self._store_id, me.process_id, now=now, since=now - round(PROCESS_GONE_SECONDS * 1000)
+        )
+        for store_id, seen_at in stores.items():
+            if store_id in self._warned_stores:
+                continue
+            self._warned_stores.add(store_id)
+            logger.warning(
+                "the queue at %s also serves another database (store %s, whose processes "
+                "were seen there %.0f s ago; this one is store %s): each takes the other's tasks "
+                "into its own tables, where the other's clients cannot find them. Give each "
+                "database its own TASKPLATFORM_REDIS_KEY_PREFIX or Redis database (after "
+                "taskplatform db copy, this is the old database's processes, still running or "
+                "killed)",
+                me.queue,
+                store_id,
+                max(0, now - seen_at) / 1000,
+                self._store_id,
             )
         return seen
 
@@ -1728,7 +1757,8 @@ class TaskService:
         The deadline is the one :meth:`begin_shutdown` set at the signal; if nothing called it,
         it is ``grace_seconds`` from now. An interrupted attempt is recorded as failed with
         :data:`INTERRUPTED` (it counts, and the task can be executed again), so no task stays
-        Processing after a clean stop.
+        Processing after a clean stop. Last, this process leaves the queue's list of the stores
+        it serves (:meth:`announce`).
         """
         self.begin_shutdown(grace_seconds)
         assert self._stopper is not None
@@ -1736,6 +1766,11 @@ class TaskService:
         # An execute that passed the stopping check just before the signal can start its
         # callback after the stopper found nothing in flight: it gets the same deadline.
         await self._stop_callbacks()
+        if self._store_id is not None:
+            # Out of the queue's list of stores, so that a store moved to another database is
+            # not warned of as a second one while this one is only stopped.
+            with contextlib.suppress(BackendUnavailable):
+                await self.queue.unregister_store(self._store_id, self._process.process_id)
 
 
 def _check_edges(source: Collection[Status], target: Status) -> None:

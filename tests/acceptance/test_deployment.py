@@ -573,3 +573,39 @@ def test_processes_on_one_database_with_different_queues_are_told(
     assert f"the queue at {REDIS_URL} (key prefix {prefix})" in warnings[0]
     assert "uses the queue at redis://" in third.log()  # the second one, seen by the third
     assert "uses the queue at" not in first.log()  # its next heartbeat is 10 s away
+
+
+def test_two_databases_on_one_redis_queue_are_told(tmp_path: Path) -> None:
+    """Servers of two SQLite files naming one Redis queue (URL and key prefix) take each
+    other's tasks into their own tables: the one that starts second names the first one's
+    store at once. Stopped cleanly, both leave the queue's list of stores, so a third database
+    started on the queue afterwards (a store moved by ``db copy``) hears nothing."""
+    queue = backend_env("redis+sqlite", tmp_path / "a")
+    a_env = {**queue, "TASKPLATFORM_DATABASE_URL": f"sqlite:///{tmp_path / 'a.db'}"}
+    b_env = {**queue, "TASKPLATFORM_DATABASE_URL": f"sqlite:///{tmp_path / 'b.db'}"}
+    c_env = {**queue, "TASKPLATFORM_DATABASE_URL": f"sqlite:///{tmp_path / 'c.db'}"}
+    a = Server(a_env, tmp_path / "a.log").start()
+    b = Server(b_env, tmp_path / "b.log")
+    try:
+        b.start()
+    finally:
+        b.stop()
+        a.stop()
+    with sqlite3.connect(tmp_path / "a.db") as conn:
+        (a_id,) = conn.execute("SELECT store_id FROM store_identity").fetchone()
+    with sqlite3.connect(tmp_path / "b.db") as conn:
+        (b_id,) = conn.execute("SELECT store_id FROM store_identity").fetchone()
+    assert a_id != b_id
+    warnings = [line for line in b.log().splitlines() if "also serves another database" in line]
+    assert len(warnings) == 1, b.log()
+    prefix = queue["TASKPLATFORM_REDIS_KEY_PREFIX"]
+    assert f"the queue at {REDIS_URL} (key prefix {prefix}) also serves" in warnings[0]
+    assert f"(store {a_id}, " in warnings[0]
+    assert f"this one is store {b_id})" in warnings[0]
+    assert "also serves another database" not in a.log()  # its next heartbeat is 10 s away
+    c = Server(c_env, tmp_path / "c.log").start()
+    c.stop()
+    assert "also serves another database" not in c.log(), c.log()
+    again = Server(b_env, tmp_path / "b2.log").start()  # the same database: no warning either
+    again.stop()
+    assert "also serves another database" not in again.log(), again.log()

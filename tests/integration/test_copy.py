@@ -49,6 +49,14 @@ async def test_a_copy_moves_the_queue_counter_past_every_stored_task(
 
     copied = await copy_store(source.database_url, into.database_url)
     assert (copied["tasks"], copied["queued_tasks"]) == (1, 0)
+    ids = []
+    for settings in (source, into):
+        backends = open_backends(settings)
+        try:
+            ids.append(await backends.store.store_id())
+        finally:
+            await backends.close()
+    assert ids[0] != ids[1]  # a copy is another store, which a Redis queue tells apart
     backends = open_backends(into)
     try:
         await backends.queue.enqueue(_task(_id(2)))

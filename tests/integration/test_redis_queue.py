@@ -387,3 +387,20 @@ async def test_a_redrive_cut_off_before_redis_has_it_comes_back_with_fresh_attem
     assert (back.task_id, back.status, back.attempts) == (_id(1), Status.DEQUEUED, 0)
     assert (back.dead_letter, back.result, back.completed_at) == (False, None, None)
     assert back.attempts <= back.max_retries  # it can start
+
+
+async def test_the_queue_tells_the_stores_it_serves_apart(redis_queue: RedisQueue) -> None:
+    """``register_store``: another store's processes are returned while seen since ``since``,
+    by their latest heartbeat; this store's own others are not; a process that unregisters is
+    gone at once, and one unseen for a day is forgotten."""
+    day = 24 * 3600 * 1000
+    assert await redis_queue.register_store("A", "a1", now=1_000, since=0) == {}
+    assert await redis_queue.register_store("A", "a2", now=1_500, since=0) == {}  # same store
+    assert await redis_queue.register_store("B", "b1", now=2_000, since=0) == {"A": 1_500}
+    assert await redis_queue.register_store("B", "b1", now=3_000, since=1_200) == {"A": 1_500}
+    assert await redis_queue.register_store("B", "b1", now=4_000, since=1_600) == {}
+    await redis_queue.unregister_store("A", "a2")
+    assert await redis_queue.register_store("B", "b1", now=5_000, since=0) == {"A": 1_000}
+    await redis_queue.register_store("B", "b1", now=1_001 + day, since=0)  # a1 is a day old
+    fields = await redis_queue.client.hkeys(redis_queue._stores)
+    assert sorted(_text(field) for field in fields) == ["B b1"]

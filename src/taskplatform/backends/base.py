@@ -349,6 +349,33 @@ class Queue(abc.ABC):
         """
         return 0
 
+    async def register_store(
+        self, store_id: str, process_id: str, *, now: int, since: int
+    ) -> dict[str, int]:
+        """Record that ``process_id``, serving the store ``store_id``, uses this queue (at
+        ``now``, epoch ms), and return the other stores seen here since ``since``: ``{store id:
+        last seen, epoch ms}``.
+
+        A queue kept apart from its store (Redis) can be named by processes of two databases;
+        each then takes the other's tasks into its own tables, where the other's clients cannot
+        find them. This default, for a queue inside its store, returns ``{}``: it serves that
+        store alone.
+
+        Raises:
+            BackendUnavailable: the queue cannot be reached.
+        """
+        return {}
+
+    async def unregister_store(self, store_id: str, process_id: str) -> None:
+        """Forget what :meth:`register_store` recorded for ``process_id``, at a clean stop, so
+        that a store moved to another database (``taskplatform db copy``) is not taken for a
+        second one while the old one's processes are only stopped. This default does nothing.
+
+        Raises:
+            BackendUnavailable: the queue cannot be reached.
+        """
+        return None
+
     @abc.abstractmethod
     async def ping(self) -> None:
         """Check that the backend answers. Raises BackendUnavailable if not."""
@@ -613,6 +640,15 @@ class Store(abc.ABC):
     async def count_by_status(self, queue: str | None = None) -> dict[Status, int]:
         """Return how many stored tasks (of ``queue``, or all) are in each status (absent
         statuses may be omitted)."""
+
+    @abc.abstractmethod
+    async def store_id(self) -> str:
+        """Return this database's id: a random UUID written when its schema was made
+        (migration 0006), kept for its life and not copied by ``taskplatform db copy``.
+
+        Raises:
+            BackendUnavailable: the store cannot be reached.
+        """
 
     async def clock_ms(self) -> int | None:
         """Return the database server's clock in epoch milliseconds, or None when the database

@@ -886,6 +886,12 @@ class PostgresStore(Store):
                 ).all()
         return {Status(status): count for status, count in rows}
 
+    async def store_id(self) -> str:
+        row = await self.database.fetchrow(QUERIES["store_id"], {})
+        assert row is not None  # migration 0006 wrote it
+        store_id: str = row[0]
+        return store_id
+
     async def clock_ms(self) -> int:
         row = await self.database.fetchrow(QUERIES["clock"], {})
         assert row is not None

@@ -63,6 +63,10 @@ from taskplatform.models import (
 
 logger = logging.getLogger(__name__)
 
+_STORE_FORGET_MS = 24 * 3600 * 1000
+"""How long a process's entry in the queue's ``stores`` hash outlives its last heartbeat
+(see :meth:`RedisQueue.register_store`)."""
+
 # The task hash's fields after ``member`` and ``sequence``, in the order of _hash_values(): the
 # id is the hash's key, not a field.
 _FIELDS = QUEUED_FIELDS[1:]
@@ -296,6 +300,7 @@ class RedisQueue(Queue):
         self._task_prefix = f"{key_prefix}:task:"
         self._channel = f"{key_prefix}:enqueued"
         self._queues = f"{key_prefix}:queues"
+        self._stores = f"{key_prefix}:stores"  # see register_store
         self._reservation_ms = round(reservation_seconds * 1000)
         self._faults = faults or Faults()
         self._enqueue_many = self.client.register_script(_ENQUEUE_MANY)
@@ -648,6 +653,34 @@ class RedisQueue(Queue):
                 returned += 1
                 logger.warning("task %s: returned an expired reservation to the queue", task_id)
         return returned
+
+    async def register_store(
+        self, store_id: str, process_id: str, *, now: int, since: int
+    ) -> dict[str, int]:
+        # One field per process, "store_id process_id" -> last seen: a process that stops
+        # cleanly takes its own field out, and a killed one's ages out, without touching the
+        # others'. Fields unseen for a day are forgotten here, by whoever reads.
+        field = f"{store_id} {process_id}"
+        async with self._guard():
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.hset(self._stores, field, now)
+                pipe.hgetall(self._stores)
+                _, fields = await pipe.execute()
+            seen: dict[str, int] = {}
+            stale = []
+            for key, value in fields.items():
+                other, at = key.decode().split(" ", 1)[0], int(value)
+                if at < now - _STORE_FORGET_MS:
+                    stale.append(key)
+                elif other != store_id and at >= since:
+                    seen[other] = max(at, seen.get(other, at))
+            if stale:
+                await _await(self.client.hdel(self._stores, *stale))
+        return seen
+
+    async def unregister_store(self, store_id: str, process_id: str) -> None:
+        async with self._guard():
+            await _await(self.client.hdel(self._stores, f"{store_id} {process_id}"))
 
     async def ping(self) -> None:
         async with self._guard():

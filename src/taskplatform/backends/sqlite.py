@@ -837,6 +837,13 @@ class SQLiteStore(Store):
 
         return await self.database.write(job)
 
+    async def store_id(self) -> str:
+        def job(conn: sqlite3.Connection) -> str:
+            store_id: str = conn.execute(SQL["store_id"]).fetchone()[0]
+            return store_id
+
+        return await self.database.read(job)
+
     async def depth_samples(self, *, since: int) -> list[DepthSample]:
         def job(conn: sqlite3.Connection) -> list[DepthSample]:
             rows = conn.execute(SQL["depth_sample_list"], {"since": since})

@@ -210,3 +210,7 @@ DELETE FROM processes WHERE seen_at < :before;
 -- The processes seen since a time, the longest running first.
 SELECT process_id, queue, started_at, seen_at FROM processes WHERE seen_at >= :since
 ORDER BY started_at, process_id;
+
+-- name: store_id
+-- This database's id (migration 0006), which it names in a Redis queue it uses.
+SELECT store_id FROM store_identity;
