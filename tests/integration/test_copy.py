@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import msgspec
 import pytest
 
-from taskplatform.backends import open_backends, prepare_schema
+from taskplatform.backends import copy, open_backends, prepare_schema
 from taskplatform.backends.copy import copy_store
 from taskplatform.models import Status
 from taskplatform.settings import Settings
@@ -66,3 +67,58 @@ async def test_a_copy_moves_the_queue_counter_past_every_stored_task(
         assert taken[1].sequence > 7
     finally:
         await backends.close()
+
+
+@pytest.mark.parametrize("target", ["sqlite", "postgres"])
+async def test_a_copy_reads_large_rows_a_few_at_a_time(
+    target: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batches follow the rows' size: 60 tasks of 20 KB data each, with 100 KB a batch, go
+    16 first (:data:`FIRST_BATCH_ROWS`), then about 5 at a time (where 2,000 tasks of the
+    largest data would hold GiBs at once), and every one arrives once, with its data."""
+    monkeypatch.setattr(copy, "BATCH_BYTES", 100_000)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    source = Settings(**settings_kwargs(backend_env("sqlite", tmp_path / "a")))  # type: ignore[arg-type]
+    into = Settings(**settings_kwargs(backend_env(target, tmp_path / "b")))  # type: ignore[arg-type]
+    for settings in (source, into):
+        await prepare_schema(settings)
+    data = [b'{"pad": "' + bytes([97 + n % 26]) * 20_000 + b'"}' for n in range(60)]
+    tasks = [
+        msgspec.structs.replace(
+            _task(_id(n), data=data[n]), status=Status.DEQUEUED, sequence=n + 1, lease_token="L"
+        )
+        for n in range(60)
+    ]
+    backends = open_backends(source)
+    try:
+        assert len(await backends.store.insert_dequeued(tasks)) == 60
+    finally:
+        await backends.close()
+    batches: list[int] = []
+
+    def progress(name: str, rows: int) -> None:
+        if name == "tasks":
+            batches.append(rows)
+
+    copied = await copy.copy_store(source.database_url, into.database_url, progress=progress)
+    assert copied["tasks"] == 60
+    assert batches[0] == copy.FIRST_BATCH_ROWS
+    assert all(0 < b - a <= 5 for a, b in itertools.pairwise(batches)), batches
+    assert batches[-1] == 60
+    backends = open_backends(into)
+    try:
+        for n in (0, 17, 59):
+            stored = await backends.store.get(_id(n))
+            assert stored is not None
+            assert stored.task_data == data[n]
+    finally:
+        await backends.close()
+
+
+def test_a_batch_of_small_rows_is_followed_by_the_most_rows() -> None:
+    rows = [{"task_id": "x" * 36, "task_data": "{}", "priority": 5}] * 16
+    assert copy.next_batch_rows(rows) == copy.BATCH_ROWS
+    huge = [{"task_data": "x" * (4 << 20)}] * 16
+    assert copy.next_batch_rows(huge) == copy.BATCH_BYTES // (4 << 20)  # 8
+    assert copy.next_batch_rows([{"task_data": "x" * (64 << 20)}]) == 1

@@ -42,8 +42,15 @@ HELD = ("tasks", "task_executions", "queued_tasks", "idempotency_keys")
 ``queues`` and ``queue_depth_samples`` (the default queue's depth); those are replaced."""
 
 BATCH_ROWS = 2000
-"""Rows read and written at a time: a batch of tasks of the largest data (1 MiB) is 2 GiB at
-worst, of ordinary ones a few MB."""
+"""The most rows read and written at a time."""
+
+BATCH_BYTES = 32 * 1024 * 1024
+"""About how much row text a batch holds (bytes): a table's first batch is :data:`FIRST_BATCH_ROWS`
+rows, and each next one as many as the last one's average row fits in this, up to
+:data:`BATCH_ROWS`. So ordinary tasks (a few hundred bytes) go 2,000 at a time, and tasks of the
+largest data and result (a few MiB each) a dozen at a time, where 2,000 of them would hold GiBs."""
+
+FIRST_BATCH_ROWS = 16
 
 
 class TargetNotEmpty(TaskPlatformError):
@@ -114,12 +121,24 @@ def _count(tables: dict[str, Table]) -> Callable[[Connection], dict[str, int]]:
     return count
 
 
+def next_batch_rows(rows: list[dict[str, Any]]) -> int:
+    """Return how many rows to read next, after a batch of ``rows``: as many of their average
+    size (text and bytes values; other values count as 8 bytes) as fit in :data:`BATCH_BYTES`,
+    from 1 to :data:`BATCH_ROWS`."""
+    size = sum(
+        len(value) if isinstance(value, str | bytes) else 8
+        for row in rows
+        for value in row.values()
+    )
+    return max(1, min(BATCH_ROWS, BATCH_BYTES * len(rows) // max(1, size)))
+
+
 def _batch(
-    table: Table, key: tuple[str, ...], after: tuple[Any, ...] | None
+    table: Table, key: tuple[str, ...], after: tuple[Any, ...] | None, limit: int
 ) -> Callable[[Connection], list[dict[str, Any]]]:
     def read(connection: Connection) -> list[dict[str, Any]]:
         columns = [table.c[name] for name in key]
-        query = select(table).order_by(*columns).limit(BATCH_ROWS)
+        query = select(table).order_by(*columns).limit(limit)
         if after is not None:
             query = query.where(tuple_(*columns) > tuple_(*after))
         return [dict(row) for row in connection.execute(query).mappings()]
@@ -244,10 +263,12 @@ async def copy_store(
         for name, key in TABLES.items():
             copied[name] = 0
             after: tuple[Any, ...] | None = None
-            while rows := await source.run(_batch(source_tables[name], key, after)):
+            limit = FIRST_BATCH_ROWS
+            while rows := await source.run(_batch(source_tables[name], key, after, limit)):
                 await target.run(_write(target_tables[name], rows))
                 copied[name] += len(rows)
                 after = tuple(rows[-1][column] for column in key)
+                limit = next_batch_rows(rows)
                 if progress is not None:
                     progress(name, copied[name])
         await target.run(_advance_counters(scheme(target_url)))
