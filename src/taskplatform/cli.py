@@ -68,9 +68,9 @@ def _settings_or_exit(**overrides: object) -> Settings:
             # Numbers and booleans only: a string may be a key, or a URL with a password.
             given = error.get("input")
             shown = f" (given {given!r})" if isinstance(given, int | float) else ""
-            variable = f"TASKPLATFORM_{name.upper()}" if name else "the settings"
+            where = f"TASKPLATFORM_{name.upper()}: " if name else ""  # a check of several
             message = error["msg"].removeprefix("Value error, ")  # our validators' own words
-            typer.echo(f"  {variable}: {message}{shown}", err=True)
+            typer.echo(f"  {where}{message}{shown}", err=True)
         raise typer.Exit(2) from exc
     except ValueError as exc:
         typer.echo(f"error: invalid configuration:\n{exc}", err=True)

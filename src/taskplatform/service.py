@@ -57,6 +57,7 @@ from taskplatform.exceptions import (
     TaskNotDequeued,
     TaskNotFailed,
     TaskNotFound,
+    TaskPlatformError,
     TaskProcessing,
     ValidationFailed,
     raise_if_cancelled,
@@ -445,9 +446,14 @@ class TaskService:
         elif request.scheduled_at is not None:
             scheduled_at = round(request.scheduled_at.timestamp() * 1000)
         defaults = self._default_policy()
+        # A bound the request gives wins over the other's default (documented): a minimum
+        # above the default maximum raises the maximum to it, a maximum below the default
+        # minimum lowers the minimum. Both given, validation has checked their order.
         backoff_min = request.backoff_min_seconds or defaults.backoff_min_seconds
-        # A minimum above the default maximum raises the maximum to it (documented).
-        backoff_max = max(request.backoff_max_seconds or defaults.backoff_max_seconds, backoff_min)
+        backoff_max = request.backoff_max_seconds or defaults.backoff_max_seconds
+        if request.backoff_max_seconds is not None and request.backoff_min_seconds is None:
+            backoff_min = min(backoff_min, backoff_max)
+        backoff_max = max(backoff_max, backoff_min)
         return TaskRecord(
             task_id=str(uuid_utils.uuid7()),
             status=Status.QUEUED,
@@ -857,8 +863,19 @@ class TaskService:
         self._inflight.discard(call)
         self.metrics.in_flight.dec()
         # An outcome that could not be recorded has been logged as a warning; a dispatched or
-        # background call has nobody else to see its error.
-        _retrieve(call)
+        # background call has nobody else to see its error. Anything else is a defect: logged
+        # with its traceback, or a dispatched task would sit in Processing until its lease ran
+        # out without a word (a synchronous execute's client also gets a 500).
+        if call.cancelled():
+            return
+        error = call.exception()
+        if error is not None and not isinstance(error, TaskPlatformError):
+            logger.error(
+                "%s: its outcome could not be recorded; the task is retried when its lease "
+                "runs out",
+                call.get_name(),
+                exc_info=error,
+            )
 
     async def start_execute(self, task_id: str) -> TaskRecord:
         """Move ``task_id`` to Processing under a fresh lease, ready for one callback.

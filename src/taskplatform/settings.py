@@ -7,12 +7,13 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field, SecretStr
+from pydantic import AfterValidator, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from taskplatform.models import QUEUE_NAME, QUEUE_NAME_RULE
+from taskplatform.models import MAX_DELAY_SECONDS, QUEUE_NAME, QUEUE_NAME_RULE
 
 MIB = 1024 * 1024
+DAY = 86_400  # seconds
 
 
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
@@ -101,16 +102,19 @@ class Settings(BaseSettings):
     ] = "NORMAL"
     sqlite_busy_timeout_seconds: Annotated[
         float,
-        Field(gt=0, description="How long a SQLite writer waits for another process's lock."),
+        Field(
+            gt=0, le=3600, description="How long a SQLite writer waits for another process's lock."
+        ),
     ] = 5.0
 
     database_pool_size: Annotated[
-        int, Field(gt=0, description="PostgreSQL connections kept open per process.")
+        int, Field(gt=0, le=10_000, description="PostgreSQL connections kept open per process.")
     ] = 30
     database_pool_overflow: Annotated[
         int,
         Field(
             ge=0,
+            le=10_000,
             description=(
                 "Extra PostgreSQL connections allowed at peaks; each is opened and closed per use, "
                 "so keep the pool size at the usual concurrency."
@@ -118,7 +122,8 @@ class Settings(BaseSettings):
         ),
     ] = 10
     database_connect_timeout_seconds: Annotated[
-        float, Field(gt=0, description="How long to wait for a new database connection.")
+        float,
+        Field(gt=0, le=3600, description="How long to wait for a new database connection."),
     ] = 5.0
     redis_key_prefix: Annotated[
         str,
@@ -131,6 +136,7 @@ class Settings(BaseSettings):
         float,
         Field(
             gt=0,
+            le=DAY,
             description=(
                 "Redis queue: how long a reserved task may take to reach the store before the "
                 "recovery loop returns it to the queue."
@@ -139,7 +145,11 @@ class Settings(BaseSettings):
     ] = 30.0
     recovery_interval_seconds: Annotated[
         float,
-        Field(gt=0, description="How often each server reaps expired leases and reservations."),
+        Field(
+            gt=0,
+            le=3600,
+            description="How often each server reaps expired leases and reservations.",
+        ),
     ] = 1.0
     queue_depth_sample_seconds: Annotated[
         float,
@@ -156,6 +166,7 @@ class Settings(BaseSettings):
         float,
         Field(
             ge=0,
+            le=30 * DAY,
             description=(
                 "A Dequeued task nobody executes within this many seconds goes back to the queue "
                 "at its original position; 0 keeps a pulled task Dequeued forever (a "
@@ -167,6 +178,7 @@ class Settings(BaseSettings):
         float,
         Field(
             ge=0,
+            le=DAY,
             description=(
                 "On SIGTERM, how long in-flight callbacks may run on, counted once from the "
                 "signal; those still running then are recorded as failed (retryable)."
@@ -174,7 +186,12 @@ class Settings(BaseSettings):
         ),
     ] = 30.0
     idempotency_key_ttl_seconds: Annotated[
-        float, Field(gt=0, description="How long an Idempotency-Key of a create is remembered.")
+        float,
+        Field(
+            gt=0,
+            le=MAX_DELAY_SECONDS,
+            description="How long an Idempotency-Key of a create is remembered.",
+        ),
     ] = 86_400.0
     long_poll_max_seconds: Annotated[
         float,
@@ -191,6 +208,7 @@ class Settings(BaseSettings):
         float,
         Field(
             gt=0,
+            le=60,
             description=(
                 "How often a long-polling dequeue checks the queue when no notification arrives "
                 "(SQLite shared by several processes, or a lost LISTEN connection)."
@@ -334,11 +352,18 @@ class Settings(BaseSettings):
         Field(gt=0, description="Largest callback response body kept; a larger one fails."),
     ] = MIB
     callback_max_connections: Annotated[
-        int, Field(gt=0, description="Concurrent outbound callback connections per process.")
+        int,
+        Field(
+            gt=0, le=100_000, description="Concurrent outbound callback connections per process."
+        ),
     ] = 256
     processing_lease_grace_seconds: Annotated[
         float,
-        Field(ge=0, description="Added to timeoutSeconds to form the lease of a Processing task."),
+        Field(
+            ge=0,
+            le=DAY,
+            description="Added to timeoutSeconds to form the lease of a Processing task.",
+        ),
     ] = 30.0
 
     backoff_min_seconds: Annotated[
@@ -357,6 +382,7 @@ class Settings(BaseSettings):
         float,
         Field(
             ge=0,
+            le=MAX_DELAY_SECONDS,
             description="Longest `Retry-After` (429, 503) honoured; a longer one is cut to this.",
         ),
     ] = 3600.0
@@ -422,6 +448,29 @@ class Settings(BaseSettings):
             ),
         ),
     ] = 0.5
+
+    @model_validator(mode="after")
+    def _defaults_within_limits(self) -> Settings:
+        """Refuse defaults a task could not ask for itself: a task that gives no
+        ``timeoutSeconds`` or ``maxRetries`` would get more than the limits allow one that
+        does, and default backoff bounds in the wrong order.
+
+        Raises:
+            ValueError: naming both settings.
+        """
+        pairs = [
+            ("default_timeout_seconds", "max_timeout_seconds", "over"),
+            ("default_max_retries", "max_retries_ceiling", "over"),
+            ("backoff_min_seconds", "backoff_max_seconds", "above"),
+        ]
+        for low, high, word in pairs:
+            if getattr(self, low) > getattr(self, high):
+                raise ValueError(
+                    f"TASKPLATFORM_{low.upper()} ({getattr(self, low):g}) is {word} "
+                    f"TASKPLATFORM_{high.upper()} ({getattr(self, high):g}): lower the one or "
+                    "raise the other"
+                )
+        return self
 
     def dispatch_queue_list(self) -> list[str]:
         """Return the queue names of ``dispatch_queues``, in order, without repeats."""

@@ -672,6 +672,12 @@ def test_create_validates_the_new_fields_and_shows_them(api: httpx.Client) -> No
     plain = get(api, create(api, url, queue=MANUAL))
     assert (plain["scheduledAt"], plain["retryOn"], plain["permanentOn"]) == (None, None, None)
     assert plain["deadLetter"] is False
+    # One bound given, beyond the other's default (0.1 to 0.2 s here): the given one wins and
+    # the default moves to it, both ways, rather than the given one being changed.
+    low = get(api, create(api, url, queue=MANUAL, backoffMaxSeconds=0.05))
+    assert (low["backoffMinSeconds"], low["backoffMaxSeconds"]) == (0.05, 0.05)
+    high = get(api, create(api, url, queue=MANUAL, backoffMinSeconds=5))
+    assert (high["backoffMinSeconds"], high["backoffMaxSeconds"]) == (5, 5)
 
 
 # ---------------------------------------------------------------------------------------------

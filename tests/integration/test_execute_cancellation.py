@@ -53,3 +53,31 @@ async def test_cancelling_execute_lets_the_callback_finish_and_records_it(
     log = await service.executions(task_id)
     assert [(entry.attempt, entry.http_status, entry.error) for entry in log] == [(1, 200, None)]
     assert len(receiver.hits_for(task_id)) == 1
+
+
+async def test_a_dispatched_call_that_fails_unexpectedly_is_logged_with_its_traceback(
+    service: TaskService,
+    receiver: Receiver,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A defect in recording an outcome (here the store raising a RuntimeError) of a call that
+    nobody awaits, as a dispatched one: logged as an error with its traceback, where it was
+    dropped without a word and the task sat in Processing until its lease ran out."""
+    body = f'{{"taskData": {{"n": 1}}, "callbackUrl": "{receiver.url("/ok")}"}}'
+    request = parse_task_create(body.encode(), max_depth=64, max_url_length=2048)
+    created, _ = await service.create(request)
+    task = await service.start_execute((await service.dequeue()).task_id)
+
+    async def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a defect")
+
+    monkeypatch.setattr(service.store, "compare_and_set", broken)
+    call = service.dispatch(task)
+    await asyncio.wait({call})
+    await asyncio.sleep(0)  # the done callbacks run
+    errors = [record for record in caplog.records if record.levelname == "ERROR"]
+    assert len(errors) == 1, caplog.text
+    assert f"callback {created.task_id}: its outcome could not be recorded" in errors[0].message
+    assert errors[0].exc_info is not None
+    assert errors[0].exc_info[1] is call.exception()

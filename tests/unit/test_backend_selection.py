@@ -95,6 +95,31 @@ def test_scheme(url: str, kind: str) -> None:
             Settings(database_url="postgresql://u:s3cret@::1:5432/db"),
             r"the host '::1:5432': put an IPv6 address in brackets, \[::1\]:5432",
         ),
+        (
+            Settings(database_url="postgresql://u:s3cret@[::1:5432/db"),
+            r"the host '\[::1:5432': an IPv6 address needs its closing '\]'",
+        ),
+        # SQLAlchemy (the migrations) would drop the options, the server open "a.db?mode=ro".
+        (Settings(database_url="sqlite:///a.db?mode=ro"), "has a query string"),
+        # redis-py reads its options only when it connects: a traceback in every request.
+        (
+            Settings(database_url="sqlite:///a.db", queue_url="redis://:s3cret@h:6379/9?foo=bar"),
+            "TASKPLATFORM_QUEUE_URL has 'foo', which redis-py does not take",
+        ),
+        (
+            Settings(
+                database_url="sqlite:///a.db", queue_url="redis://h:6379/9?socket_timeout=abc"
+            ),
+            "Invalid value for 'socket_timeout'",
+        ),
+        (
+            Settings(database_url="sqlite:///a.db", queue_url="redis://[::1:6379/9"),
+            "TASKPLATFORM_QUEUE_URL: Invalid IPv6 URL",
+        ),
+        (
+            Settings(database_url="sqlite:///a.db", queue_url="redis://h:99999/9"),
+            "TASKPLATFORM_QUEUE_URL: Port out of range",
+        ),
     ],
 )
 def test_unsupported_urls_say_what_to_use(settings: Settings, message: str) -> None:

@@ -34,3 +34,43 @@ def test_a_port_out_of_range_is_a_usage_error(command: str, port: str) -> None:
     assert "pydantic.dev" not in result.output
     if command == "serve":
         assert f"TASKPLATFORM_PORT: Input should be {bound} (given {port})" in result.output
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        # Each was accepted and then answered 500 (an int past SQLite's or Redis's 64 bits) on
+        # every keyed create, every dequeue, or left a dispatched task Processing.
+        (
+            {"TASKPLATFORM_IDEMPOTENCY_KEY_TTL_SECONDS": "1e17"},
+            "TASKPLATFORM_IDEMPOTENCY_KEY_TTL_SECONDS: Input should be less than or equal to "
+            "31536000",
+        ),
+        ({"TASKPLATFORM_DEQUEUE_LEASE_SECONDS": "1e300"}, "less than or equal to 2592000"),
+        ({"TASKPLATFORM_RETRY_AFTER_MAX_SECONDS": "inf"}, "less than or equal to 31536000"),
+        ({"TASKPLATFORM_SQLITE_BUSY_TIMEOUT_SECONDS": "1e12"}, "less than or equal to 3600"),
+        ({"TASKPLATFORM_PROCESSING_LEASE_GRACE_SECONDS": "1e300"}, "less than or equal to 86400"),
+        # A task that gives no timeoutSeconds would get more than one that does may ask for.
+        (
+            {"TASKPLATFORM_MAX_TIMEOUT_SECONDS": "10"},
+            "\n  TASKPLATFORM_DEFAULT_TIMEOUT_SECONDS (30) is over "
+            "TASKPLATFORM_MAX_TIMEOUT_SECONDS (10): lower the one or raise the other",
+        ),
+        (
+            {"TASKPLATFORM_MAX_RETRIES_CEILING": "1"},
+            "TASKPLATFORM_DEFAULT_MAX_RETRIES (3) is over TASKPLATFORM_MAX_RETRIES_CEILING (1)",
+        ),
+        (
+            {"TASKPLATFORM_BACKOFF_MIN_SECONDS": "600"},
+            "TASKPLATFORM_BACKOFF_MIN_SECONDS (600) is above "
+            "TASKPLATFORM_BACKOFF_MAX_SECONDS (300)",
+        ),
+    ],
+)
+def test_settings_past_what_the_server_can_hold_are_refused_at_start(
+    env: dict[str, str], message: str
+) -> None:
+    result = CliRunner().invoke(app, ["serve"], env={"COLUMNS": "250", **env})
+    assert result.exit_code == 2, result.output
+    assert "error: invalid configuration:" in result.output
+    assert message in result.output

@@ -109,6 +109,8 @@ def _check_urls(settings: Settings) -> tuple[str, str]:
     # Every driver, the queue's too: `serve` checks first, so a missing one is a one-line
     # message naming the extra rather than a traceback from the server's startup.
     _require_drivers(store, queue)
+    if queue == "redis":
+        _check_redis_options(settings.resolved_queue_url())
     if store == "postgresql":
         from taskplatform.backends.postgres import driver_dsn
 
@@ -140,6 +142,31 @@ def _check_redis_database(url: str) -> None:
             "TASKPLATFORM_QUEUE_URL names the Redis database twice (in its path and as ?db=): "
             "keep one"
         )
+
+
+def _check_redis_options(url: str) -> None:
+    """Have redis-py read ``url`` and build (not open) a connection of it, as the queue will.
+
+    redis-py reads a URL's options only when it makes a connection: an unknown one
+    (``?foo=bar``), a value it cannot read (``?socket_timeout=abc``) or an address it cannot
+    parse (``[::1:6379``) would end the server's start, or every request, in a traceback.
+
+    Raises:
+        ConfigurationError: redis-py refuses it; the message says why, without the URL (it may
+            hold a password).
+    """
+    import redis.asyncio as aioredis
+
+    try:
+        aioredis.ConnectionPool.from_url(url).make_connection()  # type: ignore[no-untyped-call]
+    except TypeError as exc:
+        unknown = re.search(r"unexpected keyword argument '([^']*)'", str(exc))
+        option = repr(unknown[1]) if unknown else "an option"
+        raise ConfigurationError(
+            f"TASKPLATFORM_QUEUE_URL has {option}, which redis-py does not take"
+        ) from exc
+    except ValueError as exc:
+        raise ConfigurationError(f"TASKPLATFORM_QUEUE_URL: {exc}") from exc
 
 
 async def prepare_schema(settings: Settings) -> None:

@@ -118,8 +118,9 @@ def driver_dsn(url: str) -> tuple[str, float | None]:
 
     Raises:
         ValueError: not a PostgreSQL URL, a port that is not a number from 1 to 65535, an IPv6
-            address without brackets, a ``connect_timeout`` that is not a positive number, or
-            both ``ssl`` and ``sslmode``. The message never holds the password.
+            address without brackets (or its closing one), a ``connect_timeout`` that is not a
+            positive number, or both ``ssl`` and ``sslmode``. The message never holds the
+            password.
     """
     scheme, sep, rest = url.partition("://")
     if not sep or scheme.split("+", 1)[0].lower() not in ("postgresql", "postgres"):
@@ -128,6 +129,8 @@ def driver_dsn(url: str) -> tuple[str, float | None]:
     address, _, query_string = location.partition("?")
     hosts = address.split("/", 1)[0]
     for host in filter(None, hosts.split(",")):
+        if host.startswith("[") and "]" not in host:
+            raise ValueError(f"the host {host!r}: an IPv6 address needs its closing ']'")
         port = host.rpartition("]")[2] if host.startswith("[") else host
         if not host.startswith("[") and port.count(":") > 1:
             raise ValueError(f"the host {host!r}: put an IPv6 address in brackets, [::1]:5432")

@@ -93,11 +93,18 @@ def sqlite_path(url: str) -> str:
     """Return the file path of a ``sqlite:///path`` URL (``sqlite:////abs/path`` for absolute).
 
     Raises:
-        ValueError: the URL is not a SQLite URL with a path.
+        ValueError: the URL is not a SQLite URL with a path, or it has a query string.
     """
     prefix = "sqlite:///"
     if not url.startswith(prefix) or len(url) == len(prefix):
         raise ValueError(f"not a SQLite URL with a file path: {url!r} (use sqlite:///path/to.db)")
+    if "?" in url:
+        # The migrations (SQLAlchemy) would read it as options and drop them, and the server's
+        # own connection would take it as part of the file name: two files.
+        raise ValueError(
+            f"the SQLite URL {url!r} has a query string: taskplatform sets the connection's "
+            "options itself, and a file name must not hold '?'"
+        )
     return url[len(prefix) :]
 
 
