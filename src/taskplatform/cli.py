@@ -319,7 +319,7 @@ def worker(
     log_format: LogFormatOption = None,
 ) -> None:
     """Dispatch tasks: call back due tasks by themselves, with retries and backoff (no HTTP)."""
-    from taskplatform.dispatch.dispatcher import run_worker
+    from taskplatform.dispatch.dispatcher import MetricsListenFailed, run_worker
 
     settings = _settings_or_exit(
         dispatch_queues=",".join(queue) if queue else None,
@@ -360,7 +360,7 @@ def worker(
         uvloop.run(run_worker(settings))
     except KeyboardInterrupt:
         pass
-    except BackendUnavailable as exc:  # opening the backends: an outage later only pauses
+    except (BackendUnavailable, MetricsListenFailed) as exc:  # an outage later only pauses
         typer.echo(f"error: cannot start the worker: {exc}", err=True)
         raise typer.Exit(STARTUP_FAILURE) from exc
 
@@ -436,6 +436,16 @@ def db_copy(
 
     source = _settings_or_exit(database_url=database_url)
     target = _settings_or_exit(database_url=to)
+    if source.database_url.startswith("sqlite:///"):
+        # Preparing the schema would make a mistyped file: an empty store, "copied".
+        path = Path(source.database_url.removeprefix("sqlite:///")).resolve()
+        if not path.is_file():
+            typer.echo(
+                f"error: the SQLite file {path} (TASKPLATFORM_DATABASE_URL or --database-url) "
+                "does not exist: nothing to copy",
+                err=True,
+            )
+            raise typer.Exit(2)
     # The target first, each step before the source is changed: a copy that cannot go there
     # leaves the source at the schema revision it had (an older taskplatform can still run).
     _prepare_or_exit(target, "--to")

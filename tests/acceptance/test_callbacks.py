@@ -175,12 +175,16 @@ def test_credentials_in_the_url_go_as_the_bytes_it_spells(
         ("/html", "<html><body><h1>Hi</h1></body></html>"),
         ("/text", "plain words"),
         ("/empty", ""),
+        ("/latin1", "café"),  # by its declared charset, not as UTF-8 ("caf\ufffd")
+        ("/latin1?charset=base64", "caf\ufffd"),  # not a text encoding: UTF-8
+        ("/latin1?charset=no-such", "caf\ufffd"),
     ],
 )
 def test_non_json_bodies_are_results(
     client: httpx.Client, receiver: Receiver, path: str, expected: str
 ) -> None:
-    """HTML, plain text and empty bodies are kept as text results, not crashes."""
+    """HTML, plain text and empty bodies are kept as text results, not crashes; text in the
+    charset its Content-Type declares."""
     task_id = ready_task(client, receiver.url(path))
     outcome, _ = _execute(client, task_id)
     assert outcome["status"] == "Completed"

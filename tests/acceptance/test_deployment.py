@@ -541,6 +541,19 @@ def test_db_copy_moves_a_store_with_every_task_into_another_database(
     assert garbage.returncode == 2
     assert "--to has the scheme 'garbage'" in garbage.stderr
     assert "Traceback" not in garbage.stderr
+    typo = tmp_path / "no-such.db"  # a mistyped source was made, empty, and "copied"
+    missing = _taskplatform(
+        "db",
+        "copy",
+        "--to",
+        f"sqlite:///{tmp_path / 'new.db'}",
+        env={"TASKPLATFORM_DATABASE_URL": f"sqlite:///{typo}"},
+    )
+    assert missing.returncode == 2
+    assert f"error: the SQLite file {typo} (" in missing.stderr
+    assert "does not exist: nothing to copy" in missing.stderr
+    assert not typo.exists()
+    assert not (tmp_path / "new.db").exists()
 
 
 @pytest.mark.parametrize("store", ["sqlite", "postgres"])

@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -347,6 +348,26 @@ def test_a_worker_will_not_serve_open_metrics_beyond_loopback(
     assert worker.process is not None
     assert worker.process.wait(30) == 2
     assert "TASKPLATFORM_METRICS_PUBLIC=true" in worker.log()
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_a_worker_whose_metrics_port_is_taken_says_so_in_one_line(
+    start_server: Callable[..., Server], start_worker: Callable[..., Worker]
+) -> None:
+    """Exit code 3 and one line naming the address, as ``serve`` on a port in use; it was a
+    traceback of 84 lines."""
+    server = start_server()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        worker = start_worker(server.env, "--metrics-port", str(port))
+        assert worker.process is not None
+        assert worker.process.wait(30) == 3
+    log = worker.log()
+    assert f"error: cannot start the worker: cannot serve /metrics on 127.0.0.1:{port}: " in log
+    assert "address already in use" in log
+    assert "Traceback" not in log
 
 
 def test_queue_labels_are_bounded(start_server: Callable[..., Server]) -> None:

@@ -144,6 +144,14 @@ class Receiver:
             await self._record(request)
             return web.Response(text="plain words", content_type="text/plain")
 
+        async def latin1(request: web.Request) -> web.StreamResponse:
+            await self._record(request)
+            charset = request.query.get("charset", "latin-1")
+            return web.Response(
+                body="café".encode("latin-1"),
+                headers={"Content-Type": f"text/plain; charset={charset}"},
+            )
+
         async def fail_first(request: web.Request) -> web.StreamResponse:
             await self._record(request)
             with self._lock:
@@ -179,6 +187,7 @@ class Receiver:
         app.router.add_post("/html", html)
         app.router.add_post("/empty", empty)
         app.router.add_post("/text", text)
+        app.router.add_post("/latin1", latin1)
         app.router.add_post("/fail-first/{n}", fail_first)
         app.router.add_post("/gauge/{name}", gauge)
         app.router.add_get("/gauge/{name}", gauge_read)

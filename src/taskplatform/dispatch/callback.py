@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import codecs
 import email.utils
 import errno
 import logging
@@ -195,6 +196,8 @@ class CallbackSender:
                     ) as response:
                         status = response.status
                         body, error = await self._read_body(response)
+                        if body is not None:
+                            body = _as_utf8(body, response.charset)
                         if error is None and not 200 <= status < 300:
                             error = _describe_status(response)
                         if not 200 <= status < 300:
@@ -322,6 +325,21 @@ def _printable(text: str) -> str:
     clean = text.encode("utf-8", errors="surrogateescape").decode("utf-8", errors="replace")
     clean = _CONTROL.sub(lambda found: " " if found[0] in "\t\n\r" else "\ufffd", clean)
     return clean if len(clean) <= 1000 else clean[:999] + "…"
+
+
+def _as_utf8(body: bytes, charset: str | None) -> bytes:
+    """Return ``body`` in UTF-8, decoded by the ``charset`` its ``Content-Type`` declares
+    (RFC 9110 8.3.2): ``text/plain; charset=latin-1`` "café" was kept as "caf\ufffd". A body
+    with no charset, or one Python does not know as a text encoding, is taken as UTF-8, and
+    bytes invalid in its charset become U+FFFD."""
+    if charset is None:
+        return body
+    try:
+        if codecs.lookup(charset).name == "utf-8":
+            return body
+        return body.decode(charset, errors="replace").encode("utf-8")
+    except LookupError:  # an unknown name, or a codec that is not a text encoding (base64)
+        return body
 
 
 def _as_json_text(body: bytes, limit: int) -> bytes:

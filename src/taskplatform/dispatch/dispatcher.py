@@ -183,6 +183,11 @@ def default_queue_concurrency(concurrency: int, queues: int) -> int:
     return max(1, concurrency - min(queues - 1, concurrency // 2))
 
 
+class MetricsListenFailed(Exception):
+    """The worker's ``/metrics`` cannot listen where the settings say; the message says where
+    and why (``taskplatform worker`` exits 3 with it, as ``serve`` on a port in use does)."""
+
+
 async def run_worker(settings: Settings) -> None:
     """Run a dispatcher with its own backends until SIGTERM or SIGINT (``taskplatform worker``).
 
@@ -192,6 +197,9 @@ async def run_worker(settings: Settings) -> None:
 
     The schema must be current: ``taskplatform worker`` prepares it first and says why it cannot
     in one line. (A second try here, with the database refusing in between, ended in a traceback.)
+
+    Raises:
+        MetricsListenFailed: ``worker_metrics_port`` is set and cannot be listened on.
     """
     from taskplatform.backends import open_backends
     from taskplatform.dispatch import sender_from_settings
@@ -213,9 +221,17 @@ async def run_worker(settings: Settings) -> None:
         loop.add_signal_handler(signum, on_signal)
     metrics = None
     if settings.worker_metrics_port is not None:
-        metrics = await _serve_metrics(
-            service, settings.worker_metrics_host, settings.worker_metrics_port
-        )
+        try:
+            metrics = await _serve_metrics(
+                service, settings.worker_metrics_host, settings.worker_metrics_port
+            )
+        except OSError as exc:  # the port taken, an address that is not this host's
+            await sender.close()
+            await backends.close()
+            where = f"{settings.worker_metrics_host}:{settings.worker_metrics_port}"
+            raise MetricsListenFailed(
+                f"cannot serve /metrics on {where}: {exc.strerror or exc}"
+            ) from exc
     maintenance = asyncio.create_task(service.run_maintenance(), name="maintenance")
     dispatcher = asyncio.create_task(Dispatcher.from_settings(service, settings).run())
     try:
