@@ -62,6 +62,7 @@ from taskplatform.exceptions import (
     ValidationFailed,
     raise_if_cancelled,
 )
+from taskplatform.faults import Faults
 from taskplatform.logs import log_events
 from taskplatform.metrics import Metrics
 from taskplatform.models import (
@@ -109,6 +110,13 @@ STOPPED_MID_CALLBACK = (
     "(it counts toward maxRetries) and the task can be executed again"
 )
 """The detail of the 503 ``shutting_down`` a synchronous execute gets when the grace runs out."""
+
+WITHDRAWN = (
+    "attempt withdrawn: the database did not confirm its start (no answer), so no callback was "
+    "made; the task can be executed again"
+)
+"""The error of a task whose move to Processing committed but was never answered: the attempt
+does not count (see ``TaskService._withdraw``)."""
 
 STOPPING = (
     "the server is stopping and starts no new attempt; the task was not executed: execute it "
@@ -293,6 +301,8 @@ class TaskService:
         self._warned_processes: set[tuple[str, str]] = set()
         self._store_id: str | None = None  # read at the first announce
         self._warned_stores: set[str] = set()
+        self._faults = Faults(settings.faults)  # tests only: see faults.py
+        self._withdrawals: set[asyncio.Task[None]] = set()  # see _withdraw
 
     # -- the one place a status changes ---------------------------------------------------------
 
@@ -726,13 +736,8 @@ class TaskService:
             else:
                 # Still due: another dispatcher may have run one and put it back to wait
                 # meanwhile, with a later time.
-                claimed += await self._transition_many(
-                    [waiting.task_id for waiting in due],
-                    {Status.RETRY},
-                    Status.PROCESSING,
-                    changes=self._processing_changes(),
-                    require_attempts_left=True,
-                    due_by=now,
+                claimed += await self._start_many(
+                    [waiting.task_id for waiting in due], {Status.RETRY}, due_by=now
                 )
         if len(claimed) == most:
             return
@@ -751,24 +756,99 @@ class TaskService:
             self.metrics.task_dequeued(task.queue, "dispatch")
         if taken:
             # One transition for all; each task's lease follows its own timeout.
-            claimed += await self._transition_many(
-                [task.task_id for task in taken],
-                {Status.DEQUEUED},
-                Status.PROCESSING,
-                changes=self._processing_changes(),
-                require_attempts_left=True,
-            )
+            claimed += await self._start_many([task.task_id for task in taken], {Status.DEQUEUED})
 
     async def _start_processing(
         self, task_id: str, source: Collection[Status]
     ) -> TaskRecord | None:
-        return await self._transition(
-            task_id,
-            source,
-            Status.PROCESSING,
-            changes=self._processing_changes(),
-            require_attempts_left=True,
+        changes = self._processing_changes()
+        try:
+            started = await self._transition(
+                task_id, source, Status.PROCESSING, changes=changes, require_attempts_left=True
+            )
+            self._faults.hit("after_start")
+        except BackendUnavailable:
+            self._withdraw_later([task_id], changes)
+            raise
+        return started
+
+    async def _start_many(
+        self, task_ids: list[str], source: Collection[Status], *, due_by: int | None = None
+    ) -> list[TaskRecord]:
+        """:meth:`_start_processing` of a dispatcher's batch: one statement, one lease token."""
+        changes = self._processing_changes()
+        try:
+            started = await self._transition_many(
+                task_ids,
+                source,
+                Status.PROCESSING,
+                changes=changes,
+                require_attempts_left=True,
+                due_by=due_by,
+            )
+            self._faults.hit("after_start")
+        except BackendUnavailable:
+            self._withdraw_later(task_ids, changes)
+            raise
+        return started
+
+    def _withdraw_later(self, task_ids: list[str], changes: TaskChanges) -> None:
+        """Run :meth:`_withdraw` in the background for a start that raised."""
+        assert isinstance(changes.lease_token, str)
+        job = asyncio.create_task(
+            self._withdraw(task_ids, changes.lease_token), name="withdraw unconfirmed starts"
         )
+        self._withdrawals.add(job)
+        job.add_done_callback(self._withdrawals.discard)
+
+    async def _withdraw(self, task_ids: list[str], lease_token: str) -> None:
+        """Undo a move to Processing that the database may have committed without answering.
+
+        The statement that starts an attempt (``attempts + 1``, a fresh lease) can commit and
+        then lose its answer (a connection reset, a failover): the caller saw an error and made
+        no callback, yet the task sat in Processing until its lease ran out, and the reaper
+        then counted the attempt as interrupted. A task with ``maxRetries: 0`` ended a dead
+        letter that no callback ever reached. Only this process knows the lease token of that
+        start, so it looks: each task still in Processing under it goes to Retry, due now,
+        with the attempt taken back and :data:`WITHDRAWN` as its error; a start that did not
+        commit matches nothing. Tried every second until the store answers or the lease could
+        have run out (``max_timeout_seconds`` + ``processing_lease_grace_seconds``), after
+        which the reaper's fenced reap is the one that applies.
+        """
+        deadline = time.monotonic() + (
+            self.settings.max_timeout_seconds + self.settings.processing_lease_grace_seconds
+        )
+        pending = list(task_ids)
+        while pending:
+            await asyncio.sleep(1.0)
+            try:
+                for task_id in list(pending):
+                    withdrawn = await self._transition(
+                        task_id,
+                        {Status.PROCESSING},
+                        Status.RETRY,
+                        changes=TaskChanges(
+                            withdraw_attempt=True,
+                            lease_token=None,
+                            lease_expires_at=None,
+                            next_attempt_at=now_ms(),
+                            error=WITHDRAWN,
+                        ),
+                        lease_token=lease_token,
+                    )
+                    pending.remove(task_id)
+                    if withdrawn is not None:
+                        logger.warning(
+                            "task %s: %s",
+                            task_id,
+                            WITHDRAWN,
+                            extra={"task_id": task_id, "attempt": withdrawn.attempts + 1},
+                        )
+                        self.arrivals.notify()
+            except BackendUnavailable:
+                raise_if_cancelled()
+                if time.monotonic() >= deadline:
+                    return
 
     def _processing_changes(self) -> TaskChanges:
         """The columns of a move to Processing: one more attempt, under a fresh lease that
@@ -1783,6 +1863,10 @@ class TaskService:
         # An execute that passed the stopping check just before the signal can start its
         # callback after the stopper found nothing in flight: it gets the same deadline.
         await self._stop_callbacks()
+        # Unconfirmed starts not yet withdrawn are left to the reaper (their leases run out).
+        for job in self._withdrawals:
+            job.cancel()
+        await asyncio.gather(*self._withdrawals, return_exceptions=True)
         if self._store_id is not None:
             # Out of the queue's list of stores, so that a store moved to another database is
             # not warned of as a second one while this one is only stopped.

@@ -11,6 +11,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
@@ -264,3 +265,53 @@ def test_a_store_outage_pauses_dispatch_with_one_warning_a_second_per_queue(
     stamps = [line[:19] for line in warned]  # to the second
     assert 2 <= len(warned) <= 5, warned
     assert len(stamps) == len(set(stamps)), warned
+
+
+def _wait_status(http: httpx.Client, task_id: str, status: str, seconds: float) -> dict[str, Any]:
+    deadline = time.monotonic() + seconds
+    while True:
+        task: dict[str, Any] = http.get(f"/api/tasks/{task_id}").json()
+        if task["status"] == status:
+            return task
+        assert time.monotonic() < deadline, f"{task_id} is {task['status']}, not {status}"
+        time.sleep(0.1)
+
+
+def test_an_execute_whose_start_was_not_confirmed_is_withdrawn(
+    start_server: Callable[..., Server], receiver: Receiver
+) -> None:
+    """The database commits the move to Processing but its answer is lost: the execute answers
+    503 and makes no callback, and the attempt is withdrawn at once (Retry, attempts back to
+    0, the error says why), where the task sat Processing until its lease ran out and a
+    ``maxRetries: 0`` task then ended a dead letter that no callback had reached. Executed
+    again, it completes with one callback."""
+    server = start_server(TASKPLATFORM_FAULTS="after_start=fail:1")
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        task_id = create(http, receiver.url("/ok"), maxRetries=0)
+        assert http.get("/api/tasks/dequeue").json()["taskId"] == task_id
+        assert_problem(http.post(f"/api/tasks/{task_id}/execute"), 503, "backend_unavailable")
+        task = _wait_status(http, task_id, "Retry", 5)
+        assert (task["attempts"], task["deadLetter"]) == (0, False)
+        assert task["error"].startswith("attempt withdrawn: the database did not confirm")
+        assert receiver.hits_for(task_id) == []
+        done = http.post(f"/api/tasks/{task_id}/execute")
+        assert done.status_code == 200, done.text
+        assert (done.json()["status"], done.json()["attempt"]) == ("Completed", 1)
+        assert len(receiver.hits_for(task_id)) == 1
+        assert len(http.get(f"/api/tasks/{task_id}/executions").json()["items"]) == 1
+    assert "attempt withdrawn: the database did not confirm its start" in server.log()
+
+
+def test_a_dispatch_whose_start_was_not_confirmed_is_withdrawn_and_dispatched_again(
+    start_server: Callable[..., Server], receiver: Receiver
+) -> None:
+    """The same in a dispatcher's claim: the claimed tasks go back to Retry, due at once, and
+    the dispatcher calls each back once; none is counted an attempt it never made."""
+    server = start_server(TASKPLATFORM_FAULTS="after_start=fail:1", TASKPLATFORM_DISPATCH="true")
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        ids = [create(http, receiver.url("/ok"), maxRetries=0) for _ in range(3)]
+        for task_id in ids:
+            task = _wait_status(http, task_id, "Completed", 10)
+            assert task["attempts"] == 1
+            assert len(receiver.hits_for(task_id)) == 1
+    assert "attempt withdrawn: the database did not confirm its start" in server.log()

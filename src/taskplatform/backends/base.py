@@ -27,9 +27,12 @@ class TaskChanges(msgspec.Struct, kw_only=True):
     ``lease_expires_at`` to the update's time plus the task's own ``timeout_seconds`` plus that
     many seconds, computed in the same statement (so one statement starts tasks of different
     timeouts, and a pull execute needs no read first); it excludes ``lease_expires_at``.
+    ``withdraw_attempt`` takes one from ``attempts`` likewise (an attempt whose start was
+    committed but never answered, so no callback was made: ``TaskService._withdraw``).
     """
 
     increment_attempts: bool = False
+    withdraw_attempt: bool = False
     lease_token: str | msgspec.UnsetType | None = msgspec.UNSET
     lease_expires_at: int | msgspec.UnsetType | None = msgspec.UNSET
     lease_grace_seconds: float | msgspec.UnsetType = msgspec.UNSET
@@ -47,8 +50,10 @@ class TaskChanges(msgspec.Struct, kw_only=True):
             self.lease_expires_at is not msgspec.UNSET
         ):
             raise ValueError("set lease_expires_at or lease_grace_seconds, not both")
-        if self.increment_attempts and self.attempts is not msgspec.UNSET:
-            raise ValueError("set attempts or increment_attempts, not both")
+        if (self.increment_attempts or self.withdraw_attempt) and (
+            self.attempts is not msgspec.UNSET or self.increment_attempts == self.withdraw_attempt
+        ):
+            raise ValueError("set one of attempts, increment_attempts and withdraw_attempt")
 
     def columns(self) -> dict[str, object]:
         """Return the set columns as ``{column name: value}``, skipping ``UNSET`` ones (and

@@ -388,6 +388,7 @@ def _is_outcome(
         and not require_attempts_left
         and due_by is None
         and not changes.increment_attempts
+        and not changes.withdraw_attempt
         and changes.lease_token is None
         and changes.lease_expires_at is None
         and changes.result is not msgspec.UNSET

@@ -195,6 +195,8 @@ def compare_and_set_sql(
         params[f"set_{name}"] = value.decode() if isinstance(value, bytes) else value
     if changes.increment_attempts:
         assignments.append("attempts = attempts + 1")
+    if changes.withdraw_attempt:
+        assignments.append("attempts = attempts - 1")
     if changes.lease_grace_seconds is not msgspec.UNSET:
         # The task's own timeout, read in the same statement; rounded to the millisecond.
         assignments.append(
