@@ -47,6 +47,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
+from typer.core import TyperGroup
 
 from taskplatform.client import (
     ConnectionFailed,
@@ -76,11 +77,35 @@ class ExitCode(enum.IntEnum):
     CALLBACK_FAILED = 6  # execute: the attempt was made and failed
 
 
+class _JsonUsageErrors(TyperGroup):
+    """The ``tasks`` group: with ``--json``, a usage error Typer finds before a command runs (a
+    bad option value, a missing argument) is printed as ``{"error": {"code": "usage_error",
+    ...}}`` on stdout, as the commands' own usage errors are, not only as a box on stderr."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:  # click.Context (Typer's own)
+        ctx.meta["taskplatform.args"] = list(args)
+        return super().parse_args(ctx, args)
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except typer.TyperException as exc:
+            format_message = getattr(exc, "format_message", None)
+            if (
+                exc.exit_code != ExitCode.USAGE
+                or format_message is None
+                or "--json" not in ctx.meta.get("taskplatform.args", ())
+            ):
+                raise
+            _usage(format_message(), as_json=True)
+
+
 tasks_app = typer.Typer(
     help="Create, inspect and run tasks on a taskplatform server (exit codes: see --help of "
     "each command; 0 ok, 1 refused, 2 usage, 3 not found, 4 unreachable, 5 queue empty, "
     "6 callback failed).",
     no_args_is_help=True,
+    cls=_JsonUsageErrors,
 )
 
 UrlOption = Annotated[
@@ -109,9 +134,28 @@ _RAW_CONTROLS = re.compile("[\x7f-\x9f]")
 
 def _json_for_terminal(value: object) -> str:
     """``value`` as JSON text, non-ASCII kept readable, but no character that drives a terminal
-    (a callback's result and a task's data are other people's text)."""
-    text = json.dumps(value, ensure_ascii=False)
+    (a callback's result and a task's data are other people's text).
+
+    A number past a double's range (``1e999`` in a task's data: the API keeps its text) reads
+    as an infinite float, which ``json.dumps`` writes as ``Infinity``, not JSON: it is written
+    ``1e999`` (``-1e999``), which reads back as the same float.
+    """
+    marker = f"\x00{uuid.uuid4().hex}"  # no string of the value can hold it: \x00 is escaped
+    text = json.dumps(_infinities_marked(value, marker), ensure_ascii=False)
+    for sign, number in (("+", "1e999"), ("-", "-1e999")):
+        text = text.replace(json.dumps(marker + sign), number)
     return _RAW_CONTROLS.sub(lambda found: f"\\u{ord(found[0]):04x}", text)
+
+
+def _infinities_marked(value: object, marker: str) -> object:
+    """``value`` with each infinite float replaced by the string ``marker`` + its sign."""
+    if isinstance(value, float) and math.isinf(value):
+        return marker + ("+" if value > 0 else "-")
+    if isinstance(value, dict):
+        return {key: _infinities_marked(item, marker) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_infinities_marked(item, marker) for item in value]
+    return value
 
 
 def _print_json(value: object) -> None:
@@ -222,8 +266,9 @@ class _LoneSurrogate(ValueError):
 
 
 def _strict_loads(text: str | bytes) -> Any:
-    """``json.loads`` that refuses what the API refuses: NaN, Infinity, numbers too large for
-    a double and lone UTF-16 surrogates (Python reads them all, then cannot send them).
+    """``json.loads`` that refuses what the API refuses (NaN, Infinity, lone UTF-16
+    surrogates) and what this command cannot send as written: a number past a double's range
+    (``1e999``), which the API keeps as text but Python reads as an infinite float.
 
     Raises:
         ValueError: ``text`` is not JSON, or holds one of those.
@@ -254,6 +299,12 @@ def _read_data(text: str, as_json: bool) -> dict[str, Any]:
     except _LoneSurrogate as exc:
         _usage(f"--data: {exc}", as_json)
     except ValueError as exc:
+        if "Out of range float" in str(exc):
+            _usage(
+                "--data holds a number past a double's range (such as 1e999): the API keeps it "
+                "as written, but this command re-encodes the data and cannot; send it over HTTP",
+                as_json,
+            )
         _usage(f"--data is not JSON: {exc}", as_json)
     if not isinstance(data, dict):
         _usage("--data must be a JSON object, such as '{\"orderId\": 42}'", as_json)

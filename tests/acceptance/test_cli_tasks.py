@@ -7,6 +7,7 @@ SQLite only: the CLI speaks HTTP through the client, whatever the backend.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import signal
@@ -18,6 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from typer.testing import CliRunner, Result
 
@@ -614,12 +616,17 @@ def test_a_batch_whose_answer_was_lost_is_not_created_twice_by_the_resume(
 def test_input_the_api_cannot_take_is_a_usage_error_not_a_traceback(
     server: Server, tmp_path: Path
 ) -> None:
-    """NaN, Infinity and 1e999 are not JSON the API takes; a bad URL or key is the caller's
-    mistake: each is exit 2 with a message, never a traceback, and an import reports the line."""
-    for data in ('{"a": NaN}', '{"a": Infinity}', '{"a": 1e999}'):
+    """NaN and Infinity are not JSON; 1e999 is, but this command, which re-encodes the data,
+    cannot send it as written; a bad URL or key is the caller's mistake: each is exit 2 with
+    a message, never a traceback, and an import reports the line."""
+    for data, words in [
+        ('{"a": NaN}', "not JSON"),
+        ('{"a": Infinity}', "not JSON"),
+        ('{"a": 1e999}', "a number past a double's range (such as 1e999)"),
+    ]:
         result = run(server, "tasks", "create", "-c", "http://127.0.0.1:9/x", "-d", data)
         assert result.exit_code == 2, result.output
-        assert "not JSON" in result.output
+        assert words in result.output
     for option, value, words in [
         ("--timeout", "nan", "--timeout must be a finite number of seconds"),
         ("--timeout", "inf", "--timeout must be a finite number of seconds"),
@@ -792,3 +799,49 @@ def test_help_shows_the_defaults_in_brackets() -> None:
         result = run(None, *command, "--help", env={"COLUMNS": "200"})
         assert result.exit_code == 0, result.output
         assert default in result.output, (command, result.output)
+
+
+@pytest.mark.parametrize(
+    ("args", "detail"),
+    [
+        (("tasks", "list", "--limit", "0"), "Invalid value for '--limit'"),
+        (("tasks", "list", "--status", "Bogus"), "Invalid value for '--status'"),
+        (("tasks", "dequeue", "--wait", "30"), "Invalid value for '--wait'"),
+        (("tasks", "get"), "Missing argument 'task_id'"),
+        (("tasks", "get", "--bogus"), "No such option: --bogus"),
+    ],
+)
+def test_usage_errors_typer_finds_are_json_under_json(args: tuple[str, ...], detail: str) -> None:
+    """A bad option value or a missing argument, found before the command runs: under
+    ``--json`` one JSON document on stdout as for the commands' own usage errors (stdout was
+    empty); without it, Typer's message on stderr."""
+    refused = run(None, *args, "--json")
+    assert refused.exit_code == ExitCode.USAGE, refused.output
+    error = as_json(refused)["error"]
+    assert error["code"] == "usage_error"
+    assert detail in error["detail"]
+    plain = run(None, *args)
+    assert plain.exit_code == ExitCode.USAGE
+    assert plain.stdout == ""
+    assert detail.split("'")[0] in plain.stderr
+
+
+def test_a_number_past_a_double_prints_as_json(server: Server, receiver: Receiver) -> None:
+    """The API keeps a task's data as sent, ``1e999`` too; ``tasks get --json`` printed it as
+    ``Infinity``, which no strict JSON parser reads. It prints ``1e999`` and ``-1e999``."""
+    body = b'{"taskData": {"big": 1e999, "small": [-1e999]}, "callbackUrl": "%s"}'
+    answer = httpx.post(
+        f"{server.url}/api/tasks",
+        content=body % receiver.url("/ok").encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    assert answer.status_code == 201, answer.text
+    shown = run(server, "tasks", "get", answer.json()["taskId"], "--json")
+    assert shown.exit_code == 0, shown.output
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"{constant} is not JSON")
+
+    data = json.loads(shown.stdout, parse_constant=refuse)["taskData"]
+    assert data == {"big": math.inf, "small": [-math.inf]}
+    assert '"big": 1e999' in shown.stdout
