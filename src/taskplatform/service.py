@@ -811,16 +811,18 @@ class TaskService:
         letter that no callback ever reached. Only this process knows the lease token of that
         start, so it looks: each task still in Processing under it goes to Retry, due now,
         with the attempt taken back and :data:`WITHDRAWN` as its error; a start that did not
-        commit matches nothing. Tried every second until the store answers or the lease could
-        have run out (``max_timeout_seconds`` + ``processing_lease_grace_seconds``), after
-        which the reaper's fenced reap is the one that applies.
+        commit matches nothing. Tried after 0.2 s, then at doubling pauses up to 2 s, until the
+        store answers or the lease could have run out (``max_timeout_seconds`` +
+        ``processing_lease_grace_seconds``), after which the reaper's fenced reap applies.
         """
         deadline = time.monotonic() + (
             self.settings.max_timeout_seconds + self.settings.processing_lease_grace_seconds
         )
         pending = list(task_ids)
+        pause = 0.2  # seconds; then doubling, up to 2
         while pending:
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(pause)
+            pause = min(2 * pause, 2.0)
             try:
                 for task_id in list(pending):
                     withdrawn = await self._transition(
