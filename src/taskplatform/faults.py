@@ -13,11 +13,12 @@ import signal
 
 from taskplatform.exceptions import BackendUnavailable
 
-POINTS = frozenset({"after_reserve", "after_insert", "after_start"})
+POINTS = frozenset({"after_reserve", "after_insert", "after_start", "after_dequeue"})
 """Where faults can be injected: ``after_reserve`` is between taking a task out of the queue and
 storing it in the database; ``after_insert`` (Redis queue) is after the store has it and before
 the queue's reservation is acknowledged; ``after_start`` is after the store committed a move to
-Processing (an execute's or a dispatcher's claim), as if the database's answer were lost."""
+Processing (an execute's or a dispatcher's claim), and ``after_dequeue`` after a pull dequeue
+committed, as if the database's answer were lost."""
 
 
 class Faults:

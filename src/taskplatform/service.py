@@ -33,7 +33,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Coroutine, Sequence
 from typing import Any
 
 import msgspec
@@ -302,7 +302,8 @@ class TaskService:
         self._store_id: str | None = None  # read at the first announce
         self._warned_stores: set[str] = set()
         self._faults = Faults(settings.faults)  # tests only: see faults.py
-        self._withdrawals: set[asyncio.Task[None]] = set()  # see _withdraw
+        # Jobs settling writes the database committed without answering: _withdraw, _return.
+        self._unconfirmed: set[asyncio.Task[None]] = set()
 
     # -- the one place a status changes ---------------------------------------------------------
 
@@ -600,7 +601,16 @@ class TaskService:
             if queue in await self.paused_queues():
                 raise QueuePaused(f"the queue {queue!r} is paused; resume it to dequeue")
             arrived = self.arrivals.current()
-            task = await self._transfer(queue)
+            # A token of its own each time, always (leases off too), so that a dequeue whose
+            # answer was lost can be found and returned (see _return).
+            lease_token = str(uuid_utils.uuid4())
+            try:
+                task = await self._transfer(queue, lease_token)
+                if task is not None:
+                    self._faults.hit("after_dequeue")
+            except BackendUnavailable:
+                self._later(self._return(lease_token), "return unconfirmed dequeues")
+                raise
             remaining = deadline - time.monotonic()
             if task is not None or remaining <= 0:
                 break
@@ -624,26 +634,59 @@ class TaskService:
             raise QueueEmpty(f"the client left before a task of the queue {queue!r} came")
         return task
 
-    async def _give_back(self, task: TaskRecord) -> None:
-        """Return a task just dequeued for a client that has gone to the queue, at its place."""
+    async def _give_back(
+        self, task: TaskRecord, why: str = "the client that dequeued it had gone"
+    ) -> None:
+        """Return a task just dequeued for a caller that will not get it to the queue, at its
+        place; ``why`` goes into its error and the log line."""
         if task.lease_token is None:
-            return  # no lease to fence the move with (leases are off): it stays Dequeued
+            return  # no token to fence the move with (a task dequeued by an older version)
         assert Status.QUEUED in TRANSITIONS[Status.DEQUEUED]
-        note = "returned to the queue: the client that dequeued it had gone"
-        if await self.queue.requeue(self.store, task, now=now_ms(), note=note):
+        if await self.queue.requeue(
+            self.store, task, now=now_ms(), note=f"returned to the queue: {why}"
+        ):
             queued = msgspec.structs.replace(task, status=Status.QUEUED)
-            self._moved(queued, " again (the client that dequeued it had gone)")
+            self._moved(queued, f" again ({why})")
 
-    async def _transfer(self, queue: str) -> TaskRecord | None:
+    async def _transfer(self, queue: str, lease_token: str) -> TaskRecord | None:
         now = now_ms()
         lease = self.settings.dequeue_lease_seconds
         return await self.queue.transfer(
             self.store,
             now=now,
             queue=queue,
-            lease_token=str(uuid_utils.uuid4()) if lease > 0 else None,
+            lease_token=lease_token,
             lease_expires_at=now + round(lease * 1000) if lease > 0 else None,
         )
+
+    async def _return(self, lease_token: str) -> None:
+        """Return to the queue what a pull dequeue took under ``lease_token`` although it
+        failed (``BackendUnavailable``): the database can commit the move and lose its answer
+        (a connection reset, a failover), and the caller, told 503, never gets the task; it
+        sat Dequeued until its lease ran out, or for ever with leases off. Tried after 0.2 s,
+        then at doubling pauses up to 2 s, until the store answers, for as long as the lease
+        (an hour with leases off); a dequeue that did not commit finds nothing.
+        """
+        lease = self.settings.dequeue_lease_seconds
+        deadline = time.monotonic() + (lease if lease > 0 else 3600.0)
+        pause = 0.2
+        while True:
+            await asyncio.sleep(pause)
+            pause = min(2 * pause, 2.0)
+            try:
+                for task in await self.store.dequeued_under(lease_token):
+                    await self._give_back(task, "its dequeue's answer was lost (503)")
+                return
+            except BackendUnavailable:
+                raise_if_cancelled()
+                if time.monotonic() >= deadline:
+                    return
+
+    def _later(self, job: Coroutine[Any, Any, None], name: str) -> None:
+        """Run ``job`` in the background, cancelled at shutdown (see :attr:`_unconfirmed`)."""
+        task = asyncio.create_task(job, name=name)
+        self._unconfirmed.add(task)
+        task.add_done_callback(self._unconfirmed.discard)
 
     async def paused_queues(self) -> set[str]:
         """Return the paused queues, as read at most ``_PAUSE_CACHE_SECONDS`` ago.
@@ -795,11 +838,7 @@ class TaskService:
     def _withdraw_later(self, task_ids: list[str], changes: TaskChanges) -> None:
         """Run :meth:`_withdraw` in the background for a start that raised."""
         assert isinstance(changes.lease_token, str)
-        job = asyncio.create_task(
-            self._withdraw(task_ids, changes.lease_token), name="withdraw unconfirmed starts"
-        )
-        self._withdrawals.add(job)
-        job.add_done_callback(self._withdrawals.discard)
+        self._later(self._withdraw(task_ids, changes.lease_token), "withdraw unconfirmed starts")
 
     async def _withdraw(self, task_ids: list[str], lease_token: str) -> None:
         """Undo a move to Processing that the database may have committed without answering.
@@ -1865,10 +1904,11 @@ class TaskService:
         # An execute that passed the stopping check just before the signal can start its
         # callback after the stopper found nothing in flight: it gets the same deadline.
         await self._stop_callbacks()
-        # Unconfirmed starts not yet withdrawn are left to the reaper (their leases run out).
-        for job in self._withdrawals:
+        # Unconfirmed starts and dequeues not yet settled are left to the reaper (their leases
+        # run out).
+        for job in self._unconfirmed:
             job.cancel()
-        await asyncio.gather(*self._withdrawals, return_exceptions=True)
+        await asyncio.gather(*self._unconfirmed, return_exceptions=True)
         if self._store_id is not None:
             # Out of the queue's list of stores, so that a store moved to another database is
             # not warned of as a second one while this one is only stopped.

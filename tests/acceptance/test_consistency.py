@@ -315,3 +315,25 @@ def test_a_dispatch_whose_start_was_not_confirmed_is_withdrawn_and_dispatched_ag
             assert task["attempts"] == 1
             assert len(receiver.hits_for(task_id)) == 1
     assert "attempt withdrawn: the database did not confirm its start" in server.log()
+
+
+@pytest.mark.parametrize("lease", ["300", "0"])
+def test_a_dequeue_whose_answer_was_lost_returns_its_task_to_the_queue(
+    start_server: Callable[..., Server], lease: str
+) -> None:
+    """The database commits a pull dequeue but its answer is lost: the caller gets 503 and
+    never the task, which went back to its place only when its lease ran out (5 minutes), or
+    never with leases off. It is back in the queue within seconds, first again."""
+    server = start_server(
+        TASKPLATFORM_FAULTS="after_dequeue=fail:1", TASKPLATFORM_DEQUEUE_LEASE_SECONDS=lease
+    )
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        first = create(http, "http://127.0.0.1:9/x", priority=5)
+        second = create(http, "http://127.0.0.1:9/x")
+        assert_problem(http.get("/api/tasks/dequeue"), 503, "backend_unavailable")
+        task = _wait_status(http, first, "Queued", 5)
+        assert task["error"] == "returned to the queue: its dequeue's answer was lost (503)"
+        assert _dequeue_all(http) == [first, second]
+    assert f"task {first} is Queued (attempt 0) again (its dequeue's answer was lost (503))" in (
+        server.log()
+    )

@@ -549,6 +549,14 @@ class Store(abc.ABC):
         """Return up to ``limit`` tasks in ``status`` whose lease ended before ``now`` (ms)."""
 
     @abc.abstractmethod
+    async def dequeued_under(self, lease_token: str) -> list[TaskRecord]:
+        """Return the tasks Dequeued under ``lease_token`` (a dequeue whose answer was lost).
+
+        Raises:
+            BackendUnavailable: the store cannot be reached.
+        """
+
+    @abc.abstractmethod
     async def remove_queued(self, task_id: str, lease_token: str) -> bool:
         """Delete the row of a task marked Queued under ``lease_token`` (a Redis requeue's mark).
 

@@ -802,6 +802,12 @@ class PostgresStore(Store):
             rows = (await conn.execute(SQL["store_expired_leases"], params)).all()
         return [stored_record(row) for row in rows]
 
+    async def dequeued_under(self, lease_token: str) -> list[TaskRecord]:
+        rows = await self.database.fetch(
+            QUERIES["store_dequeued_under"], {"lease_token": lease_token}
+        )
+        return [stored_record(row) for row in rows]
+
     async def remove_queued(self, task_id: str, lease_token: str) -> bool:
         params = {"task_id": task_id, "lease_token": lease_token}
         async with self.database.begin() as conn:

@@ -760,6 +760,13 @@ class SQLiteStore(Store):
 
         return await self.database.read(job)
 
+    async def dequeued_under(self, lease_token: str) -> list[TaskRecord]:
+        def job(conn: sqlite3.Connection) -> list[TaskRecord]:
+            rows = conn.execute(SQL["store_dequeued_under"], {"lease_token": lease_token})
+            return [stored_record(row) for row in rows]
+
+        return await self.database.read(job)
+
     async def remove_queued(self, task_id: str, lease_token: str) -> bool:
         params = {"task_id": task_id, "lease_token": lease_token}
 

@@ -96,6 +96,15 @@ SELECT task_id, sequence, status, priority, task_data, callback_url, max_retries
 FROM tasks WHERE status = :status AND lease_expires_at < :now
 ORDER BY lease_expires_at LIMIT :limit;
 
+-- name: store_dequeued_under
+-- The Dequeued tasks under one lease token: those of a dequeue whose answer was lost (the status
+-- index leads to the Dequeued rows, few: those pulled and not yet executed).
+SELECT task_id, sequence, status, priority, task_data, callback_url, max_retries, timeout_seconds,
+       attempts, lease_token, lease_expires_at, next_attempt_at, result, error, created_at,
+       updated_at, dequeued_at, completed_at, queue, scheduled_at, retry_policy, dead_letter,
+       dispatched
+FROM tasks WHERE status = 'Dequeued' AND lease_token = :lease_token;
+
 -- name: requeue_delete
 -- Take a Dequeued task whose lease this caller holds out of the store (first half of a requeue).
 DELETE FROM tasks WHERE task_id = :task_id AND status = 'Dequeued' AND lease_token = :lease_token
