@@ -1717,7 +1717,8 @@ class TaskService:
             Every process seen, this one among them.
 
         Raises:
-            BackendUnavailable: the store or the queue cannot be reached.
+            BackendUnavailable: the store cannot be reached (a queue that cannot is skipped
+                until the next heartbeat).
         """
         self._next_heartbeat = time.monotonic() + HEARTBEAT_SECONDS
         now = now_ms()
@@ -1747,9 +1748,18 @@ class TaskService:
             )
         if self._store_id is None:
             self._store_id = await self.store.store_id()
-        stores = await self.queue.register_store(
-            self._store_id, me.process_id, now=now, since=now - round(PROCESS_GONE_SECONDS * 1000)
-        )
+        try:
+            stores = await self.queue.register_store(
+                self._store_id,
+                me.process_id,
+                now=now,
+                since=now - round(PROCESS_GONE_SECONDS * 1000),
+            )
+        except BackendUnavailable:
+            # The queue's own failure (logged by it): the rest of the maintenance round, the
+            # reap of Processing leases in the store above all, must not wait on Redis.
+            raise_if_cancelled()
+            stores = {}
         for store_id, seen_at in stores.items():
             if store_id in self._warned_stores:
                 continue

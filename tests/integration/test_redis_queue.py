@@ -19,6 +19,7 @@ from taskplatform.backends.redis import RedisQueue, _text
 from taskplatform.exceptions import BackendUnavailable
 from taskplatform.faults import Faults
 from taskplatform.models import RetryPolicy, Status, now_ms
+from taskplatform.service import TaskService
 from taskplatform.settings import Settings
 from tests.integration.test_contract import _id, _task
 from tests.support.backends import REDIS_URL, backend_env, settings_kwargs
@@ -404,3 +405,17 @@ async def test_the_queue_tells_the_stores_it_serves_apart(redis_queue: RedisQueu
     await redis_queue.register_store("B", "b1", now=1_001 + day, since=0)  # a1 is a day old
     fields = await redis_queue.client.hkeys(redis_queue._stores)
     assert sorted(_text(field) for field in fields) == ["B b1"]
+
+
+async def test_a_queue_that_fails_to_register_does_not_fail_the_heartbeat(
+    sqlite_service: TaskService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis down at a heartbeat: the process's row in the store is still refreshed and the
+    maintenance round goes on (its reap of Processing leases needs only the store)."""
+
+    async def down(*args: object, **kwargs: object) -> dict[str, int]:
+        raise BackendUnavailable("the Redis queue failed: injected")
+
+    monkeypatch.setattr(sqlite_service.queue, "register_store", down)
+    seen = await sqlite_service.announce()
+    assert [process.process_id for process in seen] == [sqlite_service._process.process_id]
