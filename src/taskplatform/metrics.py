@@ -17,7 +17,8 @@ Counted in the process, by :class:`Metrics` (prometheus-client):
 Read from the backends at each scrape (so every process reports the same, global values):
 
 - ``taskplatform_queue_depth{queue}``: Queued tasks.
-- ``taskplatform_queue_oldest_age_seconds{queue}``: age of the oldest Queued task (0 if none).
+- ``taskplatform_queue_oldest_age_seconds{queue}``: how long the longest-waiting due task has
+  waited (from its creation, or its later ``scheduledAt``; 0 if none is due).
 - ``taskplatform_queue_processing{queue}``: tasks in Processing, over all processes.
 - ``taskplatform_backends_up``: 1 when the queue and the store answered the scrape, else 0.
 
@@ -279,7 +280,8 @@ class _QueueCollector(Collector):
         )
         age = GaugeMetricFamily(
             "taskplatform_queue_oldest_age_seconds",
-            "Age of the oldest Queued task in the queue; 0 when it is empty.",
+            "How long the longest-waiting due task of the queue has waited (from its creation, "
+            "or its later scheduledAt); 0 when none is due.",
             labels=["queue"],
         )
         processing = GaugeMetricFamily(

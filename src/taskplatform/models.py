@@ -517,8 +517,10 @@ class RedriveResult(msgspec.Struct, rename="camel"):
 
 
 class QueueView(msgspec.Struct, rename="camel"):
-    """One named queue: ``depth`` Queued tasks, ``inFlight`` callbacks, the oldest Queued task's
-    age (s), and attempts per second over the last minute."""
+    """One named queue: ``depth`` Queued tasks (due or scheduled for later), ``inFlight``
+    callbacks, how long the longest-waiting due task has waited (s; from its creation or its
+    later ``scheduledAt``, None when none is due), and attempts per second over the last
+    minute."""
 
     name: str
     paused: bool

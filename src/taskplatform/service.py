@@ -1376,14 +1376,14 @@ class TaskService:
         """Return every named queue known to the queue, the store or the pause table, by name."""
         now = now_ms()
         window_ms = 60_000
-        counts = await self.queue.queue_counts()
+        counts = await self.queue.queue_counts(now=now)
         activity = await self.store.queue_activity(since=now - window_ms)
         paused = await self.store.paused_queues()
         views = []
         for name in sorted(set(counts) | set(activity) | paused | {DEFAULT_QUEUE}):
             count = counts.get(name)
             act = activity.get(name)
-            oldest = count.oldest_created_at if count else None
+            oldest = count.oldest_due_at if count else None
             views.append(
                 QueueView(
                     name=name,
@@ -1494,7 +1494,7 @@ class TaskService:
         now = now_ms() if now is None else now
         interval = max(1, round(self.settings.queue_depth_sample_seconds * 1000))
         bucket = now - now % interval
-        counts = await self.queue.queue_counts()
+        counts = await self.queue.queue_counts(now=now)
         depths = {DEFAULT_QUEUE: 0} | {name: count.depth for name, count in counts.items()}
         samples = [DepthSample(name, bucket, depth) for name, depth in sorted(depths.items())]
         await self.store.record_depth_samples(samples, prune_before=now - DEPTH_RETENTION_MS)

@@ -43,6 +43,24 @@ def value(
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
+def test_work_planned_for_later_is_not_waiting(
+    client: httpx.Client, receiver: Receiver, backend: str
+) -> None:
+    """A queue holding only a task scheduled an hour ahead: depth 1, but no task waits, so the
+    oldest age is null in the API and 0 in the gauge (it grew from the task's creation, and an
+    alert on it fired for planned work); a due task beside it is what the age measures."""
+    queue = f"planned-{backend.replace('+', '-')}"
+    create(client, receiver.url("/ok"), queue=queue, delaySeconds=3600)
+    time.sleep(1.2)
+    [view] = [q for q in client.get("/api/queues").json()["items"] if q["name"] == queue]
+    assert (view["depth"], view["oldestQueuedAgeSeconds"]) == (1, None)
+    assert value(scrape(client), "taskplatform_queue_oldest_age_seconds", queue=queue) == 0
+    create(client, receiver.url("/ok"), queue=queue)
+    [view] = [q for q in client.get("/api/queues").json()["items"] if q["name"] == queue]
+    assert view["depth"] == 2
+    assert 0 <= view["oldestQueuedAgeSeconds"] < 1.0
+
+
 def test_counters_and_gauges_follow_the_tasks(
     client: httpx.Client, receiver: Receiver, backend: str
 ) -> None:

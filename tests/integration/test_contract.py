@@ -508,7 +508,7 @@ async def test_named_queues_are_separate(backends: Backends) -> None:
     emails.queue = "emails"
     await backends.queue.enqueue(emails)
     await backends.queue.enqueue(_task(_id(2)))
-    counts = await backends.queue.queue_counts()
+    counts = await backends.queue.queue_counts(now=now_ms())
     assert {name: count.depth for name, count in counts.items()} == {"emails": 1, "default": 1}
     assert [
         t.task_id for t in await backends.queue.list_tasks(before=None, limit=9, queue="emails")
@@ -796,3 +796,35 @@ async def test_concurrent_starts_move_each_task_once(backends: Backends) -> None
         assert stored.lease_expires_at >= now_ms() + 9_000  # 5 s timeout + 5 s grace
     if isinstance(getattr(backends.store, "database", None), PostgresDatabase):
         assert 0 < len(sent) < 40
+
+
+async def test_the_oldest_age_counts_due_tasks_only(backends: Backends) -> None:
+    """A task scheduled for later is not waiting yet: a queue of only such tasks has a depth
+    and no oldest due time (an alert on the oldest age fired for work planned ahead). A due
+    task counts from its creation, or from its scheduled time when that came later; of several,
+    the one due longest."""
+    now = now_ms()
+    later = _task(_id(1))
+    later.queue, later.created_at, later.scheduled_at = "planned", now - 60_000, now + 3_600_000
+    await backends.queue.enqueue(later)
+    counts = await backends.queue.queue_counts(now=now)
+    assert (counts["planned"].depth, counts["planned"].oldest_due_at) == (1, None)
+
+    came_due = _task(_id(2))  # created 50 s ago, due since 20 s ago
+    came_due.queue, came_due.created_at, came_due.scheduled_at = (
+        "planned",
+        now - 50_000,
+        now - 20_000,
+    )
+    await backends.queue.enqueue(came_due)
+    counts = await backends.queue.queue_counts(now=now)
+    assert (counts["planned"].depth, counts["planned"].oldest_due_at) == (2, now - 20_000)
+
+    plain = _task(_id(3))  # created 30 s ago, due at once: it has waited longest
+    plain.queue, plain.created_at = "planned", now - 30_000
+    await backends.queue.enqueue(plain)
+    counts = await backends.queue.queue_counts(now=now)
+    assert (counts["planned"].depth, counts["planned"].oldest_due_at) == (3, now - 30_000)
+    # An hour on, the first is due too, since its scheduled time: still not the longest.
+    counts = await backends.queue.queue_counts(now=now + 3_600_000)
+    assert counts["planned"].oldest_due_at == now - 30_000

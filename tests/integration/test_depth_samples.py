@@ -90,7 +90,7 @@ async def test_samples_of_the_queue_counts_round_trip(backends: Backends) -> Non
     for n in range(3):
         await backends.queue.enqueue(_task(n, "emails"))
     await backends.queue.enqueue(_task(9, "default"))
-    counts = await backends.queue.queue_counts()
+    counts = await backends.queue.queue_counts(now=now_ms())
     at = now_ms() - now_ms() % MINUTE
     samples = [DepthSample(name, at, count.depth) for name, count in sorted(counts.items())]
     await backends.store.record_depth_samples(samples, prune_before=at - DAY)

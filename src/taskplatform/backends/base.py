@@ -16,7 +16,7 @@ from collections.abc import Callable, Collection, Sequence
 import msgspec
 
 from taskplatform.exceptions import BackendUnavailable
-from taskplatform.models import DEFAULT_QUEUE, ExecutionRecord, Status, TaskRecord
+from taskplatform.models import DEFAULT_QUEUE, ExecutionRecord, Status, TaskRecord, now_ms
 
 
 class TaskChanges(msgspec.Struct, kw_only=True):
@@ -95,10 +95,14 @@ class IdempotentReplay(msgspec.Struct, frozen=True):
 
 
 class QueueCounts(msgspec.Struct, frozen=True):
-    """What a queue backend knows about one named queue: Queued tasks and the oldest's age."""
+    """What a queue backend knows about one named queue: ``depth`` Queued tasks (due or
+    scheduled for later), and ``oldest_due_at`` (epoch ms): since when the longest-waiting due
+    task has been due, its creation or, if later, its ``scheduledAt``; None when no task is due.
+    A task scheduled for later is not waiting yet: an alert on the oldest age must not fire
+    for work planned a day ahead."""
 
     depth: int
-    oldest_created_at: int | None
+    oldest_due_at: int | None
 
 
 class QueueActivity(msgspec.Struct, frozen=True):
@@ -174,8 +178,8 @@ class Queue(abc.ABC):
         """Return the number of tasks in the queue, over every named queue."""
 
     @abc.abstractmethod
-    async def queue_counts(self) -> dict[str, QueueCounts]:
-        """Return the counts of every named queue that holds a task."""
+    async def queue_counts(self, *, now: int) -> dict[str, QueueCounts]:
+        """Return the counts of every named queue that holds a task, due as of ``now`` (ms)."""
 
     async def status_counts(self, store: Store, queue: str | None = None) -> dict[Status, int]:
         """Return how many tasks of ``queue`` (of every queue when None) are in each status:
@@ -192,7 +196,7 @@ class Queue(abc.ABC):
         if queue is None:
             depth = await self.depth()
         else:
-            counted = (await self.queue_counts()).get(queue)
+            counted = (await self.queue_counts(now=now_ms())).get(queue)
             depth = counted.depth if counted else 0
         counts = await store.count_by_status(queue)
         counts[Status.QUEUED] = depth

@@ -517,9 +517,9 @@ class PostgresQueue(Queue):
             rows = (await conn.execute(_text(queue_list_sql(queue=queue)), params)).all()
         return [queued_record(row) for row in rows]
 
-    async def queue_counts(self) -> dict[str, QueueCounts]:
+    async def queue_counts(self, *, now: int) -> dict[str, QueueCounts]:
         async with self.database.autocommit() as conn:
-            rows = (await conn.execute(SQL["queue_stats"])).all()
+            rows = (await conn.execute(SQL["queue_stats"], {"now": now})).all()
         return {name: QueueCounts(count, oldest) for name, count, oldest in rows}
 
     async def status_counts(self, store: Store, queue: str | None = None) -> dict[Status, int]:

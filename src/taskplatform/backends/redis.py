@@ -63,6 +63,10 @@ from taskplatform.models import (
 
 logger = logging.getLogger(__name__)
 
+_DUE_SCAN_PAGE = 100
+_DUE_SCAN_MOST = 1000
+"""Most tasks :meth:`RedisQueue._oldest_due` reads past from a queue's oldest (a page at a time)."""
+
 _STORE_FORGET_MS = 24 * 3600 * 1000
 """How long a process's entry in the queue's ``stores`` hash outlives its last heartbeat
 (see :meth:`RedisQueue.register_store`)."""
@@ -417,25 +421,50 @@ class RedisQueue(Queue):
             count: int = await self.client.zcard(self._ids)
         return count
 
-    async def queue_counts(self) -> dict[str, QueueCounts]:
+    async def queue_counts(self, *, now: int) -> dict[str, QueueCounts]:
         async with self._guard():
             names = sorted(_text(name) for name in await _await(self.client.smembers(self._queues)))
             async with self.client.pipeline(transaction=False) as pipe:
                 for name in names:
                     pipe.zcard(f"{self._prefix}:qids:{name}")
-                    pipe.zrange(f"{self._prefix}:qids:{name}", 0, 0)
-                replies = await pipe.execute()
+                depths = await pipe.execute()
             counts: dict[str, QueueCounts] = {}
-            for name, depth, first in zip(names, replies[::2], replies[1::2], strict=True):
-                oldest = None
-                if first:
-                    created = await _await(
-                        self.client.hget(self._task_key(_text(first[0])), "created_at")
-                    )
-                    oldest = None if created is None else int(created)
+            for name, depth in zip(names, depths, strict=True):
                 if depth:
-                    counts[name] = QueueCounts(int(depth), oldest)
+                    counts[name] = QueueCounts(int(depth), await self._oldest_due(name, now))
         return counts
+
+    async def _oldest_due(self, queue: str, now: int) -> int | None:
+        """Since when the longest-waiting due task of ``queue`` has been due (epoch ms), or None.
+
+        The queue's ids sorted by id are in creation order (UUIDv7): read in pages from the
+        oldest, a task is due since its creation or, if later, its scheduled time, and the
+        search ends at the first task created after the best found (none after it can have
+        been due sooner). Usually two tasks are read; a head of tasks scheduled for later is
+        read past, up to :data:`_DUE_SCAN_MOST` of them (then the best found is the answer).
+        """
+        best: int | None = None
+        index = f"{self._prefix}:qids:{queue}"
+        for start in range(0, _DUE_SCAN_MOST, _DUE_SCAN_PAGE):
+            ids = await self.client.zrange(index, start, start + _DUE_SCAN_PAGE - 1)
+            if not ids:
+                break
+            async with self.client.pipeline(transaction=False) as pipe:
+                for raw_id in ids:
+                    pipe.hmget(self._task_key(_text(raw_id)), "created_at", "scheduled_at")
+                times = await pipe.execute()
+            for created, scheduled in times:
+                if created is None:  # dequeued between the two reads
+                    continue
+                created_at = int(created)
+                if best is not None and created_at >= best:
+                    return best
+                scheduled_at = int(scheduled) if scheduled else None
+                if scheduled_at is not None and scheduled_at > now:
+                    continue
+                due = max(created_at, scheduled_at or 0)
+                best = due if best is None else min(best, due)
+        return best
 
     async def cancel(self, store: Store, task_id: str, *, now: int) -> TaskRecord | None:
         """Reserve the task itself, store it Cancelled, ack: the three steps of a transfer."""

@@ -527,9 +527,9 @@ class SQLiteQueue(Queue):
 
         return await self.database.read(job)
 
-    async def queue_counts(self) -> dict[str, QueueCounts]:
+    async def queue_counts(self, *, now: int) -> dict[str, QueueCounts]:
         def job(conn: sqlite3.Connection) -> dict[str, QueueCounts]:
-            rows = conn.execute(SQL["queue_stats"]).fetchall()
+            rows = conn.execute(SQL["queue_stats"], {"now": now}).fetchall()
             return {name: QueueCounts(count, oldest) for name, count, oldest in rows}
 
         return await self.database.read(job)

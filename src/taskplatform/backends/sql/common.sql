@@ -157,8 +157,13 @@ SELECT request_hash, task_id FROM idempotency_keys WHERE key = :key;
 DELETE FROM idempotency_keys WHERE expires_at <= :now;
 
 -- name: queue_stats
--- Per queue: Queued tasks and the creation time of the oldest.
-SELECT queue, count(*), min(created_at) FROM queued_tasks GROUP BY queue;
+-- Per queue: Queued tasks, and since when the longest-waiting due one has been due (its
+-- creation, or its scheduled time if later); NULL when none is due.
+SELECT queue, count(*),
+       min(CASE WHEN scheduled_at IS NULL OR scheduled_at <= :now THEN
+                CASE WHEN scheduled_at > created_at THEN scheduled_at ELSE created_at END
+           END)
+FROM queued_tasks GROUP BY queue;
 
 -- name: queue_cancel
 -- Take one Queued task out of the queue (to store it Cancelled).
