@@ -11,6 +11,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -337,3 +338,24 @@ def test_a_dequeue_whose_answer_was_lost_returns_its_task_to_the_queue(
     assert f"task {first} is Queued (attempt 0) again (its dequeue's answer was lost (503))" in (
         server.log()
     )
+
+
+def test_concurrent_executes_whose_starts_were_not_confirmed_are_all_withdrawn(
+    start_server: Callable[..., Server], receiver: Receiver
+) -> None:
+    """Twelve executes at once, every start unconfirmed: all twelve withdrawn. On PostgreSQL
+    concurrent starts share one statement, which wrote the first caller's lease token on every
+    row, so each other caller's withdrawal found nothing and its task became a dead letter."""
+    server = start_server(TASKPLATFORM_FAULTS="after_start=fail:12")
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        ids = [create(http, receiver.url("/ok"), maxRetries=0) for _ in range(12)]
+        assert sorted(_dequeue_all(http)) == sorted(ids)
+        with ThreadPoolExecutor(12) as pool:
+            answers = list(
+                pool.map(lambda task_id: http.post(f"/api/tasks/{task_id}/execute"), ids)
+            )
+        assert [answer.status_code for answer in answers] == [503] * 12
+        for task_id in ids:
+            task = _wait_status(http, task_id, "Retry", 5)
+            assert task["attempts"] == 0
+        assert all(receiver.hits_for(task_id) == [] for task_id in ids)

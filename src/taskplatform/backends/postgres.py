@@ -743,8 +743,9 @@ class PostgresStore(Store):
         rows: list[_StartRow],
     ) -> dict[str, TaskRecord]:
         """Move the tasks of ``rows`` (task id, time, changes of a start) to Processing in one
-        statement, each checked on its own; returns the tasks that moved, by id. They share
-        the first row's lease token; each lease still follows its own task's timeout."""
+        statement, each checked on its own; returns the tasks that moved, by id. Each keeps
+        its caller's lease token (a caller that saw the statement fail withdraws its start by
+        it: ``TaskService._withdraw``), and its lease follows its own task's timeout."""
         moved = await self._compare_and_set_many(
             [task_id for task_id, _, _ in rows],
             expected=expected,
@@ -753,6 +754,7 @@ class PostgresStore(Store):
             changes=rows[0][2],
             require_attempts_left=require_attempts_left,
             due_by=None,
+            lease_tokens=[str(changes.lease_token) for _, _, changes in rows],
         )
         return {task.task_id: task for task in moved}
 
@@ -766,6 +768,7 @@ class PostgresStore(Store):
         changes: TaskChanges,
         require_attempts_left: bool,
         due_by: int | None,
+        lease_tokens: list[str] | None = None,
     ) -> list[TaskRecord]:
         sql, params = compare_and_set_sql(
             "",
@@ -777,6 +780,7 @@ class PostgresStore(Store):
             require_attempts_left=require_attempts_left,
             due_by=due_by,
             many=task_ids,
+            lease_tokens=lease_tokens,
         )
         # One UPDATE for all: READ COMMITTED rechecks each row's condition under its row lock,
         # so each moves or stays exactly as its own compare-and-set would.

@@ -170,6 +170,7 @@ def compare_and_set_sql(
     due_by: int | None = None,
     many: Sequence[str] | None = None,
     dialect: Literal["postgresql", "sqlite"] = "postgresql",
+    lease_tokens: Sequence[str] | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """Return the one ``UPDATE … RETURNING`` statement of a compare-and-set, and its parameters.
 
@@ -177,10 +178,23 @@ def compare_and_set_sql(
     left, when asked): the database applies the check and the write as one atomic statement.
     With ``many``, the rows of those task ids instead of ``task_id``'s, each checked on its own;
     ``dialect`` says how the ids are passed (PostgreSQL: a text array; SQLite: a JSON array
-    read with ``json_each``).
+    read with ``json_each``). With ``lease_tokens`` too (PostgreSQL), each row gets its own
+    token, the one at its id's place, instead of ``changes.lease_token``.
     """
     params: dict[str, Any] = {"target": target.value, "now": now}
-    if many is None:
+    source = ""
+    if lease_tokens is not None:
+        assert many is not None
+        assert len(lease_tokens) == len(many)
+        assert dialect == "postgresql"
+        params["task_ids"], params["lease_tokens"] = list(many), list(lease_tokens)
+        source = (
+            " FROM unnest(CAST(:task_ids AS text[]), CAST(:lease_tokens AS text[]))"
+            " AS given(given_task_id, given_lease_token)"
+        )
+        chosen = "task_id = given_task_id"
+        changes = msgspec.structs.replace(changes, lease_token=msgspec.UNSET)
+    elif many is None:
         params["task_id"] = task_id
         chosen = "task_id = :task_id"
     elif dialect == "postgresql":
@@ -190,6 +204,8 @@ def compare_and_set_sql(
         params["task_ids"] = json.dumps(list(many))
         chosen = "task_id IN (SELECT value FROM json_each(:task_ids))"
     assignments = ["status = :target", "updated_at = :now"]
+    if lease_tokens is not None:
+        assignments.append("lease_token = given_lease_token")
     for name, value in changes.columns().items():  # names come from TaskChanges only
         assignments.append(f"{name} = :set_{name}")
         params[f"set_{name}"] = value.decode() if isinstance(value, bytes) else value
@@ -218,7 +234,7 @@ def compare_and_set_sql(
         conditions.append("next_attempt_at <= :due_by")
         params["due_by"] = due_by
     sql = (
-        f"UPDATE tasks SET {', '.join(assignments)} WHERE {' AND '.join(conditions)} "
+        f"UPDATE tasks SET {', '.join(assignments)}{source} WHERE {' AND '.join(conditions)} "
         f"RETURNING {STORE_COLUMNS}"
     )
     return sql, params
