@@ -33,7 +33,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Collection, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Sequence
 from typing import Any
 
 import msgspec
@@ -125,6 +125,10 @@ STOPPING = (
 """The detail of the 503 ``shutting_down`` of an execute that arrives while the server stops."""
 
 _REAP_BATCH = 100
+
+SETTLE_AT_STOP_SECONDS = 5.0
+"""How long a stopping process waits for its last tries to settle starts and dequeues the
+database did not confirm (``TaskService._settle``)."""
 
 CLOCK_SYNC_SECONDS = 60.0
 """How often a process measures its clock against the store's (:meth:`TaskService.sync_clock`):
@@ -304,6 +308,7 @@ class TaskService:
         self._faults = Faults(settings.faults)  # tests only: see faults.py
         # Jobs settling writes the database committed without answering: _withdraw, _return.
         self._unconfirmed: set[asyncio.Task[None]] = set()
+        self._settle_now = asyncio.Event()  # set at shutdown: see _settle
 
     # -- the one place a status changes ---------------------------------------------------------
 
@@ -668,22 +673,36 @@ class TaskService:
         (an hour with leases off); a dequeue that did not commit finds nothing.
         """
         lease = self.settings.dequeue_lease_seconds
-        deadline = time.monotonic() + (lease if lease > 0 else 3600.0)
+
+        async def attempt() -> None:
+            for task in await self.store.dequeued_under(lease_token):
+                await self._give_back(task, "its dequeue's answer was lost (503)")
+
+        await self._settle(attempt, lease if lease > 0 else 3600.0)
+
+    async def _settle(self, attempt: Callable[[], Awaitable[None]], seconds: float) -> None:
+        """Run ``attempt`` after 0.2 s, and again at doubling pauses up to 2 s while it raises
+        ``BackendUnavailable``, for up to ``seconds``. From the start of shutdown
+        (:attr:`_settle_now`) the pause is cut short and the next try is the last: a stop
+        must not leave behind what a try could still settle (with leases off nothing else
+        would)."""
+        deadline = time.monotonic() + seconds
         pause = 0.2
         while True:
-            await asyncio.sleep(pause)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._settle_now.wait(), pause)
             pause = min(2 * pause, 2.0)
             try:
-                for task in await self.store.dequeued_under(lease_token):
-                    await self._give_back(task, "its dequeue's answer was lost (503)")
+                await attempt()
                 return
             except BackendUnavailable:
                 raise_if_cancelled()
-                if time.monotonic() >= deadline:
+                if self._settle_now.is_set() or time.monotonic() >= deadline:
                     return
 
     def _later(self, job: Coroutine[Any, Any, None], name: str) -> None:
-        """Run ``job`` in the background, cancelled at shutdown (see :attr:`_unconfirmed`)."""
+        """Run ``job`` in the background, settled or cancelled at shutdown (see
+        :attr:`_unconfirmed`)."""
         task = asyncio.create_task(job, name=name)
         self._unconfirmed.add(task)
         task.add_done_callback(self._unconfirmed.discard)
@@ -854,42 +873,35 @@ class TaskService:
         store answers or the lease could have run out (``max_timeout_seconds`` +
         ``processing_lease_grace_seconds``), after which the reaper's fenced reap applies.
         """
-        deadline = time.monotonic() + (
-            self.settings.max_timeout_seconds + self.settings.processing_lease_grace_seconds
-        )
+        seconds = self.settings.max_timeout_seconds + self.settings.processing_lease_grace_seconds
         pending = list(task_ids)
-        pause = 0.2  # seconds; then doubling, up to 2
-        while pending:
-            await asyncio.sleep(pause)
-            pause = min(2 * pause, 2.0)
-            try:
-                for task_id in list(pending):
-                    withdrawn = await self._transition(
+
+        async def attempt() -> None:
+            for task_id in list(pending):
+                withdrawn = await self._transition(
+                    task_id,
+                    {Status.PROCESSING},
+                    Status.RETRY,
+                    changes=TaskChanges(
+                        withdraw_attempt=True,
+                        lease_token=None,
+                        lease_expires_at=None,
+                        next_attempt_at=now_ms(),
+                        error=WITHDRAWN,
+                    ),
+                    lease_token=lease_token,
+                )
+                pending.remove(task_id)
+                if withdrawn is not None:
+                    logger.warning(
+                        "task %s: %s",
                         task_id,
-                        {Status.PROCESSING},
-                        Status.RETRY,
-                        changes=TaskChanges(
-                            withdraw_attempt=True,
-                            lease_token=None,
-                            lease_expires_at=None,
-                            next_attempt_at=now_ms(),
-                            error=WITHDRAWN,
-                        ),
-                        lease_token=lease_token,
+                        WITHDRAWN,
+                        extra={"task_id": task_id, "attempt": withdrawn.attempts + 1},
                     )
-                    pending.remove(task_id)
-                    if withdrawn is not None:
-                        logger.warning(
-                            "task %s: %s",
-                            task_id,
-                            WITHDRAWN,
-                            extra={"task_id": task_id, "attempt": withdrawn.attempts + 1},
-                        )
-                        self.arrivals.notify()
-            except BackendUnavailable:
-                raise_if_cancelled()
-                if time.monotonic() >= deadline:
-                    return
+                    self.arrivals.notify()
+
+        await self._settle(attempt, seconds)
 
     def _processing_changes(self) -> TaskChanges:
         """The columns of a move to Processing: one more attempt, under a fresh lease that
@@ -1914,8 +1926,11 @@ class TaskService:
         # An execute that passed the stopping check just before the signal can start its
         # callback after the stopper found nothing in flight: it gets the same deadline.
         await self._stop_callbacks()
-        # Unconfirmed starts and dequeues not yet settled are left to the reaper (their leases
-        # run out).
+        # Unconfirmed starts and dequeues not yet settled get one more try each, at once; what
+        # the database still does not answer is left to the reaper (their leases run out).
+        self._settle_now.set()
+        if self._unconfirmed:
+            await asyncio.wait(set(self._unconfirmed), timeout=SETTLE_AT_STOP_SECONDS)
         for job in self._unconfirmed:
             job.cancel()
         await asyncio.gather(*self._unconfirmed, return_exceptions=True)

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -359,3 +360,28 @@ def test_concurrent_executes_whose_starts_were_not_confirmed_are_all_withdrawn(
             task = _wait_status(http, task_id, "Retry", 5)
             assert task["attempts"] == 0
         assert all(receiver.hits_for(task_id) == [] for task_id in ids)
+
+
+def test_a_server_stopping_right_after_a_lost_dequeue_answer_returns_the_task_first(
+    start_server: Callable[..., Server], tmp_path: Path
+) -> None:
+    """Leases off, a dequeue's answer lost, SIGTERM at once: the stop makes the return's last
+    try itself rather than cancel it in its first pause, so the task is queued when the server
+    comes back (with no lease, nothing else would ever return it)."""
+    doomed = start_server(
+        TASKPLATFORM_FAULTS="after_dequeue=fail:1", TASKPLATFORM_DEQUEUE_LEASE_SECONDS="0"
+    )
+    with httpx.Client(base_url=doomed.url, timeout=30) as http:
+        task_id = create(http, "http://127.0.0.1:9/x")
+        assert_problem(http.get("/api/tasks/dequeue"), 503, "backend_unavailable")
+    doomed.stop()  # SIGTERM
+    env = {
+        k: v for k, v in doomed.env.items() if k not in ("TASKPLATFORM_FAULTS", "TASKPLATFORM_PORT")
+    }
+    revived = Server(env, tmp_path / "revived.log").start()
+    try:
+        with httpx.Client(base_url=revived.url, timeout=30) as http:
+            assert http.get(f"/api/tasks/{task_id}").json()["status"] == "Queued"
+            assert _dequeue_all(http) == [task_id]
+    finally:
+        revived.stop()
