@@ -178,6 +178,7 @@ def test_credentials_in_the_url_go_as_the_bytes_it_spells(
         ("/latin1", "café"),  # by its declared charset, not as UTF-8 ("caf\ufffd")
         ("/latin1?charset=base64", "caf\ufffd"),  # not a text encoding: UTF-8
         ("/latin1?charset=no-such", "caf\ufffd"),
+        ("/latin1?charset=idna", "caf\ufffd"),  # fails as a whole: UTF-8, and Completed
     ],
 )
 def test_non_json_bodies_are_results(

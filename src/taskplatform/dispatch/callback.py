@@ -197,7 +197,7 @@ class CallbackSender:
                         status = response.status
                         body, error = await self._read_body(response)
                         if body is not None:
-                            body = _as_utf8(body, response.charset)
+                            body = _as_utf8(body, response.charset, self._max_response_bytes)
                         if error is None and not 200 <= status < 300:
                             error = _describe_status(response)
                         if not 200 <= status < 300:
@@ -327,19 +327,23 @@ def _printable(text: str) -> str:
     return clean if len(clean) <= 1000 else clean[:999] + "…"
 
 
-def _as_utf8(body: bytes, charset: str | None) -> bytes:
+def _as_utf8(body: bytes, charset: str | None, limit: int) -> bytes:
     """Return ``body`` in UTF-8, decoded by the ``charset`` its ``Content-Type`` declares
     (RFC 9110 8.3.2): ``text/plain; charset=latin-1`` "café" was kept as "caf\ufffd". A body
-    with no charset, or one Python does not know as a text encoding, is taken as UTF-8, and
-    bytes invalid in its charset become U+FFFD."""
+    with no charset, or one Python cannot decode by it (an unknown name, a codec that is not
+    a text encoding such as base64, one that fails as a whole such as idna), is taken as
+    UTF-8, and bytes invalid in its charset become U+FFFD. So is one that would grow past
+    ``limit`` bytes in UTF-8 (up to three bytes a character): the limit holds for the kept
+    result too."""
     if charset is None:
         return body
     try:
         if codecs.lookup(charset).name == "utf-8":
             return body
-        return body.decode(charset, errors="replace").encode("utf-8")
-    except LookupError:  # an unknown name, or a codec that is not a text encoding (base64)
+        text = body.decode(charset, errors="replace").encode("utf-8")
+    except (LookupError, UnicodeError):
         return body
+    return text if len(text) <= limit else body
 
 
 def _as_json_text(body: bytes, limit: int) -> bytes:
