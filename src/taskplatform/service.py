@@ -611,8 +611,6 @@ class TaskService:
             lease_token = str(uuid_utils.uuid4())
             try:
                 task = await self._transfer(queue, lease_token)
-                if task is not None:
-                    self._faults.hit("after_dequeue")
             except BackendUnavailable:
                 self._later(self._return(lease_token), "return unconfirmed dequeues")
                 raise
@@ -828,7 +826,8 @@ class TaskService:
             started = await self._transition(
                 task_id, source, Status.PROCESSING, changes=changes, require_attempts_left=True
             )
-            self._faults.hit("after_start")
+            if started is not None:
+                self._faults.hit("after_start")
         except BackendUnavailable:
             self._withdraw_later([task_id], changes)
             raise
@@ -848,7 +847,8 @@ class TaskService:
                 require_attempts_left=True,
                 due_by=due_by,
             )
-            self._faults.hit("after_start")
+            if started:
+                self._faults.hit("after_start")
         except BackendUnavailable:
             self._withdraw_later(task_ids, changes)
             raise

@@ -273,7 +273,7 @@ def open_backends(settings: Settings) -> Backends:
         )
         store = PostgresStore(pg)
         if queue_kind == "postgresql":
-            return Backends(queue=PostgresQueue(pg), store=store)
+            return Backends(queue=PostgresQueue(pg, faults), store=store)
     from taskplatform.backends.redis import RedisQueue
 
     queue = RedisQueue(

@@ -14,6 +14,8 @@ import itertools
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
+from taskplatform.faults import Faults
+
 Row = TypeVar("Row")
 Result = TypeVar("Result")
 
@@ -123,10 +125,15 @@ class DequeueGroups(Generic[Store, Task]):
         take_many: The queue's ``transfer_many`` (store, then keywords ``now``, ``most``,
             ``queue``, ``lease_token``, ``lease_expires_at``, ``dispatched``): up to ``most``
             tasks in queue order.
+        faults: Test-only faults; ``after_dequeue`` fails a whole group after its transfer
+            committed, as a lost answer of its one statement would.
     """
 
-    def __init__(self, take_many: Callable[..., Awaitable[list[Task]]]) -> None:
+    def __init__(
+        self, take_many: Callable[..., Awaitable[list[Task]]], faults: Faults | None = None
+    ) -> None:
         self._take_many = take_many
+        self._faults = faults or Faults()
         self._groups: dict[tuple[str, bool], GroupCommit[_Request[Store], Task]] = {}
         self._ids = itertools.count()
 
@@ -169,4 +176,6 @@ class DequeueGroups(Generic[Store, Task]):
             lease_expires_at=max(expiries) if expiries else None,
             dispatched=dispatched,
         )
+        if tasks:
+            self._faults.hit("after_dequeue")
         return {request[0]: task for request, task in zip(requests, tasks, strict=False)}

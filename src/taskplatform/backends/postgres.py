@@ -51,6 +51,7 @@ from taskplatform.backends.sqlrows import (
     task_params,
 )
 from taskplatform.exceptions import BackendUnavailable, raise_if_cancelled
+from taskplatform.faults import Faults
 from taskplatform.models import (
     DEFAULT_QUEUE,
     QUEUED_FIELDS,
@@ -440,7 +441,7 @@ def _queued_columns(tasks: list[TaskRecord]) -> dict[str, Any]:
 class PostgresQueue(Queue):
     """The queue as the ``queued_tasks`` table of a :class:`PostgresDatabase`."""
 
-    def __init__(self, database: PostgresDatabase) -> None:
+    def __init__(self, database: PostgresDatabase, faults: Faults | None = None) -> None:
         self.database = database
         self._group: GroupCommit[TaskRecord, int] = GroupCommit(
             self._insert_tasks, key=lambda task: task.task_id, name="enqueue group commit"
@@ -450,7 +451,7 @@ class PostgresQueue(Queue):
         ] = GroupCommit(
             self._claim_and_insert, key=lambda row: row[1].key, name="keyed enqueue group commit"
         )
-        self._dequeues: DequeueGroups[Store, TaskRecord] = DequeueGroups(self.transfer_many)
+        self._dequeues: DequeueGroups[Store, TaskRecord] = DequeueGroups(self.transfer_many, faults)
 
     async def enqueue(
         self, task: TaskRecord, *, claim: IdempotencyClaim | None = None

@@ -297,7 +297,7 @@ class RedisQueue(Queue):
             key=lambda row: row[1].key,
             name="keyed enqueue group commit",
         )
-        self._dequeues: DequeueGroups[Store, TaskRecord] = DequeueGroups(self.transfer_many)
+        self._dequeues: DequeueGroups[Store, TaskRecord] = DequeueGroups(self.transfer_many, faults)
         self._inflight = f"{key_prefix}:inflight"
         self._ids = f"{key_prefix}:ids"
         self._seq = f"{key_prefix}:seq"

@@ -587,6 +587,8 @@ class SQLiteQueue(Queue):
             lease_expires_at=lease_expires_at,
             dispatched=dispatched,
         )
+        if moved:
+            self._faults.hit("after_dequeue")  # tests: the move committed, its answer lost
         return moved[0] if moved else None
 
     async def transfer_many(
