@@ -341,10 +341,20 @@ class Settings(BaseSettings):
         int, Field(gt=0, description="Longest accepted callbackUrl, in characters.")
     ] = 2048
     default_max_retries: Annotated[
-        int, Field(ge=0, le=100, description="maxRetries of a task that gives none.")
+        int,
+        Field(
+            ge=0,
+            le=100,
+            description="maxRetries of a task that gives none (unset: at most the ceiling).",
+        ),
     ] = 3
     default_timeout_seconds: Annotated[
-        float, Field(gt=0, le=3600, description="timeoutSeconds of a task that gives none.")
+        float,
+        Field(
+            gt=0,
+            le=3600,
+            description="timeoutSeconds of a task that gives none (unset: at most the largest).",
+        ),
     ] = 30.0
 
     callback_response_max_bytes: Annotated[
@@ -368,11 +378,19 @@ class Settings(BaseSettings):
 
     backoff_min_seconds: Annotated[
         float,
-        Field(gt=0, le=86400, description="backoffMinSeconds of a task that gives none."),
+        Field(
+            gt=0,
+            le=86400,
+            description="backoffMinSeconds of a task that gives none (unset: at most the max).",
+        ),
     ] = 1.0
     backoff_max_seconds: Annotated[
         float,
-        Field(gt=0, le=86400, description="backoffMaxSeconds of a task that gives none."),
+        Field(
+            gt=0,
+            le=86400,
+            description="backoffMaxSeconds of a task that gives none (unset: at least the min).",
+        ),
     ] = 300.0
     backoff_multiplier: Annotated[
         float,
@@ -451,20 +469,31 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _defaults_within_limits(self) -> Settings:
-        """Refuse defaults a task could not ask for itself: a task that gives no
-        ``timeoutSeconds`` or ``maxRetries`` would get more than the limits allow one that
-        does, and default backoff bounds in the wrong order.
+        """Keep the defaults within what a task may ask for, and the backoff bounds in order.
+
+        A task that gives no ``timeoutSeconds`` or ``maxRetries`` must not get more than the
+        limits allow one that does. Of a pair out of order, a setting left unset follows the
+        one given (``TASKPLATFORM_MAX_TIMEOUT_SECONDS=10`` alone makes the default timeout 10
+        s; ``TASKPLATFORM_BACKOFF_MIN_SECONDS=600`` alone raises the default maximum to 600
+        s, as a task's own ``backoffMinSeconds`` does); both given out of order are refused.
 
         Raises:
-            ValueError: naming both settings.
+            ValueError: both of a pair given, out of order; naming both.
         """
         pairs = [
             ("default_timeout_seconds", "max_timeout_seconds", "over"),
             ("default_max_retries", "max_retries_ceiling", "over"),
             ("backoff_min_seconds", "backoff_max_seconds", "above"),
         ]
+        given = self.model_fields_set
         for low, high, word in pairs:
-            if getattr(self, low) > getattr(self, high):
+            if getattr(self, low) <= getattr(self, high):
+                continue
+            if low not in given:
+                object.__setattr__(self, low, getattr(self, high))  # frozen: set while built
+            elif high not in given:
+                object.__setattr__(self, high, getattr(self, low))
+            else:
                 raise ValueError(
                     f"TASKPLATFORM_{low.upper()} ({getattr(self, low):g}) is {word} "
                     f"TASKPLATFORM_{high.upper()} ({getattr(self, high):g}): lower the one or "

@@ -50,18 +50,22 @@ def test_a_port_out_of_range_is_a_usage_error(command: str, port: str) -> None:
         ({"TASKPLATFORM_RETRY_AFTER_MAX_SECONDS": "inf"}, "less than or equal to 31536000"),
         ({"TASKPLATFORM_SQLITE_BUSY_TIMEOUT_SECONDS": "1e12"}, "less than or equal to 3600"),
         ({"TASKPLATFORM_PROCESSING_LEASE_GRACE_SECONDS": "1e300"}, "less than or equal to 86400"),
-        # A task that gives no timeoutSeconds would get more than one that does may ask for.
+        # Both given, out of order: a task that gives no timeoutSeconds would get more than
+        # one that does may ask for. (One alone: the other follows it.)
         (
-            {"TASKPLATFORM_MAX_TIMEOUT_SECONDS": "10"},
+            {
+                "TASKPLATFORM_MAX_TIMEOUT_SECONDS": "10",
+                "TASKPLATFORM_DEFAULT_TIMEOUT_SECONDS": "30",
+            },
             "\n  TASKPLATFORM_DEFAULT_TIMEOUT_SECONDS (30) is over "
             "TASKPLATFORM_MAX_TIMEOUT_SECONDS (10): lower the one or raise the other",
         ),
         (
-            {"TASKPLATFORM_MAX_RETRIES_CEILING": "1"},
+            {"TASKPLATFORM_MAX_RETRIES_CEILING": "1", "TASKPLATFORM_DEFAULT_MAX_RETRIES": "3"},
             "TASKPLATFORM_DEFAULT_MAX_RETRIES (3) is over TASKPLATFORM_MAX_RETRIES_CEILING (1)",
         ),
         (
-            {"TASKPLATFORM_BACKOFF_MIN_SECONDS": "600"},
+            {"TASKPLATFORM_BACKOFF_MIN_SECONDS": "600", "TASKPLATFORM_BACKOFF_MAX_SECONDS": "300"},
             "TASKPLATFORM_BACKOFF_MIN_SECONDS (600) is above "
             "TASKPLATFORM_BACKOFF_MAX_SECONDS (300)",
         ),
@@ -74,3 +78,23 @@ def test_settings_past_what_the_server_can_hold_are_refused_at_start(
     assert result.exit_code == 2, result.output
     assert "error: invalid configuration:" in result.output
     assert message in result.output
+
+
+@pytest.mark.parametrize(
+    ("given", "follows"),
+    [
+        ({"max_timeout_seconds": 10}, {"default_timeout_seconds": 10}),
+        ({"max_retries_ceiling": 1}, {"default_max_retries": 1}),
+        ({"backoff_min_seconds": 600}, {"backoff_max_seconds": 600}),
+        ({"backoff_max_seconds": 0.5}, {"backoff_min_seconds": 0.5}),
+        ({"max_timeout_seconds": 60}, {"default_timeout_seconds": 30}),  # in order: unchanged
+    ],
+)
+def test_a_setting_left_unset_follows_the_one_given(
+    given: dict[str, float], follows: dict[str, float]
+) -> None:
+    """One of a pair given alone, past the other's default: a reasonable configuration, taken
+    as meant (it was refused until the other was set too)."""
+    settings = Settings(**given)  # type: ignore[arg-type]
+    for name, value in {**given, **follows}.items():
+        assert getattr(settings, name) == value
