@@ -73,9 +73,10 @@ async def test_a_copy_moves_the_queue_counter_past_every_stored_task(
 async def test_a_copy_reads_large_rows_a_few_at_a_time(
     target: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Batches follow the rows' size: 60 tasks of 20 KB data each, with 100 KB a batch, go
-    16 first (:data:`FIRST_BATCH_ROWS`), then about 5 at a time (where 2,000 tasks of the
-    largest data would hold GiBs at once), and every one arrives once, with its data."""
+    """Batches follow the rows' size wherever they lie: 30 small tasks, then 30 of 20 KB data
+    each, with 100 KB a batch. The small ones and the first large ones go in one batch, then
+    four or fewer at a time (sizing each batch by the one before read 2,000 large rows after
+    small ones: GiBs), and every task arrives once, with its data."""
     monkeypatch.setattr(copy, "BATCH_BYTES", 100_000)
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
@@ -83,7 +84,9 @@ async def test_a_copy_reads_large_rows_a_few_at_a_time(
     into = Settings(**settings_kwargs(backend_env(target, tmp_path / "b")))  # type: ignore[arg-type]
     for settings in (source, into):
         await prepare_schema(settings)
-    data = [b'{"pad": "' + bytes([97 + n % 26]) * 20_000 + b'"}' for n in range(60)]
+    data = [
+        b'{"pad": "' + bytes([97 + n % 26]) * (20_000 if n >= 30 else 10) + b'"}' for n in range(60)
+    ]
     tasks = [
         msgspec.structs.replace(
             _task(_id(n), data=data[n]), status=Status.DEQUEUED, sequence=n + 1, lease_token="L"
@@ -103,22 +106,14 @@ async def test_a_copy_reads_large_rows_a_few_at_a_time(
 
     copied = await copy.copy_store(source.database_url, into.database_url, progress=progress)
     assert copied["tasks"] == 60
-    assert batches[0] == copy.FIRST_BATCH_ROWS
+    assert 30 < batches[0] <= 35, batches  # the small ones, and what fits after them
     assert all(0 < b - a <= 5 for a, b in itertools.pairwise(batches)), batches
     assert batches[-1] == 60
     backends = open_backends(into)
     try:
-        for n in (0, 17, 59):
+        for n in (0, 29, 30, 47, 59):
             stored = await backends.store.get(_id(n))
             assert stored is not None
             assert stored.task_data == data[n]
     finally:
         await backends.close()
-
-
-def test_a_batch_of_small_rows_is_followed_by_the_most_rows() -> None:
-    rows = [{"task_id": "x" * 36, "task_data": "{}", "priority": 5}] * 16
-    assert copy.next_batch_rows(rows) == copy.BATCH_ROWS
-    huge = [{"task_data": "x" * (4 << 20)}] * 16
-    assert copy.next_batch_rows(huge) == copy.BATCH_BYTES // (4 << 20)  # 8
-    assert copy.next_batch_rows([{"task_data": "x" * (64 << 20)}]) == 1

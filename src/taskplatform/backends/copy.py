@@ -16,7 +16,18 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, MetaData, Table, func, insert, select, text, tuple_
+from sqlalchemy import (
+    Connection,
+    MetaData,
+    String,
+    Table,
+    func,
+    insert,
+    literal,
+    select,
+    text,
+    tuple_,
+)
 from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.pool import NullPool
@@ -45,12 +56,11 @@ BATCH_ROWS = 2000
 """The most rows read and written at a time."""
 
 BATCH_BYTES = 32 * 1024 * 1024
-"""About how much row text a batch holds (bytes): a table's first batch is :data:`FIRST_BATCH_ROWS`
-rows, and each next one as many as the last one's average row fits in this, up to
-:data:`BATCH_ROWS`. So ordinary tasks (a few hundred bytes) go 2,000 at a time, and tasks of the
-largest data and result (a few MiB each) a dozen at a time, where 2,000 of them would hold GiBs."""
-
-FIRST_BATCH_ROWS = 16
+"""How much row text a batch holds at most (characters of its text columns; one row at least):
+before each batch the database measures the next :data:`BATCH_ROWS` rows, and the batch takes
+as many as fit. So ordinary tasks (a few hundred bytes) go 2,000 at a time, and tasks of the
+largest data and result (a few MiB each) a dozen at a time, wherever they lie in the table,
+where 2,000 of them would hold GiBs."""
 
 
 class TargetNotEmpty(TaskPlatformError):
@@ -121,16 +131,28 @@ def _count(tables: dict[str, Table]) -> Callable[[Connection], dict[str, int]]:
     return count
 
 
-def next_batch_rows(rows: list[dict[str, Any]]) -> int:
-    """Return how many rows to read next, after a batch of ``rows``: as many of their average
-    size (text and bytes values; other values count as 8 bytes) as fit in :data:`BATCH_BYTES`,
-    from 1 to :data:`BATCH_ROWS`."""
-    size = sum(
-        len(value) if isinstance(value, str | bytes) else 8
-        for row in rows
-        for value in row.values()
-    )
-    return max(1, min(BATCH_ROWS, BATCH_BYTES * len(rows) // max(1, size)))
+def _fitting(
+    table: Table, key: tuple[str, ...], after: tuple[Any, ...] | None
+) -> Callable[[Connection], int]:
+    """How many of the rows after ``after`` the next batch takes: as many, up to
+    :data:`BATCH_ROWS`, as fit in :data:`BATCH_BYTES` (at least one), measured by the database
+    (the lengths of the text columns, a running sum in key order); no row leaves it."""
+
+    def measure(connection: Connection) -> int:
+        columns = [table.c[name] for name in key]
+        texts = [column for column in table.c if isinstance(column.type, String)]
+        size = sum((func.coalesce(func.length(column), 0) for column in texts), literal(8))
+        query = select(*columns, size.label("size")).order_by(*columns).limit(BATCH_ROWS)
+        if after is not None:
+            query = query.where(tuple_(*columns) > tuple_(*after))
+        rows = query.subquery()
+        running = func.sum(rows.c.size).over(order_by=[rows.c[name] for name in key])
+        totals = connection.execute(
+            select(running).order_by(*(rows.c[name] for name in key))
+        ).scalars()
+        return max(1, sum(1 for total in totals if total <= BATCH_BYTES))
+
+    return measure
 
 
 def _batch(
@@ -263,12 +285,14 @@ async def copy_store(
         for name, key in TABLES.items():
             copied[name] = 0
             after: tuple[Any, ...] | None = None
-            limit = FIRST_BATCH_ROWS
-            while rows := await source.run(_batch(source_tables[name], key, after, limit)):
+            while True:
+                limit = await source.run(_fitting(source_tables[name], key, after))
+                rows = await source.run(_batch(source_tables[name], key, after, limit))
+                if not rows:
+                    break
                 await target.run(_write(target_tables[name], rows))
                 copied[name] += len(rows)
                 after = tuple(rows[-1][column] for column in key)
-                limit = next_batch_rows(rows)
                 if progress is not None:
                     progress(name, copied[name])
         await target.run(_advance_counters(scheme(target_url)))
