@@ -33,7 +33,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable, Collection, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any
 
 import msgspec
@@ -306,8 +306,10 @@ class TaskService:
         self._store_id: str | None = None  # read at the first announce
         self._warned_stores: set[str] = set()
         self._faults = Faults(settings.faults)  # tests only: see faults.py
-        # Jobs settling writes the database committed without answering: _withdraw, _return.
-        self._unconfirmed: set[asyncio.Task[None]] = set()
+        # Writes the database may have committed without answering, to be settled (_withdraw,
+        # _return): what to try, and until when (monotonic); one job tries them all in turn.
+        self._unsettled: dict[str, tuple[Callable[[], Awaitable[None]], float]] = {}
+        self._settler: asyncio.Task[None] | None = None
         self._settle_now = asyncio.Event()  # set at shutdown: see _settle
 
     # -- the one place a status changes ---------------------------------------------------------
@@ -599,7 +601,8 @@ class TaskService:
         Raises:
             QueueEmpty: no task is queued (after waiting), or the client has gone.
             QueuePaused: ``queue`` is paused, or was paused during the wait.
-            BackendUnavailable: a backend cannot be reached; the task stays queued.
+            BackendUnavailable: a backend cannot be reached; the task stays queued, or, if the
+                database moved it without answering, goes back once it answers (``_return``).
         """
         deadline = time.monotonic() + min(wait_seconds, self.settings.long_poll_max_seconds)
         while True:
@@ -612,7 +615,7 @@ class TaskService:
             try:
                 task = await self._transfer(queue, lease_token)
             except BackendUnavailable:
-                self._later(self._return(lease_token), "return unconfirmed dequeues")
+                self._return(lease_token)
                 raise
             remaining = deadline - time.monotonic()
             if task is not None or remaining <= 0:
@@ -662,13 +665,13 @@ class TaskService:
             lease_expires_at=now + round(lease * 1000) if lease > 0 else None,
         )
 
-    async def _return(self, lease_token: str) -> None:
-        """Return to the queue what a pull dequeue took under ``lease_token`` although it
-        failed (``BackendUnavailable``): the database can commit the move and lose its answer
-        (a connection reset, a failover), and the caller, told 503, never gets the task; it
-        sat Dequeued until its lease ran out, or for ever with leases off. Tried after 0.2 s,
-        then at doubling pauses up to 2 s, until the store answers, for as long as the lease
-        (an hour with leases off); a dequeue that did not commit finds nothing.
+    def _return(self, lease_token: str) -> None:
+        """Have :meth:`_settle` return to the queue what a pull dequeue took under
+        ``lease_token`` although it failed (``BackendUnavailable``): the database can commit the
+        move and lose its answer (a connection reset, a failover), and the caller, told 503,
+        never gets the task; it sat Dequeued until its lease ran out, or for ever with leases
+        off. Tried for as long as the lease (an hour with leases off); a dequeue that did not
+        commit finds nothing.
         """
         lease = self.settings.dequeue_lease_seconds
 
@@ -676,34 +679,44 @@ class TaskService:
             for task in await self.store.dequeued_under(lease_token):
                 await self._give_back(task, "its dequeue's answer was lost (503)")
 
-        await self._settle(attempt, lease if lease > 0 else 3600.0)
+        self._settle_later(f"return {lease_token}", attempt, lease if lease > 0 else 3600.0)
 
-    async def _settle(self, attempt: Callable[[], Awaitable[None]], seconds: float) -> None:
-        """Run ``attempt`` after 0.2 s, and again at doubling pauses up to 2 s while it raises
-        ``BackendUnavailable``, for up to ``seconds``. From the start of shutdown
-        (:attr:`_settle_now`) the pause is cut short and the next try is the last: a stop
-        must not leave behind what a try could still settle (with leases off nothing else
-        would)."""
-        deadline = time.monotonic() + seconds
+    def _settle_later(
+        self, key: str, attempt: Callable[[], Awaitable[None]], seconds: float
+    ) -> None:
+        """Have ``attempt`` tried by :meth:`_settle` for up to ``seconds``."""
+        self._unsettled[key] = (attempt, time.monotonic() + seconds)
+        if self._settler is None or self._settler.done():
+            self._settler = asyncio.create_task(self._settle(), name="settle unconfirmed writes")
+
+    async def _settle(self) -> None:
+        """Try each unsettled write (:meth:`_withdraw`, :meth:`_return`) in turn, after 0.2 s,
+        until each has run or its time is up. While the store does not answer, one try a round
+        and doubling pauses up to 2 s: an outage during which clients keep calling leaves one
+        failing statement every 2 s, not one a failed request. From the start of shutdown
+        (:attr:`_settle_now`) the pause is cut short and each gets a last try: a stop must not
+        leave behind what a try could still settle (with leases off nothing else would)."""
         pause = 0.2
-        while True:
+        while self._unsettled:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._settle_now.wait(), pause)
-            pause = min(2 * pause, 2.0)
-            try:
-                await attempt()
-                return
-            except BackendUnavailable:
-                raise_if_cancelled()
-                if self._settle_now.is_set() or time.monotonic() >= deadline:
-                    return
-
-    def _later(self, job: Coroutine[Any, Any, None], name: str) -> None:
-        """Run ``job`` in the background, settled or cancelled at shutdown (see
-        :attr:`_unconfirmed`)."""
-        task = asyncio.create_task(job, name=name)
-        self._unconfirmed.add(task)
-        task.add_done_callback(self._unconfirmed.discard)
+            down = False
+            for key, (attempt, deadline) in list(self._unsettled.items()):
+                try:
+                    await attempt()
+                except BackendUnavailable:
+                    raise_if_cancelled()
+                    if self._settle_now.is_set() or time.monotonic() >= deadline:
+                        del self._unsettled[key]
+                        continue
+                    down = True
+                    break  # the store is down: the others wait for the next round
+                except Exception:  # a defect: said, and not tried again
+                    logger.exception("settling %s failed", key)
+                    del self._unsettled[key]
+                else:
+                    del self._unsettled[key]
+            pause = min(2 * pause, 2.0) if down else 0.2
 
     async def paused_queues(self) -> set[str]:
         """Return the paused queues, as read at most ``_PAUSE_CACHE_SECONDS`` ago.
@@ -829,7 +842,7 @@ class TaskService:
             if started is not None:
                 self._faults.hit("after_start")
         except BackendUnavailable:
-            self._withdraw_later([task_id], changes)
+            self._withdraw([task_id], str(changes.lease_token))
             raise
         return started
 
@@ -850,17 +863,13 @@ class TaskService:
             if started:
                 self._faults.hit("after_start")
         except BackendUnavailable:
-            self._withdraw_later(task_ids, changes)
+            self._withdraw(task_ids, str(changes.lease_token))
             raise
         return started
 
-    def _withdraw_later(self, task_ids: list[str], changes: TaskChanges) -> None:
-        """Run :meth:`_withdraw` in the background for a start that raised."""
-        assert isinstance(changes.lease_token, str)
-        self._later(self._withdraw(task_ids, changes.lease_token), "withdraw unconfirmed starts")
-
-    async def _withdraw(self, task_ids: list[str], lease_token: str) -> None:
-        """Undo a move to Processing that the database may have committed without answering.
+    def _withdraw(self, task_ids: list[str], lease_token: str) -> None:
+        """Have :meth:`_settle` undo a move to Processing that the database may have committed
+        without answering.
 
         The statement that starts an attempt (``attempts + 1``, a fresh lease) can commit and
         then lose its answer (a connection reset, a failover): the caller saw an error and made
@@ -869,9 +878,9 @@ class TaskService:
         letter that no callback ever reached. Only this process knows the lease token of that
         start, so it looks: each task still in Processing under it goes to Retry, due now,
         with the attempt taken back and :data:`WITHDRAWN` as its error; a start that did not
-        commit matches nothing. Tried after 0.2 s, then at doubling pauses up to 2 s, until the
-        store answers or the lease could have run out (``max_timeout_seconds`` +
-        ``processing_lease_grace_seconds``), after which the reaper's fenced reap applies.
+        commit matches nothing. Tried until the store answers or the lease could have run out
+        (``max_timeout_seconds`` + ``processing_lease_grace_seconds``), after which the
+        reaper's fenced reap applies.
         """
         seconds = self.settings.max_timeout_seconds + self.settings.processing_lease_grace_seconds
         pending = list(task_ids)
@@ -901,7 +910,7 @@ class TaskService:
                     )
                     self.arrivals.notify()
 
-        await self._settle(attempt, seconds)
+        self._settle_later(f"withdraw {lease_token}", attempt, seconds)
 
     def _processing_changes(self) -> TaskChanges:
         """The columns of a move to Processing: one more attempt, under a fresh lease that
@@ -1929,11 +1938,10 @@ class TaskService:
         # Unconfirmed starts and dequeues not yet settled get one more try each, at once; what
         # the database still does not answer is left to the reaper (their leases run out).
         self._settle_now.set()
-        if self._unconfirmed:
-            await asyncio.wait(set(self._unconfirmed), timeout=SETTLE_AT_STOP_SECONDS)
-        for job in self._unconfirmed:
-            job.cancel()
-        await asyncio.gather(*self._unconfirmed, return_exceptions=True)
+        if self._settler is not None:
+            await asyncio.wait({self._settler}, timeout=SETTLE_AT_STOP_SECONDS)
+            self._settler.cancel()
+            await asyncio.gather(self._settler, return_exceptions=True)
         if self._store_id is not None:
             # Out of the queue's list of stores, so that a store moved to another database is
             # not warned of as a second one while this one is only stopped.
