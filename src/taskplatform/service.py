@@ -1813,6 +1813,9 @@ class TaskService:
         poller = asyncio.create_task(self._poll_for_waiters(), name="long-poll fallback")
         try:
             while True:
+                # A library below may swallow our cancellation (seen once in CI: the shutdown
+                # then waited 5 s for this loop's next sleep); honour it anyway.
+                raise_if_cancelled()
                 await asyncio.sleep(self.settings.recovery_interval_seconds)
                 try:
                     if time.monotonic() >= self._next_clock_sync or self._clock_jumped():
@@ -1844,6 +1847,7 @@ class TaskService:
 
     async def _poll_for_waiters(self) -> None:
         while True:
+            raise_if_cancelled()  # as in run_maintenance
             await asyncio.sleep(self.settings.long_poll_fallback_seconds)
             if self.arrivals.waiters:
                 with contextlib.suppress(BackendUnavailable):
