@@ -942,9 +942,11 @@ def test_workers_keep_to_their_queue_and_share_its_rate(
     backend: str, dispatching: Server, start_worker: Callable[..., Worker], receiver: Receiver
 ) -> None:
     """Two ``worker --queue rated --rate 20`` processes: the rate holds for the queue over both
-    (a bucket in the database), not per process: after the initial burst of one second's worth,
-    the last 40 of 100 callbacks span at least 1.6 s (20/s; two per-process buckets would give
-    40/s, 1 s). A task on another queue is left alone."""
+    (a bucket in the database), not per process. The bucket holds one second's worth, so any
+    stretch of T seconds holds at most 20 + 20T callbacks, stalls of a busy machine included
+    (a stall refills the bucket, and the last 40 once came in 1.1 s): 100 callbacks span at
+    least (100 - 20) / 20 = 4 s, 3.4 s with slack; two per-process buckets (40/s, 40 saved
+    up) would allow 1.5 s. A task on another queue is left alone."""
     if backend not in ("sqlite", "postgres"):
         pytest.skip("the rate bucket lives in the SQL store; sqlite and postgres cover it")
     workers = [
@@ -961,9 +963,9 @@ def test_workers_keep_to_their_queue_and_share_its_rate(
         assert get(http, other)["status"] == "Queued"
     hits = hits_of(receiver, ids)
     assert len(hits) == 100
-    span = hits[-1].at - hits[-40].at
-    print(f"100 callbacks over {hits[-1].at - hits[0].at:.2f} s; the last 40 over {span:.2f} s")
-    assert span >= 1.6
+    span = hits[-1].at - hits[0].at
+    print(f"100 callbacks over {span:.2f} s")
+    assert span >= 3.4
     assert hit_counts(receiver, [other])[other] == 0
     assert all(worker.alive() for worker in workers)
 
