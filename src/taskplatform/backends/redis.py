@@ -698,7 +698,7 @@ class RedisQueue(Queue):
             seen: dict[str, int] = {}
             stale = []
             for key, value in fields.items():
-                other, at = key.decode().split(" ", 1)[0], int(value)
+                other, at = _text(key).split(" ", 1)[0], int(value)
                 if at < now - _STORE_FORGET_MS:
                     stale.append(key)
                 elif other != store_id and at >= since:
