@@ -12,7 +12,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
@@ -24,8 +24,8 @@ APP_FACTORY = "taskplatform.api.app:create_served_app"
 """What every API process runs (an import string: ``--workers`` processes import it)."""
 
 STARTUP_FAILURE = 3
-"""The exit code of ``serve`` when the app could not start (uvicorn's own), and of ``worker``
-when its backends could not be opened."""
+"""The exit code of a command whose store or queue cannot be reached or used at its start, and
+of ``serve`` when the app could not start (uvicorn's own). Settings refused as written exit 2."""
 
 DRAIN_BACKSTOP_SECONDS = 5
 """How long past ``shutdown_grace_seconds`` uvicorn waits for requests before cancelling them:
@@ -78,22 +78,31 @@ def _settings_or_exit(**overrides: object) -> Settings:
 
 
 def _prepare_or_exit(settings: Settings, named: str = "TASKPLATFORM_DATABASE_URL") -> None:
-    """Create or upgrade the schema of ``settings``' database, or exit 2 with one line; its URL
-    is ``named`` so in a message that is only about it."""
+    """Create or upgrade the schema of ``settings``' database, or exit with one line; its URL
+    is ``named`` so in a message that is only about it.
+
+    Exit code 2 when the settings are refused as written (an unsupported URL), and
+    :data:`STARTUP_FAILURE` when the database they name cannot be reached or used (down, not a
+    database, read-only, at a newer schema), as for a Redis queue that does not answer: a
+    supervisor can then retry the one and not the other (systemd's ``RestartPreventExitStatus=2``).
+    """
     from taskplatform.backends import ConfigurationError, prepare_schema
     from taskplatform.exceptions import TaskPlatformError
 
-    try:
-        asyncio.run(prepare_schema(settings))
-    except (ConfigurationError, TaskPlatformError) as exc:
-        message = str(exc)
+    def fail(message: str, code: int, exc: Exception) -> NoReturn:
         if named != "TASKPLATFORM_DATABASE_URL":
             message = message.replace("TASKPLATFORM_DATABASE_URL", named)
         typer.echo(f"error: {message}", err=True)
-        raise typer.Exit(2) from exc
+        raise typer.Exit(code) from exc
+
+    try:
+        asyncio.run(prepare_schema(settings))
+    except ConfigurationError as exc:
+        fail(str(exc), 2, exc)
+    except TaskPlatformError as exc:
+        fail(str(exc), STARTUP_FAILURE, exc)
     except OSError as exc:  # a SQLite path that cannot be made, say
-        typer.echo(f"error: {named}: {exc}", err=True)
-        raise typer.Exit(2) from exc
+        fail(f"{named}: {exc}", STARTUP_FAILURE, exc)
 
 
 def _check_backends_answer_or_exit(settings: Settings, command: str) -> None:

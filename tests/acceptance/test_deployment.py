@@ -111,14 +111,6 @@ def _taskplatform(*args: str, env: dict[str, str]) -> subprocess.CompletedProces
             {"TASKPLATFORM_DISPATCH_QUEUES": "default,.."},
             "TASKPLATFORM_DISPATCH_QUEUES: each comma-separated queue name must be 1 to 64",
         ),
-        (
-            {"TASKPLATFORM_DATABASE_URL": "sqlite:////proc/no/such/dir/x.db"},
-            "cannot create the SQLite database's folder",
-        ),
-        (  # the server's words alone: not SQLAlchemy's wrapping and its "Background" line
-            {"TASKPLATFORM_DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/no_such_db_x"},
-            'error: cannot use the PostgreSQL database: database "no_such_db_x" does not exist\n',
-        ),
     ],
 )
 def test_serve_refuses_bad_configuration_and_says_why(
@@ -141,6 +133,32 @@ def test_serve_refuses_bad_configuration_and_says_why(
 
 
 @pytest.mark.parametrize("command", [["db", "upgrade"], ["serve"], ["worker"]])
+@pytest.mark.parametrize(
+    ("database_url", "message"),
+    [
+        ("sqlite:////proc/no/such/dir/x.db", "cannot create the SQLite database's folder"),
+        (  # the server's words alone: not SQLAlchemy's wrapping and its "Background" line
+            "postgresql://postgres@127.0.0.1:5432/no_such_db_x",
+            'error: cannot use the PostgreSQL database: database "no_such_db_x" does not exist\n',
+        ),
+        ("postgresql://postgres@127.0.0.1:{closed}/x", "error: cannot reach the PostgreSQL"),
+    ],
+)
+def test_a_database_that_cannot_be_reached_or_used_exits_3_as_a_queue_does(
+    command: list[str], database_url: str, message: str, tmp_path: Path
+) -> None:
+    """Settings that are fine but name a database that is down or cannot be used: one line and
+    exit code 3, as for a Redis queue that does not answer, not 2, which says the settings are
+    wrong (a supervisor retries the one, not the other). PostgreSQL's were 2, Redis's 3."""
+    database_url = database_url.format(closed=free_port())
+    result = _taskplatform(*command, env={"TASKPLATFORM_DATABASE_URL": database_url})
+    assert result.returncode == 3, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+@pytest.mark.parametrize("command", [["db", "upgrade"], ["serve"], ["worker"]])
 def test_a_sqlite_file_that_cannot_be_used_is_one_line_not_a_traceback(
     command: list[str], tmp_path: Path
 ) -> None:
@@ -153,7 +171,7 @@ def test_a_sqlite_file_that_cannot_be_used_is_one_line_not_a_traceback(
     cases = [(not_a_database, "file is not a database"), (folder, "unable to open database file")]
     for path, reason in cases:
         result = _taskplatform(*command, env={"TASKPLATFORM_DATABASE_URL": f"sqlite:///{path}"})
-        assert result.returncode == 2, result.stderr
+        assert result.returncode == 3, result.stderr
         assert f"error: cannot use the SQLite database {path}: {reason}" in result.stderr
         assert "Traceback" not in result.stderr
     if os.geteuid() != 0 or shutil.which("setpriv") is None:
@@ -275,7 +293,7 @@ def test_db_upgrade_creates_the_schema_and_serve_refuses_an_unknown_revision(
         connection.execute("UPDATE alembic_version SET version_num = '9999_from_the_future'")
     for command in (["db", "upgrade"], ["serve", "--port", "0"]):
         refused = _taskplatform(*command, env=env)
-        assert refused.returncode == 2, refused.stderr
+        assert refused.returncode == 3, refused.stderr  # the database cannot be used
         assert "'9999_from_the_future'" in refused.stderr
         assert "does not know" in refused.stderr
 
@@ -335,7 +353,7 @@ def test_serve_refuses_an_unknown_revision_on_postgres(tmp_path: Path) -> None:
     asyncio.run(from_the_future())
     for command in (["db", "upgrade"], ["serve", "--port", "0"]):
         refused = _taskplatform(*command, env=env)
-        assert refused.returncode == 2, refused.stderr
+        assert refused.returncode == 3, refused.stderr
         assert "'9999_future'" in refused.stderr
         assert "does not know" in refused.stderr
         assert "Traceback" not in refused.stderr
@@ -387,7 +405,7 @@ def test_a_postgres_url_with_libpq_parameters_is_read_as_libpq_reads_it(tmp_path
         refused = _taskplatform(
             "db", "upgrade", env={"TASKPLATFORM_DATABASE_URL": f"{url}?sslmode=require"}
         )
-        assert refused.returncode == 2, refused.stderr
+        assert refused.returncode == 3, refused.stderr
         assert "rejected SSL upgrade" in refused.stderr
         assert "Traceback" not in refused.stderr
 
