@@ -148,7 +148,11 @@ def _backend_addresses(settings: Settings) -> tuple[str, str]:
     if database.startswith("sqlite:///"):
         store = f"SQLite file {Path(database.removeprefix('sqlite:///')).resolve()}"
     else:
-        url = make_url(database)
+        from taskplatform.backends.postgres import driver_dsn  # needs the postgres extra
+
+        # The user and password run to the last "@", as the driver reads them: SQLAlchemy's
+        # make_url stops at the first, and showed the rest of a password holding one.
+        url = make_url(driver_dsn(database)[0])
         if "password" in url.query:  # libpq takes one there too
             url = url.update_query_dict({"password": "***"})
         store = url.render_as_string(hide_password=True)

@@ -218,3 +218,20 @@ def test_faults_parse_and_count_down() -> None:
         Faults("somewhere=fail")
     with pytest.raises(ValueError, match="unknown fault action"):
         Faults("after_reserve=explode")
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://postgres:top@secret@h:5432/db", "postgresql://postgres:***@h:5432/db"),
+        ("postgresql+asyncpg://u:a@b@c@h/db", "postgresql://u:***@h/db"),
+        ("postgresql://u@h/db?password=p", "postgresql://u@h/db?password=%2A%2A%2A"),
+        ("postgresql://u@h/db", "postgresql://u@h/db"),
+    ],
+)
+def test_the_log_shows_a_database_url_without_any_of_its_password(url: str, shown: str) -> None:
+    """The user and password run to the last "@" (the README; the driver reads them so): the
+    first log line and ``db copy`` showed "postgres:***@secret@h" for the password "top@secret"."""
+    from taskplatform.cli import _backend_addresses
+
+    assert _backend_addresses(Settings(database_url=url))[0] == shown
