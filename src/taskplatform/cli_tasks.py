@@ -265,17 +265,29 @@ class _LoneSurrogate(ValueError):
     """JSON text that decodes to a string UTF-8 cannot encode (an escaped lone surrogate)."""
 
 
+class _TooDeep(ValueError):
+    """JSON text nested deeper than Python's recursion limit lets ``json`` read."""
+
+
 def _strict_loads(text: str | bytes) -> Any:
     """``json.loads`` that refuses what the API refuses (NaN, Infinity, lone UTF-16
     surrogates) and what this command cannot send as written: a number past a double's range
     (``1e999``), which the API keeps as text but Python reads as an infinite float.
 
     Raises:
-        ValueError: ``text`` is not JSON, or holds one of those.
+        ValueError: ``text`` is not JSON, or holds one of those (:class:`_TooDeep` for JSON
+            nested past about 900 levels, which ``json`` cannot read; the API refuses data
+            nested past ``TASKPLATFORM_MAX_JSON_DEPTH``, 64 by default, anyway).
     """
-    value = json.loads(text, parse_constant=_not_json)
-    # 1e999 reads as inf, and "\ud800" as a str that UTF-8 cannot encode: refuse them here.
-    encoded = json.dumps(value, allow_nan=False, ensure_ascii=False)
+    try:
+        value = json.loads(text, parse_constant=_not_json)
+        # 1e999 reads as inf, and "\ud800" as a str that UTF-8 cannot encode: refuse them here.
+        encoded = json.dumps(value, allow_nan=False, ensure_ascii=False)
+    except RecursionError as exc:
+        raise _TooDeep(
+            "nested too deep to read (the server refuses data nested deeper than its "
+            "TASKPLATFORM_MAX_JSON_DEPTH, 64 levels by default)"
+        ) from exc
     try:
         encoded.encode()
     except UnicodeEncodeError as exc:
@@ -296,7 +308,7 @@ def _read_data(text: str, as_json: bool) -> dict[str, Any]:
             _usage(f"cannot read --data file {text[1:]}: {exc}", as_json)
     try:
         data = _strict_loads(text)
-    except _LoneSurrogate as exc:
+    except (_LoneSurrogate, _TooDeep) as exc:
         _usage(f"--data: {exc}", as_json)
     except ValueError as exc:
         if "Out of range float" in str(exc):
@@ -748,7 +760,7 @@ def _parse_line(line_number: int, raw: bytes) -> tuple[dict[str, Any] | None, di
         return None, _failure(line_number, "malformed_json", detail)
     except UnicodeDecodeError as exc:
         return None, _failure(line_number, "malformed_json", f"not UTF-8: {exc.reason}")
-    except _LoneSurrogate as exc:  # well-formed JSON the API refuses, as it would (422)
+    except (_LoneSurrogate, _TooDeep) as exc:  # JSON the API refuses, as it would (422)
         return None, _failure(line_number, "validation_error", str(exc))
     except ValueError as exc:  # NaN, Infinity, 1e999
         return None, _failure(line_number, "malformed_json", f"not JSON: {exc}")

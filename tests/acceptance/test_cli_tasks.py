@@ -677,6 +677,30 @@ def test_a_lone_surrogate_is_a_usage_error_as_the_api_refuses_it(
     assert "created 1 task" in result.output
 
 
+def test_json_nested_past_what_python_reads_is_refused_as_the_api_would(
+    server: Server, tmp_path: Path
+) -> None:
+    """2,000 levels made ``json`` raise RecursionError: a traceback and exit 1 for ``--data``,
+    and an import that stopped at the line and never sent the lines after it."""
+    deep = '{"a": ' + "[" * 2000 + "]" * 2000 + "}"
+    data = tmp_path / "deep.json"
+    data.write_text(deep)
+    for args in (["-d", f"@{data}"], ["-d", f"@{data}", "--json"]):
+        result = run(server, "tasks", "create", "-c", "http://127.0.0.1:9/x", *args)
+        assert result.exit_code == 2, result.output
+        assert "Traceback" not in result.output
+        assert "nested too deep" in result.output
+        if "--json" in args:
+            assert as_json(result)["error"]["code"] == "usage_error"
+    lines = tmp_path / "deep.jsonl"
+    good = '{"taskData": {"n": 1}, "callbackUrl": "http://127.0.0.1:9/x"}'
+    lines.write_text(f'{{"taskData": {deep}, "callbackUrl": "http://a/"}}\n{good}\n')
+    result = run(server, "tasks", "import", str(lines))
+    assert result.exit_code == 1, result.output
+    assert "line 1: validation_error" in result.output
+    assert "created 1 task" in result.output
+
+
 def test_ctrl_c_during_an_import_never_creates_a_task_twice(
     server: Server, tp: TaskClient, tmp_path: Path
 ) -> None:
