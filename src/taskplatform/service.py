@@ -1050,11 +1050,14 @@ class TaskService:
             if not task.attempts_left():
                 raise _conflict(task)
             # Tried again, a dead letter is one no more; this attempt's outcome decides anew.
+            # Due at once: should the start below fail (a 503), the task waits in Retry where a
+            # dispatcher claims it, or the caller's next execute starts it. Without a time, no
+            # dispatcher ever would, and it was no longer listed as a dead letter to re-drive.
             retried = await self._transition(
                 task_id,
                 {Status.FAILED},
                 Status.RETRY,
-                changes=TaskChanges(dead_letter=False),
+                changes=TaskChanges(dead_letter=False, next_attempt_at=now_ms()),
                 require_attempts_left=True,
             )
             if retried is None:
@@ -1604,9 +1607,20 @@ class TaskService:
 
         Returns:
             ``(attempts interrupted, tasks requeued)`` by this call.
+
+        Raises:
+            BackendUnavailable: the store or the queue cannot be reached. A queue kept apart
+                from the store (Redis) that cannot is raised only after the Processing leases
+                are settled, which are the store's alone: an outage of Redis must not leave
+                the tasks of a dead process Processing (refusing execute and cancel) till it ends.
         """
         now = now_ms()
-        await self.queue.recover(self.store, now=now)
+        queue_failed: BackendUnavailable | None = None
+        try:
+            await self.queue.recover(self.store, now=now)
+        except BackendUnavailable as exc:
+            raise_if_cancelled()
+            queue_failed = exc
         interrupted = requeued = 0
         for task in await self.store.expired_leases(Status.PROCESSING, now=now, limit=_REAP_BATCH):
             if await self._interrupt(task, LEASE_EXPIRED):
@@ -1621,6 +1635,8 @@ class TaskService:
                         "queue": task.queue,
                     },
                 )
+        if queue_failed is not None:
+            raise queue_failed  # what follows returns tasks to the queue
         # Whatever this process's own dequeue_lease_seconds (0: its pulls take none): the
         # leases were set by the processes that dequeued, and a dispatcher's claim always has
         # one, for a crash between the claim and the start.

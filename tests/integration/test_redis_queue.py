@@ -12,6 +12,7 @@ from typing import Any
 import msgspec
 import pytest
 import redis.asyncio as aioredis
+from yarl import URL
 
 from taskplatform.backends import Backends, TaskChanges, open_backends, prepare_schema
 from taskplatform.backends.base import IdempotencyClaim
@@ -21,8 +22,11 @@ from taskplatform.faults import Faults
 from taskplatform.models import RetryPolicy, Status, now_ms
 from taskplatform.service import TaskService
 from taskplatform.settings import Settings
+from taskplatform.validation import parse_task_create
 from tests.integration.test_contract import _id, _task
 from tests.support.backends import REDIS_URL, backend_env, settings_kwargs
+from tests.support.proxy import Proxy
+from tests.support.service import opened_service
 
 
 @contextlib.asynccontextmanager
@@ -419,3 +423,40 @@ async def test_a_queue_that_fails_to_register_does_not_fail_the_heartbeat(
     monkeypatch.setattr(sqlite_service.queue, "register_store", down)
     seen = await sqlite_service.announce()
     assert [process.process_id for process in seen] == [sqlite_service._process.process_id]
+
+
+async def test_a_redis_outage_does_not_keep_a_dead_process_tasks_processing(
+    tmp_path: Path,
+) -> None:
+    """The reaper's round began with the Redis queue's recovery: with Redis down it failed
+    there, and a task in Processing whose process had died (its lease run out, in the
+    reachable SQL store) stayed Processing, refusing execute and cancel, until Redis came back."""
+    env = backend_env("redis+sqlite", tmp_path)
+    redis_url = URL(env["TASKPLATFORM_QUEUE_URL"])
+    proxy = Proxy(redis_url.host or "127.0.0.1", redis_url.port or 6379).start()
+    env["TASKPLATFORM_QUEUE_URL"] = str(redis_url.with_port(proxy.port))
+    settings = Settings(
+        **settings_kwargs(env),  # type: ignore[arg-type]
+        processing_lease_grace_seconds=0.1,
+    )
+    await prepare_schema(settings)
+    try:
+        async with opened_service(settings) as service:
+            body = b'{"taskData": {}, "callbackUrl": "http://127.0.0.1:9/x", "timeoutSeconds": 0.2}'
+            task, _ = await service.create(
+                parse_task_create(body, max_depth=64, max_url_length=2048)
+            )
+            await service.dequeue(0)
+            await service.start_execute(task.task_id)  # and its process dies: no outcome
+            await asyncio.sleep(0.4)  # its lease (0.3 s) runs out
+            proxy.cut()
+            with pytest.raises(BackendUnavailable):
+                await service.reap()
+            stored = await service.store.get(task.task_id)
+            assert stored is not None
+            assert stored.status is Status.FAILED  # a pulled task: its caller executes again
+            assert stored.error is not None
+            assert "lease" in stored.error
+            proxy.restore()
+    finally:
+        proxy.stop()

@@ -7,12 +7,14 @@ is a few hundred microseconds and a test could only hope to hit it."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 
 from taskplatform.backends import TaskChanges
-from taskplatform.exceptions import RetryLimitReached
+from taskplatform.exceptions import BackendUnavailable, RetryLimitReached
 from taskplatform.models import Status, TaskRecord, now_ms
 from taskplatform.service import TaskService
 from taskplatform.validation import parse_task_create
@@ -85,6 +87,40 @@ async def test_a_dead_letter_that_succeeds_when_tried_again_is_no_dead_letter(
     assert (task.status, task.dead_letter) == (Status.COMPLETED, False)
     dead = await service.list_tasks(status=None, cursor=None, limit=10, dead_letter=True)
     assert task_id not in {listed.task_id for listed in dead[0]}
+
+
+async def test_a_dead_letter_whose_start_fails_is_left_due_for_a_dispatcher(
+    service: TaskService, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Executing a dead letter is two moves, Failed to Retry, then Retry to Processing. When the
+    database failed the second (a 503), the task stayed in Retry with no time: no dispatcher
+    ever claimed it, it was no dead letter to re-drive any more, and only another manual
+    execute moved it. It is due at once now, and a dispatcher takes it."""
+    task_id = await _create(service, receiver.url("/fail-first/1"), permanentOn=[500])
+    (claimed,) = await service.claim_for_dispatch("default", 1)
+    assert (await service.dispatch(claimed)).status is Status.FAILED
+    real = service.store.compare_and_set
+    starts = []
+
+    async def fails_to_start(task_id: str, **arguments: Any) -> TaskRecord | None:
+        if arguments["target"] is Status.PROCESSING:
+            starts.append(task_id)
+            if len(starts) == 2:  # the first finds the task Failed; the second is its start
+                raise BackendUnavailable("the database went away (injected)")
+        return await real(task_id, **arguments)
+
+    monkeypatch.setattr(service.store, "compare_and_set", fails_to_start)
+    with pytest.raises(BackendUnavailable):
+        await service.execute(task_id)
+    monkeypatch.setattr(service.store, "compare_and_set", real)
+    task = await service.get(task_id)
+    assert (task.status, task.dead_letter) == (Status.RETRY, False)
+    assert task.next_attempt_at is not None
+    assert task.next_attempt_at <= now_ms()
+    await asyncio.sleep(0.1)  # a claim looks for due retries at most every 50 ms
+    (claimed,) = await service.claim_for_dispatch("default", 1)
+    assert claimed.task_id == task_id
+    assert (await service.dispatch(claimed)).status is Status.COMPLETED
 
 
 async def test_a_dequeued_task_with_no_attempts_left_says_so(service: TaskService) -> None:
