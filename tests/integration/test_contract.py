@@ -502,6 +502,25 @@ async def test_a_scheduled_task_is_not_due_before_its_time(backends: Backends) -
     assert due.scheduled_at == now + 60_000
 
 
+async def test_due_tasks_go_by_priority_however_many_came_due(backends: Backends) -> None:
+    """The Redis queue moved at most 100 due tasks from its scheduled set per dequeue, earliest
+    first: a task of a higher priority that came due a moment after 150 others waited behind
+    them all, where the SQL queues (and the README: highest priority first) hand it out first."""
+    now = now_ms()
+    early = [_task(_id(n)) for n in range(1, 151)]
+    for n, task in enumerate(early):
+        task.scheduled_at = now + 1_000 + n
+    urgent = _task(_id(200), priority=9)
+    urgent.scheduled_at = now + 2_000
+    await backends.queue.enqueue_many([*early, urgent])
+    first = await backends.queue.transfer(backends.store, now=now + 3_000)
+    assert first is not None
+    assert first.task_id == _id(200)
+    second = await backends.queue.transfer(backends.store, now=now + 3_000)
+    assert second is not None
+    assert second.task_id == _id(1)  # then FIFO within the priority
+
+
 async def test_named_queues_are_separate(backends: Backends) -> None:
     """Issue 6: transfer takes only from the named queue; counts and lists are per queue."""
     emails = _task(_id(1))

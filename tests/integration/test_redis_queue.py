@@ -460,3 +460,32 @@ async def test_a_redis_outage_does_not_keep_a_dead_process_tasks_processing(
             proxy.restore()
     finally:
         proxy.stop()
+
+
+async def test_a_scheduled_task_released_by_a_failed_cancel_waits_for_its_time(
+    redis_over: Backends,
+) -> None:
+    """A cancel reserves the task itself, from the scheduled set too. When the store then
+    failed, or the process died and recovery returned the reservation, the task went back to
+    the ready set: due at once, an hour early."""
+    queue, store = redis_over.queue, redis_over.store
+    assert isinstance(queue, RedisQueue)
+    now = now_ms()
+    for n in (1, 2):
+        later = _task(_id(n))
+        later.scheduled_at = now + 3_600_000
+        await queue.enqueue(later)
+    queue._faults = Faults("after_reserve=fail:1")  # the store fails the cancel's write
+    with pytest.raises(BackendUnavailable):
+        await queue.cancel(store, _id(1), now=now_ms())
+    # The process dies between the cancel's reservation and its write; recovery returns it.
+    await queue._reserve_one(
+        keys=[queue._task_key(_id(2)), queue._inflight], args=[queue._prefix, now_ms()]
+    )
+    assert await queue.recover(store, now=now_ms() + 1) == 1
+    assert await queue.transfer(store, now=now_ms()) is None  # neither is due
+    scheduled = await queue.client.zrange(f"{queue._prefix}:scheduled:default", 0, -1)
+    assert sorted(_text(member)[17:] for member in scheduled) == [_id(1), _id(2)]
+    due = await queue.transfer(store, now=now + 3_600_000)
+    assert due is not None
+    assert due.task_id == _id(1)

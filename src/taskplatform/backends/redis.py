@@ -158,8 +158,11 @@ return 1
 # KEYS: ready, scheduled (of one queue), inflight. ARGV: reservation deadline (ms), task hash key
 # prefix, now (ms), most. Moves members that came due from scheduled to ready, then reserves the
 # first ``most``: returns {member, hash fields, member, hash fields, ...}, empty when none is ready.
+# Every due member moves before any is taken, or a due task of a higher priority behind the ones
+# moved would wait behind lower ones (it did, past the first 100); a bound keeps one call from
+# holding Redis for long after a mass of tasks came due at one moment (10,000 take about 30 ms).
 _RESERVE = """
-local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[3], 'LIMIT', 0, 100)
+local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[3], 'LIMIT', 0, 10000)
 for _, m in ipairs(due) do
   redis.call('ZREM', KEYS[2], m)
   local priority = redis.call('HGET', ARGV[2] .. string.sub(m, 18), 'priority')
@@ -220,18 +223,24 @@ end
 return 1
 """
 
-# KEYS: inflight. ARGV: key prefix, then member and task id of each reservation to release.
-# Returns how many members went back to ready (a member no longer reserved stays where it is; one
-# whose hash is lost is dropped).
+# KEYS: inflight. ARGV: key prefix, now (ms), then member and task id of each reservation to
+# release. Returns how many members went back to their queue: to ready, or to scheduled when the
+# task is due later (a cancel reserves a task scheduled for later too); a member no longer
+# reserved stays where it is; one whose hash is lost is dropped.
 _RELEASE = """
 local moved = 0
-for i = 2, #ARGV, 2 do
+for i = 3, #ARGV, 2 do
   local member, hash = ARGV[i], ARGV[1] .. ':task:' .. ARGV[i + 1]
   if redis.call('ZREM', KEYS[1], member) == 1 then
     local priority = redis.call('HGET', hash, 'priority')
     if priority then
       local q = redis.call('HGET', hash, 'queue') or 'default'
-      redis.call('ZADD', ARGV[1] .. ':ready:' .. q, -tonumber(priority), member)
+      local scheduled_at = redis.call('HGET', hash, 'scheduled_at')
+      if scheduled_at and scheduled_at ~= '' and tonumber(scheduled_at) > tonumber(ARGV[2]) then
+        redis.call('ZADD', ARGV[1] .. ':scheduled:' .. q, scheduled_at, member)
+      else
+        redis.call('ZADD', ARGV[1] .. ':ready:' .. q, -tonumber(priority), member)
+      end
       moved = moved + 1
     else
       redis.call('ZREM', ARGV[1] .. ':ids', ARGV[i + 1])  -- its hash is lost: nothing to return
@@ -581,7 +590,7 @@ class RedisQueue(Queue):
     async def _release_members(self, members: dict[str, str]) -> int:
         async with self._guard():
             moved = await self._release(
-                keys=[self._inflight], args=[self._prefix, *_flat_pairs(members)]
+                keys=[self._inflight], args=[self._prefix, now_ms(), *_flat_pairs(members)]
             )
         return int(moved)
 
