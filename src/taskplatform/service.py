@@ -1772,16 +1772,19 @@ class TaskService:
             if other.queue == me.queue or pair in self._warned_processes:
                 continue
             self._warned_processes.add(pair)
+            # Two addresses of Redis may name one server (a host name and its IP address); the
+            # database's own queue and Redis never are one.
+            both_redis = other.queue.startswith("redis") and me.queue.startswith("redis")
             logger.warning(
                 "process %s on this database uses the queue at %s, this one (%s) the queue at %s: "
-                "unless both name one Redis server, each sees only its own queue's tasks. Give "
-                "every process the same "
+                "%seach sees only its own queue's tasks. Give every process the same "
                 "TASKPLATFORM_QUEUE_URL and TASKPLATFORM_REDIS_KEY_PREFIX (while a switch of the "
                 "queue is under way, see the README)",
                 other.process_id,
                 other.queue,
                 me.process_id,
                 me.queue,
+                "unless both name one Redis server, " if both_redis else "",
             )
         if self._store_id is None:
             self._store_id = await self.store.store_id()
@@ -1967,6 +1970,11 @@ class TaskService:
             # not warned of as a second one while this one is only stopped.
             with contextlib.suppress(BackendUnavailable):
                 await self.queue.unregister_store(self._store_id, self._process.process_id)
+        if self._process.seen_at:
+            # Likewise out of the processes table: the documented switch of the queue (stop,
+            # restart on another) warned of this process as still running on the old one.
+            with contextlib.suppress(BackendUnavailable):
+                await self.store.forget_process(self._process.process_id)
 
 
 def _check_edges(source: Collection[Status], target: Status) -> None:

@@ -627,9 +627,29 @@ def test_processes_on_one_database_with_different_queues_are_told(
     assert len(warnings) == 1, second.log()
     assert "uses the queue at the store's database, this one" in warnings[0]
     prefix = redis["TASKPLATFORM_REDIS_KEY_PREFIX"]
-    assert f"the queue at {REDIS_URL} (key prefix {prefix})" in warnings[0]
+    assert f"the queue at {REDIS_URL} (key prefix {prefix}): each sees only" in warnings[0]
     assert "uses the queue at redis://" in third.log()  # the second one, seen by the third
     assert "uses the queue at" not in first.log()  # its next heartbeat is 10 s away
+
+
+def test_a_switch_of_the_queue_after_a_clean_stop_warns_of_no_process(tmp_path: Path) -> None:
+    """The README's switch: stop the server on the database's queue, start one on Redis. The
+    stopped process's row stayed in the processes table, and the new one warned of it as if it
+    still ran on the old queue; a clean stop now takes it out (a killed one ages out)."""
+    database = backend_env("sqlite", tmp_path)
+    redis = backend_env("redis+sqlite", tmp_path / "unused")
+    on_redis = {
+        **database,
+        "TASKPLATFORM_QUEUE_URL": redis["TASKPLATFORM_QUEUE_URL"],
+        "TASKPLATFORM_REDIS_KEY_PREFIX": redis["TASKPLATFORM_REDIS_KEY_PREFIX"],
+    }
+    Server(database, tmp_path / "before.log").start().stop()
+    path = database["TASKPLATFORM_DATABASE_URL"].removeprefix("sqlite:///")
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT count(*) FROM processes").fetchone() == (0,)
+    after = Server(on_redis, tmp_path / "after.log").start()
+    after.stop()
+    assert "uses the queue at" not in after.log()
 
 
 def test_two_databases_on_one_redis_queue_are_told(tmp_path: Path) -> None:

@@ -646,6 +646,16 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
+    async def forget_process(self, process_id: str) -> None:
+        """Delete the row of ``process_id`` from the ``processes`` table: a process that stops
+        cleanly, so that no other is warned of it (as of a process on another queue) in the
+        minute its last heartbeat would still count.
+
+        Raises:
+            BackendUnavailable: the store cannot be reached.
+        """
+
+    @abc.abstractmethod
     async def depth_samples(self, *, since: int) -> list[DepthSample]:
         """Return the samples with ``sampled_at >= since`` (epoch ms), by queue, oldest first."""
 

@@ -881,6 +881,10 @@ class PostgresStore(Store):
             rows = (await conn.execute(SQL["process_list"], {"since": since})).all()
         return [ProcessRecord(*row) for row in rows]
 
+    async def forget_process(self, process_id: str) -> None:
+        async with self.database.autocommit() as conn:
+            await conn.execute(SQL["process_delete"], {"process_id": process_id})
+
     async def depth_samples(self, *, since: int) -> list[DepthSample]:
         async with self.database.autocommit() as conn:
             rows = (await conn.execute(SQL["depth_sample_list"], {"since": since})).all()

@@ -853,6 +853,11 @@ class SQLiteStore(Store):
 
         return await self.database.write(job)
 
+    async def forget_process(self, process_id: str) -> None:
+        await self.database.write(
+            lambda conn: conn.execute(SQL["process_delete"], {"process_id": process_id})
+        )
+
     async def store_id(self) -> str:
         def job(conn: sqlite3.Connection) -> str:
             store_id: str = conn.execute(SQL["store_id"]).fetchone()[0]

@@ -220,6 +220,10 @@ ON CONFLICT (process_id) DO UPDATE SET queue = excluded.queue, seen_at = exclude
 -- Forget processes not seen for a long time (stopped, killed).
 DELETE FROM processes WHERE seen_at < :before;
 
+-- name: process_delete
+-- A process that stops cleanly takes its row out.
+DELETE FROM processes WHERE process_id = :process_id;
+
 -- name: process_list
 -- The processes seen since a time, the longest running first.
 SELECT process_id, queue, started_at, seen_at FROM processes WHERE seen_at >= :since
