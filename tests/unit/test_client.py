@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import datetime
+import math
 import re
 import time
 from collections.abc import Callable
@@ -329,3 +330,23 @@ def test_verify_callback_refuses_forgeries(change: str, message: str) -> None:
         headers["Webhook-Id"] = "01900000-0000-7000-8000-000000000001"
     with pytest.raises(InvalidSignature, match=message):
         verify_callback(secret, headers, body)
+
+
+def test_verify_callback_says_which_way_the_timestamp_is_off() -> None:
+    """A stale timestamp is in the past ("-"); it read "+1001 s from now"."""
+    now, body = int(time.time()), b"{}"
+    with pytest.raises(InvalidSignature, match=r"is -1001 s from now"):
+        verify_callback(SECRET, signed(body, now - 1001), body, now=now)
+    with pytest.raises(InvalidSignature, match=r"is \+1001 s from now"):
+        verify_callback(SECRET, signed(body, now + 1001), body, now=now)
+
+
+@pytest.mark.parametrize("tolerance", [math.nan, math.inf, -1.0, None, "300"])
+def test_verify_callback_refuses_a_tolerance_that_is_no_number_of_seconds(
+    tolerance: object,
+) -> None:
+    """NaN turned the replay check off (a callback signed in 1970 passed); None was a
+    TypeError. Both are the receiver's configuration error, said as one."""
+    body = b"{}"
+    with pytest.raises(ValueError, match="tolerance_seconds must be a finite number"):
+        verify_callback(SECRET, signed(body, 1000), body, tolerance)  # type: ignore[arg-type]

@@ -8,6 +8,7 @@ cannot disagree on the scheme.
 from __future__ import annotations
 
 import hmac
+import math
 import time
 from collections.abc import Mapping, Sequence
 
@@ -49,8 +50,9 @@ def verify_callback(
     Raises:
         InvalidSignature: a header is missing or malformed, the timestamp is outside the
             tolerance, or no signature matches.
-        ValueError: a secret is not ``whsec_`` followed by base64 of at least 24 bytes (a
-            configuration error of the receiver, not a forged request).
+        ValueError: a secret is not ``whsec_`` followed by base64 of at least 24 bytes, or
+            ``tolerance_seconds`` is not a finite number from 0 (a configuration error of the
+            receiver, not a forged request).
     """
     # Imported here, not at the top: taskplatform.dispatch pulls in the server's HTTP client,
     # which a program that only sends tasks has no use for.
@@ -59,6 +61,11 @@ def verify_callback(
     keys = [parse_secret(text) for text in ([secret] if isinstance(secret, str) else secret)]
     if not keys:
         raise ValueError("verify_callback needs at least one secret")
+    # NaN compares false with everything: as a tolerance it would pass any timestamp.
+    if not (isinstance(tolerance_seconds, int | float) and 0 <= tolerance_seconds < math.inf):
+        raise ValueError(
+            f"tolerance_seconds must be a finite number of seconds, 0 or more: {tolerance_seconds!r}"
+        )
     msg_id = _header(headers, "webhook-id")
     raw_timestamp = _header(headers, "webhook-timestamp")
     offered = _header(headers, "webhook-signature").split()
@@ -69,7 +76,7 @@ def verify_callback(
     current = time.time() if now is None else now
     if abs(current - timestamp) > tolerance_seconds:
         raise InvalidSignature(
-            f"webhook-timestamp is {current - timestamp:+.0f} s from now, beyond the tolerance "
+            f"webhook-timestamp is {timestamp - current:+.0f} s from now, beyond the tolerance "
             f"of {tolerance_seconds:g} s (a replay, or a clock off)"
         )
     try:
