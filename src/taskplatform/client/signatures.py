@@ -64,7 +64,8 @@ def verify_callback(
     # NaN compares false with everything: as a tolerance it would pass any timestamp.
     if not (isinstance(tolerance_seconds, int | float) and 0 <= tolerance_seconds < math.inf):
         raise ValueError(
-            f"tolerance_seconds must be a finite number of seconds, 0 or more: {tolerance_seconds!r}"
+            "tolerance_seconds must be a finite number of seconds, 0 or more: "
+            f"{tolerance_seconds!r}"
         )
     msg_id = _header(headers, "webhook-id")
     raw_timestamp = _header(headers, "webhook-timestamp")
