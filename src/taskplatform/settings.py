@@ -51,7 +51,11 @@ class Settings(BaseSettings):
     variable ``TASKPLATFORM_<FIELD_NAME_UPPER>``.
     """
 
-    model_config = SettingsConfigDict(env_prefix="TASKPLATFORM_", extra="ignore", frozen=True)
+    # NaN passes no bound and fails each with a message about the bound ("less than or equal
+    # to 2592000"): it is no number of seconds, and so said.
+    model_config = SettingsConfigDict(
+        env_prefix="TASKPLATFORM_", extra="ignore", frozen=True, allow_inf_nan=False
+    )
 
     database_url: Annotated[
         str,
@@ -335,7 +339,13 @@ class Settings(BaseSettings):
         int, Field(gt=0, description="Largest accepted batch create body, in bytes (413 above).")
     ] = 16 * MIB
     max_json_depth: Annotated[
-        int, Field(gt=1, description="Deepest accepted JSON nesting of a request body.")
+        int,
+        Field(
+            gt=1,
+            # The JSON decoder stops near Python's recursion limit (1,000) whatever this says.
+            le=500,
+            description="Deepest accepted JSON nesting of a request body (at most 500).",
+        ),
     ] = 64
     max_callback_url_length: Annotated[
         int, Field(gt=0, description="Longest accepted callbackUrl, in characters.")

@@ -112,6 +112,14 @@ def _taskplatform(*args: str, env: dict[str, str]) -> subprocess.CompletedProces
             {"TASKPLATFORM_DISPATCH_QUEUES": "default,.."},
             "TASKPLATFORM_DISPATCH_QUEUES: each comma-separated queue name must be 1 to 64",
         ),
+        # Each started: on a database that kept nothing, on a file named as the folder, and in
+        # the maintenance database "postgres" (libpq's default for the user postgres).
+        ({"TASKPLATFORM_DATABASE_URL": "sqlite:///:memory:"}, "is an in-memory database"),
+        ({"TASKPLATFORM_DATABASE_URL": "sqlite:///data/"}, "names a folder: name a file in it"),
+        (
+            {"TASKPLATFORM_DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/"},
+            "TASKPLATFORM_DATABASE_URL: the URL names no database",
+        ),
     ],
 )
 def test_serve_refuses_bad_configuration_and_says_why(

@@ -47,7 +47,9 @@ def test_a_port_out_of_range_is_a_usage_error(command: str, port: str) -> None:
             "31536000",
         ),
         ({"TASKPLATFORM_DEQUEUE_LEASE_SECONDS": "1e300"}, "less than or equal to 2592000"),
-        ({"TASKPLATFORM_RETRY_AFTER_MAX_SECONDS": "inf"}, "less than or equal to 31536000"),
+        ({"TASKPLATFORM_RETRY_AFTER_MAX_SECONDS": "inf"}, "Input should be a finite number"),
+        ({"TASKPLATFORM_DEQUEUE_LEASE_SECONDS": "nan"}, "Input should be a finite number"),
+        ({"TASKPLATFORM_MAX_JSON_DEPTH": "100000"}, "less than or equal to 500"),
         ({"TASKPLATFORM_SQLITE_BUSY_TIMEOUT_SECONDS": "1e12"}, "less than or equal to 3600"),
         ({"TASKPLATFORM_PROCESSING_LEASE_GRACE_SECONDS": "1e300"}, "less than or equal to 86400"),
         # Both given, out of order: a task that gives no timeoutSeconds would get more than

@@ -118,10 +118,10 @@ def driver_dsn(url: str) -> tuple[str, float | None]:
         keyword, is read as ``sslmode=`` (the same values).
 
     Raises:
-        ValueError: not a PostgreSQL URL, a port that is not a number from 1 to 65535, an IPv6
-            address without brackets (or its closing one), a ``connect_timeout`` that is not a
-            positive number, or both ``ssl`` and ``sslmode``. The message never holds the
-            password.
+        ValueError: not a PostgreSQL URL, no database named (in the path or as ``dbname=``),
+            a port that is not a number from 1 to 65535, an IPv6 address without brackets (or
+            its closing one), a ``connect_timeout`` that is not a positive number, or both
+            ``ssl`` and ``sslmode``. The message never holds the password.
     """
     scheme, sep, rest = url.partition("://")
     if not sep or scheme.split("+", 1)[0].lower() not in ("postgresql", "postgres"):
@@ -155,6 +155,12 @@ def driver_dsn(url: str) -> tuple[str, float | None]:
             kept.append(("sslmode", value))
         else:
             kept.append((name, value))
+    if not address.partition("/")[2] and not {"dbname", "database"} & {name for name, _ in query}:
+        # libpq would take the user's name: for the user postgres, the server's maintenance
+        # database, where the schema would then be made beside whatever else lives there.
+        raise ValueError(
+            "the URL names no database: add one, as in postgresql://user@host:5432/tasks"
+        )
     if at:
         user, colon, password = credentials.partition(":")
         encoded = quote(unquote(user), safe="")

@@ -93,11 +93,24 @@ def sqlite_path(url: str) -> str:
     """Return the file path of a ``sqlite:///path`` URL (``sqlite:////abs/path`` for absolute).
 
     Raises:
-        ValueError: the URL is not a SQLite URL with a path, or it has a query string.
+        ValueError: the URL is not a SQLite URL with a path, names an in-memory database or a
+            folder (a path ending in "/"), or has a query string.
     """
     prefix = "sqlite:///"
     if not url.startswith(prefix) or len(url) == len(prefix):
         raise ValueError(f"not a SQLite URL with a file path: {url!r} (use sqlite:///path/to.db)")
+    path = url[len(prefix) :]
+    if path == ":memory:" or path.startswith("file::memory:"):
+        # Each connection would have a database of its own, and the server opens several.
+        raise ValueError(
+            f"{url!r} is an in-memory database, which the server's connections cannot share and "
+            "which keeps no task: name a file, as sqlite:///tasks.db"
+        )
+    if path.endswith("/"):
+        # SQLite would make a file of the folder's name.
+        raise ValueError(
+            f"the SQLite URL {url!r} names a folder: name a file in it, as .../tasks.db"
+        )
     if "?" in url:
         # The migrations (SQLAlchemy) would read it as options and drop them, and the server's
         # own connection would take it as part of the file name: two files.
@@ -400,9 +413,7 @@ class SQLiteDatabase:
         wal_restart_pages: int = 4096,
     ):
         path = sqlite_path(url)
-        in_memory = path == ":memory:"
-        if not in_memory:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
         try:
             self.writer = _Connection(
                 path,
@@ -410,7 +421,7 @@ class SQLiteDatabase:
                 busy_timeout_seconds=busy_timeout_seconds,
                 transactional=True,
                 name="taskplatform-sqlite-writer",
-                autocheckpoint=in_memory,
+                autocheckpoint=False,
             )
             self.reader = _Connection(
                 path,
@@ -419,16 +430,12 @@ class SQLiteDatabase:
                 transactional=False,
                 name="taskplatform-sqlite-reader",
             )
-            self.checkpointer = (
-                None
-                if in_memory
-                else _Checkpointer(
-                    path,
-                    self.writer,
-                    busy_timeout_seconds,
-                    interval_seconds=checkpoint_interval_seconds,
-                    restart_pages=wal_restart_pages,
-                )
+            self.checkpointer = _Checkpointer(
+                path,
+                self.writer,
+                busy_timeout_seconds,
+                interval_seconds=checkpoint_interval_seconds,
+                restart_pages=wal_restart_pages,
             )
         except sqlite3.Error as exc:
             raise BackendUnavailable(f"cannot open the SQLite database {path!r}: {exc}") from exc
@@ -448,8 +455,7 @@ class SQLiteDatabase:
             self._closed = True
             self.writer.close()
             self.reader.close()
-            if self.checkpointer is not None:
-                self.checkpointer.close()
+            self.checkpointer.close()
 
 
 class SQLiteQueue(Queue):
