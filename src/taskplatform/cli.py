@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import difflib
+import functools
 import ipaddress
 import logging
 import logging.config
@@ -56,9 +58,30 @@ LogFormatOption = Annotated[
 ]
 
 
+CLIENT_VARIABLES = frozenset({"TASKPLATFORM_URL", "TASKPLATFORM_API_KEY"})
+"""The ``TASKPLATFORM_*`` variables of the ``tasks`` commands (the client), not settings."""
+
+
+@functools.cache  # once per command: ``db copy`` reads two sets of settings
+def _warn_of_unknown_variables() -> None:
+    """Say which ``TASKPLATFORM_*`` variables no setting reads, with the one meant where the
+    name is close: a misspelt ``TASKPLATFORM_DATABSE_URL`` served the default SQLite file
+    without a word."""
+    known = {f"TASKPLATFORM_{name.upper()}" for name in Settings.model_fields} | CLIENT_VARIABLES
+    for name in sorted(os.environ):
+        if name.startswith("TASKPLATFORM_") and name not in known:
+            # Compared without the prefix they share, which makes any two names look alike.
+            suffixes = [known_name.removeprefix("TASKPLATFORM_") for known_name in known]
+            suffix = name.removeprefix("TASKPLATFORM_")
+            close = difflib.get_close_matches(suffix, suffixes, n=1, cutoff=0.8)
+            meant = f" (did you mean TASKPLATFORM_{close[0]}?)" if close else ""
+            typer.echo(f"warning: {name} is not a setting and is ignored{meant}", err=True)
+
+
 def _settings_or_exit(**overrides: object) -> Settings:
     from pydantic import ValidationError
 
+    _warn_of_unknown_variables()
     try:
         return load_settings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:

@@ -141,6 +141,27 @@ def test_serve_refuses_bad_configuration_and_says_why(
     assert "Background on this error" not in result.stderr
 
 
+def test_a_misspelt_variable_is_named_with_the_one_meant(tmp_path: Path) -> None:
+    """TASKPLATFORM_DATABSE_URL was ignored without a word, and the command used the default
+    ./taskplatform.db; it still is ignored (other versions' variables may be about), but said."""
+    result = _taskplatform(
+        "db",
+        "upgrade",
+        env={
+            "TASKPLATFORM_DATABASE_URL": f"sqlite:///{tmp_path / 'tp.db'}",
+            "TASKPLATFORM_DATABSE_URL": f"sqlite:///{tmp_path / 'typo.db'}",
+            "TASKPLATFORM_NOTHING_LIKE_IT": "1",
+            "TASKPLATFORM_URL": "http://127.0.0.1:8000",  # the tasks commands'
+        },
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        "warning: TASKPLATFORM_DATABSE_URL is not a setting and is ignored "
+        "(did you mean TASKPLATFORM_DATABASE_URL?)",
+        "warning: TASKPLATFORM_NOTHING_LIKE_IT is not a setting and is ignored",
+    ]
+
+
 @pytest.mark.parametrize("delay", [0.15, 0.3, 0.45])
 def test_ctrl_c_while_the_command_starts_is_quiet(delay: float, tmp_path: Path) -> None:
     """A Ctrl-C in the first half second, while Python imports the command's libraries, printed
