@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import socket
 import subprocess
 import sys
 import threading
@@ -217,6 +218,17 @@ def test_without_keys_only_loopback_host_names_are_served(
         "x.localhost",
     ):
         assert client.get("/api/stats", headers={"Host": host}).status_code == 200, host
+    # An absolute-form target's host is the request's (RFC 9112, section 3.2.2), whatever the
+    # Host header says: it passed the check with Host: 127.0.0.1.
+    for target, host, status in [
+        ("http://evil.example/api/stats", f"127.0.0.1:{port}", b" 403 "),
+        (f"http://[::2]:{port}/api/stats", f"127.0.0.1:{port}", b" 403 "),
+        (f"http://127.0.0.1:{port}/api/stats", "evil.example", b" 200 "),
+    ]:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            raw.sendall(f"GET {target} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+            head = raw.recv(65536).split(b"\r\n", 1)[0]
+        assert status in head, (target, head)
     keyed = start_server(TASKPLATFORM_API_KEYS=KEY)
     response = httpx.get(
         f"{keyed.url}/api/stats",

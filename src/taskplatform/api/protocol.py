@@ -12,6 +12,7 @@ the connection, and uvicorn still logs its warning.
 
 from __future__ import annotations
 
+import httptools
 import msgspec
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -60,6 +61,26 @@ class ProblemHttpToolsProtocol(HttpToolsProtocol):
         content += [b"\r\n", _BODY]
         self.transport.write(b"".join(content))
         self.transport.close()
+
+    def on_headers_complete(self) -> None:
+        """Take the host of an absolute-form request target (``GET http://host/path``) as the
+        request's Host, as RFC 9112 (section 3.2.2) has an origin server do, before uvicorn
+        builds the scope, which keeps only the target's path: the loopback Host check would
+        otherwise read a Host header that the target overrides."""
+        if self.url[:1] not in (b"/", b"*"):
+            try:
+                target = httptools.parse_url(self.url)
+            except httptools.HttpParserInvalidURLError:
+                pass  # uvicorn refuses it, as before
+            else:
+                host = target.host or b""
+                if b":" in host:  # an IPv6 address
+                    host = b"[" + host + b"]"
+                if target.port is not None:
+                    host += b":%d" % target.port
+                self.headers[:] = [(name, value) for name, value in self.headers if name != b"host"]
+                self.headers.append((b"host", host))
+        super().on_headers_complete()
 
     def _unsupported_upgrade_warning(self) -> None:
         """Say nothing of an ``Upgrade`` request (``serve`` runs uvicorn with ``ws="none"``).
