@@ -1387,7 +1387,7 @@ class TaskService:
         return retried
 
     async def set_paused(self, queue: str, paused: bool) -> None:
-        """Pause or resume ``queue``; this process sees it at once, others within a second."""
+        """Pause or resume ``queue``; this process sees it at once, others within 0.25 s."""
         await self.store.set_paused(queue, paused, now=now_ms())
         # A read already in flight may have missed this change: later callers start their own.
         self._paused_read_at = float("-inf")

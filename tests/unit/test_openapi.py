@@ -131,3 +131,17 @@ def _subclasses(cls: type[TaskPlatformError]) -> list[type[TaskPlatformError]]:
         found.append(sub)
         found.extend(_subclasses(sub))
     return found
+
+
+def test_every_route_that_reads_the_backends_documents_their_outage(
+    document: dict[str, Any],
+) -> None:
+    """A 503 ``backend_unavailable`` comes from any route that reads the store or the queue;
+    listing, getting, attempts, stats, pause and resume did not say so. The bulk re-drive
+    refuses a body over 4 KiB (413), which it did not say either."""
+    for path, operations in document["paths"].items():
+        if not path.startswith("/api"):
+            continue
+        for method, operation in operations.items():
+            assert "503" in operation["responses"], (method, path)
+    assert "413" in document["paths"]["/api/tasks/retry"]["post"]["responses"]

@@ -306,7 +306,10 @@ async def _watch_for_disconnect(request: Request, gone: asyncio.Event) -> None:
     "",
     summary="List tasks, newest first",
     response_class=Response,
-    responses={200: json_body(TaskList, "A page of tasks."), **problems(ValidationFailed)},
+    responses={
+        200: json_body(TaskList, "A page of tasks."),
+        **problems(ValidationFailed, BackendUnavailable),
+    },
 )
 async def list_tasks(
     request: Request,
@@ -420,7 +423,13 @@ async def create_batch(request: Request) -> Response:
     openapi_extra=request_body(RedriveFilter, {"queue": "default", "limit": 100}),
     responses={
         200: json_body(RedriveResult, "The dead letters sent back to their queues."),
-        **problems(MalformedJSON, ValidationFailed, UnsupportedMediaType, BackendUnavailable),
+        **problems(
+            MalformedJSON,
+            ValidationFailed,
+            PayloadTooLarge,
+            UnsupportedMediaType,
+            BackendUnavailable,
+        ),
     },
 )
 async def redrive_dead_letters(request: Request) -> Response:
@@ -439,7 +448,10 @@ async def redrive_dead_letters(request: Request) -> Response:
     "/{taskId}",
     summary="Get a task",
     response_class=Response,
-    responses={200: json_body(TaskView, "The task."), **problems(TaskNotFound)},
+    responses={
+        200: json_body(TaskView, "The task."),
+        **problems(TaskNotFound, BackendUnavailable),
+    },
 )
 async def get_task(request: Request, task_id: TaskId) -> Response:
     """Tell where a task stands, in any status, Queued included (FR-010)."""
@@ -540,7 +552,10 @@ async def redrive_task(request: Request, task_id: TaskId) -> Response:
     "/{taskId}/executions",
     summary="The attempt log of a task",
     response_class=Response,
-    responses={200: json_body(ExecutionList, "Attempts, oldest first."), **problems(TaskNotFound)},
+    responses={
+        200: json_body(ExecutionList, "Attempts, oldest first."),
+        **problems(TaskNotFound, BackendUnavailable),
+    },
 )
 async def list_executions(request: Request, task_id: TaskId) -> Response:
     """Return every callback attempt of the task (the seed's TaskExecution entity)."""
@@ -571,11 +586,11 @@ async def list_queues(request: Request) -> Response:
     response_class=Response,
     responses={
         200: json_body(QueueView, "The queue, paused.", EXAMPLES[QueueView] | {"paused": True}),
-        **problems(ValidationFailed),
+        **problems(ValidationFailed, BackendUnavailable),
     },
 )
 async def pause_queue(request: Request, name: QueuePath) -> Response:
-    """Stop dispatch and dequeue from the queue (within a second everywhere); tasks stay."""
+    """Stop dispatch and dequeue from the queue (within 0.25 s everywhere); tasks stay."""
     service = _service(request)
     await service.set_paused(name, True)
     return _json(await service.queue_view(name))
@@ -585,7 +600,10 @@ async def pause_queue(request: Request, name: QueuePath) -> Response:
     "/{name}/resume",
     summary="Resume a paused queue",
     response_class=Response,
-    responses={200: json_body(QueueView, "The queue, running."), **problems(ValidationFailed)},
+    responses={
+        200: json_body(QueueView, "The queue, running."),
+        **problems(ValidationFailed, BackendUnavailable),
+    },
 )
 async def resume_queue(request: Request, name: QueuePath) -> Response:
     """Let dispatch and dequeue take from the queue again."""
@@ -598,7 +616,10 @@ async def resume_queue(request: Request, name: QueuePath) -> Response:
     "/stats",
     summary="Tasks per status and queue depth",
     response_class=Response,
-    responses={200: json_body(Stats, "Counts."), **problems(ValidationFailed)},
+    responses={
+        200: json_body(Stats, "Counts."),
+        **problems(ValidationFailed, BackendUnavailable),
+    },
 )
 async def stats(
     request: Request,
