@@ -631,3 +631,16 @@ def test_the_receiver_examples_verify_real_signed_callbacks(
         assert "tolerance" in replay.json()["error"]
         unsigned = httpx.post(url, content=body, headers={"content-type": "application/json"})
         assert unsigned.status_code == 401
+
+
+def test_an_id_that_no_task_can_have_is_not_found_as_the_server_says_it(tp: TaskClient) -> None:
+    """The client answers an id that is not a UUID itself (it could name another route); its
+    problem document lacked the server's ``type``, so ``tasks get x --json`` printed another
+    document than for a UUID no task has."""
+    with pytest.raises(TaskNotFound) as local:
+        tp.get("not-a-uuid")
+    with pytest.raises(TaskNotFound) as remote:
+        tp.get(MISSING)
+    assert set(local.value.problem) == set(remote.value.problem) - {"taskId"}
+    for name in ("type", "title", "status", "code"):
+        assert local.value.problem[name] == remote.value.problem[name]

@@ -162,7 +162,13 @@ def _task_path(task_id: str, suffix: str = "") -> str:
     """
     if not isinstance(task_id, str) or _TASK_ID.match(task_id) is None:
         detail = f"no task has the id {str(task_id)[:80]!r}"
-        problem = {"status": 404, "code": "task_not_found", "title": "Task not found"}
+        # The document the server would answer (RFC 9457), its ``type`` included.
+        problem = {
+            "type": "urn:taskplatform:problem:task_not_found",
+            "title": "Task not found",
+            "status": 404,
+            "code": "task_not_found",
+        }
         raise TaskNotFound(
             404, "task_not_found", "Task not found", detail, problem | {"detail": detail}
         )
