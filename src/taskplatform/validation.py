@@ -269,7 +269,11 @@ def _every_field_error(
         try:
             converted = msgspec.convert(value[name], field.type, strict=True)
         except msgspec.ValidationError as exc:
-            errors.append((path, _in_words(path, str(exc))))
+            # Within the field (an item of retryOn), msgspec's path is relative: "- at `$[0]`".
+            text, sep, where = str(exc).rpartition(" - at `$")
+            if sep:
+                path += where.rstrip("`")
+            errors.append((path, _in_words(path, text if sep else str(exc))))
             continue
         if name == "callbackUrl":
             try:

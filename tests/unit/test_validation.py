@@ -255,3 +255,20 @@ def test_the_scheduled_at_bound_follows_the_store_clock() -> None:
             check_task_limits(request, max_timeout_seconds=3600, max_retries=100)
     finally:
         follow_clock(before)
+
+
+@pytest.mark.parametrize(
+    ("retry_on", "path", "message"),
+    [
+        ("[200, 500]", "$.retryOn[0]", "Expected `int` >= 300"),
+        ('[500, "x"]', "$.retryOn[1]", "Expected `int`, got `str`"),
+    ],
+)
+def test_an_item_of_a_list_field_is_named_by_its_place(
+    retry_on: str, path: str, message: str
+) -> None:
+    """The error named the field and ended "- at `$[0]`", msgspec's path within the field."""
+    body = f'{{"taskData": {{}}, "callbackUrl": "http://a/", "retryOn": {retry_on}}}'
+    with pytest.raises(ValidationFailed) as caught:
+        parse_task_create(body.encode(), max_depth=64, max_url_length=2048)
+    assert caught.value.errors == [(path, message)]
