@@ -521,6 +521,28 @@ async def test_due_tasks_go_by_priority_however_many_came_due(backends: Backends
     assert second.task_id == _id(1)  # then FIFO within the priority
 
 
+async def test_a_task_that_came_due_takes_its_place_among_the_due(backends: Backends) -> None:
+    """A task scheduled for later joins the due ones at its place (priority, then creation
+    order) once its time has come, however many tasks wait behind or ahead of it for later
+    (the SQL queues keep those out of the order a dequeue reads: migration 0007)."""
+    now = now_ms()
+    waiting = [_task(_id(n)) for n in range(1, 301)]
+    for task in waiting:
+        task.scheduled_at = now + 3_600_000
+    soon = _task(_id(400))
+    soon.scheduled_at = now + 1_000
+    await backends.queue.enqueue_many([*waiting[:150], soon, *waiting[150:], _task(_id(500))])
+    first = await backends.queue.transfer(backends.store, now=now)
+    assert first is not None
+    assert first.task_id == _id(500)  # the only one due
+    assert await backends.queue.transfer(backends.store, now=now) is None
+    await backends.queue.enqueue(_task(_id(600)))
+    await asyncio.sleep(0.06)  # past the PostgreSQL queue's promotion interval (50 ms)
+    taken = await backends.queue.transfer_many(backends.store, now=now + 2_000, most=5)
+    assert [task.task_id for task in taken] == [_id(400), _id(600)]  # by creation order
+    assert await backends.queue.depth() == 300
+
+
 async def test_named_queues_are_separate(backends: Backends) -> None:
     """Issue 6: transfer takes only from the named queue; counts and lists are per queue."""
     emails = _task(_id(1))

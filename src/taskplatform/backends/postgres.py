@@ -12,6 +12,7 @@ import contextlib
 import functools
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlencode
@@ -64,6 +65,11 @@ from taskplatform.models import (
 logger = logging.getLogger(__name__)
 
 QUERIES = load_queries("postgres")
+
+PROMOTE_EVERY_SECONDS = 0.05
+"""How often, at most, a busy queue's dequeues promote the tasks that came due (a dequeue that
+finds nothing promotes first anyway): a task scheduled for later may be passed over by tasks of
+a lower priority for this long after its time."""
 SQL = {name: text(sql) for name, sql in QUERIES.items()}
 #: ``text()`` of the statements built at run time (a few dozen shapes, each used over and over).
 _text = functools.lru_cache(maxsize=256)(text)
@@ -458,6 +464,8 @@ class PostgresQueue(Queue):
             self._claim_and_insert, key=lambda row: row[1].key, name="keyed enqueue group commit"
         )
         self._dequeues: DequeueGroups[Store, TaskRecord] = DequeueGroups(self.transfer_many, faults)
+        # When each queue's tasks that came due are next promoted (monotonic seconds).
+        self._promote_at: dict[str, float] = {}
 
     async def enqueue(
         self, task: TaskRecord, *, claim: IdempotencyClaim | None = None
@@ -596,12 +604,25 @@ class PostgresQueue(Queue):
             "lease_expires_at": lease_expires_at,
             "dispatched": dispatched,
         }
+        # Tasks scheduled for later join the order once due (promote_due), which costs a round
+        # trip: at most one per PROMOTE_EVERY_SECONDS per queue under load, and before a
+        # dequeue that would otherwise find nothing.
+        promoted = time.monotonic() >= self._promote_at.get(queue, 0.0)
+        if promoted:
+            await self._promote_due(queue, now)
         # One statement (the CTE deletes and inserts together), atomic by itself: autocommit
         # saves the BEGIN and COMMIT round trips on every dequeue.
         rows = await self.database.fetch(QUERIES["dequeue_next"], params)
+        if not rows and not promoted:
+            await self._promote_due(queue, now)
+            rows = await self.database.fetch(QUERIES["dequeue_next"], params)
         tasks = [stored_record(row) for row in rows]
         tasks.sort(key=lambda task: (-task.priority, task.sequence))  # RETURNING has no order
         return tasks
+
+    async def _promote_due(self, queue: str, now: int) -> None:
+        self._promote_at[queue] = time.monotonic() + PROMOTE_EVERY_SECONDS
+        await self.database.fetch(QUERIES["promote_due"], {"queue": queue, "now": now})
 
     async def requeue(
         self, store: Store, task: TaskRecord, *, now: int, note: str, redrive: bool = False

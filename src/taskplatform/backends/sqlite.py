@@ -612,8 +612,10 @@ class SQLiteQueue(Queue):
         due = {"queue": queue, "now": now, "most": most}
 
         # One writer job for the batch (each hop to the writer thread costs GIL hand-offs), and
-        # two statements for it: one takes the tasks out of the queue, one inserts them.
+        # three statements for it: one promotes tasks that came due, one takes the tasks out of
+        # the queue, one inserts them.
         def job(conn: sqlite3.Connection) -> list[TaskRecord]:
+            conn.execute(SQL["promote_due"], {"queue": queue, "now": now})
             rows = conn.execute(SQL["dequeue_many"], due).fetchall()
             if not rows:
                 return []

@@ -1,13 +1,20 @@
 -- Named queries of the PostgreSQL backend that differ from common.sql.
 
+-- name: promote_due
+-- Put the tasks of one queue that were scheduled for later and have come due into the order
+-- dequeue_next reads (migration 0007): each once, read from the index of waiting tasks alone.
+UPDATE queued_tasks SET promoted = true
+WHERE queue = :queue AND NOT promoted AND scheduled_at IS NOT NULL AND scheduled_at <= :now;
+
 -- name: dequeue_next
 -- Move the next :most due tasks of one queue (priority descending, then FIFO) from the queue into
 -- the store in one statement (a dequeue takes one, a dispatcher's claim a batch). SKIP LOCKED
 -- lets concurrent dequeues take different rows instead of waiting; the CTE fences the row choice
--- so each statement locks exactly the rows it moves. A task scheduled for later is not due.
+-- so each statement locks exactly the rows it moves. A task scheduled for later is due once
+-- promote_due has promoted it; the order's index holds due tasks alone.
 WITH next AS (
     SELECT seq FROM queued_tasks
-    WHERE queue = :queue AND (scheduled_at IS NULL OR scheduled_at <= :now)
+    WHERE queue = :queue AND (scheduled_at IS NULL OR promoted)
     ORDER BY priority DESC, seq ASC
     LIMIT :most
     FOR UPDATE SKIP LOCKED

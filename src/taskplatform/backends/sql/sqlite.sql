@@ -1,11 +1,18 @@
 -- Named queries of the SQLite backend that differ from common.sql.
 
+-- name: promote_due
+-- Put the tasks of one queue that were scheduled for later and have come due into the order a
+-- dequeue reads (migration 0007): each once, read from the index of waiting tasks alone.
+UPDATE queued_tasks SET promoted = 1
+WHERE queue = :queue AND promoted = 0 AND scheduled_at IS NOT NULL AND scheduled_at <= :now;
+
 -- name: dequeue_many
 -- Remove up to :most next due tasks of one queue and return them, in no particular order (the
--- caller sorts them: priority descending, then seq).
+-- caller sorts them: priority descending, then seq). promote_due runs first: the order's index
+-- holds only tasks that are due (no scheduled_at, or promoted).
 DELETE FROM queued_tasks
 WHERE seq IN (SELECT seq FROM queued_tasks
-              WHERE queue = :queue AND (scheduled_at IS NULL OR scheduled_at <= :now)
+              WHERE queue = :queue AND (scheduled_at IS NULL OR promoted = 1)
               ORDER BY priority DESC, seq ASC LIMIT :most)
 RETURNING task_id, seq, priority, task_data, callback_url, max_retries, timeout_seconds, attempts,
           error, created_at, updated_at, queue, scheduled_at, retry_policy;
