@@ -543,6 +543,23 @@ async def test_a_task_that_came_due_takes_its_place_among_the_due(backends: Back
     assert await backends.queue.depth() == 300
 
 
+async def test_a_batch_that_finds_fewer_than_it_asks_for_looks_for_tasks_that_came_due(
+    backends: Backends,
+) -> None:
+    """Right after a dequeue (within the PostgreSQL queue's 50 ms between promotions) a batch of
+    two found the one due task of the order and stopped there, though a task scheduled for
+    later had come due meanwhile: a caller of a grouped dequeue was told the queue is empty."""
+    now = now_ms()
+    soon = _task(_id(1))
+    soon.scheduled_at = now + 1_000
+    await backends.queue.enqueue_many([soon, _task(_id(2)), _task(_id(3))])
+    first = await backends.queue.transfer(backends.store, now=now)  # promotes what is due
+    assert first is not None
+    assert first.task_id == _id(2)
+    taken = await backends.queue.transfer_many(backends.store, now=now + 2_000, most=2)
+    assert [task.task_id for task in taken] == [_id(1), _id(3)]
+
+
 async def test_named_queues_are_separate(backends: Backends) -> None:
     """Issue 6: transfer takes only from the named queue; counts and lists are per queue."""
     emails = _task(_id(1))

@@ -1,8 +1,8 @@
 """A dequeue on the SQL queues reads due tasks alone, however many wait for later.
 
 It walked the index of every Queued task in order and skipped those scheduled for later one by
-one: 50,000 of them ahead of a due task made a dequeue 13 ms on SQLite and 15 ms on PostgreSQL,
-against 0.2 and 0.9 ms (``bench/scheduled_ahead.py`` measures it). Since migration 0007 such a
+one: 50,000 of them ahead of a due task made a dequeue 12 ms on SQLite and 13 ms on PostgreSQL,
+against 0.3 and 0.6 ms (``bench/scheduled_ahead.py`` measures it). Since migration 0007 such a
 task is in the order's index only once due (``promoted``); these tests read each statement's
 plan from the database itself, with the queue full of waiting tasks, so that a change of the
 statements or the indexes that brought the walk back fails here.

@@ -68,8 +68,9 @@ QUERIES = load_queries("postgres")
 
 PROMOTE_EVERY_SECONDS = 0.05
 """How often, at most, a busy queue's dequeues promote the tasks that came due (a dequeue that
-finds nothing promotes first anyway): a task scheduled for later may be passed over by tasks of
-a lower priority for this long after its time."""
+finds fewer tasks than it asks for promotes and tops up anyway): a task scheduled for later may
+be passed over by tasks after it in the order (lower priorities, later ones of its own) for this
+long after its time."""
 SQL = {name: text(sql) for name, sql in QUERIES.items()}
 #: ``text()`` of the statements built at run time (a few dozen shapes, each used over and over).
 _text = functools.lru_cache(maxsize=256)(text)
@@ -605,17 +606,20 @@ class PostgresQueue(Queue):
             "dispatched": dispatched,
         }
         # Tasks scheduled for later join the order once due (promote_due), which costs a round
-        # trip: at most one per PROMOTE_EVERY_SECONDS per queue under load, and before a
-        # dequeue that would otherwise find nothing.
+        # trip: at most one per PROMOTE_EVERY_SECONDS per queue while dequeues find all they
+        # ask for, and one before topping up a dequeue that found fewer (a caller of a grouped
+        # dequeue left without a task would be told the queue is empty).
         promoted = time.monotonic() >= self._promote_at.get(queue, 0.0)
         if promoted:
             await self._promote_due(queue, now)
         # One statement (the CTE deletes and inserts together), atomic by itself: autocommit
         # saves the BEGIN and COMMIT round trips on every dequeue.
         rows = await self.database.fetch(QUERIES["dequeue_next"], params)
-        if not rows and not promoted:
+        if len(rows) < most and not promoted:
             await self._promote_due(queue, now)
-            rows = await self.database.fetch(QUERIES["dequeue_next"], params)
+            rows += await self.database.fetch(
+                QUERIES["dequeue_next"], {**params, "most": most - len(rows)}
+            )
         tasks = [stored_record(row) for row in rows]
         tasks.sort(key=lambda task: (-task.priority, task.sequence))  # RETURNING has no order
         return tasks

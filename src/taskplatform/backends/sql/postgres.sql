@@ -3,8 +3,13 @@
 -- name: promote_due
 -- Put the tasks of one queue that were scheduled for later and have come due into the order
 -- dequeue_next reads (migration 0007): each once, read from the index of waiting tasks alone.
+-- SKIP LOCKED: processes promoting at once share the rows out rather than wait for each other
+-- (or deadlock, should their plans lock in different orders).
 UPDATE queued_tasks SET promoted = true
-WHERE queue = :queue AND NOT promoted AND scheduled_at IS NOT NULL AND scheduled_at <= :now;
+WHERE seq IN (SELECT seq FROM queued_tasks
+              WHERE queue = :queue AND NOT promoted AND scheduled_at IS NOT NULL
+                    AND scheduled_at <= :now
+              FOR UPDATE SKIP LOCKED);
 
 -- name: dequeue_next
 -- Move the next :most due tasks of one queue (priority descending, then FIFO) from the queue into
