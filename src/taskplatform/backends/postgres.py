@@ -65,15 +65,16 @@ from taskplatform.models import (
 logger = logging.getLogger(__name__)
 
 QUERIES = load_queries("postgres")
+SQL = {name: text(sql) for name, sql in QUERIES.items()}
+#: ``text()`` of the statements built at run time (a few dozen shapes, each used over and over).
+_text = functools.lru_cache(maxsize=256)(text)
 
 PROMOTE_EVERY_SECONDS = 0.05
 """How often, at most, a busy queue's dequeues promote the tasks that came due (a dequeue that
 finds fewer tasks than it asks for promotes and tops up anyway): a task scheduled for later may
 be passed over by tasks after it in the order (lower priorities, later ones of its own) for this
 long after its time."""
-SQL = {name: text(sql) for name, sql in QUERIES.items()}
-#: ``text()`` of the statements built at run time (a few dozen shapes, each used over and over).
-_text = functools.lru_cache(maxsize=256)(text)
+
 _CHANNEL = "taskplatform_enqueued"  # notified by the trigger of migration 0002
 
 
