@@ -771,7 +771,24 @@ def test_two_idempotency_keys_are_422_and_create_nothing(client: httpx.Client) -
         ],
     )
     problem = assert_problem(response, 422, "validation_error")
-    assert problem["errors"][0]["field"] == "Idempotency-Key"
+    assert problem["errors"][0]["field"] == "header.Idempotency-Key"
+    assert _total(client) == before
+
+
+@pytest.mark.parametrize(
+    ("path", "key"),
+    [("/api/tasks", "has a space"), ("/api/tasks", "k" * 256), ("/api/tasks/batch", "k")],
+)
+def test_an_idempotency_key_header_is_named_one_way_in_every_error(
+    client: httpx.Client, path: str, key: str
+) -> None:
+    """A malformed key (FastAPI's validation), two keys and a key on a batch (ours) all name
+    the field ``header.Idempotency-Key``, as a query parameter is ``query.<name>``."""
+    body = _body() if path == "/api/tasks" else {"tasks": [_body()]}
+    before = _total(client)
+    response = client.post(path, json=body, headers={"Idempotency-Key": key})
+    problem = assert_problem(response, 422, "validation_error")
+    assert [error["field"] for error in problem["errors"]] == ["header.Idempotency-Key"]
     assert _total(client) == before
 
 

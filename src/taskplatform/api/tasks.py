@@ -119,6 +119,9 @@ _API_ROUTES: dict[str, Any] = {
 router = APIRouter(prefix="/api/tasks", tags=["tasks"], **_API_ROUTES)
 _encode = msgspec.json.Encoder().encode
 _JSON = "application/json"
+IDEMPOTENCY_KEY_FIELD = "header.Idempotency-Key"
+"""How an error names the header: as FastAPI's own validation does (``header.<alias>``), as an
+unknown query parameter is ``query.<name>`` and a body field ``$.<path>``."""
 TaskId = Annotated[str, Path(alias="taskId", description="The id create returned.")]
 QueueQuery = Annotated[
     str, Query(pattern=QUEUE_PATTERN, description="The named queue to take from.")
@@ -230,7 +233,7 @@ async def create_task(
     )
     if len(request.headers.getlist("idempotency-key")) > 1:
         # Two headers mean two keys (RFC 9110 §5.3), as one folded header does: say so.
-        raise ValidationFailedError([("Idempotency-Key", "send one Idempotency-Key header")])
+        raise ValidationFailedError([(IDEMPOTENCY_KEY_FIELD, "send one Idempotency-Key header")])
     key = idempotency_key  # checked against the pattern by FastAPI: 1..255 visible ASCII
     task, replayed = await service.create(
         create,
@@ -364,7 +367,7 @@ async def create_batch(request: Request) -> Response:
         raise ValidationFailedError(
             [
                 (
-                    "Idempotency-Key",
+                    IDEMPOTENCY_KEY_FIELD,
                     "not supported on a batch; give each item its own idempotencyKey instead",
                 )
             ]
