@@ -350,3 +350,19 @@ def test_verify_callback_refuses_a_tolerance_that_is_no_number_of_seconds(
     body = b"{}"
     with pytest.raises(ValueError, match="tolerance_seconds must be a finite number"):
         verify_callback(SECRET, signed(body, 1000), body, tolerance)  # type: ignore[arg-type]
+
+
+def test_task_data_nested_too_deeply_is_a_value_error_and_sends_nothing() -> None:
+    """json.dumps raised RecursionError for a dict nested ~1,000 deep: no error a caller of
+    ``create`` is told to expect, and no word of which argument was at fault."""
+    deep: dict[str, object] = {}
+    inner = deep
+    for _ in range(5_000):
+        inner["a"] = inner = {}
+    flaky = Flaky([], CREATED)
+    with (
+        TaskClient("http://tp.test", transport=httpx.MockTransport(flaky)) as client,
+        pytest.raises(ValueError, match="nested too deeply to encode as JSON"),
+    ):
+        client.create(deep, "http://cb.test/")
+    assert flaky.requests == []

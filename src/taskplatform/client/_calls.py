@@ -126,8 +126,16 @@ def encode_json(value: object) -> bytes:
     Raises:
         ValueError: ``value`` holds NaN or an infinity, which JSON cannot carry.
         TypeError: ``value`` holds something that is not JSON (a set, a datetime, ...).
+        ValueError: ``value`` is nested too deeply to encode (about 1,000 levels; the server
+            refuses more than 64 by default anyway), or refers to itself.
     """
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+    try:
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except RecursionError:
+        # A RecursionError says nothing of which argument was at fault, and is not an error a
+        # caller expects from a bad value.
+        raise ValueError("the value is nested too deeply to encode as JSON") from None
+    return text.encode()
 
 
 def _json_headers(extra: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -235,8 +235,9 @@ class TaskClient(_Config):
             IdempotencyKeyReused: the key was used with another body (422).
             PayloadTooLarge: the body is over the server's limit (413).
             ConnectionFailed: no answer after the retries.
-            ValueError, TypeError: ``task_data`` cannot be encoded as JSON, ``scheduled_at``
-                has no time zone, or ``idempotency_key`` is not printable ASCII.
+            ValueError, TypeError: ``task_data`` cannot be encoded as JSON (NaN, a set, nesting
+                too deep to encode), ``scheduled_at`` has no time zone, or ``idempotency_key``
+                is not printable ASCII.
         """
         task = _calls.new_task(
             task_data,
