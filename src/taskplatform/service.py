@@ -1665,12 +1665,15 @@ class TaskService:
 
     async def join(self) -> None:
         """Take part in the deployment before serving: follow the store's clock
-        (:meth:`sync_clock`) so the first lease and timestamp are right, and announce this
-        process (:meth:`announce`). A store that does not answer now is left to the
-        maintenance rounds, which do both again."""
+        (:meth:`sync_clock`) so the first lease and timestamp are right, announce this
+        process (:meth:`announce`), and bring the queue up to date with the store
+        (:meth:`~taskplatform.backends.base.Queue.follow_store`). A store or queue that does
+        not answer now is left to the maintenance rounds, which do each again."""
         with contextlib.suppress(BackendUnavailable):
             await self.sync_clock()
             await self.announce()
+        with contextlib.suppress(BackendUnavailable):
+            await self.queue.follow_store(self.store)  # else in the first maintenance round
 
     async def sync_clock(self) -> None:
         """Follow the store's clock: set the offset :func:`~taskplatform.models.now_ms` adds to

@@ -13,6 +13,7 @@ from taskplatform.models import Status, now_ms
 from taskplatform.settings import Settings
 from tests.integration.test_contract import _id, _task
 from tests.support.backends import backend_env, settings_kwargs
+from tests.support.service import opened_service
 
 
 @pytest.mark.parametrize("name", ["sqlite", "postgres"])
@@ -93,3 +94,44 @@ async def test_a_task_numbered_by_redis_past_the_counter_goes_back_while_servers
         assert len({task.sequence for task in taken}) == len(taken) == 10
     finally:
         await backends.close()
+
+
+@pytest.mark.parametrize("name", ["redis+sqlite", "redis+postgres"])
+@pytest.mark.parametrize("follow", ["at start", "in recovery"])
+async def test_a_task_dequeued_before_a_switch_to_redis_goes_back_ahead_of_newer_ones(
+    name: str, follow: str, tmp_path: Path
+) -> None:
+    """The README's way up: the queue moves from the database to Redis, whose counter started
+    at 1. A task dequeued before the switch, requeued after it (its lease ran out), went back
+    behind every task of its priority created since, until Redis's counter reached its number.
+    A process follows the database's counter first: at start (``TaskService.join``), or, if
+    Redis did not answer then, in its first maintenance round (``recover``)."""
+    env = backend_env(name, tmp_path)
+    before = {key: value for key, value in env.items() if "REDIS" not in key and "QUEUE" not in key}
+    database = Settings(**settings_kwargs(before))  # type: ignore[arg-type]
+    await prepare_schema(database)
+    backends = open_backends(database)
+    try:
+        await backends.queue.enqueue_many([_task(_id(n)) for n in range(10)])
+        taken = await backends.queue.transfer_many(backends.store, now=now_ms(), most=10)
+        assert [task.sequence for task in taken] == list(range(1, 11))
+    finally:
+        await backends.close()
+
+    settings = Settings(**settings_kwargs(env))  # type: ignore[arg-type]
+    async with opened_service(settings) as service:
+        queue, store = service.queue, service.store
+        if follow == "at start":
+            await service.join()
+        else:
+            await queue.recover(store, now=now_ms())
+        for n in (20, 21, 22):
+            await queue.enqueue(_task(_id(n)))
+        old = await store.get(_id(9))
+        assert old is not None
+        assert old.sequence == 10
+        assert await queue.requeue(store, old, now=now_ms(), note="lease ran out")
+        again = await queue.transfer_many(store, now=now_ms(), most=10)
+        assert [task.task_id for task in again] == [_id(9), _id(20), _id(21), _id(22)]
+        assert [task.sequence for task in again] == [10, 11, 12, 13]
+        await service.shutdown(0)

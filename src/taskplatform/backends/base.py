@@ -358,6 +358,16 @@ class Queue(abc.ABC):
         """
         return 0
 
+    async def follow_store(self, store: Store) -> None:
+        """Bring what this queue keeps up to date with ``store``, once per process, before the
+        first task goes back to the queue. A queue in the store's own database is up to date
+        by its nature (this default).
+
+        Raises:
+            BackendUnavailable: the queue or the store cannot be reached (try again later).
+        """
+        return None
+
     async def register_store(
         self, store_id: str, process_id: str, *, now: int, since: int
     ) -> dict[str, int]:
@@ -672,6 +682,15 @@ class Store(abc.ABC):
     async def store_id(self) -> str:
         """Return this database's id: a random UUID written when its schema was made
         (migration 0006), kept for its life and not copied by ``taskplatform db copy``.
+
+        Raises:
+            BackendUnavailable: the store cannot be reached.
+        """
+
+    @abc.abstractmethod
+    async def queue_sequence(self) -> int:
+        """Return the last sequence number the database's own queue (``queued_tasks``) handed
+        out, 0 before the first; kept by the database whichever queue is in use now.
 
         Raises:
             BackendUnavailable: the store cannot be reached.

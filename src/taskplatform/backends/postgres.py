@@ -943,6 +943,12 @@ class PostgresStore(Store):
         store_id: str = row[0]
         return store_id
 
+    async def queue_sequence(self) -> int:
+        row = await self.database.fetchrow(QUERIES["queue_sequence"], {})
+        assert row is not None
+        sequence: int = row[0]
+        return sequence
+
     async def clock_ms(self) -> int:
         row = await self.database.fetchrow(QUERIES["clock"], {})
         assert row is not None

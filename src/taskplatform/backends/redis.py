@@ -155,6 +155,15 @@ return 1
 """
 )
 
+# Move the sequence counter up to a number, never down. KEYS: seq. ARGV: the number.
+_ADVANCE = """
+if (tonumber(redis.call('GET', KEYS[1])) or 0) < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], ARGV[1])
+  return 1
+end
+return 0
+"""
+
 # KEYS: ready, scheduled (of one queue), inflight. ARGV: reservation deadline (ms), task hash key
 # prefix, now (ms), most. Moves members that came due from scheduled to ready, then reserves the
 # first ``most``: returns {member, hash fields, member, hash fields, ...}, empty when none is ready.
@@ -322,7 +331,8 @@ class RedisQueue(Queue):
         self._release = self.client.register_script(_RELEASE)
         self._reserve_one = self.client.register_script(_RESERVE_ONE)
         self._upgrade = self.client.register_script(_UPGRADE)
-        self._upgraded = False
+        self._advance = self.client.register_script(_ADVANCE)
+        self._followed = False  # see follow_store
         self._requeue = self.client.register_script(_REQUEUE)
 
     @contextlib.asynccontextmanager
@@ -663,6 +673,32 @@ class RedisQueue(Queue):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
         raise BackendUnavailable("the Redis subscription ended")
 
+    async def follow_store(self, store: Store) -> None:
+        """Once per process: move the queued tasks of versions before 0.3 into the ``default``
+        queue, and move the sequence counter past every number the store's own database queue
+        handed out (:meth:`Store.queue_sequence`).
+
+        Why the counter: the README's way up switches a store from its database's queue to
+        Redis, whose counter starts at 1, while a task dequeued before the switch keeps its
+        number. Its requeue (a lease that ran out) or re-drive put it back behind every task of
+        its priority created since, until the counter caught up: after a million tasks on the
+        database's queue, behind the next million. One read of the database's counter, not a
+        scan of the tasks.
+
+        Raises:
+            BackendUnavailable: Redis or the store cannot be reached (the next call tries again).
+        """
+        if self._followed:
+            return
+        top = await store.queue_sequence()
+        async with self._guard():
+            moved = await self._upgrade(keys=[], args=[self._prefix])
+            if await self._advance(keys=[self._seq], args=[top]):
+                logger.info("the queue's sequence counter follows the database's, at %d", top)
+        if moved:
+            logger.info("moved %d queued tasks from the pre-0.3 ready set to 'default'", moved)
+        self._followed = True
+
     async def recover(self, store: Store, *, now: int) -> int:
         """Settle reservations whose deadline passed: ack those in the store, return the rest;
         and finish requeues that a crash interrupted (rows still marked Queued in the store).
@@ -670,12 +706,7 @@ class RedisQueue(Queue):
         Returns:
             How many reservations were returned to the queue.
         """
-        if not self._upgraded:
-            async with self._guard():
-                moved = await self._upgrade(keys=[], args=[self._prefix])
-            if moved:
-                logger.info("moved %d queued tasks from the pre-0.3 ready set to 'default'", moved)
-            self._upgraded = True
+        await self.follow_store(store)
         for marked in await store.list_tasks(status=Status.QUEUED, before=None, limit=100):
             if marked.updated_at < now - self._reservation_ms and marked.lease_token:
                 await self._return(store, marked, marked.lease_token)

@@ -866,6 +866,13 @@ class SQLiteStore(Store):
             lambda conn: conn.execute(SQL["process_delete"], {"process_id": process_id})
         )
 
+    async def queue_sequence(self) -> int:
+        def job(conn: sqlite3.Connection) -> int:
+            sequence: int = conn.execute(SQL["queue_sequence"]).fetchone()[0]
+            return sequence
+
+        return await self.database.read(job)
+
     async def store_id(self) -> str:
         def job(conn: sqlite3.Connection) -> str:
             store_id: str = conn.execute(SQL["store_id"]).fetchone()[0]

@@ -198,6 +198,13 @@ ON CONFLICT (task_id) DO UPDATE
     WHERE tasks.status = 'Queued'
 RETURNING task_id;
 
+-- name: queue_sequence
+-- The last sequence number the database's own queue handed out, 0 before the first (or for a
+-- role that may not read the sequence: pg_sequences shows it NULL then).
+SELECT coalesce((SELECT last_value FROM pg_sequences
+                 WHERE format('%I.%I', schemaname, sequencename)
+                       = pg_get_serial_sequence('queued_tasks', 'seq')), 0);
+
 -- name: clock
 -- The database server's clock in epoch milliseconds: the clock every API process on this
 -- database follows (clock_timestamp() is the time now, not at the transaction's start).

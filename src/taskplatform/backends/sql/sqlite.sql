@@ -37,3 +37,8 @@ RETURNING dispatch_tokens;
 -- name: give_back_dispatch_token
 -- Return a token taken for a dispatch that found nothing to do.
 UPDATE queues SET dispatch_tokens = min(:burst, dispatch_tokens + 1) WHERE name = :name;
+
+-- name: queue_sequence
+-- The last sequence number the database's own queue handed out (AUTOINCREMENT's counter), 0
+-- before the first.
+SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'queued_tasks'), 0);
