@@ -19,7 +19,7 @@ from taskplatform.backends.base import IdempotencyClaim
 from taskplatform.backends.redis import RedisQueue, _text
 from taskplatform.exceptions import BackendUnavailable
 from taskplatform.faults import Faults
-from taskplatform.models import RetryPolicy, Status, now_ms
+from taskplatform.models import RetryPolicy, Status, TaskRecord, now_ms
 from taskplatform.service import TaskService
 from taskplatform.settings import Settings
 from taskplatform.validation import parse_task_create
@@ -237,6 +237,85 @@ async def test_an_ack_failure_after_the_insert_loses_no_claimed_task(redis_over:
     assert len(taken) == 5
     assert await queue.recover(store, now=now_ms() + 3_600_000) == 0  # acked, not returned
     assert await queue.depth() == 5
+
+
+_RESERVATION_MS = 30_000  # queue_reservation_seconds, its default
+
+
+async def _claimed_with_a_failed_ack(backends: Backends, at: int) -> TaskRecord:
+    """A dispatcher's claim of task 1 at ``at`` whose ack failed in Redis (a blip, or the
+    process killed between its insert and its ack): the store has the task Dequeued, and Redis
+    still holds its reservation, expiring with the claim's lease, and its hash."""
+    queue, store = backends.queue, backends.store
+    assert isinstance(queue, RedisQueue)
+    await queue.enqueue(_task(_id(1)))
+    queue._faults = Faults("after_insert=fail:1")
+    [taken] = await queue.transfer_many(
+        store,
+        now=at,
+        most=1,
+        lease_token="L",
+        lease_expires_at=at + _RESERVATION_MS,
+        dispatched=True,
+    )
+    stored = await store.get(_id(1))
+    assert stored is not None
+    assert stored.status is Status.DEQUEUED
+    return taken
+
+
+async def _assert_delivered_once_more(backends: Backends) -> None:
+    queue, store = backends.queue, backends.store
+    assert await store.get(_id(1)) or await queue.get(_id(1)), "the task is lost"
+    later = now_ms() + 10 * _RESERVATION_MS
+    await queue.recover(store, now=later)
+    again = await queue.transfer_many(store, now=later, most=5)
+    assert [task.task_id for task in again] == [_id(1)]
+    assert await queue.transfer_many(store, now=later, most=5) == []
+
+
+async def test_a_recovery_between_a_requeues_steps_loses_no_task(redis_over: Backends) -> None:
+    """Found in review: one server's reaper requeues a claimed task whose lease ran out while
+    another's recovery settles the reservation its failed ack left (both expire together).
+    Recovery, running after the requeue put the task back in Redis and before it deleted the
+    store's row, found the row and acked: deleting the hash the requeue had just written, but
+    not the member it had put in ready. The requeue then deleted the row: the task was gone
+    from both (GET 404), and the member was dropped unseen at the next reserve."""
+    queue, store = redis_over.queue, redis_over.store
+    taken = await _claimed_with_a_failed_ack(redis_over, now_ms() - _RESERVATION_MS - 1_000)
+    real_remove = store.remove_queued
+
+    async def recovery_first(task_id: str, lease_token: str) -> bool:
+        await queue.recover(store, now=now_ms())  # the other server, scheduled at this moment
+        return await real_remove(task_id, lease_token)
+
+    store.remove_queued = recovery_first  # type: ignore[method-assign]
+    try:
+        assert await queue.requeue(store, taken, now=now_ms(), note="lease expired")
+    finally:
+        store.remove_queued = real_remove  # type: ignore[method-assign]
+    await _assert_delivered_once_more(redis_over)
+
+
+async def test_a_recovery_around_a_whole_requeue_loses_no_task(redis_over: Backends) -> None:
+    """The other interleaving: recovery reads the stored row (Dequeued) before the requeue,
+    and acks the expired reservation after the requeue finished."""
+    queue, store = redis_over.queue, redis_over.store
+    taken = await _claimed_with_a_failed_ack(redis_over, now_ms() - _RESERVATION_MS - 1_000)
+    real_get = store.get
+
+    async def requeue_after_the_read(task_id: str) -> TaskRecord | None:
+        found = await real_get(task_id)
+        store.get = real_get  # type: ignore[method-assign]
+        assert await queue.requeue(store, taken, now=now_ms(), note="lease expired")
+        return found
+
+    store.get = requeue_after_the_read  # type: ignore[method-assign]
+    try:
+        await queue.recover(store, now=now_ms())
+    finally:
+        store.get = real_get  # type: ignore[method-assign]
+    await _assert_delivered_once_more(redis_over)
 
 
 async def test_a_member_whose_hash_is_lost_leaves_no_trace(redis_over: Backends) -> None:

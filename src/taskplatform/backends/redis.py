@@ -142,10 +142,14 @@ return answers
 
 # Put a task back at its original position. KEYS: task hash. ARGV: member, sequence, task id, the
 # 12 values of _hash_values() (4..15), the channel (16), the key prefix (17), now (18). Idempotent.
+# A reservation of the member still in inflight is one whose ack failed (the store has had the
+# task since): it ends here, so that recovery does not settle it later by acking, which would
+# delete the hash this writes while the member waits in ready, and lose the task.
 _REQUEUE = (
     _PLACE
     + """
 local member, seq = ARGV[1], ARGV[2]
+redis.call('ZREM', ARGV[17] .. ':inflight', member)
 """
     + _hset("KEYS[1]", "ARGV", 4)
     + """
@@ -219,15 +223,18 @@ return #members / 2
 """
 
 # KEYS: inflight, ids. ARGV: key prefix, then member and task id of each reservation to ack.
+# Only a reservation still held is settled: one already ended (acked before, released, or ended
+# by a requeue that has put the task back in ready) leaves the task's hash alone.
 _ACK = """
 for i = 2, #ARGV, 2 do
   local member, id = ARGV[i], ARGV[i + 1]
   local hash = ARGV[1] .. ':task:' .. id
-  redis.call('ZREM', KEYS[1], member)
-  redis.call('ZREM', KEYS[2], id)
-  local q = redis.call('HGET', hash, 'queue')
-  if q then redis.call('ZREM', ARGV[1] .. ':qids:' .. q, id) end
-  redis.call('DEL', hash)
+  if redis.call('ZREM', KEYS[1], member) == 1 then
+    redis.call('ZREM', KEYS[2], id)
+    local q = redis.call('HGET', hash, 'queue')
+    if q then redis.call('ZREM', ARGV[1] .. ':qids:' .. q, id) end
+    redis.call('DEL', hash)
+  end
 end
 return 1
 """
