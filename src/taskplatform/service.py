@@ -112,11 +112,11 @@ STOPPED_MID_CALLBACK = (
 """The detail of the 503 ``shutting_down`` a synchronous execute gets when the grace runs out."""
 
 WITHDRAWN = (
-    "attempt withdrawn: the database did not confirm its start (no answer), so no callback was "
-    "made; the task can be executed again"
+    "attempt withdrawn: the database did not confirm its start (no answer, or the server "
+    "stopped before it came), so no callback was made; the task can be executed again"
 )
-"""The error of a task whose move to Processing committed but was never answered: the attempt
-does not count (see ``TaskService._withdraw``)."""
+"""The error of a task whose move to Processing committed but was never answered, or whose
+caller was cancelled meanwhile: the attempt does not count (see ``TaskService._withdraw``)."""
 
 STOPPING = (
     "the server is stopping and starts no new attempt; the task was not executed: execute it "
@@ -636,7 +636,12 @@ class TaskService:
         self._moved(task)
         self.metrics.task_dequeued(task.queue, "pull")
         if client_gone is not None and client_gone.is_set():
-            await self._give_back(task)
+            try:
+                await self._give_back(task)
+            except BackendUnavailable:
+                # Tried again until the store answers: with leases off nothing else would ever
+                # move the task, and with them it would wait out its lease.
+                self._return(lease_token, "the client that dequeued it had gone")
             raise QueueEmpty(f"the client left before a task of the queue {queue!r} came")
         return task
 
@@ -665,19 +670,20 @@ class TaskService:
             lease_expires_at=now + round(lease * 1000) if lease > 0 else None,
         )
 
-    def _return(self, lease_token: str) -> None:
+    def _return(self, lease_token: str, why: str = "its dequeue's answer was lost (503)") -> None:
         """Have :meth:`_settle` return to the queue what a pull dequeue took under
         ``lease_token`` although it failed (``BackendUnavailable``): the database can commit the
         move and lose its answer (a connection reset, a failover), and the caller, told 503,
         never gets the task; it sat Dequeued until its lease ran out, or for ever with leases
-        off. Tried for as long as the lease (an hour with leases off); a dequeue that did not
+        off. Likewise a task whose give-back (:meth:`_give_back`) failed; ``why`` goes into its
+        error. Tried for as long as the lease (an hour with leases off); a dequeue that did not
         commit finds nothing.
         """
         lease = self.settings.dequeue_lease_seconds
 
         async def attempt() -> None:
             for task in await self.store.dequeued_under(lease_token):
-                await self._give_back(task, "its dequeue's answer was lost (503)")
+                await self._give_back(task, why)
 
         self._settle_later(f"return {lease_token}", attempt, lease if lease > 0 else 3600.0)
 
@@ -841,7 +847,9 @@ class TaskService:
             )
             if started is not None:
                 self._faults.hit("after_start")
-        except BackendUnavailable:
+        except (BackendUnavailable, asyncio.CancelledError):
+            # Cancelled too (a stop cutting a claim or an execute short): a cancelled wait does
+            # not undo a statement that has committed, nor one the store runs on regardless.
             self._withdraw([task_id], str(changes.lease_token))
             raise
         return started
@@ -862,7 +870,7 @@ class TaskService:
             )
             if started:
                 self._faults.hit("after_start")
-        except BackendUnavailable:
+        except (BackendUnavailable, asyncio.CancelledError):  # see _start_processing
             self._withdraw(task_ids, str(changes.lease_token))
             raise
         return started
@@ -872,8 +880,9 @@ class TaskService:
         without answering.
 
         The statement that starts an attempt (``attempts + 1``, a fresh lease) can commit and
-        then lose its answer (a connection reset, a failover): the caller saw an error and made
-        no callback, yet the task sat in Processing until its lease ran out, and the reaper
+        then lose its answer (a connection reset, a failover), or its caller can be cancelled
+        after it committed (a stop cutting a dispatcher's claim short): the caller made no
+        callback, yet the task sat in Processing until its lease ran out, and the reaper
         then counted the attempt as interrupted. A task with ``maxRetries: 0`` ended a dead
         letter that no callback ever reached. Only this process knows the lease token of that
         start, so it looks: each task still in Processing under it goes to Retry, due now,
@@ -946,14 +955,26 @@ class TaskService:
         Raises:
             TaskNotFound: no such task.
         """
-        # Store first, then the queue, then the store again: a dequeue moving the task between
-        # the first two reads is caught by the third. (A requeue or re-drive moves it back only
-        # from the store, where the first read finds it.)
-        task = await self.store.get(task_id) or await self.queue.get(task_id)
-        if task is None:
-            task = await self.store.get(task_id)
+        task = await self._locate(task_id)
         if task is None:
             raise TaskNotFound(f"no task has the id {task_id!r}", task_id=task_id)
+        return task
+
+    async def _locate(self, task_id: str) -> TaskRecord | None:
+        """Return the task ``task_id`` wherever it is: the store's record, else the queue's;
+        None when neither has it.
+
+        A task moves between the two between any two reads: a dequeue or a cancel from the
+        queue to the store, a give-back, requeue or re-drive back. So one read of each could
+        miss a task that exists; a dequeue and then a give-back between three reads (store,
+        queue, store) did, and GET answered 404 (found in review). Reads alternate, up to five
+        for a task that does not exist; to be missed, a task would have to move at each one.
+        """
+        task = await self.store.get(task_id)
+        for _ in range(2):
+            if task is not None:
+                return task
+            task = await self.queue.get(task_id) or await self.store.get(task_id)
         return task
 
     async def execute(self, task_id: str) -> ExecuteOutcome:
@@ -1037,15 +1058,11 @@ class TaskService:
         processing = await self._start_processing(task_id, {Status.DEQUEUED, Status.RETRY})
         if processing is not None:
             return processing
-        task = await self.store.get(task_id)
+        task = await self._locate(task_id)
         if task is None:
-            if await self.queue.get(task_id) is not None:
-                raise TaskNotDequeued(task_id=task_id)
-            # As in get(): a re-drive (store to queue) and then a dequeue or a claim (queue to
-            # store) between the two reads hide the task from both; the store has it again.
-            task = await self.store.get(task_id)
-            if task is None:
-                raise TaskNotFound(f"no task has the id {task_id!r}", task_id=task_id)
+            raise TaskNotFound(f"no task has the id {task_id!r}", task_id=task_id)
+        if task.status is Status.QUEUED:  # in the queue, or a Redis requeue's mark in the store
+            raise TaskNotDequeued(task_id=task_id)
         if task.status is Status.FAILED:
             if not task.attempts_left():
                 raise _conflict(task)
@@ -1274,21 +1291,16 @@ class TaskService:
             if cancelled is not None:
                 self._moved(cancelled)
                 return cancelled
-            task = await self.store.get(task_id)
+            task = await self._locate(task_id)
             if task is None:
-                if await self.queue.get(task_id) is not None:
-                    # Reserved by a dequeue on its way into the store (Redis): a moment later
-                    # it is there, and the compare-and-set below decides.
-                    await asyncio.sleep(0.01)
-                    continue
-                # A re-drive and another cancel can move it between the two reads: look once
-                # more before saying it does not exist.
-                if await self.store.get(task_id) is not None:
-                    continue
                 raise TaskNotFound(f"no task has the id {task_id!r}", task_id=task_id)
             if task.status is Status.CANCELLED:
                 return task
-            if task.status is Status.QUEUED:  # a Redis requeue's mark: on its way back
+            if task.status is Status.QUEUED:
+                # In the queue yet not cancelled there: reserved by a dequeue on its way into
+                # the store (Redis), or a Redis requeue's mark in the store on its way back. A
+                # moment later it has arrived, and the cancel above or the compare-and-set
+                # below decides.
                 await asyncio.sleep(0.01)
                 continue
             if task.status is Status.COMPLETED:
@@ -1466,11 +1478,15 @@ class TaskService:
                 status=status, before=cursor, limit=fetch, queue=queue, dead_letter=dead_letter
             )
         else:
+            # Queue, store, queue: a task moving from the store back to the queue between the
+            # first two reads (a re-drive, a requeue) is in neither of them, and was missing
+            # from the page (found in review). A task in the store and a queue read (moving
+            # from the queue, or a Redis requeue's mark) is shown as the store has it.
             queued = await self.queue.list_tasks(before=cursor, limit=fetch, queue=queue)
             stored = await self.store.list_tasks(
                 status=None, before=cursor, limit=fetch, queue=queue, dead_letter=dead_letter
             )
-            # A task moving from queue to store between the two reads can appear in both.
+            queued += await self.queue.list_tasks(before=cursor, limit=fetch, queue=queue)
             merged = {task.task_id: task for task in queued}
             merged.update({task.task_id: task for task in stored})
             tasks = sorted(merged.values(), key=lambda task: task.task_id, reverse=True)
