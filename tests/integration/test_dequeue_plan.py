@@ -11,13 +11,18 @@ statements or the indexes that brought the walk back fails here.
 from __future__ import annotations
 
 import sqlite3
+import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import asyncpg
+import pytest
 
 from taskplatform.backends import open_backends, prepare_schema
-from taskplatform.backends.postgres import QUERIES, positional
+from taskplatform.backends.postgres import QUERIES, PostgresQueue, positional
 from taskplatform.backends.sqlite import SQL
+from taskplatform.exceptions import BackendUnavailable
 from taskplatform.models import now_ms
 from taskplatform.settings import Settings
 from tests.integration.test_contract import _id, _task
@@ -82,3 +87,33 @@ async def test_postgres_reads_the_index_of_due_tasks_alone(tmp_path: Path) -> No
             assert "Sort" not in plan, (name, plan)
     finally:
         await conn.close()
+
+
+async def test_postgres_returns_what_moved_when_its_top_up_fails(tmp_path: Path) -> None:
+    """A batch dequeue that found fewer due tasks than it asked for promotes and tops up; when
+    that second step fails, the tasks the first moved (Dequeued under the caller's lease) come
+    back rather than an error, as ``Queue.transfer_many`` promises: a dispatcher's claim lost
+    sight of them until their lease ran out (found in review)."""
+    settings = Settings(**settings_kwargs(backend_env("postgres", tmp_path)))  # type: ignore[arg-type]
+    await prepare_schema(settings)
+    backends = open_backends(settings)
+    try:
+        queue = backends.queue
+        assert isinstance(queue, PostgresQueue)
+        await queue.enqueue_many([_task(_id(n)) for n in range(2)])
+        now = now_ms()
+        queue._promote_at["default"] = time.monotonic() + 3600  # as if promoted just now
+        real = queue.database.fetch
+
+        async def top_up_fails(sql: str, params: Mapping[str, Any]) -> list[Any]:
+            if sql == QUERIES["promote_due"]:
+                raise BackendUnavailable("the connection was reset (injected)")
+            return await real(sql, params)
+
+        queue.database.fetch = top_up_fails  # type: ignore[method-assign]
+        taken = await queue.transfer_many(backends.store, now=now, most=5, lease_token="L")
+        assert [task.task_id for task in taken] == [_id(0), _id(1)]
+        with pytest.raises(BackendUnavailable):  # nothing moved: the failure is the answer
+            await queue.transfer_many(backends.store, now=now, most=5, lease_token="M")
+    finally:
+        await backends.close()

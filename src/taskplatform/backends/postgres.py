@@ -617,10 +617,16 @@ class PostgresQueue(Queue):
         # saves the BEGIN and COMMIT round trips on every dequeue.
         rows = await self.database.fetch(QUERIES["dequeue_next"], params)
         if len(rows) < most and not promoted:
-            await self._promote_due(queue, now)
-            rows += await self.database.fetch(
-                QUERIES["dequeue_next"], {**params, "most": most - len(rows)}
-            )
+            try:
+                await self._promote_due(queue, now)
+                rows += await self.database.fetch(
+                    QUERIES["dequeue_next"], {**params, "most": most - len(rows)}
+                )
+            except BackendUnavailable:
+                if not rows:
+                    raise
+                # Those moved are Dequeued under the lease: returned, not lost from sight
+                # until it runs out (Queue.transfer_many's promise).
         tasks = [stored_record(row) for row in rows]
         tasks.sort(key=lambda task: (-task.priority, task.sequence))  # RETURNING has no order
         return tasks
