@@ -19,10 +19,9 @@ from taskplatform.exceptions import BackendUnavailable, QueueEmpty, TaskNotFound
 from taskplatform.models import Status, TaskRecord
 from taskplatform.service import TaskService
 from taskplatform.settings import Settings
-from taskplatform.validation import parse_task_create
 from tests.support.backends import BACKENDS, backend_env, settings_kwargs
 from tests.support.receiver import Receiver
-from tests.support.service import opened_service
+from tests.support.service import create_task, opened_service
 
 Factory = Callable[..., contextlib.AbstractAsyncContextManager[TaskService]]
 
@@ -40,15 +39,6 @@ def make_service(request: pytest.FixtureRequest, tmp_path: Path) -> Factory:
     return make
 
 
-async def _create(service: TaskService, url: str, **options: object) -> str:
-    extra = "".join(f', "{name}": {value}' for name, value in options.items())
-    body = f'{{"taskData": {{}}, "callbackUrl": "{url}"{extra}}}'
-    task, _ = await service.create(
-        parse_task_create(body.encode(), max_depth=64, max_url_length=2048)
-    )
-    return task.task_id
-
-
 async def test_a_give_back_that_fails_once_is_tried_again_with_leases_off(
     make_service: Factory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -57,7 +47,7 @@ async def test_a_give_back_that_fails_once_is_tried_again_with_leases_off(
     answers again (as ``_return`` does for a lost dequeue answer, "leases off included");
     it stayed Dequeued with no lease, which nothing ever moves."""
     async with make_service(dequeue_lease_seconds=0) as service:
-        task_id = await _create(service, "http://127.0.0.1:9/x")
+        task_id = await create_task(service, "http://127.0.0.1:9/x")
         gone = asyncio.Event()
         real_transfer = service.queue.transfer
         real_requeue = service.queue.requeue
@@ -91,7 +81,7 @@ async def test_listing_every_status_keeps_a_task_redriven_between_its_reads(
     the store back to the queue in between (a re-drive; a reaper's requeue likewise) was in
     neither read, and vanished from the list. The queue is read again after the store."""
     async with make_service() as service:
-        task_id = await _create(service, "http://127.0.0.1:9/x", maxRetries=0)
+        task_id = await create_task(service, "http://127.0.0.1:9/x", maxRetries=0)
         assert (await service.dequeue()).task_id == task_id
         assert (await service.execute(task_id)).status is Status.FAILED
         real = service.queue.list_tasks
@@ -115,7 +105,7 @@ async def test_get_finds_a_task_dequeued_and_given_back_between_its_reads(
     just before the second store read hid the task from all three: 404 for a task that
     exists. Reads now alternate up to five times (``TaskService._locate``)."""
     async with make_service() as service:
-        task_id = await _create(service, "http://127.0.0.1:9/x")
+        task_id = await create_task(service, "http://127.0.0.1:9/x")
         taken: list[TaskRecord] = []
         real_queue_get, real_store_get = service.queue.get, service.store.get
         store_reads = [0]
@@ -151,7 +141,7 @@ async def test_a_claim_cut_off_at_stop_after_its_start_committed_is_withdrawn(
     ``maxRetries: 0`` task ended a dead letter that no callback ever reached."""
     monkeypatch.setattr(service_module, "_CLAIM_FINISH_SECONDS", 0.2)
     async with make_service(processing_lease_grace_seconds=0) as service:
-        task_id = await _create(service, receiver.url("/ok"), maxRetries=0, timeoutSeconds=1)
+        task_id = await create_task(service, receiver.url("/ok"), maxRetries=0, timeoutSeconds=1)
         real = service.store.compare_and_set_many
         committed = asyncio.Event()
 

@@ -17,17 +17,8 @@ from taskplatform.backends import TaskChanges
 from taskplatform.exceptions import BackendUnavailable, RetryLimitReached
 from taskplatform.models import Status, TaskRecord, now_ms
 from taskplatform.service import TaskService
-from taskplatform.validation import parse_task_create
 from tests.support.receiver import Receiver
-
-
-async def _create(service: TaskService, url: str, **options: object) -> str:
-    extra = "".join(f', "{name}": {value}' for name, value in options.items())
-    body = f'{{"taskData": {{}}, "callbackUrl": "{url}"{extra}}}'
-    task, _ = await service.create(
-        parse_task_create(body.encode(), max_depth=64, max_url_length=2048)
-    )
-    return task.task_id
+from tests.support.service import create_task
 
 
 def _before_first_call(
@@ -54,7 +45,7 @@ async def test_execute_finds_a_task_that_moved_between_its_reads(
     and dequeued just before execute reads the queue (so the queue has it not): execute must
     find it in the store again and start it, not answer that no such task exists (it did: a
     client may take a 404 to mean the task is gone)."""
-    task_id = await _create(service, receiver.url("/status/500"), maxRetries=3)
+    task_id = await create_task(service, receiver.url("/status/500"), maxRetries=3)
     assert (await service.dequeue()).task_id == task_id
     assert (await service.execute(task_id)).status is Status.FAILED
 
@@ -75,7 +66,7 @@ async def test_a_dead_letter_that_succeeds_when_tried_again_is_no_dead_letter(
     """A dispatched task whose first answer is permanent (``permanentOn: [500]``) is a Failed
     dead letter with attempts left; executed by hand, it succeeds: Completed, and no longer in
     the dead letters (it stayed flagged before)."""
-    task_id = await _create(service, receiver.url("/fail-first/1"), permanentOn=[500])
+    task_id = await create_task(service, receiver.url("/fail-first/1"), permanentOn=[500])
     (claimed,) = await service.claim_for_dispatch("default", 1)
     failed = await service.dispatch(claimed)
     assert failed.status is Status.FAILED
@@ -96,7 +87,7 @@ async def test_a_dead_letter_whose_start_fails_is_left_due_for_a_dispatcher(
     database failed the second (a 503), the task stayed in Retry with no time: no dispatcher
     ever claimed it, it was no dead letter to re-drive any more, and only another manual
     execute moved it. It is due at once now, and a dispatcher takes it."""
-    task_id = await _create(service, receiver.url("/fail-first/1"), permanentOn=[500])
+    task_id = await create_task(service, receiver.url("/fail-first/1"), permanentOn=[500])
     (claimed,) = await service.claim_for_dispatch("default", 1)
     assert (await service.dispatch(claimed)).status is Status.FAILED
     real = service.store.compare_and_set
@@ -126,7 +117,7 @@ async def test_a_dead_letter_whose_start_fails_is_left_due_for_a_dispatcher(
 async def test_a_dequeued_task_with_no_attempts_left_says_so(service: TaskService) -> None:
     """Execute of a Dequeued task whose attempts are spent (left so by an older version's
     interrupted re-drive) is refused as retry_limit_reached, not as already executing."""
-    task_id = await _create(service, "http://127.0.0.1:9/x", maxRetries=1)
+    task_id = await create_task(service, "http://127.0.0.1:9/x", maxRetries=1)
     assert (await service.dequeue()).task_id == task_id
     spent = await service.store.compare_and_set(
         task_id,
