@@ -124,10 +124,10 @@ def encode_json(value: object) -> bytes:
     """Encode ``value`` as compact UTF-8 JSON, the bytes sent as a body.
 
     Raises:
-        ValueError: ``value`` holds NaN or an infinity, which JSON cannot carry.
+        ValueError: ``value`` holds NaN or an infinity, which JSON cannot carry; is nested too
+            deeply to encode (about 1,000 levels; the server refuses more than 64 by default
+            anyway); or refers to itself.
         TypeError: ``value`` holds something that is not JSON (a set, a datetime, ...).
-        ValueError: ``value`` is nested too deeply to encode (about 1,000 levels; the server
-            refuses more than 64 by default anyway), or refers to itself.
     """
     try:
         text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
