@@ -129,6 +129,18 @@ class Settings(BaseSettings):
         float,
         Field(gt=0, le=3600, description="How long to wait for a new database connection."),
     ] = 5.0
+    database_statement_timeout_seconds: Annotated[
+        float,
+        Field(
+            gt=0,
+            le=3600,
+            description=(
+                "PostgreSQL: how long a server waits for one statement's answer before it gives "
+                "up on the connection and answers 503 (a database that stops answering, as "
+                "behind a stalled network, would otherwise hold requests with no end)."
+            ),
+        ),
+    ] = 30.0
     redis_key_prefix: Annotated[
         str,
         Field(

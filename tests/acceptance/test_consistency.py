@@ -166,6 +166,58 @@ def test_backend_down_during_dequeue_is_503_and_keeps_the_task(
         server.stop()
 
 
+def test_a_database_that_stops_answering_is_503_in_bounded_time_and_keeps_the_task(
+    backend: str,
+    tmp_path_factory: pytest.TempPathFactory,
+    cut_backend: Callable[..., tuple[dict[str, str], Proxy]],
+) -> None:
+    """PostgreSQL stops answering on open connections (a stalled network, a paused VM): every
+    request waited for its statement's answer with no end; a dequeue's, committed once the
+    database answered again, left the task Dequeued for nobody until its lease ran out (a
+    newcomer's finding). Past ``TASKPLATFORM_DATABASE_STATEMENT_TIMEOUT_SECONDS`` a request
+    is a 503; once the database answers, the task is Queued and dequeued exactly once."""
+    if "postgres" not in backend:
+        pytest.skip("only PostgreSQL is reached over the network as the store")
+    from tests.support.backends import backend_env
+
+    workdir = tmp_path_factory.mktemp("stalled")
+    env, proxy = cut_backend(backend_env(backend, workdir), "TASKPLATFORM_DATABASE_URL")
+    settings = {
+        **env,
+        **FAST_RECOVERY,
+        "TASKPLATFORM_DATABASE_STATEMENT_TIMEOUT_SECONDS": "1",
+        "TASKPLATFORM_DATABASE_CONNECT_TIMEOUT_SECONDS": "1",
+    }
+    server = Server(settings, workdir / "server.log").start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=60) as http:
+            task_id = create(http, "http://127.0.0.1:9/x")
+            proxy.stall()
+            try:
+                for method, path in [
+                    ("GET", "/api/tasks/dequeue"),
+                    ("GET", f"/api/tasks/{task_id}"),
+                    ("GET", "/api/stats"),
+                ]:
+                    started = time.monotonic()
+                    answer = http.request(method, path)
+                    assert_problem(answer, 503, "backend_unavailable")
+                    assert time.monotonic() - started < 15, (path, time.monotonic() - started)
+            finally:
+                proxy.resume()
+            status = None
+            for _ in range(100):  # a dequeue committed late is given back once it is seen
+                answer = http.get(f"/api/tasks/{task_id}")
+                status = answer.json().get("status") if answer.status_code == 200 else None
+                if status == "Queued":
+                    break
+                time.sleep(0.2)
+            assert status == "Queued"
+            assert _dequeue_all(http) == [task_id]
+    finally:
+        server.stop()
+
+
 def test_an_answered_callback_is_recorded_when_the_store_comes_back_within_its_lease(
     backend: str,
     receiver: Receiver,

@@ -23,6 +23,7 @@ import pytest
 from taskplatform.backends.migrate import head_revision
 from tests.acceptance.helpers import create
 from tests.support.backends import REDIS_URL, backend_env
+from tests.support.proxy import Proxy
 from tests.support.receiver import Receiver
 from tests.support.server import Server, Worker, clean_environ, free_port
 
@@ -211,6 +212,30 @@ def test_a_database_that_cannot_be_reached_or_used_exits_3_as_a_queue_does(
     assert message in result.stderr
     assert "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_a_database_that_accepts_but_never_answers_says_which_timeout(tmp_path: Path) -> None:
+    """A port that takes the connection and stays silent (a stalled network, another
+    service's port): the line ended in "cannot reach the PostgreSQL database: " and nothing,
+    a TimeoutError having no words of its own (a newcomer's finding)."""
+    stalled = Proxy("127.0.0.1", 5432).start()
+    stalled.stall()
+    try:
+        result = _taskplatform(
+            "db",
+            "upgrade",
+            env={
+                "TASKPLATFORM_DATABASE_URL": f"postgresql://postgres@127.0.0.1:{stalled.port}/x",
+                "TASKPLATFORM_DATABASE_CONNECT_TIMEOUT_SECONDS": "1",
+            },
+        )
+    finally:
+        stalled.stop()
+    assert result.returncode == 3, result.stderr
+    assert result.stderr.strip() == (
+        "error: cannot reach the PostgreSQL database: no answer within the connect timeout "
+        "(TASKPLATFORM_DATABASE_CONNECT_TIMEOUT_SECONDS, now 1 s, or the URL's connect_timeout=)"
+    )
 
 
 @pytest.mark.parametrize("command", [["db", "upgrade"], ["serve"], ["worker"]])

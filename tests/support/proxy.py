@@ -11,7 +11,9 @@ class Proxy:
     """Forwards ``127.0.0.1:<port>`` to ``target_host:target_port`` on its own thread.
 
     ``cut()`` closes the listener and every open connection (clients see the server vanish);
-    ``restore()`` listens again on the same port.
+    ``restore()`` listens again on the same port. ``stall()`` keeps every connection open but
+    holds the bytes either way (a server that stops answering: a stalled network, a paused VM);
+    ``resume()`` passes them on.
     """
 
     def __init__(self, target_host: str, target_port: int) -> None:
@@ -20,6 +22,8 @@ class Proxy:
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._flowing = asyncio.Event()
+        self._flowing.set()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
 
@@ -29,6 +33,7 @@ class Proxy:
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(OSError, asyncio.CancelledError):
             while data := await reader.read(65536):
+                await self._flowing.wait()
                 writer.write(data)
                 await writer.drain()
         writer.close()
@@ -78,7 +83,16 @@ class Proxy:
         """Listen again on the same port."""
         self._call(self._listen())
 
+    def stall(self) -> None:
+        """Hold every byte from now on, either way, with every connection left open."""
+        self._loop.call_soon_threadsafe(self._flowing.clear)
+
+    def resume(self) -> None:
+        """Pass on what was held, and what comes next."""
+        self._loop.call_soon_threadsafe(self._flowing.set)
+
     async def _shutdown(self) -> None:
+        self._flowing.set()
         await self._close()
         handlers = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
         for task in handlers:

@@ -195,7 +195,11 @@ async def prepare_schema(settings: Settings) -> None:
         try:
             await migrate.upgrade(url, connect_timeout_seconds=timeout)
         except (OSError, TimeoutError) as exc:
-            raise BackendUnavailable(f"cannot reach the PostgreSQL database: {exc}") from exc
+            why = str(exc) or (  # a TimeoutError says nothing by itself
+                "no answer within the connect timeout (TASKPLATFORM_DATABASE_CONNECT_TIMEOUT_"
+                f"SECONDS, now {timeout:g} s, or the URL's connect_timeout=)"
+            )
+            raise BackendUnavailable(f"cannot reach the PostgreSQL database: {why}") from exc
         except DBAPIError as exc:  # the server's own words, without SQLAlchemy's wrapping
             raise BackendUnavailable(f"cannot use the PostgreSQL database: {exc.orig}") from exc
         except Exception as exc:
@@ -270,6 +274,7 @@ def open_backends(settings: Settings) -> Backends:
             pool_size=settings.database_pool_size,
             pool_overflow=settings.database_pool_overflow,
             connect_timeout_seconds=settings.database_connect_timeout_seconds,
+            statement_timeout_seconds=settings.database_statement_timeout_seconds,
         )
         store = PostgresStore(pg)
         if queue_kind == "postgresql":

@@ -180,7 +180,7 @@ def driver_dsn(url: str) -> tuple[str, float | None]:
 
 
 def connector(
-    url: str, *, connect_timeout_seconds: float
+    url: str, *, connect_timeout_seconds: float, statement_timeout_seconds: float | None = None
 ) -> Callable[[], Awaitable[asyncpg.Connection]]:
     """Return a function that opens a new asyncpg connection to the database at ``url``.
 
@@ -188,6 +188,9 @@ def connector(
         url: As :func:`driver_dsn` takes it.
         connect_timeout_seconds: How long a new connection may take, unless ``url`` names a
             ``connect_timeout``.
+        statement_timeout_seconds: How long any one statement on the connection may wait for
+            its answer (asyncpg's ``command_timeout``; then ``TimeoutError``, and asyncpg asks
+            the server to cancel it); None for no limit (migrations, ``db copy``).
 
     Raises:
         ValueError: as :func:`driver_dsn`, at once.
@@ -196,7 +199,9 @@ def connector(
     timeout = connect_timeout or connect_timeout_seconds
 
     async def connect() -> asyncpg.Connection:
-        return await asyncpg.connect(dsn, timeout=timeout)
+        return await asyncpg.connect(
+            dsn, timeout=timeout, command_timeout=statement_timeout_seconds
+        )
 
     return connect
 
@@ -226,6 +231,8 @@ class PostgresDatabase:
         pool_size: Connections kept open.
         pool_overflow: Extra connections allowed under load.
         connect_timeout_seconds: How long to wait for a new connection.
+        statement_timeout_seconds: How long one statement may wait for its answer; past it
+            the statement fails (``BackendUnavailable``) and its connection is dropped.
     """
 
     def __init__(
@@ -235,10 +242,15 @@ class PostgresDatabase:
         pool_size: int = 10,
         pool_overflow: int = 20,
         connect_timeout_seconds: float = 5.0,
+        statement_timeout_seconds: float | None = 30.0,
     ) -> None:
         self.url = url
         #: Opens a connection of its own, outside the pool (LISTEN holds one for good).
-        self.connect = connector(url, connect_timeout_seconds=connect_timeout_seconds)
+        self.connect = connector(
+            url,
+            connect_timeout_seconds=connect_timeout_seconds,
+            statement_timeout_seconds=statement_timeout_seconds,
+        )
         self.engine = create_engine(
             self.connect,
             pool_size=pool_size,
@@ -336,10 +348,20 @@ def _translated_errors() -> Iterator[None]:
     """Turn driver errors into BackendUnavailable, so none reaches the service."""
     try:
         yield
-    except (SQLAlchemyError, *_DRIVER_ERRORS, OSError, TimeoutError) as exc:
+    except TimeoutError as exc:
+        raise_if_cancelled()
+        logger.warning("postgresql error: %s", _NO_ANSWER)
+        raise BackendUnavailable(f"the PostgreSQL database failed: {_NO_ANSWER}") from exc
+    except (SQLAlchemyError, *_DRIVER_ERRORS, OSError) as exc:
         raise_if_cancelled()
         logger.warning("postgresql error: %s: %s", type(exc).__name__, _brief(exc))
         raise BackendUnavailable(f"the PostgreSQL database failed: {_brief(exc)}") from exc
+
+
+_NO_ANSWER = (
+    "no answer in time (a new connection waits TASKPLATFORM_DATABASE_CONNECT_TIMEOUT_SECONDS, "
+    "a statement TASKPLATFORM_DATABASE_STATEMENT_TIMEOUT_SECONDS)"
+)
 
 
 def _brief(exc: BaseException) -> str:
