@@ -464,11 +464,26 @@ def db_copy(
         str | None,
         typer.Option(help="The database to copy from. \\[env: TASKPLATFORM_DATABASE_URL]"),
     ] = None,
+    while_running: Annotated[
+        bool,
+        typer.Option(
+            "--while-running",
+            help="Copy even though servers or workers use the source now: what they write "
+            "after the copy starts is not in it.",
+        ),
+    ] = False,
 ) -> None:
     """Copy the store, every task in every status with its attempts, into another database."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from taskplatform.backends.copy import TargetNotEmpty, copy_store, describe, ensure_empty
+    from taskplatform.backends.copy import (
+        RUNNING_WITHIN_SECONDS,
+        TargetNotEmpty,
+        copy_store,
+        describe,
+        ensure_empty,
+        running_processes,
+    )
 
     source = _settings_or_exit(database_url=database_url)
     target = _settings_or_exit(database_url=to)
@@ -496,6 +511,17 @@ def db_copy(
         typer.echo(f"error: {exc.detail}", err=True)
         raise typer.Exit(1) from exc
     _prepare_or_exit(source)
+    running = asyncio.run(running_processes(source.database_url, connect_timeout_seconds=timeout))
+    if running and not while_running:
+        typer.echo(
+            f"error: {len(running)} process{'es' if len(running) > 1 else ''} used the source "
+            f"in the last {RUNNING_WITHIN_SECONDS:g} s ({', '.join(running)}): stop every "
+            "server and worker on it first, as what they write after the copy starts would be "
+            "missing from it (one killed rather than stopped is listed for up to "
+            f"{RUNNING_WITHIN_SECONDS:g} s); or pass --while-running",
+            err=True,
+        )
+        raise typer.Exit(1)
     typer.echo(f"copying {where[0]} into {where[1]}", err=True)
     try:
         copied = asyncio.run(

@@ -584,7 +584,8 @@ def test_db_copy_moves_a_store_with_every_task_into_another_database(
     """Tasks in every status, the attempt log, the database's queue in its order, a task
     scheduled for later, idempotency keys and a paused queue: after ``db copy`` and a restart
     on the other database a client reads the same, a key replays, and a new task queues after
-    the copied ones of its priority. A second copy into the now full target is refused."""
+    the copied ones of its priority. A copy while a server uses the source, and a second copy
+    into the now full target, are refused."""
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     before_env = backend_env(source, tmp_path / "a")
@@ -605,7 +606,13 @@ def test_db_copy_moves_a_store_with_every_task_into_another_database(
         assert http.post(f"/api/tasks/{failing}/execute").status_code == 200
         assert http.post("/api/queues/emails/pause").status_code == 200
     before = _snapshot(first)
-    first.stop()
+    live = _taskplatform(
+        "db", "copy", "--to", after_env["TASKPLATFORM_DATABASE_URL"], env=before_env
+    )
+    assert live.returncode == 1, live.stderr  # its later writes would be missing from a copy
+    assert "error: 1 process used the source in the last 30 s (" in live.stderr
+    assert "stop every server and worker on it first" in live.stderr
+    first.stop()  # a clean stop takes its row out: no wait
 
     copied = _taskplatform(
         "db", "copy", "--to", after_env["TASKPLATFORM_DATABASE_URL"], env=before_env

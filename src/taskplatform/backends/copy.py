@@ -12,6 +12,7 @@ stay where they are and the copy does not need them (keep ``TASKPLATFORM_QUEUE_U
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -236,6 +237,33 @@ async def ensure_empty(url: str, *, connect_timeout_seconds: float = 5.0) -> Non
     ) as side:
         tables = await side.run(_reflect)
         _refuse_held(await side.run(_count({name: tables[name] for name in HELD})))
+
+
+RUNNING_WITHIN_SECONDS = 30.0
+"""A process whose heartbeat (every 10 s) is this recent is taken for running."""
+
+
+async def running_processes(url: str, *, connect_timeout_seconds: float = 5.0) -> list[str]:
+    """Return the ids (``host:pid:random``) of the processes that use the store at ``url`` now:
+    those seen in its ``processes`` table within :data:`RUNNING_WITHIN_SECONDS`. One that
+    stopped cleanly has taken its row out; one killed is listed until its row ages.
+
+    Why: :func:`copy_store` reads one snapshot, and what a running server writes after it
+    (a create acknowledged, an attempt recorded) would be missing from the copy.
+
+    Raises:
+        sqlalchemy.exc.SQLAlchemyError, OSError: it failed or cannot be reached.
+    """
+    since = time.time_ns() // 1_000_000 - round(RUNNING_WITHIN_SECONDS * 1000)
+    query = text("SELECT process_id FROM processes WHERE seen_at >= :since ORDER BY process_id")
+
+    def read(connection: Connection) -> list[str]:
+        return [str(row[0]) for row in connection.execute(query, {"since": since})]
+
+    async with _opened(
+        url, snapshot=False, connect_timeout_seconds=connect_timeout_seconds
+    ) as side:
+        return await side.run(read)
 
 
 def _refuse_held(counted: dict[str, int]) -> None:
