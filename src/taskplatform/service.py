@@ -160,6 +160,7 @@ _RETRY_CHECK_SECONDS = 0.05
 this long: a claim then costs one round trip less (bench/run.py: about a sixth of a PostgreSQL
 claim), and a retry, which waits its backoff anyway, starts at most this much later."""
 _CLAIM_FINISH_SECONDS = 5.0
+_HAND_OVER_BATCH = 500  # tasks a move from the database's queue takes a transaction
 """How long a dispatcher's claim in flight when it is stopped gets to finish, so that the tasks
 it moved are known and called back (a backend down would otherwise hold up the stop)."""
 
@@ -270,6 +271,7 @@ class TaskService:
     def __init__(self, backends: Backends, sender: CallbackSender, settings: Settings) -> None:
         self.queue = backends.queue
         self.store = backends.store
+        self._database_queue = backends.database_queue  # see adopt_database_queue
         self.sender = sender
         self.settings = settings
         self.arrivals = Arrivals()
@@ -1690,6 +1692,58 @@ class TaskService:
             await self.announce()
         with contextlib.suppress(BackendUnavailable):
             await self.queue.follow_store(self.store)  # else in the first maintenance round
+            await self.adopt_database_queue()  # likewise
+
+    async def adopt_database_queue(self) -> int:
+        """Move every task waiting in the store database's own queue into the queue in use
+        (Redis), each at its place: its priority, its sequence number, its scheduled time.
+        Returns how many moved; 0 at once when the queue in use is the database's.
+
+        Why: the way up (README) switches a store's queue to Redis by configuration. The tasks
+        still waiting in the database's queue were then seen by nothing: no dequeue,
+        dispatcher or GET found them, and the server only logged how many (a newcomer's
+        finding). Each moves as a dequeue and a requeue do, so no new way of moving a task can
+        lose one: out of the database's queue into the store, Dequeued under a lease of
+        ``queue_reservation_seconds``, in one transaction (:meth:`Queue.hand_over`); then into
+        Redis at its number (:meth:`Queue.requeue`'s three steps, its error left as it was). A
+        process that dies in between leaves the task Dequeued under that lease, which the
+        reaper returns to Redis once it runs out; processes doing this at once take different
+        tasks. Run at start and in every maintenance round (one cheap read when nothing is
+        left), so tasks that servers still on the old configuration queue move too. Redis's
+        counter follows the database's first (:meth:`Queue.follow_store`), so tasks created
+        after the switch queue behind these. Idempotency keys stay in the database: a create
+        repeated across the switch makes a second task.
+
+        Raises:
+            BackendUnavailable: the store or the queue cannot be reached (the next round goes on).
+        """
+        source = self._database_queue
+        if source is None:
+            return 0
+        await self.queue.follow_store(self.store)
+        moved = 0
+        lease_ms = round(self.settings.queue_reservation_seconds * 1000)
+        while True:
+            now = now_ms()
+            taken = await source.hand_over(
+                self.store,
+                now=now,
+                most=_HAND_OVER_BATCH,
+                lease_token=str(uuid_utils.uuid4()),
+                lease_expires_at=now + lease_ms,
+            )
+            for task in taken:
+                if await self.queue.requeue(self.store, task, now=now_ms(), note=task.error):
+                    moved += 1
+            if len(taken) < _HAND_OVER_BATCH:
+                break
+        if moved:
+            logger.warning(
+                "moved %d tasks from the database's own queue into the queue at %s",
+                moved,
+                self._process.queue,
+            )
+        return moved
 
     async def sync_clock(self) -> None:
         """Follow the store's clock: set the offset :func:`~taskplatform.models.now_ms` adds to
@@ -1861,6 +1915,7 @@ class TaskService:
                     if time.monotonic() >= self._next_heartbeat:
                         await self.announce()
                     await self.reap()
+                    await self.adopt_database_queue()
                     if (now := now_ms()) >= self._next_depth_sample:
                         await self.sample_queue_depth(now)
                         interval = max(1, round(self.settings.queue_depth_sample_seconds * 1000))

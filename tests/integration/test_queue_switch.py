@@ -3,12 +3,14 @@ Redis's sequence numbers, which the database's queue had handed out (or would ha
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import msgspec
 import pytest
 
 from taskplatform.backends import open_backends, prepare_schema
+from taskplatform.exceptions import BackendUnavailable
 from taskplatform.models import Status, now_ms
 from taskplatform.settings import Settings
 from tests.integration.test_contract import _id, _task
@@ -135,3 +137,73 @@ async def test_a_task_dequeued_before_a_switch_to_redis_goes_back_ahead_of_newer
         assert [task.task_id for task in again] == [_id(9), _id(20), _id(21), _id(22)]
         assert [task.sequence for task in again] == [10, 11, 12, 13]
         await service.shutdown(0)
+
+
+async def _filled_database_queue(env: dict[str, str]) -> list[str]:
+    """Tasks in the database's own queue, as a server before the switch left them: three of
+    priority 0, one of 5, one scheduled an hour ahead, in that order of creation."""
+    before = {key: value for key, value in env.items() if "REDIS" not in key and "QUEUE" not in key}
+    settings = Settings(**settings_kwargs(before))  # type: ignore[arg-type]
+    await prepare_schema(settings)
+    backends = open_backends(settings)
+    try:
+        tasks = [_task(_id(n), priority=5 if n == 3 else 0) for n in range(5)]
+        tasks[4].scheduled_at = now_ms() + 3_600_000
+        await backends.queue.enqueue_many(tasks)
+    finally:
+        await backends.close()
+    return [task.task_id for task in tasks]
+
+
+@pytest.mark.parametrize("name", ["redis+sqlite", "redis+postgres"])
+async def test_tasks_left_in_the_database_queue_move_into_redis_once(
+    name: str, tmp_path: Path
+) -> None:
+    """Two processes start on the switched configuration at once: every task left in the
+    database's queue moves into Redis exactly once, at its place, the scheduled one with its
+    time, and a task created after them queues behind those of its priority."""
+    env = backend_env(name, tmp_path)
+    ids = await _filled_database_queue(env)
+    settings = Settings(**settings_kwargs(env))  # type: ignore[arg-type]
+    async with opened_service(settings) as one, opened_service(settings) as other:
+        moved = await asyncio.gather(one.adopt_database_queue(), other.adopt_database_queue())
+        assert sum(moved) == 5
+        assert await one.adopt_database_queue() == 0
+        assert (await one.get(ids[4])).scheduled_at is not None
+        newer = _task(_id(9))
+        await one.queue.enqueue(newer)
+        taken = await one.queue.transfer_many(one.store, now=now_ms(), most=10)
+        assert [task.task_id for task in taken] == [ids[3], ids[0], ids[1], ids[2], _id(9)]
+        later = await one.queue.transfer_many(one.store, now=now_ms() + 3_600_001, most=10)
+        assert [task.task_id for task in later] == [ids[4]]
+
+
+@pytest.mark.parametrize("name", ["redis+sqlite", "redis+postgres"])
+async def test_a_move_cut_off_after_the_hand_over_is_finished_by_the_reaper(
+    name: str, tmp_path: Path
+) -> None:
+    """Redis fails (or the process dies) after tasks left the database's queue: they are in
+    the store, Dequeued under the move's lease, and the reaper returns them to Redis once it
+    runs out, at their places."""
+    env = backend_env(name, tmp_path)
+    ids = await _filled_database_queue(env)
+    settings = Settings(
+        **settings_kwargs(env),  # type: ignore[arg-type]
+        queue_reservation_seconds=0.2,
+    )
+    async with opened_service(settings) as service:
+        real = service.queue.requeue
+
+        async def redis_down(*args: object, **kwargs: object) -> bool:
+            raise BackendUnavailable("the Redis queue failed: injected")
+
+        service.queue.requeue = redis_down  # type: ignore[method-assign]
+        with pytest.raises(BackendUnavailable):
+            await service.adopt_database_queue()
+        service.queue.requeue = real  # type: ignore[method-assign]
+        held = await service.get(ids[0])
+        assert (held.status, held.lease_expires_at is not None) == (Status.DEQUEUED, True)
+        await asyncio.sleep(0.3)
+        await service.reap()
+        taken = await service.queue.transfer_many(service.store, now=now_ms(), most=10)
+        assert [task.task_id for task in taken] == [ids[3], ids[0], ids[1], ids[2]]

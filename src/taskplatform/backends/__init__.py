@@ -39,10 +39,14 @@ class ConfigurationError(Exception):
 
 @dataclass(frozen=True)
 class Backends:
-    """The queue and store one service uses."""
+    """The queue and store one service uses; when the queue is elsewhere (Redis), also the
+    store database's own queue, whose tasks a switch left behind (moved by
+    ``TaskService.adopt_database_queue``). It shares the store's connections: closing the store
+    closes it."""
 
     queue: Queue
     store: Store
+    database_queue: Queue | None = None
 
     async def close(self) -> None:
         """Close both backends (a shared database is closed once)."""
@@ -208,16 +212,6 @@ async def prepare_schema(settings: Settings) -> None:
             raise
     if store == "postgresql" and queue != "redis":
         await migrate.advance_queue_sequence(url, connect_timeout_seconds=timeout)
-    if queue == "redis" and (
-        stranded := await migrate.count_queued(url, connect_timeout_seconds=timeout)
-    ):
-        # A switch of the queue to Redis leaves these behind: nothing reads that table then.
-        logger.warning(
-            "%d tasks are Queued in the database's own queue, which a Redis queue "
-            "(TASKPLATFORM_QUEUE_URL) does not read: no dequeue, dispatcher or GET finds them. "
-            "Run with TASKPLATFORM_QUEUE_URL unset until that queue is empty, then switch",
-            stranded,
-        )
 
 
 def queue_address(settings: Settings) -> str:
@@ -264,8 +258,7 @@ def open_backends(settings: Settings) -> Backends:
             busy_timeout_seconds=settings.sqlite_busy_timeout_seconds,
         )
         store = SQLiteStore(database)
-        if queue_kind == "sqlite":
-            return Backends(queue=SQLiteQueue(database, faults), store=store)
+        database_queue: Queue = SQLiteQueue(database, faults)
     else:
         from taskplatform.backends.postgres import PostgresDatabase, PostgresQueue, PostgresStore
 
@@ -277,8 +270,9 @@ def open_backends(settings: Settings) -> Backends:
             statement_timeout_seconds=settings.database_statement_timeout_seconds,
         )
         store = PostgresStore(pg)
-        if queue_kind == "postgresql":
-            return Backends(queue=PostgresQueue(pg, faults), store=store)
+        database_queue = PostgresQueue(pg, faults)
+    if queue_kind != "redis":
+        return Backends(queue=database_queue, store=store)
     from taskplatform.backends.redis import RedisQueue
 
     queue = RedisQueue(
@@ -287,4 +281,4 @@ def open_backends(settings: Settings) -> Backends:
         reservation_seconds=settings.queue_reservation_seconds,
         faults=faults,
     )
-    return Backends(queue=queue, store=store)
+    return Backends(queue=queue, store=store, database_queue=database_queue)

@@ -319,13 +319,13 @@ class Queue(abc.ABC):
 
     @abc.abstractmethod
     async def requeue(
-        self, store: Store, task: TaskRecord, *, now: int, note: str, redrive: bool = False
+        self, store: Store, task: TaskRecord, *, now: int, note: str | None, redrive: bool = False
     ) -> bool:
         """Return a Dequeued ``task`` from ``store`` to the queue, at its original position.
 
         Fenced by ``task.lease_token``: it happens only if the stored task is still Dequeued
         under that lease, so of several reapers at most one moves it. ``note`` is written to the
-        task's ``error``, so its record says why it is queued again.
+        task's ``error``, so its record says why it is queued again (None clears it).
 
         With ``redrive``, the task must be Failed instead (a dead letter sent back by hand): it
         returns with no attempts made, no longer a dead letter, and not scheduled.
@@ -357,6 +357,24 @@ class Queue(abc.ABC):
             How many tasks went back to the queue.
         """
         return 0
+
+    async def hand_over(
+        self, store: Store, *, now: int, most: int, lease_token: str, lease_expires_at: int
+    ) -> list[TaskRecord]:
+        """Take up to ``most`` tasks of any queue, due or not, oldest sequence number first,
+        into ``store`` as Dequeued under ``lease_token`` until ``lease_expires_at`` (epoch
+        ms), in one transaction; for a queue elsewhere to take them in (:meth:`requeue`).
+
+        Only a queue in the store's own database has this: it is the one left behind when a
+        store's queue moves to Redis (``TaskService.adopt_database_queue``).
+
+        Returns:
+            The tasks as stored; empty when this queue holds none.
+
+        Raises:
+            BackendUnavailable: nothing moved.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not hand its tasks over")
 
     async def follow_store(self, store: Store) -> None:
         """Bring what this queue keeps up to date with ``store``, once per process, before the

@@ -105,19 +105,6 @@ async def _in_transaction(
         await engine.dispose()
 
 
-def _count_queued_on(connection: Connection) -> int:
-    return int(connection.execute(text("SELECT count(*) FROM queued_tasks")).scalar_one())
-
-
-async def count_queued(url: str, *, connect_timeout_seconds: float = 5.0) -> int:
-    """Return how many tasks wait in the database's own queue table (``queued_tasks``).
-
-    Only a concern when the queue is elsewhere (Redis): those tasks are then read by nothing.
-    The schema must be current (:func:`upgrade`).
-    """
-    return await _in_transaction(url, _count_queued_on, connect_timeout_seconds)
-
-
 # The queue's seq numbers come from one PostgreSQL sequence; a task stored while the queue was
 # Redis carries Redis's number, which goes back into queued_tasks when the task is requeued or
 # re-driven. Past the sequence, that number would be handed out again to a new task.

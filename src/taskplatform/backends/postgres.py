@@ -44,6 +44,7 @@ from taskplatform.backends.sqlrows import (
     compare_and_set_sql,
     execution_params,
     execution_record,
+    handed_over,
     queue_list_sql,
     queue_params,
     queued_record,
@@ -582,6 +583,17 @@ class PostgresQueue(Queue):
             await conn.execute(SQL["store_insert"], task_params(task))
         return task
 
+    async def hand_over(
+        self, store: Store, *, now: int, most: int, lease_token: str, lease_expires_at: int
+    ) -> list[TaskRecord]:
+        self._check_store(store)
+        async with self.database.begin() as conn:
+            rows = (await conn.execute(SQL["queue_hand_over"], {"most": most})).all()
+            moved = [handed_over(row, now, lease_token, lease_expires_at) for row in rows]
+            if moved:
+                await conn.execute(SQL["store_insert"], [task_params(task) for task in moved])
+        return moved
+
     async def depth(self) -> int:
         async with self.database.autocommit() as conn:
             count: int = (await conn.execute(SQL["queue_depth"])).scalar_one()
@@ -658,7 +670,7 @@ class PostgresQueue(Queue):
         await self.database.fetch(QUERIES["promote_due"], {"queue": queue, "now": now})
 
     async def requeue(
-        self, store: Store, task: TaskRecord, *, now: int, note: str, redrive: bool = False
+        self, store: Store, task: TaskRecord, *, now: int, note: str | None, redrive: bool = False
     ) -> bool:
         self._check_store(store)
         fence = {"task_id": task.task_id, "lease_token": task.lease_token}

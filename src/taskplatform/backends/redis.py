@@ -612,7 +612,7 @@ class RedisQueue(Queue):
         return int(moved)
 
     async def requeue(
-        self, store: Store, task: TaskRecord, *, now: int, note: str, redrive: bool = False
+        self, store: Store, task: TaskRecord, *, now: int, note: str | None, redrive: bool = False
     ) -> bool:
         """Return a Dequeued task to Redis, at its original position, in three steps.
 

@@ -45,6 +45,7 @@ from taskplatform.backends.sqlrows import (
     compare_and_set_sql,
     execution_params,
     execution_record,
+    handed_over,
     queue_list_sql,
     queue_params,
     queued_record,
@@ -634,8 +635,21 @@ class SQLiteQueue(Queue):
 
         return await self.database.write(job)
 
+    async def hand_over(
+        self, store: Store, *, now: int, most: int, lease_token: str, lease_expires_at: int
+    ) -> list[TaskRecord]:
+        self._check_store(store)
+
+        def job(conn: sqlite3.Connection) -> list[TaskRecord]:
+            rows = conn.execute(SQL["queue_hand_over"], {"most": most}).fetchall()
+            moved = [handed_over(row, now, lease_token, lease_expires_at) for row in rows]
+            conn.executemany(SQL["store_insert"], [task_params(task) for task in moved])
+            return moved
+
+        return await self.database.write(job)
+
     async def requeue(
-        self, store: Store, task: TaskRecord, *, now: int, note: str, redrive: bool = False
+        self, store: Store, task: TaskRecord, *, now: int, note: str | None, redrive: bool = False
     ) -> bool:
         self._check_store(store)
         fence = {"task_id": task.task_id, "lease_token": task.lease_token}

@@ -66,6 +66,17 @@ def queued_record(row: Sequence[Any]) -> TaskRecord:
     )
 
 
+def handed_over(
+    row: Sequence[Any], now: int, lease_token: str, lease_expires_at: int
+) -> TaskRecord:
+    """The task of a ``queue_hand_over`` row, as the store takes it: Dequeued under the lease
+    (``Queue.hand_over``)."""
+    task = queued_record(row)
+    task.status, task.updated_at = Status.DEQUEUED, now
+    task.lease_token, task.lease_expires_at = lease_token, lease_expires_at
+    return task
+
+
 def stored_record(row: Sequence[Any]) -> TaskRecord:
     """Map a ``tasks`` row in :data:`STORE_COLUMNS` order to a task."""
     result = row[12]

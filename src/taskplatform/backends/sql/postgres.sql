@@ -198,6 +198,15 @@ ON CONFLICT (task_id) DO UPDATE
     WHERE tasks.status = 'Queued'
 RETURNING task_id;
 
+-- name: queue_hand_over
+-- Remove up to :most tasks of every queue, due or not, oldest number first, and return them (to
+-- move them into a queue elsewhere: a switch to Redis). Processes doing it at once take
+-- different rows.
+DELETE FROM queued_tasks
+WHERE seq IN (SELECT seq FROM queued_tasks ORDER BY seq LIMIT :most FOR UPDATE SKIP LOCKED)
+RETURNING task_id, seq, priority, task_data, callback_url, max_retries, timeout_seconds, attempts,
+          error, created_at, updated_at, queue, scheduled_at, retry_policy;
+
 -- name: queue_sequence
 -- The last sequence number the database's own queue handed out, 0 before the first (or for a
 -- role that may not read the sequence: pg_sequences shows it NULL then).

@@ -42,3 +42,11 @@ UPDATE queues SET dispatch_tokens = min(:burst, dispatch_tokens + 1) WHERE name 
 -- The last sequence number the database's own queue handed out (AUTOINCREMENT's counter), 0
 -- before the first.
 SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'queued_tasks'), 0);
+
+-- name: queue_hand_over
+-- Remove up to :most tasks of every queue, due or not, oldest number first, and return them (to
+-- move them into a queue elsewhere: a switch to Redis).
+DELETE FROM queued_tasks
+WHERE seq IN (SELECT seq FROM queued_tasks ORDER BY seq LIMIT :most)
+RETURNING task_id, seq, priority, task_data, callback_url, max_retries, timeout_seconds, attempts,
+          error, created_at, updated_at, queue, scheduled_at, retry_policy;
