@@ -215,6 +215,29 @@ def test_a_database_that_cannot_be_reached_or_used_exits_3_as_a_queue_does(
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
+@pytest.mark.parametrize(
+    ("parameter", "words"),
+    [
+        ("command_timeout=5", 'unrecognized configuration parameter "command_timeout"'),
+        ("options=-c%20statement_timeout%3Dabc", 'invalid value for parameter "statement_timeout"'),
+    ],
+)
+def test_a_url_parameter_the_server_refuses_exits_2_as_settings_do(
+    parameter: str, words: str, tmp_path: Path
+) -> None:
+    """The server refuses the connection for a parameter of the URL: the settings as written,
+    which no retry mends. It exited 3, which a supervisor retries for ever (a newcomer's
+    finding); 2 says to fix the settings."""
+    url = backend_env("postgres", tmp_path)["TASKPLATFORM_DATABASE_URL"]
+    result = _taskplatform("db", "upgrade", env={"TASKPLATFORM_DATABASE_URL": f"{url}?{parameter}"})
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(
+        "error: TASKPLATFORM_DATABASE_URL has a parameter the PostgreSQL server does not take: "
+    )
+    assert words in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
 def test_a_database_that_accepts_but_never_answers_says_which_timeout(tmp_path: Path) -> None:
     """A port that takes the connection and stays silent (a stalled network, another
     service's port): the line ended in "cannot reach the PostgreSQL database: " and nothing,

@@ -205,6 +205,11 @@ async def prepare_schema(settings: Settings) -> None:
             )
             raise BackendUnavailable(f"cannot reach the PostgreSQL database: {why}") from exc
         except DBAPIError as exc:  # the server's own words, without SQLAlchemy's wrapping
+            if getattr(exc.orig, "sqlstate", None) in _URL_REFUSED:
+                raise ConfigurationError(
+                    "TASKPLATFORM_DATABASE_URL has a parameter the PostgreSQL server does not "
+                    f"take: {exc.orig}"
+                ) from exc
             raise BackendUnavailable(f"cannot use the PostgreSQL database: {exc.orig}") from exc
         except Exception as exc:
             if type(exc).__module__.startswith(("sqlalchemy", "asyncpg")):
@@ -212,6 +217,13 @@ async def prepare_schema(settings: Settings) -> None:
             raise
     if store == "postgresql" and queue != "redis":
         await migrate.advance_queue_sequence(url, connect_timeout_seconds=timeout)
+
+
+_URL_REFUSED = {"42704", "22023"}
+"""SQLSTATEs of a connection refused for a URL parameter the server does not know
+(``?command_timeout=5``: "unrecognized configuration parameter") or whose value it refuses: the
+settings as written, not a database that is down, so exit code 2, which a supervisor does not
+retry."""
 
 
 def queue_address(settings: Settings) -> str:
