@@ -154,7 +154,11 @@ def _check_backends_answer_or_exit(settings: Settings, command: str) -> None:
     try:
         asyncio.run(check())
     except BackendUnavailable as exc:
-        typer.echo(f"error: cannot start the {command}: {exc}", err=True)
+        where = _backend_addresses(settings)[1]
+        said = exc.detail
+        if where.startswith("redis"):  # name the setting that says where
+            said += f" (the queue at TASKPLATFORM_QUEUE_URL, {where})"
+        typer.echo(f"error: cannot start the {command}: {said}", err=True)
         raise typer.Exit(STARTUP_FAILURE) from exc
     logging.getLogger("taskplatform").info("store: %s; queue: %s", *_backend_addresses(settings))
 

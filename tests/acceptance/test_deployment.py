@@ -196,7 +196,8 @@ def test_ctrl_c_while_the_command_starts_is_quiet(delay: float, tmp_path: Path) 
         ("sqlite:////proc/no/such/dir/x.db", "cannot create the SQLite database's folder"),
         (  # the server's words alone: not SQLAlchemy's wrapping and its "Background" line
             "postgresql://postgres@127.0.0.1:5432/no_such_db_x",
-            'error: cannot use the PostgreSQL database: database "no_such_db_x" does not exist\n',
+            'error: cannot use the PostgreSQL database: database "no_such_db_x" does not exist '
+            "(create it first, as with createdb, or fix TASKPLATFORM_DATABASE_URL)\n",
         ),
         ("postgresql://postgres@127.0.0.1:{closed}/x", "error: cannot reach the PostgreSQL"),
     ],
@@ -329,6 +330,7 @@ def test_a_redis_queue_that_does_not_answer_stops_the_start(
     name = {"serve": "server", "worker": "worker"}[command]
     assert f"error: cannot start the {name}: the Redis queue failed: " in result.stderr
     assert reason in result.stderr
+    assert "(the queue at TASKPLATFORM_QUEUE_URL, redis://127.0.0.1:" in result.stderr
     assert "Traceback" not in result.stderr
     # One line, not the backend's warning first and then the same failure again.
     assert result.stderr.count(reason) == 1, result.stderr

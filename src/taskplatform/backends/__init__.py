@@ -210,7 +210,10 @@ async def prepare_schema(settings: Settings) -> None:
                     "TASKPLATFORM_DATABASE_URL has a parameter the PostgreSQL server does not "
                     f"take: {exc.orig}"
                 ) from exc
-            raise BackendUnavailable(f"cannot use the PostgreSQL database: {exc.orig}") from exc
+            why = str(exc.orig)
+            if getattr(exc.orig, "sqlstate", None) == "3D000":  # no such database
+                why += " (create it first, as with createdb, or fix TASKPLATFORM_DATABASE_URL)"
+            raise BackendUnavailable(f"cannot use the PostgreSQL database: {why}") from exc
         except Exception as exc:
             if type(exc).__module__.startswith(("sqlalchemy", "asyncpg")):
                 raise BackendUnavailable(f"cannot use the PostgreSQL database: {exc}") from exc
