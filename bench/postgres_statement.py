@@ -6,7 +6,8 @@ process's user+system time, which includes the socket calls) per statement:
 
 - ``asyncpg alone``: one asyncpg connection held for the whole run: the floor;
 - ``PostgresDatabase.fetch``: what the hot path does (a connection from SQLAlchemy's pool, the
-  statement on its driver, the connection back);
+  statement on its driver, the connection back), with the server's statement timeout (asyncpg's
+  ``command_timeout``: a timer per statement), and ``... no timeout`` without it;
 - ``SQLAlchemy text()``: ``AsyncConnection.execute(text(...))`` in autocommit, what every other
   statement does.
 
@@ -41,6 +42,7 @@ async def cpu_per_call(way: Way, n: int) -> float:
 
 async def main(url: str, n: int, rounds: int) -> None:
     database = PostgresDatabase(url)
+    untimed = PostgresDatabase(url, statement_timeout_seconds=None)
     driver = await asyncpg.connect(url)
     autocommit = database.engine.execution_options(isolation_level="AUTOCOMMIT")
     statement = sqlalchemy.text("SELECT CAST(:n AS integer)")
@@ -52,6 +54,9 @@ async def main(url: str, n: int, rounds: int) -> None:
     ways: dict[str, Way] = {
         "asyncpg alone": lambda: driver.fetch("SELECT $1::int", 1),
         "PostgresDatabase.fetch": lambda: database.fetch("SELECT CAST(:n AS integer)", {"n": 1}),
+        "PostgresDatabase.fetch, no timeout": lambda: untimed.fetch(
+            "SELECT CAST(:n AS integer)", {"n": 1}
+        ),
         "SQLAlchemy text()": alchemy,
     }
     results: dict[str, list[float]] = {name: [] for name in ways}
@@ -62,6 +67,7 @@ async def main(url: str, n: int, rounds: int) -> None:
     finally:
         await driver.close()
         await database.close()
+        await untimed.close()
     floor = statistics.median(results["asyncpg alone"])
     print(f"### CPU per statement, median of {rounds} rounds of {n}\n")
     print("| way | µs CPU | ratio to asyncpg alone |\n| --- | ---: | ---: |")
