@@ -34,7 +34,7 @@ import os
 import socket
 import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 import uuid_utils
@@ -81,6 +81,7 @@ from taskplatform.models import (
 from taskplatform.settings import Settings
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 TRANSITIONS: dict[Status, frozenset[Status]] = {
     Status.QUEUED: frozenset({Status.DEQUEUED, Status.CANCELLED}),
@@ -272,6 +273,7 @@ class TaskService:
         self.queue = backends.queue
         self.store = backends.store
         self._database_queue = backends.database_queue  # see adopt_database_queue
+        self._starting: set[asyncio.Future[Any]] = set()  # see _started
         self.sender = sender
         self.settings = settings
         self.arrivals = Arrivals()
@@ -843,17 +845,14 @@ class TaskService:
         self, task_id: str, source: Collection[Status]
     ) -> TaskRecord | None:
         changes = self._processing_changes()
-        try:
-            started = await self._transition(
+        start = asyncio.ensure_future(
+            self._transition(
                 task_id, source, Status.PROCESSING, changes=changes, require_attempts_left=True
             )
-            if started is not None:
-                self._faults.hit("after_start")
-        except (BackendUnavailable, asyncio.CancelledError):
-            # Cancelled too (a stop cutting a claim or an execute short): a cancelled wait does
-            # not undo a statement that has committed, nor one the store runs on regardless.
-            self._withdraw([task_id], str(changes.lease_token))
-            raise
+        )
+        started = await self._started(start, [task_id], str(changes.lease_token))
+        if started is not None:
+            self._fault_after_start([task_id], str(changes.lease_token))
         return started
 
     async def _start_many(
@@ -861,8 +860,8 @@ class TaskService:
     ) -> list[TaskRecord]:
         """:meth:`_start_processing` of a dispatcher's batch: one statement, one lease token."""
         changes = self._processing_changes()
-        try:
-            started = await self._transition_many(
+        start = asyncio.ensure_future(
+            self._transition_many(
                 task_ids,
                 source,
                 Status.PROCESSING,
@@ -870,12 +869,47 @@ class TaskService:
                 require_attempts_left=True,
                 due_by=due_by,
             )
-            if started:
-                self._faults.hit("after_start")
-        except (BackendUnavailable, asyncio.CancelledError):  # see _start_processing
-            self._withdraw(task_ids, str(changes.lease_token))
-            raise
+        )
+        started = await self._started(start, task_ids, str(changes.lease_token))
+        if started:
+            self._fault_after_start(task_ids, str(changes.lease_token))
         return started
+
+    async def _started(self, start: asyncio.Future[T], task_ids: list[str], lease_token: str) -> T:
+        """Await ``start``, a move of ``task_ids`` to Processing under ``lease_token``, and have
+        it withdrawn (:meth:`_withdraw`) if this process will make no callback for it.
+
+        Two cases: the store failed without an answer (``BackendUnavailable``: it may have
+        committed); and the caller was cancelled (a stop cutting an execute or a claim short),
+        while the statement, which a cancelled wait does not stop (a group commit's writer, the
+        SQLite writer thread), may still commit. The withdraw is then registered once the
+        statement has finished, not at once: a try before it committed would find nothing, and
+        the reaper would later count an attempt never made (found in review). Shutdown waits
+        for such statements (:attr:`_starting`) before the settler's last try.
+        """
+        try:
+            return await asyncio.shield(start)
+        except asyncio.CancelledError:
+            self._starting.add(start)
+
+            def finished(done: asyncio.Future[T]) -> None:
+                self._starting.discard(done)
+                _retrieve(done)
+                self._withdraw(task_ids, lease_token)
+
+            start.add_done_callback(finished)
+            raise
+        except BackendUnavailable:
+            self._withdraw(task_ids, lease_token)
+            raise
+
+    def _fault_after_start(self, task_ids: list[str], lease_token: str) -> None:
+        """Tests: fail as if the start's answer were lost after it committed."""
+        try:
+            self._faults.hit("after_start")
+        except BackendUnavailable:
+            self._withdraw(task_ids, lease_token)
+            raise
 
     def _withdraw(self, task_ids: list[str], lease_token: str) -> None:
         """Have :meth:`_settle` undo a move to Processing that the database may have committed
@@ -2034,6 +2068,8 @@ class TaskService:
         await self._stop_callbacks()
         # Unconfirmed starts and dequeues not yet settled get one more try each, at once; what
         # the database still does not answer is left to the reaper (their leases run out).
+        if self._starting:  # starts cut short by the stop: their withdraws come once they end
+            await asyncio.wait(set(self._starting), timeout=SETTLE_AT_STOP_SECONDS)
         self._settle_now.set()
         if self._settler is not None:
             await asyncio.wait({self._settler}, timeout=SETTLE_AT_STOP_SECONDS)

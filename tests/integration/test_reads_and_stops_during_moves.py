@@ -171,3 +171,50 @@ async def test_a_claim_cut_off_at_stop_after_its_start_committed_is_withdrawn(
         )
         assert after_stop.status is not Status.PROCESSING, summary
         assert task.attempts == calls, summary
+
+
+async def test_an_execute_cut_short_before_its_start_commits_is_withdrawn_once_it_has(
+    make_service: Factory, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stop cancels an execute while its start is still on its way to the database (a slow
+    pool or network; a group commit's writer, or SQLite's writer thread, carries on). The
+    withdraw was registered at once, and its one try found nothing Processing; the start then
+    committed, and the reaper counted an attempt never made. It is registered once the
+    statement has finished: here after the stop, and the task ends in Retry with no attempt
+    counted (found in review)."""
+    async with make_service(processing_lease_grace_seconds=0) as service:
+        task_id = await create_task(service, receiver.url("/ok"), maxRetries=0, timeoutSeconds=1)
+        await service.dequeue(0)
+        real = service.store.compare_and_set
+        entered, gate = asyncio.Event(), asyncio.Event()
+        finished = asyncio.Event()
+
+        async def on_its_way(*args: Any, **kwargs: Any) -> TaskRecord | None:
+            entered.set()
+            await gate.wait()
+            try:
+                return await real(*args, **kwargs)
+            finally:
+                finished.set()
+
+        monkeypatch.setattr(service.store, "compare_and_set", on_its_way)
+        monkeypatch.setattr(service_module, "SETTLE_AT_STOP_SECONDS", 0.2)
+        execute = asyncio.ensure_future(service.execute(task_id))
+        await entered.wait()
+        execute.cancel()  # the server stops
+        with pytest.raises(asyncio.CancelledError):
+            await execute
+        await service.shutdown(0.5)  # waits 0.2 s for the start, then the settler's last try
+        monkeypatch.setattr(service.store, "compare_and_set", real)
+        gate.set()
+        await asyncio.wait_for(finished.wait(), 10)
+        for _ in range(100):
+            task = await service.get(task_id)
+            if task.status is Status.RETRY:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(1.2)  # the attempt's lease (1 s + 0 s grace) would have run out
+        await service.reap()
+        task = await service.get(task_id)
+        assert task.status is Status.RETRY, task
+        assert task.attempts == len(receiver.hits_for(task_id)) == 0
