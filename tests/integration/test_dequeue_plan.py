@@ -91,9 +91,10 @@ async def test_postgres_reads_the_index_of_due_tasks_alone(tmp_path: Path) -> No
 
 async def test_postgres_returns_what_moved_when_its_top_up_fails(tmp_path: Path) -> None:
     """A batch dequeue that found fewer due tasks than it asked for promotes and tops up; when
-    that second step fails, the tasks the first moved (Dequeued under the caller's lease) come
-    back rather than an error, as ``Queue.transfer_many`` promises: a dispatcher's claim lost
-    sight of them until their lease ran out (found in review)."""
+    that second step fails, a dispatcher's claim gets the tasks the first moved (Dequeued
+    under its lease) rather than an error, which lost sight of them until the lease ran out
+    (found in review). A pull still raises: its caller gives back all that moved under its
+    token, a top-up that committed without an answer too (leases off, nothing else would)."""
     settings = Settings(**settings_kwargs(backend_env("postgres", tmp_path)))  # type: ignore[arg-type]
     await prepare_schema(settings)
     backends = open_backends(settings)
@@ -111,9 +112,19 @@ async def test_postgres_returns_what_moved_when_its_top_up_fails(tmp_path: Path)
             return await real(sql, params)
 
         queue.database.fetch = top_up_fails  # type: ignore[method-assign]
-        taken = await queue.transfer_many(backends.store, now=now, most=5, lease_token="L")
-        assert [task.task_id for task in taken] == [_id(0), _id(1)]
-        with pytest.raises(BackendUnavailable):  # nothing moved: the failure is the answer
+        # A pull raises: its caller gives back whatever moved under its token (all of it).
+        with pytest.raises(BackendUnavailable):
             await queue.transfer_many(backends.store, now=now, most=5, lease_token="M")
+        under = await backends.store.dequeued_under("M")
+        assert sorted(task.task_id for task in under) == [_id(0), _id(1)]
+        await queue.enqueue_many([_task(_id(n)) for n in range(2, 4)])
+        claimed = await queue.transfer_many(
+            backends.store, now=now, most=5, lease_token="L", dispatched=True
+        )
+        assert [task.task_id for task in claimed] == [_id(2), _id(3)]
+        with pytest.raises(BackendUnavailable):  # nothing moved: the failure is the answer
+            await queue.transfer_many(
+                backends.store, now=now, most=5, lease_token="N", dispatched=True
+            )
     finally:
         await backends.close()

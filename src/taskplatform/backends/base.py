@@ -270,7 +270,10 @@ class Queue(abc.ABC):
 
         Raises:
             BackendUnavailable: the first move failed. A failure after some moved returns those
-                (they are Dequeued under the lease, and must not be lost from sight).
+                (they are Dequeued under the lease, and must not be lost from sight), unless a
+                later move may have committed without an answer (PostgreSQL's top-up): then a
+                pull (not ``dispatched``) raises, and its caller gives back all that moved under
+                its token.
         """
         moved: list[TaskRecord] = []
         while len(moved) < most:

@@ -657,10 +657,13 @@ class PostgresQueue(Queue):
                     QUERIES["dequeue_next"], {**params, "most": most - len(rows)}
                 )
             except BackendUnavailable:
-                if not rows:
+                # A dispatcher's claim gets what the first statement moved, rather than losing
+                # sight of it until its lease runs out; a top-up that committed and lost its
+                # answer is left to that lease. A pull dequeue raises: its caller gives back
+                # whatever moved under its token once the database answers (with leases off,
+                # nothing else would), the top-up's tasks too.
+                if not rows or not dispatched:
                     raise
-                # Those moved are Dequeued under the lease: returned, not lost from sight
-                # until it runs out (Queue.transfer_many's promise).
         tasks = [stored_record(row) for row in rows]
         tasks.sort(key=lambda task: (-task.priority, task.sequence))  # RETURNING has no order
         return tasks
