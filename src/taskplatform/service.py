@@ -161,9 +161,11 @@ _RETRY_CHECK_SECONDS = 0.05
 this long: a claim then costs one round trip less (bench/run.py: about a sixth of a PostgreSQL
 claim), and a retry, which waits its backoff anyway, starts at most this much later."""
 _CLAIM_FINISH_SECONDS = 5.0
-_HAND_OVER_BATCH = 500  # tasks a move from the database's queue takes a transaction
 """How long a dispatcher's claim in flight when it is stopped gets to finish, so that the tasks
 it moved are known and called back (a backend down would otherwise hold up the stop)."""
+_HAND_OVER_BATCH = 500
+"""Tasks one move from the database's queue to Redis takes in one transaction (about 1.5 to
+3.5 ms a task to move, so a batch holds no connection for more than a few seconds)."""
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:
@@ -882,14 +884,16 @@ class TaskService:
         Two cases: the store failed without an answer (``BackendUnavailable``: it may have
         committed); and the caller was cancelled (a stop cutting an execute or a claim short),
         while the statement, which a cancelled wait does not stop (a group commit's writer, the
-        SQLite writer thread), may still commit. The withdraw is then registered once the
-        statement has finished, not at once: a try before it committed would find nothing, and
-        the reaper would later count an attempt never made (found in review). Shutdown waits
-        for such statements (:attr:`_starting`) before the settler's last try.
+        SQLite writer thread), may have committed with its answer still on its way, or may
+        commit later. So the withdraw is registered at once, and again once the statement has
+        finished: a try before it committed finds nothing, and the reaper later counted an
+        attempt never made (found in review). Shutdown waits for such statements
+        (:attr:`_starting`) before the settler's last try.
         """
         try:
             return await asyncio.shield(start)
         except asyncio.CancelledError:
+            self._withdraw(task_ids, lease_token)
             self._starting.add(start)
 
             def finished(done: asyncio.Future[T]) -> None:
@@ -1011,6 +1015,9 @@ class TaskService:
             if task is not None:
                 return task
             task = await self.queue.get(task_id) or await self.store.get(task_id)
+        if task is None and self._database_queue is not None:
+            # Not moved into Redis yet (adopt_database_queue): Queued all the same.
+            task = await self._database_queue.get(task_id)
         return task
 
     async def execute(self, task_id: str) -> ExecuteOutcome:
@@ -1726,12 +1733,12 @@ class TaskService:
             await self.announce()
         with contextlib.suppress(BackendUnavailable):
             await self.queue.follow_store(self.store)  # else in the first maintenance round
-            await self.adopt_database_queue()  # likewise
 
     async def adopt_database_queue(self) -> int:
-        """Move every task waiting in the store database's own queue into the queue in use
-        (Redis), each at its place: its priority, its sequence number, its scheduled time.
-        Returns how many moved; 0 at once when the queue in use is the database's.
+        """Move up to :data:`_HAND_OVER_BATCH` of the tasks waiting in the store database's own
+        queue into the queue in use (Redis), each at its place: its priority, its sequence
+        number, its scheduled time. Returns how many moved; 0 at once when the queue in use is
+        the database's, or after one read when that queue is empty.
 
         Why: the way up (README) switches a store's queue to Redis by configuration. The tasks
         still waiting in the database's queue were then seen by nothing: no dequeue,
@@ -1742,42 +1749,54 @@ class TaskService:
         Redis at its number (:meth:`Queue.requeue`'s three steps, its error left as it was). A
         process that dies in between leaves the task Dequeued under that lease, which the
         reaper returns to Redis once it runs out; processes doing this at once take different
-        tasks. Run at start and in every maintenance round (one cheap read when nothing is
-        left), so tasks that servers still on the old configuration queue move too. Redis's
-        counter follows the database's first (:meth:`Queue.follow_store`), so tasks created
-        after the switch queue behind these. Idempotency keys stay in the database: a create
-        repeated across the switch makes a second task.
+        tasks. Redis's counter is moved past the numbers first (:meth:`Queue.follow_sequence`),
+        so tasks created on Redis after them queue behind them; while servers on the old
+        configuration still create tasks, the two counters overlap and such tasks can come
+        out of order with Redis's. Idempotency keys stay in the database: a create repeated
+        across the switch makes a second task. :meth:`run_maintenance` calls this in a loop of
+        its own, so a backlog neither holds up the start nor the maintenance rounds.
 
         Raises:
-            BackendUnavailable: the store or the queue cannot be reached (the next round goes on).
+            BackendUnavailable: the store or the queue cannot be reached (the loop goes on).
         """
         source = self._database_queue
-        if source is None:
+        if source is None or not await source.list_tasks(before=None, limit=1):
             return 0
         await self.queue.follow_store(self.store)
+        now = now_ms()
+        taken = await source.hand_over(
+            self.store,
+            now=now,
+            most=_HAND_OVER_BATCH,
+            lease_token=str(uuid_utils.uuid4()),
+            lease_expires_at=now + round(self.settings.queue_reservation_seconds * 1000),
+        )
+        if not taken:
+            return 0
+        await self.queue.follow_sequence(max(task.sequence for task in taken))
         moved = 0
-        lease_ms = round(self.settings.queue_reservation_seconds * 1000)
-        while True:
-            now = now_ms()
-            taken = await source.hand_over(
-                self.store,
-                now=now,
-                most=_HAND_OVER_BATCH,
-                lease_token=str(uuid_utils.uuid4()),
-                lease_expires_at=now + lease_ms,
-            )
-            for task in taken:
-                if await self.queue.requeue(self.store, task, now=now_ms(), note=task.error):
-                    moved += 1
-            if len(taken) < _HAND_OVER_BATCH:
-                break
-        if moved:
-            logger.warning(
-                "moved %d tasks from the database's own queue into the queue at %s",
-                moved,
-                self._process.queue,
-            )
+        for task in taken:
+            if await self.queue.requeue(self.store, task, now=now_ms(), note=task.error):
+                moved += 1
+        logger.warning(
+            "moved %d tasks from the database's own queue into the queue at %s",
+            moved,
+            self._process.queue,
+        )
         return moved
+
+    async def _adopt_database_queue_for_ever(self) -> None:
+        """:meth:`adopt_database_queue` batch after batch while there are tasks to move, then
+        once every ``recovery_interval_seconds``, until cancelled."""
+        while True:
+            try:
+                moved = await self.adopt_database_queue()
+            except BackendUnavailable as exc:
+                raise_if_cancelled()
+                logger.warning("moving the database queue's tasks failed: %s", exc.detail)
+                moved = 0
+            if moved < _HAND_OVER_BATCH:
+                await asyncio.sleep(self.settings.recovery_interval_seconds)
 
     async def sync_clock(self) -> None:
         """Follow the store's clock: set the offset :func:`~taskplatform.models.now_ms` adds to
@@ -1937,6 +1956,9 @@ class TaskService:
         """
         listener = asyncio.create_task(self._listen(), name="enqueue listener")
         poller = asyncio.create_task(self._poll_for_waiters(), name="long-poll fallback")
+        adopter = asyncio.create_task(
+            self._adopt_database_queue_for_ever(), name="database queue adoption"
+        )
         try:
             while True:
                 # A library below may swallow our cancellation (seen once in CI: the shutdown
@@ -1949,7 +1971,6 @@ class TaskService:
                     if time.monotonic() >= self._next_heartbeat:
                         await self.announce()
                     await self.reap()
-                    await self.adopt_database_queue()
                     if (now := now_ms()) >= self._next_depth_sample:
                         await self.sample_queue_depth(now)
                         interval = max(1, round(self.settings.queue_depth_sample_seconds * 1000))
@@ -1958,9 +1979,9 @@ class TaskService:
                     raise_if_cancelled()
                     logger.warning("maintenance round failed: %s", exc.detail)
         finally:
-            for task in (listener, poller):
+            for task in (listener, poller, adopter):
                 task.cancel()
-            await asyncio.gather(listener, poller, return_exceptions=True)
+            await asyncio.gather(listener, poller, adopter, return_exceptions=True)
 
     async def _listen(self) -> None:
         while True:

@@ -570,11 +570,17 @@ def test_switching_the_queue_to_redis_moves_the_tasks_left_in_the_database(
         "TASKPLATFORM_DATABASE_URL": first["TASKPLATFORM_DATABASE_URL"],
     }
     server = Server(switched, tmp_path / "switched.log", "--workers", "2").start()
+    pattern = re.compile(r"moved (\d+) tasks from the database's own queue into the queue at")
     try:
         with httpx.Client(base_url=server.url, timeout=30) as http:
-            for task_id in (low, high, later):
+            for task_id in (low, high, later):  # moved or not yet, found all the same
                 assert http.get(f"/api/tasks/{task_id}").json()["status"] == "Queued"
             assert http.get(f"/api/tasks/{taken}").json()["status"] == "Dequeued"
+            deadline = time.monotonic() + 20  # moved in the background, just after the start
+            while time.monotonic() < deadline:
+                if sum(int(count) for count in pattern.findall(server.log())) == 3:
+                    break
+                time.sleep(0.05)
             assert http.get("/api/tasks/dequeue").json()["taskId"] == high
             newer = create(http, "http://127.0.0.1:9/x")
             assert http.get("/api/tasks/dequeue").json()["taskId"] == low
@@ -586,8 +592,7 @@ def test_switching_the_queue_to_redis_moves_the_tasks_left_in_the_database(
         log = server.log()
     finally:
         server.stop()
-    moved = re.findall(r"moved (\d+) tasks from the database's own queue into the queue at", log)
-    assert sum(int(count) for count in moved) == 3, log
+    assert sum(int(count) for count in pattern.findall(log)) == 3, log
 
 
 def _snapshot(server: Server) -> dict[str, Any]:

@@ -379,6 +379,16 @@ class Queue(abc.ABC):
         """
         raise NotImplementedError(f"{type(self).__name__} does not hand its tasks over")
 
+    async def follow_sequence(self, number: int) -> None:
+        """Have this queue's sequence counter hand out numbers past ``number`` from now on
+        (never moves it back). A queue in the store's own database numbers every task it
+        holds itself: nothing to do (this default).
+
+        Raises:
+            BackendUnavailable: the queue cannot be reached.
+        """
+        return None
+
     async def follow_store(self, store: Store) -> None:
         """Bring what this queue keeps up to date with ``store``, once per process, before the
         first task goes back to the queue. A queue in the store's own database is up to date

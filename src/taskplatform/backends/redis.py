@@ -700,11 +700,15 @@ class RedisQueue(Queue):
         top = await store.queue_sequence()
         async with self._guard():
             moved = await self._upgrade(keys=[], args=[self._prefix])
-            if await self._advance(keys=[self._seq], args=[top]):
-                logger.info("the queue's sequence counter follows the database's, at %d", top)
+        await self.follow_sequence(top)
         if moved:
             logger.info("moved %d queued tasks from the pre-0.3 ready set to 'default'", moved)
         self._followed = True
+
+    async def follow_sequence(self, number: int) -> None:
+        async with self._guard():
+            if await self._advance(keys=[self._seq], args=[number]):
+                logger.info("the queue's sequence counter moved past %d", number)
 
     async def recover(self, store: Store, *, now: int) -> int:
         """Settle reservations whose deadline passed: ack those in the store, return the rest;
