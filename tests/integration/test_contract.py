@@ -886,3 +886,45 @@ async def test_the_oldest_age_counts_due_tasks_only(backends: Backends) -> None:
     # An hour on, the first is due too, since its scheduled time: still not the longest.
     counts = await backends.queue.queue_counts(now=now + 3_600_000)
     assert counts["planned"].oldest_due_at == now - 30_000
+
+
+async def test_expired_idempotency_keys_are_forgotten_in_bounded_statements(
+    backends: Backends, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A purge forgets expired keys in statements of at most PURGE_BATCH_KEYS, at most
+    PURGE_BATCHES a call: one unbounded DELETE after a burst of keyed creates held the
+    writer long, and on PostgreSQL could outlast the statement timeout on every round, so the
+    backlog never went (found in review). Live keys stay."""
+    from taskplatform.backends import postgres, sqlite
+
+    queue = backends.queue
+    if isinstance(queue, postgres.PostgresQueue):
+
+        async def keys() -> int:
+            row = await queue.database.fetchrow("SELECT count(*) FROM idempotency_keys", {})
+            assert row is not None
+            return int(row[0])
+
+    elif isinstance(queue, sqlite.SQLiteQueue):
+
+        async def keys() -> int:
+            def count(conn: Any) -> int:
+                return int(conn.execute("SELECT count(*) FROM idempotency_keys").fetchone()[0])
+
+            return await queue.database.read(count)
+
+    else:
+        pytest.skip("Redis forgets a key by its TTL")
+    for module in (postgres, sqlite):
+        monkeypatch.setattr(module, "PURGE_BATCH_KEYS", 3)
+        monkeypatch.setattr(module, "PURGE_BATCHES", 2)
+    for n in range(10):
+        expired = IdempotencyClaim(f"old-{n}", "hash", now_ms() - 1)
+        assert await queue.enqueue(_task(_id(n)), claim=expired) is None
+    live = IdempotencyClaim("live", "hash", now_ms() + 60_000)
+    assert await queue.enqueue(_task(_id(10)), claim=live) is None
+    assert await keys() == 11
+    await queue.purge_expired(now=now_ms())
+    assert await keys() == 11 - 6  # two statements of three
+    await queue.purge_expired(now=now_ms())
+    assert await keys() == 1  # the live one

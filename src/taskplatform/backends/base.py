@@ -18,6 +18,11 @@ import msgspec
 from taskplatform.exceptions import BackendUnavailable
 from taskplatform.models import DEFAULT_QUEUE, ExecutionRecord, Status, TaskRecord, now_ms
 
+PURGE_BATCH_KEYS = 10_000
+"""Expired idempotency keys one statement forgets (:meth:`Queue.purge_expired`)."""
+PURGE_BATCHES = 10
+"""Statements one purge runs at most: a backlog goes in the rounds that follow."""
+
 
 class TaskChanges(msgspec.Struct, kw_only=True):
     """Columns a status transition writes besides ``status`` and ``updated_at``.

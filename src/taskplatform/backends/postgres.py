@@ -27,6 +27,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.util import greenlet_spawn
 
 from taskplatform.backends.base import (
+    PURGE_BATCH_KEYS,
+    PURGE_BATCHES,
     DepthSample,
     IdempotencyClaim,
     IdempotentReplay,
@@ -698,8 +700,13 @@ class PostgresQueue(Queue):
         return True
 
     async def purge_expired(self, *, now: int) -> None:
-        async with self.database.begin() as conn:
-            await conn.execute(SQL["idempotency_purge"], {"now": now})
+        for _ in range(PURGE_BATCHES):
+            async with self.database.begin() as conn:
+                purged = await conn.execute(
+                    SQL["idempotency_purge"], {"now": now, "most": PURGE_BATCH_KEYS}
+                )
+            if purged.rowcount < PURGE_BATCH_KEYS:
+                break
 
     async def listen(self, on_enqueue: Callable[[], None]) -> None:
         """LISTEN on the channel the enqueue trigger notifies, until cancelled.

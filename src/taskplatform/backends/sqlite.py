@@ -29,6 +29,8 @@ from typing import Any, TypeVar
 import msgspec
 
 from taskplatform.backends.base import (
+    PURGE_BATCH_KEYS,
+    PURGE_BATCHES,
     DepthSample,
     IdempotencyClaim,
     IdempotentReplay,
@@ -674,7 +676,13 @@ class SQLiteQueue(Queue):
         return await self.database.write(job)
 
     async def purge_expired(self, *, now: int) -> None:
-        await self.database.write(lambda conn: conn.execute(SQL["idempotency_purge"], {"now": now}))
+        params = {"now": now, "most": PURGE_BATCH_KEYS}
+        for _ in range(PURGE_BATCHES):  # a job each: other writes go between them
+            purged = await self.database.write(
+                lambda conn: conn.execute(SQL["idempotency_purge"], params).rowcount
+            )
+            if purged < PURGE_BATCH_KEYS:
+                break
 
     def _check_store(self, store: Store) -> None:
         if not (isinstance(store, SQLiteStore) and store.database is self.database):

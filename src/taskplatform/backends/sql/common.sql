@@ -153,8 +153,10 @@ RETURNING key;
 SELECT request_hash, task_id FROM idempotency_keys WHERE key = :key;
 
 -- name: idempotency_purge
--- Forget idempotency keys past their expiry.
-DELETE FROM idempotency_keys WHERE expires_at <= :now;
+-- Forget up to :most idempotency keys past their expiry: a bounded statement, so that a backlog
+-- (after a burst of keyed creates) holds no lock long and stays within the statement timeout.
+DELETE FROM idempotency_keys
+WHERE key IN (SELECT key FROM idempotency_keys WHERE expires_at <= :now LIMIT :most);
 
 -- name: queue_stats
 -- Per queue: Queued tasks, and since when the longest-waiting due one has been due (its
