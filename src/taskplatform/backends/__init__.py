@@ -205,7 +205,7 @@ async def prepare_schema(settings: Settings) -> None:
             )
             raise BackendUnavailable(f"cannot reach the PostgreSQL database: {why}") from exc
         except DBAPIError as exc:  # the server's own words, without SQLAlchemy's wrapping
-            if getattr(exc.orig, "sqlstate", None) in _URL_REFUSED:
+            if getattr(exc.orig, "sqlstate", None) in _URL_REFUSED and "parameter" in str(exc.orig):
                 raise ConfigurationError(
                     "TASKPLATFORM_DATABASE_URL has a parameter the PostgreSQL server does not "
                     f"take: {exc.orig}"
@@ -224,9 +224,10 @@ async def prepare_schema(settings: Settings) -> None:
 
 _URL_REFUSED = {"42704", "22023"}
 """SQLSTATEs of a connection refused for a URL parameter the server does not know
-(``?command_timeout=5``: "unrecognized configuration parameter") or whose value it refuses: the
-settings as written, not a database that is down, so exit code 2, which a supervisor does not
-retry."""
+(``?command_timeout=5``: "unrecognized configuration parameter") or whose value it refuses
+("invalid value for parameter"): the settings as written, not a database that is down, so exit
+code 2, which a supervisor does not retry. The message must name a parameter too: a migration's
+statement can fail with the same codes for its own reasons."""
 
 
 def queue_address(settings: Settings) -> str:

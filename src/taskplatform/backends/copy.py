@@ -254,11 +254,20 @@ async def running_processes(url: str, *, connect_timeout_seconds: float = 5.0) -
     Raises:
         sqlalchemy.exc.SQLAlchemyError, OSError: it failed or cannot be reached.
     """
-    since = time.time_ns() // 1_000_000 - round(RUNNING_WITHIN_SECONDS * 1000)
+    within = round(RUNNING_WITHIN_SECONDS * 1000)
     query = text("SELECT process_id FROM processes WHERE seen_at >= :since ORDER BY process_id")
 
     def read(connection: Connection) -> list[str]:
-        return [str(row[0]) for row in connection.execute(query, {"since": since})]
+        # Servers write seen_at on the database's clock (TaskService.sync_clock); SQLite's is
+        # this host's.
+        if connection.dialect.name == "postgresql":
+            from taskplatform.backends.postgres import QUERIES
+
+            now = int(connection.execute(text(QUERIES["clock"])).scalar_one())
+        else:
+            now = time.time_ns() // 1_000_000
+        rows = connection.execute(query, {"since": now - within})
+        return [str(row[0]) for row in rows]
 
     async with _opened(
         url, snapshot=False, connect_timeout_seconds=connect_timeout_seconds
