@@ -1795,6 +1795,9 @@ class TaskService:
                 raise_if_cancelled()
                 logger.warning("moving the database queue's tasks failed: %s", exc.detail)
                 moved = 0
+            except Exception:  # a defect: said, and tried again later rather than never
+                logger.exception("moving the database queue's tasks failed")
+                moved = 0
             if moved < _HAND_OVER_BATCH:
                 await asyncio.sleep(self.settings.recovery_interval_seconds)
 
@@ -1954,11 +1957,16 @@ class TaskService:
         and, while long polls wait, checks the queue every ``long_poll_fallback_seconds``.
         A failure is logged and retried on the next round.
         """
-        listener = asyncio.create_task(self._listen(), name="enqueue listener")
-        poller = asyncio.create_task(self._poll_for_waiters(), name="long-poll fallback")
-        adopter = asyncio.create_task(
-            self._adopt_database_queue_for_ever(), name="database queue adoption"
-        )
+        jobs = [
+            asyncio.create_task(self._listen(), name="enqueue listener"),
+            asyncio.create_task(self._poll_for_waiters(), name="long-poll fallback"),
+        ]
+        if self._database_queue is not None:
+            jobs.append(
+                asyncio.create_task(
+                    self._adopt_database_queue_for_ever(), name="database queue adoption"
+                )
+            )
         try:
             while True:
                 # A library below may swallow our cancellation (seen once in CI: the shutdown
@@ -1979,9 +1987,9 @@ class TaskService:
                     raise_if_cancelled()
                     logger.warning("maintenance round failed: %s", exc.detail)
         finally:
-            for task in (listener, poller, adopter):
-                task.cancel()
-            await asyncio.gather(listener, poller, adopter, return_exceptions=True)
+            for job in jobs:
+                job.cancel()
+            await asyncio.gather(*jobs, return_exceptions=True)
 
     async def _listen(self) -> None:
         while True:
