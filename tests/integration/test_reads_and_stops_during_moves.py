@@ -140,6 +140,8 @@ async def test_a_claim_cut_off_at_stop_after_its_start_committed_is_withdrawn(
     Processing, and when its lease ran out the reaper counted an attempt never made; a
     ``maxRetries: 0`` task ended a dead letter that no callback ever reached."""
     monkeypatch.setattr(service_module, "_CLAIM_FINISH_SECONDS", 0.2)
+    # The stop waits this long for the start, whose answer takes 30 s here, then settles.
+    monkeypatch.setattr(service_module, "SETTLE_AT_STOP_SECONDS", 0.5)
     async with make_service(processing_lease_grace_seconds=0) as service:
         task_id = await create_task(service, receiver.url("/ok"), maxRetries=0, timeoutSeconds=1)
         real = service.store.compare_and_set_many
