@@ -331,8 +331,13 @@ class TaskService:
         require_attempts_left: bool = False,
         execution: ExecutionRecord | None = None,
         due_by: int | None = None,
+        ends_attempt: bool = True,
     ) -> TaskRecord | None:
         """Move ``task_id`` from one of ``source`` to ``target`` atomically, if the task allows it.
+
+        ``ends_attempt=False`` for a step into Retry that ends no attempt (a Failed task executed
+        again, a start withdrawn): it is logged but not counted as an outcome ``retry`` ("failed,
+        retry scheduled") in ``taskplatform_tasks_finished_total``.
 
         Returns:
             The task after the change, or None if it was not in ``source`` (or the lease token or
@@ -355,7 +360,7 @@ class TaskService:
             due_by=due_by,
         )
         if task is not None:
-            self._moved(task)
+            self._moved(task, counted=ends_attempt)
         return task
 
     async def _transition_many(
@@ -391,11 +396,13 @@ class TaskService:
         self._moved_many(tasks)
         return tasks
 
-    def _moved(self, task: TaskRecord, note: str = "") -> None:
-        """Log and count ``task`` having just reached its status (a lifecycle event)."""
+    def _moved(self, task: TaskRecord, note: str = "", *, counted: bool = True) -> None:
+        """Log ``task`` having just reached its status (a lifecycle event) and, if ``counted``,
+        count it (:meth:`Metrics.task_moved`)."""
         message, fields = _lifecycle_event(task, note)
         logger.info(message, extra=fields)
-        self.metrics.task_moved(task.queue, task.status)
+        if counted:
+            self.metrics.task_moved(task.queue, task.status)
 
     def _moved_many(self, tasks: Sequence[TaskRecord]) -> None:
         """:meth:`_moved` of several tasks (a batch): one record with a line per task
@@ -948,6 +955,7 @@ class TaskService:
                         error=WITHDRAWN,
                     ),
                     lease_token=lease_token,
+                    ends_attempt=False,  # the attempt was never made
                 )
                 pending.remove(task_id)
                 if withdrawn is not None:
@@ -1119,6 +1127,7 @@ class TaskService:
                 Status.RETRY,
                 changes=TaskChanges(dead_letter=False, next_attempt_at=now_ms()),
                 require_attempts_left=True,
+                ends_attempt=False,  # the attempt that failed was counted when it ended
             )
             if retried is None:
                 raise _conflict(await self.store.get(task_id) or task)

@@ -353,6 +353,10 @@ def test_an_execute_whose_start_was_not_confirmed_is_withdrawn(
         assert (done.json()["status"], done.json()["attempt"]) == ("Completed", 1)
         assert len(receiver.hits_for(task_id)) == 1
         assert len(http.get(f"/api/tasks/{task_id}/executions").json()["items"]) == 1
+        # The withdrawn attempt was never made: no outcome "retry" ("failed, retry scheduled").
+        metrics = http.get("/metrics").text
+    assert 'taskplatform_tasks_finished_total{outcome="completed",queue="default"} 1.0' in metrics
+    assert 'outcome="retry"' not in metrics
     assert "attempt withdrawn: the database did not confirm its start" in server.log()
 
 

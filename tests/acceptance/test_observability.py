@@ -103,6 +103,16 @@ def test_counters_and_gauges_follow_the_tasks(
         before, "taskplatform_tasks_created_total", queue="default"
     )
 
+    # Its caller executes the failed task again and it fails again: two failures and no
+    # outcome "retry" ("failed, retry scheduled"), as no retry was ever scheduled; its step
+    # Failed -> Retry on the way to Processing ends no attempt.
+    again = client.post(f"/api/tasks/{failing}/execute")
+    assert (again.status_code, again.json()["status"]) == (200, "Failed"), again.text
+    time.sleep(0.05)
+    finished = scrape(client)
+    assert value(finished, "taskplatform_tasks_finished_total", queue=queue, outcome="failed") == 2
+    assert value(finished, "taskplatform_tasks_finished_total", queue=queue, outcome="retry") == 0
+
 
 def test_in_flight_gauge_counts_a_running_callback(
     client: httpx.Client, receiver: Receiver
