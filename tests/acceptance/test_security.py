@@ -523,6 +523,39 @@ def test_outbound_callbacks_are_capped_per_process(
     assert arrivals[2] - arrivals[0] >= 0.9  # the third only after one finished
 
 
+def test_a_callback_that_waited_for_a_connection_is_stamped_when_sent(
+    start_server: Callable[..., Server], receiver: Receiver
+) -> None:
+    """``webhook-timestamp``, and the signature over it, are the time the callback goes out,
+    not the time it began to wait for an outbound connection: that wait may last the task's
+    timeout (up to an hour), and a Standard Webhooks receiver refuses a timestamp over 5
+    minutes old as a replay, a 4xx that would end the task. Here one connection, held 3 s."""
+    from standardwebhooks.webhooks import Webhook
+
+    server = start_server(
+        TASKPLATFORM_CALLBACK_MAX_CONNECTIONS="1", TASKPLATFORM_SIGNING_SECRET=SECRET_A
+    )
+    with httpx.Client(base_url=server.url) as http:
+        holder = ready_task(http, receiver.url("/slow?seconds=3"))
+        waiter = ready_task(http, receiver.url("/ok"), task_data={"n": 1})
+        prefer = {"Prefer": "respond-async"}
+        assert http.post(f"/api/tasks/{holder}/execute", headers=prefer).status_code == 202
+        deadline = time.monotonic() + 10
+        while not receiver.hits_for(holder):
+            assert time.monotonic() < deadline, "the slow callback never came"
+            time.sleep(0.02)
+        assert http.post(f"/api/tasks/{waiter}/execute", headers=prefer).status_code == 202
+        deadline = time.monotonic() + 15
+        while http.get(f"/api/tasks/{waiter}").json()["status"] != "Completed":
+            assert time.monotonic() < deadline, "the waiting callback never completed"
+            time.sleep(0.05)
+    (hit,) = receiver.hits_for(waiter)
+    headers = {name.lower(): value for name, value in hit.headers.items()}
+    assert Webhook(SECRET_A).verify(hit.body, headers) == {"n": 1}
+    # Whole seconds, so up to 1 s behind the sending; it was 3 s behind when stamped early.
+    assert time.time() - int(headers["webhook-timestamp"]) < 2.5
+
+
 def test_task_data_stays_out_of_logs_and_answers_when_postgres_fails(
     tmp_path: Path, receiver: Receiver
 ) -> None:

@@ -72,6 +72,11 @@ def test_retry_after_parses_seconds_and_http_dates() -> None:
     assert parse_retry_after(" 120 ") == 120
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == 10
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412490.0) == 0
+    # RFC 9110 section 5.6.7: a recipient accepts the two obsolete forms too, all in UTC.
+    assert parse_retry_after("Wednesday, 21-Oct-15 07:28:00 GMT", now=1445412470.0) == 10
+    assert parse_retry_after("Wed Oct 21 07:28:00 2015", now=1445412470.0) == 10
+    assert parse_retry_after("Wed Oct  7 07:28:00 2015", now=1444202870.0) == 10
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 -0000", now=1445412470.0) == 10
     for bad in (None, "", "-1", "soon", "1.5", "\u00b2", "\u0663", "\uff11"):
         assert parse_retry_after(bad) is None
     # Out of range dates are ignored, not raised.

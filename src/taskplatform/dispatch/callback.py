@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import codecs
+import datetime
 import email.utils
 import errno
 import logging
@@ -130,18 +131,12 @@ class CallbackSender:
             raise RuntimeError("CallbackSender.start() was not called")
         started = now_ms()
         clock = time.monotonic()
-        timestamp = started // 1000
         headers = {
             "Content-Type": "application/json",
             "webhook-id": task.task_id,
-            "webhook-timestamp": str(timestamp),
             "X-Task-Id": task.task_id,
             "X-Task-Attempt": str(attempt),
         }
-        if self._secrets:
-            headers["webhook-signature"] = sign(
-                self._secrets, task.task_id, timestamp, task.task_data
-            )
         url = task.callback_url
         if "@" in url:  # perhaps credentials: rare, so the common URL is not parsed here
             url = _take_credentials(url, headers)
@@ -191,6 +186,10 @@ class CallbackSender:
                 # waiting for one was never sent, and its error must say so.
                 async with self._connections:
                     waiting = False
+                    # Stamped and signed once a connection is ours, not before the wait for
+                    # one (up to the task's timeout): receivers refuse an old timestamp as a
+                    # replay (Standard Webhooks allows 5 minutes), and such a 4xx is final.
+                    self._stamp(task, headers)
                     async with self._session.post(
                         url, data=task.task_data, headers=headers, allow_redirects=False
                     ) as response:
@@ -231,6 +230,16 @@ class CallbackSender:
             error = f"callback failed: {type(exc).__name__}: {exc}"
         return status, body, error, retry_after
 
+    def _stamp(self, task: TaskRecord, headers: dict[str, str]) -> None:
+        """Put ``webhook-timestamp`` (Unix seconds, now) and, with signing secrets,
+        ``webhook-signature`` over it into ``headers``."""
+        timestamp = int(time.time())
+        headers["webhook-timestamp"] = str(timestamp)
+        if self._secrets:
+            headers["webhook-signature"] = sign(
+                self._secrets, task.task_id, timestamp, task.task_data
+            )
+
     async def _read_body(self, response: aiohttp.ClientResponse) -> tuple[bytes | None, str | None]:
         limit = self._max_response_bytes
         too_large = f"response body over the limit of {limit} bytes; not kept"
@@ -267,7 +276,9 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     """Return a ``Retry-After`` header value in seconds from now, or None if absent or invalid.
 
     RFC 9110 section 10.2.3 allows delay-seconds (ASCII digits only: ``str.isdigit`` also takes
-    ``²`` and other digits that ``float`` refuses) or an HTTP date; a date in the past is 0.
+    ``²`` and other digits that ``float`` refuses) or an HTTP date, in any of its three forms
+    (section 5.6.7: IMF-fixdate, rfc850-date, asctime-date), always in UTC; a date in the past
+    is 0.
     ``now`` is Unix seconds (default: the current time). Never raises: the header is the
     receiver's to get wrong, and a wrong one is ignored.
     """
@@ -278,8 +289,8 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
-        if when.tzinfo is None:
-            return None
+        if when.tzinfo is None:  # asctime-date names no zone, and "-0000" says none is known
+            when = when.replace(tzinfo=datetime.UTC)
         current = time.time() if now is None else now
         return max(0.0, when.timestamp() - current)
     except (TypeError, ValueError, IndexError, OverflowError):
