@@ -50,6 +50,7 @@ INVALID_BODIES: dict[str, Any] = {
     "taskData null": _body(taskData=None),
     "missing taskData": {"callbackUrl": GOOD_URL},
     "priority 1.5": _body(priority=1.5),
+    "priority 5.0": _body(priority=5.0),  # an integer is written as one (README, Concepts)
     "priority string": _body(priority="5"),
     "priority true": _body(priority=True),
     "priority null": _body(priority=None),
@@ -144,6 +145,11 @@ RAW_BODIES: dict[str, tuple[bytes, int, str]] = {
         422,
         "validation_error",
     ),
+    # msgspec stops at the first bad field, before a break in the text further on: the body is
+    # still no JSON, and 400 wherever its break falls (API.md).
+    "an unknown field, then garbage": (b'{"colour": 1} trailing', 400, "malformed_json"),
+    "a bad priority, then cut short": (b'{"priority": "x", ', 400, "malformed_json"),
+    "an array, cut short": (b"[1, 2", 400, "malformed_json"),
     "lone high surrogate": (
         b'{"taskData": {"s": "\\ud800"}, "callbackUrl": "http://a/"}',
         422,
@@ -720,6 +726,36 @@ def test_an_empty_body_is_called_empty(client: httpx.Client, path: str, body: by
     assert problem["detail"] == "the body is empty: send a JSON object"
 
 
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/api/tasks/batch", b'{"x": 1'),
+        ("/api/tasks/batch", b'{"tasks": 5, '),
+        ("/api/tasks/batch", b'{"tasks": [' + b"[" * 100),
+        ("/api/tasks/batch", b"[" * 70),
+        ("/api/tasks/batch", b'{"tasks": [' + b'{"taskData": ' * 70 + b"1"),
+        ("/api/tasks/retry", b'{"limit": 0, '),
+    ],
+    ids=[
+        "batch: unknown field, cut short",
+        "batch: tasks not a list, cut short",
+        "batch: unclosed arrays",
+        "batch: only brackets",
+        "batch: unclosed objects",
+        "bulk retry: bad limit, cut short",
+    ],
+)
+def test_a_body_cut_short_is_malformed_json_whatever_came_before(
+    client: httpx.Client, path: str, body: bytes
+) -> None:
+    """Not 422 about the field before the break, nor "an item is nested deeper than 64 levels"
+    for brackets that were never closed: the client is to send the body again, not change it."""
+    before = _total(client)
+    response = client.post(path, content=body, headers={"Content-Type": "application/json"})
+    assert_problem(response, 400, "malformed_json")
+    assert _total(client) == before
+
+
 def test_a_batch_item_that_is_not_an_object_is_told_so_as_an_item(client: httpx.Client) -> None:
     """The item's own problem, worded for an item as well as for a body ("$" is the item)."""
     response = client.post("/api/tasks/batch", json={"tasks": [1, "x", None, [], _body()]})
@@ -749,14 +785,19 @@ def test_bulk_retry_needs_no_body(client: httpx.Client) -> None:
         ("POST", "/api/tasks/%00/retry"),
         ("GET", "/api/tasks/%00/executions"),
         ("GET", "/api/tasks/" + "x" * 5000),
+        ("GET", "/api/tasks/0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b%0A"),
+        ("POST", "/api/tasks/0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b%0A/cancel"),
     ],
 )
 def test_an_id_create_never_issued_is_404_before_any_backend(
     client: httpx.Client, method: str, path: str
 ) -> None:
-    """Issue 7 review: a NUL in an id made PostgreSQL fail the query (503 with its message)."""
+    """Issue 7 review: a NUL in an id made PostgreSQL fail the query (503 with its message).
+    An id with a final newline is no id either (a regex's "$" takes one): no ``taskId``, which
+    names only a well-formed id no task has."""
     problem = assert_problem(client.request(method, path), 404, "task_not_found")
     assert len(problem["detail"]) < 200  # a long id is not echoed whole
+    assert "taskId" not in problem
 
 
 def test_two_idempotency_keys_are_422_and_create_nothing(client: httpx.Client) -> None:

@@ -160,6 +160,31 @@ def test_callback_url_length_setting_holds_at_its_boundary(http: httpx.Client) -
     assert _stored(http) == before + 2
 
 
+def _rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_refused_long_callback_urls_are_not_kept(limited: Server, http: httpx.Client) -> None:
+    """The cache of judged callback URLs keeps those within the length limit only: it kept each
+    refused one too, up to the body's size, and 100 creates with URLs of 1 MB held about 100
+    MiB that the server never gave back (4 GiB at the cache's 4,096 entries)."""
+    assert limited.process is not None
+    warm = "http://127.0.0.1/" + "w" * 1_000_000  # the same each time: the allocator warms up
+    for _ in range(5):
+        http.post("/api/tasks", json={"taskData": {}, "callbackUrl": warm})
+    before = _rss_mib(limited.process.pid)
+    for index in range(100):
+        url = f"http://127.0.0.1/{index}-" + "a" * 1_000_000
+        response = http.post("/api/tasks", json={"taskData": {}, "callbackUrl": url})
+        assert_problem(response, 422, "validation_error")
+    grown = _rss_mib(limited.process.pid) - before
+    assert grown < 30, f"the server kept {grown:.0f} MiB after 100 refused creates"
+
+
 @pytest.mark.parametrize("chunked", ["0", "1"], ids=["content-length", "chunked"])
 def test_callback_response_setting_holds_at_its_boundary(
     http: httpx.Client, receiver: Receiver, chunked: str

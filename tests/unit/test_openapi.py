@@ -14,6 +14,7 @@ import pytest
 from taskplatform import models
 from taskplatform.api.app import create_app
 from taskplatform.api.openapi import EXAMPLES
+from taskplatform.api.security import STATEFUL_GETS
 from taskplatform.exceptions import TaskPlatformError
 from taskplatform.settings import Settings
 
@@ -145,3 +146,12 @@ def test_every_route_that_reads_the_backends_documents_their_outage(
         for method, operation in operations.items():
             assert "503" in operation["responses"], (method, path)
     assert "413" in document["paths"]["/api/tasks/retry"]["post"]["responses"]
+
+
+def test_a_get_that_changes_state_declares_the_403_it_can_answer(document: dict[str, Any]) -> None:
+    """The security middleware refuses a browser's cross-site request to a GET that changes
+    state (dequeue) as it does one with an unsafe method; the document says so for both."""
+    assert "/api/tasks/dequeue" in STATEFUL_GETS
+    for path in STATEFUL_GETS:
+        for method in ("get", "post"):
+            assert "403" in document["paths"][path][method]["responses"], (method, path)

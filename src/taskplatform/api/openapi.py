@@ -15,6 +15,7 @@ from fastapi.openapi.utils import get_openapi
 
 from taskplatform import models
 from taskplatform.api.problems import PROBLEM_MEDIA_TYPE, problem_type
+from taskplatform.api.security import STATEFUL_GETS
 from taskplatform.exceptions import (
     BackendUnavailable,
     IdempotencyKeyReused,
@@ -385,15 +386,16 @@ def outer_problem(code: str) -> dict[str, Any]:
 
 def _add_outer_problems(schema: dict[str, Any]) -> None:
     """Declare 401 and 429 on every ``/api`` operation (they apply whenever keys are set), 403
-    on the unsafe ones, and the router's 404 and 405 as reusable responses, so every error code
-    has an example."""
+    on those the security middleware guards against other sites (the unsafe methods, and the
+    GETs that change state: ``security.STATEFUL_GETS``), and the router's 404 and 405 as
+    reusable responses, so every error code has an example."""
     for path, operations in schema.get("paths", {}).items():
         if not path.startswith("/api"):
             continue
         for method, operation in operations.items():
             responses = operation.setdefault("responses", {})
             responses.setdefault("401", outer_problem("unauthorized"))
-            if method not in ("get", "head", "options"):
+            if method not in ("get", "head", "options") or path in STATEFUL_GETS:
                 responses.setdefault("403", outer_problem("cross_origin_request"))
             responses.setdefault("429", outer_problem("rate_limited"))
     reusable = schema["components"].setdefault("responses", {})

@@ -17,7 +17,7 @@ import ipaddress
 import math
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import Any, Final
 from urllib.parse import quote
 
 from taskplatform.api.problems import PROBLEM_MEDIA_TYPE, problem_type
@@ -273,7 +273,7 @@ class SecurityMiddleware:
                 [],
             )
             return
-        changes_state = scope["method"] not in _SAFE_METHODS or path in _STATEFUL_GETS
+        changes_state = scope["method"] not in _SAFE_METHODS or path in STATEFUL_GETS
         if not dashboard and changes_state and _cross_site(scope):
             await _problem(
                 send_with_headers,
@@ -318,8 +318,9 @@ class SecurityMiddleware:
 
 
 _SAFE_METHODS = frozenset(("GET", "HEAD", "OPTIONS"))
-# GETs that change state: the seed's dequeue is a GET, and an <img> on any page could send it.
-_STATEFUL_GETS = frozenset(("/api/tasks/dequeue",))
+STATEFUL_GETS: Final = frozenset(("/api/tasks/dequeue",))
+"""Paths whose GET changes state, guarded as the unsafe methods are: the seed's dequeue is a
+GET, and an ``<img>`` on any page could send it."""
 _LOOPBACK_NAMES = frozenset((b"127.0.0.1", b"localhost", b"[::1]", b"::1"))
 
 
