@@ -17,6 +17,7 @@ import pytest
 from taskplatform.client import (
     PROBLEM_CLASSES,
     AsyncTaskClient,
+    BackendUnavailable,
     ConnectionFailed,
     InvalidSignature,
     NewTask,
@@ -219,6 +220,65 @@ def test_unsafe_calls_are_retried_only_when_the_connection_was_never_made(method
     with client_answering(refused, retries=5) as client, pytest.raises(TaskNotFound):
         calls[method](client)
     assert len(refused.requests) == 2
+
+
+class AnswersThen:
+    """A mock server: answers ``first`` in turn, then ``then``; records the requests."""
+
+    def __init__(self, first: list[httpx.Response], then: httpx.Response) -> None:
+        self.first = list(first)
+        self.then = then
+        self.requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        return self.first.pop(0) if self.first else self.then
+
+
+def test_a_create_answered_503_is_resent_under_the_same_key() -> None:
+    """README, 503 ``backend_unavailable``: a create may have committed before the database's
+    answer was lost, "resend it with the same Idempotency-Key, as the Python client does". It
+    raised at once, and the key it had made up for the call was gone: a caller trying later
+    made a second task for the same work."""
+    server = AnswersThen([problem_response(503, "backend_unavailable")] * 2, CREATED)
+    with client_answering(server, retries=3) as client:
+        created = client.create({"n": 1}, "http://cb.test/")
+    assert created.task_id == TASK_ID
+    assert len(server.requests) == 3
+    assert len({request.headers["idempotency-key"] for request in server.requests}) == 1
+    assert len({request.content for request in server.requests}) == 1
+    unavailable = AnswersThen([], problem_response(503, "backend_unavailable"))
+    with client_answering(unavailable, retries=2) as client, pytest.raises(BackendUnavailable):
+        client.create({"n": 1}, "http://cb.test/")
+    assert len(unavailable.requests) == 3
+
+
+def test_a_503_is_not_resent_where_a_repeat_could_act_twice_or_is_the_answer() -> None:
+    calls: dict[str, Callable[[TaskClient], object]] = {
+        "dequeue": lambda client: client.dequeue(),
+        "create_batch": lambda client: client.create_batch([NewTask({}, "http://cb.test/")]),
+        "retry": lambda client: client.retry(TASK_ID),
+        "execute": lambda client: client.execute(TASK_ID),
+    }
+    for name, call in calls.items():
+        server = AnswersThen([], problem_response(503, "backend_unavailable"))
+        with client_answering(server, retries=3) as client, pytest.raises(BackendUnavailable):
+            call(client)
+        assert len(server.requests) == 1, name
+    not_ready = AnswersThen([], httpx.Response(503, json={"status": "unavailable"}))
+    with client_answering(not_ready, retries=3) as client:
+        client.ready()
+    assert len(not_ready.requests) == 1
+
+
+async def test_the_async_client_resends_a_create_answered_503() -> None:
+    created = httpx.Response(201, json={"taskId": TASK_ID, "status": "Queued"})  # not yet read
+    server = AnswersThen([problem_response(503, "backend_unavailable")], created)
+    async with AsyncTaskClient(
+        "http://tp.test", transport=httpx.MockTransport(server), backoff_seconds=0.001
+    ) as client:
+        assert (await client.create({"n": 1}, "http://cb.test/")).task_id == TASK_ID
+    assert len(server.requests) == 2
 
 
 def test_backoff_grows_exponentially_with_jitter_up_to_the_cap() -> None:

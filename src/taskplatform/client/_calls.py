@@ -63,7 +63,8 @@ class RetryMode(enum.Enum):
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Retries after transport failures: exponential backoff with jitter.
+    """Retries after transport failures, and of idempotent calls after a 503: exponential
+    backoff with jitter.
 
     Args:
         retries: How many times a call may be sent again after the first try (0: never).
@@ -83,6 +84,19 @@ class RetryPolicy:
         """
         cap = min(self.backoff_max_seconds, self.backoff_seconds * 2.0 ** (attempt - 1))
         return cap / 2 + random.uniform(0, cap / 2)
+
+    def allows_after(self, call: Call[Any], response: httpx.Response, attempt: int) -> bool:
+        """Return whether ``call``, answered ``response`` on try ``attempt``, is sent again: a
+        503 (the server could not reach its database, or is stopping) to an idempotent call
+        (:attr:`RetryMode.ALWAYS`). Such a create may have committed before the database's
+        answer was lost (README, 503 ``backend_unavailable``): resent with the same bytes and
+        ``Idempotency-Key`` it is answered with that task, never made twice."""
+        return (
+            call.retry is RetryMode.ALWAYS
+            and attempt <= self.retries
+            and response.status_code == 503
+            and 503 not in call.also_ok
+        )
 
     def allows(self, mode: RetryMode, exc: httpx.TransportError, attempt: int) -> bool:
         """Return whether a call of ``mode`` that failed with ``exc`` on try ``attempt`` is

@@ -95,8 +95,8 @@ class TaskClient(_Config):
     backoff and jitter, only where a repeat cannot do anything twice: reads, ``create`` (it
     always sends an ``Idempotency-Key``, so the server answers a repeat with the first task),
     ``cancel``, queue pause/resume, and ``create_batch`` when every item has an idempotency key.
-    ``dequeue``, ``retry`` and other batches are resent only when the connection was never
-    made. ``execute`` is never resent. After the last try
+    These are also resent after a 503 answer. ``dequeue``, ``retry`` and other batches are
+    resent only when the connection was never made. ``execute`` is never resent. After the last try
     :class:`~taskplatform.client.ConnectionFailed` is raised.
 
     Args:
@@ -188,7 +188,11 @@ class TaskClient(_Config):
                     raise _calls.connection_failed(call, self.base_url, exc, attempt) from exc
                 time.sleep(self.retry_policy.delay(attempt))
                 continue
-            return _calls.finish(call, reader.answer())
+            answer = reader.answer()
+            if self.retry_policy.allows_after(call, answer, attempt):
+                time.sleep(self.retry_policy.delay(attempt))
+                continue
+            return _calls.finish(call, answer)
 
     def create(
         self,
@@ -502,7 +506,11 @@ class AsyncTaskClient(_Config):
                     raise _calls.connection_failed(call, self.base_url, exc, attempt) from exc
                 await asyncio.sleep(self.retry_policy.delay(attempt))
                 continue
-            return _calls.finish(call, reader.answer())
+            answer = reader.answer()
+            if self.retry_policy.allows_after(call, answer, attempt):
+                await asyncio.sleep(self.retry_policy.delay(attempt))
+                continue
+            return _calls.finish(call, answer)
 
     async def create(
         self,
