@@ -18,7 +18,7 @@ from typing import Annotated, NoReturn
 
 import typer
 
-from taskplatform.cli_tasks import stats_command, tasks_app
+from taskplatform.cli_tasks import JsonUsageErrorsOfStats, stats_command, tasks_app
 from taskplatform.logs import LogFormat, logging_config
 from taskplatform.settings import Settings, load_settings
 
@@ -37,6 +37,7 @@ app = typer.Typer(
     help="taskplatform: a task platform that runs work through HTTP callbacks.",
     no_args_is_help=True,
     add_completion=False,
+    cls=JsonUsageErrorsOfStats,
 )
 db_app = typer.Typer(help="Manage the SQL schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")

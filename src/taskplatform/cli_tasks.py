@@ -94,10 +94,22 @@ class _JsonUsageErrors(TyperGroup):
             if (
                 exc.exit_code != ExitCode.USAGE
                 or format_message is None
-                or "--json" not in ctx.meta.get("taskplatform.args", ())
+                or not self.json_asked(ctx.meta.get("taskplatform.args", []))
             ):
                 raise
             _usage(format_message(), as_json=True)
+
+    def json_asked(self, args: list[str]) -> bool:
+        """Whether ``args`` (this group's, from its command's name on) ask for JSON."""
+        return "--json" in args
+
+
+class JsonUsageErrorsOfStats(_JsonUsageErrors):
+    """The root group: the same for ``stats``, its one command that takes ``--json`` (those of
+    ``tasks`` are that group's own)."""
+
+    def json_asked(self, args: list[str]) -> bool:
+        return args[:1] == ["stats"] and "--json" in args
 
 
 tasks_app = typer.Typer(
@@ -144,6 +156,12 @@ def _json_for_terminal(value: object) -> str:
     text = json.dumps(_infinities_marked(value, marker), ensure_ascii=False)
     for sign, number in (("+", "1e999"), ("-", "-1e999")):
         text = text.replace(json.dumps(marker + sign), number)
+    return _terminal_text(text)
+
+
+def _terminal_text(text: str) -> str:
+    """``text`` with DEL and the C1 controls written as ``\\u`` escapes: a callback URL stored
+    before the API refused them, or any other text of others, cannot drive the terminal."""
     return _RAW_CONTROLS.sub(lambda found: f"\\u{ord(found[0]):04x}", text)
 
 
@@ -239,7 +257,7 @@ def _task_table(task: Task) -> Table:
         ("status", task.status.value + (" (dead letter)" if task.dead_letter else "")),
         ("queue", task.queue),
         ("priority", task.priority),
-        ("callback url", task.callback_url),
+        ("callback url", _terminal_text(task.callback_url)),
         ("attempts", f"{task.attempts} of {task.max_retries + 1}"),
         ("timeout", f"{task.timeout_seconds:g} s"),
         ("created", _time(task.created_at)),
@@ -250,7 +268,7 @@ def _task_table(task: Task) -> Table:
         ("scheduled", _time(task.scheduled_at)),
         ("task data", _json_for_terminal(task.task_data)),
         ("result", "" if task.result is None else _json_for_terminal(task.result)),
-        ("error", task.error or ""),
+        ("error", _terminal_text(task.error or "")),
     ]
     for name, value in rows:
         table.add_row(name, str(value))
@@ -324,6 +342,7 @@ def _read_data(text: str, as_json: bool) -> dict[str, Any]:
 
 
 _VISIBLE_ASCII = re.compile(r"[\x21-\x7e]+")
+_RFC3339_LOWER = re.compile(r"(?<=\d)t(?=\d)|(?<=\d)z\Z")  # the date-time "t", the zone "z"
 
 
 @tasks_app.command("create")
@@ -376,7 +395,10 @@ def create_command(
     when: datetime.datetime | None = None
     if scheduled_at is not None:
         try:
-            when = datetime.datetime.fromisoformat(scheduled_at)
+            # RFC 3339 section 5.6 allows "t" and "z" in lower case; fromisoformat does not.
+            when = datetime.datetime.fromisoformat(
+                _RFC3339_LOWER.sub(lambda found: found[0].upper(), scheduled_at)
+            )
         except ValueError as exc:
             _usage(f"--scheduled-at is not an RFC 3339 time: {exc}", as_json)
         if when.tzinfo is None:
@@ -434,7 +456,7 @@ def _list_table(tasks: list[Task]) -> Table:
             str(task.priority),
             str(task.attempts),
             _time(task.created_at)[:19],
-            (task.error or "")[:60],
+            _terminal_text(task.error or "")[:60],
         )
     return table
 
@@ -463,7 +485,7 @@ def list_command(
     """List tasks, newest first, a page at a time. --json: {"items", "nextCursor"}."""
     with _client(url, api_key, as_json) as client:
         if all_pages:
-            tasks = list(client.iter_tasks(status, queue, dead_letter, limit))
+            tasks = list(client.iter_tasks(status, queue, dead_letter, limit, cursor))
             next_cursor = None
         else:
             page = client.list(status, queue, dead_letter, limit, cursor)
@@ -606,7 +628,8 @@ def executions_command(
     with _client(url, api_key, as_json) as client:
         attempts = client.executions(task_id)
     if as_json:
-        _print_json({"taskId": task_id, "items": [attempt.raw for attempt in attempts]})
+        # The id as the API names it (lower case), whatever case it was typed in.
+        _print_json({"taskId": task_id.lower(), "items": [attempt.raw for attempt in attempts]})
         return
     table = Table("attempt", "started", "ms", "http")
     table.add_column("error", overflow="fold")
@@ -616,7 +639,7 @@ def executions_command(
             _time(attempt.started_at),
             str(attempt.duration_ms),
             "" if attempt.http_status is None else str(attempt.http_status),
-            attempt.error or "",
+            _terminal_text(attempt.error or ""),
         )
     _stdout().print(table)
 
@@ -884,9 +907,18 @@ def import_command(
         def send(lines: list[tuple[int, dict[str, Any]]]) -> None:
             try:
                 results = client.create_batch([body for _, body in lines])
-            except PayloadTooLarge as exc:  # a server with a smaller limit, or one line alone
+            except (PayloadTooLarge, ValidationError) as exc:
+                # Refusals of the whole batch for what its lines hold: one over a server's
+                # smaller limit, or nested deeper than its depth limit ("$.tasks"), which the
+                # server judges over the whole body. Halved until the line is alone.
+                whole = exc.problem.get("errors", [])
+                if isinstance(exc, ValidationError) and not any(
+                    isinstance(error, dict) and error.get("field") == "$.tasks" for error in whole
+                ):
+                    raise
                 if len(lines) == 1:
-                    state.failed.append(_failure(lines[0][0], exc.code, exc.detail))
+                    extra = {"errors": whole} if whole else {}
+                    state.failed.append(_failure(lines[0][0], exc.code, exc.detail, **extra))
                     return
                 send(lines[: len(lines) // 2])
                 send(lines[len(lines) // 2 :])

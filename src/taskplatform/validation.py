@@ -41,7 +41,8 @@ _LONE_SURROGATE = re.compile(_HIGH + rb"(?!" + _LOW + rb")|(?<!" + _HIGH + rb")"
 # Opening brackets to "(", closing ones to ")"; every other byte is deleted.
 _PAIRS = bytes.maketrans(b"[{]}", b"(())")
 _NOT_BRACKETS = bytes(byte for byte in range(256) if byte not in b"[]{}")
-_CONTROL_OR_SPACE = re.compile(r"[\x00-\x20\x7f\\]")
+# C0 and C1 controls (U+009B alone starts a terminal escape sequence), space, DEL, backslash.
+_CONTROL_OR_SPACE = re.compile(r"[\x00-\x20\x7f-\x9f\\]")
 _BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _NUMERIC_LABEL = re.compile(r"(0[xX][0-9a-fA-F]*|[0-9]+)")
 _DNS_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")

@@ -42,6 +42,7 @@ INVALID_BODIES: dict[str, Any] = {
     "relative url": _body(callbackUrl="/relative/path"),
     "bad port": _body(callbackUrl="http://127.0.0.1:99999/x"),
     "space in url": _body(callbackUrl="http://127.0.0.1/a b"),
+    "C1 control in url": _body(callbackUrl="http://127.0.0.1/?x=\u009b2J"),  # starts a CSI
     "url over 2048": _body(callbackUrl="http://127.0.0.1/" + "a" * 2032),
     "callbackUrl not a string": _body(callbackUrl=5),
     "taskData array": _body(taskData=[1, 2]),

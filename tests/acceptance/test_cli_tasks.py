@@ -6,6 +6,7 @@ SQLite only: the CLI speaks HTTP through the client, whatever the backend.
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import os
@@ -869,3 +870,95 @@ def test_a_number_past_a_double_prints_as_json(server: Server, receiver: Receive
     data = json.loads(shown.stdout, parse_constant=refuse)["taskData"]
     assert data == {"big": math.inf, "small": [-math.inf]}
     assert '"big": 1e999' in shown.stdout
+
+
+def test_one_line_nested_past_the_servers_depth_fails_alone_in_an_import(
+    server: Server, receiver: Receiver, tp: TaskClient, queue: str, tmp_path: Path
+) -> None:
+    """README: ``tasks import`` "reports failures by line number, and resumes where it
+    stopped". One line whose taskData is nested 100 deep (past the server's 64) makes the
+    server refuse the whole batch (422 ``$.tasks``); the import stopped there with exit 1 and
+    no line created, on every re-run. The line fails on its own, as a line too large does,
+    and the others are created."""
+    good = {"callbackUrl": receiver.url("/ok"), "queue": queue}
+    deep = '{"taskData": ' + '{"a":' * 100 + "1" + "}" * 100
+    deep += f', "callbackUrl": "{receiver.url("/ok")}", "queue": "{queue}"}}'
+    lines = tmp_path / "deep.jsonl"
+    lines.write_text(
+        json.dumps({"taskData": {"n": 1}, **good})
+        + "\n"
+        + deep
+        + "\n"
+        + json.dumps({"taskData": {"n": 3}, **good})
+        + "\n"
+    )
+    result = run(server, "tasks", "import", str(lines), "--json")
+    assert tp.stats(queue=queue).queue_depth == 2, result.output
+    summary = as_json(result)
+    assert summary["created"] == 2
+    assert [failure["line"] for failure in summary["failed"]] == [2]
+    assert result.exit_code == ExitCode.REFUSED
+
+
+def test_stats_usage_errors_are_json_under_json() -> None:
+    """docs/client-and-cli.md: "``taskplatform tasks …`` and ``taskplatform stats`` … Every
+    command takes … ``--json``, which prints one JSON document on stdout and nothing else
+    (… ``{"error": {...}}`` … on an error)". ``stats --json --bogus`` (or a ``--queue``
+    without its value) printed nothing on stdout, as ``tasks list --json --bogus`` did before
+    its group turned Typer's usage errors into JSON."""
+    for args in (("stats", "--json", "--bogus"), ("stats", "--json", "--queue")):
+        refused = run(None, *args)
+        assert refused.exit_code == ExitCode.USAGE, refused.output
+        assert refused.stdout.strip(), f"{args}: nothing on stdout under --json"
+        assert as_json(refused)["error"]["code"] == "usage_error"
+
+
+def test_list_all_starts_at_the_cursor_it_is_given(
+    server: Server, receiver: Receiver, tp: TaskClient, queue: str
+) -> None:
+    """``tasks list`` takes ``--cursor`` (nextCursor of the previous page) and ``--all``
+    (follow every page). Together they dropped ``--cursor`` and listed from the first page
+    again: a script resuming a listing (``--cursor $saved --all``) counted tasks twice."""
+    for n in range(3):
+        tp.create({"n": n}, receiver.url("/ok"), queue=queue)
+    first = run(server, "tasks", "list", "--queue", queue, "--limit", "1", "--json")
+    assert first.exit_code == 0, first.output
+    cursor = as_json(first)["nextCursor"]
+    seen = {task["taskId"] for task in as_json(first)["items"]}
+    rest = run(server, "tasks", "list", "--queue", queue, "--cursor", cursor, "--all", "--json")
+    assert rest.exit_code == 0, rest.output
+    ids = [task["taskId"] for task in as_json(rest)["items"]]
+    assert not seen & set(ids), "the page before the cursor was listed again"
+    assert len(ids) == 2
+
+
+def test_create_takes_an_rfc3339_time_with_a_lower_case_t_and_z(
+    server: Server, receiver: Receiver, tp: TaskClient, queue: str
+) -> None:
+    """``--scheduled-at`` is documented as "an RFC 3339 time with a zone". RFC 3339 section
+    5.6: "T" and "Z" may be lower case, and the API takes ``2027-01-01t09:00:00z``. The command
+    refused it (exit 2, "not an RFC 3339 time": ``datetime.fromisoformat`` wants upper case)."""
+    when = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=1)
+    text = when.strftime("%Y-%m-%dt%H:%M:%Sz")
+    created = run(
+        server, "tasks", "create", "-c", receiver.url("/ok"), "--queue", queue,
+        "--scheduled-at", text, "--json",
+    )  # fmt: skip
+    assert created.exit_code == 0, created.output
+    task = tp.get(as_json(created)["taskId"])
+    assert task.scheduled_at is not None
+    assert abs((task.scheduled_at - when).total_seconds()) < 1
+
+
+def test_executions_json_names_the_task_by_its_own_id(
+    server: Server, receiver: Receiver, tp: TaskClient, queue: str
+) -> None:
+    """Under ``--json`` a command prints "the API's JSON". ``tasks executions`` rebuilds the
+    document with ``taskId``: as typed on the command line, it named a task given in upper
+    case (which the API accepts, RFC 9562) otherwise than the API and ``tasks get --json``
+    do, and a script joining the two on ``taskId`` found no match."""
+    task_id = tp.create({"n": 1}, receiver.url("/ok"), queue=queue).task_id
+    shown = run(server, "tasks", "executions", task_id.upper(), "--json")
+    assert shown.exit_code == 0, shown.output
+    api = httpx.get(f"{server.url}/api/tasks/{task_id.upper()}/executions", timeout=30).json()
+    assert as_json(shown)["taskId"] == api["taskId"] == task_id

@@ -10,6 +10,8 @@ or fail when ``CI`` is set. The HTTP tests (escaping, 404 page, CSRF, cookie sco
 from __future__ import annotations
 
 import base64
+import html
+import json
 import os
 import re
 import time
@@ -553,3 +555,28 @@ def test_with_keys_the_cookie_opens_the_dashboard_only(
         bearer = {"Authorization": f"Bearer {KEYS[0]}"}
         assert fresh.get("/dashboard", headers=bearer).status_code == 200
         assert fresh.get("/api/stats", headers=bearer).status_code == 200
+
+
+def test_the_task_page_shows_task_data_numbers_as_they_were_sent(
+    client: httpx.Client, receiver: Receiver
+) -> None:
+    """README: taskData is "stored and returned exactly as sent", and the task page shows it
+    "as indented JSON". The page read it into floats and wrote them again: ``1e400`` showed as
+    ``Infinity`` (no JSON at all) and ``123456789012345678901234567890.5`` as
+    ``1.2345678901234568e+29``, values the task does not hold."""
+    body = (
+        b'{"taskData": {"big": 1e400, "amount": 123456789012345678901234567890.5, "n": 7},'
+        b' "callbackUrl": "%s"}' % receiver.url("/ok").encode()
+    )
+    answer = client.post("/api/tasks", content=body, headers={"Content-Type": "application/json"})
+    assert answer.status_code == 201, answer.text
+    page = client.get(f"/dashboard/tasks/{answer.json()['taskId']}")
+    assert page.status_code == 200, page.text[:300]
+    found = re.search(r'<pre class="json" data-field="taskData">(.*?)</pre>', page.text, re.S)
+    assert found, page.text[:500]
+    shown = html.unescape(found[1])
+    assert "Infinity" not in shown
+    assert json.loads(shown)["n"] == 7  # JSON still
+    assert '"big": 1e400' in shown
+    assert '"amount": 123456789012345678901234567890.5' in shown
+    assert '"n": 7' in shown

@@ -422,9 +422,10 @@ class TaskClient(_Config):
         queue: str | None = None,
         dead_letter: bool | None = None,
         page_size: int | None = None,
+        cursor: str | None = None,
     ) -> Iterator[Task]:
-        """Yield every task that matches, newest first, fetching page after page lazily."""
-        cursor: str | None = None
+        """Yield every task that matches, newest first, fetching page after page lazily; from
+        ``cursor`` on (a page's ``next_cursor``) if given, else from the newest."""
         while True:
             page = self.list(status, queue, dead_letter, page_size, cursor)
             yield from page.items
@@ -629,9 +630,9 @@ class AsyncTaskClient(_Config):
         queue: str | None = None,
         dead_letter: bool | None = None,
         page_size: int | None = None,
+        cursor: str | None = None,
     ) -> AsyncIterator[Task]:
         """Yield every task that matches, page after page; see :meth:`TaskClient.iter_tasks`."""
-        cursor: str | None = None
         while True:
             page = await self.list(status, queue, dead_letter, page_size, cursor)
             for task in page.items:

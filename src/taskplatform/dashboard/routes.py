@@ -22,6 +22,7 @@ import hashlib
 import hmac
 import json
 import re
+import uuid
 from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs, quote
@@ -99,13 +100,22 @@ def _ago(ms: int | None) -> str:
 
 
 def _pretty(raw: bytes | None) -> str | None:
-    """Return JSON text indented for reading (the start of it, if long); other text as is."""
+    """Return JSON text indented for reading (the start of it, if long); other text as is.
+
+    Each number with a fraction or an exponent is written as it was sent, not as the float it
+    reads as: ``1e400`` would show as ``Infinity`` (no JSON), and 30 digits as 17 (taskData is
+    kept exactly as sent, README). Such a number is read as a marked string, then unquoted.
+    """
     if raw is None:
         return None
+    marker = f"\x00{uuid.uuid4().hex}"  # no string of the value can hold it: \x00 is escaped
     try:
-        text = json.dumps(json.loads(raw), indent=2, ensure_ascii=False)
+        value = json.loads(raw, parse_float=lambda number: marker + number)
+        text = json.dumps(value, indent=2, ensure_ascii=False)
     except (ValueError, RecursionError):  # a callback's result may nest deeper than Python's stack
         text = raw.decode("utf-8", "replace")
+    else:
+        text = re.sub(rf'"\\u0000{marker[1:]}([-+.0-9eE]+)"', r"\1", text)
     if len(text) > _SHOWN_BYTES:
         text = text[:_SHOWN_BYTES] + f"\n… ({len(text) - _SHOWN_BYTES} more characters not shown)"
     return text
