@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import logging
+import re
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 logger = logging.getLogger("taskplatform.receiver")
+
+# C0 and C1 controls and DEL: a path (percent-decoded: %1B is ESC) or a body holding one would
+# drive the terminal the log goes to.
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def _printable(text: str) -> str:
+    """``text`` with each control character written as a ``\\xNN`` escape."""
+    return _CONTROLS.sub(lambda found: f"\\x{ord(found[0]):02x}", text)
 
 
 def create_receiver_app() -> FastAPI:
@@ -25,11 +35,11 @@ def create_receiver_app() -> FastAPI:
         attempt = request.headers.get("x-task-attempt", "-")
         logger.info(
             "callback /%s task=%s attempt=%s signed=%s body=%s",
-            path,
-            task_id,
-            attempt,
+            _printable(path),
+            _printable(task_id),
+            _printable(attempt),
             "yes" if "webhook-signature" in request.headers else "no",
-            body[:2000].decode("utf-8", errors="replace"),
+            _printable(body[:2000].decode("utf-8", errors="replace")),
         )
         return JSONResponse(
             {
