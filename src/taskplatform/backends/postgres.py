@@ -853,6 +853,14 @@ class PostgresStore(Store):
         due_by: int | None,
         lease_tokens: list[str] | None = None,
     ) -> list[TaskRecord]:
+        # In task id order, as _finish_attempts: the unnest of a group's ids drives the join, so
+        # rows are locked in the ids' order, and two processes starting the same tasks in the
+        # orders their requests came would deadlock (PostgreSQL aborts one group: all 503).
+        if lease_tokens is None:
+            task_ids = sorted(task_ids)
+        else:
+            pairs = sorted(zip(task_ids, lease_tokens, strict=True))
+            task_ids, lease_tokens = [id_ for id_, _ in pairs], [token for _, token in pairs]
         sql, params = compare_and_set_sql(
             "",
             expected=expected,

@@ -83,8 +83,10 @@ WITH input AS (
                                callback_url, max_retries, timeout_seconds, attempts, error,
                                created_at, updated_at, queue, scheduled_at, retry_policy, n)
 ), claimed AS (
+    -- In key order: a key's row is locked as it is claimed, and two processes claiming the
+    -- same keys in the orders their requests came would deadlock (one group aborted: all 503).
     INSERT INTO idempotency_keys (key, request_hash, task_id, expires_at)
-    SELECT key, request_hash, task_id, expires_at FROM input ORDER BY n
+    SELECT key, request_hash, task_id, expires_at FROM input ORDER BY key
     ON CONFLICT (key) DO UPDATE
         SET request_hash = excluded.request_hash, task_id = excluded.task_id,
             expires_at = excluded.expires_at
