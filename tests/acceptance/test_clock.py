@@ -7,10 +7,13 @@ clock that server took the leases of the other for expired and ran their tasks a
 
 from __future__ import annotations
 
+import base64
 import datetime
+import email.utils
 import glob
 import re
 import time
+import urllib.parse
 from pathlib import Path
 
 import httpx
@@ -150,3 +153,64 @@ def test_a_clock_that_jumps_while_serving_is_measured_again_at_once(
         assert before - 1 <= stamped <= time.time() + 1
     finally:
         server.stop()
+
+
+def test_a_server_whose_clock_runs_ahead_stamps_callbacks_and_reads_retry_after_by_the_database(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    """README, Clocks: a process "adds the offset to every lease, schedule, backoff and
+    timestamp". Two places went by the host's clock instead (found in review): the
+    ``webhook-timestamp`` a callback is stamped and signed with (two minutes off here; past
+    five, a Standard Webhooks receiver refuses every signed callback as a replay, a 4xx that
+    ends the task), and the HTTP date of a ``Retry-After``, read against the host's clock and
+    added to the database's (a retry asked for 20 s on came 0.2 s on)."""
+    from standardwebhooks.webhooks import Webhook
+
+    secret = "whsec_" + base64.b64encode(b"a" * 32).decode()
+    env = {
+        **backend_env("postgres", tmp_path),
+        "TASKPLATFORM_SIGNING_SECRET": secret,
+        "TASKPLATFORM_DISPATCH": "true",
+        "TASKPLATFORM_DISPATCH_QUEUES": "timed",
+        "TASKPLATFORM_DISPATCH_POLL_SECONDS": "0.1",
+        "TASKPLATFORM_RETRY_AFTER_MAX_SECONDS": "3600",
+    }
+    ahead = Server(_skewed(env), tmp_path / "ahead.log").start()
+    try:
+        assert _offset_gauge(ahead) == pytest.approx(-SKEW_SECONDS, abs=1)
+        with httpx.Client(base_url=ahead.url, timeout=30) as http:
+            task_id = ready_task(http, receiver.url("/ok"), task_data={"n": 1})
+            executed = http.post(f"/api/tasks/{task_id}/execute")
+            assert executed.status_code == 200, executed.text
+            (hit,) = receiver.hits_for(task_id)
+            headers = {name.lower(): value for name, value in hit.headers.items()}
+            stamped = int(headers["webhook-timestamp"])
+            assert abs(time.time() - stamped) < 5, f"stamped {stamped - time.time():+.0f} s off"
+            assert Webhook(secret).verify(hit.body, headers) == {"n": 1}
+
+            not_before = time.time() + 20
+            date = email.utils.formatdate(not_before, usegmt=True)
+            url = receiver.url("/status/503?retry_after=" + urllib.parse.quote(date))
+            created = http.post(
+                "/api/tasks",
+                json={
+                    "taskData": {},
+                    "callbackUrl": url,
+                    "queue": "timed",
+                    "maxRetries": 1,
+                    "backoffMinSeconds": 0.1,
+                    "backoffMaxSeconds": 0.2,
+                },
+            )
+            assert created.status_code == 201, created.text
+            retried = created.json()["taskId"]
+            deadline = time.monotonic() + 10
+            while (task := http.get(f"/api/tasks/{retried}").json())["status"] != "Retry":
+                assert time.monotonic() < deadline, task
+                time.sleep(0.05)
+            time.sleep(1)  # time for a retry, were it due
+        assert len(receiver.hits_for(retried)) == 1
+        next_attempt = datetime.datetime.fromisoformat(task["nextAttemptAt"]).timestamp()
+        assert next_attempt >= not_before - 1, (task["nextAttemptAt"], date)
+    finally:
+        ahead.stop()

@@ -81,3 +81,15 @@ def test_retry_after_parses_seconds_and_http_dates() -> None:
         assert parse_retry_after(bad) is None
     # Out of range dates are ignored, not raised.
     assert parse_retry_after("Wed, 21 Oct 99999999999 07:28:00 GMT") is None
+
+
+def test_retry_after_rfc850_two_digit_year_is_read_as_rfc_9110_says() -> None:
+    """RFC 9110 section 5.6.7: a two-digit year that "appears to be more than 50 years in the
+    future" is the most recent past year with those digits, and so any other is the future's.
+    In 2026, "69" is 2069, not 1969 (email.utils reads 69-99 as 19xx: the wait was 0)."""
+    now = 1796256000.0  # 2026-12-03T00:00:00Z
+    wait = parse_retry_after("Tuesday, 01-Jan-69 00:00:00 GMT", now=now)
+    assert wait is not None
+    assert wait > 40 * 365 * 86400, wait
+    assert parse_retry_after("Thursday, 03-Dec-26 00:00:10 GMT", now=now) == 10
+    assert parse_retry_after("Friday, 01-Jan-77 00:00:00 GMT", now=now) == 0  # 1977

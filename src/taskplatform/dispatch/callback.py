@@ -201,7 +201,9 @@ class CallbackSender:
                             error = _describe_status(response)
                         if not 200 <= status < 300:
                             # A success has no next attempt, so its Retry-After means nothing.
-                            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+                            retry_after = parse_retry_after(
+                                response.headers.get("Retry-After"), now=now_ms() / 1000
+                            )
         except TimeoutError:
             error = f"timeout after {task.timeout_seconds:g} s"
             if waiting:
@@ -231,9 +233,10 @@ class CallbackSender:
         return status, body, error, retry_after
 
     def _stamp(self, task: TaskRecord, headers: dict[str, str]) -> None:
-        """Put ``webhook-timestamp`` (Unix seconds, now) and, with signing secrets,
-        ``webhook-signature`` over it into ``headers``."""
-        timestamp = int(time.time())
+        """Put ``webhook-timestamp`` (Unix seconds, now by the database's clock: ``now_ms``,
+        as every time this process writes) and, with signing secrets, ``webhook-signature``
+        over it into ``headers``."""
+        timestamp = now_ms() // 1000
         headers["webhook-timestamp"] = str(timestamp)
         if self._secrets:
             headers["webhook-signature"] = sign(
@@ -292,9 +295,27 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
         if when.tzinfo is None:  # asctime-date names no zone, and "-0000" says none is known
             when = when.replace(tzinfo=datetime.UTC)
         current = time.time() if now is None else now
+        if _RFC850_DATE.match(value):
+            when = _rfc850_century(when, current)
         return max(0.0, when.timestamp() - current)
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
+
+
+_RFC850_DATE = re.compile(r"[A-Za-z]+, \d{2}-[A-Za-z]{3}-\d{2} ")
+
+
+def _rfc850_century(when: datetime.datetime, now: float) -> datetime.datetime:
+    """``when``, read from an rfc850-date's two-digit year, in the century RFC 9110 section
+    5.6.7 gives it: the nearest year with those digits that is not more than 50 years ahead of
+    ``now`` (Unix seconds). ``email.utils`` reads 69-99 as 19xx whatever the date."""
+    this_year = datetime.datetime.fromtimestamp(now, datetime.UTC).year
+    year = this_year - this_year % 100 + when.year % 100
+    if year > this_year + 50:
+        year -= 100
+    elif year <= this_year - 50:
+        year += 100
+    return when.replace(year=year)
 
 
 def _payload_detail(exc: aiohttp.ClientPayloadError) -> str:
