@@ -81,17 +81,32 @@ def check_json_depth(body: bytes, max_depth: int) -> None:
     """
     if body.count(b"[") + body.count(b"{") <= max_depth:
         return
-    # Escapes first, left to right as JSON reads them: each "\\" pair, then each "\"" left;
-    # then every other piece between quotes is outside a string.
-    unescaped = body.replace(b"\\\\", b"").replace(b'\\"', b"")
-    outside = b"".join(unescaped.split(b'"')[::2])
-    brackets = outside.translate(_PAIRS, _NOT_BRACKETS)
+    brackets = _outside_strings(body).translate(_PAIRS, _NOT_BRACKETS)
     depth = 0
     while brackets:
         depth += 1
         if depth > max_depth:
             raise _too_deep(max_depth)
         brackets = brackets.replace(b"()", b"")
+
+
+def _outside_strings(body: bytes) -> bytes:
+    """The bytes of JSON text ``body`` that are outside its strings (all but those of a last
+    string never closed)."""
+    # Escapes first, left to right as JSON reads them: each "\\" pair, then each "\"" left;
+    # then every other piece between quotes is outside a string.
+    unescaped = body.replace(b"\\\\", b"").replace(b'\\"', b"")
+    return b"".join(unescaped.split(b'"')[::2])
+
+
+def _deep_or_malformed(body: bytes, too_deep: ValidationFailed) -> Exception:
+    """The problem of a body the decoder gave up on at its recursion limit (about 1,000
+    levels), before reading to its end: ``too_deep`` if its brackets pair off, else 400, as a
+    shallower body cut short is (its brackets never close; API.md: malformed JSON is 400)."""
+    outside = _outside_strings(body)
+    if outside.count(b"[") != outside.count(b"]") or outside.count(b"{") != outside.count(b"}"):
+        return MalformedJSON("the body is not valid JSON: its brackets do not pair off")
+    return too_deep
 
 
 MAX_INTEGER_DIGITS = 4300
@@ -156,7 +171,7 @@ def _check_well_formed(body: bytes, too_deep: ValidationFailed) -> None:
     try:
         msgspec.json.decode(body, type=msgspec.Raw)
     except RecursionError as exc:
-        raise too_deep from exc
+        raise _deep_or_malformed(body, too_deep) from exc
     except msgspec.DecodeError as exc:
         raise _decode_problem(body, exc) from exc
 
@@ -196,7 +211,7 @@ def parse_task_create(
     try:
         request = (_BATCH_ITEM_DECODER if batch_item else _CREATE_DECODER).decode(body)
     except RecursionError as exc:  # deeper than the decoder goes (about 1,000 levels)
-        raise _too_deep(max_depth) from exc
+        raise _deep_or_malformed(body, _too_deep(max_depth)) from exc
     except msgspec.ValidationError as exc:
         _check_well_formed(body, _too_deep(max_depth))
         # msgspec stops at the first bad field; look again, slowly, to name every one.
@@ -226,27 +241,32 @@ def _nested_too_deeply() -> ValidationFailed:
     return ValidationFailed([("$", "JSON is nested too deeply")])
 
 
-def _decode_whole(decoder: msgspec.json.Decoder[T], body: bytes) -> T:
-    """Decode a small request body with ``decoder``, mapping errors to 400/422 problems."""
+def _decode_whole(
+    decoder: msgspec.json.Decoder[T], body: bytes, too_deep: ValidationFailed | None = None
+) -> T:
+    """Decode a small request body with ``decoder``, mapping errors to 400/422 problems;
+    ``too_deep`` is the problem of a body nested past the decoder's recursion limit."""
+    too_deep = too_deep or _nested_too_deeply()
     try:
         return decoder.decode(body)
     except RecursionError as exc:
-        raise _nested_too_deeply() from exc
+        raise _deep_or_malformed(body, too_deep) from exc
     except msgspec.ValidationError as exc:
-        _check_well_formed(body, _nested_too_deeply())
+        _check_well_formed(body, too_deep)
         raise ValidationFailed([_field_error(str(exc))]) from exc
     except msgspec.DecodeError as exc:
         raise _decode_problem(body, exc) from exc
 
 
-def parse_batch(body: bytes) -> BatchCreate:
+def parse_batch(body: bytes, item_too_deep: ValidationFailed) -> BatchCreate:
     """Decode a ``POST /api/tasks/batch`` body; each item is checked later, on its own.
 
     Raises:
         MalformedJSON: not JSON.
-        ValidationFailed: not ``{"tasks": [...]}`` with 1 to 1,000 items.
+        ValidationFailed: not ``{"tasks": [...]}`` with 1 to 1,000 items; or
+            ``item_too_deep``, an item nested past the decoder's recursion limit.
     """
-    return _decode_whole(_BATCH_DECODER, body)
+    return _decode_whole(_BATCH_DECODER, body, item_too_deep)
 
 
 def parse_redrive_filter(body: bytes) -> RedriveFilter:

@@ -859,3 +859,43 @@ def test_a_compressed_body_is_415(client: httpx.Client, coding: str) -> None:
     )
     assert_problem(response, 415, "unsupported_media_type")
     assert _total(client) == before
+
+
+@pytest.mark.parametrize("depth", [65, 1000, 100_000])
+def test_a_batch_item_nested_too_deep_is_named_as_an_item_at_any_depth(
+    client: httpx.Client, depth: int
+) -> None:
+    """README: one batch item nested deeper than 64 levels makes the batch a 422, and the
+    server says so on ``$.tasks`` ("an item is nested deeper than 64 levels"), the field
+    ``tasks import`` halves its batches on: past the decoder's own recursion limit (about
+    990 levels) too, where it was "$: JSON is nested too deeply" for a while."""
+    nested = "[" * depth + "]" * depth
+    body = f'{{"tasks": [{{"taskData": {{"deep": {nested}}}, "callbackUrl": "{GOOD_URL}"}}]}}'
+    before = _total(client)
+    response = client.post(
+        "/api/tasks/batch", content=body.encode(), headers={"Content-Type": "application/json"}
+    )
+    problem = assert_problem(response, 422, "validation_error")
+    assert problem["errors"] == [
+        {"field": "$.tasks", "message": "an item is nested deeper than 64 levels"}
+    ]
+    assert _total(client) == before
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/api/tasks", b'{"taskData": {"a": ' + b"[" * 2000),
+        ("/api/tasks", b'{"colour": 1, "taskData": {"a": ' + b"[" * 2000),
+        ("/api/tasks/batch", b'{"tasks": [' + b"[" * 2000),
+    ],
+    ids=["create: unclosed arrays", "create: unknown field, unclosed arrays", "batch"],
+)
+def test_a_body_cut_short_after_many_brackets_is_malformed_json_too(
+    client: httpx.Client, path: str, body: bytes
+) -> None:
+    """A body that is no JSON is 400 wherever its break falls, past the decoder's recursion
+    limit (about 990 open brackets) too, where it was 422 "nested deeper than 64 levels"
+    (create) or "JSON is nested too deeply" (batch): its brackets never pair off."""
+    response = client.post(path, content=body, headers={"Content-Type": "application/json"})
+    assert_problem(response, 400, "malformed_json")

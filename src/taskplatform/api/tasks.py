@@ -373,15 +373,16 @@ async def create_batch(request: Request) -> Response:
             ]
         )
     body = await read_json_body(request, settings.max_batch_body_bytes)
+    too_deep = ValidationFailedError(
+        [("$.tasks", f"an item is nested deeper than {settings.max_json_depth} levels")]
+    )
     # Parsed first: brackets are counted in JSON text only, as a body cut short never pairs
     # its brackets off and would be blamed on nesting instead of being 400 malformed_json.
-    batch = parse_batch(body)
+    batch = parse_batch(body, too_deep)
     try:
         check_json_depth(body, settings.max_json_depth + 2)  # {"tasks": [ ... ]} adds two
     except ValidationFailedError as exc:
-        raise ValidationFailedError(
-            [("$.tasks", f"an item is nested deeper than {settings.max_json_depth} levels")]
-        ) from exc
+        raise too_deep from exc
     parsed: list[BatchTaskCreate | RequestError] = []
     hashes: list[str | None] = []
     for raw in batch.tasks:
