@@ -99,6 +99,10 @@ def _ago(ms: int | None) -> str:
     return f"in {amount}" if future else f"{amount} ago"
 
 
+# A number _pretty marked, as json.dumps writes the marked string: "\u0000<marker><number>".
+_MARKED_NUMBER = re.compile(r'"\\u0000([0-9a-f]{32})([-+.0-9eE]+)"')
+
+
 def _pretty(raw: bytes | None) -> str | None:
     """Return JSON text indented for reading (the start of it, if long); other text as is.
 
@@ -109,13 +113,22 @@ def _pretty(raw: bytes | None) -> str | None:
     if raw is None:
         return None
     marker = f"\x00{uuid.uuid4().hex}"  # no string of the value can hold it: \x00 is escaped
+    marked = False
+
+    def mark(number: str) -> str:
+        nonlocal marked
+        marked = True
+        return marker + number
+
     try:
-        value = json.loads(raw, parse_float=lambda number: marker + number)
-        text = json.dumps(value, indent=2, ensure_ascii=False)
+        text = json.dumps(json.loads(raw, parse_float=mark), indent=2, ensure_ascii=False)
     except (ValueError, RecursionError):  # a callback's result may nest deeper than Python's stack
         text = raw.decode("utf-8", "replace")
     else:
-        text = re.sub(rf'"\\u0000{marker[1:]}([-+.0-9eE]+)"', r"\1", text)
+        if marked:
+            text = _MARKED_NUMBER.sub(
+                lambda found: found[2] if found[1] == marker[1:] else found[0], text
+            )
     if len(text) > _SHOWN_BYTES:
         text = text[:_SHOWN_BYTES] + f"\n… ({len(text) - _SHOWN_BYTES} more characters not shown)"
     return text
