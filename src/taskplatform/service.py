@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import datetime
 import logging
 import os
 import socket
@@ -151,6 +152,14 @@ round measure the store's clock again, not a minute later (NTP slews by far less
 
 def _wall_minus_monotonic() -> int:
     return time.time_ns() - time.monotonic_ns()
+
+
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+
+
+def _ceil_ms(microseconds: int) -> int:
+    """``microseconds`` in whole milliseconds, rounded up."""
+    return -(-microseconds // 1000)
 
 
 DEPTH_RETENTION_MS = 24 * 3600 * 1000
@@ -472,10 +481,13 @@ class TaskService:
         settings = self.settings
         now = now_ms()
         scheduled_at = None
+        # Milliseconds rounded up, never down (whole microseconds first, so that 0.3 s is 300
+        # ms, not 301): "not dequeued or dispatched before that time" (README).
         if request.delay_seconds is not None and request.delay_seconds > 0:
-            scheduled_at = now + round(request.delay_seconds * 1000)
+            scheduled_at = now + _ceil_ms(round(request.delay_seconds * 1_000_000))
         elif request.scheduled_at is not None:
-            scheduled_at = round(request.scheduled_at.timestamp() * 1000)
+            since_epoch = request.scheduled_at - _EPOCH
+            scheduled_at = _ceil_ms(since_epoch // datetime.timedelta(microseconds=1))
         defaults = self._default_policy()
         # A bound the request gives wins over the other's default (documented): a minimum
         # above the default maximum raises the maximum to it, a maximum below the default
