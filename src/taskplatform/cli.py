@@ -276,7 +276,16 @@ def serve(
     for name in ("host", "port", "workers", "database_url", "insecure", "dispatch", "log_format"):
         os.environ[f"TASKPLATFORM_{name.upper()}"] = str(getattr(settings, name))
     counts_dir = None
-    if settings.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+    given_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if given_dir is not None and not (os.path.isdir(given_dir) and os.access(given_dir, os.W_OK)):
+        # prometheus-client's own variable: each process would fail at its first count.
+        typer.echo(
+            f"error: PROMETHEUS_MULTIPROC_DIR {given_dir!r} is not a directory this process "
+            "can write to; make it, or unset it",
+            err=True,
+        )
+        raise typer.Exit(2)
+    if settings.workers > 1 and given_dir is None:
         # Each worker counts in files there, and /metrics on any worker sums them all.
         counts_dir = tempfile.mkdtemp(prefix="taskplatform-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = counts_dir
@@ -307,7 +316,10 @@ def serve(
             if settings.workers > 1:
                 from taskplatform.api.supervisor import Supervisor
 
-                Supervisor(config, sockets=[config.bind_socket()]).run()
+                supervisor = Supervisor(config, sockets=[config.bind_socket()])
+                supervisor.run()
+                if supervisor.startup_failed:  # the workers said why
+                    raise typer.Exit(STARTUP_FAILURE)
             else:
                 server.run()
     finally:

@@ -786,3 +786,19 @@ def test_two_databases_on_one_redis_queue_are_told(tmp_path: Path) -> None:
     again = Server(b_env, tmp_path / "b2.log").start()  # the same database: no warning either
     again.stop()
     assert "also serves another database" not in again.log(), again.log()
+
+
+def test_serve_refuses_a_metrics_directory_it_cannot_use_in_one_line(tmp_path: Path) -> None:
+    """``PROMETHEUS_MULTIPROC_DIR`` (prometheus-client's own variable, which ``serve --workers
+    N`` honours) naming no directory: each worker ended its start in a 60-line traceback, and
+    ``serve`` exited 0. It is one line and exit 2, as any other configuration error."""
+    env = {
+        "TASKPLATFORM_DATABASE_URL": f"sqlite:///{tmp_path / 'tp.db'}",
+        "TASKPLATFORM_PORT": str(free_port()),
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "no-such-dir"),
+    }
+    for workers in ("1", "2"):
+        refused = _taskplatform("serve", "--workers", workers, env=env)
+        assert refused.returncode == 2, refused.stderr[-2000:]
+        assert "PROMETHEUS_MULTIPROC_DIR" in refused.stderr
+        assert "Traceback" not in refused.stderr

@@ -684,3 +684,40 @@ def test_a_long_poll_ends_when_its_queue_is_paused(server: Server) -> None:
         assert time.monotonic() - started < 2.0
         assert_problem(response, 409, "queue_paused")
         assert http.get(f"/api/tasks/{task_id}").json()["status"] == "Queued"
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_sigterm_to_serve_with_workers_stops_accepting_connections_at_once(
+    start_server: Callable[..., Server], receiver: Receiver
+) -> None:
+    """README (Graceful shutdown): "On SIGTERM the server stops accepting connections". One
+    process does (a connect is refused at once: a load balancer or client goes elsewhere).
+    With ``--workers 2`` the parent keeps the listening socket it bound open while its workers
+    drain: the kernel went on accepting connections that nobody would ever answer, so every
+    request and probe sent during the grace hung until the process exited, then was reset
+    (found in review). The parent closes its copy at the stop now."""
+    server = start_server(TASKPLATFORM_WORKERS="2", TASKPLATFORM_SHUTDOWN_GRACE_SECONDS="6")
+    assert server.process is not None
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        task_id = ready_task(http, receiver.url("/slow?seconds=5"), timeoutSeconds=60)
+
+    def execute() -> None:
+        with httpx.Client(base_url=server.url, timeout=30) as own:
+            own.post(f"/api/tasks/{task_id}/execute")
+
+    caller = threading.Thread(target=execute)
+    caller.start()
+    _wait_for(lambda: bool(receiver.hits_for(task_id)))
+    server.process.send_signal(signal.SIGTERM)
+    time.sleep(1.0)
+    assert server.process.poll() is None, "still draining its callback"
+    try:
+        answered = httpx.get(f"{server.url}/readyz", timeout=2)
+        outcome = f"answered {answered.status_code}"
+    except httpx.ConnectError:
+        outcome = "refused"
+    except httpx.TimeoutException:
+        outcome = "accepted, then no answer within 2 s"
+    finally:
+        caller.join(15)
+    assert outcome in ("refused", "answered 503"), outcome

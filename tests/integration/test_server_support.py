@@ -4,6 +4,8 @@ another test, or another test run on the machine) must not hand a test someone e
 from __future__ import annotations
 
 import http.server
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -43,3 +45,28 @@ def test_a_server_whose_port_is_taken_moves_to_a_free_one(tmp_path: Path) -> Non
         server.stop()
         impostor.shutdown()
         impostor.server_close()
+
+
+def test_workers_that_fail_to_start_are_told_to_serve(tmp_path: Path) -> None:
+    """With ``serve --workers N``, uvicorn's parent stops when a worker fails to start, and
+    returned as after a clean stop: ``serve`` exited 0 where one process exits 3, and a
+    service manager (``Restart=on-failure``) took the failure for a stop. The supervisor
+    notes it (``startup_failed``), and ``serve`` exits 3."""
+    script = (
+        "import uvicorn\n"
+        "from taskplatform.api.supervisor import Supervisor\n"
+        "config = uvicorn.Config('tests.support.failing_app:app', port=0, workers=2,"
+        " lifespan='on', log_level='warning')\n"
+        "supervisor = Supervisor(config, sockets=[config.bind_socket()])\n"
+        "supervisor.run()\n"
+        "print('startup failed:', supervisor.startup_failed)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[2],
+        check=False,
+    )
+    assert "startup failed: True" in done.stdout, done.stdout + done.stderr[-2000:]

@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterator
 from multiprocessing import resource_tracker
 from multiprocessing.process import BaseProcess
 
+from uvicorn.config import STARTUP_FAILURE as _STARTUP_FAILURE
 from uvicorn.supervisors.multiprocess import Multiprocess
 
 logger = logging.getLogger(__name__)
@@ -102,6 +103,9 @@ class Supervisor(Multiprocess):
     """
 
     _stop_again = False
+    startup_failed = False
+    """Whether a worker ended with uvicorn's ``STARTUP_FAILURE`` (3), which stopped them all:
+    ``serve`` then exits 3, as it does with one process."""
 
     # Each of these spawns workers (at start, for one that died, on SIGHUP, on SIGTTIN).
     def init_processes(self) -> None:
@@ -110,9 +114,13 @@ class Supervisor(Multiprocess):
             super().init_processes()
 
     def keep_subprocess_alive(self) -> None:
-        """Replace a worker that died (uvicorn's), with the stop signals blocked as at the start."""
+        """Replace a worker that died (uvicorn's), with the stop signals blocked as at the start;
+        one that failed to start stops them all (uvicorn's) and is noted in
+        :attr:`startup_failed`."""
         with _stop_signals_blocked():
             super().keep_subprocess_alive()
+        if any(worker.exitcode == _STARTUP_FAILURE for worker in self.processes):
+            self.startup_failed = True
 
     def restart_all(self) -> None:
         """Replace every worker (SIGHUP; uvicorn's), stop signals blocked as at the start."""
@@ -139,7 +147,15 @@ class Supervisor(Multiprocess):
             first()
 
     def join_all(self) -> None:
-        """Wait for every worker to end, passing on stop signals meanwhile (checked every 0.1 s)."""
+        """Wait for every worker to end, passing on stop signals meanwhile (checked every 0.1 s).
+
+        The listening socket is closed first: the workers close theirs at the stop signal, and
+        the kernel would go on accepting connections on this process's copy that no one ever
+        answers, for the whole grace; closed, a new connection is refused at once (README:
+        "On SIGTERM the server stops accepting connections"), and goes elsewhere.
+        """
+        for sock in self.sockets:
+            sock.close()
         while running := [worker for worker in self.processes if worker.process.is_alive()]:
             # First: a worker given SIGTERM (terminate_all) and SIGINT together would run the
             # SIGINT's handler first (Python runs pending handlers by signal number), and so
