@@ -568,14 +568,38 @@ class Settings(BaseSettings):
 _URLS = frozenset({"database_url", "queue_url"})
 
 
+def split_userinfo(rest: str) -> tuple[str, str]:
+    """Split a URL's part after ``scheme://`` into its user and password, and the rest
+    (``("", rest)`` when it names none).
+
+    The user and password end at the last ``@`` that a ``/`` follows, as a password may hold
+    ``@``, ``?`` and ``/`` unencoded (SQLAlchemy reads it to the last ``@``), and a parameter
+    may hold an ``@`` too (``?application_name=tp@web1``, as libpq reads it); with no ``/``
+    after any ``@`` (no path), at the last ``@``.
+    """
+    slash = rest.rfind("/")
+    at = rest.rfind("@", 0, slash) if slash > 0 else -1
+    if at < 0:
+        at = rest.rfind("@")
+    if at < 0:
+        return "", rest
+    return rest[:at], rest[at + 1 :]
+
+
+_PASSWORD_PARAMETER = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
+
+
 def redact_url(url: str) -> str:
-    """Return ``url`` with any password replaced by ``***``."""
+    """Return ``url`` with any password replaced by ``***``: the user's, and a ``password``
+    parameter (libpq and redis-py both take one)."""
     scheme, sep, rest = url.partition("://")
-    userinfo, at, host = rest.rpartition("@")
-    if not sep or not at or ":" not in userinfo:
+    if not sep:
         return url
-    user = userinfo.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}"
+    userinfo, location = split_userinfo(rest)
+    location = _PASSWORD_PARAMETER.sub(r"\1***", location)
+    if ":" in userinfo:
+        userinfo = userinfo.split(":", 1)[0] + ":***"
+    return f"{scheme}://{userinfo}@{location}" if userinfo else f"{scheme}://{location}"
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -235,3 +235,37 @@ def test_the_log_shows_a_database_url_without_any_of_its_password(url: str, show
     from taskplatform.cli import _backend_addresses
 
     assert _backend_addresses(Settings(database_url=url))[0] == shown
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        Settings(database_url="postgresql://app@db:5432/tasks?password=hunter2"),
+        Settings(
+            database_url="postgresql://app@db:5432/tasks",
+            queue_url="redis://redis:6379/0?password=hunter2",
+        ),
+    ],
+)
+def test_the_settings_repr_masks_a_password_given_as_a_url_parameter(settings: Settings) -> None:
+    """README (Security): "settings' repr masks keys, signing secrets and database passwords".
+    libpq takes the password as ``?password=`` as well (``_backend_addresses`` masks that one
+    in the log line), and redis-py too; the repr showed it (found in review)."""
+    assert "hunter2" not in repr(settings)
+    assert "hunter2" not in str(settings)
+
+
+def test_a_postgres_url_with_an_at_sign_in_a_parameter_is_read_as_libpq_reads_it() -> None:
+    """libpq (psql) and asyncpg both read ``?application_name=tp@web1`` as a parameter of the
+    database ``tasks`` on ``db``; the user and password were taken to run to that last "@", so
+    the URL was refused as one that "names no database" (exit 2). A password may still hold
+    "@", "?" and "/" unencoded."""
+    from taskplatform.backends.postgres import driver_dsn
+
+    url = "postgresql://app@db:5432/tasks?application_name=tp@web1"
+    dsn, _ = driver_dsn(url)
+    assert dsn.startswith("postgresql://app@db:5432/tasks?"), dsn
+    assert "application_name=tp%40web1" in dsn or "application_name=tp@web1" in dsn
+    assert driver_dsn("postgresql://u:a?b/c@d@h:5432/db?x=1")[0] == (
+        "postgresql://u:a%3Fb%2Fc%40d@h:5432/db?x=1"
+    )

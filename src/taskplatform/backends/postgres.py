@@ -64,6 +64,7 @@ from taskplatform.models import (
     TaskRecord,
     queued_values,
 )
+from taskplatform.settings import split_userinfo
 
 logger = logging.getLogger(__name__)
 
@@ -137,7 +138,7 @@ def driver_dsn(url: str) -> tuple[str, float | None]:
     scheme, sep, rest = url.partition("://")
     if not sep or scheme.split("+", 1)[0].lower() not in ("postgresql", "postgres"):
         raise ValueError("not a PostgreSQL URL: use postgresql://user:password@host:5432/db")
-    credentials, at, location = rest.rpartition("@")
+    credentials, location = split_userinfo(rest)
     address, _, query_string = location.partition("?")
     hosts = address.split("/", 1)[0]
     for host in filter(None, hosts.split(",")):
@@ -172,7 +173,7 @@ def driver_dsn(url: str) -> tuple[str, float | None]:
         raise ValueError(
             "the URL names no database: add one, as in postgresql://user@host:5432/tasks"
         )
-    if at:
+    if credentials:
         user, colon, password = credentials.partition(":")
         encoded = quote(unquote(user), safe="")
         if colon:
