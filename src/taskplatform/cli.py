@@ -174,7 +174,9 @@ def _backend_addresses(settings: Settings) -> tuple[str, str]:
 
     database = settings.database_url
     if database.startswith("sqlite:///"):
-        store = f"SQLite file {Path(database.removeprefix('sqlite:///')).resolve()}"
+        from taskplatform.backends.sqlite import sqlite_path
+
+        store = f"SQLite file {Path(sqlite_path(database)).resolve()}"
     else:
         from taskplatform.backends.postgres import driver_dsn  # needs the postgres extra
 
@@ -506,7 +508,9 @@ def db_copy(
     target = _settings_or_exit(database_url=to)
     if source.database_url.startswith("sqlite:///"):
         # Preparing the schema would make a mistyped file: an empty store, "copied".
-        path = Path(source.database_url.removeprefix("sqlite:///")).resolve()
+        from taskplatform.backends.sqlite import sqlite_path
+
+        path = Path(sqlite_path(source.database_url)).resolve()
         if not path.is_file():
             typer.echo(
                 f"error: the SQLite file {path} (TASKPLATFORM_DATABASE_URL or --database-url) "

@@ -802,3 +802,22 @@ def test_serve_refuses_a_metrics_directory_it_cannot_use_in_one_line(tmp_path: P
         assert refused.returncode == 2, refused.stderr[-2000:]
         assert "PROMETHEUS_MULTIPROC_DIR" in refused.stderr
         assert "Traceback" not in refused.stderr
+
+
+def test_a_percent_in_a_sqlite_url_names_one_file(tmp_path: Path) -> None:
+    """``sqlite:///…/my%20data/tasks.db``: the migrations (SQLAlchemy) read the path
+    percent-decoded, ``my data/tasks.db``, and the server's own connections read it as
+    written: two files, the schema in the one no server used, and ``serve`` stopped with "no
+    such table" (found in review). Both read ``my data/tasks.db`` now."""
+    url = f"sqlite:///{tmp_path}/my%20data/tasks.db"
+    upgraded = _taskplatform("db", "upgrade", env={"TASKPLATFORM_DATABASE_URL": url})
+    assert upgraded.returncode == 0, upgraded.stderr
+    server = Server({"TASKPLATFORM_DATABASE_URL": url}, tmp_path / "server.log").start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            created = http.post("/api/tasks", json={"taskData": {}, "callbackUrl": "http://a/"})
+            assert created.status_code == 201, created.text
+    finally:
+        server.stop()
+    files = sorted(str(path.relative_to(tmp_path)) for path in tmp_path.rglob("*.db"))
+    assert files == ["my data/tasks.db"], files

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import unquote
 
 from alembic import command
 from alembic.config import Config
@@ -66,7 +67,7 @@ def _upgrade_on(connection: Connection) -> None:
 
 
 def _make_sqlite_folder(sqlalchemy_url: str) -> None:
-    path = sqlalchemy_url.removeprefix("sqlite:///")
+    path = unquote(sqlalchemy_url.removeprefix("sqlite:///"))  # as SQLAlchemy opens it
     if path and path != ":memory:":
         try:
             Path(path).parent.mkdir(parents=True, exist_ok=True)

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import unquote
 
 import msgspec
 
@@ -93,7 +94,8 @@ def _insert_rows_sql(rows: int) -> str:
 
 
 def sqlite_path(url: str) -> str:
-    """Return the file path of a ``sqlite:///path`` URL (``sqlite:////abs/path`` for absolute).
+    """Return the file path of a ``sqlite:///path`` URL (``sqlite:////abs/path`` for absolute),
+    percent-decoded (``%20`` is a space, ``%25`` a ``%``), as SQLAlchemy reads it.
 
     Raises:
         ValueError: the URL is not a SQLite URL with a path, names an in-memory database or a
@@ -121,7 +123,9 @@ def sqlite_path(url: str) -> str:
             f"the SQLite URL {url!r} has a query string: taskplatform sets the connection's "
             "options itself, and a file name must not hold '?'"
         )
-    return url[len(prefix) :]
+    # Percent-decoded, as SQLAlchemy reads it (the migrations open the file through it): %20 a
+    # space. Read as written, sqlite:///my%20data/tasks.db was two files, the schema in one.
+    return unquote(path)
 
 
 def _use_wal(conn: sqlite3.Connection, busy_timeout_seconds: float) -> None:
