@@ -821,3 +821,37 @@ def test_a_percent_in_a_sqlite_url_names_one_file(tmp_path: Path) -> None:
         server.stop()
     files = sorted(str(path.relative_to(tmp_path)) for path in tmp_path.rglob("*.db"))
     assert files == ["my data/tasks.db"], files
+
+
+def test_the_startup_migration_waits_for_the_lock_as_long_as_the_setting_says(
+    tmp_path: Path,
+) -> None:
+    """TASKPLATFORM_SQLITE_BUSY_TIMEOUT_SECONDS is "how long a SQLite writer waits for another
+    process's lock". The schema step of every ``serve``, ``worker`` and ``db upgrade`` takes the
+    write lock (BEGIN IMMEDIATE) and waited Python's fixed 5 s, whatever it was set to: with
+    30 s set, a lock held for 8 s stopped the start with "database is locked" (found in
+    review). A lock held 7 s past the 5 s default is waited out now."""
+    database = tmp_path / "tp.db"
+    env = {
+        "TASKPLATFORM_DATABASE_URL": f"sqlite:///{database}",
+        "TASKPLATFORM_SQLITE_BUSY_TIMEOUT_SECONDS": "30",
+    }
+    assert _taskplatform("db", "upgrade", env=env).returncode == 0
+    holder = sqlite3.connect(database, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "taskplatform", "db", "upgrade"],
+        env=clean_environ(env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(7)
+        still_waiting = process.poll() is None
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    _, err = process.communicate(timeout=60)
+    assert still_waiting, err
+    assert process.returncode == 0, err

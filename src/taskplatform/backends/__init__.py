@@ -191,7 +191,7 @@ async def prepare_schema(settings: Settings) -> None:
     url, timeout = settings.database_url, settings.database_connect_timeout_seconds
     if store == "sqlite":
         try:
-            await migrate.upgrade(url)
+            await migrate.upgrade(url, busy_timeout_seconds=settings.sqlite_busy_timeout_seconds)
         except DBAPIError as exc:  # not a database, read-only, a folder: the file's fault
             path = url.partition(":///")[2]
             raise BackendUnavailable(f"cannot use the SQLite database {path}: {exc.orig}") from exc

@@ -79,8 +79,14 @@ def _make_sqlite_folder(sqlalchemy_url: str) -> None:
             ) from exc
 
 
-def _in_transaction_sync(sqlalchemy_url: str, work: Callable[[Connection], T]) -> T:
-    engine = create_engine(sqlalchemy_url, poolclass=NullPool)
+def _in_transaction_sync(
+    sqlalchemy_url: str, work: Callable[[Connection], T], busy_timeout_seconds: float = 5.0
+) -> T:
+    # sqlite3's own busy wait (its timeout argument): how long the BEGIN IMMEDIATE of the
+    # schema step waits for another process's write lock.
+    engine = create_engine(
+        sqlalchemy_url, poolclass=NullPool, connect_args={"timeout": busy_timeout_seconds}
+    )
     try:
         with engine.begin() as connection:
             return work(connection)
@@ -89,12 +95,16 @@ def _in_transaction_sync(sqlalchemy_url: str, work: Callable[[Connection], T]) -
 
 
 async def _in_transaction(
-    url: str, work: Callable[[Connection], T], connect_timeout_seconds: float
+    url: str,
+    work: Callable[[Connection], T],
+    connect_timeout_seconds: float,
+    busy_timeout_seconds: float = 5.0,
 ) -> T:
     """Run ``work`` in one transaction on a connection of its own: ``sqlite://`` URLs on a worker
-    thread, ``postgresql://`` URLs on asyncpg (given ``connect_timeout_seconds`` to connect)."""
+    thread (waiting up to ``busy_timeout_seconds`` for another process's lock),
+    ``postgresql://`` URLs on asyncpg (given ``connect_timeout_seconds`` to connect)."""
     if url.startswith("sqlite"):
-        return await asyncio.to_thread(_in_transaction_sync, url, work)
+        return await asyncio.to_thread(_in_transaction_sync, url, work, busy_timeout_seconds)
     from taskplatform.backends import postgres
 
     connect = postgres.connector(url, connect_timeout_seconds=connect_timeout_seconds)
@@ -139,13 +149,16 @@ async def advance_queue_sequence(url: str, *, connect_timeout_seconds: float = 5
     await _in_transaction(url, advance_queue_sequence_on, connect_timeout_seconds)
 
 
-async def upgrade(url: str, *, connect_timeout_seconds: float = 5.0) -> str:
+async def upgrade(
+    url: str, *, connect_timeout_seconds: float = 5.0, busy_timeout_seconds: float = 5.0
+) -> str:
     """Bring the database at ``url`` to the newest revision; return that revision.
 
     An empty database gets the whole schema; an up-to-date one is left alone. ``sqlite://`` URLs
-    migrate on a worker thread, ``postgresql://`` URLs (as ``TASKPLATFORM_DATABASE_URL`` has
-    them) on asyncpg, which waits ``connect_timeout_seconds`` for a connection (or the URL's
-    ``connect_timeout``).
+    migrate on a worker thread, waiting up to ``busy_timeout_seconds`` for another process's
+    write lock (``TASKPLATFORM_SQLITE_BUSY_TIMEOUT_SECONDS``); ``postgresql://`` URLs (as
+    ``TASKPLATFORM_DATABASE_URL`` has them) on asyncpg, which waits
+    ``connect_timeout_seconds`` for a connection (or the URL's ``connect_timeout``).
 
     Raises:
         SchemaError: the database is at a revision this code does not know (written by a newer
@@ -154,5 +167,5 @@ async def upgrade(url: str, *, connect_timeout_seconds: float = 5.0) -> str:
     """
     if url.startswith("sqlite"):
         _make_sqlite_folder(url)
-    await _in_transaction(url, _upgrade_on, connect_timeout_seconds)
+    await _in_transaction(url, _upgrade_on, connect_timeout_seconds, busy_timeout_seconds)
     return head_revision()
