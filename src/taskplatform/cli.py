@@ -45,8 +45,31 @@ app.add_typer(tasks_app, name="tasks")
 app.command("stats")(stats_command)
 
 
+_said_as_json = False
+"""Whether :func:`_error` and :func:`_warning` log through the JSON formatter: ``serve`` and
+``worker`` with ``--log-format json``, whose every line to stderr is then one JSON object."""
+
+
 def _configure_logging(settings: Settings) -> None:
+    global _said_as_json
     logging.config.dictConfig(logging_config(settings.log_level, settings.log_format))
+    _said_as_json = settings.log_format == "json"
+
+
+def _error(message: str) -> None:
+    """Say why a command stops: ``error: message`` on stderr, or a JSON log record."""
+    if _said_as_json:
+        logging.getLogger("taskplatform").error(message)
+    else:
+        typer.echo(f"error: {message}", err=True)
+
+
+def _warning(message: str) -> None:
+    """``warning: message`` on stderr, or a JSON log record (:func:`_error`)."""
+    if _said_as_json:
+        logging.getLogger("taskplatform").warning(message)
+    else:
+        typer.echo(f"warning: {message}", err=True)
 
 
 LogFormatOption = Annotated[
@@ -76,16 +99,18 @@ def _warn_of_unknown_variables() -> None:
             suffix = name.removeprefix("TASKPLATFORM_")
             close = difflib.get_close_matches(suffix, suffixes, n=1, cutoff=0.8)
             meant = f" (did you mean TASKPLATFORM_{close[0]}?)" if close else ""
-            typer.echo(f"warning: {name} is not a setting and is ignored{meant}", err=True)
+            _warning(f"{name} is not a setting and is ignored{meant}")
 
 
-def _settings_or_exit(**overrides: object) -> Settings:
+def _settings_or_exit(*, logs: bool = False, **overrides: object) -> Settings:
+    """Load the settings with ``overrides`` (None: not given), or exit 2 saying why; with
+    ``logs`` (``serve``, ``worker``), configure logging by them before any warning is said."""
     from pydantic import ValidationError
 
-    _warn_of_unknown_variables()
     try:
-        return load_settings(**{k: v for k, v in overrides.items() if v is not None})
+        settings = load_settings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
+        _warn_of_unknown_variables()
         typer.echo("error: invalid configuration:", err=True)
         for error in exc.errors():
             name = ".".join(str(part) for part in error["loc"])
@@ -97,8 +122,13 @@ def _settings_or_exit(**overrides: object) -> Settings:
             typer.echo(f"  {where}{message}{shown}", err=True)
         raise typer.Exit(2) from exc
     except ValueError as exc:
+        _warn_of_unknown_variables()
         typer.echo(f"error: invalid configuration:\n{exc}", err=True)
         raise typer.Exit(2) from exc
+    if logs:
+        _configure_logging(settings)
+    _warn_of_unknown_variables()
+    return settings
 
 
 def _prepare_or_exit(settings: Settings, named: str = "TASKPLATFORM_DATABASE_URL") -> None:
@@ -116,7 +146,7 @@ def _prepare_or_exit(settings: Settings, named: str = "TASKPLATFORM_DATABASE_URL
     def fail(message: str, code: int, exc: Exception) -> NoReturn:
         if named != "TASKPLATFORM_DATABASE_URL":
             message = message.replace("TASKPLATFORM_DATABASE_URL", named)
-        typer.echo(f"error: {message}", err=True)
+        _error(message)
         raise typer.Exit(code) from exc
 
     try:
@@ -159,7 +189,7 @@ def _check_backends_answer_or_exit(settings: Settings, command: str) -> None:
         said = exc.detail
         if where.startswith("redis"):  # name the setting that says where
             said += f" (the queue at TASKPLATFORM_QUEUE_URL, {where})"
-        typer.echo(f"error: cannot start the {command}: {said}", err=True)
+        _error(f"cannot start the {command}: {said}")
         raise typer.Exit(STARTUP_FAILURE) from exc
     logging.getLogger("taskplatform").info("store: %s; queue: %s", *_backend_addresses(settings))
 
@@ -202,23 +232,22 @@ def _refuse_unsafe_or_exit(settings: Settings) -> None:
     try:
         keys = settings.api_key_list()
     except OSError as exc:
-        typer.echo(f"error: cannot read TASKPLATFORM_API_KEYS_FILE: {exc}", err=True)
+        _error(f"cannot read TASKPLATFORM_API_KEYS_FILE: {exc}")
         raise typer.Exit(2) from exc
     from taskplatform.dispatch import sender_from_settings
 
     try:
         sender_from_settings(settings)
     except ValueError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        _error(str(exc))
         raise typer.Exit(2) from exc
     if keys or settings.insecure or _is_loopback(settings.host):
         return
-    typer.echo(
-        f"error: refusing to serve on {settings.host} without an API key: anyone who can reach "
+    _error(
+        f"refusing to serve on {settings.host} without an API key: anyone who can reach "
         "the port could create tasks that make this server send HTTP requests. Either set "
         "TASKPLATFORM_API_KEYS (or TASKPLATFORM_API_KEYS_FILE), or pass --insecure "
-        "(TASKPLATFORM_INSECURE=true) to accept the risk knowingly.",
-        err=True,
+        "(TASKPLATFORM_INSECURE=true) to accept the risk knowingly."
     )
     raise typer.Exit(2)
 
@@ -262,6 +291,7 @@ def serve(
     import uvicorn
 
     settings = _settings_or_exit(
+        logs=True,
         host=host,
         port=port,
         workers=workers,
@@ -270,7 +300,6 @@ def serve(
         dispatch=dispatch or None,
         log_format=log_format,
     )
-    _configure_logging(settings)
     _refuse_unsafe_or_exit(settings)
     _prepare_or_exit(settings)
     _check_backends_answer_or_exit(settings, "server")
@@ -281,10 +310,9 @@ def serve(
     given_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if given_dir is not None and not (os.path.isdir(given_dir) and os.access(given_dir, os.W_OK)):
         # prometheus-client's own variable: each process would fail at its first count.
-        typer.echo(
-            f"error: PROMETHEUS_MULTIPROC_DIR {given_dir!r} is not a directory this process "
-            "can write to; make it, or unset it",
-            err=True,
+        _error(
+            f"PROMETHEUS_MULTIPROC_DIR {given_dir!r} is not a directory this process can write "
+            "to; make it, or unset it"
         )
         raise typer.Exit(2)
     if settings.workers > 1 and given_dir is None:
@@ -377,6 +405,7 @@ def worker(
     from taskplatform.dispatch.dispatcher import MetricsListenFailed, run_worker
 
     settings = _settings_or_exit(
+        logs=True,
         dispatch_queues=",".join(queue) if queue else None,
         dispatch_concurrency=concurrency,
         dispatch_queue_concurrency=queue_concurrency,
@@ -385,17 +414,15 @@ def worker(
         worker_metrics_port=metrics_port,
         log_format=log_format,
     )
-    _configure_logging(settings)
     if (
         settings.worker_metrics_port is not None
         and not _is_loopback(settings.worker_metrics_host)
         and not settings.metrics_public
     ):
-        typer.echo(
-            f"error: the worker's /metrics has no key check; to serve it on "
+        _error(
+            f"the worker's /metrics has no key check; to serve it on "
             f"{settings.worker_metrics_host} set TASKPLATFORM_METRICS_PUBLIC=true, or keep "
-            "TASKPLATFORM_WORKER_METRICS_HOST on loopback",
-            err=True,
+            "TASKPLATFORM_WORKER_METRICS_HOST on loopback"
         )
         raise typer.Exit(2)
     try:
@@ -403,7 +430,7 @@ def worker(
 
         sender_from_settings(settings)
     except ValueError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        _error(str(exc))
         raise typer.Exit(2) from exc
     _prepare_or_exit(settings)
     _check_backends_answer_or_exit(settings, "worker")
@@ -416,7 +443,7 @@ def worker(
     except KeyboardInterrupt:
         pass
     except (BackendUnavailable, MetricsListenFailed) as exc:  # an outage later only pauses
-        typer.echo(f"error: cannot start the worker: {exc}", err=True)
+        _error(f"cannot start the worker: {exc}")
         raise typer.Exit(STARTUP_FAILURE) from exc
 
 

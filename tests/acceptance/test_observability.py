@@ -7,6 +7,8 @@ import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.acceptance.helpers import assert_problem, create, dequeue_until
 from tests.support.receiver import Receiver
-from tests.support.server import Server, Worker, free_port
+from tests.support.server import Server, Worker, clean_environ, free_port
 
 KEY = "metrics_key_0123456789"
 
@@ -474,3 +476,39 @@ def test_a_forced_stop_still_writes_the_last_lines(
     log = server.log()
     assert f"task {task_id} is Queued" in log
     assert f"Finished server process [{server.process.pid}]" in log, log[-3000:]
+
+
+def test_json_logs_are_json_on_every_line_when_the_start_fails(tmp_path: Path) -> None:
+    """README: ``--log-format json`` on ``serve`` and ``worker`` "writes one JSON object a line
+    to stderr". The lines that matter most to a log pipeline at a failed start, the warning of
+    a misspelt variable and the one-line reason the start failed, came out as plain text
+    ("warning: ...", "error: ..."), which a JSON pipeline drops or cannot parse (found in
+    review)."""
+    env = clean_environ(
+        {
+            "TASKPLATFORM_DATABASE_URL": f"sqlite:///{tmp_path / 'tp.db'}",
+            "TASKPLATFORM_QUEUE_URL": f"redis://127.0.0.1:{free_port()}/8",  # nothing listens
+            "TASKPLATFORM_PORT": str(free_port()),
+            "TASKPLATFORM_LOG_FORMAT": "json",
+            "TASKPLATFORM_DATABSE_URL": "sqlite:///typo.db",
+        }
+    )
+    for command in ("serve", "worker"):
+        result = subprocess.run(
+            [sys.executable, "-m", "taskplatform", command],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 3, result.stderr
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert lines
+        not_json = []
+        for line in lines:
+            try:
+                json.loads(line)
+            except ValueError:
+                not_json.append(line)
+        assert not not_json, f"{command}: {not_json}"
