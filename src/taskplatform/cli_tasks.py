@@ -51,6 +51,7 @@ from typer.core import TyperGroup
 
 from taskplatform.client import (
     ConnectionFailed,
+    JsonNumber,
     NotFound,
     PayloadTooLarge,
     Task,
@@ -148,15 +149,19 @@ def _json_for_terminal(value: object) -> str:
     """``value`` as JSON text, non-ASCII kept readable, but no character that drives a terminal
     (a callback's result and a task's data are other people's text).
 
-    A number past a double's range (``1e999`` in a task's data: the API keeps its text) reads
-    as an infinite float, which ``json.dumps`` writes as ``Infinity``, not JSON: it is written
-    ``1e999`` (``-1e999``), which reads back as the same float.
+    A number the client read with a fraction or an exponent (a :class:`JsonNumber`) is written
+    as the server sent it: the API keeps task data as sent, where the float has 17 significant
+    digits, and ``1e400`` is infinite, which ``json.dumps`` writes as ``Infinity``, not JSON.
+    Any other infinite float is written ``1e999`` (``-1e999``), which reads back as it.
     """
     marker = f"\x00{uuid.uuid4().hex}"  # no string of the value can hold it: \x00 is escaped
-    text = json.dumps(_infinities_marked(value, marker), ensure_ascii=False)
-    for sign, number in (("+", "1e999"), ("-", "-1e999")):
-        text = text.replace(json.dumps(marker + sign), number)
+    text = json.dumps(_numbers_marked(value, marker), ensure_ascii=False)
+    text = _MARKED_NUMBER.sub(lambda found: found[2] if found[1] == marker[1:] else found[0], text)
     return _terminal_text(text)
+
+
+# A number _numbers_marked marked, as json.dumps writes the marked string.
+_MARKED_NUMBER = re.compile(r'"\\u0000([0-9a-f]{32})=([-+.0-9eE]+)"')
 
 
 def _terminal_text(text: str) -> str:
@@ -165,14 +170,17 @@ def _terminal_text(text: str) -> str:
     return _RAW_CONTROLS.sub(lambda found: f"\\u{ord(found[0]):04x}", text)
 
 
-def _infinities_marked(value: object, marker: str) -> object:
-    """``value`` with each infinite float replaced by the string ``marker`` + its sign."""
+def _numbers_marked(value: object, marker: str) -> object:
+    """``value`` with each :class:`JsonNumber` and infinite float replaced by the string
+    ``marker=`` + the number's text."""
+    if isinstance(value, JsonNumber):
+        return f"{marker}={value.text}"
     if isinstance(value, float) and math.isinf(value):
-        return marker + ("+" if value > 0 else "-")
+        return f"{marker}={'1e999' if value > 0 else '-1e999'}"
     if isinstance(value, dict):
-        return {key: _infinities_marked(item, marker) for key, item in value.items()}
+        return {key: _numbers_marked(item, marker) for key, item in value.items()}
     if isinstance(value, list | tuple):
-        return [_infinities_marked(item, marker) for item in value]
+        return [_numbers_marked(item, marker) for item in value]
     return value
 
 

@@ -962,3 +962,29 @@ def test_executions_json_names_the_task_by_its_own_id(
     assert shown.exit_code == 0, shown.output
     api = httpx.get(f"{server.url}/api/tasks/{task_id.upper()}/executions", timeout=30).json()
     assert as_json(shown)["taskId"] == api["taskId"] == task_id
+
+
+def test_tasks_get_shows_task_data_numbers_as_they_were_sent(
+    server: Server, receiver: Receiver
+) -> None:
+    """taskData "is kept exactly as sent" (README). ``tasks get`` (table and --json, "the API's
+    JSON") printed ``123456789012345678901234567890.5`` as ``1.2345678901234568e+29`` and
+    ``0.1000000000000000000001`` as ``0.1``, values the task does not hold (found in review):
+    the client's JsonNumber keeps the digits as sent."""
+    body = (
+        b'{"taskData": {"amount": 123456789012345678901234567890.5,'
+        b' "rate": 0.1000000000000000000001},'
+        b' "callbackUrl": "%s"}'
+    )
+    answer = httpx.post(
+        f"{server.url}/api/tasks",
+        content=body % receiver.url("/ok").encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    assert answer.status_code == 201, answer.text
+    task_id = answer.json()["taskId"]
+    for args in (("--json",), ()):
+        shown = run(server, "tasks", "get", task_id, *args)
+        assert shown.exit_code == 0, shown.output
+        assert "123456789012345678901234567890.5" in shown.stdout, shown.stdout
+        assert "0.1000000000000000000001" in shown.stdout, shown.stdout

@@ -4,6 +4,7 @@ retry rules (over httpx's mock transport: no network), and callback signature ch
 from __future__ import annotations
 
 import base64
+import copy
 import datetime
 import math
 import re
@@ -20,6 +21,7 @@ from taskplatform.client import (
     BackendUnavailable,
     ConnectionFailed,
     InvalidSignature,
+    JsonNumber,
     NewTask,
     QueuePaused,
     RateLimited,
@@ -426,3 +428,23 @@ def test_task_data_nested_too_deeply_is_a_value_error_and_sends_nothing() -> Non
     ):
         client.create(deep, "http://cb.test/")
     assert flaky.requests == []
+
+
+def test_a_number_in_an_answer_keeps_the_digits_it_was_sent_with() -> None:
+    """A number with a fraction or an exponent is a JsonNumber: the float it is, with its text,
+    which a float cannot always keep (17 digits; ``1e400`` is infinite)."""
+    body = (
+        b'{"taskId": "%s", "status": "Queued", "taskData": {"a": 0.1000000000000000000001,'
+        b' "b": 1e400, "n": 7}, "callbackUrl": "http://cb.test/", "priority": 0,'
+        b' "maxRetries": 3, "timeoutSeconds": 30.0, "attempts": 0,'
+        b' "createdAt": "2026-12-03T10:00:00.000Z", "updatedAt": "2026-12-03T10:00:00.000Z"}'
+    ) % TASK_ID.encode()
+    answer = httpx.Response(200, content=body, headers={"content-type": "application/json"})
+    with client_answering(lambda _: answer) as client:
+        task = client.get(TASK_ID)
+    small, big = task.task_data["a"], task.task_data["b"]
+    assert isinstance(small, JsonNumber)
+    assert (small, small.text) == (0.1, "0.1000000000000000000001")
+    assert (big, big.text) == (math.inf, "1e400")
+    assert type(task.task_data["n"]) is int
+    assert copy.deepcopy(small).text == small.text

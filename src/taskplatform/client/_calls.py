@@ -36,6 +36,7 @@ from taskplatform.client.models import (
     CreatedTask,
     Execution,
     ExecutionOutcome,
+    JsonNumber,
     NewTask,
     Page,
     QueueInfo,
@@ -157,7 +158,7 @@ def _json_headers(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 
 
 def _body(response: httpx.Response) -> dict[str, Any]:
-    data = response.json()
+    data = response.json(parse_float=JsonNumber)  # the digits as sent, beside the float
     if not isinstance(data, dict):
         raise TypeError("expected a JSON object")
     return data

@@ -19,6 +19,7 @@ __all__ = [
     "CreatedTask",
     "Execution",
     "ExecutionOutcome",
+    "JsonNumber",
     "NewTask",
     "Page",
     "QueueInfo",
@@ -28,6 +29,26 @@ __all__ = [
     "Status",
     "Task",
 ]
+
+
+class JsonNumber(float):
+    """A number with a fraction or an exponent in an answer, as the client reads it: the float
+    it is, and :attr:`text`, its digits as the server sent them. A float keeps 17 significant
+    digits, and ``1e400`` (which the API keeps as sent in task data) is infinite; ``text`` is
+    what a program writes to give the number back unchanged, as the command line does.
+    """
+
+    __slots__ = ("text",)
+    text: str
+
+    def __new__(cls, text: str) -> JsonNumber:
+        """Read ``text``, a JSON number with a fraction or an exponent."""
+        number = super().__new__(cls, text)
+        number.text = text
+        return number
+
+    def __reduce__(self) -> tuple[type[JsonNumber], tuple[str]]:
+        return JsonNumber, (self.text,)
 
 
 def parse_time(value: object) -> datetime.datetime | None:
