@@ -57,19 +57,23 @@ def _configure_logging(settings: Settings) -> None:
 
 
 def _error(message: str) -> None:
-    """Say why a command stops: ``error: message`` on stderr, or a JSON log record."""
-    if _said_as_json:
-        logging.getLogger("taskplatform").error(message)
-    else:
-        typer.echo(f"error: {message}", err=True)
+    """Say why a command stops: ``error: message`` on stderr, or a JSON log record, written
+    whatever ``TASKPLATFORM_LOG_LEVEL`` (at ``critical`` the reason was not said at all)."""
+    _say(logging.ERROR, "error", message)
 
 
 def _warning(message: str) -> None:
     """``warning: message`` on stderr, or a JSON log record (:func:`_error`)."""
-    if _said_as_json:
-        logging.getLogger("taskplatform").warning(message)
-    else:
-        typer.echo(f"warning: {message}", err=True)
+    _say(logging.WARNING, "warning", message)
+
+
+def _say(level: int, word: str, message: str) -> None:
+    if not _said_as_json:
+        typer.echo(f"{word}: {message}", err=True)
+        return
+    logger = logging.getLogger("taskplatform")
+    # handle(), not error(): the record goes to the handlers past the logger's own level.
+    logger.handle(logger.makeRecord(logger.name, level, __file__, 0, message, (), None))
 
 
 LogFormatOption = Annotated[
@@ -537,7 +541,11 @@ def db_copy(
         # Preparing the schema would make a mistyped file: an empty store, "copied".
         from taskplatform.backends.sqlite import sqlite_path
 
-        path = Path(sqlite_path(source.database_url)).resolve()
+        try:
+            path = Path(sqlite_path(source.database_url)).resolve()
+        except ValueError as exc:  # a query string, a folder, an in-memory database
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from exc
         if not path.is_file():
             typer.echo(
                 f"error: the SQLite file {path} (TASKPLATFORM_DATABASE_URL or --database-url) "

@@ -572,20 +572,20 @@ def split_userinfo(rest: str) -> tuple[str, str]:
     """Split a URL's part after ``scheme://`` into its user and password, and the rest
     (``("", rest)`` when it names none).
 
-    The user and password end at the last ``@`` that a ``/`` follows, as a password may hold
-    ``@``, ``?`` and ``/`` unencoded (SQLAlchemy reads it to the last ``@``), and a parameter
-    may hold an ``@`` too (``?application_name=tp@web1``, as libpq reads it); with no ``/``
-    after any ``@`` (no path), at the last ``@``.
+    The user and password end at the last ``@`` before the query, which starts at the first
+    ``?`` followed by a parameter's ``name=``: a password may hold ``@``, ``?`` and ``/``
+    unencoded (SQLAlchemy reads it to the last ``@``), and a parameter may hold an ``@`` too
+    (``?application_name=tp@web1``, as libpq reads it). A password holding ``?name=`` must be
+    percent-encoded.
     """
-    slash = rest.rfind("/")
-    at = rest.rfind("@", 0, slash) if slash > 0 else -1
-    if at < 0:
-        at = rest.rfind("@")
+    query = _QUERY_START.search(rest)
+    at = rest.rfind("@", 0, query.start() if query else len(rest))
     if at < 0:
         return "", rest
     return rest[:at], rest[at + 1 :]
 
 
+_QUERY_START = re.compile(r"\?[A-Za-z_][A-Za-z0-9_.-]*=")
 _PASSWORD_PARAMETER = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
 
 
@@ -596,7 +596,9 @@ def redact_url(url: str) -> str:
     if not sep:
         return url
     userinfo, location = split_userinfo(rest)
+    # Over the whole of the rest: a password parameter may hold an "@" that split it wrongly.
     location = _PASSWORD_PARAMETER.sub(r"\1***", location)
+    userinfo = _PASSWORD_PARAMETER.sub(r"\1***", userinfo)
     if ":" in userinfo:
         userinfo = userinfo.split(":", 1)[0] + ":***"
     return f"{scheme}://{userinfo}@{location}" if userinfo else f"{scheme}://{location}"

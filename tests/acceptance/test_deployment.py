@@ -855,3 +855,18 @@ def test_the_startup_migration_waits_for_the_lock_as_long_as_the_setting_says(
     _, err = process.communicate(timeout=60)
     assert still_waiting, err
     assert process.returncode == 0, err
+
+
+@pytest.mark.parametrize("source", ["tasks.db?timeout=10", "data/", ":memory:"])
+def test_db_copy_of_a_sqlite_url_the_server_refuses_says_why(tmp_path: Path, source: str) -> None:
+    """A SQLite source the server refuses (a query string, a folder, an in-memory database) is
+    one line and exit 2, as every other bad URL of this command: a traceback for a while."""
+    result = _taskplatform(
+        "db",
+        "copy",
+        "--to",
+        f"sqlite:///{tmp_path / 'new.db'}",
+        env={"TASKPLATFORM_DATABASE_URL": f"sqlite:///{source}"},
+    )
+    assert "Traceback" not in result.stderr, result.stderr[-600:]
+    assert result.returncode == 2, result.stderr

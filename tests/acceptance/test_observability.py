@@ -512,3 +512,30 @@ def test_json_logs_are_json_on_every_line_when_the_start_fails(tmp_path: Path) -
             except ValueError:
                 not_json.append(line)
         assert not not_json, f"{command}: {not_json}"
+
+
+def test_a_failed_start_says_why_whatever_the_log_level(tmp_path: Path) -> None:
+    """With ``--log-format json`` the reason a start failed is a log record of level ERROR,
+    which ``TASKPLATFORM_LOG_LEVEL=critical`` dropped for a while: the process exited 2 with
+    nothing on stderr. It is written past the level, as the text line always was."""
+    env = clean_environ(
+        {
+            "TASKPLATFORM_DATABASE_URL": f"sqlite:///{tmp_path / 'tp.db'}",
+            "TASKPLATFORM_HOST": "0.0.0.0",  # no API key: refused
+            "TASKPLATFORM_PORT": str(free_port()),
+            "TASKPLATFORM_LOG_FORMAT": "json",
+            "TASKPLATFORM_LOG_LEVEL": "critical",
+        }
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "taskplatform", "serve"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "refusing to serve" in result.stderr, repr(result.stderr)
+    [record] = [json.loads(line) for line in result.stderr.splitlines() if line.strip()]
+    assert record["level"] == "ERROR"

@@ -269,3 +269,53 @@ def test_a_postgres_url_with_an_at_sign_in_a_parameter_is_read_as_libpq_reads_it
     assert driver_dsn("postgresql://u:a?b/c@d@h:5432/db?x=1")[0] == (
         "postgresql://u:a%3Fb%2Fc%40d@h:5432/db?x=1"
     )
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        # No userinfo: trust/peer auth, or PGUSER from the environment.
+        "postgresql://db:5432/tasks?application_name=tp@web1",
+        # The unix-socket form libpq documents, with the same parameter.
+        "postgresql:///tasks?host=/var/run/postgresql&application_name=tp@web1",
+    ],
+)
+def test_an_at_sign_in_a_parameter_of_a_url_without_userinfo(url: str) -> None:
+    """An '@' in a parameter of a URL with no user (trust or peer authentication, PGUSER) is
+    no end of a user and password either: the URL was refused as naming no database."""
+    from taskplatform.backends.postgres import driver_dsn
+
+    dsn, _ = driver_dsn(url)
+    assert "tp%40web1" in dsn or "tp@web1" in dsn, dsn
+
+
+def test_an_at_sign_in_a_parameter_before_one_holding_a_slash() -> None:
+    """``sslrootcert=/path`` (or ``host=/socket/dir``) after ``application_name=tp@web1``: the
+    parameter's '@' was taken as the end of the password (the driver was given the host
+    ``web1&sslrootcert=...``). The query starts at the first "?name=", and no '@' after it
+    ends a password."""
+    from taskplatform.backends.postgres import driver_dsn
+
+    dsn, _ = driver_dsn(
+        "postgresql://app:pw@db:5432/tasks?application_name=tp@web1&sslrootcert=/etc/ssl/ca.crt"
+    )
+    assert dsn.startswith("postgresql://app:pw@db:5432/tasks?"), dsn
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        Settings(database_url="postgresql://db:5432/tasks?user=app&password=hun@ter2"),
+        Settings(database_url="postgresql://db/tasks?user=app&password=hun@ter2"),
+        Settings(
+            database_url="postgresql://app@db:5432/tasks",
+            queue_url="redis://redis:6379/0?password=hun@ter2",
+        ),
+    ],
+)
+def test_the_settings_repr_masks_a_url_parameter_password_holding_an_at(
+    settings: Settings,
+) -> None:
+    """A ``?password=`` holding '@' in a URL without userinfo: the repr showed it whole, or its
+    tail (``redis://redis:***@ter2``)."""
+    assert "ter2" not in repr(settings), repr(settings)

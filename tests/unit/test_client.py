@@ -431,8 +431,9 @@ def test_task_data_nested_too_deeply_is_a_value_error_and_sends_nothing() -> Non
 
 
 def test_a_number_in_an_answer_keeps_the_digits_it_was_sent_with() -> None:
-    """A number with a fraction or an exponent is a JsonNumber: the float it is, with its text,
-    which a float cannot always keep (17 digits; ``1e400`` is infinite)."""
+    """A number a float cannot hold is a JsonNumber, the nearest float with its text (17
+    digits; ``1e400`` is infinite); any other stays a plain float, which msgspec and the like
+    encode (a JsonNumber for every float broke them, found in review)."""
     body = (
         b'{"taskId": "%s", "status": "Queued", "taskData": {"a": 0.1000000000000000000001,'
         b' "b": 1e400, "n": 7}, "callbackUrl": "http://cb.test/", "priority": 0,'
@@ -447,4 +448,6 @@ def test_a_number_in_an_answer_keeps_the_digits_it_was_sent_with() -> None:
     assert (small, small.text) == (0.1, "0.1000000000000000000001")
     assert (big, big.text) == (math.inf, "1e400")
     assert type(task.task_data["n"]) is int
+    assert type(task.timeout_seconds) is float  # a float that holds it stays one (msgspec)
+    assert type(task.raw["timeoutSeconds"]) is float
     assert copy.deepcopy(small).text == small.text

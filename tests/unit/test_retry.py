@@ -93,3 +93,5 @@ def test_retry_after_rfc850_two_digit_year_is_read_as_rfc_9110_says() -> None:
     assert wait > 40 * 365 * 86400, wait
     assert parse_retry_after("Thursday, 03-Dec-26 00:00:10 GMT", now=now) == 10
     assert parse_retry_after("Friday, 01-Jan-77 00:00:00 GMT", now=now) == 0  # 1977
+    # By the date, not the year: on 2026-01-01, 31-Dec-76 is more than 50 years on, so 1976.
+    assert parse_retry_after("Thursday, 31-Dec-76 00:00:00 GMT", now=1767225600.0) == 0

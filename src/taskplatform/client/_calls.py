@@ -36,7 +36,6 @@ from taskplatform.client.models import (
     CreatedTask,
     Execution,
     ExecutionOutcome,
-    JsonNumber,
     NewTask,
     Page,
     QueueInfo,
@@ -45,6 +44,7 @@ from taskplatform.client.models import (
     Stats,
     Status,
     Task,
+    read_number,
 )
 
 T = TypeVar("T")
@@ -158,7 +158,7 @@ def _json_headers(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 
 
 def _body(response: httpx.Response) -> dict[str, Any]:
-    data = response.json(parse_float=JsonNumber)  # the digits as sent, beside the float
+    data = response.json(parse_float=read_number)  # a number a float cannot hold, as sent
     if not isinstance(data, dict):
         raise TypeError("expected a JSON object")
     return data

@@ -8,6 +8,8 @@ the name says otherwise (``duration_ms``). Each record keeps the JSON it came fr
 from __future__ import annotations
 
 import datetime
+import decimal
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,10 +34,11 @@ __all__ = [
 
 
 class JsonNumber(float):
-    """A number with a fraction or an exponent in an answer, as the client reads it: the float
-    it is, and :attr:`text`, its digits as the server sent them. A float keeps 17 significant
-    digits, and ``1e400`` (which the API keeps as sent in task data) is infinite; ``text`` is
-    what a program writes to give the number back unchanged, as the command line does.
+    """A number in an answer that a float cannot hold, as the client reads it: the float
+    nearest to it, and :attr:`text`, its digits as the server sent them (the API keeps task
+    data as sent). A float keeps 17 significant digits, and ``1e400`` is infinite; ``text`` is
+    what a program writes to give the number back unchanged, as the command line does. Every
+    other number is a plain ``int`` or ``float`` (:func:`read_number`).
     """
 
     __slots__ = ("text",)
@@ -49,6 +52,17 @@ class JsonNumber(float):
 
     def __reduce__(self) -> tuple[type[JsonNumber], tuple[str]]:
         return JsonNumber, (self.text,)
+
+
+def read_number(text: str) -> float:
+    """``json.loads``'s ``parse_float``: the JSON number ``text`` (with a fraction or an
+    exponent) as a float, or as a :class:`JsonNumber` when the float is not the same number."""
+    value = float(text)
+    if repr(value) == text:  # what JSON writers of floats send: one comparison
+        return value
+    if not math.isinf(value) and decimal.Decimal(text) == decimal.Decimal(repr(value)):
+        return value  # the same number, written otherwise: 1.50, 1E5
+    return JsonNumber(text)
 
 
 def parse_time(value: object) -> datetime.datetime | None:

@@ -307,15 +307,22 @@ _RFC850_DATE = re.compile(r"[A-Za-z]+, \d{2}-[A-Za-z]{3}-\d{2} ")
 
 def _rfc850_century(when: datetime.datetime, now: float) -> datetime.datetime:
     """``when``, read from an rfc850-date's two-digit year, in the century RFC 9110 section
-    5.6.7 gives it: the nearest year with those digits that is not more than 50 years ahead of
-    ``now`` (Unix seconds). ``email.utils`` reads 69-99 as 19xx whatever the date."""
+    5.6.7 gives it: the latest date with those digits that is not more than 50 years ahead of
+    ``now`` (Unix seconds), judged by the date, not the year alone. ``email.utils`` reads 69-99
+    as 19xx whatever the date."""
     this_year = datetime.datetime.fromtimestamp(now, datetime.UTC).year
     year = this_year - this_year % 100 + when.year % 100
-    if year > this_year + 50:
-        year -= 100
-    elif year <= this_year - 50:
-        year += 100
-    return when.replace(year=year)
+    for candidate in (year + 100, year, year - 100):
+        try:
+            dated = when.replace(year=candidate)
+        except ValueError:  # 29 February in a year that has none
+            continue
+        if dated.timestamp() - now <= _FIFTY_YEARS_SECONDS:
+            return dated
+    return when
+
+
+_FIFTY_YEARS_SECONDS = 50 * 365.2425 * 86400
 
 
 def _payload_detail(exc: aiohttp.ClientPayloadError) -> str:
