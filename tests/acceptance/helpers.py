@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from typing import Any
 
 import httpx
+
+from tests.support.server import clean_environ
 
 TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 
@@ -49,3 +53,16 @@ def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str
     assert problem["detail"]
     assert problem["type"].endswith(code)
     return problem
+
+
+def run_taskplatform(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m taskplatform *args`` with ``env`` (over a clean environment) to its end,
+    within 60 s; its output as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "taskplatform", *args],
+        env=clean_environ(env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )

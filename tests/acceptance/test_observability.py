@@ -7,8 +7,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -19,9 +17,9 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.acceptance.helpers import assert_problem, create, dequeue_until
+from tests.acceptance.helpers import assert_problem, create, dequeue_until, run_taskplatform
 from tests.support.receiver import Receiver
-from tests.support.server import Server, Worker, clean_environ, free_port
+from tests.support.server import Server, Worker, free_port
 
 KEY = "metrics_key_0123456789"
 
@@ -484,24 +482,15 @@ def test_json_logs_are_json_on_every_line_when_the_start_fails(tmp_path: Path) -
     a misspelt variable and the one-line reason the start failed, came out as plain text
     ("warning: ...", "error: ..."), which a JSON pipeline drops or cannot parse (found in
     review)."""
-    env = clean_environ(
-        {
-            "TASKPLATFORM_DATABASE_URL": f"sqlite:///{tmp_path / 'tp.db'}",
-            "TASKPLATFORM_QUEUE_URL": f"redis://127.0.0.1:{free_port()}/8",  # nothing listens
-            "TASKPLATFORM_PORT": str(free_port()),
-            "TASKPLATFORM_LOG_FORMAT": "json",
-            "TASKPLATFORM_DATABSE_URL": "sqlite:///typo.db",
-        }
-    )
+    env = {
+        "TASKPLATFORM_DATABASE_URL": f"sqlite:///{tmp_path / 'tp.db'}",
+        "TASKPLATFORM_QUEUE_URL": f"redis://127.0.0.1:{free_port()}/8",  # nothing listens
+        "TASKPLATFORM_PORT": str(free_port()),
+        "TASKPLATFORM_LOG_FORMAT": "json",
+        "TASKPLATFORM_DATABSE_URL": "sqlite:///typo.db",
+    }
     for command in ("serve", "worker"):
-        result = subprocess.run(
-            [sys.executable, "-m", "taskplatform", command],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        result = run_taskplatform(command, env=env)
         assert result.returncode == 3, result.stderr
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         assert lines
@@ -518,23 +507,14 @@ def test_a_failed_start_says_why_whatever_the_log_level(tmp_path: Path) -> None:
     """With ``--log-format json`` the reason a start failed is a log record of level ERROR,
     which ``TASKPLATFORM_LOG_LEVEL=critical`` dropped for a while: the process exited 2 with
     nothing on stderr. It is written past the level, as the text line always was."""
-    env = clean_environ(
-        {
-            "TASKPLATFORM_DATABASE_URL": f"sqlite:///{tmp_path / 'tp.db'}",
-            "TASKPLATFORM_HOST": "0.0.0.0",  # no API key: refused
-            "TASKPLATFORM_PORT": str(free_port()),
-            "TASKPLATFORM_LOG_FORMAT": "json",
-            "TASKPLATFORM_LOG_LEVEL": "critical",
-        }
-    )
-    result = subprocess.run(
-        [sys.executable, "-m", "taskplatform", "serve"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    env = {
+        "TASKPLATFORM_DATABASE_URL": f"sqlite:///{tmp_path / 'tp.db'}",
+        "TASKPLATFORM_HOST": "0.0.0.0",  # no API key: refused
+        "TASKPLATFORM_PORT": str(free_port()),
+        "TASKPLATFORM_LOG_FORMAT": "json",
+        "TASKPLATFORM_LOG_LEVEL": "critical",
+    }
+    result = run_taskplatform("serve", env=env)
     assert result.returncode == 2, result.stderr
     assert "refusing to serve" in result.stderr, repr(result.stderr)
     [record] = [json.loads(line) for line in result.stderr.splitlines() if line.strip()]
