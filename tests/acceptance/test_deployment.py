@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from taskplatform.backends.migrate import head_revision
-from tests.acceptance.helpers import create
+from tests.acceptance.helpers import create, run_taskplatform
 from tests.support.backends import REDIS_URL, backend_env
 from tests.support.proxy import Proxy
 from tests.support.receiver import Receiver
@@ -86,15 +86,7 @@ def test_two_servers_share_5000_tasks_without_a_duplicate(combination: str, tmp_
     assert set(dequeued) == set(created)
 
 
-def _taskplatform(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "taskplatform", *args],
-        env=clean_environ(env),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+_taskplatform = run_taskplatform
 
 
 @pytest.mark.parametrize(
