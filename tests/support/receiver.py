@@ -37,6 +37,12 @@ class Hit:
     headers: dict[str, str]
     body: bytes
     at: float
+    """When it came: ``time.monotonic()``, for durations this process times itself."""
+    wall: float
+    """When it came: ``time.time()``, to compare with the server's times and with waits the
+    server schedules by its wall clock (backoff, Retry-After, schedules, rates), which can run
+    apart from the monotonic clock on a virtual machine: ``at`` plus an offset taken once
+    drifted by up to 17 s in one run."""
 
     @property
     def task_id(self) -> str:
@@ -73,7 +79,9 @@ class Receiver:
     async def _record(self, request: web.Request) -> bytes:
         body = await request.read()
         with self._lock:
-            self.hits.append(Hit(request.path, dict(request.headers), body, time.monotonic()))
+            self.hits.append(
+                Hit(request.path, dict(request.headers), body, time.monotonic(), time.time())
+            )
             self._per_task[request.headers.get("X-Task-Id", "")] += 1
         return body
 
