@@ -344,6 +344,28 @@ class Settings(BaseSettings):
         ),
     ] = ""
 
+    max_header_bytes: Annotated[
+        int,
+        Field(
+            ge=1024,
+            description=(
+                "Largest accepted request line and headers together, in bytes (431 above, and "
+                "the connection is closed)."
+            ),
+        ),
+    ] = 64 * 1024
+    header_timeout_seconds: Annotated[
+        float,
+        Field(
+            gt=0,
+            le=DAY,
+            description=(
+                "Longest a client may take to send a request's line and headers, counted from "
+                "the connection's start or the request's first byte (408 past it, and the "
+                "connection is closed)."
+            ),
+        ),
+    ] = 30.0
     max_body_bytes: Annotated[
         int, Field(gt=0, description="Largest accepted request body, in bytes (413 above).")
     ] = MIB

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import socket
@@ -899,3 +900,124 @@ def test_a_body_cut_short_after_many_brackets_is_malformed_json_too(
     (create) or "JSON is nested too deeply" (batch): its brackets never pair off."""
     response = client.post(path, content=body, headers={"Content-Type": "application/json"})
     assert_problem(response, 400, "malformed_json")
+
+
+def _read_to_close(sock: socket.socket) -> bytes:
+    """Read from ``sock`` until the server closes the connection."""
+    answer = b""
+    while chunk := sock.recv(65536):
+        answer += chunk
+    return answer
+
+
+def _problem_of(answer: bytes, status_line: str) -> dict[str, Any]:
+    """Check that ``answer`` is ``status_line`` with a problem document closing the connection;
+    return the problem."""
+    head, _, body = answer.partition(b"\r\n\r\n")
+    line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = {name.lower(): value for name, _, value in (h.partition(": ") for h in header_lines)}
+    assert line == status_line, answer[:300]
+    assert headers["content-type"] == "application/problem+json"
+    assert headers["connection"] == "close"
+    assert headers["x-content-type-options"] == "nosniff"
+    assert int(headers["content-length"]) == len(body)
+    problem: dict[str, Any] = json.loads(body)
+    assert problem["status"] == int(status_line.split()[1])
+    return problem
+
+
+# The HTTP protocol is the same over every backend: one server is enough.
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_a_request_head_over_the_limit_is_431_and_closed(
+    start_server: Callable[..., Server],
+) -> None:
+    """A request line and headers over TASKPLATFORM_MAX_HEADER_BYTES get a 431 problem and a
+    closed connection, whether they come in one read or trickle in as a header that never
+    ends (which the server held in memory for ever); a head within the limit, sent in pieces,
+    is served."""
+    server = start_server(TASKPLATFORM_MAX_HEADER_BYTES="8192")
+    start = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    for request in [
+        start + b"X-Big: " + b"a" * 9000 + b"\r\n\r\n",  # one header over the limit
+        b"GET /healthz?" + b"a" * 9000 + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+        start + b"".join(b"X-%d: %s\r\n" % (n, b"b" * 100) for n in range(90)) + b"\r\n",
+    ]:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(request)
+            problem = _problem_of(
+                _read_to_close(sock), "HTTP/1.1 431 Request Header Fields Too Large"
+            )
+        assert problem["code"] == "header_fields_too_large"
+        assert "TASKPLATFORM_MAX_HEADER_BYTES" in problem["detail"]
+
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(start + b"X-Endless: ")
+        sent = 0
+        answer = b""
+        while sent < 4 * 1024 * 1024 and not answer:
+            try:
+                sock.sendall(b"c" * 4096)
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            sent += 4096
+            time.sleep(0.002)  # separate reads, as a slow client's
+            sock.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                answer = sock.recv(65536)
+            sock.setblocking(True)
+        answer += _read_to_close(sock)
+    assert _problem_of(answer, "HTTP/1.1 431 Request Header Fields Too Large")["code"] == (
+        "header_fields_too_large"
+    )
+    # The limit and at most one read of the head (256 KiB) were held, not the 4 MiB sent.
+    assert sent <= 8192 + 256 * 1024 + 4096 * 4, sent
+
+    within = start + b"".join(b"X-%d: %s\r\n" % (n, b"d" * 100) for n in range(60)) + b"\r\n"
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        for piece in range(0, len(within), 1000):  # in many reads: counted once each
+            sock.sendall(within[piece : piece + 1000])
+            time.sleep(0.01)
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 200 OK"), answer[:200]
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_a_request_head_sent_too_slowly_is_408_and_an_idle_connection_is_closed(
+    start_server: Callable[..., Server],
+) -> None:
+    """A head still unfinished TASKPLATFORM_HEADER_TIMEOUT_SECONDS after its first byte gets a
+    408 problem and a closed connection, even when a byte keeps coming (a client that
+    trickled held its socket for ever); a connection that sends nothing is closed without an
+    answer. A request whose head came in time may take longer (a long-polling dequeue)."""
+    server = start_server(TASKPLATFORM_HEADER_TIMEOUT_SECONDS="1")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        began = time.monotonic()
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        sock.setblocking(False)
+        answer = b""
+        while not answer and time.monotonic() - began < 8:
+            try:
+                sock.sendall(b"X")  # one byte of a header every 0.2 s
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            time.sleep(0.2)
+            with contextlib.suppress(BlockingIOError):
+                answer = sock.recv(65536)
+        sock.setblocking(True)
+        answer += _read_to_close(sock)
+        waited = time.monotonic() - began
+    problem = _problem_of(answer, "HTTP/1.1 408 Request Timeout")
+    assert problem["code"] == "request_timeout"
+    assert "TASKPLATFORM_HEADER_TIMEOUT_SECONDS" in problem["detail"]
+    assert 0.9 <= waited < 5, waited
+
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        began = time.monotonic()
+        assert _read_to_close(sock) == b""  # no answer to no request
+        assert 0.9 <= time.monotonic() - began < 5
+
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        response = http.get("/api/tasks/dequeue", params={"waitSeconds": 2})
+        assert_problem(response, 404, "queue_empty")
+        # The same connection serves the next request (keep-alive) after the long wait.
+        assert http.get("/healthz").status_code == 200

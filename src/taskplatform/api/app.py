@@ -17,7 +17,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from taskplatform import __version__
-from taskplatform.api import health, tasks
+from taskplatform.api import health, protocol, tasks
 from taskplatform.api.hotpath import TaskPlatformAPI
 from taskplatform.api.openapi import install_openapi
 from taskplatform.api.problems import install_problem_handlers, static_path_methods
@@ -256,7 +256,8 @@ def create_app_from_env() -> FastAPI:
 
 
 def create_served_app() -> FastAPI:
-    """Build the application of ``taskplatform serve`` from ``TASKPLATFORM_*`` variables.
+    """Build the application of ``taskplatform serve`` from ``TASKPLATFORM_*`` variables, and
+    set the limits of its HTTP protocol (:func:`taskplatform.api.protocol.configure`).
 
     uvicorn calls this factory in each API process of ``serve``, which prepared the schema once
     before it started them: preparing it again in each process would repeat its startup
@@ -265,4 +266,6 @@ def create_served_app() -> FastAPI:
     are let in.
     """
     unblock_stop_signals()
-    return create_app(load_settings(), schema_prepared=True)
+    settings = load_settings()
+    protocol.configure(settings)
+    return create_app(settings, schema_prepared=True)

@@ -15,6 +15,7 @@ from fastapi.openapi.utils import get_openapi
 
 from taskplatform import models
 from taskplatform.api.problems import PROBLEM_MEDIA_TYPE, problem_type
+from taskplatform.api.protocol import HEADERS_TIMEOUT, HEADERS_TOO_LARGE
 from taskplatform.api.security import STATEFUL_GETS
 from taskplatform.exceptions import (
     BackendUnavailable,
@@ -348,6 +349,20 @@ _OUTER_PROBLEMS = {
         "the request cannot be read",
         "The request cannot be read at the HTTP level.",
     ),
+    "header_fields_too_large": (
+        HEADERS_TOO_LARGE.status,
+        HEADERS_TOO_LARGE.title,
+        HEADERS_TOO_LARGE.detail,
+        "The request line and headers are over `TASKPLATFORM_MAX_HEADER_BYTES`; the connection "
+        "is closed.",
+    ),
+    "request_timeout": (
+        HEADERS_TIMEOUT.status,
+        HEADERS_TIMEOUT.title,
+        HEADERS_TIMEOUT.detail,
+        "The request line and headers did not arrive within "
+        "`TASKPLATFORM_HEADER_TIMEOUT_SECONDS`; the connection is closed.",
+    ),
     "internal_error": (
         500,
         "Internal server error",
@@ -403,6 +418,8 @@ def _add_outer_problems(schema: dict[str, Any]) -> None:
     reusable["MethodNotAllowed"] = outer_problem("method_not_allowed")
     reusable["HostNotAllowed"] = outer_problem("host_not_allowed")
     reusable["BadRequest"] = outer_problem("bad_request")
+    reusable["HeaderFieldsTooLarge"] = outer_problem("header_fields_too_large")
+    reusable["RequestTimeout"] = outer_problem("request_timeout")
     reusable["InternalError"] = outer_problem("internal_error")
 
 

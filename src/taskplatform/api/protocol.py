@@ -8,9 +8,22 @@ connection. Every other error a client can cause is ``application/problem+json``
 ``code`` (RFC 9457; README, "Errors"), so a client that reads the problem document of every 4xx
 would choke on this one. Only the body and its headers change: it is still a 400 that closes
 the connection, and uvicorn still logs its warning.
+
+It also bounds what one connection can hold before a request reaches the app, which uvicorn's
+httptools protocol does not: the request line and headers together are at most
+``TASKPLATFORM_MAX_HEADER_BYTES`` (a 431 problem above; unbounded, one connection's endless
+header grew the server's memory until it died), and they must arrive within
+``TASKPLATFORM_HEADER_TIMEOUT_SECONDS`` of the connection's start or of the request's first
+byte (a 408 problem past it; a connection that sent nothing is closed without one). A client
+that opened a connection and then went silent, or trickles a byte now and then, held its socket
+for ever.
 """
 
 from __future__ import annotations
+
+import asyncio
+import http
+from typing import Any, ClassVar
 
 import httptools
 import msgspec
@@ -19,6 +32,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from taskplatform.api.problems import PROBLEM_MEDIA_TYPE, problem_type
 from taskplatform.api.security import API_HEADERS
 from taskplatform.models import Problem
+from taskplatform.settings import Settings
 
 NOT_HTTP = Problem(
     type=problem_type("bad_request"),
@@ -32,35 +46,203 @@ NOT_HTTP = Problem(
 )
 """The answer to a request that is not HTTP."""
 
-_BODY = msgspec.json.encode(NOT_HTTP)
-_HEAD = b"".join(
-    [
-        b"HTTP/1.1 400 Bad Request\r\n",
-        *(name + b": " + value + b"\r\n" for name, value in API_HEADERS),
-        b"content-type: " + PROBLEM_MEDIA_TYPE.encode() + b"\r\n",
-        b"content-length: " + str(len(_BODY)).encode() + b"\r\n",
-        b"connection: close\r\n",
-    ]
+HEADERS_TOO_LARGE = Problem(
+    type=problem_type("header_fields_too_large"),
+    title="Request header fields too large",
+    status=431,
+    detail=(
+        "the request line and headers are over the limit of this server "
+        "(TASKPLATFORM_MAX_HEADER_BYTES); the connection is closed"
+    ),
+    code="header_fields_too_large",
 )
+"""The answer to a request whose line and headers are too long (RFC 6585, section 5)."""
+
+HEADERS_TIMEOUT = Problem(
+    type=problem_type("request_timeout"),
+    title="Request timeout",
+    status=408,
+    detail=(
+        "the request line and headers did not arrive in time "
+        "(TASKPLATFORM_HEADER_TIMEOUT_SECONDS); the connection is closed"
+    ),
+    code="request_timeout",
+)
+"""The answer to a request whose line and headers came too slowly (RFC 9110, section 15.5.9)."""
+
+
+def _answer(problem: Problem) -> tuple[bytes, bytes]:
+    """Return the head (without the server's default headers and the blank line) and the body
+    of the answer that closes a connection with ``problem``."""
+    body = msgspec.json.encode(problem)
+    head = b"".join(
+        [
+            b"HTTP/1.1 %d %s\r\n"
+            % (problem.status, http.HTTPStatus(problem.status).phrase.encode()),
+            *(name + b": " + value + b"\r\n" for name, value in API_HEADERS),
+            b"content-type: " + PROBLEM_MEDIA_TYPE.encode() + b"\r\n",
+            b"content-length: " + str(len(body)).encode() + b"\r\n",
+            b"connection: close\r\n",
+        ]
+    )
+    return head, body
+
+
+_ANSWERS = {
+    problem.code: _answer(problem) for problem in (NOT_HTTP, HEADERS_TOO_LARGE, HEADERS_TIMEOUT)
+}
+
+
+_ANSWER_LOGS = {
+    HEADERS_TOO_LARGE.code: "request line and headers over TASKPLATFORM_MAX_HEADER_BYTES; closed",
+    HEADERS_TIMEOUT.code: "request line and headers not sent within "
+    "TASKPLATFORM_HEADER_TIMEOUT_SECONDS; closed",
+}
+
+
+class _HeadersTooLarge(Exception):
+    """Raised in a parser callback to stop the parser: the head is over the limit."""
 
 
 class ProblemHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's :class:`HttpToolsProtocol` answering a request it cannot parse with
-    :data:`NOT_HTTP` (``application/problem+json``) instead of plain text.
+    :data:`NOT_HTTP` (``application/problem+json``) instead of plain text, and bounding the size
+    (:data:`HEADERS_TOO_LARGE`) and the time (:data:`HEADERS_TIMEOUT`) of a request's head.
 
     Given to uvicorn as ``http="taskplatform.api.protocol:ProblemHttpToolsProtocol"``, so that
-    every worker of ``serve --workers N`` imports it.
+    every worker of ``serve --workers N`` imports it; :func:`configure` sets its limits from the
+    settings in each of them.
     """
 
+    max_header_bytes: ClassVar[int] = Settings.model_fields["max_header_bytes"].default
+    """Largest request line plus headers, in bytes (:func:`configure`)."""
+    header_timeout_seconds: ClassVar[float] = Settings.model_fields[
+        "header_timeout_seconds"
+    ].default
+    """Longest wait for a request's line and headers, in seconds (:func:`configure`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._refusal = NOT_HTTP.code  # what send_400_response answers
+        self._head_bytes = 0  # of the head being read: its target and complete headers
+        self._head_reads = 0  # bytes of the reads that held nothing but the head being read
+        self._messages_begun = 0
+        self._reading_head = True  # from the connection's start to the first head's end
+        self._head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        """Start the connection, and its wait for a first request's head."""
+        super().connection_made(transport)
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """End the connection, and any wait for a head."""
+        self._disarm_head_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        """Feed ``data`` to the parser, as uvicorn does, and refuse a head over the limit.
+
+        The parser hands a header to :meth:`on_header` only once the header is complete, so
+        a header that never ends is measured here: the reads that began and left the same head
+        unfinished hold nothing else, and their sizes add up. The read in which a head begins
+        may end the message before it, and is left out, so the server holds at most the limit
+        and one read (256 KiB) of a head, and never refuses a head within the limit.
+        """
+        self._unset_keepalive_if_required()
+        reading, begun = self._reading_head, self._messages_begun
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            if self._refusal == NOT_HTTP.code:
+                self.logger.warning("Invalid HTTP request received.")
+            self.send_400_response("")
+            return
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():  # pragma: no cover - no WebSocket: ws="none"
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+        if reading and self._reading_head and begun == self._messages_begun:
+            self._head_reads += len(data)
+            if self._head_reads > self.max_header_bytes:
+                self._refuse(HEADERS_TOO_LARGE.code)
+
     def send_400_response(self, msg: str) -> None:
-        """Write the 400 and close the connection, as uvicorn does (``msg`` is uvicorn's plain
-        text, which :data:`NOT_HTTP` replaces)."""
-        content = [_HEAD]
+        """Write the answer that closes the connection (:data:`NOT_HTTP` unless a limit was
+        crossed) and close it, as uvicorn does (``msg`` is uvicorn's plain text, unused)."""
+        head, body = _ANSWERS[self._refusal]
+        content = [head]
         for name, value in self.server_state.default_headers:  # date, server, as uvicorn sends
             content += [name, b": ", value, b"\r\n"]
-        content += [b"\r\n", _BODY]
+        content += [b"\r\n", body]
         self.transport.write(b"".join(content))
         self.transport.close()
+
+    def _refuse(self, code: str) -> None:
+        """Answer the problem of ``code`` and close the connection."""
+        self.logger.warning("%s: %s", self._client_text(), _ANSWER_LOGS[code])
+        self._refusal = code
+        self._disarm_head_timer()
+        self.send_400_response("")
+
+    def _client_text(self) -> str:
+        if self.client is None:
+            return "a client"
+        host, port = self.client
+        return f"{host}:{port}"
+
+    def _arm_head_timer(self) -> None:
+        if self._head_timer is None:
+            self._head_timer = self.loop.call_later(
+                self.header_timeout_seconds, self._head_timed_out
+            )
+
+    def _disarm_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing() or not self._reading_head:
+            return
+        if self.pipeline or (self.cycle is not None and not self.cycle.response_complete):
+            # An earlier request of this connection is being answered, and reading waits for
+            # it: the head's delay is the server's, and its answer must not be cut off.
+            self._arm_head_timer()
+            return
+        if self._messages_begun == 0:
+            # Nothing sent since the connection opened: an idle connection, not a request.
+            self.transport.close()
+            return
+        self._refuse(HEADERS_TIMEOUT.code)
+
+    def on_message_begin(self) -> None:
+        """Start a request: its head is counted and timed from here."""
+        super().on_message_begin()
+        self._messages_begun += 1
+        self._reading_head = True
+        self._head_bytes = self._head_reads = 0
+        self._arm_head_timer()
+
+    def on_url(self, url: bytes) -> None:
+        """Take a piece of the request target, within the head's limit."""
+        super().on_url(url)
+        self._count(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        """Take a header line, within the head's limit (its name, value, ": " and CRLF)."""
+        super().on_header(name, value)
+        self._count(len(name) + len(value) + 4)
+
+    def _count(self, size: int) -> None:
+        self._head_bytes += size
+        if self._head_bytes > self.max_header_bytes:
+            self.logger.warning("%s: %s", self._client_text(), _ANSWER_LOGS[HEADERS_TOO_LARGE.code])
+            self._refusal = HEADERS_TOO_LARGE.code
+            self._disarm_head_timer()
+            raise _HeadersTooLarge  # the parser stops; data_received answers
 
     def on_headers_complete(self) -> None:
         """Take the host of an absolute-form request target (``GET http://host/path``) as the
@@ -80,6 +262,8 @@ class ProblemHttpToolsProtocol(HttpToolsProtocol):
                     host += b":%d" % target.port
                 self.headers[:] = [(name, value) for name, value in self.headers if name != b"host"]
                 self.headers.append((b"host", host))
+        self._reading_head = False
+        self._disarm_head_timer()
         super().on_headers_complete()
 
     def _unsupported_upgrade_warning(self) -> None:
@@ -90,3 +274,11 @@ class ProblemHttpToolsProtocol(HttpToolsProtocol):
         problem document for any error. uvicorn would log two warnings for each such request,
         one telling to install a WebSocket library, which is not the fix here.
         """
+
+
+def configure(settings: Settings) -> None:
+    """Set :class:`ProblemHttpToolsProtocol`'s limits from ``settings``
+    (``max_header_bytes``, ``header_timeout_seconds``) for the connections this process
+    accepts from now on; the app factory of ``serve`` calls it in each API process."""
+    ProblemHttpToolsProtocol.max_header_bytes = settings.max_header_bytes
+    ProblemHttpToolsProtocol.header_timeout_seconds = settings.header_timeout_seconds

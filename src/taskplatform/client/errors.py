@@ -28,6 +28,8 @@
     │   ├── BackendUnavailable          503 backend_unavailable
     │   ├── ShuttingDown                503 shutting_down
     │   ├── BadRequest                  400 bad_request
+    │   ├── RequestTimeout              408 request_timeout (the request's head came too slowly)
+    │   ├── HeaderFieldsTooLarge        431 header_fields_too_large
     │   ├── InternalError               500 internal_error
     │   └── UnexpectedResponse          an answer that is not a problem document (a proxy's page)
     ├── ConnectionFailed                no answer: refused, reset or timed out (after retries)
@@ -93,6 +95,18 @@ class BadRequest(TaskPlatformError):
     """400: the request cannot be served as sent."""
 
     code_name = "bad_request"
+
+
+class RequestTimeout(TaskPlatformError):
+    """408: the request line and headers did not arrive within the server's time (30 s)."""
+
+    code_name = "request_timeout"
+
+
+class HeaderFieldsTooLarge(TaskPlatformError):
+    """431: the request line and headers are over the server's limit (64 KiB)."""
+
+    code_name = "header_fields_too_large"
 
 
 class PayloadTooLarge(TaskPlatformError):
@@ -279,6 +293,8 @@ PROBLEM_CLASSES: dict[str, type[TaskPlatformError]] = {
     for cls in (
         MalformedJSON,
         BadRequest,
+        RequestTimeout,
+        HeaderFieldsTooLarge,
         PayloadTooLarge,
         UnsupportedMediaType,
         ValidationError,
