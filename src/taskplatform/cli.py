@@ -238,6 +238,9 @@ def _refuse_unsafe_or_exit(settings: Settings) -> None:
     except OSError as exc:
         _error(f"cannot read TASKPLATFORM_API_KEYS_FILE: {exc}")
         raise typer.Exit(2) from exc
+    except ValueError as exc:
+        _error(str(exc))
+        raise typer.Exit(2) from exc
     from taskplatform.dispatch import sender_from_settings
 
     try:

@@ -14,6 +14,10 @@ from taskplatform.models import MAX_DELAY_SECONDS, QUEUE_NAME, QUEUE_NAME_RULE
 
 MIB = 1024 * 1024
 DAY = 86_400  # seconds
+MIN_API_KEY_LENGTH = 16
+"""Fewest characters of an API key: the API answers a wrong key as fast as it can, without a
+limit (the rate limit counts per valid key), so a key must be too long to guess; 16 random
+characters of the 64 that ``secrets.token_urlsafe`` draws from are 96 bits."""
 
 
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
@@ -235,8 +239,8 @@ class Settings(BaseSettings):
         SecretStr | None,
         Field(
             description=(
-                "Comma-separated API keys; when set, every /api route needs "
-                "`Authorization: Bearer <key>`."
+                "Comma-separated API keys, each of at least 16 characters; when set, every "
+                "/api route needs `Authorization: Bearer <key>`."
             )
         ),
     ] = None
@@ -562,17 +566,37 @@ class Settings(BaseSettings):
 
         Raises:
             OSError: ``api_keys_file`` cannot be read.
+            ValueError: a key is shorter than :data:`MIN_API_KEY_LENGTH` characters (the
+                message says which key by its place, never the key itself).
         """
         return list(self._api_keys)
 
     @cached_property
     def _api_keys(self) -> tuple[str, ...]:
-        keys = self.api_keys.get_secret_value().split(",") if self.api_keys else []
+        named: list[tuple[str, str]] = []  # (where it was given, key)
+        if self.api_keys:
+            given = self.api_keys.get_secret_value().split(",")
+            named += [(f"key {n} of TASKPLATFORM_API_KEYS", key) for n, key in enumerate(given, 1)]
         if self.api_keys_file is not None:
             lines = self.api_keys_file.read_text(encoding="utf-8").splitlines()
             # A line starting with # is a comment: "# production keys" must not be a key.
-            keys += [line for line in lines if not line.lstrip().startswith("#")]
-        return tuple(key.strip() for key in keys if key.strip())
+            named += [
+                (f"line {n} of TASKPLATFORM_API_KEYS_FILE", line)
+                for n, line in enumerate(lines, 1)
+                if not line.lstrip().startswith("#")
+            ]
+        keys = []
+        for where, key in named:
+            if not (key := key.strip()):
+                continue
+            if len(key) < MIN_API_KEY_LENGTH:
+                raise ValueError(
+                    f"{where} is {len(key)} characters long; an API key needs at least "
+                    f"{MIN_API_KEY_LENGTH}, as a short one can be guessed (make one with "
+                    "`python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`)"
+                )
+            keys.append(key)
+        return tuple(keys)
 
     def __repr_args__(self) -> list[tuple[str | None, object]]:
         # Never show a database password, whatever prints the settings.

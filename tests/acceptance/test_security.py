@@ -59,11 +59,11 @@ def keyed(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Se
     """A server with two API keys, one from the variable and one from a file."""
     workdir = tmp_path_factory.mktemp(f"keyed-{backend}")
     keys_file = workdir / "keys"
-    keys_file.write_text("# production keys\n\nfile_key_abcdef\n  # rotated 2026-11\n")
+    keys_file.write_text("# production keys\n\nfile_key_abcdef_0123\n  # rotated 2026-11\n")
     server = Server(
         {
             **backend_env(backend, workdir),
-            "TASKPLATFORM_API_KEYS": f"{KEY}, other_key_xyz",
+            "TASKPLATFORM_API_KEYS": f"{KEY}, other_key_xyz_0123",
             "TASKPLATFORM_API_KEYS_FILE": str(keys_file),
         },
         workdir / "server.log",
@@ -109,7 +109,7 @@ def test_two_authorization_headers_are_a_bad_request(keyed: Server, order: str) 
 
 def test_a_valid_key_gets_in_and_is_never_logged(keyed: Server, receiver: Receiver) -> None:
     """Each key works; neither the keys nor the tasks' data reach the log."""
-    for key in (KEY, "other_key_xyz", "file_key_abcdef"):
+    for key in (KEY, "other_key_xyz_0123", "file_key_abcdef_0123"):
         with httpx.Client(base_url=keyed.url, headers={"Authorization": f"Bearer {key}"}) as http:
             task_id = ready_task(
                 http, receiver.url("/ok"), task_data={"card": "4111-private-payload"}
@@ -118,7 +118,7 @@ def test_a_valid_key_gets_in_and_is_never_logged(keyed: Server, receiver: Receiv
             assert http.get("/api/stats").status_code == 200
     log = keyed.log()
     assert task_id in log  # lifecycle events are logged, by id
-    for secret in (KEY, "other_key_xyz", "file_key_abcdef", "4111-private-payload"):
+    for secret in (KEY, "other_key_xyz_0123", "file_key_abcdef_0123", "4111-private-payload"):
         assert secret not in log
 
 
@@ -254,7 +254,7 @@ def test_same_origin_browsers_and_programs_pass(client: httpx.Client, receiver: 
 
 def test_rate_limit_answers_429_with_retry_after(start_server: Callable[..., Server]) -> None:
     server = start_server(
-        TASKPLATFORM_API_KEYS=f"{KEY},second_key",
+        TASKPLATFORM_API_KEYS=f"{KEY},second_key_0123456",
         TASKPLATFORM_RATE_LIMIT_PER_SECOND="2",
         TASKPLATFORM_RATE_LIMIT_BURST="5",
     )
@@ -264,7 +264,7 @@ def test_rate_limit_answers_429_with_retry_after(start_server: Callable[..., Ser
         limited = http.get("/api/stats")
         assert_problem(limited, 429, "rate_limited")
         assert int(limited.headers["retry-after"]) >= 1
-        other = http.get("/api/stats", headers={"Authorization": "Bearer second_key"})
+        other = http.get("/api/stats", headers={"Authorization": "Bearer second_key_0123456"})
         assert other.status_code == 200  # each key has its own bucket
         assert http.get("/healthz").status_code == 200  # probes are never limited
         time.sleep(1.1)
@@ -310,6 +310,25 @@ def test_serving_beyond_loopback_without_a_key_is_refused(tmp_path: Path) -> Non
         assert refused.returncode == 2
         assert "TASKPLATFORM_API_KEYS" in refused.stderr
         assert "--insecure" in refused.stderr
+
+
+def test_a_short_api_key_is_refused_at_start_without_being_shown(tmp_path: Path) -> None:
+    """A key under 16 characters could be guessed, as a wrong key is answered at once and
+    without a limit: serve names where it was given (never the key) and exits 2."""
+    keys_file = tmp_path / "keys"
+    keys_file.write_text(f"# keys\n{KEY}\nshortkey\n")
+    env = {"TASKPLATFORM_DATABASE_URL": f"sqlite:///{tmp_path / 'tp.db'}"}
+    for keys, where in [
+        ({"TASKPLATFORM_API_KEYS": f"{KEY},letmein"}, "key 2 of TASKPLATFORM_API_KEYS"),
+        ({"TASKPLATFORM_API_KEYS_FILE": str(keys_file)}, "line 3 of TASKPLATFORM_API_KEYS_FILE"),
+    ]:
+        refused = _serve({**env, **keys}, "--port", str(free_port()))
+        assert refused.returncode == 2, refused.stderr
+        assert f"{where} is " in refused.stderr
+        assert "at least 16" in refused.stderr
+        assert "letmein" not in refused.stderr
+        assert "shortkey" not in refused.stderr
+        assert "Traceback" not in refused.stderr
 
 
 @pytest.mark.parametrize(
