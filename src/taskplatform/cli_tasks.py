@@ -51,7 +51,6 @@ from typer.core import TyperGroup
 
 from taskplatform.client import (
     ConnectionFailed,
-    JsonNumber,
     NotFound,
     PayloadTooLarge,
     Task,
@@ -60,6 +59,7 @@ from taskplatform.client import (
     TaskPlatformError,
     ValidationError,
 )
+from taskplatform.client.models import dumps_json, read_number
 from taskplatform.models import Status
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -154,34 +154,13 @@ def _json_for_terminal(value: object) -> str:
     digits, and ``1e400`` is infinite, which ``json.dumps`` writes as ``Infinity``, not JSON.
     Any other infinite float is written ``1e999`` (``-1e999``), which reads back as it.
     """
-    marker = f"\x00{uuid.uuid4().hex}"  # no string of the value can hold it: \x00 is escaped
-    text = json.dumps(_numbers_marked(value, marker), ensure_ascii=False)
-    text = _MARKED_NUMBER.sub(lambda found: found[2] if found[1] == marker[1:] else found[0], text)
-    return _terminal_text(text)
-
-
-# A number _numbers_marked marked, as json.dumps writes the marked string.
-_MARKED_NUMBER = re.compile(r'"\\u0000([0-9a-f]{32})=([-+.0-9eE]+)"')
+    return _terminal_text(dumps_json(value, infinite_floats=True))
 
 
 def _terminal_text(text: str) -> str:
     """``text`` with DEL and the C1 controls written as ``\\u`` escapes: a callback URL stored
     before the API refused them, or any other text of others, cannot drive the terminal."""
     return _RAW_CONTROLS.sub(lambda found: f"\\u{ord(found[0]):04x}", text)
-
-
-def _numbers_marked(value: object, marker: str) -> object:
-    """``value`` with each :class:`JsonNumber` and infinite float replaced by the string
-    ``marker=`` + the number's text."""
-    if isinstance(value, JsonNumber):
-        return f"{marker}={value.text}"
-    if isinstance(value, float) and math.isinf(value):
-        return f"{marker}={'1e999' if value > 0 else '-1e999'}"
-    if isinstance(value, dict):
-        return {key: _numbers_marked(item, marker) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_numbers_marked(item, marker) for item in value]
-    return value
 
 
 def _print_json(value: object) -> None:
@@ -297,8 +276,9 @@ class _TooDeep(ValueError):
 
 def _strict_loads(text: str | bytes) -> Any:
     """``json.loads`` that refuses what the API refuses (NaN, Infinity, lone UTF-16
-    surrogates) and what this command cannot send as written: a number past a double's range
-    (``1e999``), which the API keeps as text but Python reads as an infinite float.
+    surrogates), and reads a number a float cannot hold (``0.10000000000000000001``,
+    ``1e999``) as a :class:`JsonNumber`, which the client sends as written: the API keeps data
+    as sent, and a float would have changed it.
 
     Raises:
         ValueError: ``text`` is not JSON, or holds one of those (:class:`_TooDeep` for JSON
@@ -306,9 +286,9 @@ def _strict_loads(text: str | bytes) -> Any:
             nested past ``TASKPLATFORM_MAX_JSON_DEPTH``, 64 by default, anyway).
     """
     try:
-        value = json.loads(text, parse_constant=_not_json)
-        # 1e999 reads as inf, and "\ud800" as a str that UTF-8 cannot encode: refuse them here.
-        encoded = json.dumps(value, allow_nan=False, ensure_ascii=False)
+        value = json.loads(text, parse_constant=_not_json, parse_float=read_number)
+        # "\ud800" reads as a str that UTF-8 cannot encode: refuse it here.
+        encoded = dumps_json(value)
     except RecursionError as exc:
         raise _TooDeep(
             "nested too deep to read (the server refuses data nested deeper than its "
@@ -337,12 +317,6 @@ def _read_data(text: str, as_json: bool) -> dict[str, Any]:
     except (_LoneSurrogate, _TooDeep) as exc:
         _usage(f"--data: {exc}", as_json)
     except ValueError as exc:
-        if "Out of range float" in str(exc):
-            _usage(
-                "--data holds a number past a double's range (such as 1e999): the API keeps it "
-                "as written, but this command re-encodes the data and cannot; send it over HTTP",
-                as_json,
-            )
         _usage(f"--data is not JSON: {exc}", as_json)
     if not isinstance(data, dict):
         _usage("--data must be a JSON object, such as '{\"orderId\": 42}'", as_json)
@@ -793,7 +767,7 @@ def _parse_line(line_number: int, raw: bytes) -> tuple[dict[str, Any] | None, di
         return None, _failure(line_number, "malformed_json", f"not UTF-8: {exc.reason}")
     except (_LoneSurrogate, _TooDeep) as exc:  # JSON the API refuses, as it would (422)
         return None, _failure(line_number, "validation_error", str(exc))
-    except ValueError as exc:  # NaN, Infinity, 1e999
+    except ValueError as exc:  # NaN, Infinity
         return None, _failure(line_number, "malformed_json", f"not JSON: {exc}")
     if not isinstance(body, dict):
         return None, _failure(line_number, "validation_error", "a line must hold a JSON object")

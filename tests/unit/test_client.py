@@ -33,6 +33,7 @@ from taskplatform.client import (
     TaskProcessing,
     UnexpectedResponse,
     ValidationError,
+    dumps_json,
     verify_callback,
 )
 from taskplatform.dispatch.signing import parse_secret, sign
@@ -451,3 +452,34 @@ def test_a_number_in_an_answer_keeps_the_digits_it_was_sent_with() -> None:
     assert type(task.timeout_seconds) is float  # a float that holds it stays one (msgspec)
     assert type(task.raw["timeoutSeconds"]) is float
     assert copy.deepcopy(small).text == small.text
+
+
+def test_a_json_number_is_sent_back_as_it_was_read() -> None:
+    """Task data read from the API and created again holds the same numbers: a JsonNumber is
+    written as its text, not as its float (which made 0.1000000000000000000001 into 0.1 and
+    1e400 into an error). Text that is no JSON number is no JsonNumber."""
+    data = {"a": JsonNumber("0.1000000000000000000001"), "b": [JsonNumber("-1e400"), 1.5], "n": 7}
+    assert dumps_json(data) == '{"a": 0.1000000000000000000001, "b": [-1e400, 1.5], "n": 7}'
+    assert dumps_json({"x": math.inf}, infinite_floats=True) == '{"x": 1e999}'
+    with pytest.raises(ValueError, match="not JSON compliant"):
+        dumps_json({"x": math.inf})
+    plain = {"k": [1, 2.5, {"s": "text"}]}
+    assert dumps_json(plain, separators=(",", ":")) == '{"k":[1,2.5,{"s":"text"}]}'
+    # A string can look like the placeholder of a number; it stays a string.
+    look_alike = {"s": "\x00" + "0" * 32 + "=1.5"}
+    assert dumps_json(look_alike) == '{"s": "\\u0000' + "0" * 32 + '=1.5"}'
+    for text in ("1_000.5", " 1.5", "nan", "inf", "01.5", "1.", ".5", "+1"):
+        with pytest.raises(ValueError, match="not a JSON number"):
+            JsonNumber(text)
+
+    sent: list[bytes] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request.content)
+        return httpx.Response(
+            201, json={"taskId": TASK_ID, "status": "Queued"}, headers={"location": "/x"}
+        )
+
+    with client_answering(handler) as client:
+        client.create(data, "http://cb.test/")
+    assert b'"taskData":{"a":0.1000000000000000000001,"b":[-1e400,1.5],"n":7}' in sent[0]

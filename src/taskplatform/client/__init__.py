@@ -68,6 +68,7 @@ from taskplatform.client.models import (
     Stats,
     Status,
     Task,
+    dumps_json,
 )
 from taskplatform.client.signatures import verify_callback
 
@@ -126,6 +127,7 @@ __all__ = [
     "UnexpectedResponse",
     "UnsupportedMediaType",
     "ValidationError",
+    "dumps_json",
     "verify_callback",
     "verify_signature",
 ]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime
 import enum
-import json
 import random
 import re
 import uuid
@@ -44,6 +43,7 @@ from taskplatform.client.models import (
     Stats,
     Status,
     Task,
+    dumps_json,
     read_number,
 )
 
@@ -136,7 +136,8 @@ class Call(Generic[T]):
 
 
 def encode_json(value: object) -> bytes:
-    """Encode ``value`` as compact UTF-8 JSON, the bytes sent as a body.
+    """Encode ``value`` as compact UTF-8 JSON, the bytes sent as a body; a
+    :class:`~taskplatform.client.models.JsonNumber` is written as its text (:func:`dumps_json`).
 
     Raises:
         ValueError: ``value`` holds NaN or an infinity, which JSON cannot carry; is nested too
@@ -145,7 +146,7 @@ def encode_json(value: object) -> bytes:
         TypeError: ``value`` holds something that is not JSON (a set, a datetime, ...).
     """
     try:
-        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        text = dumps_json(value, separators=(",", ":"))
     except RecursionError:
         # A RecursionError says nothing of which argument was at fault, and is not an error a
         # caller expects from a bad value.

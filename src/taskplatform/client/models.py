@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import datetime
 import decimal
+import json
 import math
+import re
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +33,7 @@ __all__ = [
     "Stats",
     "Status",
     "Task",
+    "dumps_json",
 ]
 
 
@@ -45,13 +49,86 @@ class JsonNumber(float):
     text: str
 
     def __new__(cls, text: str) -> JsonNumber:
-        """Read ``text``, a JSON number with a fraction or an exponent."""
+        """Read ``text``, a JSON number (RFC 8259, section 6) such as ``0.10000000000000000001``
+        or ``1e400``.
+
+        Raises:
+            ValueError: ``text`` is no JSON number (``1_000.5``, `` 1.5``, ``nan``: Python's
+                ``float`` reads them, and :func:`dumps_json` would write them as they are).
+        """
+        if not _JSON_NUMBER.fullmatch(text):
+            raise ValueError(f"not a JSON number: {text!r}")
         number = super().__new__(cls, text)
         number.text = text
         return number
 
     def __reduce__(self) -> tuple[type[JsonNumber], tuple[str]]:
         return JsonNumber, (self.text,)
+
+
+_JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?")
+
+# Stands for a number in the text json.dumps writes, which then gets the number's own text. Its
+# \x00 is written \u0000, which no string of the value can be written as; the random part is
+# unknown outside this process, so no string can hold the whole of it either.
+_MARK = f"\x00{secrets.token_hex(16)}="
+_MARKED = re.compile(rf'"\\u0000{_MARK[1:]}([-+.0-9eE]+)"')
+
+
+def dumps_json(
+    value: object, *, separators: tuple[str, str] | None = None, infinite_floats: bool = False
+) -> str:
+    """``json.dumps(value, ensure_ascii=False, allow_nan=False, separators=separators)``, with
+    each :class:`JsonNumber` written as its :attr:`~JsonNumber.text`: the number the API
+    sent, not the float nearest to it. So a task read from the API is created again with the
+    same data, as the API keeps data as sent.
+
+    Args:
+        value: What to write: dicts, lists, tuples, strings, numbers, booleans, None.
+        separators: As ``json.dumps``'s (``(",", ":")`` for the most compact text).
+        infinite_floats: Write an infinite float as ``1e999`` (``-1e999``), which reads back as
+            it, instead of refusing it (to print what the API holds: it keeps ``1e999``).
+
+    Raises:
+        ValueError: ``value`` holds NaN or (without ``infinite_floats``) an infinite float,
+            which JSON cannot carry, or refers to itself.
+        TypeError: ``value`` holds something that is not JSON (a set, a datetime, ...).
+        RecursionError: ``value`` is nested past Python's recursion limit.
+    """
+    marked = _numbers_marked(value, infinite_floats)
+    text = json.dumps(marked, ensure_ascii=False, allow_nan=False, separators=separators)
+    return text if marked is value else _MARKED.sub(lambda found: found[1], text)
+
+
+def _numbers_marked(value: object, infinite_floats: bool) -> object:
+    """``value`` with each :class:`JsonNumber` (and with ``infinite_floats``, each infinite
+    float) replaced by the string :data:`_MARK` + its text; ``value`` itself, not a copy, when
+    it holds none (the common case: a create's data is walked, not copied)."""
+    if isinstance(value, float):
+        if isinstance(value, JsonNumber):
+            return _MARK + value.text
+        if infinite_floats and math.isinf(value):
+            return _MARK + ("1e999" if value > 0 else "-1e999")
+        return value
+    if isinstance(value, dict):
+        marked_dict: dict[Any, object] | None = None
+        for key, item in value.items():
+            marked_item = _numbers_marked(item, infinite_floats)
+            if marked_item is not item:
+                if marked_dict is None:
+                    marked_dict = dict(value)
+                marked_dict[key] = marked_item
+        return value if marked_dict is None else marked_dict
+    if isinstance(value, list | tuple):
+        marked_list: list[object] | None = None
+        for index, item in enumerate(value):
+            marked_item = _numbers_marked(item, infinite_floats)
+            if marked_item is not item:
+                if marked_list is None:
+                    marked_list = list(value)
+                marked_list[index] = marked_item
+        return value if marked_list is None else marked_list
+    return value
 
 
 def read_number(text: str) -> float:
