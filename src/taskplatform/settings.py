@@ -619,12 +619,16 @@ def split_userinfo(rest: str) -> tuple[str, str]:
     (``("", rest)`` when it names none).
 
     The user and password end at the last ``@`` before the query, which starts at the first
-    ``?`` followed by a parameter's ``name=``: a password may hold ``@``, ``?`` and ``/``
-    unencoded (SQLAlchemy reads it to the last ``@``), and a parameter may hold an ``@`` too
-    (``?application_name=tp@web1``, as libpq reads it). A password holding ``?name=`` must be
-    percent-encoded.
+    ``?`` followed by a parameter's ``name=`` past the first ``/`` (the path's): a password
+    may hold ``@``, ``?`` and ``?name=`` unencoded (SQLAlchemy reads it to the last ``@``),
+    and a parameter may hold an ``@`` too (``/tasks?application_name=tp@web1``, as libpq reads
+    it). A URL with no path puts no ``@`` in its parameters; a password with both ``/`` and
+    ``?name=`` must be percent-encoded.
     """
-    query = _QUERY_START.search(rest)
+    # Not from the start: a password's "?x=1" would end the user and password in the middle,
+    # and put the password's end where the host is looked for (and quoted by errors).
+    slash = rest.find("/")
+    query = _QUERY_START.search(rest, slash + 1) if slash >= 0 else None
     at = rest.rfind("@", 0, query.start() if query else len(rest))
     if at < 0:
         return "", rest

@@ -165,7 +165,7 @@ def _check_well_formed(body: bytes, too_deep: ValidationFailed) -> None:
     builds nothing.
 
     Raises:
-        MalformedJSON: not JSON text.
+        MalformedJSON: not JSON text, or not UTF-8 (RFC 8259, section 8.1).
         ValidationFailed: ``too_deep``, deeper than the decoder goes; or a lone surrogate.
     """
     try:
@@ -174,6 +174,12 @@ def _check_well_formed(body: bytes, too_deep: ValidationFailed) -> None:
         raise _deep_or_malformed(body, too_deep) from exc
     except msgspec.DecodeError as exc:
         raise _decode_problem(body, exc) from exc
+    try:
+        body.decode()  # a Raw is not read as text: its strings' bytes are not checked
+    except UnicodeDecodeError as exc:
+        raise MalformedJSON(
+            f"the body is not valid UTF-8 at byte {exc.start} ({exc.reason})"
+        ) from exc
 
 
 @overload

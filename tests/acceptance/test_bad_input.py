@@ -151,6 +151,11 @@ RAW_BODIES: dict[str, tuple[bytes, int, str]] = {
     # still no JSON, and 400 wherever its break falls (API.md).
     "an unknown field, then garbage": (b'{"colour": 1} trailing', 400, "malformed_json"),
     "a bad priority, then cut short": (b'{"priority": "x", ', 400, "malformed_json"),
+    "a bad priority, then not utf-8": (
+        b'{"priority": "x", "callbackUrl": "http://a/", "taskData": {"a": "\xff"}}',
+        400,
+        "malformed_json",
+    ),
     "an array, cut short": (b"[1, 2", 400, "malformed_json"),
     "lone high surrogate": (
         b'{"taskData": {"s": "\\ud800"}, "callbackUrl": "http://a/"}',

@@ -78,8 +78,6 @@ QUEUE_KEYS = {
 }
 MISSING = "01900000-0000-7000-8000-000000000000"
 
-# The wall clock at a given monotonic reading: the receiver stamps hits with time.monotonic().
-
 
 # ---------------------------------------------------------------------------------------------
 # Helpers

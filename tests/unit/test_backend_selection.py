@@ -319,3 +319,42 @@ def test_the_settings_repr_masks_a_url_parameter_password_holding_an_at(
     """A ``?password=`` holding '@' in a URL without userinfo: the repr showed it whole, or its
     tail (``redis://redis:***@ter2``)."""
     assert "ter2" not in repr(settings), repr(settings)
+
+
+def test_a_password_holding_a_parameter_like_text_runs_to_the_last_at() -> None:
+    """A password such as ``hunter2?x=1`` (unencoded): the query was taken to start at its
+    "?x=", so the URL was refused for the port "hunter2" (the error showing it) and the repr
+    printed it whole (found in review). A "?name=" starts the query only past the path's "/"."""
+    from taskplatform.backends.postgres import driver_dsn
+
+    assert driver_dsn("postgresql://app:hunter2?x=1@db:5432/tasks")[0] == (
+        "postgresql://app:hunter2%3Fx%3D1@db:5432/tasks"
+    )
+    for settings in (
+        Settings(database_url="postgresql://app:hunter2?x=1@db:5432/tasks"),
+        Settings(
+            database_url="postgresql://app@db:5432/tasks",
+            queue_url="redis://:hunter2?x=1@redis:6379/0",
+        ),
+    ):
+        assert "hunter2" not in repr(settings), repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("url", "words"),
+    [
+        ("sqlite:///%3Amemory%3A", "in-memory"),
+        ("sqlite:///tasks%00.db", "NUL"),
+        ("sqlite:///data%2F", "folder"),
+    ],
+)
+def test_a_sqlite_url_is_judged_once_percent_decoded(url: str, words: str) -> None:
+    """``%3Amemory%3A`` is an in-memory database as ``:memory:`` is, ``%00`` a NUL no file name
+    holds, ``data%2F`` a folder: each passed the checks made before decoding, and serve then
+    failed later (no such table, exit 3) or in a traceback (embedded null byte), not with its
+    one line (found in review)."""
+    from taskplatform.backends.sqlite import sqlite_path
+
+    with pytest.raises(ValueError, match=words):
+        sqlite_path(url)
+    assert sqlite_path("sqlite:///my%20data/tasks.db") == "my data/tasks.db"

@@ -15,6 +15,7 @@ from taskplatform.validation import (
     check_callback_url,
     check_json_depth,
     check_task_limits,
+    parse_batch,
     parse_task_create,
 )
 
@@ -94,6 +95,27 @@ def test_lone_surrogate_is_a_validation_error_and_a_pair_is_fine() -> None:
     with pytest.raises(ValidationFailed, match="surrogate"):
         _parse(b'{"taskData": {"s": "\\udc00"}, "callbackUrl": "http://h/"}')
     _parse(b'{"taskData": {"s": "\\ud83d\\ude00"}, "callbackUrl": "http://h/"}')
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"priority": "x", "callbackUrl": "http://h/", "taskData": {"a": "\xff"}}',
+        b'{"colour": 1, "taskData": {"a": "\xc3("}, "callbackUrl": "http://h/"}',
+    ],
+    ids=["a bad field first", "an unknown field first"],
+)
+def test_a_body_not_utf8_is_malformed_whatever_field_comes_first(body: bytes) -> None:
+    """JSON text is UTF-8 (RFC 8259, 8.1): such a body is 400 malformed_json, also when a field
+    msgspec refuses comes before the bad byte (it was 422 about that field: the well-formedness
+    check decoded to a Raw, which reads no string's bytes; found in review)."""
+    with pytest.raises(MalformedJSON, match="not valid UTF-8"):
+        _parse(body)
+
+
+def test_a_batch_body_not_utf8_is_malformed_whatever_field_comes_first() -> None:
+    with pytest.raises(MalformedJSON, match="not valid UTF-8"):
+        parse_batch(b'{"tasks": 5, "x": "\xff"}', ValidationFailed([("$.tasks", "deep")]))
 
 
 def test_invalid_utf8_is_malformed() -> None:

@@ -99,12 +99,17 @@ def sqlite_path(url: str) -> str:
 
     Raises:
         ValueError: the URL is not a SQLite URL with a path, names an in-memory database or a
-            folder (a path ending in "/"), or has a query string.
+            folder (a path ending in "/"), holds a NUL, or has a query string (each judged
+            once decoded: ``%3Amemory%3A`` is in memory too).
     """
     prefix = "sqlite:///"
     if not url.startswith(prefix) or len(url) == len(prefix):
         raise ValueError(f"not a SQLite URL with a file path: {url!r} (use sqlite:///path/to.db)")
-    path = url[len(prefix) :]
+    # Percent-decoded, as SQLAlchemy reads it (the migrations open the file through it): %20 a
+    # space. Read as written, sqlite:///my%20data/tasks.db was two files, the schema in one.
+    path = unquote(url[len(prefix) :])
+    if "\x00" in path:
+        raise ValueError(f"the SQLite URL {url!r} holds a NUL (%00), which no file name can")
     if path == ":memory:" or path.startswith("file::memory:"):
         # Each connection would have a database of its own, and the server opens several.
         raise ValueError(
@@ -123,9 +128,7 @@ def sqlite_path(url: str) -> str:
             f"the SQLite URL {url!r} has a query string: taskplatform sets the connection's "
             "options itself, and a file name must not hold '?'"
         )
-    # Percent-decoded, as SQLAlchemy reads it (the migrations open the file through it): %20 a
-    # space. Read as written, sqlite:///my%20data/tasks.db was two files, the schema in one.
-    return unquote(path)
+    return path
 
 
 def _use_wal(conn: sqlite3.Connection, busy_timeout_seconds: float) -> None:
