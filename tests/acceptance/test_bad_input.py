@@ -995,9 +995,12 @@ def test_a_request_head_sent_too_slowly_is_408_and_an_idle_connection_is_closed(
     trickled held its socket for ever); a connection that sends nothing is closed without an
     answer. A request whose head came in time may take longer (a long-polling dequeue)."""
     server = start_server(TASKPLATFORM_HEADER_TIMEOUT_SECONDS="1")
-    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+    request = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+
+    def trickle(sock: socket.socket) -> tuple[bytes, float]:
+        """Send a head a byte at a time from now on; return the answer and the time it took."""
         began = time.monotonic()
-        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        sock.sendall(request)
         sock.setblocking(False)
         answer = b""
         while not answer and time.monotonic() - began < 8:
@@ -1009,11 +1012,25 @@ def test_a_request_head_sent_too_slowly_is_408_and_an_idle_connection_is_closed(
             with contextlib.suppress(BlockingIOError):
                 answer = sock.recv(65536)
         sock.setblocking(True)
-        answer += _read_to_close(sock)
-        waited = time.monotonic() - began
+        return answer + _read_to_close(sock), time.monotonic() - began
+
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        answer, waited = trickle(sock)
     problem = _problem_of(answer, "HTTP/1.1 408 Request Timeout")
     assert problem["code"] == "request_timeout"
     assert "TASKPLATFORM_HEADER_TIMEOUT_SECONDS" in problem["detail"]
+    assert 0.9 <= waited < 5, waited
+
+    # A later request of a kept-alive connection is timed from its own first byte.
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(request + b"\r\n")
+        first = b""
+        while not first.endswith(b'{"status":"ok"}'):  # the whole answer, head and body
+            first += sock.recv(65536)
+        assert first.startswith(b"HTTP/1.1 200 OK")
+        time.sleep(0.7)
+        answer, waited = trickle(sock)
+    assert _problem_of(answer, "HTTP/1.1 408 Request Timeout")["code"] == "request_timeout"
     assert 0.9 <= waited < 5, waited
 
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:

@@ -128,16 +128,19 @@ class ProblemHttpToolsProtocol(HttpToolsProtocol):
         self._head_reads = 0  # bytes of the reads that held nothing but the head being read
         self._messages_begun = 0
         self._reading_head = True  # from the connection's start to the first head's end
+        self._head_started = 0.0  # loop time of the connection's start or the head's first byte
         self._head_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         """Start the connection, and its wait for a first request's head."""
         super().connection_made(transport)
-        self._arm_head_timer()
+        self._head_started = self.loop.time()
+        self._head_timer = self.loop.call_later(self.header_timeout_seconds, self._check_head)
 
     def connection_lost(self, exc: Exception | None) -> None:
         """End the connection, and any wait for a head."""
-        self._disarm_head_timer()
+        if self._head_timer is not None:
+            self._head_timer.cancel()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -183,7 +186,6 @@ class ProblemHttpToolsProtocol(HttpToolsProtocol):
         """Answer the problem of ``code`` and close the connection."""
         self.logger.warning("%s: %s", self._client_text(), _ANSWER_LOGS[code])
         self._refusal = code
-        self._disarm_head_timer()
         self.send_400_response("")
 
     def _client_text(self) -> str:
@@ -192,31 +194,32 @@ class ProblemHttpToolsProtocol(HttpToolsProtocol):
         host, port = self.client
         return f"{host}:{port}"
 
-    def _arm_head_timer(self) -> None:
-        if self._head_timer is None:
-            self._head_timer = self.loop.call_later(
-                self.header_timeout_seconds, self._head_timed_out
-            )
+    def _check_head(self) -> None:
+        """Refuse the head being read if it is overdue; else look again when it would be.
 
-    def _disarm_head_timer(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
-
-    def _head_timed_out(self) -> None:
+        One timer per connection, not one per request (arming and cancelling a timer for each
+        request of a keep-alive connection cost some microseconds of every request).
+        """
         self._head_timer = None
-        if self.transport.is_closing() or not self._reading_head:
+        if self.transport.is_closing():
             return
-        if self.pipeline or (self.cycle is not None and not self.cycle.response_complete):
+        now = self.loop.time()
+        wait = self.header_timeout_seconds
+        if self._reading_head:
+            wait = self._head_started + self.header_timeout_seconds - now
+        if wait <= 0 and (
+            self.pipeline or (self.cycle is not None and not self.cycle.response_complete)
+        ):
             # An earlier request of this connection is being answered, and reading waits for
             # it: the head's delay is the server's, and its answer must not be cut off.
-            self._arm_head_timer()
-            return
-        if self._messages_begun == 0:
+            wait = self.header_timeout_seconds
+        if wait > 0:
+            self._head_timer = self.loop.call_later(wait, self._check_head)
+        elif self._messages_begun == 0:
             # Nothing sent since the connection opened: an idle connection, not a request.
             self.transport.close()
-            return
-        self._refuse(HEADERS_TIMEOUT.code)
+        else:
+            self._refuse(HEADERS_TIMEOUT.code)
 
     def on_message_begin(self) -> None:
         """Start a request: its head is counted and timed from here."""
@@ -224,7 +227,7 @@ class ProblemHttpToolsProtocol(HttpToolsProtocol):
         self._messages_begun += 1
         self._reading_head = True
         self._head_bytes = self._head_reads = 0
-        self._arm_head_timer()
+        self._head_started = self.loop.time()
 
     def on_url(self, url: bytes) -> None:
         """Take a piece of the request target, within the head's limit."""
@@ -241,7 +244,6 @@ class ProblemHttpToolsProtocol(HttpToolsProtocol):
         if self._head_bytes > self.max_header_bytes:
             self.logger.warning("%s: %s", self._client_text(), _ANSWER_LOGS[HEADERS_TOO_LARGE.code])
             self._refusal = HEADERS_TOO_LARGE.code
-            self._disarm_head_timer()
             raise _HeadersTooLarge  # the parser stops; data_received answers
 
     def on_headers_complete(self) -> None:
@@ -263,7 +265,6 @@ class ProblemHttpToolsProtocol(HttpToolsProtocol):
                 self.headers[:] = [(name, value) for name, value in self.headers if name != b"host"]
                 self.headers.append((b"host", host))
         self._reading_head = False
-        self._disarm_head_timer()
         super().on_headers_complete()
 
     def _unsupported_upgrade_warning(self) -> None:
