@@ -27,11 +27,12 @@ def other_receiver() -> Iterator[Receiver]:
 
 
 @pytest.fixture
-def raw_peer() -> Iterator[Callable[[bytes], str]]:
-    """Serve one fixed raw HTTP response (bytes as given) on loopback; yields a URL factory."""
+def raw_peer() -> Iterator[Callable[[bytes | Callable[[bytes], bytes]], str]]:
+    """Serve a raw HTTP response on loopback: bytes as given, or made by a function of the
+    request's bytes; yields a URL factory."""
     servers: list[socket.socket] = []
 
-    def serve(response: bytes) -> str:
+    def serve(response: bytes | Callable[[bytes], bytes]) -> str:
         listener = socket.create_server(("127.0.0.1", 0))
         servers.append(listener)
 
@@ -40,8 +41,9 @@ def raw_peer() -> Iterator[Callable[[bytes], str]]:
                 while True:
                     connection, _ = listener.accept()
                     with connection:
-                        connection.recv(65536)
-                        connection.sendall(response)
+                        request = connection.recv(65536)
+                        answer = response if isinstance(response, bytes) else response(request)
+                        connection.sendall(answer)
 
         threading.Thread(target=run, daemon=True).start()
         return f"http://127.0.0.1:{listener.getsockname()[1]}/"
@@ -49,6 +51,9 @@ def raw_peer() -> Iterator[Callable[[bytes], str]]:
     yield serve
     for listener in servers:
         listener.close()
+
+
+RawPeer = Callable[[bytes | Callable[[bytes], bytes]], str]
 
 
 def _execute(client: httpx.Client, task_id: str) -> tuple[dict[str, object], float]:
@@ -271,7 +276,7 @@ def test_max_retries_0_allows_one_attempt(client: httpx.Client, receiver: Receiv
     ids=["latin-1 reason", "binary location", "NUL in reason", "terminal escapes"],
 )
 def test_non_utf8_status_lines_and_headers_are_recorded_as_failures(
-    client: httpx.Client, raw_peer: Callable[[bytes], str], response: bytes, expected: str
+    client: httpx.Client, raw_peer: RawPeer, response: bytes, expected: str
 ) -> None:
     """Bytes that are not UTF-8 in a reply's status line or headers never break the record, and
     control characters in them are not kept."""
@@ -285,7 +290,7 @@ def test_non_utf8_status_lines_and_headers_are_recorded_as_failures(
 
 
 def test_a_text_answer_that_escapes_past_the_limit_is_kept_cut_to_it(
-    client: httpx.Client, raw_peer: Callable[[bytes], str]
+    client: httpx.Client, raw_peer: RawPeer
 ) -> None:
     """1 MiB of control bytes (the server's limit) is kept as a JSON string: escaped, it was
     6 MiB stored and sent with the task each time it was read. It is cut to twice the limit."""
@@ -305,7 +310,7 @@ def test_a_text_answer_that_escapes_past_the_limit_is_kept_cut_to_it(
     "retry_after", [b"\xc2\xb2", b"\xd9\xa3", b"soon", b"Wed, 21 Oct 99999999999 07:28:00 GMT"]
 )
 def test_a_success_with_a_retry_after_that_does_not_parse_is_a_success(
-    client: httpx.Client, raw_peer: Callable[[bytes], str], retry_after: bytes
+    client: httpx.Client, raw_peer: RawPeer, retry_after: bytes
 ) -> None:
     """A 2xx is a success whatever its ``Retry-After`` says: ``²`` passes ``str.isdigit`` but
     not ``float``, and once turned the answer into a failed attempt, so the task was called
@@ -341,7 +346,7 @@ def test_a_success_with_a_retry_after_that_does_not_parse_is_a_success(
     ids=["headers cut off", "body cut off", "gzip that is not"],
 )
 def test_an_answer_cut_off_is_a_failure_in_plain_words(
-    client: httpx.Client, raw_peer: Callable[[bytes], str], response: bytes, expected: str
+    client: httpx.Client, raw_peer: RawPeer, response: bytes, expected: str
 ) -> None:
     """A receiver that closes mid-answer fails the attempt with words, not aiohttp's repr of
     the half-parsed response (``<RawResponseMessage(version=HttpVersion(...`` before); a body
@@ -349,3 +354,67 @@ def test_an_answer_cut_off_is_a_failure_in_plain_words(
     task_id = ready_task(client, raw_peer(response))
     outcome, _ = _execute(client, task_id)
     assert (outcome["status"], outcome["error"]) == ("Failed", expected)
+
+
+@pytest.mark.parametrize("coding", [b"br", b"zstd"])
+def test_a_200_is_asked_for_in_a_coding_the_server_can_read(
+    client: httpx.Client, raw_peer: RawPeer, coding: bytes
+) -> None:
+    """A receiver (or a CDN before it) may compress its answer in any coding a request without
+    ``Accept-Encoding`` allows (RFC 9110, 12.5.3): its 200 in brotli or zstd, which aiohttp
+    cannot decode here, was recorded as a failed attempt ("400, Can not decode"), and a
+    dispatcher called the receiver again. The callback says which codings it reads."""
+
+    def answer(request: bytes) -> bytes:
+        head = request.partition(b"\r\n\r\n")[0].lower()
+        accepted = [
+            part.split(b";")[0].strip()
+            for line in head.split(b"\r\n")[1:]
+            if line.partition(b":")[0].strip() == b"accept-encoding"
+            for part in line.partition(b":")[2].split(b",")
+        ]
+        if not accepted or coding in accepted or b"*" in accepted:
+            body = b"\x0b\x02\x80{}\x03" if coding == b"br" else b"zstd bytes"
+            coded = b"Content-Encoding: " + coding + b"\r\n"
+        else:
+            body, coded = b"{}", b""
+        return (
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            + coded
+            + b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
+            + body
+        )
+
+    task_id = ready_task(client, raw_peer(answer))
+    outcome, _ = _execute(client, task_id)
+    assert (outcome["status"], outcome["error"]) == ("Completed", None), outcome
+    log = client.get(f"/api/tasks/{task_id}/executions").json()["items"]
+    assert [entry["httpStatus"] for entry in log] == [200]
+
+
+@pytest.mark.parametrize(
+    ("response", "words"),
+    [
+        (b"HTTP/1.1 200 OK\r\nBad Header: x\r\nContent-Length: 2\r\n\r\nok", "Invalid header"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\nok", "Content-Length"),
+        (b"HTTP/1.1 2000 OK\r\nContent-Length: 2\r\n\r\nok", "2000"),
+        (b"SSH-2.0-OpenSSH_9.6\r\n\r\n", "SSH-2.0"),
+    ],
+    ids=["space in a header name", "negative length", "four-digit status", "not HTTP"],
+)
+def test_an_answer_that_is_not_http_is_said_to_be_so_not_an_http_400(
+    client: httpx.Client, raw_peer: RawPeer, response: bytes, words: str
+) -> None:
+    """aiohttp's parser refuses such an answer with a status of 400 of its own; the attempt's
+    error read "ClientResponseError: 400, message=...", as if the receiver had answered 400."""
+    task_id = ready_task(client, raw_peer(response))
+    outcome, _ = _execute(client, task_id)
+    assert outcome["status"] == "Failed"
+    error = str(outcome["error"])
+    assert error.startswith("callback failed: the answer is not valid HTTP ("), error
+    assert words in error, error
+    assert "400" not in error
+    assert "ClientResponseError" not in error
+    assert "\n" not in error
+    log = client.get(f"/api/tasks/{task_id}/executions").json()["items"]
+    assert log[0]["httpStatus"] is None

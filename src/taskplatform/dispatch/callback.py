@@ -21,7 +21,7 @@ from urllib.parse import unquote_to_bytes, urlsplit, urlunsplit
 
 import aiohttp
 import msgspec
-from aiohttp.http_exceptions import ContentEncodingError
+from aiohttp.http_exceptions import ContentEncodingError, HttpProcessingError
 
 from taskplatform.dispatch.policy import CallbackPolicy, CallbackRefused, PolicyResolver
 from taskplatform.dispatch.signing import sign
@@ -96,9 +96,11 @@ class CallbackSender:
         self._session = aiohttp.ClientSession(
             connector=connector,
             timeout=aiohttp.ClientTimeout(total=None),
-            headers={"User-Agent": _USER_AGENT},
+            # Said, not left out: a request without Accept-Encoding allows any coding (RFC
+            # 9110, 12.5.3), and a 200 in brotli or zstd, which aiohttp cannot decode here, was
+            # recorded as a failure, and dispatched again.
+            headers={"User-Agent": _USER_AGENT, "Accept-Encoding": "gzip, deflate"},
             auto_decompress=True,
-            skip_auto_headers=("Accept-Encoding",),
             trust_env=False,  # no proxy from the environment: the policy needs direct connections
         )
 
@@ -225,6 +227,13 @@ class CallbackSender:
                 error += f" ({exc.__cause__.message})"
             else:
                 error = f"callback failed: the answer's body was cut short{_payload_detail(exc)}"
+        except aiohttp.ClientResponseError as exc:
+            if isinstance(exc.__cause__, HttpProcessingError):
+                # aiohttp's parser gives its refusal a status of 400, which the receiver never
+                # sent: say what it is.
+                error = f"callback failed: the answer is not valid HTTP ({_parser_words(exc)})"
+            else:
+                error = f"callback failed: {type(exc).__name__}: {exc}"
         except aiohttp.ClientError as exc:
             error = f"callback failed: {type(exc).__name__}: {exc}"
         except Exception as exc:  # an outcome, whatever the URL or the peer did
@@ -329,6 +338,14 @@ def _payload_detail(exc: aiohttp.ClientPayloadError) -> str:
     """The parser's own words inside aiohttp's message, such as "(received 1 of 10 bytes)"."""
     found = re.search(r"message='(.*?)'", str(exc))
     return f": {found[1]}" if found else ""
+
+
+def _parser_words(exc: aiohttp.ClientResponseError) -> str:
+    """aiohttp's parser message on one line, without the lines that point at a column, at most
+    300 characters: "Bad status line: Invalid response status: b'HTTP/1.1 2000 OK'"."""
+    lines = [line.strip() for line in exc.message.splitlines()]
+    words = " ".join(line for line in lines if line.strip("^~ "))
+    return words[:297] + "..." if len(words) > 300 else words
 
 
 def _describe_status(response: aiohttp.ClientResponse) -> str:
