@@ -11,6 +11,7 @@ import logging
 import logging.config
 import math
 import os
+import resource
 import shutil
 import tempfile
 from pathlib import Path
@@ -223,6 +224,22 @@ def _backend_addresses(settings: Settings) -> tuple[str, str]:
     return store, queue_address(settings)
 
 
+def raise_open_files_limit() -> None:
+    """Raise this process's soft limit of open files to its hard limit (inherited by the API
+    processes of ``serve --workers N``), as Go and the JVM do at start.
+
+    Every client connection and every callback connection, idle in the pool (aiohttp keeps
+    one per receiver for 15 s, and does not count idle ones against
+    ``TASKPLATFORM_CALLBACK_MAX_CONNECTIONS``), holds a file; at the usual soft limit of
+    1,024, callbacks to a thousand receivers within 15 s failed with "Too many open files",
+    and the API dropped new clients. The hard limit is the operator's bound.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard and (hard == resource.RLIM_INFINITY or soft < hard):
+        with contextlib.suppress(ValueError, OSError):  # a platform that refuses: keep it
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -310,6 +327,7 @@ def serve(
     _refuse_unsafe_or_exit(settings)
     _prepare_or_exit(settings)
     _check_backends_answer_or_exit(settings, "server")
+    raise_open_files_limit()
     # Worker processes rebuild their settings from the environment: hand the flags down.
     for name in ("host", "port", "workers", "database_url", "insecure", "dispatch", "log_format"):
         os.environ[f"TASKPLATFORM_{name.upper()}"] = str(getattr(settings, name))
@@ -441,6 +459,7 @@ def worker(
         raise typer.Exit(2) from exc
     _prepare_or_exit(settings)
     _check_backends_answer_or_exit(settings, "worker")
+    raise_open_files_limit()
     from taskplatform.exceptions import BackendUnavailable
 
     try:

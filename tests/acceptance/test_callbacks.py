@@ -5,10 +5,12 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import resource
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -418,3 +420,43 @@ def test_an_answer_that_is_not_http_is_said_to_be_so_not_an_http_400(
     assert "\n" not in error
     log = client.get(f"/api/tasks/{task_id}/executions").json()["items"]
     assert log[0]["httpStatus"] is None
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_idle_callback_connections_to_many_receivers_do_not_run_out_of_files(
+    start_server: Callable[..., Server], raw_peer: RawPeer
+) -> None:
+    """aiohttp keeps an idle connection to each receiver for 15 s and does not count it against
+    TASKPLATFORM_CALLBACK_MAX_CONNECTIONS: started with a soft limit of 256 open files (as a
+    service manager may start it), callbacks to 300 receivers failed with "Too many open
+    files". The server raises its soft limit to the hard one at start."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 2048:
+        pytest.skip(f"the hard limit of open files here is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))  # inherited by the server
+    try:
+        server = start_server()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert server.process is not None
+    limits = Path(f"/proc/{server.process.pid}/limits").read_text()
+    line = next(line for line in limits.splitlines() if line.startswith("Max open files"))
+    assert line.split()[3:5] == [str(hard), str(hard)], line
+    ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\n{}"
+    with httpx.Client(base_url=server.url, timeout=60) as http:
+        task_ids = [ready_task(http, raw_peer(ok)) for _ in range(300)]
+        for task_id in task_ids:
+            accepted = http.post(
+                f"/api/tasks/{task_id}/execute", headers={"Prefer": "respond-async"}
+            )
+            assert accepted.status_code == 202, accepted.text
+        deadline = time.monotonic() + 60
+        while True:
+            tasks = [http.get(f"/api/tasks/{task_id}").json() for task_id in task_ids]
+            if all(task["status"] in ("Completed", "Failed") for task in tasks):
+                break
+            assert time.monotonic() < deadline, "the callbacks did not all end"
+            time.sleep(0.2)
+        failed = [task["error"] for task in tasks if task["status"] != "Completed"]
+        assert failed == [], f"{len(failed)} failed, such as {failed[0]!r}"
+        assert http.get("/healthz").status_code == 200
