@@ -925,6 +925,7 @@ def _problem_of(answer: bytes, status_line: str) -> dict[str, Any]:
     assert headers["content-type"] == "application/problem+json"
     assert headers["connection"] == "close"
     assert headers["x-content-type-options"] == "nosniff"
+    assert headers["cache-control"] == "no-store"
     assert int(headers["content-length"]) == len(body)
     problem: dict[str, Any] = json.loads(body)
     assert problem["status"] == int(status_line.split()[1])

@@ -166,9 +166,16 @@ def test_security_headers_on_json_errors_and_html(client: httpx.Client) -> None:
         assert response.headers["x-content-type-options"] == "nosniff", path
         assert response.headers["x-frame-options"] == "DENY", path
         assert "frame-ancestors 'none'" in response.headers["content-security-policy"], path
+        # No cache keeps an API answer: a cached dequeue would hand one task to several workers.
+        if path != "/docs":
+            assert response.headers.get_list("cache-control") == ["no-store"], path
     assert (
         client.get("/api/stats").headers["content-security-policy"].startswith("default-src 'none'")
     )
+    # Also on a dequeue that takes a task, and on the HTTP parser's own answers.
+    client.post("/api/tasks", json={"taskData": {}, "callbackUrl": "http://127.0.0.1:9/"})
+    taken = client.get("/api/tasks/dequeue", params={"queue": "default"})
+    assert taken.headers.get_list("cache-control") == ["no-store"], taken.text
 
 
 @pytest.mark.parametrize(

@@ -47,9 +47,13 @@ _HEADERS = [
 _DASHBOARD_HEADERS = [
     (name, b"same-origin" if name == b"referrer-policy" else value) for name, value in _HEADERS
 ]
+# No cache may keep or reuse an answer of the API: a dequeue's 200 handed out by a caching
+# proxy (Varnish keeps a 200 without Cache-Control for 120 s) would give one task to several
+# workers, and a GET of a task must say where it stands now.
+_API_ONLY_HEADERS = [*_HEADERS, (b"cache-control", b"no-store")]
 # JSON needs no resources at all; Swagger UI (/docs) loads its script and style from a CDN.
 _CSP_API = b"default-src 'none'; frame-ancestors 'none'"
-API_HEADERS = (*_HEADERS, (b"content-security-policy", _CSP_API))
+API_HEADERS = (*_API_ONLY_HEADERS, (b"content-security-policy", _CSP_API))
 """The headers the middleware adds to an answer of the JSON API, as (name, value) bytes: for an
 answer written where the middleware cannot see it (``api.protocol``)."""
 _CSP_DOCS = (
@@ -194,8 +198,12 @@ class SecurityMiddleware:
             return
         path: str = scope["path"]
         dashboard = is_dashboard_path(path)
-        csp = _CSP_DOCS if path.startswith(_DOCS) else _CSP_DASHBOARD if dashboard else _CSP_API
-        extra = _DASHBOARD_HEADERS if dashboard else _HEADERS
+        if path.startswith(_DOCS):
+            csp, extra = _CSP_DOCS, _HEADERS
+        elif dashboard:  # its pages say their own Cache-Control
+            csp, extra = _CSP_DASHBOARD, _DASHBOARD_HEADERS
+        else:
+            csp, extra = _CSP_API, _API_ONLY_HEADERS
 
         upgrade = False
 
