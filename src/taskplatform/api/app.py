@@ -235,6 +235,8 @@ def create_app(settings: Settings | None = None, *, schema_prepared: bool = Fals
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        # One documentation page, /docs (Swagger UI), whose styles the docs' CSP allows.
+        redoc_url=None,
         # A 307 to the same path without its slash would send the body on to whatever host the
         # request named; a 404 problem says what is wrong instead.
         redirect_slashes=False,

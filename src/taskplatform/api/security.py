@@ -30,7 +30,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _OPEN = ("/healthz", "/readyz")
-_DOCS = ("/docs", "/openapi.json", "/redoc")
+_DOCS = ("/docs", "/openapi.json")
 _DASHBOARD = "/dashboard"
 # The login form and the dashboard's own script and style need no key.
 _DASHBOARD_OPEN = ("/dashboard/login", "/dashboard/static/")
@@ -345,7 +345,14 @@ def _loopback_host(value: bytes) -> bool:
     host = value.lower()
     bracketed = host.startswith(b"[")  # [::1]:8000
     name = host[: host.find(b"]") + 1] if bracketed else host.partition(b":")[0]
-    return name in _LOOPBACK_NAMES or name.endswith(b".localhost")
+    if name in _LOOPBACK_NAMES or name.endswith(b".localhost"):
+        return True
+    # Any loopback address (127.0.0.2, as serve --host 127.0.0.2 listens on), written as an
+    # address: never a name, which DNS rebinding could point anywhere.
+    try:
+        return ipaddress.ip_address(name.strip(b"[]").decode("ascii")).is_loopback
+    except (ValueError, UnicodeDecodeError):
+        return False
 
 
 def _cross_site(scope: Scope) -> bool:
