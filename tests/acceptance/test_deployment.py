@@ -231,6 +231,28 @@ def test_a_url_parameter_the_server_refuses_exits_2_as_settings_do(
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
+@pytest.mark.parametrize(
+    ("parameter", "words"),
+    [
+        ("sslmode=bogus", "`sslmode` parameter must be one of"),
+        ("target_session_attrs=bogus", "one of any, primary, standby"),
+    ],
+)
+def test_a_url_parameter_value_the_driver_refuses_exits_2_as_settings_do(
+    parameter: str, words: str, tmp_path: Path
+) -> None:
+    """asyncpg refuses such a value before it connects: the settings as written, which no retry
+    mends. It exited 3 ("cannot use the PostgreSQL database"), which a supervisor retries for
+    ever, and named target_session_attrs' values by "<built-in method values of ...>"."""
+    url = backend_env("postgres", tmp_path)["TASKPLATFORM_DATABASE_URL"]
+    result = _taskplatform("db", "upgrade", env={"TASKPLATFORM_DATABASE_URL": f"{url}?{parameter}"})
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("error: TASKPLATFORM_DATABASE_URL: "), result.stderr
+    assert words in result.stderr
+    assert "built-in method" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
 def test_a_database_that_accepts_but_never_answers_says_which_timeout(tmp_path: Path) -> None:
     """A port that takes the connection and stays silent (a stalled network, another
     service's port): the line ended in "cannot reach the PostgreSQL database: " and nothing,

@@ -205,6 +205,8 @@ async def prepare_schema(settings: Settings) -> None:
             )
             raise BackendUnavailable(f"cannot reach the PostgreSQL database: {why}") from exc
         except DBAPIError as exc:  # the server's own words, without SQLAlchemy's wrapping
+            if (refused := _driver_refusal(exc)) is not None:
+                raise ConfigurationError(f"TASKPLATFORM_DATABASE_URL: {refused}") from exc
             if getattr(exc.orig, "sqlstate", None) in _URL_REFUSED and "parameter" in str(exc.orig):
                 raise ConfigurationError(
                     "TASKPLATFORM_DATABASE_URL has a parameter the PostgreSQL server does not "
@@ -215,11 +217,33 @@ async def prepare_schema(settings: Settings) -> None:
                 why += " (create it first, as with createdb, or fix TASKPLATFORM_DATABASE_URL)"
             raise BackendUnavailable(f"cannot use the PostgreSQL database: {why}") from exc
         except Exception as exc:
+            if (refused := _driver_refusal(exc)) is not None:
+                raise ConfigurationError(f"TASKPLATFORM_DATABASE_URL: {refused}") from exc
             if type(exc).__module__.startswith(("sqlalchemy", "asyncpg")):
                 raise BackendUnavailable(f"cannot use the PostgreSQL database: {exc}") from exc
             raise
     if store == "postgresql" and queue != "redis":
         await migrate.advance_queue_sequence(url, connect_timeout_seconds=timeout)
+
+
+def _driver_refusal(exc: BaseException) -> str | None:
+    """asyncpg's words when it refused a value of the URL before connecting (``sslmode=bogus``,
+    ``target_session_attrs=bogus``): the settings as written, so exit code 2, not a database
+    that is down (3, which a supervisor retries for ever). None for any other error."""
+    import asyncpg
+    from asyncpg import connect_utils
+
+    cause: BaseException | None = exc
+    for _ in range(8):  # SQLAlchemy's wrapping is two deep
+        if cause is None or isinstance(cause, asyncpg.ClientConfigurationError):
+            break
+        cause = cause.__cause__ or cause.__context__
+    if not isinstance(cause, asyncpg.ClientConfigurationError):
+        return None
+    # asyncpg names the values of target_session_attrs by a method's repr.
+    attributes = getattr(connect_utils, "SessionAttribute", ())
+    values = ", ".join(str(getattr(attribute, "value", attribute)) for attribute in attributes)
+    return re.sub(r"<built-in method [^>]*>", values, str(cause))
 
 
 _URL_REFUSED = {"42704", "22023"}
