@@ -172,7 +172,10 @@ into its type, so an example cannot drift from the schema."""
 
 
 def json_body(
-    wire_type: type[msgspec.Struct], description: str, example: object = None
+    wire_type: type[msgspec.Struct],
+    description: str,
+    example: object = None,
+    headers: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Return an OpenAPI response object whose JSON body is ``wire_type``.
 
@@ -180,6 +183,7 @@ def json_body(
         wire_type: The body's type.
         description: What the response means.
         example: A body to show; None takes ``EXAMPLES[wire_type]``.
+        headers: The headers the response carries: name → what it says (:func:`header`).
 
     Raises:
         KeyError: ``wire_type`` has no example (add one to :data:`EXAMPLES`).
@@ -187,10 +191,18 @@ def json_body(
     shown = EXAMPLES[wire_type] if example is None else example
     _WRITTEN.append(shown)
     placeholder = {_PLACEHOLDER: len(_WRITTEN) - 1}
-    return {
+    response: dict[str, Any] = {
         "description": description,
         "content": {"application/json": {"schema": ref(wire_type), "example": placeholder}},
     }
+    if headers:
+        response["headers"] = {name: header(meaning) for name, meaning in headers.items()}
+    return response
+
+
+def header(description: str) -> dict[str, Any]:
+    """Return an OpenAPI header object: a string that says ``description``."""
+    return {"description": description, "schema": {"type": "string"}}
 
 
 _PLACEHOLDER = "x-taskplatform-example"
@@ -399,6 +411,22 @@ def outer_problem(code: str) -> dict[str, Any]:
     }
 
 
+def _add_example(responses: dict[str, Any], status: str, code: str) -> None:
+    """Add the example of outer problem ``code`` to ``responses[status]``, which is made when
+    the operation declares no such status yet."""
+    extra = outer_problem(code)
+    response = responses.get(status)
+    if response is None:
+        responses[status] = extra
+        return
+    media = response.setdefault("content", {}).setdefault(
+        PROBLEM_MEDIA_TYPE, extra["content"][PROBLEM_MEDIA_TYPE]
+    )
+    media.setdefault("examples", {}).update(extra["content"][PROBLEM_MEDIA_TYPE]["examples"])
+    if f"`{code}`" not in response.get("description", ""):
+        response["description"] = f"{response.get('description', '')} Or {extra['description']}"
+
+
 def _add_outer_problems(schema: dict[str, Any]) -> None:
     """Declare 401 and 429 on every ``/api`` operation (they apply whenever keys are set), 403
     on those the security middleware guards against other sites (the unsafe methods, and the
@@ -410,12 +438,25 @@ def _add_outer_problems(schema: dict[str, Any]) -> None:
         for method, operation in operations.items():
             responses = operation.setdefault("responses", {})
             responses.setdefault("401", outer_problem("unauthorized"))
+            responses["401"].setdefault("headers", {})["WWW-Authenticate"] = header(
+                "`Bearer`: the scheme the key goes in (RFC 6750)."
+            )
             if method not in ("get", "head", "options") or path in STATEFUL_GETS:
                 responses.setdefault("403", outer_problem("cross_origin_request"))
             responses.setdefault("429", outer_problem("rate_limited"))
+            responses["429"].setdefault("headers", {})["Retry-After"] = header(
+                "Seconds to wait before the next request (RFC 9110, 10.2.3)."
+            )
+            # Any operation, GETs too: a keyless loopback server asked for another Host, and a
+            # request with no Host or two Authorization headers (the security middleware).
+            _add_example(responses, "403", "host_not_allowed")
+            _add_example(responses, "400", "bad_request")
     reusable = schema["components"].setdefault("responses", {})
     reusable["NotFound"] = outer_problem("not_found")
     reusable["MethodNotAllowed"] = outer_problem("method_not_allowed")
+    reusable["MethodNotAllowed"]["headers"] = {
+        "Allow": header("The methods the path takes (RFC 9110, 10.2.1).")
+    }
     reusable["HostNotAllowed"] = outer_problem("host_not_allowed")
     reusable["BadRequest"] = outer_problem("bad_request")
     reusable["HeaderFieldsTooLarge"] = outer_problem("header_fields_too_large")

@@ -196,11 +196,19 @@ async def read_json_body(request: Request, limit: int) -> bytes:
         {"taskData": {"orderId": 42}, "callbackUrl": "http://127.0.0.1:9000/", "priority": 5},
     ),
     responses={
-        201: json_body(TaskCreated, "Queued; `Location` names the new task."),
+        201: json_body(
+            TaskCreated,
+            "Queued; `Location` names the new task.",
+            headers={"Location": "The new task's path, `/api/tasks/{taskId}`."},
+        ),
         200: json_body(
             TaskCreated,
             "A repeat of an `Idempotency-Key` with the same body: the first task, as it is now "
             "(header `Idempotent-Replayed: true`).",
+            headers={
+                "Location": "The task's path, `/api/tasks/{taskId}`.",
+                "Idempotent-Replayed": "`true`: this answer is a replay, no task was made.",
+            },
         ),
         **problems(*CREATE_ERRORS, BackendUnavailable),
     },
@@ -484,7 +492,14 @@ def _prefers_async(request: Request) -> bool:
     response_class=Response,
     responses={
         200: json_body(ExecuteResult, "The attempt's outcome; a failed callback is `Failed`."),
-        202: json_body(ExecuteAccepted, "With `Prefer: respond-async`: the callback runs."),
+        202: json_body(
+            ExecuteAccepted,
+            "With `Prefer: respond-async`: the callback runs.",
+            headers={
+                "Preference-Applied": "`respond-async` (RFC 7240).",
+                "Location": "The task's path, to read its outcome from.",
+            },
+        ),
         **problems(*EXECUTE_ERRORS),
     },
 )
