@@ -271,6 +271,25 @@ KEYED_BATCH_CONCURRENCY = 16
 ``create_many``)."""
 
 
+def logged_result(result: bytes | None, limit: int) -> bytes | None:
+    """What the attempt log keeps of a callback's ``result`` (JSON text, bytes): the result
+    itself up to ``limit`` bytes, else a JSON string of its start, ending in "…", at most
+    ``limit`` bytes.
+
+    An attempt kept up to 2 MiB (a 1 MiB answer of control bytes, escaped) and a task makes up
+    to 101 attempts before each re-drive: one read of its log loaded and encoded all of them
+    (212 MB, half a GiB of server memory). The task's own ``result`` keeps the last answer.
+    """
+    if result is None or len(result) <= limit:
+        return result
+    text = result[:limit].decode("utf-8", errors="ignore")
+    # Escaping can double text (quotes, backslashes) or more (control bytes): shorten until
+    # the string with its "…" fits, by what it is over, as the callback's own cut does.
+    while (size := len(encoded := msgspec.json.encode(text + "…"))) > limit and text:
+        text = text[: max(0, len(text) - (size - limit))]
+    return encoded
+
+
 class TaskService:
     """Every operation on tasks, over a queue, a store and a callback sender.
 
@@ -1206,7 +1225,7 @@ class TaskService:
                     finished_at=outcome.finished_at,
                     duration_ms=outcome.duration_ms,
                     http_status=outcome.http_status,
-                    result=outcome.result,
+                    result=logged_result(outcome.result, self.settings.execution_result_max_bytes),
                     error=outcome.error,
                 ),
             )

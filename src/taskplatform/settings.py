@@ -409,6 +409,17 @@ class Settings(BaseSettings):
         int,
         Field(gt=0, description="Largest callback response body kept; a larger one fails."),
     ] = MIB
+    execution_result_max_bytes: Annotated[
+        int,
+        Field(
+            ge=64,
+            description=(
+                "Most of a result each attempt of the attempt log keeps, in bytes of JSON; a "
+                "longer one is kept as a string of its start, ending in …. The task's own "
+                "result keeps the last answer whole."
+            ),
+        ),
+    ] = 64 * 1024
     callback_max_connections: Annotated[
         int,
         Field(

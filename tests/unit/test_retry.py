@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from taskplatform.dispatch.callback import CallbackOutcome, parse_retry_after
 from taskplatform.dispatch.retry import backoff_seconds, is_retryable
 from taskplatform.models import RetryPolicy
+from taskplatform.service import logged_result
 
 POLICY = RetryPolicy(backoff_min_seconds=1, backoff_max_seconds=60, backoff_multiplier=2)
 
@@ -95,3 +97,24 @@ def test_retry_after_rfc850_two_digit_year_is_read_as_rfc_9110_says() -> None:
     assert parse_retry_after("Friday, 01-Jan-77 00:00:00 GMT", now=now) == 0  # 1977
     # By the date, not the year: on 2026-01-01, 31-Dec-76 is more than 50 years on, so 1976.
     assert parse_retry_after("Thursday, 31-Dec-76 00:00:00 GMT", now=1767225600.0) == 0
+
+
+@pytest.mark.parametrize(
+    "result",
+    [
+        b'"' + b"\\u0001" * 40_000 + b'"',
+        json.dumps({"a": ['q"' * 50] * 2000}).encode(),
+        b"7" * 10**5,
+    ],
+)
+def test_the_attempt_log_keeps_at_most_its_limit_of_a_result(result: bytes) -> None:
+    """A string of the result's start, ending in "…", within the limit whatever the escaping."""
+    kept = logged_result(result, 4096)
+    assert kept is not None
+    assert len(kept) <= 4096
+    text = json.loads(kept)
+    assert text.endswith("…")
+    assert result.decode().startswith(text[:-1])
+    assert len(kept) > 2048  # not cut far below the limit
+    assert logged_result(b'{"a": 1}', 4096) == b'{"a": 1}'
+    assert logged_result(None, 4096) is None
