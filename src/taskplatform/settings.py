@@ -329,10 +329,26 @@ class Settings(BaseSettings):
         ),
     ] = None
     max_timeout_seconds: Annotated[
-        float, Field(gt=0, le=3600, description="Largest timeoutSeconds a task may ask for.")
+        float,
+        Field(
+            gt=0,
+            le=3600,
+            description=(
+                "Largest timeoutSeconds a task may ask for (at most 3600: lower it to refuse "
+                "more; the API's schema says 3600)."
+            ),
+        ),
     ] = 3600.0
     max_retries_ceiling: Annotated[
-        int, Field(ge=0, le=100, description="Largest maxRetries a task may ask for.")
+        int,
+        Field(
+            ge=0,
+            le=100,
+            description=(
+                "Largest maxRetries a task may ask for (at most 100: lower it to refuse more; "
+                "the API's schema says 100)."
+            ),
+        ),
     ] = 100
     log_task_data: Annotated[
         bool,
