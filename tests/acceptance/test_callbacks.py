@@ -6,6 +6,7 @@ import base64
 import contextlib
 import json
 import resource
+import shutil
 import socket
 import threading
 import time
@@ -16,6 +17,7 @@ import httpx
 import pytest
 
 from tests.acceptance.helpers import assert_problem, ready_task
+from tests.support.backends import backend_env
 from tests.support.receiver import Receiver
 from tests.support.server import Server
 
@@ -422,44 +424,46 @@ def test_an_answer_that_is_not_http_is_said_to_be_so_not_an_http_400(
     assert log[0]["httpStatus"] is None
 
 
-@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 def test_idle_callback_connections_to_many_receivers_do_not_run_out_of_files(
-    start_server: Callable[..., Server], raw_peer: RawPeer
+    tmp_path: Path, raw_peer: RawPeer
 ) -> None:
     """aiohttp keeps an idle connection to each receiver for 15 s and does not count it against
     TASKPLATFORM_CALLBACK_MAX_CONNECTIONS: started with a soft limit of 256 open files (as a
     service manager may start it), callbacks to 300 receivers failed with "Too many open
     files". The server raises its soft limit to the hard one at start."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and hard < 2048:
-        pytest.skip(f"the hard limit of open files here is {hard}")
-    resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))  # inherited by the server
-    try:
-        server = start_server()
-    finally:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if shutil.which("prlimit") is None or (hard != resource.RLIM_INFINITY and hard < 2048):
+        pytest.skip(f"needs prlimit(1) and a hard limit of open files over 2,048 (it is {hard})")
+    server = Server(
+        backend_env("sqlite", tmp_path),
+        tmp_path / "server.log",
+        launcher=["prlimit", "--nofile=256:", "--"],  # the soft limit; the hard one is kept
+    ).start()
     assert server.process is not None
     limits = Path(f"/proc/{server.process.pid}/limits").read_text()
     line = next(line for line in limits.splitlines() if line.startswith("Max open files"))
     assert line.split()[3:5] == [str(hard), str(hard)], line
     ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\n{}"
-    with httpx.Client(base_url=server.url, timeout=60) as http:
-        task_ids = [ready_task(http, raw_peer(ok)) for _ in range(300)]
-        for task_id in task_ids:
-            accepted = http.post(
-                f"/api/tasks/{task_id}/execute", headers={"Prefer": "respond-async"}
-            )
-            assert accepted.status_code == 202, accepted.text
-        deadline = time.monotonic() + 60
-        while True:
-            tasks = [http.get(f"/api/tasks/{task_id}").json() for task_id in task_ids]
-            if all(task["status"] in ("Completed", "Failed") for task in tasks):
-                break
-            assert time.monotonic() < deadline, "the callbacks did not all end"
-            time.sleep(0.2)
-        failed = [task["error"] for task in tasks if task["status"] != "Completed"]
-        assert failed == [], f"{len(failed)} failed, such as {failed[0]!r}"
-        assert http.get("/healthz").status_code == 200
+    try:
+        with httpx.Client(base_url=server.url, timeout=60) as http:
+            task_ids = [ready_task(http, raw_peer(ok)) for _ in range(300)]
+            for task_id in task_ids:
+                accepted = http.post(
+                    f"/api/tasks/{task_id}/execute", headers={"Prefer": "respond-async"}
+                )
+                assert accepted.status_code == 202, accepted.text
+            deadline = time.monotonic() + 60
+            while True:
+                tasks = [http.get(f"/api/tasks/{task_id}").json() for task_id in task_ids]
+                if all(task["status"] in ("Completed", "Failed") for task in tasks):
+                    break
+                assert time.monotonic() < deadline, "the callbacks did not all end"
+                time.sleep(0.2)
+            failed = [task["error"] for task in tasks if task["status"] != "Completed"]
+            assert failed == [], f"{len(failed)} failed, such as {failed[0]!r}"
+            assert http.get("/healthz").status_code == 200
+    finally:
+        server.stop()
 
 
 def test_the_attempt_log_keeps_the_start_of_a_long_result_and_the_task_all_of_it(

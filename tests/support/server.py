@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
@@ -54,6 +55,8 @@ class Server:
         own_group: Start it in a process group of its own, as a shell starts a command, so
             that a test can signal it and its workers together, as a terminal's Ctrl-C does.
         cwd: The folder it runs in (this process's when None).
+        launcher: A command that runs it, as ``prlimit --nofile=256: --`` (it must exec the
+            rest, so that the process is the server's).
     """
 
     def __init__(
@@ -63,6 +66,7 @@ class Server:
         *args: str,
         own_group: bool = False,
         cwd: Path | None = None,
+        launcher: Sequence[str] = (),
     ) -> None:
         self.env = clean_environ(env)
         self.use_port(free_port())
@@ -70,6 +74,7 @@ class Server:
         self.args = args
         self.own_group = own_group
         self.cwd = cwd
+        self.launcher = list(launcher)
         self.process: subprocess.Popen[bytes] | None = None
         LOGS.append(log_path)
 
@@ -86,7 +91,7 @@ class Server:
             offset = self.log_path.stat().st_size if self.log_path.exists() else 0
             with self.log_path.open("ab") as log:  # the child keeps its own copy of the fd
                 self.process = subprocess.Popen(
-                    [sys.executable, "-m", "taskplatform", "serve", *self.args],
+                    [*self.launcher, sys.executable, "-m", "taskplatform", "serve", *self.args],
                     env=self.env,
                     stdout=log,
                     stderr=subprocess.STDOUT,
