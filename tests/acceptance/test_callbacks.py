@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import os
+import random
 import resource
 import shutil
 import socket
@@ -488,3 +490,74 @@ def test_the_attempt_log_keeps_the_start_of_a_long_result_and_the_task_all_of_it
         assert kept.endswith("…")
         assert answer.decode().startswith(kept[:-1])
         assert 60 * 1024 < len(json.dumps(kept, ensure_ascii=False).encode()) <= 64 * 1024
+
+
+# --- a callback host whose name server never answers ------------------------------------------
+
+
+@pytest.fixture
+def silent_dns_server(backend: str, tmp_path: Path) -> Iterator[Server]:
+    """A server whose DNS queries go to a name server that reads them and never answers, as
+    the name servers of a domain that an API client controls can do. The server runs in a
+    mount namespace of its own, where /etc/resolv.conf names only that name server; /etc/hosts
+    is the machine's (``localhost`` needs no DNS)."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare(1) for a private /etc/resolv.conf")
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for _ in range(20):  # port 53 (resolv.conf names no port) on some free loopback address
+        address = f"127.{random.randrange(1, 255)}.{random.randrange(1, 255)}.53"
+        with contextlib.suppress(OSError):
+            sink.bind((address, 53))
+            break
+    else:
+        pytest.skip("no loopback address had port 53 free")
+
+    def swallow() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                sink.recvfrom(4096)
+
+    threading.Thread(target=swallow, daemon=True).start()
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text(f"nameserver {address}\n")
+    script = f'mount --bind {resolv} /etc/resolv.conf && exec "$@"'
+    running = Server(
+        backend_env(backend, tmp_path),
+        tmp_path / "server.log",
+        launcher=["unshare", "-m", "sh", "-c", script, "sh"],
+    ).start()
+    yield running
+    running.stop()
+    sink.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_callbacks_to_a_name_that_never_resolves_do_not_starve_other_callbacks(
+    silent_dns_server: Server, receiver: Receiver
+) -> None:
+    """Callbacks to names whose DNS never answers (each times out after 1 s) held the
+    resolver's threads (getaddrinfo cannot be stopped) for the system resolver's own timeout,
+    5 s per try: a callback to a healthy receiver by name (``localhost``, from /etc/hosts, no
+    DNS at all) then waited its whole timeout for a thread, failed "timeout after 3 s" and
+    never reached the receiver, counting as an attempt. Any client can create such tasks. 80
+    of them: more than any pool of threads of a reasonable size would hold."""
+    with httpx.Client(base_url=silent_dns_server.url, timeout=30) as http:
+        silent = []
+        for n in range(80):
+            url = f"http://silent-{n}.example.com:{receiver.port}/ok"
+            silent.append(ready_task(http, url, timeoutSeconds=1))
+            accepted = http.post(
+                f"/api/tasks/{silent[-1]}/execute", headers={"Prefer": "respond-async"}
+            )
+            assert accepted.status_code == 202, accepted.text
+        victim = ready_task(http, f"http://localhost:{receiver.port}/ok", timeoutSeconds=3)
+        outcome = http.post(f"/api/tasks/{victim}/execute").json()
+        assert (outcome["status"], outcome["error"]) == ("Completed", None), outcome
+        assert len(receiver.hits_for(victim)) == 1
+        time.sleep(1.5)  # the silent callbacks have timed out by now; their lookups go on
+        errors = {http.get(f"/api/tasks/{task_id}").json()["error"] for task_id in silent}
+        assert errors == {"timeout after 1 s"}
+        victim = ready_task(http, f"http://localhost:{receiver.port}/ok", timeoutSeconds=3)
+        outcome = http.post(f"/api/tasks/{victim}/execute").json()
+    assert (outcome["status"], outcome["error"]) == ("Completed", None), outcome
+    assert len(receiver.hits_for(victim)) == 1

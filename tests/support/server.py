@@ -55,8 +55,9 @@ class Server:
         own_group: Start it in a process group of its own, as a shell starts a command, so
             that a test can signal it and its workers together, as a terminal's Ctrl-C does.
         cwd: The folder it runs in (this process's when None).
-        launcher: A command that runs it, as ``prlimit --nofile=256: --`` (it must exec the
-            rest, so that the process is the server's).
+        launcher: A command that runs the server's command line given after it, as
+            ``prlimit --nofile=256: --`` (it must exec it, so that the process is the
+            server's); none by default.
     """
 
     def __init__(

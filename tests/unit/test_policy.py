@@ -7,9 +7,14 @@ a tiny aiohttp server on 127.0.0.1.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
-from collections.abc import AsyncIterator, Sequence
+import struct
+import threading
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 
@@ -21,6 +26,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from taskplatform.dispatch import sender_from_settings
+from taskplatform.dispatch.callback import _describe_connect_error
 from taskplatform.dispatch.policy import (
     ALLOW_SETTING,
     DEFAULT_DENY,
@@ -476,11 +482,30 @@ async def test_a_refused_literal_message_names_the_policy_the_address_and_the_se
     )
 
 
-async def test_an_allowed_literal_is_still_looked_up_and_judged() -> None:
-    fake = FakeResolver([["10.0.0.1"]])
+async def test_an_allowed_literal_is_answered_as_the_address_it_spells_without_a_lookup() -> None:
+    """c-ares, unlike getaddrinfo, would send ``0x0a000001`` to DNS as a name."""
+    fake = FakeResolver([])
     resolver = PolicyResolver(CallbackPolicy(), fake)
-    assert [r["host"] for r in await resolver.resolve("0x0a000001", 80)] == ["10.0.0.1"]
-    assert fake.calls == [("0x0a000001", 80, socket.AF_INET)]
+    assert await resolver.resolve("0x0a000001", 80) == [
+        {
+            "hostname": "0x0a000001",
+            "host": "10.0.0.1",
+            "port": 80,
+            "family": socket.AF_INET,
+            "proto": 0,
+            "flags": socket.AI_NUMERICHOST | socket.AI_NUMERICSERV,
+        }
+    ]
+    results = await resolver.resolve("0x0a000001.", 443, socket.AF_UNSPEC)
+    assert [(r["host"], r["port"]) for r in results] == [("10.0.0.1", 443)]
+    assert fake.calls == []
+
+
+async def test_a_literal_of_the_other_family_does_not_resolve() -> None:
+    resolver = PolicyResolver(CallbackPolicy(), FakeResolver([]))
+    with pytest.raises(OSError, match="is an IPv4 address, and AF_INET6 was asked") as info:
+        await resolver.resolve("2130706433", 80, socket.AF_INET6)
+    assert not isinstance(info.value, CallbackRefused)
 
 
 async def test_close_closes_the_inner_resolver() -> None:
@@ -490,7 +515,7 @@ async def test_close_closes_the_inner_resolver() -> None:
 
 
 async def test_the_real_resolver_refuses_localhost_when_loopback_is_denied() -> None:
-    resolver = PolicyResolver(LOOPBACK_DENIED)  # the default inner: aiohttp's ThreadedResolver
+    resolver = PolicyResolver(LOOPBACK_DENIED)  # the default inner: aiohttp's AsyncResolver
     try:
         with pytest.raises(CallbackRefused, match="localhost resolves only to refused") as info:
             await resolver.resolve("localhost", 80, socket.AF_UNSPEC)
@@ -500,6 +525,150 @@ async def test_the_real_resolver_refuses_localhost_when_loopback_is_denied() -> 
         assert allowed
     finally:
         await resolver.close()
+
+
+# --- lookups by c-ares: given up with the callback, holding no thread ---------------------------
+
+
+@dataclass
+class NameServer:
+    """A DNS server on 127.0.0.1 (UDP): ``answers`` maps a name to its A and AAAA addresses
+    (TTL 0, so nothing is cached); a name starting with ``silent`` is read and never answered,
+    as a name server that a client controls can do; any other name does not exist (NXDOMAIN).
+    ``queries`` counts the questions per name."""
+
+    port: int = 0
+    answers: dict[str, list[str]] = field(default_factory=dict)
+    queries: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def answer(self, query: bytes) -> bytes | None:
+        """The reply to one query (RFC 1035 4.1), or None for a name left unanswered."""
+        end, labels = 12, []
+        while query[end]:
+            labels.append(query[end + 1 : end + 1 + query[end]].decode())
+            end += 1 + query[end]
+        name = ".".join(labels).lower()
+        qtype = int.from_bytes(query[end + 1 : end + 3])
+        question = query[12 : end + 5]
+        self.queries[name] += 1
+        if name.startswith("silent"):
+            return None
+        if name not in self.answers:  # rcode 3: no such name
+            return query[:2] + struct.pack("!5H", 0x8183, 1, 0, 0, 0) + question
+        records = []
+        for text in self.answers[name]:
+            address = ip_address(text)
+            if (address.version, qtype) in ((4, 1), (6, 28)):
+                records.append(
+                    struct.pack("!3HIH", 0xC00C, qtype, 1, 0, len(address.packed)) + address.packed
+                )
+        header = struct.pack("!5H", 0x8180, 1, len(records), 0, 0)
+        return query[:2] + header + question + b"".join(records)
+
+
+@pytest.fixture
+def name_server() -> Iterator[NameServer]:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    state = NameServer(port=sock.getsockname()[1])
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                query, peer = sock.recvfrom(4096)
+                if (reply := state.answer(query)) is not None:
+                    sock.sendto(reply, peer)
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield state
+    sock.close()
+
+
+def _c_ares(name_server: NameServer) -> aiohttp.AsyncResolver:
+    """aiohttp's c-ares resolver, as PolicyResolver makes it, asking only ``name_server``."""
+    return aiohttp.AsyncResolver(nameservers=[name_server.address])
+
+
+async def test_the_default_lookups_are_c_ares_not_getaddrinfo_in_a_thread() -> None:
+    resolver = PolicyResolver(CallbackPolicy())
+    try:
+        assert await resolver.resolve("localhost", 80, socket.AF_UNSPEC)
+        assert type(resolver._inner) is aiohttp.AsyncResolver
+    finally:
+        await resolver.close()
+
+
+async def test_lookups_given_up_with_their_callbacks_hold_no_thread_and_block_no_other(
+    name_server: NameServer,
+) -> None:
+    """A callback's timeout cancels its lookup. getaddrinfo cannot be stopped and held a thread
+    of a small pool for the system resolver's own timeout (5 s per try, per name server), so a
+    few names whose name server never answers made every other lookup of the process wait.
+    Here 200 such lookups, more than any pool holds threads, are given up at once, and a name
+    that is answered, and one in /etc/hosts, resolve at once while c-ares still waits for
+    theirs."""
+    name_server.answers["ok.test"] = ["127.0.0.1", "::1"]
+    resolver = PolicyResolver(CallbackPolicy(), _c_ares(name_server))
+    threads = threading.active_count()
+
+    async def callback(n: int) -> None:
+        async with asyncio.timeout(0.2):
+            await resolver.resolve(f"silent-{n}.test", 80, socket.AF_UNSPEC)
+
+    try:
+        started = time.monotonic()
+        outcomes = await asyncio.gather(*(callback(n) for n in range(200)), return_exceptions=True)
+        assert all(isinstance(outcome, TimeoutError) for outcome in outcomes), outcomes[:3]
+        assert time.monotonic() - started < 2
+        assert threading.active_count() <= threads + 1  # c-ares's one event thread
+        assert name_server.queries["silent-199.test"] >= 1  # asked, and still unanswered
+        started = time.monotonic()
+        async with asyncio.timeout(1):
+            answered = await resolver.resolve("ok.test", 80, socket.AF_UNSPEC)
+            from_hosts = await resolver.resolve("localhost", 80, socket.AF_UNSPEC)
+        assert time.monotonic() - started < 1
+        assert {r["host"] for r in answered} == {"127.0.0.1", "::1"}
+        assert {r["host"] for r in from_hosts} <= {"127.0.0.1", "::1"}
+        assert "localhost" not in name_server.queries  # /etc/hosts, as getaddrinfo reads it
+    finally:
+        await resolver.close()
+
+
+async def test_c_ares_answers_are_judged_again_at_each_lookup(name_server: NameServer) -> None:
+    """DNS rebinding through the real resolver: an answer that changes is judged anew."""
+    name_server.answers["rebind.test"] = ["93.184.216.34", "2606:2800:220:1::1"]
+    resolver = PolicyResolver(CallbackPolicy(), _c_ares(name_server))
+    try:
+        first = await resolver.resolve("rebind.test", 80, socket.AF_UNSPEC)
+        assert {(r["host"], r["family"]) for r in first} == {
+            ("93.184.216.34", socket.AF_INET),
+            ("2606:2800:220:1::1", socket.AF_INET6),
+        }
+        only_v4 = await resolver.resolve("rebind.test", 80, socket.AF_INET)
+        assert [r["host"] for r in only_v4] == ["93.184.216.34"]
+        name_server.answers["rebind.test"] = ["169.254.169.254", "fe80::1"]
+        with pytest.raises(CallbackRefused, match=r"rebind\.test resolves only to refused"):
+            await resolver.resolve("rebind.test", 80, socket.AF_UNSPEC)
+    finally:
+        await resolver.close()
+
+
+async def test_a_name_that_does_not_exist_fails_in_words(name_server: NameServer) -> None:
+    resolver = PolicyResolver(CallbackPolicy(), _c_ares(name_server))
+    try:
+        connector = aiohttp.TCPConnector(resolver=resolver, use_dns_cache=False)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            with pytest.raises(aiohttp.ClientConnectorDNSError) as info:
+                await session.get("http://nowhere.test:8080/")
+    finally:
+        await resolver.close()
+    assert not isinstance(info.value.os_error, CallbackRefused)
+    assert _describe_connect_error(info.value) == "cannot resolve host 'nowhere.test'"
+    assert name_server.queries["nowhere.test"] >= 1
 
 
 # --- a real session ----------------------------------------------------------------------------

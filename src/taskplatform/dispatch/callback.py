@@ -84,8 +84,9 @@ class CallbackSender:
 
     async def start(self) -> None:
         """Open the session; call once, from the event loop that will send the callbacks."""
-        # No DNS cache: the policy must judge every resolution (a cached answer would also be
-        # safe, but a changed one must be judged again).
+        # No DNS cache in the connector: the policy must judge every resolution (a cached answer
+        # would also be safe, but a changed one must be judged again). The resolver's c-ares
+        # keeps an answer for its TTL, and the policy judges it again at each use.
         self._resolver = PolicyResolver(self.policy)
         connector = aiohttp.TCPConnector(
             limit=self._max_connections,

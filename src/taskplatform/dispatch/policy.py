@@ -415,6 +415,28 @@ def _check_resolved(policy: CallbackPolicy, host: str) -> str | None:
     return policy.check_address(address)
 
 
+def _literal_result(
+    host: str, address: IPAddress, port: int, family: socket.AddressFamily
+) -> ResolveResult:
+    """Answer a lookup of a literal ``host`` with the ``address`` it spells, as getaddrinfo does.
+
+    Raises:
+        OSError: ``family`` asks for the other IP version (getaddrinfo's ``EAI_ADDRFAMILY``).
+    """
+    found = socket.AF_INET if address.version == 4 else socket.AF_INET6
+    if family not in (socket.AF_UNSPEC, found):
+        shown = socket.AddressFamily(family).name
+        raise OSError(None, f"{host} is an IPv{address.version} address, and {shown} was asked")
+    return ResolveResult(
+        hostname=host,
+        host=str(address),
+        port=port,
+        family=found,
+        proto=0,
+        flags=socket.AI_NUMERICHOST | socket.AI_NUMERICSERV,
+    )
+
+
 class PolicyResolver(AbstractResolver):
     """An aiohttp resolver that returns only the addresses a :class:`CallbackPolicy` allows.
 
@@ -426,15 +448,30 @@ class PolicyResolver(AbstractResolver):
 
     aiohttp does not call its resolver for a host it takes for an IP literal (``127.0.0.1``,
     ``[::ffff:169.254.169.254]``): check every URL with :meth:`CallbackPolicy.check_url_host`
-    before sending it. When a literal does reach this resolver (aiohttp passes spellings such as
-    ``0xa9fea9fe`` as names), it is judged here as the address it spells.
+    before sending it.
+
+    A literal that reaches this resolver (aiohttp passes spellings such as ``0xa9fea9fe`` as
+    names) is answered here as the address it spells, judged, and never looked up: c-ares, unlike
+    getaddrinfo, would send such a spelling to DNS.
+
+    Names are looked up by ``aiohttp.AsyncResolver`` (c-ares, through aiodns), not by getaddrinfo
+    in a thread (aiohttp's ``ThreadedResolver``): a lookup that the callback's timeout gives up
+    on stops being awaited at once and holds no thread, while getaddrinfo cannot be stopped and
+    held one of the loop's few resolver threads for the system resolver's own timeout (5 s per
+    try, per name server), so a few names whose name server never answers made every other
+    callback of the process wait for a thread and time out unsent. c-ares itself still waits out
+    its own timeout for that query's answer, in its one event thread, blocking no other lookup.
+    c-ares reads /etc/hosts and /etc/resolv.conf (name servers, ``search``, ``ndots``,
+    ``timeout``, ``attempts``) as glibc does, and the ``files`` and ``dns`` sources of the
+    ``hosts:`` line of /etc/nsswitch.conf, but no other NSS module (``myhostname``, ``mdns``,
+    ``resolve``, LDAP); it keeps answers for their TTL, which are judged again at each use.
 
     The connector does not own a resolver it was given: close this one after the session.
 
     Args:
         policy: The policy to enforce.
-        inner: The resolver that does the lookups; default an ``aiohttp.ThreadedResolver``
-            (getaddrinfo in a thread), created on first use. Closed by :meth:`close`.
+        inner: The resolver that does the lookups; default an ``aiohttp.AsyncResolver``, created
+            on first use (so, from a running event loop). Closed by :meth:`close`.
     """
 
     def __init__(self, policy: CallbackPolicy, inner: AbstractResolver | None = None) -> None:
@@ -452,20 +489,25 @@ class PolicyResolver(AbstractResolver):
             family: ``AF_INET``, ``AF_INET6`` or ``AF_UNSPEC``, as the inner resolver takes it.
 
         Returns:
-            The allowed results, in the inner resolver's order.
+            The allowed results, in the inner resolver's order; for a literal, the one address
+            it spells.
 
         Raises:
             CallbackRefused: ``host`` is a refused literal, or every address it resolves to is
                 refused.
-            OSError: the inner resolver failed (``socket.gaierror`` for an unknown name).
+            OSError: the lookup failed (an unknown name, a name server that did not answer), or
+                a literal is not of the ``family`` asked for. aiohttp turns it into
+                ``aiohttp.ClientConnectorDNSError``.
         """
         address, problem = _parse_host(host)
         if problem is not None:
             raise CallbackRefused(host, problem)
-        if address is not None and (reason := self.policy.check_address(address)) is not None:
-            raise CallbackRefused(host, reason)
+        if address is not None:
+            if (reason := self.policy.check_address(address)) is not None:
+                raise CallbackRefused(host, reason)
+            return [_literal_result(host, address, port, family)]
         if self._inner is None:
-            self._inner = aiohttp.ThreadedResolver()
+            self._inner = aiohttp.AsyncResolver()
         results = await self._inner.resolve(host, port, family)
         allowed: list[ResolveResult] = []
         refused: list[str] = []
@@ -476,8 +518,6 @@ class PolicyResolver(AbstractResolver):
             elif reason not in refused:
                 refused.append(reason)
         if refused and not allowed:
-            if address is not None:
-                raise CallbackRefused(host, "; ".join(refused))
             raise CallbackRefused(
                 host, f"{host} resolves only to refused addresses: " + "; ".join(refused)
             )
