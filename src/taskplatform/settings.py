@@ -423,7 +423,13 @@ class Settings(BaseSettings):
 
     callback_response_max_bytes: Annotated[
         int,
-        Field(gt=0, description="Largest callback response body kept; a larger one fails."),
+        Field(
+            gt=0,
+            description=(
+                "Largest callback response body kept; a larger one is not kept, and fails the "
+                "attempt unless it is a 2xx."
+            ),
+        ),
     ] = MIB
     execution_result_max_bytes: Annotated[
         int,

@@ -119,20 +119,29 @@ def test_a_callback_that_drips_meets_the_total_deadline(
 
 
 @pytest.mark.parametrize("chunked", ["0", "1"], ids=["content-length", "chunked"])
-def test_a_20_mb_response_fails_and_is_not_kept(
+def test_a_20_mb_response_is_not_kept_and_a_2xx_is_still_a_success(
     client: httpx.Client, receiver: Receiver, chunked: str
 ) -> None:
-    """A body over the 1 MiB cap fails the attempt, says so, and stores nothing of it."""
-    task_id = ready_task(client, receiver.url(f"/big?bytes=20000000&chunked={chunked}"))
-    outcome, _ = _execute(client, task_id)
+    """A body over the 1 MiB cap is not read on nor stored. With a 500 the attempt fails and
+    says so; a 200 is a success (the receiver did its work: it failed the attempt, and a
+    dispatcher called the receiver again, to do the work twice)."""
+    failed = ready_task(client, receiver.url(f"/big?bytes=20000000&chunked={chunked}&status=500"))
+    outcome, _ = _execute(client, failed)
     assert outcome["status"] == "Failed"
     assert "over the limit of 1048576 bytes" in str(outcome["error"])
     assert outcome["result"] is None
-    task = client.get(f"/api/tasks/{task_id}").json()
+    task = client.get(f"/api/tasks/{failed}").json()
     assert task["result"] is None
-    log = client.get(f"/api/tasks/{task_id}/executions").json()["items"]
-    assert log[0]["result"] is None
-    assert log[0]["httpStatus"] == 200
+    log = client.get(f"/api/tasks/{failed}/executions").json()["items"]
+    assert (log[0]["httpStatus"], log[0]["result"]) == (500, None)
+
+    done = ready_task(client, receiver.url(f"/big?bytes=20000000&chunked={chunked}"))
+    outcome, _ = _execute(client, done)
+    assert (outcome["status"], outcome["error"], outcome["result"]) == ("Completed", None, None)
+    log = client.get(f"/api/tasks/{done}/executions").json()["items"]
+    assert [(entry["httpStatus"], entry["error"], entry["result"]) for entry in log] == [
+        (200, None, None)
+    ]
 
 
 def test_a_response_just_under_the_cap_is_kept(client: httpx.Client, receiver: Receiver) -> None:

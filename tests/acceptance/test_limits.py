@@ -190,21 +190,27 @@ def test_callback_response_setting_holds_at_its_boundary(
     http: httpx.Client, receiver: Receiver, chunked: str
 ) -> None:
     """CALLBACK_RESPONSE_MAX_BYTES=1000: a response of exactly 1000 bytes is kept as the result;
-    1001 bytes fail the attempt as over the limit and keep nothing (declared or streamed)."""
+    of 1001 bytes nothing is kept (declared or streamed), and with a 500 the attempt fails as
+    over the limit (a 2xx is a success whatever its body)."""
     kept = ready_task(http, receiver.url(f"/big?bytes={RESPONSE_BYTES}&chunked={chunked}"))
     outcome = http.post(f"/api/tasks/{kept}/execute").json()
     assert outcome["status"] == "Completed", outcome
     assert outcome["result"] == "a" * RESPONSE_BYTES
     assert http.get(f"/api/tasks/{kept}").json()["result"] == "a" * RESPONSE_BYTES
 
-    cut = ready_task(http, receiver.url(f"/big?bytes={RESPONSE_BYTES + 1}&chunked={chunked}"))
+    big = f"/big?bytes={RESPONSE_BYTES + 1}&chunked={chunked}"
+    done = ready_task(http, receiver.url(big))
+    outcome = http.post(f"/api/tasks/{done}/execute").json()
+    assert (outcome["status"], outcome["error"], outcome["result"]) == ("Completed", None, None)
+
+    cut = ready_task(http, receiver.url(big + "&status=500"))
     outcome = http.post(f"/api/tasks/{cut}/execute").json()
     too_large = f"response body over the limit of {RESPONSE_BYTES} bytes; not kept"
     assert (outcome["status"], outcome["error"], outcome["result"]) == ("Failed", too_large, None)
     task = http.get(f"/api/tasks/{cut}").json()
     assert (task["error"], task["result"]) == (too_large, None)
     (entry,) = http.get(f"/api/tasks/{cut}/executions").json()["items"]
-    assert (entry["httpStatus"], entry["error"], entry["result"]) == (200, too_large, None)
+    assert (entry["httpStatus"], entry["error"], entry["result"]) == (500, too_large, None)
 
 
 def _wait_for(check: Callable[[], bool], seconds: float = 15.0) -> None:

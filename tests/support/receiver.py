@@ -5,7 +5,7 @@ Routes (all accept POST):
     /status/{code}        that status; ``Retry-After`` from ?retry_after=
     /slow?seconds=S       waits S seconds, then 200
     /drip?seconds=S       sends headers, then one byte per second for S seconds
-    /big?bytes=N          200 with an N-byte body
+    /big?bytes=N          200 (or &status=S) with an N-byte body
     /redirect?to=URL      302 to URL
     /html                 200 with an HTML page
     /empty                204 with no body
@@ -116,7 +116,8 @@ class Receiver:
         async def big(request: web.Request) -> web.StreamResponse:
             await self._record(request)
             size = int(request.query["bytes"])
-            response = web.StreamResponse(status=200, headers={"Content-Type": "text/plain"})
+            status = int(request.query.get("status", "200"))
+            response = web.StreamResponse(status=status, headers={"Content-Type": "text/plain"})
             if request.query.get("chunked") == "1":
                 response.enable_chunked_encoding()
             else:

@@ -58,8 +58,9 @@ class CallbackSender:
 
     Args:
         max_connections: Most concurrent outbound connections (the pool size).
-        max_response_bytes: Largest response body kept, in bytes; a larger one fails the attempt
-            and is not read past the limit.
+        max_response_bytes: Largest response body kept, in bytes; a larger one is not read past
+            the limit nor kept, and fails the attempt unless its status is 2xx (a success
+            whatever its body: the receiver did its work).
         policy: Which addresses callbacks may reach; checked on the literal host before sending
             and, through the session's resolver, on every address a name resolves to, so the
             connection only ever goes to an address the policy allows (no DNS rebinding).
@@ -198,6 +199,21 @@ class CallbackSender:
                     ) as response:
                         status = response.status
                         body, error = await self._read_body(response)
+                        if error is not None and 200 <= status < 300:
+                            # A 2xx is a success whatever its body: the receiver did its
+                            # work, and another attempt would do it again. The body is not
+                            # kept (result null), which the log says.
+                            logger.warning(
+                                "task %s: attempt %s answered %d with a body over the limit "
+                                "of %d bytes (TASKPLATFORM_CALLBACK_RESPONSE_MAX_BYTES); "
+                                "a success, its body not kept",
+                                task.task_id,
+                                headers["X-Task-Attempt"],
+                                status,
+                                self._max_response_bytes,
+                                extra={"task_id": task.task_id},
+                            )
+                            error = None
                         if body is not None:
                             body = _as_utf8(body, response.charset, self._max_response_bytes)
                         if error is None and not 200 <= status < 300:

@@ -25,14 +25,15 @@ def is_retryable(outcome: CallbackOutcome, policy: RetryPolicy) -> bool:
     """Return whether the failed ``outcome`` is worth another automatic attempt.
 
     A call the URL policy refused is permanent (it would be refused again). A failure without a
-    status (connection error, timeout, oversized body) is retryable. A status in
+    status (connection error, timeout) is retryable, as is a 2xx whose body was cut short or
+    could not be decompressed. A status in
     ``policy.permanent_on`` is permanent and one in ``policy.retry_on`` retryable, before the
     default classes apply.
     """
     if outcome.refused:
         return False
     status = outcome.http_status
-    if status is None or 200 <= status < 300:  # a 2xx here failed on its body: size limit
+    if status is None or 200 <= status < 300:  # a 2xx here failed on its body: cut short
         return True
     if policy.permanent_on and status in policy.permanent_on:
         return False
