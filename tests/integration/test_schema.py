@@ -1,4 +1,5 @@
-"""The schema the migrations leave: no object named for a step of a migration."""
+"""The schema the migrations leave: no object named for a step of a migration, and a store
+made by an older revision mended."""
 
 from __future__ import annotations
 
@@ -6,10 +7,13 @@ import sqlite3
 from pathlib import Path
 
 import asyncpg
+import pytest
 
-from taskplatform.backends import prepare_schema
+from taskplatform.backends import migrate, prepare_schema
+from taskplatform.models import Status
 from taskplatform.settings import Settings
 from tests.support.backends import backend_env, settings_kwargs
+from tests.support.service import opened_service
 
 
 async def _migrated(store: str, tmp_path: Path) -> Settings:
@@ -46,3 +50,68 @@ async def test_postgres_keeps_no_object_of_a_migration_step(tmp_path: Path) -> N
     assert "task_executions" in names
     assert [name for name in names if "alembic_tmp" in name] == []
     assert serial == "public.task_executions_id_seq"
+
+
+TASK = "01a23e21-6fef-7684-bebd-cdcb94751e87"
+# A Failed task with 4 attempts of 3 retries, as revision 0002's tasks table holds it.
+_OUT_OF_ATTEMPTS = (
+    "INSERT INTO tasks VALUES ('" + TASK + "', 1, 'Failed', 0, '{}', 'http://127.0.0.1:9/x',"
+    " 3, 30, 4, NULL, NULL, NULL, NULL, 'boom', 1, 2, 1, NULL)"
+)
+
+
+async def test_postgres_upgraded_from_0002_logs_new_attempts(tmp_path: Path) -> None:
+    """Revision 0003 rebuilt ``task_executions`` with an id sequence starting at 1 again, the
+    copied attempts keeping their ids: after the upgrade, outcomes collided with them
+    ("duplicate key ... task_executions_pkey", a 503 after the callback was made, the task left
+    Processing) until the sequence was drawn past them (found in review). Revision 0009."""
+    settings = Settings(**settings_kwargs(backend_env("postgres", tmp_path)))  # type: ignore[arg-type]
+    await migrate.upgrade(settings.database_url, revision="0002")
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        await conn.execute(_OUT_OF_ATTEMPTS)
+        for attempt in (1, 2, 3, 4):
+            await conn.execute(
+                "INSERT INTO task_executions (task_id, attempt, started_at, finished_at,"
+                " duration_ms, http_status, error) VALUES ($1, $2, 1, 2, 1, 500, 'e')",
+                TASK,
+                attempt,
+            )
+    finally:
+        await conn.close()
+    await prepare_schema(settings)  # what db upgrade and serve do
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        logged = await conn.fetchval(
+            "INSERT INTO task_executions (task_id, attempt, started_at, finished_at,"
+            " duration_ms, http_status, error) VALUES ($1, 5, 10, 20, 1, 500, 'e') RETURNING id",
+            TASK,
+        )
+    finally:
+        await conn.close()
+    assert logged == 5
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgres"])
+async def test_a_task_out_of_attempts_before_0003_is_a_dead_letter_after_it(
+    store: str, tmp_path: Path
+) -> None:
+    """Revision 0003 added ``dead_letter`` as false for every task already there: a Failed
+    task out of attempts was listed as no dead letter and not re-driven with them (found in
+    review). Revision 0009."""
+    settings = Settings(**settings_kwargs(backend_env(store, tmp_path)))  # type: ignore[arg-type]
+    await migrate.upgrade(settings.database_url, revision="0002")
+    if store == "sqlite":
+        with sqlite3.connect(settings.database_url.removeprefix("sqlite:///")) as connection:
+            connection.execute(_OUT_OF_ATTEMPTS)
+    else:
+        conn = await asyncpg.connect(settings.database_url)
+        try:
+            await conn.execute(_OUT_OF_ATTEMPTS)
+        finally:
+            await conn.close()
+    async with opened_service(settings) as service:
+        task = await service.get(TASK)
+        assert (task.status, task.attempts, task.attempts_left()) == (Status.FAILED, 4, False)
+        assert task.dead_letter
+        assert await service.redrive_dead_letters(queue=None, limit=1000) == [TASK]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -42,7 +43,7 @@ def head_revision() -> str:
     return head
 
 
-def _upgrade_on(connection: Connection) -> None:
+def _upgrade_on(connection: Connection, revision: str = "head") -> None:
     # Processes that start at once on a new database (serve --workers N, serve beside worker)
     # must not both see an empty schema and both create it: the second would fail on "table
     # already exists". Each takes the database's write lock before it reads the revision.
@@ -63,7 +64,7 @@ def _upgrade_on(connection: Connection) -> None:
             "TASKPLATFORM_DATABASE_URL at another database"
         )
     config.attributes["connection"] = connection
-    command.upgrade(config, "head")
+    command.upgrade(config, revision)
 
 
 def _make_sqlite_folder(sqlalchemy_url: str) -> None:
@@ -150,9 +151,14 @@ async def advance_queue_sequence(url: str, *, connect_timeout_seconds: float = 5
 
 
 async def upgrade(
-    url: str, *, connect_timeout_seconds: float = 5.0, busy_timeout_seconds: float = 5.0
+    url: str,
+    *,
+    connect_timeout_seconds: float = 5.0,
+    busy_timeout_seconds: float = 5.0,
+    revision: str = "head",
 ) -> str:
-    """Bring the database at ``url`` to the newest revision; return that revision.
+    """Bring the database at ``url`` to the newest revision (or to ``revision``, an older one,
+    as a test makes the database an older release left); return that revision.
 
     An empty database gets the whole schema; an up-to-date one is left alone. ``sqlite://`` URLs
     migrate on a worker thread, waiting up to ``busy_timeout_seconds`` for another process's
@@ -167,5 +173,10 @@ async def upgrade(
     """
     if url.startswith("sqlite"):
         _make_sqlite_folder(url)
-    await _in_transaction(url, _upgrade_on, connect_timeout_seconds, busy_timeout_seconds)
-    return head_revision()
+    await _in_transaction(
+        url,
+        functools.partial(_upgrade_on, revision=revision),
+        connect_timeout_seconds,
+        busy_timeout_seconds,
+    )
+    return head_revision() if revision == "head" else revision
