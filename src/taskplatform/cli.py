@@ -164,6 +164,21 @@ def _prepare_or_exit(settings: Settings, named: str = "TASKPLATFORM_DATABASE_URL
         fail(f"{named}: {exc}", STARTUP_FAILURE, exc)
 
 
+def _check_urls_or_exit(settings: Settings, named: str = "TASKPLATFORM_DATABASE_URL") -> None:
+    """Exit 2 with one line unless taskplatform supports the URLs of ``settings`` as written
+    (``named`` is the store URL's name in the message), before anything connects."""
+    from taskplatform.backends import ConfigurationError, check_urls
+
+    try:
+        check_urls(settings)
+    except ConfigurationError as exc:
+        message = str(exc)
+        if named != "TASKPLATFORM_DATABASE_URL":
+            message = message.replace("TASKPLATFORM_DATABASE_URL", named)
+        _error(message)
+        raise typer.Exit(2) from exc
+
+
 def _check_backends_answer_or_exit(settings: Settings, command: str) -> None:
     """Open the backends once, ask the queue to answer, close them, and log where both are.
 
@@ -575,31 +590,50 @@ def db_copy(
                 err=True,
             )
             raise typer.Exit(2)
-    # The target first, each step before the source is changed: a copy that cannot go there
-    # leaves the source at the schema revision it had (an older taskplatform can still run).
-    _prepare_or_exit(target, "--to")
+    timeout = target.database_connect_timeout_seconds
+
+    def refuse_held_target() -> None:
+        try:
+            asyncio.run(ensure_empty(target.database_url, connect_timeout_seconds=timeout))
+        except TargetNotEmpty as exc:
+            typer.echo(f"error: {exc.detail}", err=True)
+            raise typer.Exit(1) from exc
+
+    def refuse_running_source() -> None:
+        running = asyncio.run(
+            running_processes(source.database_url, connect_timeout_seconds=timeout)
+        )
+        if running and not while_running:
+            typer.echo(
+                f"error: {len(running)} process{'es' if len(running) > 1 else ''} used the "
+                f"source in the last {RUNNING_WITHIN_SECONDS:g} s ({', '.join(running)}): stop "
+                "every server and worker on it first, as what they write after the copy starts "
+                "would be missing from it (one killed rather than stopped is listed for up to "
+                f"{RUNNING_WITHIN_SECONDS:g} s); or pass --while-running",
+                err=True,
+            )
+            raise typer.Exit(1)
+
+    _check_urls_or_exit(target, "--to")
+    _check_urls_or_exit(source)
     where = _backend_addresses(source)[0], _backend_addresses(target)[0]
     if where[0] == where[1]:
         typer.echo("error: --to names the database being copied from", err=True)
         raise typer.Exit(2)
-    timeout = target.database_connect_timeout_seconds
-    try:
-        asyncio.run(ensure_empty(target.database_url, connect_timeout_seconds=timeout))
-    except TargetNotEmpty as exc:
-        typer.echo(f"error: {exc.detail}", err=True)
-        raise typer.Exit(1) from exc
+    # Both refusals before either schema is changed: a copy refused (a target that holds
+    # rows, a source a server runs on) leaves each database at the revision it had, which
+    # its own older taskplatform may still need. A database that cannot be read yet is left
+    # to the schema step, which says why in one line.
+    with contextlib.suppress(SQLAlchemyError, OSError, ValueError):
+        refuse_held_target()
+    with contextlib.suppress(SQLAlchemyError, OSError, ValueError):
+        refuse_running_source()
+    # The target first, each step before the source is changed: a copy that cannot go there
+    # leaves the source at the schema revision it had (an older taskplatform can still run).
+    _prepare_or_exit(target, "--to")
+    refuse_held_target()
     _prepare_or_exit(source)
-    running = asyncio.run(running_processes(source.database_url, connect_timeout_seconds=timeout))
-    if running and not while_running:
-        typer.echo(
-            f"error: {len(running)} process{'es' if len(running) > 1 else ''} used the source "
-            f"in the last {RUNNING_WITHIN_SECONDS:g} s ({', '.join(running)}): stop every "
-            "server and worker on it first, as what they write after the copy starts would be "
-            "missing from it (one killed rather than stopped is listed for up to "
-            f"{RUNNING_WITHIN_SECONDS:g} s); or pass --while-running",
-            err=True,
-        )
-        raise typer.Exit(1)
+    refuse_running_source()
     typer.echo(f"copying {where[0]} into {where[1]}", err=True)
     try:
         copied = asyncio.run(

@@ -21,6 +21,7 @@ import asyncpg
 import httpx
 import pytest
 
+from taskplatform.backends import migrate
 from taskplatform.backends.migrate import head_revision
 from tests.acceptance.helpers import create, run_taskplatform
 from tests.support.backends import REDIS_URL, backend_env
@@ -884,3 +885,54 @@ def test_db_copy_of_a_sqlite_url_the_server_refuses_says_why(tmp_path: Path, sou
     )
     assert "Traceback" not in result.stderr, result.stderr[-600:]
     assert result.returncode == 2, result.stderr
+
+
+def _sql(url: str, statement: str) -> object:
+    async def run() -> object:
+        connection = await asyncpg.connect(url)
+        try:
+            return await connection.fetchval(statement)
+        finally:
+            await connection.close()
+
+    return asyncio.run(run())
+
+
+def test_a_refused_db_copy_leaves_both_schemas_as_they_were(tmp_path: Path) -> None:
+    """A copy refused because the target holds rows, or because a server uses the source, is
+    refused before either schema is changed: both were brought to the newest revision first,
+    and an older release's servers then refused the database given by mistake (found in
+    review). README: "The target is checked first"."""
+    (tmp_path / "a").mkdir()
+    source = backend_env("sqlite", tmp_path / "a")
+    asyncio.run(migrate.upgrade(source["TASKPLATFORM_DATABASE_URL"], revision="0006"))
+    target = backend_env("postgres", tmp_path)["TASKPLATFORM_DATABASE_URL"]
+    asyncio.run(migrate.upgrade(target, revision="0006"))
+    _sql(
+        target,
+        "INSERT INTO tasks (task_id, sequence, status, priority, task_data, callback_url,"
+        " max_retries, timeout_seconds, attempts, created_at, updated_at) VALUES"
+        " ('01a23e21-6fef-7684-bebd-cdcb94751e87', 1, 'Completed', 0, '{}', 'http://x/', 3, 30,"
+        " 1, 1, 2)",
+    )
+    refused = _taskplatform("db", "copy", "--to", target, env=source)
+    assert refused.returncode == 1, refused.stderr
+    assert "the target database already holds rows (1 in tasks)" in refused.stderr
+    assert _sql(target, "SELECT version_num FROM alembic_version") == "0006"
+
+    (tmp_path / "b").mkdir()
+    empty = backend_env("sqlite", tmp_path / "b")["TASKPLATFORM_DATABASE_URL"]
+    source_file = tmp_path / "a" / "taskplatform.db"
+    now = int(time.time() * 1000)
+    with sqlite3.connect(source_file) as connection:  # a running server's heartbeat
+        connection.execute(
+            "INSERT INTO processes VALUES ('host:123:abc', 'the store''s database', ?, ?)",
+            (now - 60_000, now),
+        )
+    refused = _taskplatform("db", "copy", "--to", empty, env=source)
+    assert refused.returncode == 1, refused.stderr
+    assert "1 process used the source in the last 30 s (host:123:abc)" in refused.stderr
+    with sqlite3.connect(source_file) as connection:
+        revision = connection.execute("SELECT version_num FROM alembic_version").fetchone()[0]
+    assert revision == "0006"
+    assert not (tmp_path / "b" / "taskplatform.db").exists()  # nor a target file made

@@ -77,7 +77,7 @@ def _require_drivers(store_kind: str, queue_kind: str) -> None:
             _require(module)
 
 
-def _check_urls(settings: Settings) -> tuple[str, str]:
+def check_urls(settings: Settings) -> tuple[str, str]:
     """Return the kinds of the store and the queue (as :func:`scheme` names them).
 
     Raises:
@@ -187,7 +187,7 @@ async def prepare_schema(settings: Settings) -> None:
     from taskplatform.backends import migrate
     from taskplatform.exceptions import BackendUnavailable
 
-    store, queue = _check_urls(settings)
+    store, queue = check_urls(settings)
     url, timeout = settings.database_url, settings.database_connect_timeout_seconds
     if store == "sqlite":
         try:
@@ -260,7 +260,7 @@ def queue_address(settings: Settings) -> str:
     database index however the URL wrote it) with the key prefix when it is not the default.
 
     Raises:
-        ValueError: a Redis URL redis-py cannot read (``_check_urls`` refuses it first).
+        ValueError: a Redis URL redis-py cannot read (``check_urls`` refuses it first).
     """
     url = settings.resolved_queue_url()
     if scheme(url) != "redis":
@@ -285,7 +285,7 @@ def open_backends(settings: Settings) -> Backends:
     Raises:
         ConfigurationError: an unsupported URL or combination, or a missing driver.
     """
-    store_kind, queue_kind = _check_urls(settings)  # before anything opens, so nothing leaks
+    store_kind, queue_kind = check_urls(settings)  # before anything opens, so nothing leaks
     faults = Faults(settings.faults)
     store: Store
     queue: Queue

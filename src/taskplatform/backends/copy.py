@@ -11,10 +11,12 @@ stay where they are and the copy does not need them (keep ``TASKPLATFORM_QUEUE_U
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import (
@@ -24,6 +26,7 @@ from sqlalchemy import (
     Table,
     func,
     insert,
+    inspect,
     literal,
     select,
     text,
@@ -225,18 +228,30 @@ def _advance_counters(dialect: str) -> Callable[[Connection], None]:
 
 
 async def ensure_empty(url: str, *, connect_timeout_seconds: float = 5.0) -> None:
-    """Check, before anything is changed, that the store at ``url`` (at the newest schema
-    revision) can take a copy: what :func:`copy_store` checks again in its transaction.
+    """Check, before anything is changed, that the store at ``url`` can take a copy: what
+    :func:`copy_store` checks again in its transaction. A store at any schema revision, or
+    none: a table it does not have holds no rows, and a SQLite file not there yet is empty
+    (and is not made here).
 
     Raises:
         TargetNotEmpty: it holds tasks, attempts, queued tasks or idempotency keys.
         sqlalchemy.exc.SQLAlchemyError, OSError: it failed or cannot be reached.
     """
+    if scheme(url) == "sqlite":
+        from taskplatform.backends.sqlite import sqlite_path
+
+        if not await asyncio.to_thread(Path(sqlite_path(url)).exists):
+            return
+
+    def reflect_held(connection: Connection) -> dict[str, Table]:
+        metadata = MetaData()
+        metadata.reflect(bind=connection, only=lambda name, _: name in HELD)
+        return dict(metadata.tables)
+
     async with _opened(
         url, snapshot=False, connect_timeout_seconds=connect_timeout_seconds
     ) as side:
-        tables = await side.run(_reflect)
-        _refuse_held(await side.run(_count({name: tables[name] for name in HELD})))
+        _refuse_held(await side.run(_count(await side.run(reflect_held))))
 
 
 RUNNING_WITHIN_SECONDS = 30.0
@@ -258,6 +273,10 @@ async def running_processes(url: str, *, connect_timeout_seconds: float = 5.0) -
     query = text("SELECT process_id FROM processes WHERE seen_at >= :since ORDER BY process_id")
 
     def read(connection: Connection) -> list[str]:
+        if not inspect(connection).has_table("processes"):
+            # A store before schema revision 0005: its servers (of an older release) leave no
+            # heartbeat to read.
+            return []
         # Servers write seen_at on the database's clock (TaskService.sync_clock); SQLite's is
         # this host's.
         if connection.dialect.name == "postgresql":
