@@ -369,8 +369,8 @@ class Settings(BaseSettings):
         Field(
             ge=1024,
             description=(
-                "Largest accepted request line and headers together, in bytes (431 above, and "
-                "the connection is closed)."
+                "Largest accepted request target and header fields together (names and "
+                "values), in bytes (431 above, and the connection is closed)."
             ),
         ),
     ] = 64 * 1024
@@ -652,16 +652,17 @@ def split_userinfo(rest: str) -> tuple[str, str]:
     (``("", rest)`` when it names none).
 
     The user and password end at the last ``@`` before the query, which starts at the first
-    ``?`` followed by a parameter's ``name=`` past the first ``/`` (the path's): a password
-    may hold ``@``, ``?`` and ``?name=`` unencoded (SQLAlchemy reads it to the last ``@``),
-    and a parameter may hold an ``@`` too (``/tasks?application_name=tp@web1``, as libpq reads
-    it). A URL with no path puts no ``@`` in its parameters; a password with both ``/`` and
-    ``?name=`` must be percent-encoded.
+    ``?`` followed by a parameter's ``name=`` past the first ``/`` (the path's), or with no
+    path, past the first ``@``: a password may hold ``@``, ``?`` and ``?name=`` unencoded
+    (SQLAlchemy reads it to the last ``@``), and a parameter may hold an ``@`` too
+    (``/tasks?application_name=tp@web1``, as libpq reads it). A password holding ``/`` and
+    ``?name=``, or with no path ``@`` and ``?name=``, must be percent-encoded.
     """
     # Not from the start: a password's "?x=1" would end the user and password in the middle,
     # and put the password's end where the host is looked for (and quoted by errors).
     slash = rest.find("/")
-    query = _QUERY_START.search(rest, slash + 1) if slash >= 0 else None
+    # Without a path, past the first "@": a parameter may then hold an "@" (application_name).
+    query = _QUERY_START.search(rest, slash + 1 if slash >= 0 else rest.find("@") + 1)
     at = rest.rfind("@", 0, query.start() if query else len(rest))
     if at < 0:
         return "", rest

@@ -1045,3 +1045,54 @@ def test_a_request_head_sent_too_slowly_is_408_and_an_idle_connection_is_closed(
         assert_problem(response, 404, "queue_empty")
         # The same connection serves the next request (keep-alive) after the long wait.
         assert http.get("/healthz").status_code == 200
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_chunked_trailer_fields_do_not_count_against_the_head_limit(
+    start_server: Callable[..., Server],
+) -> None:
+    """The head of a chunked create is 5 KB, within TASKPLATFORM_MAX_HEADER_BYTES (8 KiB);
+    its trailer section (after the body) is 4 KB. The trailer fields were added to the head's
+    count, and the create was answered 431 (found in review)."""
+    server = start_server(TASKPLATFORM_MAX_HEADER_BYTES="8192")
+    body = json.dumps({"taskData": {"a": 1}, "callbackUrl": "http://127.0.0.1:9/x"}).encode()
+    head = (
+        b"POST /api/tasks HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\nX-Pad: " + b"p" * 5000 + b"\r\n\r\n"
+    )
+    chunks = b"%x\r\n%s\r\n0\r\nX-Trailer: %s\r\n\r\n" % (len(body), body, b"t" * 4000)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(head + chunks)
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 201 Created"), answer[:300]
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_a_kept_alive_connection_that_trickles_line_breaks_is_closed(
+    start_server: Callable[..., Server],
+) -> None:
+    """After one request, a client sends a CRLF every 0.3 s and never a request: each read
+    cancels uvicorn's keep-alive timer, and no request had begun, so no head was timed: the
+    socket was held for ever (found in review). It is closed, without an answer."""
+    server = start_server(TASKPLATFORM_HEADER_TIMEOUT_SECONDS="1")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        first = b""
+        while not first.endswith(b'{"status":"ok"}'):
+            first += sock.recv(65536)
+        began = time.monotonic()
+        closed = False
+        while not closed and time.monotonic() - began < 10:
+            try:
+                sock.sendall(b"\r\n")
+            except (BrokenPipeError, ConnectionResetError):
+                closed = True
+                break
+            time.sleep(0.3)
+            sock.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                sock.recv(65536)  # an answer (a 408) or the end of the connection
+                closed = True
+            sock.setblocking(True)
+    assert closed, "the connection was still open after 10 s"
+    assert time.monotonic() - began < 8

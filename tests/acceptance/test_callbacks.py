@@ -570,3 +570,27 @@ def test_callbacks_to_a_name_that_never_resolves_do_not_starve_other_callbacks(
         outcome = http.post(f"/api/tasks/{victim}/execute").json()
     assert (outcome["status"], outcome["error"]) == ("Completed", None), outcome
     assert len(receiver.hits_for(victim)) == 1
+
+
+def test_a_200_whose_headers_hold_a_long_field_is_a_success(
+    client: httpx.Client, raw_peer: RawPeer
+) -> None:
+    """A receiver's 200 with a header field over 8,190 bytes (a long
+    Content-Security-Policy, Link or Set-Cookie: valid HTTP) is its success. aiohttp's default
+    limit refused the answer, the attempt was recorded as failed ("the answer is not valid
+    HTTP"), and a dispatcher called the receiver again."""
+    ok = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nLink: "
+        + b"v" * 9000
+        + b"\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}"
+    )
+    task_id = ready_task(client, raw_peer(ok))
+    outcome, _ = _execute(client, task_id)
+    assert (outcome["status"], outcome["error"]) == ("Completed", None), outcome
+    too_long = ok.replace(b"v" * 9000, b"v" * 70_000)
+    task_id = ready_task(client, raw_peer(too_long))
+    outcome, _ = _execute(client, task_id)
+    assert (outcome["status"], outcome["error"]) == (
+        "Failed",
+        "callback failed: the answer has a header line over 65536 bytes, more than is read",
+    )

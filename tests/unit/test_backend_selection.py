@@ -358,3 +358,17 @@ def test_a_sqlite_url_is_judged_once_percent_decoded(url: str, words: str) -> No
     with pytest.raises(ValueError, match=words):
         sqlite_path(url)
     assert sqlite_path("sqlite:///my%20data/tasks.db") == "my data/tasks.db"
+
+
+def test_a_url_without_a_path_may_hold_an_at_in_a_parameter() -> None:
+    """``postgresql://app:pw@db:5432?dbname=tasks&application_name=tp@web1`` (the
+    database named by ``dbname=``, which driver_dsn accepts) worked before b81ca67: the
+    user and password now run to the "@" inside application_name, the host is "web1", and the
+    URL is refused ("names no database")."""
+    from taskplatform.backends.postgres import driver_dsn
+
+    url = "postgresql://app:pw@db:5432?dbname=tasks&application_name=tp@web1"
+    assert driver_dsn(url)[0] == (
+        "postgresql://app:pw@db:5432?dbname=tasks&application_name=tp%40web1"
+    )
+    assert "app:***@db:5432?" in repr(Settings(database_url=url))

@@ -465,9 +465,12 @@ def test_a_json_number_is_sent_back_as_it_was_read() -> None:
         dumps_json({"x": math.inf})
     plain = {"k": [1, 2.5, {"s": "text"}]}
     assert dumps_json(plain, separators=(",", ":")) == '{"k":[1,2.5,{"s":"text"}]}'
-    # A string can look like the placeholder of a number; it stays a string.
-    look_alike = {"s": "\x00" + "0" * 32 + "=1.5"}
-    assert dumps_json(look_alike) == '{"s": "\\u0000' + "0" * 32 + '=1.5"}'
+    # A string can look like the placeholder of a number, beside a number that is one: it
+    # stays a string.
+    look_alike = {"s": "\x00" + "0" * 32 + "=1.5", "n": JsonNumber("1.50000000000000000001")}
+    assert dumps_json(look_alike) == (
+        '{"s": "\\u0000' + "0" * 32 + '=1.5", "n": 1.50000000000000000001}'
+    )
     for text in ("1_000.5", " 1.5", "nan", "inf", "01.5", "1.", ".5", "+1"):
         with pytest.raises(ValueError, match="not a JSON number"):
             JsonNumber(text)

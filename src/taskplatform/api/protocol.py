@@ -130,6 +130,7 @@ class ProblemHttpToolsProtocol(HttpToolsProtocol):
         self._reading_head = True  # from the connection's start to the first head's end
         self._head_started = 0.0  # loop time of the connection's start or the head's first byte
         self._head_timer: asyncio.TimerHandle | None = None
+        self._between_messages = False  # a message ended and no other has begun
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         """Start the connection, and its wait for a first request's head."""
@@ -154,6 +155,7 @@ class ProblemHttpToolsProtocol(HttpToolsProtocol):
         """
         self._unset_keepalive_if_required()
         reading, begun = self._reading_head, self._messages_begun
+        between = self._between_messages
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError:
@@ -166,6 +168,11 @@ class ProblemHttpToolsProtocol(HttpToolsProtocol):
                 self.handle_websocket_upgrade()
             else:
                 self._unsupported_upgrade_warning()
+        if between and not self._reading_head and begun == self._messages_begun:
+            # Bytes after a message and before the next (line breaks): the wait for a head
+            # starts, as uvicorn's keep-alive timer was just cancelled.
+            self._reading_head = True
+            self._head_started = self.loop.time()
         if reading and self._reading_head and begun == self._messages_begun:
             self._head_reads += len(data)
             if self._head_reads > self.max_header_bytes:
@@ -215,8 +222,9 @@ class ProblemHttpToolsProtocol(HttpToolsProtocol):
             wait = self.header_timeout_seconds
         if wait > 0:
             self._head_timer = self.loop.call_later(wait, self._check_head)
-        elif self._messages_begun == 0:
-            # Nothing sent since the connection opened: an idle connection, not a request.
+        elif self._messages_begun == 0 or self._between_messages:
+            # Nothing but line breaks since the connection opened or its last request ended:
+            # an idle connection, not a request.
             self.transport.close()
         else:
             self._refuse(HEADERS_TIMEOUT.code)
@@ -225,9 +233,15 @@ class ProblemHttpToolsProtocol(HttpToolsProtocol):
         """Start a request: its head is counted and timed from here."""
         super().on_message_begin()
         self._messages_begun += 1
+        self._between_messages = False
         self._reading_head = True
         self._head_bytes = self._head_reads = 0
         self._head_started = self.loop.time()
+
+    def on_message_complete(self) -> None:
+        """End a request's message; bytes before the next one are timed as its head."""
+        super().on_message_complete()
+        self._between_messages = True
 
     def on_url(self, url: bytes) -> None:
         """Take a piece of the request target, within the head's limit."""
@@ -237,7 +251,8 @@ class ProblemHttpToolsProtocol(HttpToolsProtocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         """Take a header line, within the head's limit (its name, value, ": " and CRLF)."""
         super().on_header(name, value)
-        self._count(len(name) + len(value) + 4)
+        if self._reading_head:  # not a chunked body's trailer fields
+            self._count(len(name) + len(value) + 4)
 
     def _count(self, size: int) -> None:
         self._head_bytes += size

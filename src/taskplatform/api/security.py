@@ -276,8 +276,9 @@ class SecurityMiddleware:
                 403,
                 "host_not_allowed",
                 "Host not allowed",
-                "with no API keys this server answers only requests for a loopback name "
-                "(127.0.0.1, localhost, [::1]); configure TASKPLATFORM_API_KEYS to serve others",
+                "with no API keys this server answers only requests for a loopback name or "
+                "address (localhost, 127.0.0.1, [::1]); configure TASKPLATFORM_API_KEYS to "
+                "serve others",
                 [],
             )
             return

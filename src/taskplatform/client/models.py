@@ -15,7 +15,7 @@ import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from taskplatform.models import Status
 
@@ -47,6 +47,8 @@ class JsonNumber(float):
 
     __slots__ = ("text",)
     text: str
+    made: ClassVar[bool] = False
+    """Whether this process has made one: until then :func:`dumps_json` need not look."""
 
     def __new__(cls, text: str) -> JsonNumber:
         """Read ``text``, a JSON number (RFC 8259, section 6) such as ``0.10000000000000000001``
@@ -60,6 +62,7 @@ class JsonNumber(float):
             raise ValueError(f"not a JSON number: {text!r}")
         number = super().__new__(cls, text)
         number.text = text
+        JsonNumber.made = True
         return number
 
     def __reduce__(self) -> tuple[type[JsonNumber], tuple[str]]:
@@ -91,10 +94,13 @@ def dumps_json(
 
     Raises:
         ValueError: ``value`` holds NaN or (without ``infinite_floats``) an infinite float,
-            which JSON cannot carry, or refers to itself.
+            which JSON cannot carry, or refers to itself (while no JsonNumber was made).
         TypeError: ``value`` holds something that is not JSON (a set, a datetime, ...).
-        RecursionError: ``value`` is nested past Python's recursion limit.
+        RecursionError: ``value`` is nested past Python's recursion limit, or refers to itself
+            (once a JsonNumber was made: the walk that finds them does not look for cycles).
     """
+    if not (JsonNumber.made or infinite_floats):  # no number to find: json.dumps alone
+        return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=separators)
     marked = _numbers_marked(value, infinite_floats)
     text = json.dumps(marked, ensure_ascii=False, allow_nan=False, separators=separators)
     return text if marked is value else _MARKED.sub(lambda found: found[1], text)

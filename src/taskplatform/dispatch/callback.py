@@ -21,7 +21,7 @@ from urllib.parse import unquote_to_bytes, urlsplit, urlunsplit
 
 import aiohttp
 import msgspec
-from aiohttp.http_exceptions import ContentEncodingError, HttpProcessingError
+from aiohttp.http_exceptions import ContentEncodingError, HttpProcessingError, LineTooLong
 
 from taskplatform.dispatch.policy import CallbackPolicy, CallbackRefused, PolicyResolver
 from taskplatform.dispatch.signing import sign
@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 _USER_AGENT = "taskplatform-callback/0.1"
 _READ_CHUNK = 64 * 1024
+_MAX_HEADER_LINE = 64 * 1024  # bytes of a status or header line of an answer, as read
 
 
 class CallbackOutcome(msgspec.Struct, kw_only=True):
@@ -103,6 +104,10 @@ class CallbackSender:
             # recorded as a failure, and dispatched again.
             headers={"User-Agent": _USER_AGENT, "Accept-Encoding": "gzip, deflate"},
             auto_decompress=True,
+            # A receiver's valid answer may carry a header line past aiohttp's 8,190 bytes (a
+            # long Link, Set-Cookie or Content-Security-Policy): its 200 was a failed attempt.
+            max_line_size=_MAX_HEADER_LINE,
+            max_field_size=_MAX_HEADER_LINE,
             trust_env=False,  # no proxy from the environment: the policy needs direct connections
         )
 
@@ -245,7 +250,14 @@ class CallbackSender:
             else:
                 error = f"callback failed: the answer's body was cut short{_payload_detail(exc)}"
         except aiohttp.ClientResponseError as exc:
-            if isinstance(exc.__cause__, HttpProcessingError):
+            parser_error = exc.__cause__
+            # aiohttp's protocol wraps the parser's own exception in one of the base class.
+            if LineTooLong in {type(parser_error), type(getattr(parser_error, "__cause__", None))}:
+                error = (
+                    f"callback failed: the answer has a header line over {_MAX_HEADER_LINE} "
+                    "bytes, more than is read"
+                )
+            elif isinstance(exc.__cause__, HttpProcessingError):
                 # aiohttp's parser gives its refusal a status of 400, which the receiver never
                 # sent: say what it is.
                 error = f"callback failed: the answer is not valid HTTP ({_parser_words(exc)})"
