@@ -179,6 +179,10 @@ def _check_urls_or_exit(settings: Settings, named: str = "TASKPLATFORM_DATABASE_
         raise typer.Exit(2) from exc
 
 
+_REFUSED_POLICIES = ("allkeys-",)
+"""Redis ``maxmemory-policy`` prefixes a queue refuses: they evict any key, task hashes too."""
+
+
 def _check_backends_answer_or_exit(settings: Settings, command: str) -> None:
     """Open the backends once, ask the queue to answer, close them, and log where both are.
 
@@ -187,23 +191,29 @@ def _check_backends_answer_or_exit(settings: Settings, command: str) -> None:
     server) is one line here and exit code 3, not a server that starts and answers 503 to
     everything, or a traceback in each API process. The store's own connection was proved by
     :func:`_prepare_or_exit`. An outage after the start is a 503, not an exit.
+
+    A Redis queue must keep every key: its ``maxmemory-policy`` (read from ``INFO``) is asked
+    too. ``allkeys-*`` evicts task hashes once Redis is full, losing tasks whose create was
+    answered 201: the start is refused the same way. ``volatile-*`` evicts only keys with a
+    TTL, the idempotency keys (a repeated create may then make a second task): a warning.
     """
     from taskplatform.backends import open_backends
     from taskplatform.exceptions import BackendUnavailable
 
-    async def check() -> None:
+    async def check() -> str | None:
         backends = open_backends(settings)
         # The failure is this command's one error line: the backend's own warning of it would
         # say it twice. Nothing else runs yet to be kept quiet.
         logging.disable(logging.WARNING)
         try:
             await backends.queue.ping()
+            return await backends.queue.eviction_policy()
         finally:
             logging.disable(logging.NOTSET)
             await backends.close()
 
     try:
-        asyncio.run(check())
+        policy = asyncio.run(check())
     except BackendUnavailable as exc:
         where = _backend_addresses(settings)[1]
         said = exc.detail
@@ -211,7 +221,32 @@ def _check_backends_answer_or_exit(settings: Settings, command: str) -> None:
             said += f" (the queue at TASKPLATFORM_QUEUE_URL, {where})"
         _error(f"cannot start the {command}: {said}")
         raise typer.Exit(STARTUP_FAILURE) from exc
-    logging.getLogger("taskplatform").info("store: %s; queue: %s", *_backend_addresses(settings))
+    store, where = _backend_addresses(settings)
+    if policy is not None and policy.startswith(_REFUSED_POLICIES):
+        _error(
+            f"cannot start the {command}: the Redis queue's maxmemory-policy is {policy}, which "
+            "evicts queued tasks once Redis is full and loses them; set maxmemory-policy "
+            f"noeviction (the queue at TASKPLATFORM_QUEUE_URL, {where})"
+        )
+        raise typer.Exit(STARTUP_FAILURE)
+    logger = logging.getLogger("taskplatform")
+    logger.info("store: %s; queue: %s", store, where)
+    if policy is not None and policy.startswith("volatile-"):
+        logger.warning(
+            "the Redis queue's maxmemory-policy is %s: once Redis is full it evicts the keys "
+            "that have a TTL, the idempotency keys, and a create repeated with its "
+            "Idempotency-Key can then make a second task; set maxmemory-policy noeviction "
+            "(the queue at %s)",
+            policy,
+            where,
+        )
+    elif policy not in (None, "noeviction"):
+        logger.warning(
+            "the Redis queue's maxmemory-policy is %s, which this version does not know; set "
+            "maxmemory-policy noeviction (the queue at %s)",
+            policy,
+            where,
+        )
 
 
 def _backend_addresses(settings: Settings) -> tuple[str, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import shutil
@@ -14,12 +15,15 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import httpx
 import pytest
+import redis.asyncio as aioredis
+import redis.exceptions
 
 from taskplatform.backends import migrate
 from taskplatform.backends.migrate import head_revision
@@ -349,6 +353,81 @@ def test_a_redis_queue_that_does_not_answer_stops_the_start(
     assert "Traceback" not in result.stderr
     # One line, not the backend's warning first and then the same failure again.
     assert result.stderr.count(reason) == 1, result.stderr
+
+
+@contextlib.contextmanager
+def _own_redis(*options: str) -> Iterator[str]:
+    """A ``redis-server`` of the test's own on a free loopback port, without persistence, run
+    with ``options`` (settings the shared one must not be given); yields its URL."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    port = free_port()
+    process = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", *options],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        url = f"redis://127.0.0.1:{port}/0"
+
+        async def answers() -> bool:
+            client = aioredis.Redis.from_url(url, socket_connect_timeout=1)
+            try:
+                return bool(await client.ping())
+            except redis.exceptions.ConnectionError:
+                return False
+            finally:
+                await client.aclose()
+
+        deadline = time.monotonic() + 10
+        while not asyncio.run(answers()):
+            assert time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.05)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+@pytest.mark.parametrize("command", ["serve", "worker"])
+def test_a_redis_that_evicts_any_key_stops_the_start(command: str, tmp_path: Path) -> None:
+    """A Redis with ``maxmemory-policy allkeys-lru`` (a cache's setting) evicts task hashes once
+    full: tasks whose create was answered 201 vanished without a word. One line naming the
+    policy and its fix, and exit code 3, as for a queue that does not answer."""
+    with _own_redis("--maxmemory", "4mb", "--maxmemory-policy", "allkeys-lru") as url:
+        env = {
+            "TASKPLATFORM_DATABASE_URL": f"sqlite:///{tmp_path / 'tp.db'}",
+            "TASKPLATFORM_QUEUE_URL": url,
+            "TASKPLATFORM_PORT": str(free_port()),
+        }
+        result = _taskplatform(command, env=env)
+    assert result.returncode == 3, result.stderr
+    name = {"serve": "server", "worker": "worker"}[command]
+    assert (
+        f"error: cannot start the {name}: the Redis queue's maxmemory-policy is allkeys-lru, "
+        "which evicts queued tasks once Redis is full and loses them; set maxmemory-policy "
+        f"noeviction (the queue at TASKPLATFORM_QUEUE_URL, {url})"
+    ) in result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.count("maxmemory-policy is") == 1, result.stderr
+
+
+def test_a_redis_that_evicts_keys_with_a_ttl_is_warned_of(tmp_path: Path) -> None:
+    """``volatile-lru`` (the default of several hosted Redis services) evicts only keys with a
+    TTL, the idempotency keys: the server starts, and says what is at stake."""
+    with _own_redis("--maxmemory", "64mb", "--maxmemory-policy", "volatile-lru") as url:
+        env = {"TASKPLATFORM_DATABASE_URL": f"sqlite:///{tmp_path / 'tp.db'}"}
+        server = Server({**env, "TASKPLATFORM_QUEUE_URL": url}, tmp_path / "server.log").start()
+        try:
+            with httpx.Client(base_url=server.url, timeout=10) as http:
+                create(http, "http://127.0.0.1:9/")
+        finally:
+            server.stop()
+    assert (
+        "the Redis queue's maxmemory-policy is volatile-lru: once Redis is full it evicts the "
+        "keys that have a TTL, the idempotency keys, and a create repeated with its "
+        "Idempotency-Key can then make a second task; set maxmemory-policy noeviction"
+    ) in server.log()
 
 
 def test_serve_logs_where_its_store_and_queue_are(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -341,6 +342,30 @@ async def test_a_member_whose_hash_is_lost_leaves_no_trace(redis_over: Backends)
     assert [task.task_id for task in moved] == [_id(2)]
     assert await queue.client.zcard(f"{queue._prefix}:inflight") == 0
     assert await queue.depth() == 0
+
+
+@pytest.mark.parametrize("scheduled", [False, True], ids=["ready", "scheduled"])
+async def test_a_member_whose_hash_redis_evicted_is_dropped_with_a_warning(
+    redis_over: Backends, scheduled: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A Redis whose ``maxmemory-policy`` is not ``noeviction`` evicts task hashes: their tasks
+    are lost, and the log says so for each one rather than dropping it without a word."""
+    queue, store = redis_over.queue, redis_over.store
+    assert isinstance(queue, RedisQueue)
+    lost = _task(_id(1), priority=5)
+    if scheduled:  # held in the scheduled set until it is due
+        lost.scheduled_at = lost.created_at + 1000
+    await queue.enqueue(lost)
+    await queue.enqueue(_task(_id(2)))
+    await queue.client.delete(queue._task_key(_id(1)))  # what an eviction does
+    with caplog.at_level(logging.WARNING, logger="taskplatform.backends.redis"):
+        moved = await queue.transfer_many(store, now=lost.created_at + 2000, most=2)
+    assert [task.task_id for task in moved] == [_id(2)]
+    assert await queue.depth() == 0
+    assert [record.getMessage() for record in caplog.records] == [
+        f"task {_id(1)}: its queued entry in Redis has no task hash (evicted by Redis, whose "
+        "maxmemory-policy must be noeviction, or deleted by hand): the task is lost, dropped"
+    ]
 
 
 async def test_cancellation_during_the_insert_puts_the_batch_back_in_order(

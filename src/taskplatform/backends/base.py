@@ -431,6 +431,16 @@ class Queue(abc.ABC):
         """
         return None
 
+    async def eviction_policy(self) -> str | None:
+        """Return how the queue's server drops keys when its memory is full (Redis's
+        ``maxmemory-policy``, such as ``noeviction`` or ``allkeys-lru``), or None for a queue
+        that never drops what it holds (this default) or a server that does not say.
+
+        Raises:
+            BackendUnavailable: the queue cannot be reached.
+        """
+        return None
+
     @abc.abstractmethod
     async def ping(self) -> None:
         """Check that the backend answers. Raises BackendUnavailable if not."""

@@ -174,15 +174,23 @@ return 0
 # Every due member moves before any is taken, or a due task of a higher priority behind the ones
 # moved would wait behind lower ones (it did, past the first 100); a bound keeps one call from
 # holding Redis for long after a mass of tasks came due at one moment (10,000 take about 30 ms).
+# A due member whose hash is gone (evicted) is reserved too, with no fields, so that the caller
+# says so and its ack takes it out of the indexes: it has no priority to be placed by.
 _RESERVE = """
+local reserved = {}
 local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[3], 'LIMIT', 0, 10000)
 for _, m in ipairs(due) do
   redis.call('ZREM', KEYS[2], m)
   local priority = redis.call('HGET', ARGV[2] .. string.sub(m, 18), 'priority')
-  if priority then redis.call('ZADD', KEYS[1], -tonumber(priority), m) end
+  if priority then
+    redis.call('ZADD', KEYS[1], -tonumber(priority), m)
+  else
+    redis.call('ZADD', KEYS[3], ARGV[1], m)
+    reserved[#reserved + 1] = m
+    reserved[#reserved + 1] = {}
+  end
 end
 local members = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[4]) - 1)
-local reserved = {}
 for _, member in ipairs(members) do
   redis.call('ZREM', KEYS[1], member)
   redis.call('ZADD', KEYS[3], ARGV[1], member)
@@ -240,11 +248,12 @@ return 1
 """
 
 # KEYS: inflight. ARGV: key prefix, now (ms), then member and task id of each reservation to
-# release. Returns how many members went back to their queue: to ready, or to scheduled when the
-# task is due later (a cancel reserves a task scheduled for later too); a member no longer
-# reserved stays where it is; one whose hash is lost is dropped.
+# release. Returns {how many members went back to their queue, then the id of each dropped}: a
+# member goes back to ready, or to scheduled when the task is due later (a cancel reserves a task
+# scheduled for later too); a member no longer reserved stays where it is; one whose hash is lost
+# is dropped.
 _RELEASE = """
-local moved = 0
+local moved, dropped = 0, {}
 for i = 3, #ARGV, 2 do
   local member, hash = ARGV[i], ARGV[1] .. ':task:' .. ARGV[i + 1]
   if redis.call('ZREM', KEYS[1], member) == 1 then
@@ -260,10 +269,11 @@ for i = 3, #ARGV, 2 do
       moved = moved + 1
     else
       redis.call('ZREM', ARGV[1] .. ':ids', ARGV[i + 1])  -- its hash is lost: nothing to return
+      dropped[#dropped + 1] = ARGV[i + 1]
     end
   end
 end
-return moved
+return {moved, unpack(dropped)}
 """
 
 REDIS_POOL_SIZE = 64
@@ -560,7 +570,8 @@ class RedisQueue(Queue):
             member = raw_member.decode()
             task_id = member[17:]
             members[task_id] = member
-            if not flat:  # a hash lost by hand: nothing to deliver, only the member to ack
+            if not flat:  # a hash lost: nothing to deliver, only the member to ack
+                _say_lost(task_id)
                 continue
             task = _record(task_id, _pairs(flat))
             task.status = Status.DEQUEUED
@@ -606,9 +617,11 @@ class RedisQueue(Queue):
 
     async def _release_members(self, members: dict[str, str]) -> int:
         async with self._guard():
-            moved = await self._release(
+            moved, *dropped = await self._release(
                 keys=[self._inflight], args=[self._prefix, now_ms(), *_flat_pairs(members)]
             )
+        for task_id in dropped:
+            _say_lost(_text(task_id))
         return int(moved)
 
     async def requeue(
@@ -766,6 +779,14 @@ class RedisQueue(Queue):
         async with self._guard():
             await _await(self.client.ping())
 
+    async def eviction_policy(self) -> str | None:
+        """Redis's ``maxmemory_policy``, read from ``INFO memory``: hosted Redis services that
+        refuse ``CONFIG GET`` allow ``INFO``. None when the server does not say."""
+        async with self._guard():
+            info = await self.client.info("memory")
+        policy = info.get("maxmemory_policy")
+        return None if policy is None else _text(policy)
+
     async def close(self) -> None:
         await self.client.aclose()
 
@@ -775,6 +796,18 @@ class RedisQueue(Queue):
             keys = [key async for key in self.client.scan_iter(match=f"{self._prefix}:*")]
             if keys:
                 await self.client.delete(*keys)
+
+
+def _say_lost(task_id: str) -> None:
+    """Warn that the queued member of ``task_id`` was found without its task hash and dropped:
+    Redis evicted the hash (a ``maxmemory-policy`` other than ``noeviction``) or it was deleted
+    by hand; the task is lost and was never stored."""
+    logger.warning(
+        "task %s: its queued entry in Redis has no task hash (evicted by Redis, whose "
+        "maxmemory-policy must be noeviction, or deleted by hand): the task is lost, dropped",
+        task_id,
+        extra={"task_id": task_id},
+    )
 
 
 async def _await(value: Awaitable[Any] | Any) -> Any:
