@@ -106,6 +106,38 @@ def test_process_killed_between_insert_and_ack_hands_the_task_out_once(
         assert http.get(f"/api/tasks/{first}").json()["status"] == "Dequeued"
 
 
+def test_a_task_whose_dequeue_was_killed_can_be_cancelled_at_once(
+    backend: str, start_server: Callable[..., Server]
+) -> None:
+    """Redis: SIGKILL between reserve and insert leaves the task reserved until
+    TASKPLATFORM_QUEUE_RESERVATION_SECONDS (30 s) run out. GET said Queued all along, and cancel
+    answered 409 task_processing ("being handed out right now") for all of those 30 s, for a
+    task nobody was handing out."""
+    if "redis" not in backend:
+        pytest.skip("only the Redis queue reserves a task before the store has it")
+    doomed = start_server(TASKPLATFORM_FAULTS="after_reserve=kill")
+    with httpx.Client(base_url=doomed.url) as http:
+        task_id = create(http, "http://127.0.0.1:9/x")
+        with pytest.raises(httpx.TransportError):
+            http.get("/api/tasks/dequeue")
+    assert doomed.process is not None
+    assert doomed.process.wait(10) == -9
+    env = {
+        k: v for k, v in doomed.env.items() if k not in ("TASKPLATFORM_FAULTS", "TASKPLATFORM_PORT")
+    }
+    revived = Server(env, doomed.log_path).start()
+    try:
+        with httpx.Client(base_url=revived.url) as http:
+            assert http.get(f"/api/tasks/{task_id}").json()["status"] == "Queued"
+            response = http.post(f"/api/tasks/{task_id}/cancel")
+            assert response.status_code == 200, response.text
+            assert response.json()["status"] == "Cancelled"
+            assert http.get(f"/api/tasks/{task_id}").json()["status"] == "Cancelled"
+            assert _dequeue_all(http) == []
+    finally:
+        revived.stop()
+
+
 @pytest.fixture
 def cut_backend(backend: str) -> Iterator[Callable[[dict[str, str]], tuple[dict[str, str], Proxy]]]:
     """Route the backend's network service (PostgreSQL, or Redis when it is the queue) through a

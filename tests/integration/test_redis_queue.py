@@ -368,6 +368,39 @@ async def test_a_member_whose_hash_redis_evicted_is_dropped_with_a_warning(
     ]
 
 
+async def test_a_cancel_of_a_task_a_dequeue_has_reserved_lets_the_store_decide(
+    redis_over: Backends,
+) -> None:
+    """A cancel takes a task a dequeue has reserved but not stored yet (else it waited for the
+    reservation's 30 s when that dequeue's process had died): both insert it, the store keeps
+    one, and the dequeue that lost hands nothing out."""
+    queue, store = redis_over.queue, redis_over.store
+    assert isinstance(queue, RedisQueue)
+    await queue.enqueue(_task(_id(1)))
+    real_insert = store.insert_dequeued
+    reserved, go_on = asyncio.Event(), asyncio.Event()
+
+    async def held_insert(tasks: list[TaskRecord]) -> set[str]:
+        reserved.set()
+        await go_on.wait()
+        return await real_insert(tasks)
+
+    store.insert_dequeued = held_insert  # type: ignore[method-assign]
+    dequeue = asyncio.create_task(queue.transfer_many(store, now=now_ms(), most=1))
+    await reserved.wait()
+    store.insert_dequeued = real_insert  # type: ignore[method-assign]
+    cancelled = await queue.cancel(store, _id(1), now=now_ms())
+    go_on.set()
+    assert await dequeue == []
+    assert cancelled is not None
+    assert cancelled.status is Status.CANCELLED
+    stored = await store.get(_id(1))
+    assert stored is not None
+    assert stored.status is Status.CANCELLED
+    assert await queue.depth() == 0
+    assert await queue.client.zcard(f"{queue._prefix}:inflight") == 0
+
+
 async def test_cancellation_during_the_insert_puts_the_batch_back_in_order(
     redis_over: Backends,
 ) -> None:

@@ -201,14 +201,23 @@ return reserved
 """
 
 # KEYS: task hash, inflight. ARGV: key prefix, reservation deadline (ms). Reserves one given task
-# if it is queued (not already reserved): returns {member, hash fields}, else false.
+# if it is queued, or reserved already (its deadline moves): returns {member, hash fields}, else
+# false (no hash: not queued here). A reserved member is taken too because its reservation may
+# be a dead process's (killed between reserve and insert): refused, the cancel answered 409
+# task_processing until recover() returned it, 30 s later. Taking it is safe: the cancel and the
+# dequeue holding it then both insert the task with ON CONFLICT DO NOTHING, so the store keeps
+# exactly one of them (Cancelled or Dequeued) and only its winner hands the task on; each acks
+# after its insert, and the second ack finds the member gone and leaves the hash alone. If the
+# one insert fails, its release may put the member back in ready while the other's insert
+# commits: a later dequeue's insert then conflicts and acks it, as for a reservation recover()
+# returned while its owner was slow (_transfer_batch).
 _RESERVE_ONE = """
 local member = redis.call('HGET', KEYS[1], 'member')
 if not member then return false end
 local q = redis.call('HGET', KEYS[1], 'queue') or 'default'
 local removed = redis.call('ZREM', ARGV[1] .. ':ready:' .. q, member)
   + redis.call('ZREM', ARGV[1] .. ':scheduled:' .. q, member)
-if removed == 0 then return false end
+if removed == 0 and not redis.call('ZSCORE', KEYS[2], member) then return false end
 redis.call('ZADD', KEYS[2], ARGV[2], member)
 return {member, redis.call('HGETALL', KEYS[1])}
 """
