@@ -3,6 +3,7 @@ clients that hang up; against real servers, killed and restarted for real."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -16,9 +17,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis.asyncio as aioredis
 
 from tests.acceptance.helpers import assert_problem, create, ready_task
-from tests.support.backends import backend_env
+from tests.support.backends import REDIS_URL, backend_env
 from tests.support.receiver import Receiver
 from tests.support.server import Server, Worker, store_env
 
@@ -139,6 +141,51 @@ def test_two_servers_reap_each_expired_lease_once(backend: str, tmp_path: Path) 
         for server in servers:
             server.stop()
     assert reaped == 20
+
+
+def _delete_redis_keys(prefix: str) -> None:
+    """What a Redis that restarts without its data (no AOF, a failover to an empty replica)
+    does to the queue: every key under ``prefix`` is gone."""
+
+    async def delete() -> None:
+        client = aioredis.Redis.from_url(REDIS_URL)
+        try:
+            if keys := [key async for key in client.scan_iter(match=f"{prefix}:*")]:
+                await client.delete(*keys)
+        finally:
+            await client.aclose()
+
+    asyncio.run(delete())
+
+
+@pytest.mark.parametrize("restart", [True, False], ids=["server restarted", "server running"])
+def test_a_requeued_task_keeps_its_place_after_redis_lost_its_data(
+    backend: str, restart: bool, tmp_path: Path
+) -> None:
+    """Redis loses its data while three tasks are Dequeued (so only the store has them), then
+    three more are created. Redis's counter started again at 1, and was moved past the
+    database queue's counter only (0 when Redis was always the queue), once per process: the
+    three came back from their leases behind the newer tasks of their priority."""
+    if "redis" not in backend:
+        pytest.skip("only a Redis queue can lose its data apart from the store")
+    env = {**backend_env(backend, tmp_path), **FAST, "TASKPLATFORM_DEQUEUE_LEASE_SECONDS": "1"}
+    server = Server(env, tmp_path / "server.log").start()
+    try:
+        with httpx.Client(base_url=server.url) as http:
+            old = [create(http, "http://127.0.0.1:9/x", task_data={"old": n}) for n in range(3)]
+            for task_id in old:
+                assert http.get("/api/tasks/dequeue").json()["taskId"] == task_id
+            if restart:
+                server.stop()
+            _delete_redis_keys(env["TASKPLATFORM_REDIS_KEY_PREFIX"])
+            if restart:
+                server.start()
+            new = [create(http, "http://127.0.0.1:9/x", task_data={"new": n}) for n in range(3)]
+            _wait_for(lambda: http.get("/api/stats").json()["tasks"]["Queued"] == 6)
+            order = [http.get("/api/tasks/dequeue").json()["taskId"] for _ in range(6)]
+    finally:
+        server.stop()
+    assert order == old + new
 
 
 def test_idempotency_key_returns_the_first_task(client: httpx.Client) -> None:

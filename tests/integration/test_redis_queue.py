@@ -118,6 +118,33 @@ class _ScriptCalls:
         monkeypatch.setattr(client, "evalsha", counted)
 
 
+async def test_a_counter_redis_lost_starts_past_the_numbers_the_process_knows(
+    redis_over: Backends,
+) -> None:
+    """Redis loses its data under a running process: its next create is numbered past the
+    numbers the store and this process know, not from 1, which put it ahead of the tasks
+    the store holds once they are requeued; recovery then follows the store again."""
+    queue, store = redis_over.queue, redis_over.store
+    assert isinstance(queue, RedisQueue)
+    await queue.follow_store(store)
+    for n in range(3):
+        await queue.enqueue(_task(_id(n)))
+    assert len(await queue.transfer_many(store, now=now_ms(), most=3)) == 3
+    await queue.flush()  # Redis restarted without its data
+    fresh = _task(_id(3))
+    await queue.enqueue(fresh)
+    assert fresh.sequence == 4
+    other = RedisQueue(REDIS_URL, key_prefix=queue._prefix)  # another process, knowing none
+    try:
+        await queue.flush()
+        await queue.recover(store, now=now_ms())  # notices the loss: follows the store again
+        later = _task(_id(4))
+        await other.enqueue(later)
+        assert later.sequence == 4
+    finally:
+        await other.close()
+
+
 async def test_creates_that_arrive_together_are_one_script_call(redis_queue: RedisQueue) -> None:
     """Concurrent creates share one script call (group commit), a create on its own takes one
     too, and neither opens a pipeline (redis-py checks SCRIPT EXISTS before each one that runs a

@@ -735,8 +735,10 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def queue_sequence(self) -> int:
-        """Return the last sequence number the database's own queue (``queued_tasks``) handed
-        out, 0 before the first; kept by the database whichever queue is in use now.
+        """Return the highest sequence number the database knows, 0 before the first: the last
+        its own queue (``queued_tasks``) handed out, kept whichever queue is in use now, or
+        any stored task's, as a queue elsewhere (Redis) numbered it. One scan of the tasks:
+        for a process's start and a queue's recovery, not for each create.
 
         Raises:
             BackendUnavailable: the store cannot be reached.

@@ -15,6 +15,8 @@ slot so the Lua scripts may touch them together):
 - ``<p>:queues``: set of the queue names ever used.
 - ``<p>:task:<id>``: hash with everything GET needs, until the task is acked.
 - ``<p>:seq``: the sequence counter.
+- ``<p>:followed``: the store's highest sequence number when the counter was last moved past it
+  (:meth:`RedisQueue.follow_store`); gone when Redis lost its data, which recovery notices.
 
 Dequeue (seed FR-009): a Lua script moves the next member (or the next several, for a batch claim)
 from ``ready`` to ``inflight``; the tasks are inserted into the store idempotently (``ON CONFLICT
@@ -101,7 +103,11 @@ end
 # Enqueue many tasks and publish once. KEYS: seq. ARGV: key prefix (1), channel (2), the tasks
 # as one MessagePack array (3) of {task id, the 12 values of _hash_values() as strings} and, for
 # a keyed create, three more: the idempotency key, its claim ("<hash> <task id>") and the claim's
-# TTL in ms. One argument rather than thirteen a task, as redis-py packs each argument in Python.
+# TTL in ms; the highest sequence number the calling process knows of (4). One argument rather
+# than thirteen a task, as redis-py packs each argument in Python.
+# A counter that is gone (Redis lost its data) starts past (4), not at 1: tasks requeued from
+# the store keep their numbers, and new ones numbered from 1 went ahead of them until recovery
+# moved the counter past the store's (RedisQueue.recover).
 # Returns per task, in order, its sequence, or the live claim's value when its key was taken.
 # Running it twice for one task id (a retry after a dropped connection) adds nothing the second
 # time. The keys of one call are distinct (the group commit keeps them so).
@@ -110,6 +116,7 @@ _ENQUEUE_MANY = (
     + """
 local prefix = ARGV[1]
 local answers = {}
+if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('SET', KEYS[1], ARGV[4]) end
 for i, task in ipairs(cmsgpack.unpack(ARGV[3])) do
   local key = prefix .. ':task:' .. task[1]
   local existing = redis.call('HGET', key, 'sequence')
@@ -159,8 +166,10 @@ return 1
 """
 )
 
-# Move the sequence counter up to a number, never down. KEYS: seq. ARGV: the number.
+# Move the sequence counter up to a number, never down. KEYS: seq, and the followed key to write
+# the number into (optional, in the same step: see RedisQueue.follow_store). ARGV: the number.
 _ADVANCE = """
+if KEYS[2] then redis.call('SET', KEYS[2], ARGV[1]) end
 if (tonumber(redis.call('GET', KEYS[1])) or 0) < tonumber(ARGV[1]) then
   redis.call('SET', KEYS[1], ARGV[1])
   return 1
@@ -359,6 +368,8 @@ class RedisQueue(Queue):
         self._upgrade = self.client.register_script(_UPGRADE)
         self._advance = self.client.register_script(_ADVANCE)
         self._followed = False  # see follow_store
+        self._followed_key = f"{key_prefix}:followed"
+        self._known_sequence = 0  # the highest this process has seen; see _ENQUEUE_MANY
         self._requeue = self.client.register_script(_REQUEUE)
 
     @contextlib.asynccontextmanager
@@ -435,8 +446,12 @@ class RedisQueue(Queue):
         payload = msgspec.msgpack.encode(entries)
         async with self._guard():
             answers: list[Any] = await self._enqueue_many(
-                keys=[self._seq], args=[self._prefix, self._channel, payload]
+                keys=[self._seq],
+                args=[self._prefix, self._channel, payload, self._known_sequence],
             )
+        numbers = [answer for answer in answers if isinstance(answer, int)]
+        if numbers:
+            self._known_sequence = max(self._known_sequence, *numbers)
         return answers
 
     async def get(self, task_id: str) -> TaskRecord | None:
@@ -711,8 +726,11 @@ class RedisQueue(Queue):
         Redis, whose counter starts at 1, while a task dequeued before the switch keeps its
         number. Its requeue (a lease that ran out) or re-drive put it back behind every task of
         its priority created since, until the counter caught up: after a million tasks on the
-        database's queue, behind the next million. One read of the database's counter, not a
-        scan of the tasks.
+        database's queue, behind the next million. A Redis that lost its data (restarted
+        without it) starts again at 1 too, behind the numbers of the tasks the store holds:
+        those of the tasks Redis itself numbered count as well (:meth:`Store.queue_sequence`,
+        one scan of the tasks), and :meth:`recover` follows again when the ``followed`` key,
+        written with the counter in one script, is gone.
 
         Raises:
             BackendUnavailable: Redis or the store cannot be reached (the next call tries again).
@@ -722,7 +740,9 @@ class RedisQueue(Queue):
         top = await store.queue_sequence()
         async with self._guard():
             moved = await self._upgrade(keys=[], args=[self._prefix])
-        await self.follow_sequence(top)
+            if await self._advance(keys=[self._seq, self._followed_key], args=[top]):
+                logger.info("the queue's sequence counter moved past %d", top)
+        self._known_sequence = max(self._known_sequence, top)
         if moved:
             logger.info("moved %d queued tasks from the pre-0.3 ready set to 'default'", moved)
         self._followed = True
@@ -739,6 +759,16 @@ class RedisQueue(Queue):
         Returns:
             How many reservations were returned to the queue.
         """
+        if self._followed:
+            async with self._guard():
+                kept = await _await(self.client.exists(self._followed_key))
+            if not kept:
+                logger.warning(
+                    "the Redis queue's keys are gone (Redis restarted without its data, or lost "
+                    "it): the tasks queued in it are lost; its sequence counter follows the "
+                    "store's numbers again"
+                )
+                self._followed = False
         await self.follow_store(store)
         for marked in await store.list_tasks(status=Status.QUEUED, before=None, limit=100):
             if marked.updated_at < now - self._reservation_ms and marked.lease_token:

@@ -210,11 +210,13 @@ RETURNING task_id, seq, priority, task_data, callback_url, max_retries, timeout_
           error, created_at, updated_at, queue, scheduled_at, retry_policy;
 
 -- name: queue_sequence
--- The last sequence number the database's own queue handed out, 0 before the first (or for a
--- role that may not read the sequence: pg_sequences shows it NULL then).
-SELECT coalesce((SELECT last_value FROM pg_sequences
-                 WHERE format('%I.%I', schemaname, sequencename)
-                       = pg_get_serial_sequence('queued_tasks', 'seq')), 0);
+-- The highest sequence number the database knows: the last its own queue handed out (NULL in
+-- pg_sequences for a role that may not read the sequence), or any stored task's (numbered by a
+-- Redis queue); 0 before the first. One scan of tasks (sequence has no index).
+SELECT greatest(coalesce((SELECT last_value FROM pg_sequences
+                          WHERE format('%I.%I', schemaname, sequencename)
+                                = pg_get_serial_sequence('queued_tasks', 'seq')), 0),
+                coalesce((SELECT max(sequence) FROM tasks), 0));
 
 -- name: clock
 -- The database server's clock in epoch milliseconds: the clock every API process on this

@@ -39,9 +39,11 @@ RETURNING dispatch_tokens;
 UPDATE queues SET dispatch_tokens = min(:burst, dispatch_tokens + 1) WHERE name = :name;
 
 -- name: queue_sequence
--- The last sequence number the database's own queue handed out (AUTOINCREMENT's counter), 0
--- before the first.
-SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'queued_tasks'), 0);
+-- The highest sequence number the database knows: the last its own queue handed out
+-- (AUTOINCREMENT's counter) or any stored task's (numbered by a Redis queue); 0 before the
+-- first. One scan of tasks (sequence has no index).
+SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'queued_tasks'), 0),
+           coalesce((SELECT max(sequence) FROM tasks), 0));
 
 -- name: queue_hand_over
 -- Remove up to :most tasks of every queue, due or not, oldest number first, and return them (to
