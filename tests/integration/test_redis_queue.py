@@ -13,6 +13,8 @@ from typing import Any
 import msgspec
 import pytest
 import redis.asyncio as aioredis
+import redis.exceptions
+from redis.asyncio.connection import AbstractConnection
 from yarl import URL
 
 from taskplatform.backends import Backends, TaskChanges, open_backends, prepare_schema
@@ -232,6 +234,36 @@ async def test_a_batch_claim_takes_three_round_trips_and_never_a_stored_task(
     assert (await store.count_by_status()) == {Status.DEQUEUED: 22}
 
 
+async def test_a_reserve_whose_reply_was_lost_takes_the_same_tasks_again(
+    redis_over: Backends, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis runs the reserve script and the connection drops before its reply arrives (a
+    failover, a proxy's idle cut, CLIENT KILL): redis-py runs it again on a new connection,
+    which reserved the next task. The first, of the highest priority, was held in inflight for
+    the reservation's 30 s, Queued to GET and passed over by every dequeue."""
+    queue, store = redis_over.queue, redis_over.store
+    assert isinstance(queue, RedisQueue)
+    await queue.enqueue(_task(_id(1), priority=10))
+    await queue.enqueue(_task(_id(2)))
+    real_read = AbstractConnection.read_response
+    dropped: list[object] = []
+
+    async def read_response(self: AbstractConnection, *args: Any, **kwargs: Any) -> Any:
+        reply = await real_read(self, *args, **kwargs)
+        if not dropped and isinstance(reply, list) and reply and _id(1).encode() in reply[0]:
+            dropped.append(reply)  # the script ran; its answer never arrives
+            raise redis.exceptions.ConnectionError("Connection reset by peer (injected)")
+        return reply
+
+    monkeypatch.setattr(AbstractConnection, "read_response", read_response)
+    [taken] = await queue.transfer_many(store, now=now_ms(), most=1)
+    assert dropped, "the reserve's reply was not dropped"
+    assert taken.task_id == _id(1)
+    assert await queue.client.zcard(f"{queue._prefix}:inflight") == 0
+    assert [task.task_id for task in await queue.list_tasks(before=None, limit=10)] == [_id(2)]
+    assert [key async for key in queue.client.scan_iter(f"{queue._prefix}:reserve:*")] == []
+
+
 async def test_replies_are_parsed_by_hiredis(redis_queue: RedisQueue) -> None:
     """The redis extra brings hiredis, whose C parser is most of the dispatcher's speed on a Redis
     queue (bench/README: 764-794 against 1,339 tasks/s); losing it must not go unseen."""
@@ -252,7 +284,7 @@ async def test_an_ack_failure_after_the_insert_loses_no_claimed_task(redis_over:
         await queue.enqueue(_task(_id(n)))
     real_ack = queue._ack_members
 
-    async def failing_ack(members: dict[str, str]) -> None:
+    async def failing_ack(members: dict[str, str], call: str | None = None) -> None:
         raise BackendUnavailable("the Redis queue failed: injected")
 
     queue._ack_members = failing_ack  # type: ignore[method-assign]

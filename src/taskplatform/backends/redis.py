@@ -15,6 +15,7 @@ slot so the Lua scripts may touch them together):
 - ``<p>:queues``: set of the queue names ever used.
 - ``<p>:task:<id>``: hash with everything GET needs, until the task is acked.
 - ``<p>:seq``: the sequence counter.
+- ``<p>:reserve:<process>:<n>``: what one reserve call took, until its ack (see ``_RESERVE``).
 - ``<p>:followed``: the store's highest sequence number when the counter was last moved past it
   (:meth:`RedisQueue.follow_store`); gone when Redis lost its data, which recovery notices.
 
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -177,9 +179,17 @@ end
 return 0
 """
 
-# KEYS: ready, scheduled (of one queue), inflight. ARGV: reservation deadline (ms), task hash key
-# prefix, now (ms), most. Moves members that came due from scheduled to ready, then reserves the
-# first ``most``: returns {member, hash fields, member, hash fields, ...}, empty when none is ready.
+# KEYS: ready, scheduled (of one queue), inflight, this call's key. ARGV: reservation deadline
+# (ms), task hash key prefix, now (ms), most, reservation (ms). Moves members that came due from
+# scheduled to ready, then reserves the first ``most``: returns {member, hash fields, member, hash
+# fields, ...}, empty when none is ready.
+# Run twice for one call, it reserves once: redis-py runs a script again when the connection
+# drops before its reply (a failover, a proxy's idle cut), and the second run reserved the next
+# members while the first run's, the highest priority, waited in inflight for the reservation's
+# 30 s, Queued to GET and passed over by every dequeue. The call's key (a random name per call)
+# holds what it reserved, for as long as the reservation; a second run answers those of them
+# still reserved. The ack or release of the call deletes the key; a Redis that evicts keys with
+# a TTL (volatile-*) may drop it sooner, and a second run then reserves anew as before.
 # Every due member moves before any is taken, or a due task of a higher priority behind the ones
 # moved would wait behind lower ones (it did, past the first 100); a bound keeps one call from
 # holding Redis for long after a mass of tasks came due at one moment (10,000 take about 30 ms).
@@ -187,6 +197,17 @@ return 0
 # says so and its ack takes it out of the indexes: it has no priority to be placed by.
 _RESERVE = """
 local reserved = {}
+local done = redis.call('GET', KEYS[4])
+if done then
+  for _, member in ipairs(cmsgpack.unpack(done)) do
+    if redis.call('ZSCORE', KEYS[3], member) then
+      reserved[#reserved + 1] = member
+      reserved[#reserved + 1] = redis.call('HGETALL', ARGV[2] .. string.sub(member, 18))
+    end
+  end
+  return reserved
+end
+local taken = {}
 local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[3], 'LIMIT', 0, 10000)
 for _, m in ipairs(due) do
   redis.call('ZREM', KEYS[2], m)
@@ -195,6 +216,7 @@ for _, m in ipairs(due) do
     redis.call('ZADD', KEYS[1], -tonumber(priority), m)
   else
     redis.call('ZADD', KEYS[3], ARGV[1], m)
+    taken[#taken + 1] = m
     reserved[#reserved + 1] = m
     reserved[#reserved + 1] = {}
   end
@@ -203,9 +225,11 @@ local members = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[4]) - 1)
 for _, member in ipairs(members) do
   redis.call('ZREM', KEYS[1], member)
   redis.call('ZADD', KEYS[3], ARGV[1], member)
+  taken[#taken + 1] = member
   reserved[#reserved + 1] = member
   reserved[#reserved + 1] = redis.call('HGETALL', ARGV[2] .. string.sub(member, 18))
 end
+if #taken > 0 then redis.call('SET', KEYS[4], cmsgpack.pack(taken), 'PX', ARGV[5]) end
 return reserved
 """
 
@@ -248,10 +272,12 @@ redis.call('DEL', old)
 return #members / 2
 """
 
-# KEYS: inflight, ids. ARGV: key prefix, then member and task id of each reservation to ack.
+# KEYS: inflight, ids, and the key of the reserve call that took them (optional: see _RESERVE),
+# deleted. ARGV: key prefix, then member and task id of each reservation to ack.
 # Only a reservation still held is settled: one already ended (acked before, released, or ended
 # by a requeue that has put the task back in ready) leaves the task's hash alone.
 _ACK = """
+if KEYS[3] then redis.call('DEL', KEYS[3]) end
 for i = 2, #ARGV, 2 do
   local member, id = ARGV[i], ARGV[i + 1]
   local hash = ARGV[1] .. ':task:' .. id
@@ -265,12 +291,14 @@ end
 return 1
 """
 
-# KEYS: inflight. ARGV: key prefix, now (ms), then member and task id of each reservation to
-# release. Returns {how many members went back to their queue, then the id of each dropped}: a
-# member goes back to ready, or to scheduled when the task is due later (a cancel reserves a task
-# scheduled for later too); a member no longer reserved stays where it is; one whose hash is lost
-# is dropped.
+# KEYS: inflight, and the key of the reserve call that took them (optional: see _RESERVE),
+# deleted. ARGV: key prefix, now (ms), then member and task id of each reservation to release.
+# Returns {how many members went back to their queue, then the id of each dropped}: a member
+# goes back to ready, or to scheduled when the task is due later (a cancel reserves a task
+# scheduled for later too); a member no longer reserved stays where it is; one whose hash is
+# lost is dropped.
 _RELEASE = """
+if KEYS[2] then redis.call('DEL', KEYS[2]) end
 local moved, dropped = 0, {}
 for i = 3, #ARGV, 2 do
   local member, hash = ARGV[i], ARGV[1] .. ':task:' .. ARGV[i + 1]
@@ -319,9 +347,10 @@ class RedisQueue(Queue):
     ) -> None:
         # A connection Redis (or a proxy) dropped while it sat in the pool fails its next command;
         # retry that on a fresh connection. Every script here is safe to run twice: enqueue is
-        # keyed by task id, ack/release/requeue are idempotent, and a reserve whose reply was lost
-        # only holds its task until recover() returns it. Timeouts are not retried: Redis is
-        # slow, not gone, and a retry would only add load.
+        # keyed by task id, ack/release/requeue are idempotent, a reserve answers what its first
+        # run reserved (its call's key, see _RESERVE), and a cancel's reserve takes a reserved
+        # task again (_RESERVE_ONE). Timeouts are not retried: Redis is slow, not gone, and a
+        # retry would only add load.
         # A blocking pool: past its size a command waits for a free connection (up to 10 s)
         # rather than failing at once, as redis-py's default pool does past 100 (found by the
         # issue-7 contract test of 300 concurrent enqueues).
@@ -369,6 +398,9 @@ class RedisQueue(Queue):
         self._advance = self.client.register_script(_ADVANCE)
         self._followed = False  # see follow_store
         self._followed_key = f"{key_prefix}:followed"
+        # Reserve calls' keys (see _RESERVE): this instance's random name, then a number.
+        self._calls_prefix = f"{key_prefix}:reserve:{uuid.uuid4()}:"
+        self._calls = itertools.count()
         self._known_sequence = 0  # the highest this process has seen; see _ENQUEUE_MANY
         self._requeue = self.client.register_script(_REQUEUE)
 
@@ -581,10 +613,17 @@ class RedisQueue(Queue):
         """
         ready = f"{self._prefix}:ready:{queue}"
         scheduled = f"{self._prefix}:scheduled:{queue}"
+        call = f"{self._calls_prefix}{next(self._calls)}"  # see _RESERVE
         async with self._guard():
             reply = await self._reserve(
-                keys=[ready, scheduled, self._inflight],
-                args=[now + self._reservation_ms, self._task_prefix, now, most],
+                keys=[ready, scheduled, self._inflight, call],
+                args=[
+                    now + self._reservation_ms,
+                    self._task_prefix,
+                    now,
+                    most,
+                    max(1, self._reservation_ms),
+                ],
             )
         if not reply:
             return None
@@ -603,14 +642,20 @@ class RedisQueue(Queue):
             task.lease_token, task.lease_expires_at = lease_token, lease_expires_at
             task.dispatched = dispatched
             tasks.append(task)
-        inserted = await self._store_reserved(store, members, tasks)
+        inserted = await self._store_reserved(store, members, tasks, call=call)
         return [task for task in tasks if task.task_id in inserted]
 
     async def _store_reserved(
-        self, store: Store, members: dict[str, str], tasks: list[TaskRecord]
+        self,
+        store: Store,
+        members: dict[str, str],
+        tasks: list[TaskRecord],
+        *,
+        call: str | None = None,
     ) -> set[str]:
         """Insert reserved ``tasks`` into ``store``, then ack every reservation in ``members``
-        (task id -> member).
+        (task id -> member), and delete ``call``, the key of the reserve call that took them
+        (see :data:`_RESERVE`).
 
         If the insert fails the members go back to their places at once; if even that fails,
         :meth:`recover` returns them later. If the ack fails after the insert, :meth:`recover`
@@ -621,11 +666,11 @@ class RedisQueue(Queue):
             inserted = await store.insert_dequeued(tasks)
         except BaseException:
             with contextlib.suppress(BackendUnavailable):
-                await asyncio.shield(self._release_members(members))
+                await asyncio.shield(self._release_members(members, call))
             raise
         try:
             self._faults.hit("after_insert")
-            await self._ack_members(members)
+            await self._ack_members(members, call)
         except BackendUnavailable:
             # The store has committed: the tasks are handed out and must be returned, or they
             # would sit unseen until their lease ran out. recover() acks the reservations later,
@@ -633,16 +678,16 @@ class RedisQueue(Queue):
             logger.warning("acking %d reservations failed; recovery settles them", len(members))
         return inserted
 
-    async def _ack_members(self, members: dict[str, str]) -> None:
+    async def _ack_members(self, members: dict[str, str], call: str | None = None) -> None:
+        keys = [self._inflight, self._ids] + ([call] if call else [])
         async with self._guard():
-            await self._ack(
-                keys=[self._inflight, self._ids], args=[self._prefix, *_flat_pairs(members)]
-            )
+            await self._ack(keys=keys, args=[self._prefix, *_flat_pairs(members)])
 
-    async def _release_members(self, members: dict[str, str]) -> int:
+    async def _release_members(self, members: dict[str, str], call: str | None = None) -> int:
+        keys = [self._inflight] + ([call] if call else [])
         async with self._guard():
             moved, *dropped = await self._release(
-                keys=[self._inflight], args=[self._prefix, now_ms(), *_flat_pairs(members)]
+                keys=keys, args=[self._prefix, now_ms(), *_flat_pairs(members)]
             )
         for task_id in dropped:
             _say_lost(_text(task_id))
