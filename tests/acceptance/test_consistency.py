@@ -198,6 +198,44 @@ def test_backend_down_during_dequeue_is_503_and_keeps_the_task(
         server.stop()
 
 
+def test_a_redrive_answered_503_while_redis_is_down_is_dequeued_once_redis_is_back(
+    backend: str,
+    tmp_path_factory: pytest.TempPathFactory,
+    cut_backend: Callable[..., tuple[dict[str, str], Proxy]],
+) -> None:
+    """A re-drive with Redis cut off: the store's row is marked Queued (fresh attempts), then
+    Redis fails and the answer is 503. Once Redis answered again, GET said Queued and a second
+    re-drive 409 task_not_failed, yet the task could not be dequeued (nor cancelled) until
+    recovery finished the re-drive TASKPLATFORM_QUEUE_RESERVATION_SECONDS (30 s) later: the
+    server that answered 503 finishes it in its next maintenance round."""
+    if "redis" not in backend:
+        pytest.skip("only a Redis queue is reached apart from the store")
+    from tests.support.backends import backend_env
+
+    workdir = tmp_path_factory.mktemp("redrive")
+    env, proxy = cut_backend(backend_env(backend, workdir))
+    settings = {**env, "TASKPLATFORM_RECOVERY_INTERVAL_SECONDS": "0.2"}  # reservations: 30 s
+    server = Server(settings, workdir / "server.log").start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            task_id = create(http, "http://127.0.0.1:9/", maxRetries=0)
+            assert http.get("/api/tasks/dequeue").json()["taskId"] == task_id
+            assert http.post(f"/api/tasks/{task_id}/execute").json()["status"] == "Failed"
+            proxy.cut()
+            assert_problem(http.post(f"/api/tasks/{task_id}/retry"), 503, "backend_unavailable")
+            proxy.restore()
+            for _ in range(50):
+                if http.get("/readyz").status_code == 200:
+                    break
+                time.sleep(0.2)
+            time.sleep(1)  # five maintenance rounds
+            seen = http.get(f"/api/tasks/{task_id}").json()
+            assert (seen["status"], seen["attempts"]) == ("Queued", 0)  # the re-drive was done
+            assert _dequeue_all(http) == [task_id]
+    finally:
+        server.stop()
+
+
 def test_a_database_that_stops_answering_is_503_in_bounded_time_and_keeps_the_task(
     backend: str,
     tmp_path_factory: pytest.TempPathFactory,

@@ -590,6 +590,40 @@ async def test_a_redrive_cut_off_before_redis_has_it_comes_back_with_fresh_attem
     assert back.attempts <= back.max_retries  # it can start
 
 
+async def test_a_requeue_that_failed_here_is_finished_by_the_next_recovery(
+    redis_over: Backends,
+) -> None:
+    """Step 1 of a requeue (the store's row marked Queued) is done, step 2 (Redis) fails in
+    this process: its next recovery finishes it, not one reservation_seconds (30 s) later. A
+    re-drive answered 503 was Queued to GET, 409 to a second re-drive, and not dequeuable."""
+    queue, store = redis_over.queue, redis_over.store
+    assert isinstance(queue, RedisQueue)
+    for n in range(2):
+        await queue.enqueue(_task(_id(n)))
+    now = now_ms()
+    taken = await queue.transfer_many(store, now=now, most=2, lease_token="L")
+
+    async def cut_off(**arguments: object) -> None:
+        raise BackendUnavailable("the Redis queue failed: injected")
+
+    real_requeue = queue._requeue
+    queue._requeue = cut_off  # type: ignore[assignment]
+    try:
+        for task in taken:
+            with pytest.raises(BackendUnavailable):
+                await queue.requeue(store, task, now=now, note="returned")
+    finally:
+        queue._requeue = real_requeue
+    # The second's mark is no longer this process's to finish: a dequeue took it meanwhile.
+    assert await store.compare_and_set(
+        _id(1), expected={Status.QUEUED}, target=Status.DEQUEUED, now=now, changes=TaskChanges()
+    )
+    await queue.recover(store, now=now_ms())
+    [back] = await queue.transfer_many(store, now=now_ms(), most=2)
+    assert (back.task_id, back.status) == (_id(0), Status.DEQUEUED)
+    assert await queue.depth() == 0
+
+
 async def test_the_queue_tells_the_stores_it_serves_apart(redis_queue: RedisQueue) -> None:
     """``register_store``: another store's processes are returned while seen since ``since``,
     by their latest heartbeat; this store's own others are not; a process that unregisters is

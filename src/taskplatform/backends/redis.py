@@ -402,6 +402,7 @@ class RedisQueue(Queue):
         self._calls_prefix = f"{key_prefix}:reserve:{uuid.uuid4()}:"
         self._calls = itertools.count()
         self._known_sequence = 0  # the highest this process has seen; see _ENQUEUE_MANY
+        self._abandoned: dict[str, str] = {}  # task id -> marker of a failed return; see requeue
         self._requeue = self.client.register_script(_REQUEUE)
 
     @contextlib.asynccontextmanager
@@ -729,7 +730,15 @@ class RedisQueue(Queue):
         )
         if marked is None:
             return False
-        await self._return(store, marked, marker)
+        try:
+            await self._return(store, marked, marker)
+        except BackendUnavailable:
+            # This process knows the mark is abandoned: its next recover() finishes it as soon
+            # as Redis answers. Otherwise it waited reservation_seconds (30 s) like a mark of a
+            # process that died mid-requeue, which might still be at work: a re-drive answered
+            # 503 was Queued to GET (409 to a second re-drive) and yet not dequeuable that long.
+            self._abandoned[marked.task_id] = marker
+            raise
         return True
 
     async def _return(self, store: Store, task: TaskRecord, marker: str) -> None:
@@ -799,7 +808,9 @@ class RedisQueue(Queue):
 
     async def recover(self, store: Store, *, now: int) -> int:
         """Settle reservations whose deadline passed: ack those in the store, return the rest;
-        and finish requeues that a crash interrupted (rows still marked Queued in the store).
+        and finish requeues (and re-drives) left half-done, rows still marked Queued in the
+        store: at once those whose return to Redis failed in this process, and those of any
+        process once ``reservation_seconds`` old (a crash interrupted them).
 
         Returns:
             How many reservations were returned to the queue.
@@ -815,6 +826,14 @@ class RedisQueue(Queue):
                 )
                 self._followed = False
         await self.follow_store(store)
+        for task_id, marker in list(self._abandoned.items()):
+            current = await store.get(task_id)
+            # Still this process's mark: not taken by a dequeue meanwhile (which revives the
+            # row, Dequeued) nor finished by another server's recovery (which deletes it).
+            mark = None if current is None else (current.status, current.lease_token)
+            if current is not None and mark == (Status.QUEUED, marker):
+                await self._return(store, current, marker)
+            del self._abandoned[task_id]
         for marked in await store.list_tasks(status=Status.QUEUED, before=None, limit=100):
             if marked.updated_at < now - self._reservation_ms and marked.lease_token:
                 await self._return(store, marked, marked.lease_token)
