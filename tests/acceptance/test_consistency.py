@@ -30,6 +30,17 @@ FAST_RECOVERY = {
 }
 
 
+def _restarted_without_faults(doomed: Server) -> Server:
+    """Wait for ``doomed`` to have killed itself (SIGKILL, its fault), then start it again on
+    the same files, database and key prefix, without the fault."""
+    assert doomed.process is not None
+    assert doomed.process.wait(10) == -9
+    env = {
+        k: v for k, v in doomed.env.items() if k not in ("TASKPLATFORM_FAULTS", "TASKPLATFORM_PORT")
+    }
+    return Server(env, doomed.log_path).start()
+
+
 def _dequeue_all(http: httpx.Client) -> list[str]:
     taken = []
     while (response := http.get("/api/tasks/dequeue")).status_code == 200:
@@ -66,13 +77,7 @@ def _killed_at(
         second = create(http, "http://127.0.0.1:9/x", task_data={"n": 2})
         with pytest.raises(httpx.TransportError):
             http.get("/api/tasks/dequeue")
-    assert doomed.process is not None
-    assert doomed.process.wait(10) == -9
-    env = {
-        k: v for k, v in doomed.env.items() if k not in ("TASKPLATFORM_FAULTS", "TASKPLATFORM_PORT")
-    }
-    revived = Server(env, doomed.log_path)
-    revived.start()
+    revived = _restarted_without_faults(doomed)
     try:
         with httpx.Client(base_url=revived.url) as http:
             time.sleep(1.5)  # past the reservation's deadline: recovery settles it
@@ -120,12 +125,7 @@ def test_a_task_whose_dequeue_was_killed_can_be_cancelled_at_once(
         task_id = create(http, "http://127.0.0.1:9/x")
         with pytest.raises(httpx.TransportError):
             http.get("/api/tasks/dequeue")
-    assert doomed.process is not None
-    assert doomed.process.wait(10) == -9
-    env = {
-        k: v for k, v in doomed.env.items() if k not in ("TASKPLATFORM_FAULTS", "TASKPLATFORM_PORT")
-    }
-    revived = Server(env, doomed.log_path).start()
+    revived = _restarted_without_faults(doomed)
     try:
         with httpx.Client(base_url=revived.url) as http:
             assert http.get(f"/api/tasks/{task_id}").json()["status"] == "Queued"
