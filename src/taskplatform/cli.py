@@ -240,6 +240,12 @@ def _check_backends_answer_or_exit(settings: Settings, command: str) -> None:
             policy,
             where,
         )
+    elif policy == "unknown":
+        logger.warning(
+            "the Redis queue refused INFO, so its maxmemory-policy is unknown: it must be "
+            "noeviction, or a full Redis loses queued tasks (the queue at %s)",
+            where,
+        )
     elif policy not in (None, "noeviction"):
         logger.warning(
             "the Redis queue's maxmemory-policy is %s, which this version does not know; set "

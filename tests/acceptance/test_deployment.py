@@ -1015,3 +1015,30 @@ def test_a_refused_db_copy_leaves_both_schemas_as_they_were(tmp_path: Path) -> N
         revision = connection.execute("SELECT version_num FROM alembic_version").fetchone()[0]
     assert revision == "0006"
     assert not (tmp_path / "b" / "taskplatform.db").exists()  # nor a target file made
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        ("--user", "default", "on", "nopass", "~*", "&*", "+@all", "-info"),
+        ("--rename-command", "INFO", ""),
+    ],
+    ids=["acl-refuses-info", "info-renamed-away"],
+)
+def test_a_redis_that_refuses_info_still_starts(options: tuple[str, ...], tmp_path: Path) -> None:
+    """An ACL user without INFO (``-@dangerous`` holds it), or a Redis that renamed it: the
+    eviction policy is unknown, which the log says, and no reason to refuse the start (it
+    exited 3; found in review)."""
+    with _own_redis(*options) as url:
+        env = {
+            "TASKPLATFORM_DATABASE_URL": f"sqlite:///{tmp_path / 'tp.db'}",
+            "TASKPLATFORM_QUEUE_URL": url,
+        }
+        server = Server(env, tmp_path / "server.log")
+        try:
+            server.start()
+            with httpx.Client(base_url=server.url, timeout=10) as http:
+                create(http, "http://127.0.0.1:9/")
+        finally:
+            server.stop()
+        assert "maxmemory-policy is unknown" in server.log()

@@ -42,7 +42,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from taskplatform.backends.base import (
     IdempotencyClaim,
@@ -883,10 +883,20 @@ class RedisQueue(Queue):
             await _await(self.client.ping())
 
     async def eviction_policy(self) -> str | None:
-        """Redis's ``maxmemory_policy``, read from ``INFO memory``: hosted Redis services that
-        refuse ``CONFIG GET`` allow ``INFO``. None when the server does not say."""
-        async with self._guard():
+        """Redis's ``maxmemory_policy``, read from ``INFO memory`` (hosted Redis services that
+        refuse ``CONFIG GET`` mostly allow ``INFO``); ``"unknown"`` when Redis refuses INFO (an
+        ACL user without it, a renamed command: the queue works all the same), None when the
+        answer does not say.
+
+        Raises:
+            BackendUnavailable: Redis cannot be reached.
+        """
+        try:
             info = await self.client.info("memory")
+        except ResponseError:
+            return "unknown"
+        except RedisError as exc:
+            raise BackendUnavailable(f"the Redis queue failed: {exc}") from exc
         policy = info.get("maxmemory_policy")
         return None if policy is None else _text(policy)
 
