@@ -450,12 +450,12 @@ def test_idle_callback_connections_to_many_receivers_do_not_run_out_of_files(
         tmp_path / "server.log",
         launcher=["prlimit", "--nofile=256:", "--"],  # the soft limit; the hard one is kept
     ).start()
-    assert server.process is not None
-    limits = Path(f"/proc/{server.process.pid}/limits").read_text()
-    line = next(line for line in limits.splitlines() if line.startswith("Max open files"))
-    assert line.split()[3:5] == [str(hard), str(hard)], line
     ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\n{}"
     try:
+        assert server.process is not None
+        limits = Path(f"/proc/{server.process.pid}/limits").read_text()
+        line = next(line for line in limits.splitlines() if line.startswith("Max open files"))
+        assert line.split()[3:5] == [str(hard), str(hard)], line
         with httpx.Client(base_url=server.url, timeout=60) as http:
             task_ids = [ready_task(http, raw_peer(ok)) for _ in range(300)]
             for task_id in task_ids:
