@@ -191,9 +191,14 @@ class ProblemHttpToolsProtocol(HttpToolsProtocol):
 
     def _refuse(self, code: str) -> None:
         """Answer the problem of ``code`` and close the connection."""
+        self._choose_refusal(code)
+        self.send_400_response("")
+
+    def _choose_refusal(self, code: str) -> None:
+        """Log that the connection is refused for ``code``, and make it what
+        :meth:`send_400_response` answers."""
         self.logger.warning("%s: %s", self._client_text(), _ANSWER_LOGS[code])
         self._refusal = code
-        self.send_400_response("")
 
     def _client_text(self) -> str:
         if self.client is None:
@@ -257,8 +262,7 @@ class ProblemHttpToolsProtocol(HttpToolsProtocol):
     def _count(self, size: int) -> None:
         self._head_bytes += size
         if self._head_bytes > self.max_header_bytes:
-            self.logger.warning("%s: %s", self._client_text(), _ANSWER_LOGS[HEADERS_TOO_LARGE.code])
-            self._refusal = HEADERS_TOO_LARGE.code
+            self._choose_refusal(HEADERS_TOO_LARGE.code)
             raise _HeadersTooLarge  # the parser stops; data_received answers
 
     def on_headers_complete(self) -> None:
