@@ -282,6 +282,20 @@ def test_a_database_that_accepts_but_never_answers_says_which_timeout(tmp_path: 
     )
 
 
+def test_a_certificate_file_the_url_names_that_is_missing_is_named(tmp_path: Path) -> None:
+    """``sslrootcert=`` naming a file that is not there: the line said only "cannot reach the
+    PostgreSQL database: [Errno 2] No such file or directory", with no file, and exit code 3,
+    which a supervisor retries for ever as if the database were down."""
+    missing = tmp_path / "no-such-ca.pem"
+    url = f"postgresql://postgres@127.0.0.1:5432/postgres?sslmode=verify-full&sslrootcert={missing}"
+    result = _taskplatform("db", "upgrade", env={"TASKPLATFORM_DATABASE_URL": url})
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == (
+        f"error: TASKPLATFORM_DATABASE_URL: sslrootcert={missing} cannot be read: "
+        "[Errno 2] No such file or directory"
+    )
+
+
 @pytest.mark.parametrize("command", [["db", "upgrade"], ["serve"], ["worker"]])
 def test_a_sqlite_file_that_cannot_be_used_is_one_line_not_a_traceback(
     command: list[str], tmp_path: Path
@@ -292,7 +306,10 @@ def test_a_sqlite_file_that_cannot_be_used_is_one_line_not_a_traceback(
     not_a_database.write_text("hello\n")
     folder = tmp_path / "folder.db"
     folder.mkdir()
-    cases = [(not_a_database, "file is not a database"), (folder, "unable to open database file")]
+    cases = [
+        (not_a_database, "file is not a database"),
+        (folder, "unable to open database file (it is a folder: name a file in it"),
+    ]
     for path, reason in cases:
         result = _taskplatform(*command, env={"TASKPLATFORM_DATABASE_URL": f"sqlite:///{path}"})
         assert result.returncode == 3, result.stderr

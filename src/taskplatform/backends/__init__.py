@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import re
 from dataclasses import dataclass
 from types import ModuleType
@@ -190,15 +191,20 @@ async def prepare_schema(settings: Settings) -> None:
     store, queue = check_urls(settings)
     url, timeout = settings.database_url, settings.database_connect_timeout_seconds
     if store == "sqlite":
+        from taskplatform.backends.sqlite import sqlite_path
+
         try:
             await migrate.upgrade(url, busy_timeout_seconds=settings.sqlite_busy_timeout_seconds)
         except DBAPIError as exc:  # not a database, read-only, a folder: the file's fault
             path = url.partition(":///")[2]
-            raise BackendUnavailable(f"cannot use the SQLite database {path}: {exc.orig}") from exc
+            why = _sqlite_refusal(sqlite_path(url), exc.orig)
+            raise BackendUnavailable(f"cannot use the SQLite database {path}: {why}") from exc
     else:
         try:
             await migrate.upgrade(url, connect_timeout_seconds=timeout)
         except (OSError, TimeoutError) as exc:
+            if isinstance(exc, OSError) and exc.filename is None and (files := _unreadable(url)):
+                raise ConfigurationError(f"TASKPLATFORM_DATABASE_URL: {files}: {exc}") from exc
             why = str(exc) or (  # a TimeoutError says nothing by itself
                 "no answer within the connect timeout (TASKPLATFORM_DATABASE_CONNECT_TIMEOUT_"
                 f"SECONDS, now {timeout:g} s, or the URL's connect_timeout=)"
@@ -224,6 +230,40 @@ async def prepare_schema(settings: Settings) -> None:
             raise
     if store == "postgresql" and queue != "redis":
         await migrate.advance_queue_sequence(url, connect_timeout_seconds=timeout)
+
+
+def _sqlite_refusal(path: str, error: BaseException | None) -> str:
+    """SQLite's words for a file it could not use at ``path``, and what SQLite does not say: a
+    folder gets only "unable to open database file"."""
+    if os.path.isdir(path):
+        return f"{error} (it is a folder: name a file in it, e.g. a path ending in /tasks.db)"
+    return str(error)
+
+
+_URL_FILES = ("sslrootcert", "sslcert", "sslkey", "sslcrl", "passfile")
+"""PostgreSQL URL parameters that name a file the driver reads while connecting (libpq's)."""
+
+
+def _unreadable(url: str) -> str | None:
+    """Which files a PostgreSQL ``url`` names (``sslrootcert=``, ``sslkey=``, ...) cannot be read,
+    as ``"sslrootcert=/etc/ca.pem cannot be read"``; None when each can (or none is named).
+
+    asyncpg's error for a missing certificate is the OS's alone ("[Errno 2] No such file or
+    directory", no file name), which sent operators looking at the network. Judged only after
+    such an error, as the driver may not read a file the connection does not use
+    (``sslmode=disable``). ``sslrootcert=system`` names the system's store, not a file.
+    """
+    from urllib.parse import urlsplit
+
+    named = [
+        (name, value)
+        for name, value in parse_qsl(urlsplit(url).query, keep_blank_values=True)
+        if name in _URL_FILES and value and value != "system"
+    ]
+    missing = [f"{name}={path}" for name, path in named if not os.access(path, os.R_OK)]
+    if not missing:
+        return None
+    return f"{', '.join(missing)} cannot be read"
 
 
 def _driver_refusal(exc: BaseException) -> str | None:
