@@ -296,6 +296,39 @@ def raise_open_files_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+_COUNTS_DIR_PREFIX = "taskplatform-metrics-"
+"""The metrics folder of ``serve --workers N``: this, the parent's pid, "-", a random part."""
+
+
+def _remove_dead_counts_dirs() -> None:
+    """Remove the metrics folders that servers left in the temporary folder when they were
+    killed (SIGKILL, the OOM killer, a power cut) rather than stopped: one per start, never
+    removed, each holding a file of a few hundred KiB per API process.
+
+    A folder is removed only when its name's pid is no process of this machine; a pid that
+    was reused keeps its folder, which is safe. Folders of other users, and those named in
+    the older form (no pid), are left alone.
+    """
+    root = Path(tempfile.gettempdir())
+    for folder in root.glob(f"{_COUNTS_DIR_PREFIX}*-*"):
+        pid = folder.name[len(_COUNTS_DIR_PREFIX) :].partition("-")[0]
+        if not pid.isdigit() or _process_exists(int(pid)):
+            continue
+        with contextlib.suppress(OSError):
+            if folder.is_dir() and folder.stat().st_uid == os.getuid():
+                shutil.rmtree(folder)
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process is there
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True  # another user's process, or no pid we can judge: keep its folder
+    return True
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -398,7 +431,8 @@ def serve(
         raise typer.Exit(2)
     if settings.workers > 1 and given_dir is None:
         # Each worker counts in files there, and /metrics on any worker sums them all.
-        counts_dir = tempfile.mkdtemp(prefix="taskplatform-metrics-")
+        _remove_dead_counts_dirs()
+        counts_dir = tempfile.mkdtemp(prefix=f"{_COUNTS_DIR_PREFIX}{os.getpid()}-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = counts_dir
     config = uvicorn.Config(
         APP_FACTORY,

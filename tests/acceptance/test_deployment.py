@@ -915,6 +915,36 @@ def test_serve_refuses_a_metrics_directory_it_cannot_use_in_one_line(tmp_path: P
         assert "Traceback" not in refused.stderr
 
 
+def test_serve_removes_the_metrics_folders_of_servers_that_were_killed(tmp_path: Path) -> None:
+    """``serve --workers N`` counts metrics in a temporary folder it removes when it stops; a
+    server killed rather than stopped (SIGKILL, the OOM killer) left its folder for ever, one
+    more at every such start. The next ``serve --workers N`` removes those whose server is
+    gone, and keeps the one of a live server and any it cannot tell (found in review)."""
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    ended = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    dead = temp / f"taskplatform-metrics-{int(ended.stdout)}-abc123"
+    live = temp / f"taskplatform-metrics-{os.getpid()}-def456"
+    older = temp / "taskplatform-metrics-k2j4h5"  # the form before pids were in the name
+    for folder in (dead, live, older):
+        folder.mkdir()
+        (folder / "counter_1.db").write_bytes(b"x" * 1024)
+    env = {"TASKPLATFORM_DATABASE_URL": f"sqlite:///{tmp_path / 'tp.db'}", "TMPDIR": str(temp)}
+    server = Server(env, tmp_path / "server.log", "--workers", "2").start()
+    try:
+        assert server.process is not None
+        own = [path for path in temp.iterdir() if path not in (live, older)]
+        assert [path.name.split("-")[2] for path in own] == [str(server.process.pid)], own
+    finally:
+        server.stop()
+    assert sorted(path.name for path in temp.iterdir()) == sorted([live.name, older.name])
+
+
 def test_a_percent_in_a_sqlite_url_names_one_file(tmp_path: Path) -> None:
     """``sqlite:///…/my%20data/tasks.db``: the migrations (SQLAlchemy) read the path
     percent-decoded, ``my data/tasks.db``, and the server's own connections read it as
