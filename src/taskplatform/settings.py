@@ -386,6 +386,17 @@ class Settings(BaseSettings):
             ),
         ),
     ] = 30.0
+    body_timeout_seconds: Annotated[
+        float,
+        Field(
+            gt=0,
+            le=DAY,
+            description=(
+                "Longest a client may pause while sending a request's body, between two reads "
+                "(408 past it, and the connection is closed)."
+            ),
+        ),
+    ] = 30.0
     max_body_bytes: Annotated[
         int, Field(gt=0, description="Largest accepted request body, in bytes (413 above).")
     ] = MIB

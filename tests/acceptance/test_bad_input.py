@@ -1050,6 +1050,58 @@ def test_a_request_head_sent_too_slowly_is_408_and_an_idle_connection_is_closed(
 
 
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_a_request_body_that_stops_halfway_is_408_and_a_slow_steady_one_is_taken(
+    start_server: Callable[..., Server],
+) -> None:
+    """A create whose body stops halfway (Content-Length or chunked) held its connection and its
+    request for ever: the head had come in time, and nothing timed the body. A pause over
+    TASKPLATFORM_BODY_TIMEOUT_SECONDS gets a 408 problem and a closed connection, and no task
+    is made; a body that keeps coming, however slowly, is taken, as is one sent after the
+    ``100 Continue`` its client waited for."""
+    server = start_server(TASKPLATFORM_BODY_TIMEOUT_SECONDS="1")
+    body = json.dumps({"taskData": {"pad": "x" * 200}, "callbackUrl": "http://127.0.0.1:9/x"})
+    head = "POST /api/tasks HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+    half = len(body) // 2
+    stalled = [
+        (head + f"Content-Length: {len(body)}\r\n\r\n" + body[:half]).encode(),
+        (head + f"Transfer-Encoding: chunked\r\n\r\n{half:x}\r\n{body[:half]}\r\n").encode(),
+    ]
+    for request in stalled:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            began = time.monotonic()
+            sock.sendall(request)
+            answer = _read_to_close(sock)
+            waited = time.monotonic() - began
+        problem = _problem_of(answer, "HTTP/1.1 408 Request Timeout")
+        assert problem["code"] == "request_timeout"
+        assert "TASKPLATFORM_BODY_TIMEOUT_SECONDS" in problem["detail"]
+        assert 0.9 <= waited < 5, waited
+
+    # 0.5 s between pieces, 3 s in all: each pause is within the limit, the whole is not.
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall((head + f"Content-Length: {len(body)}\r\n\r\n").encode())
+        for start in range(0, len(body), len(body) // 6 + 1):
+            time.sleep(0.5)
+            sock.sendall(body[start : start + len(body) // 6 + 1].encode())
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 201 Created"), answer[:300]
+
+    # A client that waits for 100 Continue before its body: the wait is the server's.
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(
+            (head + f"Content-Length: {len(body)}\r\nExpect: 100-continue\r\n\r\n").encode()
+        )
+        assert sock.recv(65536).startswith(b"HTTP/1.1 100 Continue")
+        sock.sendall(body.encode())
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 201 Created"), answer[:300]
+
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        listed = http.get("/api/tasks").json()
+    assert len(listed["items"]) == 2, listed  # the two stopped halfway made none
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 def test_chunked_trailer_fields_do_not_count_against_the_head_limit(
     start_server: Callable[..., Server],
 ) -> None:

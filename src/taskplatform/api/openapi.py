@@ -373,7 +373,8 @@ _OUTER_PROBLEMS = {
         HEADERS_TIMEOUT.title,
         HEADERS_TIMEOUT.detail,
         "The request line and headers did not arrive within "
-        "`TASKPLATFORM_HEADER_TIMEOUT_SECONDS`; the connection is closed.",
+        "`TASKPLATFORM_HEADER_TIMEOUT_SECONDS`, or the body paused for longer than "
+        "`TASKPLATFORM_BODY_TIMEOUT_SECONDS`; the connection is closed.",
     ),
     "internal_error": (
         500,

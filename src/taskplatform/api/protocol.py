@@ -16,7 +16,10 @@ header grew the server's memory until it died), and they must arrive within
 ``TASKPLATFORM_HEADER_TIMEOUT_SECONDS`` of the connection's start or of the request's first
 byte (a 408 problem past it; a connection that sent nothing is closed without one). A client
 that opened a connection and then went silent, or trickles a byte now and then, held its socket
-for ever.
+for ever. A request's body may pause for at most ``TASKPLATFORM_BODY_TIMEOUT_SECONDS`` between
+two reads (the same 408): one that stopped halfway held its connection and its request for ever
+too. A pause that is the server's (it has not read what came, or owes ``100 Continue``) does
+not count.
 """
 
 from __future__ import annotations
@@ -63,12 +66,18 @@ HEADERS_TIMEOUT = Problem(
     title="Request timeout",
     status=408,
     detail=(
-        "the request line and headers did not arrive in time "
-        "(TASKPLATFORM_HEADER_TIMEOUT_SECONDS); the connection is closed"
+        "the request did not arrive in time: its line and headers within "
+        "TASKPLATFORM_HEADER_TIMEOUT_SECONDS, and its body without a pause longer than "
+        "TASKPLATFORM_BODY_TIMEOUT_SECONDS; the connection is closed"
     ),
     code="request_timeout",
 )
-"""The answer to a request whose line and headers came too slowly (RFC 9110, section 15.5.9)."""
+"""The answer to a request whose line and headers, or body, came too slowly (RFC 9110, section
+15.5.9)."""
+
+_BODY_TIMEOUT = "body_timeout"
+"""The key in :data:`_ANSWERS` and :data:`_ANSWER_LOGS` of a body that stalled: its answer is
+:data:`HEADERS_TIMEOUT`'s (one code, ``request_timeout``), its log line its own."""
 
 
 def _answer(problem: Problem) -> tuple[bytes, bytes]:
@@ -91,12 +100,14 @@ def _answer(problem: Problem) -> tuple[bytes, bytes]:
 _ANSWERS = {
     problem.code: _answer(problem) for problem in (NOT_HTTP, HEADERS_TOO_LARGE, HEADERS_TIMEOUT)
 }
+_ANSWERS[_BODY_TIMEOUT] = _ANSWERS[HEADERS_TIMEOUT.code]
 
 
 _ANSWER_LOGS = {
     HEADERS_TOO_LARGE.code: "request line and headers over TASKPLATFORM_MAX_HEADER_BYTES; closed",
     HEADERS_TIMEOUT.code: "request line and headers not sent within "
     "TASKPLATFORM_HEADER_TIMEOUT_SECONDS; closed",
+    _BODY_TIMEOUT: "request body paused for longer than TASKPLATFORM_BODY_TIMEOUT_SECONDS; closed",
 }
 
 
@@ -120,6 +131,8 @@ class ProblemHttpToolsProtocol(HttpToolsProtocol):
         "header_timeout_seconds"
     ].default
     """Longest wait for a request's line and headers, in seconds (:func:`configure`)."""
+    body_timeout_seconds: ClassVar[float] = Settings.model_fields["body_timeout_seconds"].default
+    """Longest pause between two reads of a request's body, in seconds (:func:`configure`)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -129,19 +142,20 @@ class ProblemHttpToolsProtocol(HttpToolsProtocol):
         self._messages_begun = 0
         self._reading_head = True  # from the connection's start to the first head's end
         self._head_started = 0.0  # loop time of the connection's start or the head's first byte
-        self._head_timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | None = None
         self._between_messages = False  # a message ended and no other has begun
+        self._read_at = 0.0  # loop time of the last read, or of a pause of the server's
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         """Start the connection, and its wait for a first request's head."""
         super().connection_made(transport)
         self._head_started = self.loop.time()
-        self._head_timer = self.loop.call_later(self.header_timeout_seconds, self._check_head)
+        self._timer = self.loop.call_later(self.header_timeout_seconds, self._check_deadlines)
 
     def connection_lost(self, exc: Exception | None) -> None:
         """End the connection, and any wait for a head."""
-        if self._head_timer is not None:
-            self._head_timer.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -154,6 +168,7 @@ class ProblemHttpToolsProtocol(HttpToolsProtocol):
         and one read (256 KiB) of a head, and never refuses a head within the limit.
         """
         self._unset_keepalive_if_required()
+        self._read_at = self.loop.time()
         reading, begun = self._reading_head, self._messages_begun
         between = self._between_messages
         try:
@@ -177,6 +192,15 @@ class ProblemHttpToolsProtocol(HttpToolsProtocol):
             self._head_reads += len(data)
             if self._head_reads > self.max_header_bytes:
                 self._refuse(HEADERS_TOO_LARGE.code)
+        elif not self._reading_head and self.cycle is not None and self.cycle.more_body:
+            # A body goes on past this read: the timer must come by its deadline. Once per
+            # request at most (then the timer comes earlier than any later read's deadline,
+            # and sets itself again), and never for a body that came with its head.
+            due = self._read_at + self.body_timeout_seconds
+            if self._timer is None or self._timer.when() > due:
+                if self._timer is not None:
+                    self._timer.cancel()
+                self._timer = self.loop.call_at(due, self._check_deadlines)
 
     def send_400_response(self, msg: str) -> None:
         """Write the answer that closes the connection (:data:`NOT_HTTP` unless a limit was
@@ -206,17 +230,34 @@ class ProblemHttpToolsProtocol(HttpToolsProtocol):
         host, port = self.client
         return f"{host}:{port}"
 
-    def _check_head(self) -> None:
-        """Refuse the head being read if it is overdue; else look again when it would be.
+    def _check_deadlines(self) -> None:
+        """Refuse the head being read if it is overdue, or a body that paused too long; else
+        look again when either would be.
 
         One timer per connection, not one per request (arming and cancelling a timer for each
         request of a keep-alive connection cost some microseconds of every request).
         """
-        self._head_timer = None
+        self._timer = None
         if self.transport.is_closing():
             return
         now = self.loop.time()
         wait = self.header_timeout_seconds
+        cycle = self.cycle
+        if not self._reading_head and cycle is not None and cycle.more_body:
+            # A body is being read. Only the client's pause counts: not while the server has
+            # stopped reading (its buffer is full until the app reads), nor while the client
+            # waits for the "100 Continue" the app sends when it first reads.
+            if self.flow.read_paused or cycle.waiting_for_100_continue:
+                self._read_at = now
+            elif not cycle.response_started:
+                wait = self._read_at + self.body_timeout_seconds - now
+                if wait <= 0:
+                    self._refuse(_BODY_TIMEOUT)
+                    # The app waits for the rest of the body: it reads a disconnect now, as
+                    # the connection's end would tell it a moment later.
+                    cycle.disconnected = True
+                    cycle.message_event.set()
+                    return
         if self._reading_head:
             wait = self._head_started + self.header_timeout_seconds - now
         if wait <= 0 and (
@@ -226,7 +267,7 @@ class ProblemHttpToolsProtocol(HttpToolsProtocol):
             # it: the head's delay is the server's, and its answer must not be cut off.
             wait = self.header_timeout_seconds
         if wait > 0:
-            self._head_timer = self.loop.call_later(wait, self._check_head)
+            self._timer = self.loop.call_later(wait, self._check_deadlines)
         elif self._messages_begun == 0 or self._between_messages:
             # Nothing but line breaks since the connection opened or its last request ended:
             # an idle connection, not a request.
@@ -297,8 +338,9 @@ class ProblemHttpToolsProtocol(HttpToolsProtocol):
 
 
 def configure(settings: Settings) -> None:
-    """Set :class:`ProblemHttpToolsProtocol`'s limits from ``settings``
-    (``max_header_bytes``, ``header_timeout_seconds``) for the connections this process
+    """Set :class:`ProblemHttpToolsProtocol`'s limits from ``settings`` (``max_header_bytes``,
+    ``header_timeout_seconds``, ``body_timeout_seconds``) for the connections this process
     accepts from now on; the app factory of ``serve`` calls it in each API process."""
     ProblemHttpToolsProtocol.max_header_bytes = settings.max_header_bytes
     ProblemHttpToolsProtocol.header_timeout_seconds = settings.header_timeout_seconds
+    ProblemHttpToolsProtocol.body_timeout_seconds = settings.body_timeout_seconds
