@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import json
 import re
 import unicodedata
 from typing import Literal, TypeVar, overload
 from urllib.parse import urlsplit
 
 import msgspec
+from pydantic_core import PydanticCustomError
 
 from taskplatform.exceptions import MalformedJSON, TaskNotFound, ValidationFailed
 from taskplatform.models import (
@@ -35,9 +37,13 @@ QUEUE_PATTERN = rf"^(?:{QUEUE_NAME})$"
 """A queue name (:data:`~taskplatform.models.QUEUE_NAME`), for the queue routes' query and path."""
 # A \uD800-\uDBFF escape not followed by a \uDC00-\uDFFF one, or the reverse: the only way JSON
 # text can carry an unpaired UTF-16 surrogate.
+# A "\\" before "u" is an escaped backslash, not an escape: "C:\\ud800" is the text C:\ud800.
 _HIGH = rb"\\u[dD][89abAB][0-9a-fA-F]{2}"
 _LOW = rb"\\u[dD][c-fC-F][0-9a-fA-F]{2}"
-_LONE_SURROGATE = re.compile(_HIGH + rb"(?!" + _LOW + rb")|(?<!" + _HIGH + rb")" + _LOW)
+_UNESCAPED = rb"(?<!\\)(?:\\\\)*"
+_LONE_SURROGATE = re.compile(
+    _UNESCAPED + _HIGH + rb"(?!" + _LOW + rb")|" + _UNESCAPED + rb"(?<!" + _HIGH + rb")" + _LOW
+)
 # Opening brackets to "(", closing ones to ")"; every other byte is deleted.
 _PAIRS = bytes.maketrans(b"[{]}", b"(())")
 _NOT_BRACKETS = bytes(byte for byte in range(256) if byte not in b"[]{}")
@@ -240,7 +246,74 @@ def parse_task_create(
         ) from exc
     check_integer_digits(task_data)
     check_callback_url(request.callback_url, max_url_length)
+    if body.count(b'"taskData"') > 1:  # maybe a repeated key, whose earlier values are unread
+        for value in _values_of(body, "taskData")[:-1]:
+            if not isinstance(value, dict):
+                raise ValidationFailed([("$.taskData", "must be a JSON object")])
     return request
+
+
+def _values_of(body: bytes, key: str) -> list[object]:
+    """The values of every ``key`` of the object ``body`` (well-formed JSON text, checked for
+    depth), in order, its numbers read as 0: msgspec keeps the last of a repeated key, and a
+    ``Raw`` value (taskData, a batch's items) is neither typed nor read as text, so an earlier
+    one went unchecked, an array or bytes that are not UTF-8 answered 201 (found in review).
+    The README's rule: each occurrence of a key must be valid, as JSON's readers differ on
+    which one they keep.
+
+    Raises:
+        MalformedJSON: the body is not UTF-8.
+        ValidationFailed: nested deeper than Python's json module reads.
+    """
+    try:
+        text = body.decode()
+    except UnicodeDecodeError as exc:
+        raise MalformedJSON(
+            f"the body is not valid UTF-8 at byte {exc.start} ({exc.reason})"
+        ) from exc
+    objects: list[list[tuple[str, object]]] = []
+
+    def remember(pairs: list[tuple[str, object]]) -> dict[str, object]:
+        objects.append(pairs)
+        return dict(pairs)
+
+    def zero(_: str) -> int:
+        return 0
+
+    try:
+        json.loads(text, object_pairs_hook=remember, parse_int=zero, parse_float=zero)
+    except RecursionError as exc:  # a batch's items are checked for depth later, one by one
+        raise _nested_too_deeply() from exc
+    return [value for name, value in objects[-1] if name == key]  # the outermost comes last
+
+
+_QUERY_NUMBER = re.compile(r"-?[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
+_QUERY_INTEGER = re.compile(r"-?[0-9]+")
+
+
+def query_number(value: object) -> object:
+    """Refuse a query parameter's number not written as JSON writes one (``2``, ``0.5``,
+    ``1e1``): pydantic reads ``1_0`` as 10 and `` 1 `` as 1, Python's ``float()`` rules, and
+    ``waitSeconds=1_0`` waited 10 s (found in review). Other values pass to pydantic as they are.
+
+    Raises:
+        pydantic_core.PydanticCustomError: ``float_parsing`` (a 422 naming the parameter).
+    """
+    if isinstance(value, str) and not _QUERY_NUMBER.fullmatch(value):
+        raise PydanticCustomError("float_parsing", "must be a number, as 2 or 0.5")
+    return value
+
+
+def query_integer(value: object) -> object:
+    """Refuse a query parameter's integer not written in decimal digits (``1_0``, `` 1 ``,
+    ``1.0``), as :func:`query_number` does numbers.
+
+    Raises:
+        pydantic_core.PydanticCustomError: ``int_parsing`` (a 422 naming the parameter).
+    """
+    if isinstance(value, str) and not _QUERY_INTEGER.fullmatch(value):
+        raise PydanticCustomError("int_parsing", "must be a whole number, in decimal digits")
+    return value
 
 
 def _nested_too_deeply() -> ValidationFailed:
@@ -272,7 +345,13 @@ def parse_batch(body: bytes, item_too_deep: ValidationFailed) -> BatchCreate:
         ValidationFailed: not ``{"tasks": [...]}`` with 1 to 1,000 items; or
             ``item_too_deep``, an item nested past the decoder's recursion limit.
     """
-    return _decode_whole(_BATCH_DECODER, body, item_too_deep)
+    batch = _decode_whole(_BATCH_DECODER, body, item_too_deep)
+    if body.count(b'"tasks"') > 1:  # maybe a repeated key: see _values_of
+        for value in _values_of(body, "tasks")[:-1]:
+            for index, item in enumerate(value if isinstance(value, list) else []):
+                if not isinstance(item, dict):
+                    raise ValidationFailed([(f"$.tasks[{index}]", "must be a JSON object")])
+    return batch
 
 
 def parse_redrive_filter(body: bytes) -> RedriveFilter:

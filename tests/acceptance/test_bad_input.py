@@ -563,6 +563,47 @@ def test_a_repeated_key_or_query_parameter_counts_once_the_last(client: httpx.Cl
     assert task_id in [task["taskId"] for task in listed.json()["items"]]
 
 
+def test_a_repeated_raw_key_checks_every_occurrence(client: httpx.Client) -> None:
+    """taskData and a batch's items are passed through unread (msgspec ``Raw``): a repeated key
+    checked only the copy kept, so an earlier taskData that was an array, or not UTF-8, and a
+    batch whose earlier ``tasks`` held a number, were answered 201/200 (found in review)."""
+    headers = {"Content-Type": "application/json"}
+    url = b'"callbackUrl": "http://a/"'
+    cases = [
+        (b'{"taskData": [1], "taskData": {"x": 1}, ' + url + b"}", 422, "validation_error"),
+        (b'{"taskData": {"a": "\xff"}, "taskData": {"x": 1}, ' + url + b"}", 400, "malformed_json"),
+    ]
+    for body, status, code in cases:
+        assert_problem(client.post("/api/tasks", content=body, headers=headers), status, code)
+    item = b'{"taskData": {}, ' + url + b"}"
+    batches = [
+        (b'{"tasks": [' + item + b", 7], " + b'"tasks": [' + item + b"]}", 422, "validation_error"),
+        (b'{"tasks": [{"a": "\xff"}], "tasks": [' + item + b"]}", 400, "malformed_json"),
+    ]
+    for body, status, code in batches:
+        response = client.post("/api/tasks/batch", content=body, headers=headers)
+        assert_problem(response, status, code)
+    # A key named taskData inside the data is not a repeat.
+    inner = b'{"taskData": {"taskData": [1], "n": 1e400}, ' + url + b"}"
+    assert client.post("/api/tasks", content=inner, headers=headers).status_code == 201
+
+
+def test_a_number_in_a_query_is_written_as_json_writes_one(client: httpx.Client) -> None:
+    """``waitSeconds=1_0`` (Python's digit separator) waited 10 s, and ``%201%20`` 1 s: pydantic
+    reads query numbers by Python's rules (found in review). Both are 422 at once."""
+    for value in ("1_0", " 1 ", "1__0", "0x1"):
+        began = time.monotonic()
+        response = client.get("/api/tasks/dequeue", params={"queue": "none", "waitSeconds": value})
+        problem = assert_problem(response, 422, "validation_error")
+        assert problem["errors"] == [
+            {"field": "query.waitSeconds", "message": "must be a number, as 2 or 0.5"}
+        ]
+        assert time.monotonic() - began < 1
+    for value in ("0", "0.2", "2e-1"):
+        response = client.get("/api/tasks/dequeue", params={"queue": "none", "waitSeconds": value})
+        assert_problem(response, 404, "queue_empty")
+
+
 def test_an_empty_queue_is_named(client: httpx.Client) -> None:
     """The fast path (default queue) and the routed one (``?queue=``) both say which queue."""
     while client.get("/api/tasks/dequeue").status_code == 200:
@@ -604,6 +645,9 @@ def test_a_post_only_route_read_by_another_method_is_405_not_a_task(
         "limit=0",
         "limit=201",
         "limit=x",
+        "limit=1_0",  # Python's digit separator: pydantic read it as 10
+        "limit=%201",
+        "limit=1.0",
         "cursor=not-a-cursor",
         "cursor=01A22C77-E15A-76A6-A8DC-062A858CBBAF",
         "cursor={01a22c77-e15a-76a6-a8dc-062a858cbbaf}",

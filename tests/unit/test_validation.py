@@ -118,6 +118,18 @@ def test_a_batch_body_not_utf8_is_malformed_whatever_field_comes_first() -> None
         parse_batch(b'{"tasks": 5, "x": "\xff"}', ValidationFailed([("$.tasks", "deep")]))
 
 
+def test_a_truncated_body_with_an_escaped_backslash_before_u_is_malformed() -> None:
+    r"""``"C:\\ud800"`` in JSON is the text C:\ud800 (an escaped backslash, then "ud800"),
+    not a surrogate: a body cut short after it was 422 "a lone UTF-16 surrogate", not 400
+    (found in review). A real lone surrogate still says so."""
+    truncated = b'{"taskData": {"path": "C:\\\\ud800"}, "callbackUrl": "http://h/"'
+    with pytest.raises(MalformedJSON, match="not valid JSON"):
+        _parse(truncated)
+    assert _parse(truncated + b"}") is not None
+    with pytest.raises(ValidationFailed, match="lone UTF-16 surrogate"):
+        _parse(b'{"taskData": {"path": "C:\\\\\\ud800"}, "callbackUrl": "http://h/"}')
+
+
 def test_invalid_utf8_is_malformed() -> None:
     body = b'{"taskData": {"s": "\xc3\x28"}, "callbackUrl": "http://h/"}'
     with pytest.raises(MalformedJSON) as caught:

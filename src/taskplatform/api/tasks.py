@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import msgspec
 from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.dependencies.models import Dependant
+from pydantic import BeforeValidator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
@@ -73,6 +74,8 @@ from taskplatform.validation import (
     parse_batch,
     parse_redrive_filter,
     parse_task_create,
+    query_integer,
+    query_number,
 )
 
 
@@ -279,6 +282,7 @@ async def dequeue_task(
     request: Request,
     wait_seconds: Annotated[
         float,
+        BeforeValidator(query_number),
         Query(
             alias="waitSeconds",
             ge=0,
@@ -325,7 +329,9 @@ async def _watch_for_disconnect(request: Request, gone: asyncio.Event) -> None:
 async def list_tasks(
     request: Request,
     status: Annotated[Status | None, Query(description="Only tasks in this status.")] = None,
-    limit: Annotated[int, Query(ge=1, le=200, description="Page size.")] = 50,
+    limit: Annotated[
+        int, BeforeValidator(query_integer), Query(ge=1, le=200, description="Page size.")
+    ] = 50,
     cursor: Annotated[
         str | None,
         Query(pattern=TASK_ID_PATTERN, description="`nextCursor` of the previous page."),
