@@ -113,6 +113,15 @@ STOPPED_MID_CALLBACK = (
 )
 """The detail of the 503 ``shutting_down`` a synchronous execute gets when the grace runs out."""
 
+STOPPED_MID_LAST_CALLBACK = (
+    "the server stopped before the callback finished: the attempt was recorded as interrupted, "
+    "and it was the task's last (maxRetries): the task is a dead letter, which POST "
+    "/api/tasks/retry re-drives"
+)
+"""The detail of :data:`STOPPED_MID_CALLBACK` for a task that had no attempt left after it: the
+interrupted attempt counts, so the task cannot be executed again (found in review: the 503 said
+it could, and the next execute was 409 ``retry_limit_reached``)."""
+
 WITHDRAWN = (
     "attempt withdrawn: the database did not confirm its start (no answer, or the server "
     "stopped before it came), so no callback was made; the task can be executed again"
@@ -1071,7 +1080,8 @@ class TaskService:
                 the task cannot be executed now.
             ShuttingDown: the server is stopping: either no attempt was started, or the callback
                 was still running when the shutdown grace ran out and the attempt has been
-                recorded as interrupted (the task can be executed again).
+                recorded as interrupted (the task can be executed again, unless that was its
+                last attempt: then it is a dead letter).
             BackendUnavailable: the store cannot be reached.
         """
         task = await self.start_execute(task_id)
@@ -1082,7 +1092,8 @@ class TaskService:
         # a CancelledError of this request (a 500): the call is over, interrupted and recorded.
         await asyncio.wait({call})
         if call.cancelled():
-            raise ShuttingDown(STOPPED_MID_CALLBACK, task_id=task_id)
+            detail = STOPPED_MID_CALLBACK if task.attempts_left() else STOPPED_MID_LAST_CALLBACK
+            raise ShuttingDown(detail, task_id=task_id)
         return call.result()
 
     async def execute_in_background(self, task_id: str) -> TaskRecord:
@@ -1174,7 +1185,7 @@ class TaskService:
 
         Returns:
             The outcome. If the lease was lost meanwhile (another process failed the attempt as
-            interrupted), the status reported is the task's current one.
+            interrupted), the task's status, result and error as stored now.
         """
         attempt = task.attempts
         try:
@@ -1248,7 +1259,17 @@ class TaskService:
                 extra={"task_id": task.task_id, "attempt": attempt},
             )
             current = await self.store.get(task.task_id)
-            status = current.status if current is not None else target
+            if current is not None:
+                # What GET and the attempt log say (the reaper's "interrupted"), not the
+                # callback's answer that was not applied: the execute answered "timeout after
+                # 1 s" while both recorded the interruption (found in review).
+                return ExecuteOutcome(
+                    task_id=task.task_id,
+                    status=current.status,
+                    result=current.result,
+                    error=current.error,
+                    attempt=attempt,
+                )
         return ExecuteOutcome(
             task_id=task.task_id,
             status=status,

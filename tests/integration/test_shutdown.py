@@ -21,7 +21,13 @@ import pytest
 from taskplatform.api.app import create_app, hook_stop_signals
 from taskplatform.exceptions import QueueEmpty, ShuttingDown
 from taskplatform.models import Status
-from taskplatform.service import INTERRUPTED, STOPPED_MID_CALLBACK, STOPPING, TaskService
+from taskplatform.service import (
+    INTERRUPTED,
+    STOPPED_MID_CALLBACK,
+    STOPPED_MID_LAST_CALLBACK,
+    STOPPING,
+    TaskService,
+)
 from taskplatform.settings import Settings
 from taskplatform.validation import parse_task_create
 from tests.support.receiver import Receiver
@@ -70,6 +76,32 @@ async def test_an_execute_in_flight_gets_the_grace_once_then_a_shutting_down_err
     started = time.monotonic()
     await service.shutdown(30)
     assert time.monotonic() - started < 0.5
+
+
+async def test_a_shutdown_mid_callback_of_a_last_attempt_says_the_task_is_a_dead_letter(
+    service: TaskService, receiver: Receiver
+) -> None:
+    """maxRetries 0: the interrupted attempt was the task's last, so it is a dead letter, and
+    the 503 said "the task can be executed again" while the next execute was 409
+    retry_limit_reached (found in review)."""
+    body = (
+        f'{{"taskData": {{}}, "callbackUrl": "{receiver.url("/slow?seconds=2")}", "maxRetries": 0}}'
+    )
+    created, _ = await service.create(
+        parse_task_create(body.encode(), max_depth=64, max_url_length=2048)
+    )
+    task_id = created.task_id
+    assert (await service.dequeue()).task_id == task_id
+    caller = asyncio.create_task(service.execute(task_id))
+    while not receiver.hits_for(task_id):
+        await asyncio.sleep(0.02)
+    service.begin_shutdown(0.2)
+    with pytest.raises(ShuttingDown) as raised:
+        await caller
+    assert raised.value.detail == STOPPED_MID_LAST_CALLBACK
+    task = await service.get(task_id)
+    assert (task.status, task.dead_letter) == (Status.FAILED, True)
+    await service.shutdown(30)
 
 
 async def test_a_callback_that_starts_after_the_stopper_looked_gets_the_same_deadline(

@@ -16,7 +16,7 @@ import pytest
 from taskplatform.backends import TaskChanges
 from taskplatform.exceptions import BackendUnavailable, RetryLimitReached
 from taskplatform.models import Status, TaskRecord, now_ms
-from taskplatform.service import TaskService
+from taskplatform.service import LEASE_EXPIRED, TaskService
 from tests.support.receiver import Receiver
 from tests.support.service import create_task
 
@@ -130,3 +130,29 @@ async def test_a_dequeued_task_with_no_attempts_left_says_so(service: TaskServic
     with pytest.raises(RetryLimitReached, match="has made 2 attempts, the most its maxRetries"):
         await service.execute(task_id)
     assert (await service.get(task_id)).status is Status.DEQUEUED
+
+
+async def test_an_execute_whose_lease_was_lost_answers_what_the_store_recorded(
+    service: TaskService, receiver: Receiver
+) -> None:
+    """The reaper (here, run by hand at the moment it would be) failed the attempt as
+    interrupted while the callback ran; the callback's own answer is then not applied. The
+    execute answered that answer ("timeout after 1 s", or a 2xx's Failed with no error) while
+    GET and the attempt log said "interrupted" (found in review, with a lease grace of 0)."""
+    task_id = await create_task(service, receiver.url("/slow?seconds=0.5"))
+    assert (await service.dequeue()).task_id == task_id
+    caller = asyncio.create_task(service.execute(task_id))
+    while not receiver.hits_for(task_id):
+        await asyncio.sleep(0.02)
+    processing = await service.get(task_id)
+    assert processing.status is Status.PROCESSING
+    assert await service._interrupt(processing, LEASE_EXPIRED)
+    answered = await caller
+    stored = await service.get(task_id)
+    assert (answered.status, answered.error, answered.result) == (
+        stored.status,
+        stored.error,
+        stored.result,
+    )
+    assert (stored.status, stored.error) == (Status.FAILED, LEASE_EXPIRED)
+    assert [entry.error for entry in await service.executions(task_id)] == [LEASE_EXPIRED]
