@@ -45,7 +45,7 @@ def create_receiver_app() -> FastAPI:
             {
                 "received": True,
                 "taskId": task_id,
-                "attempt": int(attempt) if attempt.isdigit() else None,
+                "attempt": int(attempt) if attempt.isascii() and attempt.isdigit() else None,
                 "bytes": len(body),
             }
         )

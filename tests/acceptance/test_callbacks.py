@@ -594,3 +594,43 @@ def test_a_200_whose_headers_hold_a_long_field_is_a_success(
         "Failed",
         "callback failed: the answer has a header line over 65536 bytes, more than is read",
     )
+
+
+def test_a_kept_alive_connection_the_receiver_closed_is_not_a_failed_attempt(
+    client: httpx.Client,
+) -> None:
+    """A receiver that closes each kept-alive connection a moment after its answer (as an idle
+    timeout does, 2 s in gunicorn and 5 s in uvicorn): the next callback, sent on that
+    connection from the pool, failed before any answer ("Can not write request body", "closed
+    the connection before a whole answer"), and a maxRetries 0 task became a dead letter the
+    receiver never saw (found in review: 21 of 150). It is sent again on a new connection,
+    within the same attempt."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    received: list[bytes] = []
+
+    def answer_then_close(connection: socket.socket) -> None:
+        with connection:
+            request = connection.recv(65536)
+            received.append(request)
+            connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+            time.sleep(0.1)  # the idle timeout, short; the next callback comes within it
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                connection, _ = listener.accept()
+                threading.Thread(target=answer_then_close, args=(connection,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/"
+    try:
+        outcomes = []
+        for _ in range(20):
+            task_id = ready_task(client, url, maxRetries=0)
+            outcome, _ = _execute(client, task_id)
+            outcomes.append((outcome["status"], outcome["error"]))
+            time.sleep(0.03)
+    finally:
+        listener.close()
+    assert outcomes == [("Completed", None)] * 20, outcomes
+    assert len(received) >= 20

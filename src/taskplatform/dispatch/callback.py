@@ -32,6 +32,24 @@ logger = logging.getLogger(__name__)
 _USER_AGENT = "taskplatform-callback/0.1"
 _READ_CHUNK = 64 * 1024
 _MAX_HEADER_LINE = 64 * 1024  # bytes of a status or header line of an answer, as read
+_STALE_TRIES = 4
+"""Most sends of one attempt's request: the first, and one more each time the connection it
+went on was a kept-alive one the receiver had closed (see :meth:`CallbackSender._exchange`)."""
+
+
+class _Send:
+    """What aiohttp's tracing told of one send: whether its connection came from the pool."""
+
+    __slots__ = ("reused",)
+
+    def __init__(self) -> None:
+        self.reused = False
+
+
+async def _on_reused(
+    session: aiohttp.ClientSession, context: object, params: object
+) -> None:  # aiohttp's signal signature
+    context.trace_request_ctx.reused = True  # type: ignore[attr-defined]
 
 
 class CallbackOutcome(msgspec.Struct, kw_only=True):
@@ -96,9 +114,12 @@ class CallbackSender:
             use_dns_cache=False,
             resolver=self._resolver,
         )
+        reuse = aiohttp.TraceConfig()
+        reuse.on_connection_reuseconn.append(_on_reused)
         self._session = aiohttp.ClientSession(
             connector=connector,
             timeout=aiohttp.ClientTimeout(total=None),
+            trace_configs=[reuse],
             # Said, not left out: a request without Accept-Encoding allows any coding (RFC
             # 9110, 12.5.3), and a 200 in brotli or zstd, which aiohttp cannot decode here, was
             # recorded as a failure, and dispatched again.
@@ -195,13 +216,7 @@ class CallbackSender:
                 # waiting for one was never sent, and its error must say so.
                 async with self._connections:
                     waiting = False
-                    # Stamped and signed once a connection is ours, not before the wait for
-                    # one (up to the task's timeout): receivers refuse an old timestamp as a
-                    # replay (Standard Webhooks allows 5 minutes), and such a 4xx is final.
-                    self._stamp(task, headers)
-                    async with self._session.post(
-                        url, data=task.task_data, headers=headers, allow_redirects=False
-                    ) as response:
+                    async with await self._post(task, url, headers) as response:
                         status = response.status
                         body, error = await self._read_body(response)
                         if error is not None and 200 <= status < 300:
@@ -269,6 +284,52 @@ class CallbackSender:
             logger.warning("callback of task %s failed unexpectedly: %r", task.task_id, exc)
             error = f"callback failed: {type(exc).__name__}: {exc}"
         return status, body, error, retry_after
+
+    async def _post(
+        self, task: TaskRecord, url: str, headers: dict[str, str]
+    ) -> aiohttp.ClientResponse:
+        """Send the request and return the response, its headers read.
+
+        A kept-alive connection the receiver closed while it sat in the pool (its idle
+        timeout, 2 s in gunicorn and 5 s in uvicorn and Node, against aiohttp's 15 s; or a
+        receiver that closes after each answer) fails the send before any byte of an answer:
+        aiohttp reports the write failed or the server disconnected. Such a send is made again
+        at once on another connection, within the attempt's timeout, as Go's and urllib3's
+        clients do, up to :data:`_STALE_TRIES` sends; a send on a new connection is never made
+        again. A receiver may so get the request twice when it read it and closed without an
+        answer; ``webhook-id`` is the same (RFC 9110 section 9.2.2: a retry of a POST needs a
+        means to tell the request was not applied, which ``webhook-id`` gives the receiver).
+        The attempt is one: a ``maxRetries: 0`` task was made a dead letter by a request the
+        receiver never saw (found in review: 21 of 150 such callbacks).
+
+        Raises:
+            aiohttp.ClientError: as ``ClientSession.post``, once no send is left.
+        """
+        assert self._session is not None
+        for tries_left in range(_STALE_TRIES - 1, -1, -1):
+            # Stamped and signed once a connection slot is ours, not before the wait for one
+            # (up to the task's timeout): receivers refuse an old timestamp as a replay
+            # (Standard Webhooks allows 5 minutes), and such a 4xx is final.
+            self._stamp(task, headers)
+            sent = _Send()
+            try:
+                return await self._session.post(
+                    url,
+                    data=task.task_data,
+                    headers=headers,
+                    allow_redirects=False,
+                    trace_request_ctx=sent,
+                )
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+                if not sent.reused or not tries_left:
+                    raise
+                logger.debug(
+                    "task %s: a kept-alive connection was closed by the receiver; sending on "
+                    "another",
+                    task.task_id,
+                    extra={"task_id": task.task_id},
+                )
+        raise AssertionError("unreachable")  # the last try returns or raises
 
     def _stamp(self, task: TaskRecord, headers: dict[str, str]) -> None:
         """Put ``webhook-timestamp`` (Unix seconds, now by the database's clock: ``now_ms``,
