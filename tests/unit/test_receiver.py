@@ -29,3 +29,15 @@ async def test_a_callback_is_logged_with_its_controls_escaped(
     assert "\u009b" not in line
     assert "/orders\\x1b[2J" in line
     assert '{"csi": "\\x9b31m"}' in line
+
+
+async def test_an_attempt_header_of_other_digits_is_no_attempt_not_a_500() -> None:
+    """``"¹".isdigit()`` is true and ``int("¹")`` raises: the receiver answered 500 to an
+    ``X-Task-Attempt`` of a superscript digit (found in review)."""
+    transport = httpx.ASGITransport(app=create_receiver_app())
+    async with httpx.AsyncClient(transport=transport, base_url="http://r.test") as client:
+        answer = await client.post(
+            "/", content=b"{}", headers={b"X-Task-Id": b"t1", b"X-Task-Attempt": b"\xb9"}
+        )
+    assert answer.status_code == 200
+    assert answer.json()["attempt"] is None
