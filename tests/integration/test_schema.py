@@ -10,7 +10,7 @@ import asyncpg
 import pytest
 
 from taskplatform.backends import migrate, prepare_schema
-from taskplatform.models import Status
+from taskplatform.models import Status, now_ms
 from taskplatform.settings import Settings
 from tests.support.backends import backend_env, settings_kwargs
 from tests.support.service import opened_service
@@ -115,3 +115,42 @@ async def test_a_task_out_of_attempts_before_0003_is_a_dead_letter_after_it(
         assert (task.status, task.attempts, task.attempts_left()) == (Status.FAILED, 4, False)
         assert task.dead_letter
         assert await service.redrive_dead_letters(queue=None, limit=1000) == [TASK]
+
+
+UNLEASED = "01a23e21-6fef-7684-bebd-cdcb94751e88"
+# A task revision 0001 dequeued: no lease token, no lease deadline.
+_DEQUEUED_UNLEASED = (
+    "INSERT INTO tasks VALUES ('" + UNLEASED + "', 2, 'Dequeued', 0, '{}', "
+    "'http://127.0.0.1:9/x', 3, 30, 0, NULL, NULL, NULL, NULL, NULL, 1, 2, 2, NULL)"
+)
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgres"])
+async def test_a_task_dequeued_before_0002_gets_a_lease_the_reaper_ends(
+    store: str, tmp_path: Path
+) -> None:
+    """Revision 0001 dequeued without a lease; the reaper returns only Dequeued tasks whose
+    lease ran out, so such a task stayed Dequeued for ever after the upgrade (found in review).
+    Revision 0010 gives it the default dequeue lease, from the upgrade."""
+    settings = Settings(**settings_kwargs(backend_env(store, tmp_path)))  # type: ignore[arg-type]
+    await migrate.upgrade(settings.database_url, revision="0001")
+    if store == "sqlite":
+        with sqlite3.connect(settings.database_url.removeprefix("sqlite:///")) as connection:
+            connection.execute(_DEQUEUED_UNLEASED)
+    else:
+        conn = await asyncpg.connect(settings.database_url)
+        try:
+            await conn.execute(_DEQUEUED_UNLEASED)
+        finally:
+            await conn.close()
+    upgraded_at = now_ms()
+    async with opened_service(settings) as service:
+        task = await service.get(UNLEASED)
+        assert task.status is Status.DEQUEUED
+        assert task.lease_token == UNLEASED
+        assert task.lease_expires_at is not None
+        assert 0 <= task.lease_expires_at - upgraded_at - 300_000 < 60_000
+        expired = await service.store.expired_leases(
+            Status.DEQUEUED, now=task.lease_expires_at + 1, limit=10
+        )
+        assert [found.task_id for found in expired] == [UNLEASED]
