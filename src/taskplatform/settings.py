@@ -47,6 +47,25 @@ def _queue_names(names: str) -> str:
     return names
 
 
+def _fault_spec(value: str) -> str:
+    """Refuse a ``faults`` value :class:`~taskplatform.faults.Faults` cannot read, as any other
+    bad setting is refused: one line and exit code 2, not a traceback from the first backend
+    opened, after the schema was migrated (found in review).
+
+    Raises:
+        ValueError: an unknown point or action, or a count that is not a number.
+    """
+    from taskplatform.faults import Faults
+
+    try:
+        Faults(value)
+    except ValueError as exc:
+        if "invalid literal" in str(exc):
+            raise ValueError("a fault's count must be a whole number, as fail:2") from exc
+        raise
+    return value
+
+
 class Settings(BaseSettings):
     """Configuration of one taskplatform process.
 
@@ -356,6 +375,7 @@ class Settings(BaseSettings):
     ] = False
     faults: Annotated[
         str,
+        AfterValidator(_fault_spec),
         Field(
             description=(
                 "Test-only fault injection, e.g. `after_reserve=fail:1` or `after_reserve=kill`. "

@@ -107,6 +107,8 @@ _taskplatform = run_taskplatform
             {"TASKPLATFORM_LOG_LEVEL": "bogus"},
             "TASKPLATFORM_LOG_LEVEL: use one of critical, error, warning, info, debug",
         ),
+        # Test-only, but a typo in it was a 94-line traceback after the schema was migrated.
+        ({"TASKPLATFORM_FAULTS": "bogus"}, "TASKPLATFORM_FAULTS: unknown fault point 'bogus'"),
         (
             {"TASKPLATFORM_DISPATCH_QUEUES": "default,.."},
             "TASKPLATFORM_DISPATCH_QUEUES: each comma-separated queue name must be 1 to 64",
@@ -159,6 +161,27 @@ def test_a_misspelt_variable_is_named_with_the_one_meant(tmp_path: Path) -> None
         "(did you mean TASKPLATFORM_DATABASE_URL?)",
         "warning: TASKPLATFORM_NOTHING_LIKE_IT is not a setting and is ignored",
     ]
+
+
+def test_the_client_key_given_to_a_server_without_its_keys_is_said_to_be_ignored(
+    tmp_path: Path,
+) -> None:
+    """TASKPLATFORM_API_KEY (the tasks commands' key) where TASKPLATFORM_API_KEYS was meant:
+    the server ran with no key, without a word, as the client's variables are never unknown
+    (found in review). With the server's keys set too, nothing is said."""
+    env = {"TASKPLATFORM_DATABASE_URL": f"sqlite:///{tmp_path / 'tp.db'}"}
+    key = "0123456789abcdef0123"
+    alone = _taskplatform("db", "upgrade", env={**env, "TASKPLATFORM_API_KEY": key})
+    assert alone.returncode == 0, alone.stderr
+    assert alone.stderr.splitlines() == [
+        "warning: TASKPLATFORM_API_KEY is the key the `tasks` commands send, not a setting of "
+        "this command, and is ignored here: a server's keys are TASKPLATFORM_API_KEYS"
+    ]
+    both = _taskplatform(
+        "db", "upgrade", env={**env, "TASKPLATFORM_API_KEY": key, "TASKPLATFORM_API_KEYS": key}
+    )
+    assert both.returncode == 0, both.stderr
+    assert both.stderr == ""
 
 
 @pytest.mark.parametrize("delay", [0.15, 0.3, 0.45])
