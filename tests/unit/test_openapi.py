@@ -15,6 +15,7 @@ from taskplatform import models
 from taskplatform.api.app import create_app
 from taskplatform.api.openapi import EXAMPLES
 from taskplatform.api.problems import PROBLEM_MEDIA_TYPE
+from taskplatform.api.protocol import HEADERS_TIMEOUT, HEADERS_TOO_LARGE
 from taskplatform.api.security import STATEFUL_GETS
 from taskplatform.exceptions import TaskPlatformError
 from taskplatform.settings import Settings
@@ -167,23 +168,35 @@ def _resolved(document: dict[str, Any], response: dict[str, Any]) -> dict[str, A
     return response
 
 
-def test_every_api_operation_shows_the_400_and_403_the_middleware_answers_on_it(
+def _examples_of(document: dict[str, Any], operation: dict[str, Any], status: str) -> Any:
+    response = _resolved(document, operation["responses"].get(status, {}))
+    return response.get("content", {}).get(PROBLEM_MEDIA_TYPE, {}).get("examples", {})
+
+
+def test_every_operation_shows_what_the_protocol_and_the_middleware_answer_on_it(
     document: dict[str, Any],
 ) -> None:
-    """The security middleware answers any /api operation, GETs too, 403 ``host_not_allowed``
-    (a keyless loopback server asked for another Host) and 400 ``bad_request`` (no Host, two
-    Authorization headers): the GETs declared neither, and no operation showed their examples,
-    which sat only in components no operation named (found in review)."""
+    """The HTTP protocol (``api.protocol``) answers any request 400 ``bad_request`` (not HTTP),
+    408 ``request_timeout`` and 431 ``header_fields_too_large``, and the security middleware
+    400 (no Host, two Authorization headers) and 403 ``host_not_allowed`` (a keyless loopback
+    server asked for another Host), whatever the path: no operation declared 408 or 431, and
+    /healthz, /readyz and /metrics none of them (found in review). The 408 and 431 show the
+    protocol's own problem documents."""
     missing = []
     for method, path, operation in _operations(document):
-        if not path.startswith("/api"):
-            continue
-        for status, code in (("403", "host_not_allowed"), ("400", "bad_request")):
-            response = _resolved(document, operation["responses"].get(status, {}))
-            examples = response.get("content", {}).get(PROBLEM_MEDIA_TYPE, {}).get("examples", {})
-            if code not in examples:
-                missing.append(f"{method.upper()} {path} {status} {code}")
+        for status, code in (
+            ("400", "bad_request"),
+            ("403", "host_not_allowed"),
+            ("408", "request_timeout"),
+            ("431", "header_fields_too_large"),
+        ):
+            if code not in _examples_of(document, operation, status):
+                missing.append(f"{method} {path} {status} {code}")
     assert not missing, missing
+    for method, path, operation in _operations(document):
+        for problem in (HEADERS_TIMEOUT, HEADERS_TOO_LARGE):
+            shown = _examples_of(document, operation, str(problem.status))[problem.code]["value"]
+            assert shown == msgspec.to_builtins(problem), (method, path)
 
 
 def test_the_response_headers_the_api_sends_are_declared(document: dict[str, Any]) -> None:

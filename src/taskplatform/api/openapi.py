@@ -429,29 +429,37 @@ def _add_example(responses: dict[str, Any], status: str, code: str) -> None:
 
 
 def _add_outer_problems(schema: dict[str, Any]) -> None:
-    """Declare 401 and 429 on every ``/api`` operation (they apply whenever keys are set), 403
-    on those the security middleware guards against other sites (the unsafe methods, and the
-    GETs that change state: ``security.STATEFUL_GETS``), and the router's 404 and 405 as
-    reusable responses, so every error code has an example."""
+    """Declare on each operation what the layers in front of its route answer for it.
+
+    The HTTP protocol (``api.protocol``) and the security middleware answer any request: 400
+    ``bad_request`` (not HTTP, no Host, two Authorization headers), 408 ``request_timeout``,
+    431 ``header_fields_too_large``, and 403 ``host_not_allowed`` (a keyless loopback server
+    asked for another Host). On every ``/api`` operation, 401 and 429 (they apply whenever
+    keys are set); 403 ``cross_origin_request`` on the operations the middleware guards against
+    other sites (the unsafe methods, and the GETs that change state:
+    ``security.STATEFUL_GETS``). The router's 404 and 405 and the 500 no route should answer are
+    reusable responses, so every error code has an example.
+    """
     for path, operations in schema.get("paths", {}).items():
-        if not path.startswith("/api"):
-            continue
         for method, operation in operations.items():
             responses = operation.setdefault("responses", {})
-            responses.setdefault("401", outer_problem("unauthorized"))
-            responses["401"].setdefault("headers", {})["WWW-Authenticate"] = header(
-                "`Bearer`: the scheme the key goes in (RFC 6750)."
-            )
+            if path.startswith("/api"):
+                responses.setdefault("401", outer_problem("unauthorized"))
+                responses["401"].setdefault("headers", {})["WWW-Authenticate"] = header(
+                    "`Bearer`: the scheme the key goes in (RFC 6750)."
+                )
+                responses.setdefault("429", outer_problem("rate_limited"))
+                responses["429"].setdefault("headers", {})["Retry-After"] = header(
+                    "Seconds to wait before the next request (RFC 9110, 10.2.3)."
+                )
             if method not in ("get", "head", "options") or path in STATEFUL_GETS:
                 responses.setdefault("403", outer_problem("cross_origin_request"))
-            responses.setdefault("429", outer_problem("rate_limited"))
-            responses["429"].setdefault("headers", {})["Retry-After"] = header(
-                "Seconds to wait before the next request (RFC 9110, 10.2.3)."
-            )
-            # Any operation, GETs too: a keyless loopback server asked for another Host, and a
-            # request with no Host or two Authorization headers (the security middleware).
             _add_example(responses, "403", "host_not_allowed")
             _add_example(responses, "400", "bad_request")
+            _add_example(responses, "408", "request_timeout")
+            _add_example(responses, "431", "header_fields_too_large")
+            # In status order, as /docs lists them: the statuses added here follow the route's.
+            operation["responses"] = dict(sorted(responses.items()))
     reusable = schema["components"].setdefault("responses", {})
     reusable["NotFound"] = outer_problem("not_found")
     reusable["MethodNotAllowed"] = outer_problem("method_not_allowed")
