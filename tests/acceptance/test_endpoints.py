@@ -124,6 +124,7 @@ def test_openapi_documents_every_route_and_error(client: httpx.Client) -> None:
 
 
 TASK = "01900000-0000-7000-8000-000000000000"
+KEY = "tp_test_key_0123456789abcdef"
 
 
 def _operations(document: dict[str, Any]) -> list[tuple[str, str, str, dict[str, Any]]]:
@@ -195,8 +196,9 @@ def test_every_operation_declares_what_the_outer_layers_answer_it(
     """Each operation of the served /openapi.json declares the answers the HTTP protocol and
     the security middleware give it, with a body of the declared schema: 408 for a head sent
     too slowly, 431 for one too large, 400 for an HTTP/1.1 request with no Host, 403 for a
-    foreign Host on a keyless loopback server. No operation declared 408 or 431, and /healthz
-    only its 200 (found in review)."""
+    foreign Host on a keyless loopback server; with keys set, 401 without a key and 429 over
+    the rate where a key is needed (/metrics too). No operation declared 408 or 431, /healthz
+    only its 200, and /metrics no 401 (found in review)."""
     server = start_server(
         TASKPLATFORM_MAX_HEADER_BYTES="8192", TASKPLATFORM_HEADER_TIMEOUT_SECONDS="1"
     )
@@ -218,6 +220,30 @@ def test_every_operation_declares_what_the_outer_layers_answer_it(
     for (method, template, status, _), answer in zip(requests, answers, strict=True):
         assert answer[0] == status, (method, template, answer)
         _assert_declared(document, method, template, answer)
+
+    keyed = start_server(
+        TASKPLATFORM_API_KEYS=KEY,
+        TASKPLATFORM_RATE_LIMIT_PER_SECOND="0.001",  # one request, then 429 for the test's time
+        TASKPLATFORM_RATE_LIMIT_BURST="1",
+    )
+    assert httpx.get(f"{keyed.url}/openapi.json").json() == document  # one document
+    bearer = {"Authorization": f"Bearer {KEY}"}
+    assert httpx.get(f"{keyed.url}/api/stats", headers=bearer).status_code == 200
+    keyless = []
+    for method, template, path, operation in operations:
+        unauthorized = httpx.request(method, f"{keyed.url}{path}")
+        if "security" not in operation:
+            keyless.append(template)
+            assert unauthorized.status_code == 200, (method, template, unauthorized.text)
+            continue
+        answer = (unauthorized.status_code, dict(unauthorized.headers), unauthorized.content)
+        assert answer[0] == 401, (method, template)
+        _assert_declared(document, method, template, answer)
+        limited = httpx.request(method, f"{keyed.url}{path}", headers=bearer)
+        answer = (limited.status_code, dict(limited.headers), limited.content)
+        assert answer[0] == 429, (method, template)
+        _assert_declared(document, method, template, answer)
+    assert sorted(keyless) == ["/healthz", "/readyz"]
 
 
 def test_stats_of_one_named_queue(client: httpx.Client) -> None:

@@ -16,7 +16,7 @@ from taskplatform.api.app import create_app
 from taskplatform.api.openapi import EXAMPLES
 from taskplatform.api.problems import PROBLEM_MEDIA_TYPE
 from taskplatform.api.protocol import HEADERS_TIMEOUT, HEADERS_TOO_LARGE
-from taskplatform.api.security import STATEFUL_GETS
+from taskplatform.api.security import STATEFUL_GETS, needs_key
 from taskplatform.exceptions import TaskPlatformError
 from taskplatform.settings import Settings
 
@@ -197,6 +197,39 @@ def test_every_operation_shows_what_the_protocol_and_the_middleware_answer_on_it
         for problem in (HEADERS_TIMEOUT, HEADERS_TOO_LARGE):
             shown = _examples_of(document, operation, str(problem.status))[problem.code]["value"]
             assert shown == msgspec.to_builtins(problem), (method, path)
+
+
+def test_the_operations_that_need_a_key_say_so_and_no_other_does(document: dict[str, Any]) -> None:
+    """The document had no security scheme, and /metrics, behind the key once keys are set
+    (unless TASKPLATFORM_METRICS_PUBLIC), declared neither 401 nor 429 (found in review). Each
+    operation whose path needs a key when keys are set (``security.needs_key``) has the
+    ``bearerAuth`` requirement, 401 and 429; the probes have none of the three."""
+    scheme = document["components"]["securitySchemes"]["bearerAuth"]
+    assert (scheme["type"], scheme["scheme"]) == ("http", "bearer")
+    assert "TASKPLATFORM_API_KEYS" in scheme["description"]
+    assert "security" not in document, "the probes need no key: per operation"
+    keyed = keyless = 0
+    for method, path, operation in _operations(document):
+        responses = operation["responses"]
+        if needs_key(path, metrics_public=False, docs_public=False):
+            keyed += 1
+            assert operation.get("security") == [{"bearerAuth": []}], (method, path)
+            assert "WWW-Authenticate" in responses["401"]["headers"], (method, path)
+            assert "Retry-After" in responses["429"]["headers"], (method, path)
+        else:
+            keyless += 1
+            assert "security" not in operation, (method, path)
+            assert "401" not in responses, (method, path)
+            assert "429" not in responses, (method, path)
+    assert keyed >= 16
+    assert keyless == 2  # /healthz and /readyz
+    # /metrics needs the key only when keys are set and it is not made public: it says so.
+    assert not needs_key("/metrics", metrics_public=True, docs_public=False)
+    metrics = document["paths"]["/metrics"]["get"]
+    assert "TASKPLATFORM_METRICS_PUBLIC=true" in metrics["description"]
+    assert "TASKPLATFORM_METRICS_PUBLIC=true" in metrics["responses"]["401"]["description"]
+    stats = document["paths"]["/api/stats"]["get"]
+    assert "PUBLIC" not in stats["responses"]["401"]["description"]
 
 
 def test_the_response_headers_the_api_sends_are_declared(document: dict[str, Any]) -> None:

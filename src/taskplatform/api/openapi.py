@@ -16,7 +16,7 @@ from fastapi.openapi.utils import get_openapi
 from taskplatform import models
 from taskplatform.api.problems import PROBLEM_MEDIA_TYPE, problem_type
 from taskplatform.api.protocol import HEADERS_TIMEOUT, HEADERS_TOO_LARGE
-from taskplatform.api.security import STATEFUL_GETS
+from taskplatform.api.security import STATEFUL_GETS, needs_key
 from taskplatform.exceptions import (
     BackendUnavailable,
     IdempotencyKeyReused,
@@ -428,30 +428,51 @@ def _add_example(responses: dict[str, Any], status: str, code: str) -> None:
         response["description"] = f"{response.get('description', '')} Or {extra['description']}"
 
 
+_BEARER_SCHEME = "bearerAuth"
+"""The name of the API key's security scheme in ``components.securitySchemes``."""
+_BEARER_DESCRIPTION = (
+    "An API key of `TASKPLATFORM_API_KEYS` (or `TASKPLATFORM_API_KEYS_FILE`), sent as "
+    "`Authorization: Bearer <key>`. Only a server with API keys asks for it (401 "
+    "`unauthorized` without a valid one); a server without keys takes every request without "
+    "one, and then, when it listens on loopback, only for a loopback `Host` (403 "
+    "`host_not_allowed`). The document is the same either way: an operation with this "
+    "requirement needs the key whenever keys are set, unless its description names the setting "
+    "that serves it without one. `/healthz` and `/readyz` never need it."
+)
+
+
+def _key_exemptions(path: str) -> list[str] | None:
+    """Return None when a request for ``path`` never needs an API key, else the settings that
+    serve it without one when keys are set (``security.needs_key``; empty: none does)."""
+    if not needs_key(path, metrics_public=False, docs_public=False):
+        return None
+    exemptions = []
+    if not needs_key(path, metrics_public=True, docs_public=False):
+        exemptions.append("TASKPLATFORM_METRICS_PUBLIC")
+    if not needs_key(path, metrics_public=False, docs_public=True):
+        exemptions.append("TASKPLATFORM_DOCS_PUBLIC")
+    return exemptions
+
+
 def _add_outer_problems(schema: dict[str, Any]) -> None:
     """Declare on each operation what the layers in front of its route answer for it.
 
     The HTTP protocol (``api.protocol``) and the security middleware answer any request: 400
     ``bad_request`` (not HTTP, no Host, two Authorization headers), 408 ``request_timeout``,
     431 ``header_fields_too_large``, and 403 ``host_not_allowed`` (a keyless loopback server
-    asked for another Host). On every ``/api`` operation, 401 and 429 (they apply whenever
-    keys are set); 403 ``cross_origin_request`` on the operations the middleware guards against
-    other sites (the unsafe methods, and the GETs that change state:
-    ``security.STATEFUL_GETS``). The router's 404 and 405 and the 500 no route should answer are
-    reusable responses, so every error code has an example.
+    asked for another Host). Where a key is needed when keys are set (``security.needs_key``),
+    the ``bearerAuth`` requirement, 401 and 429 (the rate limit counts per key); 403
+    ``cross_origin_request`` on the operations the middleware guards against other sites (the
+    unsafe methods, and the GETs that change state: ``security.STATEFUL_GETS``). The router's
+    404 and 405 and the 500 no route should answer are reusable responses, so every error code
+    has an example.
     """
     for path, operations in schema.get("paths", {}).items():
+        exemptions = _key_exemptions(path)
         for method, operation in operations.items():
             responses = operation.setdefault("responses", {})
-            if path.startswith("/api"):
-                responses.setdefault("401", outer_problem("unauthorized"))
-                responses["401"].setdefault("headers", {})["WWW-Authenticate"] = header(
-                    "`Bearer`: the scheme the key goes in (RFC 6750)."
-                )
-                responses.setdefault("429", outer_problem("rate_limited"))
-                responses["429"].setdefault("headers", {})["Retry-After"] = header(
-                    "Seconds to wait before the next request (RFC 9110, 10.2.3)."
-                )
+            if exemptions is not None:
+                _require_key(operation, exemptions)
             if method not in ("get", "head", "options") or path in STATEFUL_GETS:
                 responses.setdefault("403", outer_problem("cross_origin_request"))
             _add_example(responses, "403", "host_not_allowed")
@@ -460,7 +481,11 @@ def _add_outer_problems(schema: dict[str, Any]) -> None:
             _add_example(responses, "431", "header_fields_too_large")
             # In status order, as /docs lists them: the statuses added here follow the route's.
             operation["responses"] = dict(sorted(responses.items()))
-    reusable = schema["components"].setdefault("responses", {})
+    components = schema["components"]
+    components["securitySchemes"] = {
+        _BEARER_SCHEME: {"type": "http", "scheme": "bearer", "description": _BEARER_DESCRIPTION}
+    }
+    reusable = components.setdefault("responses", {})
     reusable["NotFound"] = outer_problem("not_found")
     reusable["MethodNotAllowed"] = outer_problem("method_not_allowed")
     reusable["MethodNotAllowed"]["headers"] = {
@@ -471,6 +496,31 @@ def _add_outer_problems(schema: dict[str, Any]) -> None:
     reusable["HeaderFieldsTooLarge"] = outer_problem("header_fields_too_large")
     reusable["RequestTimeout"] = outer_problem("request_timeout")
     reusable["InternalError"] = outer_problem("internal_error")
+
+
+def _require_key(operation: dict[str, Any], exemptions: list[str]) -> None:
+    """Give ``operation`` the ``bearerAuth`` requirement and the 401 and 429 of a request that
+    needs a key, saying which settings of ``exemptions`` serve it without one."""
+    operation["security"] = [{_BEARER_SCHEME: []}]
+    responses = operation["responses"]
+    responses.setdefault("401", outer_problem("unauthorized"))
+    responses["401"].setdefault("headers", {})["WWW-Authenticate"] = header(
+        "`Bearer`: the scheme the key goes in (RFC 6750)."
+    )
+    responses.setdefault("429", outer_problem("rate_limited"))
+    responses["429"].setdefault("headers", {})["Retry-After"] = header(
+        "Seconds to wait before the next request (RFC 9110, 10.2.3)."
+    )
+    if exemptions:
+        settings = " or ".join(f"`{variable}=true`" for variable in exemptions)
+        unless = f"Not with {settings}, which serves this without a key."
+        for status in ("401", "429"):
+            responses[status]["description"] += f" {unless}"
+        operation["description"] = (
+            f"{operation.get('description', '')}\n\nWith API keys set (`TASKPLATFORM_API_KEYS`) "
+            f"this needs one, `Authorization: Bearer <key>`, unless {settings}; without keys, "
+            "none."
+        ).lstrip()
 
 
 def _ecma_patterns(node: Any) -> None:

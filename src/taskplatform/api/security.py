@@ -158,11 +158,9 @@ class SecurityMiddleware:
         self.limiter = limiter
 
     def _needs_key(self, path: str) -> bool:
-        if not self._digests or path in _OPEN or path.startswith(_DASHBOARD_OPEN):
+        if not self._digests:
             return False
-        if path == "/metrics" and self._metrics_public:
-            return False
-        return not (self._docs_public and path.startswith(_DOCS))
+        return needs_key(path, metrics_public=self._metrics_public, docs_public=self._docs_public)
 
     def _identify(self, scope: Scope, *, dashboard: bool = False) -> int | None:
         """Return the index of the presented API key, or None if none matches.
@@ -324,6 +322,25 @@ class SecurityMiddleware:
                 )
                 return
         await self.app(scope, receive, send_with_headers)
+
+
+def needs_key(path: str, *, metrics_public: bool, docs_public: bool) -> bool:
+    """Return whether a request for ``path`` needs an API key on a server that has keys.
+
+    Args:
+        path: The request's path.
+        metrics_public: ``TASKPLATFORM_METRICS_PUBLIC``: ``/metrics`` is served without a key.
+        docs_public: ``TASKPLATFORM_DOCS_PUBLIC``: ``/docs`` and ``/openapi.json`` are too.
+
+    A server without keys needs none anywhere. The probes and the dashboard's login form (and
+    its script and style) never need one; everything else does. ``/openapi.json`` describes
+    with it which operations need a key (``api.openapi``).
+    """
+    if path in _OPEN or path.startswith(_DASHBOARD_OPEN):
+        return False
+    if path == "/metrics" and metrics_public:
+        return False
+    return not (docs_public and path.startswith(_DOCS))
 
 
 _SAFE_METHODS = frozenset(("GET", "HEAD", "OPTIONS"))
