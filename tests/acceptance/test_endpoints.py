@@ -197,8 +197,9 @@ def test_every_operation_declares_what_the_outer_layers_answer_it(
     the security middleware give it, with a body of the declared schema: 408 for a head sent
     too slowly, 431 for one too large, 400 for an HTTP/1.1 request with no Host, 403 for a
     foreign Host on a keyless loopback server; with keys set, 401 without a key and 429 over
-    the rate where a key is needed (/metrics too). No operation declared 408 or 431, /healthz
-    only its 200, and /metrics no 401 (found in review)."""
+    the rate where a key is needed (/metrics too); and ``GET /api/tasks/{taskId}`` the 405
+    its handler answers ``GET /api/tasks/batch``. No operation declared 408 or 431, /healthz
+    only its 200, /metrics no 401, and no operation that 405 (found in review)."""
     server = start_server(
         TASKPLATFORM_MAX_HEADER_BYTES="8192", TASKPLATFORM_HEADER_TIMEOUT_SECONDS="1"
     )
@@ -220,6 +221,11 @@ def test_every_operation_declares_what_the_outer_layers_answer_it(
     for (method, template, status, _), answer in zip(requests, answers, strict=True):
         assert answer[0] == status, (method, template, answer)
         _assert_declared(document, method, template, answer)
+    for path in ("/api/tasks/batch", "/api/tasks/retry"):
+        wrong = httpx.get(f"{server.url}{path}")
+        assert wrong.status_code == 405
+        answer = (405, dict(wrong.headers), wrong.content)
+        _assert_declared(document, "GET", "/api/tasks/{taskId}", answer)
 
     keyed = start_server(
         TASKPLATFORM_API_KEYS=KEY,

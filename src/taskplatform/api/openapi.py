@@ -273,6 +273,7 @@ __all__ = [
     "ValidationFailed",
     "install_openapi",
     "json_body",
+    "method_not_allowed",
     "problems",
     "ref",
     "request_body",
@@ -465,7 +466,7 @@ def _add_outer_problems(schema: dict[str, Any]) -> None:
     ``cross_origin_request`` on the operations the middleware guards against other sites (the
     unsafe methods, and the GETs that change state: ``security.STATEFUL_GETS``). The router's
     404 and 405 and the 500 no route should answer are reusable responses, so every error code
-    has an example.
+    has an example; a route that answers a 405 itself declares it (``GET /api/tasks/{taskId}``).
     """
     for path, operations in schema.get("paths", {}).items():
         exemptions = _key_exemptions(path)
@@ -487,10 +488,7 @@ def _add_outer_problems(schema: dict[str, Any]) -> None:
     }
     reusable = components.setdefault("responses", {})
     reusable["NotFound"] = outer_problem("not_found")
-    reusable["MethodNotAllowed"] = outer_problem("method_not_allowed")
-    reusable["MethodNotAllowed"]["headers"] = {
-        "Allow": header("The methods the path takes (RFC 9110, 10.2.1).")
-    }
+    reusable["MethodNotAllowed"] = method_not_allowed()
     reusable["HostNotAllowed"] = outer_problem("host_not_allowed")
     reusable["BadRequest"] = outer_problem("bad_request")
     reusable["HeaderFieldsTooLarge"] = outer_problem("header_fields_too_large")
@@ -521,6 +519,28 @@ def _require_key(operation: dict[str, Any], exemptions: list[str]) -> None:
             f"this needs one, `Authorization: Bearer <key>`, unless {settings}; without keys, "
             "none."
         ).lstrip()
+
+
+def method_not_allowed(
+    when: str | None = None, detail: str | None = None, allow: str | None = None
+) -> dict[str, Any]:
+    """Return the OpenAPI response object of a 405 ``method_not_allowed``, with its ``Allow``.
+
+    Args:
+        when: What makes an operation answer it, added to the description; None: the router's
+            405 for a method the path does not take, which no operation of the path answers.
+        detail: The example's ``detail``; None: the generic one.
+        allow: What the example's ``Allow`` lists, said in the header's description.
+    """
+    response = outer_problem("method_not_allowed")
+    if when is not None:
+        response["description"] += f" {when}"
+    if detail is not None:
+        media = response["content"][PROBLEM_MEDIA_TYPE]
+        media["examples"]["method_not_allowed"]["value"]["detail"] = detail
+    meaning = "The methods the path takes (RFC 9110, 10.2.1)"
+    response["headers"] = {"Allow": header(f"{meaning}: `{allow}`." if allow else f"{meaning}.")}
+    return response
 
 
 def _ecma_patterns(node: Any) -> None:

@@ -27,6 +27,7 @@ from taskplatform.api.openapi import (
     TaskNotFound,
     ValidationFailed,
     json_body,
+    method_not_allowed,
     problems,
     request_body,
 )
@@ -471,6 +472,12 @@ async def redrive_dead_letters(request: Request) -> Response:
     responses={
         200: json_body(TaskView, "The task."),
         **problems(TaskNotFound, BackendUnavailable),
+        405: method_not_allowed(
+            "Here `taskId` names a route that takes no GET (`batch`, `retry`: POST only), "
+            "not a task.",
+            "GET is not allowed here; use POST",
+            "POST",
+        ),
     },
 )
 async def get_task(request: Request, task_id: TaskId) -> Response:
