@@ -620,8 +620,11 @@ def test_unknown_routes_and_methods_are_problems(client: httpx.Client) -> None:
     assert_problem(dequeue, 405, "method_not_allowed")
     assert dequeue.headers["allow"] == "GET, POST"
     tasks = client.put("/api/tasks")
-    assert_problem(tasks, 405, "method_not_allowed")
+    problem = assert_problem(tasks, 405, "method_not_allowed")
     assert tasks.headers["allow"] == "GET, HEAD, POST"
+    assert problem["detail"] == "PUT is not allowed here; use GET, HEAD or POST"
+    assert problem["title"] == "Method not allowed"  # sentence case, as every other title
+    assert assert_problem(client.get("/api/nothing"), 404, "not_found")["title"] == "Not found"
 
 
 @pytest.mark.parametrize("method", ["GET", "DELETE"])

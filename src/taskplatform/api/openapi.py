@@ -352,7 +352,7 @@ _OUTER_PROBLEMS = {
     ),
     "not_found": (
         404,
-        "Not Found",
+        "Not found",
         "no route matches GET /api/task",
         "No route has this path.",
     ),
@@ -385,7 +385,7 @@ _OUTER_PROBLEMS = {
     ),
     "method_not_allowed": (
         405,
-        "Method Not Allowed",
+        "Method not allowed",
         "DELETE is not allowed here; use GET",
         "The path exists, not with this method; `Allow` lists the methods.",
     ),

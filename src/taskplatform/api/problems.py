@@ -129,13 +129,20 @@ async def _on_http_error(request: Request, exc: Exception) -> Response:
         # POST /api/tasks are two routes), so list the methods of all of them.
         allowed = _allowed_methods(request)
         headers["Allow"] = ", ".join(allowed)
-        detail = f"{request.method} is not allowed here; use {' or '.join(allowed)}"
+        detail = f"{request.method} is not allowed here; use {_one_of(allowed)}"
     return problem_response(
         status,
         _HTTP_CODES.get(status, phrase.lower().replace(" ", "_")),
-        phrase,
+        phrase[:1] + phrase[1:].lower(),  # sentence case, as every other problem's title
         detail,
         headers=headers or None,
+    )
+
+
+def _one_of(methods: list[str]) -> str:
+    """``GET``, ``GET or POST``, ``GET, HEAD or POST``."""
+    return (
+        " or ".join(methods) if len(methods) < 3 else f"{', '.join(methods[:-1])} or {methods[-1]}"
     )
 
 
