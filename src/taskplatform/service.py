@@ -1259,7 +1259,7 @@ class TaskService:
                 extra={"task_id": task.task_id, "attempt": attempt},
             )
             current = await self.store.get(task.task_id)
-            if current is not None:
+            if current is not None and current.attempts == attempt:
                 # What GET and the attempt log say (the reaper's "interrupted"), not the
                 # callback's answer that was not applied: the execute answered "timeout after
                 # 1 s" while both recorded the interruption (found in review).
@@ -1268,6 +1268,20 @@ class TaskService:
                     status=current.status,
                     result=current.result,
                     error=current.error,
+                    attempt=attempt,
+                )
+            if current is not None:
+                # A later attempt has begun: this attempt's own entry in the log, and the
+                # status the interruption gave it (as _interrupt chose), not the later one's.
+                logged = [
+                    e for e in await self.store.executions(task.task_id) if e.attempt == attempt
+                ]
+                interrupted = task.dispatched and task.attempts_left()
+                return ExecuteOutcome(
+                    task_id=task.task_id,
+                    status=Status.RETRY if interrupted else Status.FAILED,
+                    result=None,
+                    error=logged[-1].error if logged else LEASE_EXPIRED,
                     attempt=attempt,
                 )
         return ExecuteOutcome(

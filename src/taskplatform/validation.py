@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-import json
 import re
 import unicodedata
-from typing import Literal, TypeVar, overload
+from typing import Any, Literal, TypeVar, overload
 from urllib.parse import urlsplit
 
 import msgspec
@@ -35,15 +34,9 @@ _REDRIVE_DECODER = msgspec.json.Decoder(RedriveFilter)
 # $, not \Z: these patterns run on pydantic's regex engine, where $ is the end of the text.
 QUEUE_PATTERN = rf"^(?:{QUEUE_NAME})$"
 """A queue name (:data:`~taskplatform.models.QUEUE_NAME`), for the queue routes' query and path."""
-# A \uD800-\uDBFF escape not followed by a \uDC00-\uDFFF one, or the reverse: the only way JSON
-# text can carry an unpaired UTF-16 surrogate.
-# A "\\" before "u" is an escaped backslash, not an escape: "C:\\ud800" is the text C:\ud800.
-_HIGH = rb"\\u[dD][89abAB][0-9a-fA-F]{2}"
-_LOW = rb"\\u[dD][c-fC-F][0-9a-fA-F]{2}"
-_UNESCAPED = rb"(?<!\\)(?:\\\\)*"
-_LONE_SURROGATE = re.compile(
-    _UNESCAPED + _HIGH + rb"(?!" + _LOW + rb")|" + _UNESCAPED + rb"(?<!" + _HIGH + rb")" + _LOW
-)
+# One escape of JSON text, read from its backslash: a \uXXXX (its hex digits a group) or any
+# other (\\ among them, so that the "u" after an escaped backslash is no escape).
+_ESCAPE = re.compile(rb"\\(?:u([0-9a-fA-F]{4})|.)", re.DOTALL)
 # Opening brackets to "(", closing ones to ")"; every other byte is deleted.
 _PAIRS = bytes.maketrans(b"[{]}", b"(())")
 _NOT_BRACKETS = bytes(byte for byte in range(256) if byte not in b"[]{}")
@@ -151,8 +144,28 @@ def check_integer_digits(data: bytes) -> None:
         )
 
 
+def _has_lone_surrogate(body: bytes) -> bool:
+    """Whether JSON text ``body`` escapes an unpaired UTF-16 surrogate: a \\uD800-\\uDBFF not
+    followed at once by a \\uDC00-\\uDFFF, or one of the latter alone; the only way JSON text
+    can carry one. Escapes are read in order from the start, so ``"C:\\\\ud800"`` (an escaped
+    backslash, then the text "ud800") is none (found in review: it was, both ways)."""
+    high_ends_at = -1  # where a high surrogate's escape ended, awaiting its low one
+    for escape in _ESCAPE.finditer(body):
+        hex_digits = escape.group(1)
+        code = int(hex_digits, 16) if hex_digits else None
+        if high_ends_at >= 0:
+            if escape.start() != high_ends_at or code is None or not 0xDC00 <= code <= 0xDFFF:
+                return True
+            high_ends_at = -1
+        elif code is not None and 0xD800 <= code <= 0xDBFF:
+            high_ends_at = escape.end()
+        elif code is not None and 0xDC00 <= code <= 0xDFFF:
+            return True
+    return high_ends_at >= 0
+
+
 def _decode_problem(body: bytes, exc: Exception) -> Exception:
-    if _LONE_SURROGATE.search(body):
+    if _has_lone_surrogate(body):
         # msgspec refuses unpaired surrogates; name the real cause rather than "malformed".
         return ValidationFailed(
             [("$", "a string holds a lone UTF-16 surrogate (\\ud800-\\udfff), not valid Unicode")]
@@ -246,45 +259,54 @@ def parse_task_create(
         ) from exc
     check_integer_digits(task_data)
     check_callback_url(request.callback_url, max_url_length)
-    if body.count(b'"taskData"') > 1:  # maybe a repeated key, whose earlier values are unread
-        for value in _values_of(body, "taskData")[:-1]:
-            if not isinstance(value, dict):
-                raise ValidationFailed([("$.taskData", "must be a JSON object")])
+    if body.count(b'"taskData"') > 1 or b"\\u" in body:  # maybe a repeat: see _check_repeated
+        _check_repeated(body, _TASK_DATA_OCCURRENCES, "$.taskData")
     return request
 
 
-def _values_of(body: bytes, key: str) -> list[object]:
-    """The values of every ``key`` of the object ``body`` (well-formed JSON text, checked for
-    depth), in order, its numbers read as 0: msgspec keeps the last of a repeated key, and a
-    ``Raw`` value (taskData, a batch's items) is neither typed nor read as text, so an earlier
-    one went unchecked, an array or bytes that are not UTF-8 answered 201 (found in review).
-    The README's rule: each occurrence of a key must be valid, as JSON's readers differ on
-    which one they keep.
+class _TaskDataOccurrences(msgspec.Struct):
+    """Every occurrence of a create's ``taskData``, each typed as an object (values unread)."""
+
+    taskData: dict[str, msgspec.Raw] = {}  # noqa: N815 - the wire name
+
+
+class _TasksOccurrences(msgspec.Struct):
+    """Every occurrence of a batch's ``tasks``, each typed as a list of objects."""
+
+    tasks: list[dict[str, msgspec.Raw]] = []
+
+
+_TASK_DATA_OCCURRENCES = msgspec.json.Decoder(_TaskDataOccurrences)
+_TASKS_OCCURRENCES = msgspec.json.Decoder(_TasksOccurrences)
+
+
+def _check_repeated(body: bytes, decoder: msgspec.json.Decoder[Any], field: str) -> None:
+    """Check every occurrence of a key whose value the request's decoder keeps unread
+    (``msgspec.Raw``: taskData, a batch's items), as README's rule has it: a repeated key
+    counts once, the last, and each occurrence must still be valid. msgspec checks the type of each
+    occurrence of a typed field, but neither the type nor the UTF-8 of a ``Raw`` one, and keeps
+    the last: an earlier taskData that was an array, or not UTF-8, was answered 201 (found in
+    review). ``decoder`` types each occurrence, its values still unread, at msgspec's speed; it
+    runs only for a body that may repeat the key (its name twice, or a ``\\u`` escape, which
+    can spell it).
 
     Raises:
         MalformedJSON: the body is not UTF-8.
-        ValidationFailed: nested deeper than Python's json module reads.
+        ValidationFailed: an occurrence is not of its type; ``field`` names the key.
     """
+    if not body.isascii():
+        try:
+            body.decode()
+        except UnicodeDecodeError as exc:
+            raise MalformedJSON(
+                f"the body is not valid UTF-8 at byte {exc.start} ({exc.reason})"
+            ) from exc
     try:
-        text = body.decode()
-    except UnicodeDecodeError as exc:
-        raise MalformedJSON(
-            f"the body is not valid UTF-8 at byte {exc.start} ({exc.reason})"
-        ) from exc
-    objects: list[list[tuple[str, object]]] = []
-
-    def remember(pairs: list[tuple[str, object]]) -> dict[str, object]:
-        objects.append(pairs)
-        return dict(pairs)
-
-    def zero(_: str) -> int:
-        return 0
-
-    try:
-        json.loads(text, object_pairs_hook=remember, parse_int=zero, parse_float=zero)
-    except RecursionError as exc:  # a batch's items are checked for depth later, one by one
-        raise _nested_too_deeply() from exc
-    return [value for name, value in objects[-1] if name == key]  # the outermost comes last
+        decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        where = str(exc).rpartition(" - at `$")[2].rstrip("`")
+        path = field + where.partition(field.removeprefix("$"))[2] if where else field
+        raise ValidationFailed([(path, "must be a JSON object")]) from exc
 
 
 _QUERY_NUMBER = re.compile(r"-?[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
@@ -346,11 +368,8 @@ def parse_batch(body: bytes, item_too_deep: ValidationFailed) -> BatchCreate:
             ``item_too_deep``, an item nested past the decoder's recursion limit.
     """
     batch = _decode_whole(_BATCH_DECODER, body, item_too_deep)
-    if body.count(b'"tasks"') > 1:  # maybe a repeated key: see _values_of
-        for value in _values_of(body, "tasks")[:-1]:
-            for index, item in enumerate(value if isinstance(value, list) else []):
-                if not isinstance(item, dict):
-                    raise ValidationFailed([(f"$.tasks[{index}]", "must be a JSON object")])
+    if body.count(b'"tasks"') > 1 or b"\\u" in body:  # maybe a repeat: see _check_repeated
+        _check_repeated(body, _TASKS_OCCURRENCES, "$.tasks")
     return batch
 
 

@@ -1149,6 +1149,65 @@ def test_a_request_body_that_stops_halfway_is_408_and_a_slow_steady_one_is_taken
 
 
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_a_pipelined_body_that_pauses_does_not_cut_off_the_answer_ahead_of_it(
+    start_server: Callable[..., Server],
+) -> None:
+    """A long-polling dequeue is being answered; a create pipelined behind it has sent part of
+    its body. The body's timeout wrote its 408 as the connection's first answer, the dequeue's,
+    and closed the connection, and the dequeue, never told, took a task created a second later
+    for nobody (found in review). The pause is the server's while an earlier request is being
+    answered: the dequeue answers its task."""
+    server = start_server(TASKPLATFORM_BODY_TIMEOUT_SECONDS="1")
+    body = b'{"taskData": {"pad": "' + b"x" * 3000 + b'"}, "callbackUrl": "http://127.0.0.1:9/x"}'
+    head = b"POST /api/tasks HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+    with socket.create_connection(("127.0.0.1", server.port), timeout=20) as sock:
+        sock.sendall(
+            b"GET /api/tasks/dequeue?waitSeconds=8&queue=qq HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+            + head
+            + b"Content-Length: %d\r\n\r\n" % len(body)
+            + body[:1000]
+        )
+        time.sleep(2.5)
+        created = httpx.post(
+            f"{server.url}/api/tasks",
+            json={"taskData": {}, "callbackUrl": "http://127.0.0.1:9/x", "queue": "qq"},
+        ).json()["taskId"]
+        first = b""
+        while created.encode() not in first and (chunk := sock.recv(65536)):
+            first += chunk  # the answer's head and body may come in two reads
+    assert first.startswith(b"HTTP/1.1 200 OK"), first[:200]
+    assert created.encode() in first
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("rest", ["stops", "finishes"])
+def test_a_body_after_an_early_answer_does_not_hold_the_connection_for_ever(
+    start_server: Callable[..., Server], rest: str
+) -> None:
+    """A 413 answered from Content-Length before the body; the client goes on sending the body,
+    then stops halfway, or finishes it and goes idle. Each read cancelled uvicorn's keep-alive
+    timer and the message never ended, so the connection was held for ever (found in review).
+    It is closed once the body pauses past TASKPLATFORM_BODY_TIMEOUT_SECONDS."""
+    server = start_server(
+        TASKPLATFORM_BODY_TIMEOUT_SECONDS="1", TASKPLATFORM_HEADER_TIMEOUT_SECONDS="2"
+    )
+    size = 2_000_000
+    head = b"POST /api/tasks HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(head + b"Content-Length: %d\r\n\r\n" % size + b"x" * 1000)
+        time.sleep(0.5)
+        sock.sendall(b"x" * (1000 if rest == "stops" else size - 1000))
+        sock.settimeout(15)
+        began = time.monotonic()
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+        closed_after = time.monotonic() - began
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert closed_after < 8, closed_after
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 def test_chunked_trailer_fields_do_not_count_against_the_head_limit(
     start_server: Callable[..., Server],
 ) -> None:

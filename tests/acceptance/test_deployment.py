@@ -319,6 +319,21 @@ def test_a_certificate_file_the_url_names_that_is_missing_is_named(tmp_path: Pat
     )
 
 
+@pytest.mark.parametrize(
+    "query", ["sslmode=disable&sslrootcert=/nonexistent/ca.pem", "passfile=/x"]
+)
+def test_a_database_that_is_down_exits_3_whatever_files_the_url_names(
+    query: str, tmp_path: Path
+) -> None:
+    """A file the URL names but the connection never reads (sslmode=disable, a passfile asyncpg
+    skips when missing) was blamed for a refused connection, exit 2, and a supervisor never
+    restarted the server once the database was back (found in review)."""
+    url = f"postgresql://postgres@127.0.0.1:{free_port()}/x?{query}"
+    result = _taskplatform("db", "upgrade", env={"TASKPLATFORM_DATABASE_URL": url})
+    assert result.returncode == 3, result.stderr
+    assert "cannot reach the PostgreSQL database" in result.stderr
+
+
 @pytest.mark.parametrize("command", [["db", "upgrade"], ["serve"], ["worker"]])
 def test_a_sqlite_file_that_cannot_be_used_is_one_line_not_a_traceback(
     command: list[str], tmp_path: Path

@@ -156,3 +156,28 @@ async def test_an_execute_whose_lease_was_lost_answers_what_the_store_recorded(
     )
     assert (stored.status, stored.error) == (Status.FAILED, LEASE_EXPIRED)
     assert [entry.error for entry in await service.executions(task_id)] == [LEASE_EXPIRED]
+
+
+async def test_an_execute_whose_lease_was_lost_does_not_answer_a_later_attempts_state(
+    service: TaskService, receiver: Receiver
+) -> None:
+    """Attempt 1's lease is taken (as the reaper does) while its callback runs, and a second
+    execute starts attempt 2 at once. When attempt 1's callback ended, its execute answered the
+    stored record: attempt 2's Processing, labelled attempt 1 (found in review). It answers
+    what was recorded of attempt 1: Failed, interrupted."""
+    task_id = await create_task(service, receiver.url("/slow?seconds=1"))
+    assert (await service.dequeue()).task_id == task_id
+    first = asyncio.create_task(service.execute(task_id))
+    while not receiver.hits_for(task_id):
+        await asyncio.sleep(0.02)
+    assert await service._interrupt(await service.get(task_id), LEASE_EXPIRED)
+    second = asyncio.create_task(service.execute(task_id))
+    while len(receiver.hits_for(task_id)) < 2:
+        await asyncio.sleep(0.02)
+    answered = await first
+    assert (answered.status, answered.error, answered.attempt) == (
+        Status.FAILED,
+        LEASE_EXPIRED,
+        1,
+    )
+    assert (await second).status is Status.COMPLETED

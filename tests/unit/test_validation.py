@@ -130,6 +130,23 @@ def test_a_truncated_body_with_an_escaped_backslash_before_u_is_malformed() -> N
         _parse(b'{"taskData": {"path": "C:\\\\\\ud800"}, "callbackUrl": "http://h/"}')
 
 
+def test_a_lone_low_surrogate_after_an_escaped_backslash_is_a_lone_surrogate() -> None:
+    r"""``"\\ud800\udc00"`` is the text \ud800 (an escaped backslash first), then a lone
+    U+DC00: it was 400 malformed_json, the escaped backslash's second half taken for the start of
+    a high surrogate that paired it (found in review). It is 422, as a lone surrogate is."""
+    with pytest.raises(ValidationFailed, match="lone UTF-16 surrogate"):
+        _parse(b'{"taskData": {"a": "\\\\ud800\\udc00"}, "callbackUrl": "http://h/"}')
+
+
+def test_a_repeated_taskdata_key_spelt_with_an_escape_is_checked_too() -> None:
+    """``"t\u0061skData"`` is the key taskData: an earlier array under it was not checked, the
+    repeat was looked for by its name's bytes alone (found in review)."""
+    with pytest.raises(ValidationFailed, match="must be a JSON object"):
+        _parse(b'{"t\\u0061skData": [1, 2], "taskData": {"a": 1}, "callbackUrl": "http://h/"}')
+    inner = b'{"taskData": {"taskData": [1], "n": 1e400}, "callbackUrl": "http://h/"}'
+    assert bytes(_parse(inner).task_data) == b'{"taskData": [1], "n": 1e400}'  # type: ignore[attr-defined]
+
+
 def test_invalid_utf8_is_malformed() -> None:
     body = b'{"taskData": {"s": "\xc3\x28"}, "callbackUrl": "http://h/"}'
     with pytest.raises(MalformedJSON) as caught:

@@ -246,8 +246,10 @@ class ProblemHttpToolsProtocol(HttpToolsProtocol):
         if not self._reading_head and cycle is not None and cycle.more_body:
             # A body is being read. Only the client's pause counts: not while the server has
             # stopped reading (its buffer is full until the app reads), nor while the client
-            # waits for the "100 Continue" the app sends when it first reads.
-            if self.flow.read_paused or cycle.waiting_for_100_continue:
+            # waits for the "100 Continue" the app sends when it first reads, nor while an
+            # earlier request of the connection is being answered (this one is pipelined
+            # behind it: a 408 would stand as that request's answer, and cut it off).
+            if self.pipeline or self.flow.read_paused or cycle.waiting_for_100_continue:
                 self._read_at = now
             elif not cycle.response_started:
                 wait = self._read_at + self.body_timeout_seconds - now
@@ -257,6 +259,15 @@ class ProblemHttpToolsProtocol(HttpToolsProtocol):
                     # the connection's end would tell it a moment later.
                     cycle.disconnected = True
                     cycle.message_event.set()
+                    return
+            elif cycle.response_complete:
+                # Answered before its body ended (a 413 on Content-Length): what more comes is
+                # read and dropped, and uvicorn never ends the message, so neither the
+                # keep-alive timer nor the head's ran again, and a client that paused, or
+                # went idle after the body, held the connection for ever (found in review).
+                wait = self._read_at + self.body_timeout_seconds - now
+                if wait <= 0:
+                    self.transport.close()
                     return
         if self._reading_head:
             wait = self._head_started + self.header_timeout_seconds - now

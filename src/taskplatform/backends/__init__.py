@@ -203,7 +203,10 @@ async def prepare_schema(settings: Settings) -> None:
         try:
             await migrate.upgrade(url, connect_timeout_seconds=timeout)
         except (OSError, TimeoutError) as exc:
-            if isinstance(exc, OSError) and exc.filename is None and (files := _unreadable(url)):
+            # Only a file error: a refused or timed-out connection is the database's (exit 3),
+            # whatever files the URL names and the connection may never read.
+            missing = isinstance(exc, FileNotFoundError | PermissionError) and not exc.filename
+            if missing and (files := _unreadable(url)):
                 raise ConfigurationError(f"TASKPLATFORM_DATABASE_URL: {files}: {exc}") from exc
             why = str(exc) or (  # a TimeoutError says nothing by itself
                 "no answer within the connect timeout (TASKPLATFORM_DATABASE_CONNECT_TIMEOUT_"
