@@ -105,10 +105,11 @@ def _warn_of_unknown_variables() -> None:
             close = difflib.get_close_matches(suffix, suffixes, n=1, cutoff=0.8)
             meant = f" (did you mean TASKPLATFORM_{close[0]}?)" if close else ""
             _warning(f"{name} is not a setting and is ignored{meant}")
-    if "TASKPLATFORM_API_KEY" in os.environ and not os.environ.get("TASKPLATFORM_API_KEYS"):
+    server_keys = ("TASKPLATFORM_API_KEYS", "TASKPLATFORM_API_KEYS_FILE")
+    if "TASKPLATFORM_API_KEY" in os.environ and not any(map(os.environ.get, server_keys)):
         # The client's variable, so never "unknown"; but given to a server without the
         # server's own, it is the singular slip: the server ran open, without a word (found in
-        # review). Not said when both are set: one shell may well hold both.
+        # review). Not said when the server has keys too: one shell may well hold both.
         _warning(
             "TASKPLATFORM_API_KEY is the key the `tasks` commands send, not a setting of this "
             "command, and is ignored here: a server's keys are TASKPLATFORM_API_KEYS"

@@ -177,11 +177,17 @@ def test_the_client_key_given_to_a_server_without_its_keys_is_said_to_be_ignored
         "warning: TASKPLATFORM_API_KEY is the key the `tasks` commands send, not a setting of "
         "this command, and is ignored here: a server's keys are TASKPLATFORM_API_KEYS"
     ]
-    both = _taskplatform(
-        "db", "upgrade", env={**env, "TASKPLATFORM_API_KEY": key, "TASKPLATFORM_API_KEYS": key}
-    )
-    assert both.returncode == 0, both.stderr
-    assert both.stderr == ""
+    keys_file = tmp_path / "keys"
+    keys_file.write_text(key + "\n")
+    for server_keys in (
+        {"TASKPLATFORM_API_KEYS": key},
+        {"TASKPLATFORM_API_KEYS_FILE": str(keys_file)},
+    ):
+        both = _taskplatform(
+            "db", "upgrade", env={**env, "TASKPLATFORM_API_KEY": key, **server_keys}
+        )
+        assert both.returncode == 0, both.stderr
+        assert both.stderr == ""
 
 
 @pytest.mark.parametrize("delay", [0.15, 0.3, 0.45])
@@ -306,17 +312,24 @@ def test_a_database_that_accepts_but_never_answers_says_which_timeout(tmp_path: 
 
 
 def test_a_certificate_file_the_url_names_that_is_missing_is_named(tmp_path: Path) -> None:
-    """``sslrootcert=`` naming a file that is not there: the line said only "cannot reach the
-    PostgreSQL database: [Errno 2] No such file or directory", with no file, and exit code 3,
-    which a supervisor retries for ever as if the database were down."""
-    missing = tmp_path / "no-such-ca.pem"
-    url = f"postgresql://postgres@127.0.0.1:5432/postgres?sslmode=verify-full&sslrootcert={missing}"
-    result = _taskplatform("db", "upgrade", env={"TASKPLATFORM_DATABASE_URL": url})
-    assert result.returncode == 2, result.stderr
-    assert result.stderr.strip() == (
-        f"error: TASKPLATFORM_DATABASE_URL: sslrootcert={missing} cannot be read: "
-        "[Errno 2] No such file or directory"
-    )
+    """``sslrootcert=`` naming a file that is not there, a folder, or a file that holds no
+    certificate: the line said only "cannot reach the PostgreSQL database: [Errno 2] No such
+    file or directory" (or "Is a directory", or OpenSSL's words), with no file, and exit code 3,
+    which a supervisor retries for ever as if the database were down (found in review)."""
+    missing, folder, not_a_certificate = tmp_path / "no-such-ca.pem", tmp_path, tmp_path / "x"
+    not_a_certificate.write_text("hello\n")
+    cases = [
+        (missing, "cannot be read: [Errno 2] No such file or directory"),
+        (folder, "cannot be read: [Errno 21] Is a directory"),
+        (not_a_certificate, "cannot be used: [X509: NO_CERTIFICATE_OR_CRL_FOUND]"),
+    ]
+    for path, said in cases:
+        url = f"postgresql://postgres@127.0.0.1:5432/no_such_db_x?sslmode=verify-ca&sslrootcert={path}"
+        result = _taskplatform("db", "upgrade", env={"TASKPLATFORM_DATABASE_URL": url})
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.startswith(
+            f"error: TASKPLATFORM_DATABASE_URL: sslrootcert={path} {said}"
+        ), result.stderr
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+import taskplatform.service as service_module
 from taskplatform.backends import migrate, prepare_schema
 from taskplatform.models import Status, now_ms
 from taskplatform.settings import Settings
@@ -154,3 +155,23 @@ async def test_a_task_dequeued_before_0002_gets_a_lease_the_reaper_ends(
             Status.DEQUEUED, now=task.lease_expires_at + 1, limit=10
         )
         assert [found.task_id for found in expired] == [UNLEASED]
+
+
+async def test_leases_off_keep_a_task_dequeued_before_0002_with_its_client(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TASKPLATFORM_DEQUEUE_LEASE_SECONDS=0 "keeps a pulled task Dequeued forever": revision
+    0010 gave a task an old release dequeued a 300 s lease whatever the setting, and the reaper
+    then returned it to the queue (found in review). It follows the upgrading server's setting."""
+    kwargs = settings_kwargs(backend_env("sqlite", tmp_path))
+    settings = Settings(**kwargs, dequeue_lease_seconds=0)  # type: ignore[arg-type]
+    await migrate.upgrade(settings.database_url, revision="0001")
+    with sqlite3.connect(settings.database_url.removeprefix("sqlite:///")) as connection:
+        connection.execute(_DEQUEUED_UNLEASED)
+    async with opened_service(settings) as service:
+        task = await service.get(UNLEASED)
+        assert (task.lease_token, task.lease_expires_at) == (UNLEASED, None)
+        later = now_ms() + 3_600_000
+        monkeypatch.setattr(service_module, "now_ms", lambda: later)
+        await service.reap()
+        assert (await service.get(UNLEASED)).status is Status.DEQUEUED

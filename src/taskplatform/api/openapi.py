@@ -358,7 +358,7 @@ _OUTER_PROBLEMS = {
     ),
     "bad_request": (
         400,
-        "Bad Request",
+        "Bad request",
         "the request cannot be read",
         "The request cannot be read at the HTTP level.",
     ),

@@ -194,19 +194,24 @@ async def prepare_schema(settings: Settings) -> None:
         from taskplatform.backends.sqlite import sqlite_path
 
         try:
-            await migrate.upgrade(url, busy_timeout_seconds=settings.sqlite_busy_timeout_seconds)
+            await migrate.upgrade(
+                url,
+                busy_timeout_seconds=settings.sqlite_busy_timeout_seconds,
+                dequeue_lease_seconds=settings.dequeue_lease_seconds,
+            )
         except DBAPIError as exc:  # not a database, read-only, a folder: the file's fault
             path = url.partition(":///")[2]
             why = _sqlite_refusal(sqlite_path(url), exc.orig)
             raise BackendUnavailable(f"cannot use the SQLite database {path}: {why}") from exc
     else:
         try:
-            await migrate.upgrade(url, connect_timeout_seconds=timeout)
+            await migrate.upgrade(
+                url,
+                connect_timeout_seconds=timeout,
+                dequeue_lease_seconds=settings.dequeue_lease_seconds,
+            )
         except (OSError, TimeoutError) as exc:
-            # Only a file error: a refused or timed-out connection is the database's (exit 3),
-            # whatever files the URL names and the connection may never read.
-            missing = isinstance(exc, FileNotFoundError | PermissionError) and not exc.filename
-            if missing and (files := _unreadable(url)):
+            if (files := _file_refusal(url, exc)) is not None:
                 raise ConfigurationError(f"TASKPLATFORM_DATABASE_URL: {files}: {exc}") from exc
             why = str(exc) or (  # a TimeoutError says nothing by itself
                 "no answer within the connect timeout (TASKPLATFORM_DATABASE_CONNECT_TIMEOUT_"
@@ -247,15 +252,21 @@ _URL_FILES = ("sslrootcert", "sslcert", "sslkey", "sslcrl", "passfile")
 """PostgreSQL URL parameters that name a file the driver reads while connecting (libpq's)."""
 
 
-def _unreadable(url: str) -> str | None:
-    """Which files a PostgreSQL ``url`` names (``sslrootcert=``, ``sslkey=``, ...) cannot be read,
-    as ``"sslrootcert=/etc/ca.pem cannot be read"``; None when each can (or none is named).
+def _file_refusal(url: str, exc: BaseException) -> str | None:
+    """Which files a PostgreSQL ``url`` names (``sslrootcert=``, ``sslkey=``, ...) made the
+    connection fail with ``exc``, as ``"sslrootcert=/etc/ca.pem cannot be read"``; None when
+    ``exc`` is no error of reading such a file, or the URL names none.
 
-    asyncpg's error for a missing certificate is the OS's alone ("[Errno 2] No such file or
-    directory", no file name), which sent operators looking at the network. Judged only after
-    such an error, as the driver may not read a file the connection does not use
-    (``sslmode=disable``). ``sslrootcert=system`` names the system's store, not a file.
+    asyncpg's error for a missing or unusable certificate is the OS's or OpenSSL's alone ("[Errno
+    2] No such file or directory", "[Errno 21] Is a directory", "[X509: NO_CERTIFICATE_OR_CRL_
+    FOUND]", no file name), which sent operators looking at the network, with exit code 3 (a
+    database that is down) for settings a restart cannot mend. Only such an error counts: a
+    refused or timed-out connection is the database's, whatever files the URL names and the
+    connection may never read (``sslmode=disable``). ``sslrootcert=system`` names the system's
+    store, not a file. OpenSSL's own refusals of a file (X509, PEM) blame every file named;
+    those of the handshake (a certificate the server sent) are the server's.
     """
+    import ssl
     from urllib.parse import urlsplit
 
     named = [
@@ -263,10 +274,24 @@ def _unreadable(url: str) -> str | None:
         for name, value in parse_qsl(urlsplit(url).query, keep_blank_values=True)
         if name in _URL_FILES and value and value != "system"
     ]
-    missing = [f"{name}={path}" for name, path in named if not os.access(path, os.R_OK)]
-    if not missing:
+    if not named:
         return None
-    return f"{', '.join(missing)} cannot be read"
+    if isinstance(exc, FileNotFoundError | PermissionError | IsADirectoryError):
+        if exc.filename:
+            return None  # a file the driver named itself: its message says which
+        unreadable = [
+            f"{name}={path}"
+            for name, path in named
+            if not (os.path.isfile(path) and os.access(path, os.R_OK))
+        ]
+        return f"{', '.join(unreadable)} cannot be read" if unreadable else None
+    if (
+        isinstance(exc, ssl.SSLError)
+        and not isinstance(exc, ssl.SSLCertVerificationError)
+        and getattr(exc, "library", None) in ("X509", "PEM")
+    ):
+        return f"{', '.join(f'{name}={path}' for name, path in named)} cannot be used"
+    return None
 
 
 def _driver_refusal(exc: BaseException) -> str | None:

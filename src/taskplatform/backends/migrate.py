@@ -43,7 +43,9 @@ def head_revision() -> str:
     return head
 
 
-def _upgrade_on(connection: Connection, revision: str = "head") -> None:
+def _upgrade_on(
+    connection: Connection, revision: str = "head", dequeue_lease_seconds: float = 300.0
+) -> None:
     # Processes that start at once on a new database (serve --workers N, serve beside worker)
     # must not both see an empty schema and both create it: the second would fail on "table
     # already exists". Each takes the database's write lock before it reads the revision.
@@ -64,6 +66,7 @@ def _upgrade_on(connection: Connection, revision: str = "head") -> None:
             "TASKPLATFORM_DATABASE_URL at another database"
         )
     config.attributes["connection"] = connection
+    config.attributes["dequeue_lease_seconds"] = dequeue_lease_seconds  # for revision 0010
     command.upgrade(config, revision)
 
 
@@ -156,6 +159,7 @@ async def upgrade(
     connect_timeout_seconds: float = 5.0,
     busy_timeout_seconds: float = 5.0,
     revision: str = "head",
+    dequeue_lease_seconds: float = 300.0,
 ) -> str:
     """Bring the database at ``url`` to the newest revision (or to ``revision``, an older one,
     as a test makes the database an older release left); return that revision.
@@ -165,6 +169,8 @@ async def upgrade(
     write lock (``TASKPLATFORM_SQLITE_BUSY_TIMEOUT_SECONDS``); ``postgresql://`` URLs (as
     ``TASKPLATFORM_DATABASE_URL`` has them) on asyncpg, which waits
     ``connect_timeout_seconds`` for a connection (or the URL's ``connect_timeout``).
+    ``dequeue_lease_seconds`` is the server's ``TASKPLATFORM_DEQUEUE_LEASE_SECONDS``, which
+    revision 0010 gives the tasks an old release dequeued.
 
     Raises:
         SchemaError: the database is at a revision this code does not know (written by a newer
@@ -175,7 +181,9 @@ async def upgrade(
         _make_sqlite_folder(url)
     await _in_transaction(
         url,
-        functools.partial(_upgrade_on, revision=revision),
+        functools.partial(
+            _upgrade_on, revision=revision, dequeue_lease_seconds=dequeue_lease_seconds
+        ),
         connect_timeout_seconds,
         busy_timeout_seconds,
     )

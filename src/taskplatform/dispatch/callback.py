@@ -32,9 +32,6 @@ logger = logging.getLogger(__name__)
 _USER_AGENT = "taskplatform-callback/0.1"
 _READ_CHUNK = 64 * 1024
 _MAX_HEADER_LINE = 64 * 1024  # bytes of a status or header line of an answer, as read
-_STALE_TRIES = 4
-"""Most sends of one attempt's request: the first, and one more each time the connection it
-went on was a kept-alive one the receiver had closed (see :meth:`CallbackSender._exchange`)."""
 
 
 class _Send:
@@ -100,6 +97,7 @@ class CallbackSender:
         self.policy = policy or CallbackPolicy()
         self._secrets = list(signing_secrets)
         self._session: aiohttp.ClientSession | None = None
+        self._fresh_session: aiohttp.ClientSession | None = None  # see _post
         self._resolver: PolicyResolver | None = None
 
     async def start(self) -> None:
@@ -116,10 +114,25 @@ class CallbackSender:
         )
         reuse = aiohttp.TraceConfig()
         reuse.on_connection_reuseconn.append(_on_reused)
-        self._session = aiohttp.ClientSession(
+        self._session = self._new_session(connector, trace_configs=[reuse])
+        # New connections only, each closed after its answer: for the one resend of _post.
+        fresh = aiohttp.TCPConnector(
+            limit=self._max_connections,
+            limit_per_host=0,
+            use_dns_cache=False,
+            resolver=self._resolver,
+            force_close=True,
+        )
+        self._fresh_session = self._new_session(fresh, trace_configs=[])
+
+    @staticmethod
+    def _new_session(
+        connector: aiohttp.TCPConnector, trace_configs: list[aiohttp.TraceConfig]
+    ) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(
             connector=connector,
             timeout=aiohttp.ClientTimeout(total=None),
-            trace_configs=[reuse],
+            trace_configs=trace_configs,
             # Said, not left out: a request without Accept-Encoding allows any coding (RFC
             # 9110, 12.5.3), and a 200 in brotli or zstd, which aiohttp cannot decode here, was
             # recorded as a failure, and dispatched again.
@@ -134,9 +147,10 @@ class CallbackSender:
 
     async def close(self) -> None:
         """Close the session and its connections."""
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        for session in (self._session, self._fresh_session):
+            if session is not None:
+                await session.close()
+        self._session = self._fresh_session = None
         if self._resolver is not None:
             await self._resolver.close()
             self._resolver = None
@@ -293,43 +307,50 @@ class CallbackSender:
         A kept-alive connection the receiver closed while it sat in the pool (its idle
         timeout, 2 s in gunicorn and 5 s in uvicorn and Node, against aiohttp's 15 s; or a
         receiver that closes after each answer) fails the send before any byte of an answer:
-        aiohttp reports the write failed or the server disconnected. Such a send is made again
-        at once on another connection, within the attempt's timeout, as Go's and urllib3's
-        clients do, up to :data:`_STALE_TRIES` sends; a send on a new connection is never made
-        again. A receiver may so get the request twice when it read it and closed without an
-        answer; ``webhook-id`` is the same (RFC 9110 section 9.2.2: a retry of a POST needs a
-        means to tell the request was not applied, which ``webhook-id`` gives the receiver).
-        The attempt is one: a ``maxRetries: 0`` task was made a dead letter by a request the
-        receiver never saw (found in review: 21 of 150 such callbacks).
+        aiohttp reports the write failed or the server disconnected. Such a send, and only one
+        whose connection came from the pool, is made once more, at once, on a new connection (never
+        a pooled one, which may be as stale), within the attempt's timeout: a ``maxRetries:
+        0`` task was made a dead letter by a request the receiver never saw (found in review:
+        21 of 150 such callbacks). A receiver that read the request and closed without a byte
+        of answer so sees it twice in one attempt, never more, with the same ``webhook-id``: RFC
+        9110 (section 9.2.2) lets a client retry a POST that has a means to tell a repeat, as
+        Go's client retries one that carries an idempotency key.
 
         Raises:
-            aiohttp.ClientError: as ``ClientSession.post``, once no send is left.
+            aiohttp.ClientError: as ``ClientSession.post``.
         """
         assert self._session is not None
-        for tries_left in range(_STALE_TRIES - 1, -1, -1):
-            # Stamped and signed once a connection slot is ours, not before the wait for one
-            # (up to the task's timeout): receivers refuse an old timestamp as a replay
-            # (Standard Webhooks allows 5 minutes), and such a 4xx is final.
-            self._stamp(task, headers)
-            sent = _Send()
-            try:
-                return await self._session.post(
-                    url,
-                    data=task.task_data,
-                    headers=headers,
-                    allow_redirects=False,
-                    trace_request_ctx=sent,
-                )
-            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
-                if not sent.reused or not tries_left:
-                    raise
-                logger.debug(
-                    "task %s: a kept-alive connection was closed by the receiver; sending on "
-                    "another",
-                    task.task_id,
-                    extra={"task_id": task.task_id},
-                )
-        raise AssertionError("unreachable")  # the last try returns or raises
+        assert self._fresh_session is not None
+        # Stamped and signed once a connection slot is ours, not before the wait for one (up to
+        # the task's timeout): receivers refuse an old timestamp as a replay (Standard Webhooks
+        # allows 5 minutes), and such a 4xx is final.
+        self._stamp(task, headers)
+        sent = _Send()
+        try:
+            return await self._session.post(
+                url,
+                data=task.task_data,
+                headers=headers,
+                allow_redirects=False,
+                trace_request_ctx=sent,
+            )
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+            # A disconnect after some of an answer carries its parsed part: the receiver took
+            # the request and began to answer, so it is not sent again.
+            began = isinstance(exc, aiohttp.ServerDisconnectedError) and not isinstance(
+                exc.message, str
+            )
+            if not sent.reused or began:
+                raise
+        logger.debug(
+            "task %s: a kept-alive connection was closed by the receiver; sending on a new one",
+            task.task_id,
+            extra={"task_id": task.task_id},
+        )
+        self._stamp(task, headers)
+        return await self._fresh_session.post(
+            url, data=task.task_data, headers=headers, allow_redirects=False
+        )
 
     def _stamp(self, task: TaskRecord, headers: dict[str, str]) -> None:
         """Put ``webhook-timestamp`` (Unix seconds, now by the database's clock: ``now_ms``,

@@ -17,13 +17,21 @@ down_revision = "0009"
 branch_labels = None
 depends_on = None
 
-LEASE_MS = 300_000
-"""The lease given, in ms: ``TASKPLATFORM_DEQUEUE_LEASE_SECONDS``'s default, counted from the
-upgrade (the setting a server will run with is not known here)."""
+
+def _lease_seconds() -> float:
+    """The dequeue lease of the process that upgrades, in seconds (``serve``, ``worker`` and
+    ``db upgrade`` upgrade at start, with their settings' ``TASKPLATFORM_DEQUEUE_LEASE_SECONDS``;
+    ``migrate.upgrade`` hands it over), else the setting's default, 300."""
+    config = op.get_context().config
+    attributes = config.attributes if config is not None else {}
+    return float(attributes.get("dequeue_lease_seconds", 300.0))
 
 
 def upgrade() -> None:
-    """Give each Dequeued task without a lease token one, expiring ``LEASE_MS`` from now.
+    """Give each Dequeued task without a lease token one, expiring a dequeue lease from now
+    (:func:`_lease_seconds`); with leases off (0) the token alone, as a server with leases off
+    dequeues (found in review: a 300 s lease whatever the setting, and the reaper returned to the
+    queue a task a leases-off server would have left with its client).
 
     Revision 0001's dequeue set no lease (``lease_token`` and ``lease_expires_at`` NULL), and
     the reaper takes back only Dequeued tasks whose ``lease_expires_at`` has passed: such a
@@ -32,11 +40,13 @@ def upgrade() -> None:
     (``lease_expires_at`` NULL, kept for ever by choice), so a row without one is revision
     0001's. The token is the task id: unique, and 36 characters as the column allows.
     """
+    lease = _lease_seconds()
+    expires = int(time.time() * 1000) + round(lease * 1000) if lease > 0 else None
     op.execute(
         sa.text(
             "UPDATE tasks SET lease_token = task_id, lease_expires_at = :expires "
             "WHERE status = 'Dequeued' AND lease_token IS NULL"
-        ).bindparams(expires=int(time.time() * 1000) + LEASE_MS)
+        ).bindparams(sa.bindparam("expires", expires, type_=sa.BigInteger()))
     )
 
 
