@@ -53,6 +53,21 @@ async def test_postgres_keeps_no_object_of_a_migration_step(tmp_path: Path) -> N
     assert serial == "public.task_executions_id_seq"
 
 
+async def _at_revision_with(settings: Settings, revision: str, insert: str) -> None:
+    """Make the store of ``settings`` as an older release left it: its schema at ``revision``,
+    with the row ``insert`` (SQL) written as that release wrote it."""
+    await migrate.upgrade(settings.database_url, revision=revision)
+    if settings.database_url.startswith("sqlite"):
+        with sqlite3.connect(settings.database_url.removeprefix("sqlite:///")) as connection:
+            connection.execute(insert)
+        return
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        await conn.execute(insert)
+    finally:
+        await conn.close()
+
+
 TASK = "01a23e21-6fef-7684-bebd-cdcb94751e87"
 # A Failed task with 4 attempts of 3 retries, as revision 0002's tasks table holds it.
 _OUT_OF_ATTEMPTS = (
@@ -101,16 +116,7 @@ async def test_a_task_out_of_attempts_before_0003_is_a_dead_letter_after_it(
     task out of attempts was listed as no dead letter and not re-driven with them (found in
     review). Revision 0009."""
     settings = Settings(**settings_kwargs(backend_env(store, tmp_path)))  # type: ignore[arg-type]
-    await migrate.upgrade(settings.database_url, revision="0002")
-    if store == "sqlite":
-        with sqlite3.connect(settings.database_url.removeprefix("sqlite:///")) as connection:
-            connection.execute(_OUT_OF_ATTEMPTS)
-    else:
-        conn = await asyncpg.connect(settings.database_url)
-        try:
-            await conn.execute(_OUT_OF_ATTEMPTS)
-        finally:
-            await conn.close()
+    await _at_revision_with(settings, "0002", _OUT_OF_ATTEMPTS)
     async with opened_service(settings) as service:
         task = await service.get(TASK)
         assert (task.status, task.attempts, task.attempts_left()) == (Status.FAILED, 4, False)
@@ -134,16 +140,7 @@ async def test_a_task_dequeued_before_0002_gets_a_lease_the_reaper_ends(
     lease ran out, so such a task stayed Dequeued for ever after the upgrade (found in review).
     Revision 0010 gives it the default dequeue lease, from the upgrade."""
     settings = Settings(**settings_kwargs(backend_env(store, tmp_path)))  # type: ignore[arg-type]
-    await migrate.upgrade(settings.database_url, revision="0001")
-    if store == "sqlite":
-        with sqlite3.connect(settings.database_url.removeprefix("sqlite:///")) as connection:
-            connection.execute(_DEQUEUED_UNLEASED)
-    else:
-        conn = await asyncpg.connect(settings.database_url)
-        try:
-            await conn.execute(_DEQUEUED_UNLEASED)
-        finally:
-            await conn.close()
+    await _at_revision_with(settings, "0001", _DEQUEUED_UNLEASED)
     upgraded_at = now_ms()
     async with opened_service(settings) as service:
         task = await service.get(UNLEASED)
@@ -165,9 +162,7 @@ async def test_leases_off_keep_a_task_dequeued_before_0002_with_its_client(
     then returned it to the queue (found in review). It follows the upgrading server's setting."""
     kwargs = settings_kwargs(backend_env("sqlite", tmp_path))
     settings = Settings(**kwargs, dequeue_lease_seconds=0)  # type: ignore[arg-type]
-    await migrate.upgrade(settings.database_url, revision="0001")
-    with sqlite3.connect(settings.database_url.removeprefix("sqlite:///")) as connection:
-        connection.execute(_DEQUEUED_UNLEASED)
+    await _at_revision_with(settings, "0001", _DEQUEUED_UNLEASED)
     async with opened_service(settings) as service:
         task = await service.get(UNLEASED)
         assert (task.lease_token, task.lease_expires_at) == (UNLEASED, None)
