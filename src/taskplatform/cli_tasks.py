@@ -57,6 +57,7 @@ from taskplatform.client import (
     TaskClient,
     TaskNotFound,
     TaskPlatformError,
+    UnexpectedResponse,
     ValidationError,
 )
 from taskplatform.client.models import dumps_json, read_number
@@ -205,6 +206,19 @@ def _client(url: str, api_key: str | None, as_json: bool) -> Iterator[TaskClient
         _usage(f"--url is not a valid URL: {exc}", as_json)
     except (TaskNotFound, NotFound) as exc:
         _fail(ExitCode.NOT_FOUND, _describe(exc), as_json, exc.problem or {"code": exc.code})
+    except UnexpectedResponse as exc:
+        # Another web server at --url (a 404 or 405 page, not a problem document): no such
+        # route, as the exit codes have it; it was exit 1, "refused" (found in review).
+        problem = exc.problem or {"status": exc.status, "code": exc.code, "detail": exc.detail}
+        message = _describe(exc)
+        if exc.status in (404, 405):
+            _fail(
+                ExitCode.NOT_FOUND,
+                message + f" (is {url} a taskplatform server?)",
+                as_json,
+                problem,
+            )
+        _fail(ExitCode.REFUSED, message, as_json, problem)
     except TaskPlatformError as exc:
         problem = exc.problem or {"status": exc.status, "code": exc.code, "detail": exc.detail}
         message = _describe(exc)
@@ -725,11 +739,22 @@ def _interrupt_after() -> Iterator[None]:
     back, but the count of created tasks would be the resume's). The block spans the whole
     import rather than each batch, so a Ctrl-C between two batches also ends with the
     "interrupted after line N" message rather than Typer's silent exit 130.
+
+    A second Ctrl-C stops at once (exit 130), the batch in flight unsaved: a server that took
+    the connection and never answers held the first for the client's tries, about 2 minutes,
+    and swallowed every other Ctrl-C (found in review). The resume sends that batch again, and
+    its lines' idempotency keys give back the tasks it made.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGINT, lambda *_: _interrupted.set())
+
+    def stop(signum: int, frame: object) -> None:
+        if _interrupted.is_set():
+            raise KeyboardInterrupt
+        _interrupted.set()
+
+    previous = signal.signal(signal.SIGINT, stop)
     try:
         yield
     finally:

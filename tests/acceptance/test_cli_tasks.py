@@ -12,6 +12,7 @@ import math
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -732,6 +733,37 @@ def test_ctrl_c_during_an_import_never_creates_a_task_twice(
     assert tp.stats(queue=queue).queue_depth == 3000
 
 
+def test_a_second_ctrl_c_stops_an_import_whose_server_never_answers(tmp_path: Path) -> None:
+    """A server that takes the connection and never answers: the first Ctrl-C waited for the
+    batch's answer through the client's tries (4 x 30 s), resending it, and every other Ctrl-C
+    was swallowed; the import ended 2 minutes later with exit 4 (found in review). A second
+    Ctrl-C stops it at once, with exit 130."""
+    silent = socket.create_server(("127.0.0.1", 0))  # the kernel accepts; nobody answers
+    lines = tmp_path / "t.jsonl"
+    lines.write_text(json.dumps({"taskData": {}, "callbackUrl": "http://127.0.0.1:9/x"}) + "\n")
+    url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "taskplatform", "tasks", "import", str(lines), "--url", url],
+        env=clean_environ({}),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        time.sleep(3)  # the batch is in flight
+        process.send_signal(signal.SIGINT)
+        time.sleep(1)
+        assert process.poll() is None  # the first waits for the batch's answer
+        process.send_signal(signal.SIGINT)
+        began = time.monotonic()
+        _, stderr = process.communicate(timeout=30)
+        assert process.returncode == 130, stderr
+        assert time.monotonic() - began < 10
+        assert b"Traceback" not in stderr
+    finally:
+        process.kill()
+        silent.close()
+
+
 def test_ctrl_c_between_two_batches_says_where_the_import_stopped(
     server: Server, tp: TaskClient, tmp_path: Path
 ) -> None:
@@ -1009,3 +1041,29 @@ def test_create_and_import_send_numbers_as_they_were_written(
         assert b'"taskData":' + data.replace(": ", ":").replace(", ", ",").encode() in raw.replace(
             b" ", b""
         ), raw
+
+
+def test_a_url_that_names_another_web_server_is_exit_3(tmp_path: Path) -> None:
+    """--url at a web server that is not taskplatform (its own 404 page, or a 405): exit 3, "no
+    such route (a wrong --url)" as the exit codes say; it was 1, refused (found in review)."""
+    other = subprocess.Popen(
+        [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(port := free_port())],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/")
+                break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        url = f"http://127.0.0.1:{port}"
+        result = run(None, "tasks", "get", "01a23e21-6fef-7684-bebd-cdcb94751e87", "--url", url)
+        assert result.exit_code == ExitCode.NOT_FOUND, result.output
+        assert f"is {url} a taskplatform server?" in result.output
+    finally:
+        other.kill()
+        other.wait()

@@ -7,6 +7,7 @@ import base64
 import copy
 import datetime
 import math
+import pickle
 import re
 import time
 from collections.abc import Callable
@@ -486,3 +487,21 @@ def test_a_json_number_is_sent_back_as_it_was_read() -> None:
     with client_answering(handler) as client:
         client.create(data, "http://cb.test/")
     assert b'"taskData":{"a":0.1000000000000000000001,"b":[-1e400,1.5],"n":7}' in sent[0]
+
+
+def test_client_errors_survive_pickling_and_copying() -> None:
+    """An API error raised in a ``ProcessPoolExecutor`` worker comes back pickled: the errors
+    kept only their message in ``args`` and could not be rebuilt, and broke the pool (found in
+    review)."""
+    not_found = TaskNotFound(404, "task_not_found", "Task not found", "no task", {"taskId": "x"})
+    for again in (pickle.loads(pickle.dumps(not_found)), copy.copy(not_found)):  # noqa: S301
+        assert type(again) is TaskNotFound
+        assert (again.status, again.code, again.detail, again.task_id) == (
+            404,
+            "task_not_found",
+            "no task",
+            "x",
+        )
+    failed = ConnectionFailed("no answer from http://h/", attempts=4)
+    again_failed = pickle.loads(pickle.dumps(failed))  # noqa: S301 - our own bytes
+    assert (str(again_failed), again_failed.attempts) == ("no answer from http://h/", 4)

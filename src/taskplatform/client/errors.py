@@ -41,6 +41,7 @@ a newer server never breaks an older client's ``except`` clauses.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -77,6 +78,11 @@ class TaskPlatformError(ClientError):
         self.detail = detail
         self.problem: dict[str, Any] = dict(problem or {})
         super().__init__(f"{status} {code}: {detail}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle (and copy) by the arguments, not by ``args``, which holds the message alone:
+        an error raised in a ``ProcessPoolExecutor`` worker broke the pool (found in review)."""
+        return (type(self), (self.status, self.code, self.title, self.detail, self.problem))
 
     @property
     def task_id(self) -> str | None:
@@ -282,6 +288,10 @@ class ConnectionFailed(ClientError):
     def __init__(self, message: str, *, attempts: int) -> None:
         self.attempts = attempts
         super().__init__(message)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle (and copy) with ``attempts``, a keyword ``args`` does not hold."""
+        return (functools.partial(type(self), attempts=self.attempts), self.args)
 
 
 class InvalidSignature(ClientError):
