@@ -53,6 +53,7 @@ from taskplatform.client import (
     ConnectionFailed,
     NotFound,
     PayloadTooLarge,
+    RateLimited,
     Task,
     TaskClient,
     TaskNotFound,
@@ -761,6 +762,10 @@ def _interrupt_after() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
+RATE_LIMIT_WAIT_MAX = 60.0
+"""The longest an import waits after a 429 before it sends the batch again, in seconds,
+whatever its ``Retry-After`` asks."""
+
 MAX_LINE_BYTES = 16 * 1024 * 1024
 """The longest import line sent, in bytes (its newline aside): the default largest batch body
 (``TASKPLATFORM_MAX_BATCH_BODY_BYTES``), so a longer line fits in no batch. It is read past, not
@@ -912,24 +917,34 @@ def import_command(
                 )
 
         def send(lines: list[tuple[int, dict[str, Any]]]) -> None:
-            try:
-                results = client.create_batch([body for _, body in lines])
-            except (PayloadTooLarge, ValidationError) as exc:
-                # Refusals of the whole batch for what its lines hold: one over a server's
-                # smaller limit, or nested deeper than its depth limit ("$.tasks"), which the
-                # server judges over the whole body. Halved until the line is alone.
-                whole = exc.problem.get("errors", [])
-                if isinstance(exc, ValidationError) and not any(
-                    isinstance(error, dict) and error.get("field") == "$.tasks" for error in whole
-                ):
-                    raise
-                if len(lines) == 1:
-                    extra = {"errors": whole} if whole else {}
-                    state.failed.append(_failure(lines[0][0], exc.code, exc.detail, **extra))
+            while True:
+                try:
+                    results = client.create_batch([body for _, body in lines])
+                    break
+                except RateLimited as exc:
+                    # Over the key's request rate (several importers on one key, a low limit):
+                    # the batch was not taken, so it waits as the server asks and goes again.
+                    # It ended the import with exit 1 at the first 429 (found in review).
+                    # Ctrl-C stops the wait: the batch is not saved, and a resume sends it.
+                    if _interrupted.wait(min(RATE_LIMIT_WAIT_MAX, exc.retry_after or 1.0)):
+                        raise KeyboardInterrupt from exc
+                except (PayloadTooLarge, ValidationError) as exc:
+                    # Refusals of the whole batch for what its lines hold: one over a server's
+                    # smaller limit, or nested deeper than its depth limit ("$.tasks"), which
+                    # the server judges over the whole body. Halved until the line is alone.
+                    whole = exc.problem.get("errors", [])
+                    if isinstance(exc, ValidationError) and not any(
+                        isinstance(error, dict) and error.get("field") == "$.tasks"
+                        for error in whole
+                    ):
+                        raise
+                    if len(lines) == 1:
+                        extra = {"errors": whole} if whole else {}
+                        state.failed.append(_failure(lines[0][0], exc.code, exc.detail, **extra))
+                        return
+                    send(lines[: len(lines) // 2])
+                    send(lines[len(lines) // 2 :])
                     return
-                send(lines[: len(lines) // 2])
-                send(lines[len(lines) // 2 :])
-                return
             for (line, body), result in zip(lines, results, strict=True):
                 if result.error is None:
                     if result.replayed and body["idempotencyKey"] != _run_key(state, line):

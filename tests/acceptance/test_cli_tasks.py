@@ -1067,3 +1067,41 @@ def test_a_url_that_names_another_web_server_is_exit_3(tmp_path: Path) -> None:
     finally:
         other.kill()
         other.wait()
+
+
+def test_an_import_over_the_rate_limit_waits_and_goes_on(tmp_path: Path) -> None:
+    """Over the key's request rate (5 a second here), the import stopped at the first 429 with
+    exit 1, and a resume at once hit the next (found in review). It waits as Retry-After asks
+    and sends the batch again: every line is created once."""
+    key = "0123456789abcdef0123"
+    server = Server(
+        {
+            "TASKPLATFORM_DATABASE_URL": f"sqlite:///{tmp_path / 'tp.db'}",
+            "TASKPLATFORM_API_KEYS": key,
+            "TASKPLATFORM_RATE_LIMIT_PER_SECOND": "5",
+            "TASKPLATFORM_RATE_LIMIT_BURST": "5",
+        },
+        tmp_path / "server.log",
+    ).start()
+    try:
+        lines = tmp_path / "t.jsonl"
+        body = {"taskData": {}, "callbackUrl": "http://127.0.0.1:9/x"}
+        lines.write_text(
+            "".join(json.dumps(body | {"taskData": {"n": n}}) + "\n" for n in range(12))
+        )
+        result = run(
+            server,
+            "tasks",
+            "import",
+            str(lines),
+            "--chunk-size",
+            "1",
+            "--json",
+            env={"TASKPLATFORM_API_KEY": key},
+        )
+        assert result.exit_code == 0, result.output
+        assert as_json(result)["created"] == 12
+        with TaskClient(server.url, key) as client:
+            assert client.stats().queue_depth == 12
+    finally:
+        server.stop()
