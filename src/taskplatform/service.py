@@ -694,7 +694,14 @@ class TaskService:
             except BackendUnavailable:
                 # Tried again until the store answers: with leases off nothing else would ever
                 # move the task, and with them it would wait out its lease.
-                self._return(lease_token, "the client that dequeued it had gone")
+                # This task alone: concurrent dequeues share one statement and its lease
+                # token, and the others' tasks went to callers that are there (found in
+                # review: a task answered 200 to one caller was returned and handed out again).
+                self._return(
+                    task.lease_token or lease_token,
+                    "the client that dequeued it had gone",
+                    only=task.task_id,
+                )
             raise QueueEmpty(f"the client left before a task of the queue {queue!r} came")
         return task
 
@@ -723,22 +730,31 @@ class TaskService:
             lease_expires_at=now + round(lease * 1000) if lease > 0 else None,
         )
 
-    def _return(self, lease_token: str, why: str = "its dequeue's answer was lost (503)") -> None:
+    def _return(
+        self,
+        lease_token: str,
+        why: str = "its dequeue's answer was lost (503)",
+        *,
+        only: str | None = None,
+    ) -> None:
         """Have :meth:`_settle` return to the queue what a pull dequeue took under
         ``lease_token`` although it failed (``BackendUnavailable``): the database can commit the
         move and lose its answer (a connection reset, a failover), and the caller, told 503,
         never gets the task; it sat Dequeued until its lease ran out, or for ever with leases
-        off. Likewise a task whose give-back (:meth:`_give_back`) failed; ``why`` goes into its
-        error. Tried for as long as the lease (an hour with leases off); a dequeue that did not
-        commit finds nothing.
+        off. Likewise the task ``only`` (a task id), whose give-back (:meth:`_give_back`)
+        failed: only it, as the dequeues grouped with it share its token and handed theirs
+        out. ``why`` goes into the error. Tried for as long as the lease (an hour with leases
+        off); a dequeue that did not commit finds nothing.
         """
         lease = self.settings.dequeue_lease_seconds
 
         async def attempt() -> None:
             for task in await self.store.dequeued_under(lease_token):
-                await self._give_back(task, why)
+                if only is None or task.task_id == only:
+                    await self._give_back(task, why)
 
-        self._settle_later(f"return {lease_token}", attempt, lease if lease > 0 else 3600.0)
+        key = f"return {lease_token}" if only is None else f"return {lease_token} {only}"
+        self._settle_later(key, attempt, lease if lease > 0 else 3600.0)
 
     def _settle_later(
         self, key: str, attempt: Callable[[], Awaitable[None]], seconds: float
