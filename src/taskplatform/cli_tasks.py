@@ -916,7 +916,9 @@ def import_command(
                     as_json,
                 )
 
-        def send(lines: list[tuple[int, dict[str, Any]]]) -> None:
+        def send(lines: list[tuple[int, dict[str, Any]]]) -> bool:
+            """Send ``lines`` as batches and count what came of them; False when a Ctrl-C
+            stopped the wait for a 429 to pass, the lines not sent."""
             while True:
                 try:
                     results = client.create_batch([body for _, body in lines])
@@ -927,7 +929,7 @@ def import_command(
                     # It ended the import with exit 1 at the first 429 (found in review).
                     # Ctrl-C stops the wait: the batch is not saved, and a resume sends it.
                     if _interrupted.wait(min(RATE_LIMIT_WAIT_MAX, exc.retry_after or 1.0)):
-                        raise KeyboardInterrupt from exc
+                        return False
                 except (PayloadTooLarge, ValidationError) as exc:
                     # Refusals of the whole batch for what its lines hold: one over a server's
                     # smaller limit, or nested deeper than its depth limit ("$.tasks"), which
@@ -941,10 +943,10 @@ def import_command(
                     if len(lines) == 1:
                         extra = {"errors": whole} if whole else {}
                         state.failed.append(_failure(lines[0][0], exc.code, exc.detail, **extra))
-                        return
-                    send(lines[: len(lines) // 2])
-                    send(lines[len(lines) // 2 :])
-                    return
+                        return True
+                    # The second half waits for the first; a stop between leaves both unsaved
+                    # (what the first made is given back by its keys on resume).
+                    return send(lines[: len(lines) // 2]) and send(lines[len(lines) // 2 :])
             for (line, body), result in zip(lines, results, strict=True):
                 if result.error is None:
                     if result.replayed and body["idempotencyKey"] != _run_key(state, line):
@@ -958,6 +960,7 @@ def import_command(
                     state.failed.append(
                         _failure(line, result.error.code, result.error.detail, **extra)
                     )
+            return True
 
         def flush(last_line: int) -> None:
             nonlocal run_saved, pending_bytes
@@ -970,7 +973,8 @@ def import_command(
                 for line, body in pending:
                     if body.get("idempotencyKey") is None:  # absent or null: no key of its own
                         body["idempotencyKey"] = _run_key(state, line)
-                send(pending)
+                if not send(pending):
+                    return  # stopped by Ctrl-C, nothing saved: the import ends as interrupted
                 pending.clear()
                 pending_bytes = 0
             state.next_line = last_line + 1

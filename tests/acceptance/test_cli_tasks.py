@@ -7,6 +7,7 @@ SQLite only: the CLI speaks HTTP through the client, whatever the backend.
 from __future__ import annotations
 
 import datetime
+import http.server
 import json
 import math
 import os
@@ -15,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -1105,3 +1107,59 @@ def test_an_import_over_the_rate_limit_waits_and_goes_on(tmp_path: Path) -> None
             assert client.stats().queue_depth == 12
     finally:
         server.stop()
+
+
+def test_ctrl_c_while_an_import_waits_out_a_429_ends_as_interrupted(tmp_path: Path) -> None:
+    """Ctrl-C while a batch waits out its 429: the import ended in a silent exit 130, with no
+    "interrupted" line and no --json summary (found in review). It ends as any interrupted
+    import does, the batch not saved."""
+
+    class Always429(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("content-length", 0)))
+            body = json.dumps(
+                {"title": "Too many requests", "status": 429, "code": "rate_limited", "detail": "x"}
+            ).encode()
+            self.send_response(429)
+            self.send_header("Content-Type", "application/problem+json")
+            self.send_header("Retry-After", "30")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    limited = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Always429)
+    threading.Thread(target=limited.serve_forever, daemon=True).start()
+    lines = tmp_path / "t.jsonl"
+    lines.write_text(json.dumps({"taskData": {}, "callbackUrl": "http://127.0.0.1:9/x"}) + "\n")
+    url = f"http://127.0.0.1:{limited.server_address[1]}"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "taskplatform",
+            "tasks",
+            "import",
+            str(lines),
+            "--json",
+            "--url",
+            url,
+        ],
+        env=clean_environ({}),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        time.sleep(4)  # the batch got its 429 and waits 30 s
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=20)
+        assert process.returncode == 130, stderr
+        assert b"interrupted" in stderr, stderr
+        summary = json.loads(stdout)
+        assert (summary["interrupted"], summary["created"], summary["nextLine"]) == (True, 0, 1)
+    finally:
+        process.kill()
+        limited.shutdown()
+        limited.server_close()

@@ -330,6 +330,12 @@ def test_a_certificate_file_the_url_names_that_is_missing_is_named(tmp_path: Pat
         assert result.stderr.startswith(
             f"error: TASKPLATFORM_DATABASE_URL: sslrootcert={path} {said}"
         ), result.stderr
+    # A client certificate and key that are not PEM: OpenSSL says only "PEM lib".
+    pair = f"sslcert={not_a_certificate}&sslkey={not_a_certificate}"
+    url = f"postgresql://postgres@127.0.0.1:{free_port()}/x?sslmode=require&{pair}"
+    result = _taskplatform("db", "upgrade", env={"TASKPLATFORM_DATABASE_URL": url})
+    assert result.returncode == 2, result.stderr
+    assert f"sslkey={not_a_certificate} cannot be used: [SSL] PEM lib" in result.stderr
 
 
 @pytest.mark.parametrize(
@@ -345,6 +351,11 @@ def test_a_database_that_is_down_exits_3_whatever_files_the_url_names(
     result = _taskplatform("db", "upgrade", env={"TASKPLATFORM_DATABASE_URL": url})
     assert result.returncode == 3, result.stderr
     assert "cannot reach the PostgreSQL database" in result.stderr
+    # A Unix socket's folder that is not there fails as "No such file" too: not the folder an
+    # unused sslrootcert names.
+    socket_url = f"postgresql://postgres@/x?host={tmp_path / 'no-sockets'}&sslrootcert={tmp_path}"
+    result = _taskplatform("db", "upgrade", env={"TASKPLATFORM_DATABASE_URL": socket_url})
+    assert result.returncode == 3, result.stderr
 
 
 @pytest.mark.parametrize("command", [["db", "upgrade"], ["serve"], ["worker"]])

@@ -502,6 +502,10 @@ def test_client_errors_survive_pickling_and_copying() -> None:
             "no task",
             "x",
         )
+    limited = RateLimited(429, "rate_limited", "Too many requests", "slow down")
+    limited.retry_after = 7.0  # set after construction, as the client does
+    assert pickle.loads(pickle.dumps(limited)).retry_after == 7.0  # noqa: S301
+    assert copy.copy(limited).retry_after == 7.0
     failed = ConnectionFailed("no answer from http://h/", attempts=4)
     again_failed = pickle.loads(pickle.dumps(failed))  # noqa: S301 - our own bytes
     assert (str(again_failed), again_failed.attempts) == ("no answer from http://h/", 4)

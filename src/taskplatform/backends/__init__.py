@@ -279,17 +279,24 @@ def _file_refusal(url: str, exc: BaseException) -> str | None:
     if isinstance(exc, FileNotFoundError | PermissionError | IsADirectoryError):
         if exc.filename:
             return None  # a file the driver named itself: its message says which
-        unreadable = [
-            f"{name}={path}"
-            for name, path in named
-            if not (os.path.isfile(path) and os.access(path, os.R_OK))
-        ]
+
+        # Only a file that fails the same way: a missing Unix socket folder is a
+        # FileNotFoundError too, and a folder named by an unused sslrootcert is not to blame.
+        def fails(path: str) -> bool:
+            if isinstance(exc, FileNotFoundError):
+                return not os.path.exists(path)
+            if isinstance(exc, IsADirectoryError):
+                return os.path.isdir(path)
+            return os.path.exists(path) and not os.access(path, os.R_OK)
+
+        unreadable = [f"{name}={path}" for name, path in named if fails(path)]
         return f"{', '.join(unreadable)} cannot be read" if unreadable else None
-    if (
-        isinstance(exc, ssl.SSLError)
-        and not isinstance(exc, ssl.SSLCertVerificationError)
-        and getattr(exc, "library", None) in ("X509", "PEM")
-    ):
+    library = getattr(exc, "library", None)
+    # OpenSSL reading a file: X509 or PEM for a CA file, "SSL" with no reason ("PEM lib") for
+    # a client certificate or key. The handshake's own refusals carry a reason.
+    reading = library in ("X509", "PEM") or (library == "SSL" and not getattr(exc, "reason", 1))
+    verifying = isinstance(exc, ssl.SSLCertVerificationError)
+    if isinstance(exc, ssl.SSLError) and reading and not verifying:
         return f"{', '.join(f'{name}={path}' for name, path in named)} cannot be used"
     return None
 

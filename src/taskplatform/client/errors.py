@@ -82,7 +82,8 @@ class TaskPlatformError(ClientError):
     def __reduce__(self) -> tuple[Any, ...]:
         """Pickle (and copy) by the arguments, not by ``args``, which holds the message alone:
         an error raised in a ``ProcessPoolExecutor`` worker broke the pool (found in review)."""
-        return (type(self), (self.status, self.code, self.title, self.detail, self.problem))
+        arguments = (self.status, self.code, self.title, self.detail, self.problem)
+        return (type(self), arguments, self.__dict__)  # what was set after, as retry_after
 
     @property
     def task_id(self) -> str | None:
@@ -291,7 +292,7 @@ class ConnectionFailed(ClientError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         """Pickle (and copy) with ``attempts``, a keyword ``args`` does not hold."""
-        return (functools.partial(type(self), attempts=self.attempts), self.args)
+        return (functools.partial(type(self), attempts=self.attempts), self.args, self.__dict__)
 
 
 class InvalidSignature(ClientError):

@@ -336,7 +336,8 @@ class CallbackSender:
             )
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
             # A disconnect after some of an answer carries its parsed part: the receiver took
-            # the request and began to answer, so it is not sent again.
+            # the request and began to answer, so it is not sent again. A reset (ClientOSError)
+            # carries nothing of what came: one after part of an answer, rare, is resent too.
             began = isinstance(exc, aiohttp.ServerDisconnectedError) and not isinstance(
                 exc.message, str
             )
