@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import math
 import re
 import unicodedata
 from typing import Any, Literal, TypeVar, overload
@@ -311,6 +312,7 @@ def _check_repeated(body: bytes, decoder: msgspec.json.Decoder[Any], field: str)
 
 _QUERY_NUMBER = re.compile(r"-?[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
 _QUERY_INTEGER = re.compile(r"-?[0-9]+")
+_NOT_FINITE = frozenset({"nan", "inf", "infinity"})
 
 
 def query_number(value: object) -> object:
@@ -319,11 +321,19 @@ def query_number(value: object) -> object:
     ``waitSeconds=1_0`` waited 10 s (found in review). Other values pass to pydantic as they are.
 
     Raises:
-        pydantic_core.PydanticCustomError: ``float_parsing`` (a 422 naming the parameter).
+        pydantic_core.PydanticCustomError: ``float_parsing``, or ``finite_number`` for ``nan``,
+            ``inf`` or a number beyond a double (a 422 naming the parameter).
     """
-    if isinstance(value, str) and not _QUERY_NUMBER.fullmatch(value):
+    if not isinstance(value, str):
+        return value
+    if not _QUERY_NUMBER.fullmatch(value) and value.lower().lstrip("+-") not in _NOT_FINITE:
         raise PydanticCustomError("float_parsing", "must be a number, as 2 or 0.5")
-    return value
+    # Said here: with a validator before it, pydantic no longer applies allow_inf_nan, and
+    # "nan" and "1e400" were named as out of range rather than as not finite.
+    number = float(value)
+    if not math.isfinite(number):
+        raise PydanticCustomError("finite_number", "Input should be a finite number")
+    return number
 
 
 def query_integer(value: object) -> object:
