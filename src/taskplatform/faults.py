@@ -28,7 +28,7 @@ class Faults:
         spec: Comma-separated ``point=action`` pairs; action is ``fail[:N]`` or ``kill``.
 
     Raises:
-        ValueError: an unknown point or action.
+        ValueError: an unknown point or action, or a count that is no whole number.
     """
 
     def __init__(self, spec: str = "") -> None:
@@ -40,6 +40,10 @@ class Faults:
             kind, _, count = action.partition(":")
             if kind not in ("fail", "kill"):
                 raise ValueError(f"unknown fault action {action!r}; use fail[:N] or kill")
+            if count and not (count.isascii() and count.isdigit()):
+                raise ValueError(
+                    f"a fault's count must be a whole number, as fail:2, not {count!r}"
+                )
             self._actions[point] = [kind, int(count) if count else -1]
 
     def hit(self, point: str) -> None:

@@ -218,6 +218,13 @@ def _requeue_reason(task: TaskRecord) -> str:
     return f"not executed within {seconds:g} s of dequeue"
 
 
+def _interrupted_status(task: TaskRecord) -> Status:
+    """Where an interrupted attempt of ``task`` leaves it: Retry when the dispatcher will try it
+    again after a backoff (a dispatched task with attempts left; an interruption is
+    retryable), else Failed."""
+    return Status.RETRY if task.dispatched and task.attempts_left() else Status.FAILED
+
+
 class Arrivals:
     """Wakes long-polling dequeues when a task may have arrived.
 
@@ -1292,10 +1299,9 @@ class TaskService:
                 logged = [
                     e for e in await self.store.executions(task.task_id) if e.attempt == attempt
                 ]
-                interrupted = task.dispatched and task.attempts_left()
                 return ExecuteOutcome(
                     task_id=task.task_id,
-                    status=Status.RETRY if interrupted else Status.FAILED,
+                    status=_interrupted_status(task),
                     result=None,
                     error=logged[-1].error if logged else LEASE_EXPIRED,
                     attempt=attempt,
@@ -1716,10 +1722,8 @@ class TaskService:
             True if this call recorded it (False: the outcome or another reaper got there first).
         """
         now = now_ms()
-        target, next_attempt_at = Status.FAILED, None
-        if task.dispatched and task.attempts_left():
-            # An interruption is retryable: the dispatcher tries again after a backoff.
-            target = Status.RETRY
+        target, next_attempt_at = _interrupted_status(task), None
+        if target is Status.RETRY:
             next_attempt_at = now + round(backoff_seconds(self._policy(task), task.attempts) * 1000)
         interrupted = await self._transition(
             task.task_id,

@@ -194,8 +194,16 @@ def _check_well_formed(body: bytes, too_deep: ValidationFailed) -> None:
         raise _deep_or_malformed(body, too_deep) from exc
     except msgspec.DecodeError as exc:
         raise _decode_problem(body, exc) from exc
+    _check_utf8(body)  # a Raw is not read as text: its strings' bytes are not checked
+
+
+def _check_utf8(body: bytes) -> None:
+    """Raise :class:`MalformedJSON` naming the first byte of ``body`` that is not UTF-8 (JSON
+    text is UTF-8: RFC 8259, section 8.1)."""
+    if body.isascii():
+        return
     try:
-        body.decode()  # a Raw is not read as text: its strings' bytes are not checked
+        body.decode()
     except UnicodeDecodeError as exc:
         raise MalformedJSON(
             f"the body is not valid UTF-8 at byte {exc.start} ({exc.reason})"
@@ -295,13 +303,7 @@ def _check_repeated(body: bytes, decoder: msgspec.json.Decoder[Any], field: str)
         MalformedJSON: the body is not UTF-8.
         ValidationFailed: an occurrence is not of its type; ``field`` names the key.
     """
-    if not body.isascii():
-        try:
-            body.decode()
-        except UnicodeDecodeError as exc:
-            raise MalformedJSON(
-                f"the body is not valid UTF-8 at byte {exc.start} ({exc.reason})"
-            ) from exc
+    _check_utf8(body)
     try:
         decoder.decode(body)
     except msgspec.ValidationError as exc:

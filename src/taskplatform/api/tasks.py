@@ -288,7 +288,6 @@ async def dequeue_task(
             alias="waitSeconds",
             ge=0,
             le=20,
-            allow_inf_nan=False,  # "nan" is "not a finite number", not "not ≤ 20"
             description="Long poll: wait up to this many seconds for a task if the queue is empty.",
         ),
     ] = 0,

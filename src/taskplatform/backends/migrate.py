@@ -17,6 +17,7 @@ from sqlalchemy import Connection, create_engine, text
 from sqlalchemy.pool import NullPool
 
 from taskplatform.exceptions import TaskPlatformError
+from taskplatform.settings import Settings
 
 T = TypeVar("T")
 
@@ -43,9 +44,7 @@ def head_revision() -> str:
     return head
 
 
-def _upgrade_on(
-    connection: Connection, revision: str = "head", dequeue_lease_seconds: float = 300.0
-) -> None:
+def _upgrade_on(connection: Connection, revision: str, dequeue_lease_seconds: float) -> None:
     # Processes that start at once on a new database (serve --workers N, serve beside worker)
     # must not both see an empty schema and both create it: the second would fail on "table
     # already exists". Each takes the database's write lock before it reads the revision.
@@ -159,7 +158,7 @@ async def upgrade(
     connect_timeout_seconds: float = 5.0,
     busy_timeout_seconds: float = 5.0,
     revision: str = "head",
-    dequeue_lease_seconds: float = 300.0,
+    dequeue_lease_seconds: float = Settings.model_fields["dequeue_lease_seconds"].default,
 ) -> str:
     """Bring the database at ``url`` to the newest revision (or to ``revision``, an older one,
     as a test makes the database an older release left); return that revision.

@@ -311,8 +311,9 @@ class CallbackSender:
         whose connection came from the pool, is made once more, at once, on a new connection (never
         a pooled one, which may be as stale), within the attempt's timeout: a ``maxRetries:
         0`` task was made a dead letter by a request the receiver never saw (found in review:
-        21 of 150 such callbacks). A receiver that read the request and closed without a byte
-        of answer so sees it twice in one attempt, never more, with the same ``webhook-id``: RFC
+        21 of 150 such callbacks). A reset says nothing of what came, so one after part of an
+        answer is resent too. A receiver that read the request and closed without a whole
+        answer so sees it twice in one attempt at most, with the same ``webhook-id``: RFC
         9110 (section 9.2.2) lets a client retry a POST that has a means to tell a repeat, as
         Go's client retries one that carries an idempotency key.
 

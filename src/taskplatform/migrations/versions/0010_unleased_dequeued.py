@@ -21,10 +21,10 @@ depends_on = None
 def _lease_seconds() -> float:
     """The dequeue lease of the process that upgrades, in seconds (``serve``, ``worker`` and
     ``db upgrade`` upgrade at start, with their settings' ``TASKPLATFORM_DEQUEUE_LEASE_SECONDS``;
-    ``migrate.upgrade`` hands it over), else the setting's default, 300."""
+    ``migrate.upgrade``, the one way the migrations run, hands it over)."""
     config = op.get_context().config
-    attributes = config.attributes if config is not None else {}
-    return float(attributes.get("dequeue_lease_seconds", 300.0))
+    assert config is not None  # migrate.upgrade made it
+    return float(config.attributes["dequeue_lease_seconds"])
 
 
 def upgrade() -> None:
